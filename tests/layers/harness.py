@@ -1,0 +1,114 @@
+"""The property harness every layer kind's test runs over hypothesis-generated specs.
+
+A kind's test (``tests/layers/test_<kind>.py``) draws small valid ``ExperimentSpec``s that
+use the kind and calls ``check_layer_properties`` on each. ``test_registry.py`` fails when a
+registered kind has no such test.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch.func import functional_call
+
+from uhn_spec import ExperimentSpec, build_model, compile_spec
+from uhn_spec.plan import TargetPlan
+from uhn_spec.spec import spec_from_text, spec_to_yaml
+
+SQRT3 = math.sqrt(3.0)
+
+
+def make_spec(
+    layers: list[dict[str, Any]],
+    task: dict[str, Any],
+    family: str,
+    name: str = "prop",
+    **extra: Any,
+) -> ExperimentSpec:
+    """Validate a spec given as plain data (what a YAML file would hold)."""
+    data = {"name": name, "family": family, "task": task, "layers": layers, **extra}
+    return ExperimentSpec.model_validate(data)
+
+
+def synthetic_task(task_type: str, input_dims: list[int], num_outputs: int, **kw: Any) -> dict[str, Any]:
+    return {
+        "dataset": "synthetic",
+        "synthetic": {"task_type": task_type, "input_dims": input_dims, "num_outputs": num_outputs},
+        **kw,
+    }
+
+
+def example_inputs(spec: ExperimentSpec, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A small batch the spec's model accepts, by the task's input kind."""
+    gen = torch.Generator().manual_seed(seed)
+    info = spec.task.info
+    if info.input_kind == "image":
+        return {"x": torch.randn(3, *info.input_dims, generator=gen)}
+    if info.input_kind == "vector":
+        return {"x": torch.rand(5, *info.input_dims, generator=gen) * 2 - 1}
+    if info.input_kind == "nodes":
+        nodes = 9
+        edges = torch.randint(0, nodes, (2, 24), generator=gen)
+        return {"x": torch.randn(nodes, info.input_dims[0], generator=gen), "edge_index": edges}
+    max_len = getattr(spec.layers[0], "max_length", 6)
+    length = max(2, min(6, max_len))
+    tokens = torch.randint(3, spec.task.vocab_size, (3, length), generator=gen)
+    tokens[:, 0] = 2  # <cls>
+    tokens[1, -1] = 1  # one padded position
+    return {"x": tokens, "padding_mask": tokens == 1}
+
+
+def flat_to_params(target: TargetPlan, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {p.name: flat[p.offset : p.offset + p.numel].view(p.shape) for p in target.params}
+
+
+def check_layer_properties(spec: ExperimentSpec) -> None:
+    plan = compile_spec(spec)
+    target = plan.targets[0]
+    model = build_model(spec).eval()
+    n = sum(p.numel() for p in model.parameters())
+
+    # Plan rows == parameter count, and the param table is the skeleton's named_parameters().
+    assert target.num_params == n
+    assert [p.name for p in target.params] == [name for name, _ in model.named_parameters()]
+    assert [p.shape for p in target.params] == [tuple(t.shape) for _, t in model.named_parameters()]
+
+    # Slices tile the flat vector exactly once, in order.
+    cover = torch.zeros(n, dtype=torch.int64)
+    for p in target.params:
+        assert p.numel == math.prod(p.shape)
+        cover[p.offset : p.offset + p.numel] += 1
+    assert bool((cover == 1).all())
+
+    # Descriptors: finite, inside their normalisation ranges, identical across compiles.
+    index = plan.index_ranges.normalise(target.index_rows)
+    structure = plan.structure_ranges.normalise(target.structure_rows())
+    for rows in (index, structure):
+        assert bool(torch.isfinite(rows).all())
+        assert float(rows.abs().max()) <= SQRT3 + 1e-5
+    again = compile_spec(spec).targets[0]
+    assert torch.equal(again.index_rows, target.index_rows)
+    assert torch.equal(again.local_rows, target.local_rows)
+    assert torch.equal(again.global_row, target.global_row)
+
+    # functional_call with a flat vector == the module with the same weights loaded.
+    inputs = example_inputs(spec)
+    flat = (torch.randn(n, generator=torch.Generator().manual_seed(1)) * 0.2).requires_grad_(True)
+    out_functional = functional_call(model, flat_to_params(target, flat), args=(), kwargs=inputs)
+    loaded = build_model(spec).eval()
+    loaded.load_state_dict({k: v.detach() for k, v in flat_to_params(target, flat).items()})
+    out_loaded = loaded(**inputs)
+    assert torch.allclose(out_functional, out_loaded, atol=1e-5, rtol=1e-4)
+
+    # Every slice passes gradient back to the flat (generated) vector.
+    weights = torch.randn(out_functional.shape, generator=torch.Generator().manual_seed(2))
+    (out_functional * weights).sum().backward()
+    assert flat.grad is not None and bool(torch.isfinite(flat.grad).all())
+    for p in target.params:
+        if p.numel:
+            assert float(flat.grad[p.offset : p.offset + p.numel].abs().sum()) > 0, p.name
+
+    # spec -> YAML -> spec round-trips.
+    assert spec_from_text(spec_to_yaml(spec)) == spec

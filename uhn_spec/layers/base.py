@@ -1,0 +1,215 @@
+"""What every layer kind provides, and the pieces kinds share.
+
+A layer kind is one pydantic model (its spec) with hooks for: the shape it maps, its plain
+``nn.Module`` skeleton (whose ``named_parameters()`` is the single source of parameter names
+and shapes), the descriptor metadata of each parameter (param-type id, which index field each
+dimension fills, init target) and its 21-field local-structure row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from ..enums import ActivationType, InitializationType, LayerType
+from ..errors import SpecError
+
+# --------------------------------------------------------------------------- shapes
+
+
+@dataclass(frozen=True)
+class FeatureShape:
+    """The per-example shape flowing between layers (batch dimension left out).
+
+    kind: ``image`` (C, H, W); ``vector`` (F,); ``tokens`` (T,) integer ids;
+    ``sequence`` (T, D); ``nodes`` (F,) per graph node.
+    """
+
+    kind: Literal["image", "vector", "tokens", "sequence", "nodes"]
+    dims: tuple[int, ...]
+    # Where this shape came from, for error messages: "layers[2].out_features".
+    origin: str = field(default="the task input", compare=False)
+
+    @property
+    def features(self) -> int:
+        """The size a layer reads: channels of an image, else the last dimension."""
+        return self.dims[0] if self.kind == "image" else self.dims[-1]
+
+    def describe(self) -> str:
+        return f"{self.kind} {'x'.join(str(d) for d in self.dims)}"
+
+    def with_origin(self, origin: str) -> "FeatureShape":
+        return FeatureShape(self.kind, self.dims, origin)
+
+
+# --------------------------------------------------------------------------- runtime context
+
+
+@dataclass
+class ForwardContext:
+    """Inputs that are not the activation itself: graph edges, text padding mask.
+
+    ``cache`` holds per-batch derived tensors (e.g. GCN edge normalisation) so that they are
+    computed once per forward of the whole model, not once per layer.
+    """
+
+    edge_index: torch.Tensor | None = None
+    padding_mask: torch.Tensor | None = None  # True where the token is padding
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- per-param metadata
+
+
+@dataclass(frozen=True)
+class ParamMeta:
+    """Descriptor facts of one parameter tensor.
+
+    ``index_fields[k]`` names the index field that dimension k of the tensor fills. Adjacent
+    dimensions with the same field are flattened row-major into that one field (e.g. a GAT
+    attention vector (1, heads, out) fills ``output_idx`` with h*out + c).
+    """
+
+    param_type: int
+    index_fields: tuple[str, ...]
+    init_mean: float
+    init_std: float
+
+
+# --------------------------------------------------------------------------- shared spec fields
+
+
+class Activation(BaseModel):
+    """Pre-activation applied at the start of a layer. ``param`` is the LeakyReLU slope or
+    the ELU alpha (unused by SiLU)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["none", "leaky_relu", "elu", "silu"] = "none"
+    param: float = Field(0.0, ge=0.0, le=10.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        # `activation: silu` is shorthand; LeakyReLU and ELU then take PyTorch's defaults.
+        if isinstance(value, str):
+            default_param = {"leaky_relu": 0.01, "elu": 1.0}.get(value, 0.0)
+            return {"type": value, "param": default_param}
+        return value
+
+    @property
+    def type_id(self) -> int:
+        return int(ActivationType[self.type.upper()])
+
+
+def activate(x: torch.Tensor, activation: Activation) -> torch.Tensor:
+    if activation.type == "leaky_relu":
+        return F.leaky_relu(x, activation.param)
+    if activation.type == "elu":
+        return F.elu(x, activation.param)
+    if activation.type == "silu":
+        return F.silu(x)
+    return x
+
+
+def feature_norm(x: torch.Tensor) -> torch.Tensor:
+    """The parameter-free LayerNorm over the last dimension (no affine, eps 1e-5)."""
+    return F.layer_norm(x, x.shape[-1:])
+
+
+def pytorch_uniform_std(fan_in: int) -> float:
+    """Std of PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) init."""
+    return 1.0 / math.sqrt(3.0 * fan_in) if fan_in > 0 else 0.0
+
+
+class LayerSpec(BaseModel):
+    """Base of every layer kind's spec. Subclasses set ``kind`` and ``layer_type``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    layer_type: ClassVar[LayerType]
+    # Local-structure fields this kind can use, with the full range of each categorical one;
+    # normalisation ranges include these so that e.g. every activation id stays in range.
+    categorical_domains: ClassVar[dict[str, tuple[float, float]]] = {}
+
+    init: Literal["default", "zero"] = "default"
+
+    # --- hooks every kind implements -------------------------------------------------
+    def output_shape(self, inp: FeatureShape, path: str) -> FeatureShape:
+        raise NotImplementedError
+
+    def build_module(self) -> nn.Module:
+        raise NotImplementedError
+
+    def param_meta(self, name: str, shape: tuple[int, ...]) -> ParamMeta:
+        raise NotImplementedError
+
+    def local_fields(self) -> dict[str, float]:
+        """The local-structure fields this layer sets (layer_idx/type are added for it)."""
+        raise NotImplementedError
+
+    # --- shared behaviour ---------------------------------------------------------------
+    @property
+    def init_type(self) -> InitializationType:
+        return InitializationType[self.init.upper()]
+
+    def local_row(self, layer_idx: int) -> dict[str, float]:
+        row = {"layer_idx": float(layer_idx), "layer_type": float(self.layer_type)}
+        row.update({k: float(v) for k, v in self.local_fields().items()})
+        row["initialization_type"] = float(self.init_type)
+        return row
+
+    def checked_meta(self, name: str, shape: tuple[int, ...]) -> ParamMeta:
+        """param_meta with the zero-init override and a consistency check."""
+        meta = self.param_meta(name, shape)
+        if len(meta.index_fields) != len(shape):
+            raise AssertionError(
+                f"{type(self).__name__}.param_meta({name!r}) gives {len(meta.index_fields)} "
+                f"index fields for a {len(shape)}-d parameter"
+            )
+        if self.init_type is InitializationType.ZERO:
+            return ParamMeta(meta.param_type, meta.index_fields, 0.0, 0.0)
+        return meta
+
+    @staticmethod
+    def fail(path: str, message: str) -> SpecError:
+        return SpecError(path, message)
+
+
+def common_local_fields(
+    *,
+    bias: bool | None = None,
+    norm: bool | None = None,
+    shortcut: bool | None = None,
+    activation: Activation | None = None,
+    dropout: float | None = None,
+) -> dict[str, float]:
+    """The local fields most kinds share, in their descriptor encoding."""
+    out: dict[str, float] = {}
+    if bias is not None:
+        out["bias_type"] = 1.0 if bias else 0.0
+    if norm is not None:
+        out["norm_type"] = 1.0 if norm else 0.0
+    if shortcut is not None:
+        out["shortcut_type"] = 1.0 if shortcut else 0.0
+    if activation is not None:
+        out["activation_type"] = float(activation.type_id)
+        out["activation_param"] = float(activation.param)
+    if dropout is not None:
+        out["dropout_rate"] = float(dropout)
+    return out
+
+
+COMMON_DOMAINS: dict[str, tuple[float, float]] = {
+    "bias_type": (0, 1),
+    "norm_type": (0, 1),
+    "shortcut_type": (0, 1),
+    "activation_type": (0, 3),
+}
+
+DropoutRate = Field(0.0, ge=0.0, lt=1.0)

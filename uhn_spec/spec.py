@@ -1,0 +1,331 @@
+"""The spec language: a YAML file describing target model, task, generator and training.
+
+``load_spec`` reads a file (rendered as a jinja2 template first, so model families can loop
+over layers), applies ``--set PATH=VALUE`` overrides and validates everything, including the
+cross-layer checks (sizes chain from layer to layer). Every error names its YAML path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import jinja2
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .enums import ModelType, TaskType
+from .errors import SpecError
+from .layers import REGISTRY
+from .layers.base import FeatureShape
+from .tasks import DATASETS, DatasetInfo, DatasetName, input_shape, synthetic_info
+
+LayerUnion = Annotated[Union[tuple(REGISTRY.values())], Field(discriminator="kind")]  # type: ignore[valid-type]
+
+Family = Literal["mlp", "cnn", "gcn", "gat", "transformer", "kan"]
+
+# The MLP is described as a CNN with 0 conv stages, as in the authors' code (ModelType.MLP
+# is never emitted), so an MLP descriptor means the same thing there and here.
+FAMILY_MODEL_TYPE: dict[str, ModelType] = {
+    "mlp": ModelType.CNN,
+    "cnn": ModelType.CNN,
+    "gcn": ModelType.GCN,
+    "gat": ModelType.GAT,
+    "transformer": ModelType.TRANSFORMER,
+    "kan": ModelType.KAN,
+}
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+SyntheticTaskType = Literal[
+    "image_classification", "graph_node_classification", "text_classification", "formula_regression"
+]
+
+
+class SyntheticShape(StrictModel):
+    """Shape of a ``synthetic`` dataset: generated inputs and a random teacher's labels."""
+
+    task_type: SyntheticTaskType
+    input_dims: list[int] = Field(min_length=1, max_length=3, description="image: [C, H, W]; other: [F]")
+    num_outputs: int = Field(ge=1)
+    num_examples: int = Field(512, ge=8)
+
+    @model_validator(mode="after")
+    def _dims_fit(self) -> "SyntheticShape":
+        if any(d < 1 for d in self.input_dims):
+            raise ValueError(f"task.synthetic.input_dims: {self.input_dims} must be positive")
+        want = 3 if self.task_type == "image_classification" else 1
+        if len(self.input_dims) != want:
+            raise ValueError(
+                f"task.synthetic.input_dims: {self.task_type} needs {want} dims, got {self.input_dims}"
+            )
+        return self
+
+
+class TaskSpec(StrictModel):
+    """Which dataset the target model solves; task type and outputs follow from it."""
+
+    dataset: DatasetName
+    vocab_size: int = Field(5000, ge=4, description="text tasks: vocabulary incl. <unk>, <pad>, <cls>")
+    synthetic: SyntheticShape | None = Field(None, description="shape of the synthetic dataset")
+
+    @model_validator(mode="after")
+    def _synthetic_shape(self) -> "TaskSpec":
+        if (self.dataset == "synthetic") != (self.synthetic is not None):
+            raise ValueError(
+                "task.synthetic: give it exactly when task.dataset is synthetic "
+                "(it sets the generated data's task_type, input_dims and num_outputs)"
+            )
+        return self
+
+    @property
+    def info(self) -> DatasetInfo:
+        if self.synthetic is not None:
+            s = self.synthetic
+            return synthetic_info(TaskType[s.task_type.upper()], tuple(s.input_dims), s.num_outputs)
+        return DATASETS[self.dataset]
+
+
+class GeneratorSpec(StrictModel):
+    """The UHN generator. Defaults are the paper's large single-model config."""
+
+    index_freqs: int = Field(2048, ge=1, description="F_v: Fourier frequencies of the index encoder")
+    sigma: float = Field(100.0, gt=0, description="std of the Fourier matrices B")
+    hidden: int = Field(128, ge=1, description="d: width of the index MLP")
+    blocks: int = Field(2, ge=0, description="N_blk: pre-activation residual blocks")
+    structure_encoder: bool = Field(False, description="add the task-structure encoder")
+    structure_freqs: int = Field(32, ge=1, description="F_u: Fourier frequencies of the structure encoder")
+    structure_heads: int = Field(4, ge=1, description="h: attention heads of the structure encoder")
+    chunk_rows: int = Field(32768, ge=1, description="index rows generated per chunk (memory/speed)")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "GeneratorSpec":
+        if self.structure_encoder and (2 * self.structure_freqs) % self.structure_heads:
+            raise ValueError(
+                f"generator.structure_heads: {self.structure_heads} does not divide the "
+                f"structure width 2*structure_freqs = {2 * self.structure_freqs}"
+            )
+        return self
+
+
+class TrainSpec(StrictModel):
+    """Training schedule. Exactly one of ``epochs`` and ``steps``; ``warmup`` is in the
+    same unit."""
+
+    epochs: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=1)
+    warmup: int = Field(5, ge=0)
+    lr: float = Field(1e-4, gt=0, le=1.0)
+    init_steps: int = Field(0, ge=0, description="steps of the init (statistics-matching) phase")
+    init_lr: float = Field(1e-4, gt=0, le=1.0)
+    batch_size: int = Field(256, ge=1)
+    seed: int = Field(0, ge=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    grad_clip: float | None = Field(None, gt=0)
+    direct_lr: float | None = Field(None, gt=0, le=1.0, description="lr of the direct baseline (default: lr)")
+    eval_every: int | None = Field(None, ge=1, description="evaluate every this many epochs/steps")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "TrainSpec":
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("train: give exactly one of epochs and steps")
+        total = self.epochs if self.epochs is not None else self.steps
+        if self.warmup > total:  # type: ignore[operator]
+            raise ValueError(f"train.warmup: {self.warmup} exceeds the training length ({total})")
+        return self
+
+
+class ExperimentSpec(StrictModel):
+    """One target model on one task, with the generator that produces it and its training."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    family: Family
+    cnn_stage_num: int = Field(0, ge=0, description="CNN stages (stem + stages); 0 for MLPs")
+    task: TaskSpec
+    layers: list[LayerUnion] = Field(min_length=1)  # type: ignore[valid-type]
+    generator: GeneratorSpec = GeneratorSpec()
+    train: TrainSpec = TrainSpec(epochs=1, warmup=0)
+
+    @model_validator(mode="after")
+    def _layers_chain(self) -> "ExperimentSpec":
+        for path, message in chain_errors(self):
+            raise ValueError(f"{path}: {message}")
+        return self
+
+    @property
+    def model_type(self) -> ModelType:
+        return FAMILY_MODEL_TYPE[self.family]
+
+    @property
+    def num_encoders(self) -> int:
+        return sum(1 for layer in self.layers if layer.kind == "mha")
+
+    @property
+    def num_params(self) -> int:
+        from .model import build_model  # local: keeps torch module building off the import path
+
+        return sum(p.numel() for p in build_model(self, device="meta").parameters())
+
+
+def chain_errors(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """Walk the layers, checking that each reads what the previous one produces."""
+    shape: FeatureShape = input_shape(spec.task.info, spec.task.vocab_size)
+    for i, layer in enumerate(spec.layers):
+        try:
+            shape = layer.output_shape(shape, f"layers[{i}]")
+        except SpecError as err:
+            return [(err.path, err.message)]
+    want = spec.task.info.num_outputs
+    last = f"layers[{len(spec.layers) - 1}]"
+    if shape.kind not in ("vector", "nodes"):
+        return [(last, f"the model must end in one vector per example, got {shape.describe()}")]
+    if shape.features != want:
+        return [(f"{last}", f"outputs {shape.features} but task {spec.task.dataset} needs {want}")]
+    return []
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    path = _loc_to_path(first["loc"])
+    message = first["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix) :]
+    if first["type"] in ("value_error", "assertion_error") and re.match(r"^[\w\[\]\.]+: ", message):
+        return message  # cross-field errors already carry their own path
+    got = first.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    return f"{path}: {message}{shown}" if path else f"{message}{shown}"
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    previous: Any = None
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif isinstance(previous, int) and item in REGISTRY:
+            pass  # discriminated-union tag: layers[3].linear.x -> layers[3].x
+        else:
+            parts.append(("." if parts else "") + str(item))
+        previous = item
+    return "".join(parts)
+
+
+def render_template(text: str, source: Path | None, variables: dict[str, Any] | None = None) -> str:
+    """Render a spec as a jinja2 template; includes resolve next to the spec and in specs/."""
+    search = [str(source.parent)] if source else []
+    search.append(str(Path(__file__).resolve().parent.parent / "specs"))
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(search),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    return env.from_string(text).render(**(variables or {}))
+
+
+def parse_override(item: str) -> tuple[list[str | int], Any]:
+    """``train.lr=1e-4`` or ``layers[2].dropout=0.1`` -> (path parts, YAML-parsed value)."""
+    if "=" not in item:
+        raise SpecError("--set", f"{item!r} is not PATH=VALUE (e.g. train.epochs=3)")
+    path, raw = item.split("=", 1)
+    parts: list[str | int] = []
+    for token in re.findall(r"[^.\[\]]+|\[\d+\]", path.strip()):
+        parts.append(int(token[1:-1]) if token.startswith("[") else token)
+    if not parts:
+        raise SpecError("--set", f"{item!r} has an empty path")
+    return parts, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        parts, value = parse_override(item)
+        node: Any = data
+        for depth, key in enumerate(parts[:-1]):
+            nxt = parts[depth + 1]
+            try:
+                if isinstance(node, dict) and key not in node:
+                    node[key] = [] if isinstance(nxt, int) else {}
+                node = node[key]
+            except (KeyError, IndexError, TypeError):
+                raise SpecError("--set", f"{item!r}: no such path in the spec") from None
+        last = parts[-1]
+        try:
+            node[last] = value
+        except (IndexError, TypeError):
+            raise SpecError("--set", f"{item!r}: no such path in the spec") from None
+    return data
+
+
+def spec_from_text(
+    text: str,
+    source: Path | None = None,
+    overrides: list[str] | None = None,
+    variables: dict[str, Any] | None = None,
+) -> ExperimentSpec:
+    where = str(source) if source else None
+    try:
+        rendered = render_template(text, source, variables)
+    except jinja2.TemplateError as err:
+        line = getattr(err, "lineno", None)
+        raise SpecError("", f"template error{f' at line {line}' if line else ''}: {err}", where) from None
+    try:
+        data = yaml.safe_load(rendered)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpecError("", f"invalid YAML{at}: {problem}", where) from None
+    if not isinstance(data, dict):
+        raise SpecError("", "a spec must be a YAML mapping with name, family, task and layers", where)
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError("", format_validation_error(err), where) from None
+
+
+def load_spec(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    variables: dict[str, Any] | None = None,
+) -> ExperimentSpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError("", f"spec file not found: {path}") from None
+    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as err:
+        raise SpecError("", f"cannot read spec {path}: {err}") from None
+    return spec_from_text(text, path, overrides, variables)
+
+
+def spec_to_yaml(spec: ExperimentSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+def spec_hash(spec: ExperimentSpec) -> str:
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+__all__ = [
+    "ExperimentSpec",
+    "GeneratorSpec",
+    "TaskSpec",
+    "TrainSpec",
+    "load_spec",
+    "spec_from_text",
+    "spec_to_yaml",
+    "spec_hash",
+]
