@@ -1,0 +1,1 @@
+"""uhn_runtime: the generator, functional targets, data, training, export and benchmarks."""

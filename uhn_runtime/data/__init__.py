@@ -1,0 +1,149 @@
+"""Task data: one loader per dataset, all yielding the same ``Batch`` to the training loop.
+
+A loader is registered under the dataset name of ``uhn_spec.tasks.DATASETS`` (plus
+``synthetic``) and turns a ``TaskSpec`` and a data root into a ``TaskData``. Image, text,
+formula and graph tasks all go through the same loop: a graph epoch is one full-graph batch
+whose ``node_mask`` selects the nodes that count.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from uhn_spec.errors import UHNError
+from uhn_spec.spec import TaskSpec
+
+Split = Literal["val", "test"]
+Metric = Literal["accuracy", "rmse"]
+
+
+class DataError(UHNError):
+    """A dataset file is missing or malformed; the message names the expected path."""
+
+
+@dataclass
+class Batch:
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    edge_index: torch.Tensor | None = None
+    padding_mask: torch.Tensor | None = None  # text: True at padding
+    node_mask: torch.Tensor | None = None  # graph: nodes whose loss/metric counts
+
+    def to(self, device: torch.device | str) -> "Batch":
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return replace(
+            self,
+            inputs=move(self.inputs),
+            targets=move(self.targets),
+            edge_index=move(self.edge_index),
+            padding_mask=move(self.padding_mask),
+            node_mask=move(self.node_mask),
+        )
+
+    def model_kwargs(self) -> dict[str, torch.Tensor]:
+        kwargs = {"x": self.inputs}
+        if self.edge_index is not None:
+            kwargs["edge_index"] = self.edge_index
+        if self.padding_mask is not None:
+            kwargs["padding_mask"] = self.padding_mask
+        return kwargs
+
+    def select(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(outputs, targets) restricted to the examples that count."""
+        if self.node_mask is None:
+            return outputs, self.targets
+        return outputs[self.node_mask], self.targets[self.node_mask]
+
+
+@dataclass
+class TaskData(ABC):
+    """A dataset ready for training: fixed splits, preprocessing done or done per batch."""
+
+    metric: Metric
+    notes: list[str] = field(default_factory=list)  # e.g. "CiteSeer stands in for PubMed"
+
+    @abstractmethod
+    def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
+        """One epoch of shuffled (and, where the task says so, augmented) training batches."""
+
+    @abstractmethod
+    def eval_batches(self, split: Split, batch_size: int) -> Iterator[Batch]:
+        """The val or test split in a fixed order, without augmentation."""
+
+    @abstractmethod
+    def num_train_batches(self, batch_size: int) -> int: ...
+
+
+def loss_fn(metric: Metric, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if metric == "rmse":
+        return F.mse_loss(outputs.float(), targets.float().view_as(outputs))
+    return F.cross_entropy(outputs.float(), targets)
+
+
+def metric_sums(metric: Metric, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
+    """(sum, count) to accumulate over batches: correct predictions, or squared errors."""
+    if metric == "rmse":
+        err = (outputs.float() - targets.float().view_as(outputs)).pow(2)
+        return float(err.sum()), err.numel()
+    return float((outputs.argmax(dim=-1) == targets).sum()), targets.numel()
+
+
+def finish_metric(metric: Metric, total: float, count: int) -> float:
+    if count == 0:
+        return float("nan")
+    return (total / count) ** 0.5 if metric == "rmse" else total / count
+
+
+Loader = Callable[[TaskSpec, Path], TaskData]
+LOADERS: dict[str, Loader] = {}
+
+
+def register_loader(*names: str) -> Callable[[Loader], Loader]:
+    def wrap(fn: Loader) -> Loader:
+        for name in names:
+            LOADERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def default_data_root() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "uhn" / "data"
+
+
+def resolve_data_root(flag: str | Path | None = None) -> Path:
+    """--data-root, else $UHN_DATA, else a per-user cache folder."""
+    if flag:
+        return Path(flag).expanduser()
+    if os.environ.get("UHN_DATA"):
+        return Path(os.environ["UHN_DATA"]).expanduser()
+    return default_data_root()
+
+
+def load_task_data(task: TaskSpec, data_root: str | Path | None = None) -> TaskData:
+    _import_loaders()
+    loader = LOADERS.get(task.dataset)
+    if loader is None:
+        raise DataError(f"no loader for dataset {task.dataset!r}; known: {', '.join(sorted(LOADERS))}")
+    return loader(task, resolve_data_root(data_root))
+
+
+def _import_loaders() -> None:
+    # Loaders register themselves on import; importing here keeps heavy optional imports
+    # (torch_geometric, PIL, scipy) off the path of commands that never load data.
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")

@@ -1,0 +1,43 @@
+"""A plan target placed on a device: cached descriptors, the skeleton, and the glue that
+turns a generated flat vector into the target model's forward pass."""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call
+
+from uhn_spec.model import TargetModel, build_model
+from uhn_spec.plan import TargetPlan
+
+from .generator import UHNGenerator
+
+
+class DeviceTarget:
+    """Descriptors live on the device as cached tensors and are never rebuilt per step."""
+
+    def __init__(self, target: TargetPlan, device: torch.device | str = "cpu"):
+        self.plan = target
+        self.device = torch.device(device)
+        self.index_rows = target.index_rows.to(self.device)  # small ints, cast per chunk
+        self.structure_rows = target.structure_rows().to(self.device)
+        self.model: TargetModel = build_model(target.spec).to(self.device)
+        self._slices = [(p.name, p.offset, p.numel, p.shape) for p in target.params]
+
+    @property
+    def num_params(self) -> int:
+        return self.plan.num_params
+
+    def generate(self, generator: UHNGenerator, chunk_rows: int | None = None) -> torch.Tensor:
+        return generator(self.index_rows, self.structure_rows, chunk_rows)
+
+    def params_from_flat(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-parameter views into the flat vector (no copy; gradients reach ``flat``)."""
+        return {name: flat[o : o + n].view(shape) for name, o, n, shape in self._slices}
+
+    def flat_from_model(self) -> torch.Tensor:
+        """The skeleton's own weights as one flat vector in plan order."""
+        params = dict(self.model.named_parameters())
+        return torch.cat([params[name].detach().reshape(-1) for name, *_ in self._slices])
+
+    def forward(self, flat: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, self.params_from_flat(flat), args=(), kwargs=inputs)
