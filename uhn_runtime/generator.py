@@ -7,8 +7,15 @@ Fourier features of each layer's [global; task; local] row -> one Transformer en
 then ReLU -> Linear(d, 1).
 
 Non-trainable state (Fourier matrices B, normalisation mean and scale) lives in buffers, and
-B is drawn from an explicit seeded ``torch.Generator``. Generation runs over chunks of index
-rows with recomputation in the backward, so memory grows as O(N) rather than O(N * 2m).
+B is drawn from an explicit seeded ``torch.Generator``.
+
+Generation never builds the N x 2m Fourier features: the input Linear runs factored per
+parameter tensor (``fast_features``: per-side phasor tables, one GEMM per work unit), and the
+rest of the network runs per work unit. With gradients, each unit keeps only its (rows, d)
+input-Linear output and recomputes the residual blocks in the backward; past
+``max_saved_bytes`` it keeps nothing and recomputes the whole unit. Memory therefore grows as
+O(N * d) (or O(N)), not O(N * 2m). ``benchmarks/naive_generator.py`` is the same math run the
+direct way, kept as the baseline and the numerical reference.
 """
 
 from __future__ import annotations
@@ -19,6 +26,24 @@ from torch.utils.checkpoint import checkpoint
 
 from uhn_spec.descriptors import INDEX_FIELDS, STRUCTURE_FIELDS, Ranges
 from uhn_spec.spec import GeneratorSpec
+
+from .fast_features import FactoredLayout, FactoredLinear, FourierBasis, UnitContext, WorkUnit, build_layout
+
+# Activations kept for the backward, at most: all of them while they fit (about 9 x d floats
+# per row), else only each unit's (rows x d) input-Linear output, recomputing the residual
+# blocks in the backward, else nothing, recomputing whole units. With this default MNIST-MLP
+# keeps everything (0.27 GB), CIFAR CNN-20 and CNN-56 keep the input-Linear output (0.14 and
+# 0.44 GB).
+DEFAULT_MAX_SAVED_BYTES = 2**30
+# Floats per row autograd keeps for the residual blocks and head: per block the ReLU and
+# LayerNorm outputs feeding each Linear (4 x d), plus the head's ReLU output.
+TAIL_SAVED_PER_BLOCK = 4
+# Activations per pass through the residual blocks (rows x d): about 2 MB stays in the L2
+# cache and runs the blocks about twice as fast as one pass over a whole work unit, while
+# passes stay large enough that per-op overheads do not matter.
+TAIL_ELEMENTS = 2**19
+# Layouts of the most recent index-row tensors a generator has seen (usually one per target).
+LAYOUT_CACHE_SIZE = 8
 
 
 class FourierEncoder(nn.Module):
@@ -48,6 +73,10 @@ class FourierEncoder(nn.Module):
         with torch.autocast(rows.device.type, enabled=False):
             phase = self.phases(rows)
             return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
+
+    def basis(self) -> FourierBasis:
+        """Normalisation and B in float64, for the factored features."""
+        return FourierBasis.of(self.mean, self.inv_std, self.B)
 
 
 class ResidualBlock(nn.Module):
@@ -119,12 +148,17 @@ class UHNGenerator(nn.Module):
         self.index_in = nn.Linear(self.index_fourier.out_dim, spec.hidden)
         self.blocks = nn.ModuleList(ResidualBlock(spec.hidden) for _ in range(spec.blocks))
         self.out = nn.Linear(spec.hidden, 1)
+        self.max_saved_bytes = DEFAULT_MAX_SAVED_BYTES
+        self._layouts: list[tuple[torch.Tensor, int, int, FactoredLayout]] = []
 
     def structure_embedding(self, structure_rows: torch.Tensor) -> torch.Tensor | None:
         return None if self.structure is None else self.structure(structure_rows)
 
     def hidden_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        h = self.index_in(features)
+        """Input Linear and residual blocks over materialised features (the direct way)."""
+        return self.blocks_forward(self.index_in(features))
+
+    def blocks_forward(self, h: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             h = block(h)
         return h
@@ -134,10 +168,6 @@ class UHNGenerator(nn.Module):
             h = h + structure
         return self.out(torch.relu(h)).squeeze(-1)
 
-    def _chunk(self, index_rows: torch.Tensor, structure: torch.Tensor | None) -> torch.Tensor:
-        features = self.index_fourier(index_rows)
-        return self.head(self.hidden_from_features(features), structure).float()
-
     def forward(
         self,
         index_rows: torch.Tensor,
@@ -146,25 +176,66 @@ class UHNGenerator(nn.Module):
     ) -> torch.Tensor:
         """Generate one weight per index row: (N, 10) small ints -> (N,) fp32.
 
-        Rows are processed in chunks; when gradients are needed each chunk is recomputed in
-        the backward instead of keeping its (chunk, 2m) features alive.
+        Rows are generated in work units of at most about ``chunk_rows`` rows (default
+        ``spec.chunk_rows``); the result does not depend on the unit size. What is kept for
+        the backward follows ``max_saved_bytes`` (see ``saving_policy``).
         """
         structure = None
         if self.structure is not None:
             if structure_rows is None:
                 raise ValueError("this generator has a structure encoder: pass structure_rows")
             structure = self.structure_embedding(structure_rows)
-        chunk = chunk_rows or self.spec.chunk_rows
-        n = index_rows.shape[0]
-        if n <= chunk:
-            return self._run_chunk(index_rows, structure)
-        parts = [self._run_chunk(index_rows[i : i + chunk], structure) for i in range(0, n, chunk)]
-        return torch.cat(parts)
+        layout = self.layout(index_rows, chunk_rows or self.spec.chunk_rows)
+        if not layout.units:
+            return torch.zeros(0, device=index_rows.device)
+        basis = self.index_fourier.basis()
+        context = UnitContext(layout, basis, layout.tables(basis))
+        run = self._unit_runner(layout.num_rows)
+        out = torch.cat([run(context, unit, structure) for unit in layout.units])
+        return out if layout.order is None else out[layout.order]
 
-    def _run_chunk(self, rows: torch.Tensor, structure: torch.Tensor | None) -> torch.Tensor:
-        if torch.is_grad_enabled():
-            return checkpoint(self._chunk, rows, structure, use_reentrant=False)
-        return self._chunk(rows, structure)
+    def layout(self, index_rows: torch.Tensor, chunk_rows: int) -> FactoredLayout:
+        """The work units of these index rows, analysed once per tensor and cached (keyed by
+        the tensor itself and its version counter, so an in-place change is noticed)."""
+        version = index_rows._version
+        for rows, seen_version, seen_chunk, layout in self._layouts:
+            if rows is index_rows and seen_version == version and seen_chunk == chunk_rows:
+                return layout
+        layout = build_layout(index_rows, chunk_rows, self.spec.hidden, self.spec.index_freqs)
+        self._layouts = [(index_rows, version, chunk_rows, layout), *self._layouts[: LAYOUT_CACHE_SIZE - 1]]
+        return layout
+
+    def saving_policy(self, num_rows: int) -> str:
+        """What a forward with gradients keeps for N rows: "all" activations, only the
+        input-Linear output ("h0") or "nothing" (whole units are recomputed)."""
+        row_bytes = 4 * self.spec.hidden
+        if num_rows * row_bytes * (TAIL_SAVED_PER_BLOCK * self.spec.blocks + 1) <= self.max_saved_bytes:
+            return "all"
+        return "h0" if num_rows * row_bytes <= self.max_saved_bytes else "nothing"
+
+    def _unit_runner(self, num_rows: int):
+        if not torch.is_grad_enabled():
+            return self._run_unit
+        policy = self.saving_policy(num_rows)
+        if policy == "all":
+            return self._run_unit
+        if policy == "h0":
+            return self._run_unit_keeping_h0
+        return lambda context, unit, structure: checkpoint(self._run_unit, context, unit, structure, use_reentrant=False)
+
+    def _run_unit(self, context: UnitContext, unit: WorkUnit, structure: torch.Tensor | None) -> torch.Tensor:
+        h0 = FactoredLinear.apply(self.index_in.weight, self.index_in.bias, context, unit)
+        return self._tail(h0, structure)
+
+    def _run_unit_keeping_h0(self, context: UnitContext, unit: WorkUnit, structure: torch.Tensor | None) -> torch.Tensor:
+        h0 = FactoredLinear.apply(self.index_in.weight, self.index_in.bias, context, unit)
+        return checkpoint(self._tail, h0, structure, use_reentrant=False)
+
+    def _tail(self, h0: torch.Tensor, structure: torch.Tensor | None) -> torch.Tensor:
+        """Residual blocks and head over one unit's input-Linear output, in cache-sized passes."""
+        rows = max(1, TAIL_ELEMENTS // self.spec.hidden)
+        parts = [self.head(self.blocks_forward(h), structure).float() for h in h0.split(rows)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def count_generator_params(spec: GeneratorSpec) -> tuple[int, int]:

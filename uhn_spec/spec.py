@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -74,6 +75,16 @@ class TaskSpec(StrictModel):
     dataset: DatasetName
     vocab_size: int = Field(5000, ge=4, description="text tasks: vocabulary incl. <unk>, <pad>, <cls>")
     synthetic: SyntheticShape | None = Field(None, description="shape of the synthetic dataset")
+    max_length: int | None = Field(
+        None,
+        ge=2,
+        description="text tasks: tokens per example incl. <cls> (default: the embedding's max_length, else 512)",
+    )
+    validate_split: bool = Field(
+        False,
+        description="hold out a validation split of the training data and train on the rest "
+        "(the authors' --validate); off: train on all of it, as the paper's results do",
+    )
 
     @model_validator(mode="after")
     def _synthetic_shape(self) -> "TaskSpec":
@@ -130,6 +141,10 @@ class TrainSpec(StrictModel):
     grad_clip: float | None = Field(None, gt=0)
     direct_lr: float | None = Field(None, gt=0, le=1.0, description="lr of the direct baseline (default: lr)")
     eval_every: int | None = Field(None, ge=1, description="evaluate every this many epochs/steps")
+    compare_direct: bool = Field(
+        False,
+        description="`uhn train` also trains the target directly (as --with-direct) and reports both",
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> "TrainSpec":
@@ -153,10 +168,40 @@ class ExperimentSpec(StrictModel):
     generator: GeneratorSpec = GeneratorSpec()
     train: TrainSpec = TrainSpec(epochs=1, warmup=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _text_length_from_embedding(cls, data: Any) -> Any:
+        """A text task's sequence length defaults to the embedding's positional table, so a
+        spec states it once (the data loader sees only ``task``)."""
+        if not isinstance(data, dict):
+            return data
+        task = data.get("task")
+        embeddings = [
+            layer for layer in data.get("layers") or [] if _layer_kind(layer) == "embedding"
+        ]
+        length = _layer_field(embeddings[0], "max_length") if embeddings else None
+        if not isinstance(length, int):
+            return data
+        if isinstance(task, dict) and task.get("max_length") is None:
+            return {**data, "task": {**task, "max_length": length}}
+        if isinstance(task, TaskSpec) and task.max_length is None:
+            return {**data, "task": task.model_copy(update={"max_length": length})}
+        return data
+
     @model_validator(mode="after")
     def _layers_chain(self) -> "ExperimentSpec":
         for path, message in chain_errors(self):
             raise ValueError(f"{path}: {message}")
+        return self
+
+    @model_validator(mode="after")
+    def _text_fits_embedding(self) -> "ExperimentSpec":
+        for i, layer in enumerate(self.layers):
+            if layer.kind == "embedding" and (self.task.max_length or 0) > layer.max_length:
+                raise ValueError(
+                    f"task.max_length: {self.task.max_length} exceeds layers[{i}].max_length "
+                    f"({layer.max_length}), the longest sequence the positional table holds"
+                )
         return self
 
     @property
@@ -172,6 +217,14 @@ class ExperimentSpec(StrictModel):
         from .model import build_model  # local: keeps torch module building off the import path
 
         return sum(p.numel() for p in build_model(self, device="meta").parameters())
+
+
+def _layer_kind(layer: Any) -> Any:
+    return layer.get("kind") if isinstance(layer, dict) else getattr(layer, "kind", None)
+
+
+def _layer_field(layer: Any, name: str) -> Any:
+    return layer.get(name) if isinstance(layer, dict) else getattr(layer, name, None)
 
 
 def chain_errors(spec: ExperimentSpec) -> list[tuple[str, str]]:
@@ -195,8 +248,18 @@ def chain_errors(spec: ExperimentSpec) -> list[tuple[str, str]]:
 
 
 def format_validation_error(err: ValidationError) -> str:
-    first = err.errors()[0]
+    errors = err.errors()
+    # A misspelt field shows up as "unknown" plus "required": the unknown one names the typo.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     path = _loc_to_path(first["loc"])
+    if first["type"] == "extra_forbidden":
+        allowed = _fields_at(first["loc"][:-1])
+        hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
+        return f"{path}: unknown field{hint}"
+    if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        tag = first.get("ctx", {}).get("tag")
+        what = f"{tag!r} is not a layer kind" if tag is not None else "missing"
+        return f"{path}.kind: {what}; use one of: {', '.join(REGISTRY)}"
     message = first["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         if message.startswith(prefix):
@@ -204,7 +267,8 @@ def format_validation_error(err: ValidationError) -> str:
     if first["type"] in ("value_error", "assertion_error") and re.match(r"^[\w\[\]\.]+: ", message):
         return message  # cross-field errors already carry their own path
     got = first.get("input")
-    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    already_shown = "(got " in message  # a validator's own message may name the value
+    shown = "" if isinstance(got, (dict, list)) or got is None or already_shown else f" (got {got!r})"
     return f"{path}: {message}{shown}" if path else f"{message}{shown}"
 
 
@@ -220,6 +284,24 @@ def _loc_to_path(loc: tuple[Any, ...]) -> str:
             parts.append(("." if parts else "") + str(item))
         previous = item
     return "".join(parts)
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the spec model found at ``loc`` (for "allowed here" hints)."""
+    model: type[BaseModel] | None = ExperimentSpec
+    previous: Any = None
+    for item in loc:
+        if isinstance(item, int):
+            pass  # a list item: the model is chosen by the next (tag) or stays
+        elif isinstance(previous, int) and item in REGISTRY:
+            model = REGISTRY[item]
+        else:
+            field = model.model_fields.get(item) if model else None
+            annotation = field.annotation if field else None
+            candidates = (annotation, *typing.get_args(annotation))
+            model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        previous = item
+    return list(model.model_fields) if model else []
 
 
 def render_template(text: str, source: Path | None, variables: dict[str, Any] | None = None) -> str:

@@ -95,20 +95,30 @@ def check_layer_properties(spec: ExperimentSpec) -> None:
 
     # functional_call with a flat vector == the module with the same weights loaded.
     inputs = example_inputs(spec)
-    flat = (torch.randn(n, generator=torch.Generator().manual_seed(1)) * 0.2).requires_grad_(True)
+    # Noise around each tensor's init mean, as a generator after its init phase gives: a KAN
+    # grid (lower bound -1, log length ln 2) then covers its inputs instead of sitting at 0.
+    means = torch.repeat_interleave(
+        torch.tensor([p.init_mean for p in target.params]), torch.tensor([p.numel for p in target.params])
+    )
+    noise = torch.randn(n, generator=torch.Generator().manual_seed(1)) * 0.2
+    flat = (means + noise).requires_grad_(True)
     out_functional = functional_call(model, flat_to_params(target, flat), args=(), kwargs=inputs)
     loaded = build_model(spec).eval()
     loaded.load_state_dict({k: v.detach() for k, v in flat_to_params(target, flat).items()})
     out_loaded = loaded(**inputs)
     assert torch.allclose(out_functional, out_loaded, atol=1e-5, rtol=1e-4)
 
-    # Every slice passes gradient back to the flat (generated) vector.
+    # Every slice passes gradient back to the flat (generated) vector, except those a kind
+    # declares gradient-free, whose gradient must then vanish (up to rounding).
     weights = torch.randn(out_functional.shape, generator=torch.Generator().manual_seed(2))
     (out_functional * weights).sum().backward()
     assert flat.grad is not None and bool(torch.isfinite(flat.grad).all())
     for p in target.params:
-        if p.numel:
-            assert float(flat.grad[p.offset : p.offset + p.numel].abs().sum()) > 0, p.name
+        grad = flat.grad[p.offset : p.offset + p.numel]
+        if p.name.split(".", 2)[2] in spec.layers[p.layer].gradient_free_params:
+            assert float(grad.abs().sum()) < 1e-4, p.name
+        elif p.numel:
+            assert float(grad.abs().sum()) > 0, p.name
 
     # spec -> YAML -> spec round-trips.
     assert spec_from_text(spec_to_yaml(spec)) == spec

@@ -22,11 +22,11 @@ def register(cls: type[LayerSpec]) -> type[LayerSpec]:
 
 # Import order is the registry order; each import registers its kind.
 from . import linear  # noqa: E402,F401
-# from . import conv2d  # noqa: E402,F401
-# from . import gcn  # noqa: E402,F401
-# from . import gat  # noqa: E402,F401
-# from . import embedding  # noqa: E402,F401
-# from . import mha  # noqa: E402,F401
-# from . import kan  # noqa: E402,F401
+from . import conv2d  # noqa: E402,F401
+from . import gcn  # noqa: E402,F401
+from . import gat  # noqa: E402,F401
+from . import embedding  # noqa: E402,F401
+from . import mha  # noqa: E402,F401
+from . import kan  # noqa: E402,F401
 
 __all__ = ["REGISTRY", "LayerSpec", "register"]

@@ -136,6 +136,10 @@ class LayerSpec(BaseModel):
     # Local-structure fields this kind can use, with the full range of each categorical one;
     # normalisation ranges include these so that e.g. every activation id stays in range.
     categorical_domains: ClassVar[dict[str, tuple[float, float]]] = {}
+    # Parameters the layer's output does not depend on at all, so their task-loss gradient
+    # is zero by construction (an attention key bias: softmax ignores a shift shared by all
+    # keys). They are still generated and matched by the init phase.
+    gradient_free_params: ClassVar[frozenset[str]] = frozenset()
 
     init: Literal["default", "zero"] = "default"
 

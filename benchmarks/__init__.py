@@ -1,0 +1,1 @@
+"""Benchmark scripts and the naive baseline generator (see docs/performance.md)."""

@@ -1,0 +1,1 @@
+"""uhn_cli: the ``uhn`` command line (installed from the folder ``cli/``)."""

@@ -1,0 +1,55 @@
+"""``uhn bench``: generation and train-step speed and memory against the naive baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from uhn_runtime.bench import DEFAULT_NAIVE_MAX_BYTES, GIB, BenchOptions, render_report, run_bench
+from uhn_runtime.train import resolve_device
+from uhn_spec import UHNError
+
+from .main import PLAN_SUFFIX, SetOption, command, load_target_source
+
+
+@command("bench")
+def bench(
+    source: Annotated[Path, typer.Argument(help=f"A plan (*{PLAN_SUFFIX}) or a spec YAML.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON instead of a table.")] = False,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per case (median; after one warm-up).")] = 5,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto (CUDA when available).")] = "cpu",
+    batch: Annotated[int, typer.Option("--batch", help="Target batch size of the train step.")] = 256,
+    precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16 autocast for the matmuls.")] = "fp32",
+    target: Annotated[str | None, typer.Option("--target", help="Which target of a multi-target plan.")] = None,
+    naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Also measure the naive one-batch generator.")] = True,
+    naive_max_gib: Annotated[
+        float, typer.Option("--naive-max-gib", help="Skip the naive generator if its estimated peak exceeds this.")
+    ] = DEFAULT_NAIVE_MAX_BYTES / GIB,
+    target_segments: Annotated[
+        int, typer.Option("--target-segments", help="Checkpoint the target's activations in this many segments (0: off).")
+    ] = 0,
+    overrides: SetOption = None,
+) -> None:
+    """Measure generation (weights/s, fraction of the matmul peak), a train step and peak
+    memory, each case in a fresh process, against the naive one-batch generator."""
+    if precision not in ("fp32", "bf16"):
+        raise UHNError(f"--precision: {precision!r}; use fp32 or bf16")
+    if target_segments < 0:
+        raise UHNError(f"--target-segments: {target_segments}; use 0 (off) or a positive number")
+    plan = load_target_source(source, overrides)
+    options = BenchOptions(
+        repeats=repeats,
+        batch=batch,
+        device=resolve_device(device).type,
+        precision=precision,
+        target=target,
+        naive=naive,
+        naive_max_bytes=int(naive_max_gib * GIB),
+        target_segments=target_segments,
+        seed=plan.target(target).spec.train.seed,
+    )
+    report = run_bench(plan, options, progress=lambda what: typer.echo(f"measuring {what} ...", err=True))
+    typer.echo(json.dumps(report, indent=2) if as_json else render_report(report))

@@ -1,0 +1,116 @@
+"""The ``uhn`` typer app and what every command module shares.
+
+Register a command with ``@command()`` (below): it is an ``app.command`` whose expected
+failures -- a bad spec, a corrupt plan, a missing file -- print one line ``error: ...`` to
+stderr and exit with code 2, never a traceback. A traceback means a bug in uhn.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from uhn_spec import Plan, UHNError, compile_specs, load_plan, load_spec
+
+EXIT_USER_ERROR = 2
+PLAN_SUFFIX = ".pt"
+
+app = typer.Typer(
+    name="uhn",
+    help="Universal Hypernetworks: compile model specs and generate, train and export their weights.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Repeatable ``--set PATH=VALUE``: overrides a spec field after the file is read, e.g.
+# ``--set train.epochs=3 --set layers[1].dropout=0.1``. VALUE is parsed as YAML.
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="PATH=VALUE",
+        help="Override a spec field (repeatable), e.g. --set train.lr=2e-4 --set layers[1].dropout=0.1",
+    ),
+]
+
+
+def fail(message: str) -> typer.Exit:
+    """Print ``error: message`` to stderr; raise the returned Exit (code 2)."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(EXIT_USER_ERROR)
+
+
+def reports_errors(func: F) -> F:
+    """Turn the errors a user can cause into one stderr line and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UHNError as err:
+            raise fail(str(err)) from None
+        except FileNotFoundError as err:
+            raise fail(f"file not found: {err.filename or err}") from None
+        except ValueError as err:
+            raise fail(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def command(name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
+    """``app.command`` with ``reports_errors``: how every command module registers a command."""
+
+    def register(func: F) -> F:
+        app.command(name, **kwargs)(reports_errors(func))
+        return func
+
+    return register
+
+
+def is_plan_path(path: Path) -> bool:
+    return path.suffix == PLAN_SUFFIX
+
+
+def load_target_source(path: Path, overrides: list[str] | None = None) -> Plan:
+    """A plan file (``*.pt``) as saved, or a spec YAML compiled now (with ``--set`` applied)."""
+    return load_target_sources([path], overrides)
+
+
+def load_target_sources(paths: list[Path], overrides: list[str] | None = None) -> Plan:
+    """One plan file, or one or more specs compiled into one plan (shared normalisation)."""
+    overrides = list(overrides or [])
+    plans = [p for p in paths if is_plan_path(p)]
+    if plans:
+        if len(paths) > 1:
+            raise UHNError(f"give one plan file or only specs, got {', '.join(map(str, paths))}")
+        if overrides:
+            raise UHNError(f"--set changes specs, not compiled plans; recompile {plans[0]} with `uhn compile SPEC --set ...`")
+        return load_plan(plans[0])
+    specs = [load_spec(p, overrides) for p in paths]
+    return compile_specs(specs, source_text=source_text(paths, overrides))
+
+
+def source_text(paths: list[Path], overrides: list[str]) -> str:
+    """What a plan records as its source: the spec files as written, then the overrides
+    (as YAML comments), so the plan's hash changes with either."""
+    parts = [p.read_text() for p in paths]
+    text = "---\n".join(part if part.endswith("\n") else part + "\n" for part in parts)
+    return text + "".join(f"# --set {item}\n" for item in overrides)
+
+
+def human_bytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
+
+
+# Command modules: each registers its commands on `app` when imported. Add one line per module.
+from . import spec_commands  # noqa: E402,F401
+from . import train_commands  # noqa: E402,F401
+from . import data_commands  # noqa: E402,F401
+from . import bench_commands  # noqa: E402,F401

@@ -1,0 +1,44 @@
+"""Shared test configuration: where the real datasets are, and skipping tests that need them.
+
+Mark a test ``@pytest.mark.shared_data`` (or use the ``data_root`` fixture) when it reads the
+real datasets; it is skipped, with the reason, where they are absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_data_root() -> Path:
+    """``$UHN_DATA`` if set, else ``../shared/data`` next to the repository."""
+    env = os.environ.get("UHN_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+SHARED_DATA = shared_data_root()
+
+
+def _skip_reason() -> str:
+    return f"real datasets not found at {SHARED_DATA} (set UHN_DATA to their folder)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if SHARED_DATA.is_dir():
+        return
+    skip = pytest.mark.skip(reason=_skip_reason())
+    for item in items:
+        if item.get_closest_marker("shared_data"):
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def data_root() -> Path:
+    """The real datasets' folder; skips the test where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(_skip_reason())
+    return SHARED_DATA

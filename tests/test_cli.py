@@ -1,0 +1,225 @@
+"""The ``uhn`` command line: validate, compile, inspect; and that it is installed as ``uhn``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from uhn_cli.main import app
+from uhn_runtime.generator import count_generator_params
+from uhn_spec import load_plan
+from uhn_spec.spec import GeneratorSpec
+
+from .conftest import REPO_ROOT
+
+SPEC = """\
+# A two-layer MLP on the bundled 8x8 digits.
+name: cli_mlp
+family: mlp
+task:
+  dataset: digits
+layers:
+  - kind: linear
+    in_features: 64
+    out_features: 32
+    input_pooling: reshape_to_2d
+  - kind: linear
+    in_features: 32
+    out_features: 10
+    activation: silu
+generator:
+  index_freqs: 1024
+  hidden: 64
+"""
+# 64*32 + 32 + 32*10 + 10
+SPEC_PARAMS = 2410
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "cli_mlp.yaml"
+    path.write_text(SPEC)
+    return path
+
+
+def test_help_lists_the_spec_commands() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for name in ("validate", "compile", "inspect"):
+        assert name in result.stdout
+
+
+def test_validate(spec_file: Path) -> None:
+    result = invoke("validate", spec_file)
+    assert result.exit_code == 0
+    assert result.stdout == f"ok: cli_mlp ({SPEC_PARAMS} params, 2 layers)\n"
+
+
+def test_validate_several_specs_with_overrides(spec_file: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.yaml"
+    other.write_text(SPEC.replace("cli_mlp", "other_mlp"))
+    result = invoke("validate", spec_file, other, "--set", "layers[0].out_features=16", "--set", "layers[1].in_features=16")
+    assert result.exit_code == 0
+    params = 64 * 16 + 16 + 16 * 10 + 10
+    assert result.stdout.splitlines() == [f"ok: cli_mlp ({params} params, 2 layers)", f"ok: other_mlp ({params} params, 2 layers)"]
+
+
+def test_compile_writes_a_plan(spec_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plans" / "mlp.pt"
+    result = invoke("compile", spec_file, "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {out} (")
+    assert result.stdout.rstrip().endswith(f"): cli_mlp {SPEC_PARAMS} params")
+    plan = load_plan(out)
+    assert plan.targets[0].num_params == SPEC_PARAMS
+    assert plan.source_text == SPEC  # the file as written, comments and all
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mlp.pt"]  # no temp file left
+
+
+def test_compile_records_overrides(spec_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mlp.pt"
+    result = invoke("compile", spec_file, "-o", out, "--set", "layers[1].dropout=0.5")
+    assert result.exit_code == 0, result.stderr
+    plan = load_plan(out)
+    assert plan.targets[0].spec.layers[1].dropout == 0.5
+    assert plan.source_text == SPEC + "# --set layers[1].dropout=0.5\n"
+
+
+def test_compile_several_specs_into_one_plan(spec_file: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.yaml"
+    other.write_text(SPEC.replace("cli_mlp", "other_mlp"))
+    out = tmp_path / "multi.pt"
+    result = invoke("compile", spec_file, other, "-o", out)
+    assert result.exit_code == 0
+    assert [t.name for t in load_plan(out).targets] == ["cli_mlp", "other_mlp"]
+
+
+def test_failed_compile_writes_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SPEC.replace("in_features: 32", "in_features: 33"))
+    out = tmp_path / "bad.pt"
+    result = invoke("compile", bad, "-o", out)
+    assert result.exit_code == 2
+    assert list(tmp_path.iterdir()) == [bad]
+
+
+def test_compile_wants_a_plan_suffix(spec_file: Path, tmp_path: Path) -> None:
+    result = invoke("compile", spec_file, "-o", tmp_path / "plan.bin")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --output: a plan file name ends in .pt")
+
+
+def test_inspect_json_of_spec_and_of_its_plan_agree(spec_file: Path, tmp_path: Path) -> None:
+    from_spec = json.loads(invoke("inspect", spec_file, "--json").stdout)
+    out = tmp_path / "mlp.pt"
+    invoke("compile", spec_file, "-o", out)
+    from_plan = json.loads(invoke("inspect", out, "--json").stdout)
+    assert from_spec == from_plan
+
+    (target,) = from_spec["targets"]
+    assert (target["name"], target["num_params"], target["num_layers"]) == ("cli_mlp", SPEC_PARAMS, 2)
+    assert [p["name"] for p in target["params"]] == ["layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"]
+    assert [p["shape"] for p in target["params"]] == [[32, 64], [32], [10, 32], [10]]
+    assert [p["offset"] for p in target["params"]] == [0, 2048, 2080, 2400]
+    assert [p["param_type"] for p in target["params"]] == [0, 1, 0, 1]
+    assert [p["layer"] for p in target["params"]] == [0, 0, 1, 1]
+    # The paper's small UHN (F_v 1024, d 64).
+    assert from_spec["generator_params"] == {"trainable": 148353, "total": 158613}
+
+
+def test_inspect_table(spec_file: Path) -> None:
+    result = invoke("inspect", spec_file)
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert "target cli_mlp: mlp on digits, 2410 params, 2 layers" in lines
+    rows = [line.split() for line in lines if line.strip().startswith(("0 ", "1 "))]
+    assert rows == [
+        ["0", "linear", "layers.0.weight", "32x64", "0", "2048", "0"],
+        ["0", "linear", "layers.0.bias", "32", "2048", "32", "1"],
+        ["1", "linear", "layers.1.weight", "10x32", "2080", "320", "0"],
+        ["1", "linear", "layers.1.bias", "10", "2400", "10", "1"],
+    ]
+    assert ["total", str(SPEC_PARAMS)] in [line.split() for line in lines]
+    assert lines[-1].startswith("generator: 148353 trainable, 158613 total parameters")
+
+
+def test_inspect_rejects_overrides_of_a_plan(spec_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mlp.pt"
+    invoke("compile", spec_file, "-o", out)
+    result = invoke("inspect", out, "--set", "train.seed=1")
+    assert result.exit_code == 2
+    assert "--set changes specs, not compiled plans" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "counts"),
+    [
+        ({}, (591_617, 612_117)),
+        ({"index_freqs": 1024, "hidden": 64}, (148_353, 158_613)),
+        ({"structure_encoder": True}, (641_665, 663_151)),
+    ],
+)
+def test_generator_sizes_are_the_papers(settings: dict, counts: tuple[int, int]) -> None:
+    assert count_generator_params(GeneratorSpec(**settings)) == counts
+
+
+# --------------------------------------------------------------------------- packaging
+
+
+def pyproject() -> dict:
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+
+
+def test_console_script_is_the_typer_app() -> None:
+    assert pyproject()["project"]["scripts"] == {"uhn": "uhn_cli.main:app"}
+    installed = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    assert installed.get("uhn") == "uhn_cli.main:app", "reinstall: pip install -e ."
+
+
+def test_every_python_package_is_listed_for_installation() -> None:
+    """A package missing from [tool.setuptools] packages works in an editable install but
+    is absent from a wheel: list every folder with an __init__.py."""
+    tool = pyproject()["tool"]["setuptools"]
+    renamed = tool.get("package-dir", {})
+    listed = {renamed.get(name, name.replace(".", "/")) for name in tool["packages"]}
+    roots = {folder.split("/")[0] for folder in listed}
+    on_disk = {
+        init.parent.relative_to(REPO_ROOT).as_posix()
+        for root in roots
+        for init in (REPO_ROOT / root).rglob("__init__.py")
+    }
+    assert on_disk - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
+
+
+
+def readme_commands() -> list[str]:
+    """The first screen's two commands: install-and-run, then the tests."""
+    blocks = re.findall(r"```sh\n(.*?)```", (REPO_ROOT / "README.md").read_text(), flags=re.S)
+    return [blocks[0].strip(), blocks[1].strip()]
+
+
+def test_ci_runs_the_readme_commands() -> None:
+    script = REPO_ROOT / ".ci" / "run"
+    assert os.access(script, os.X_OK), ".ci/run must be executable"
+    lines = script.read_text().splitlines()
+    assert "set -euo pipefail" in lines
+    install, tests = readme_commands()
+    assert install.startswith("python3 -m venv .venv") and "pip install -e '.[test]'" in install
+    assert "pytest" in tests
+    assert install in lines and tests in lines, "README.md and .ci/run give different commands"

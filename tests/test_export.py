@@ -1,0 +1,143 @@
+"""Export round trip (the plain module reproduces the generator's evaluation) and the
+train / export / evaluate commands."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import uhn_runtime.train as train_module
+from uhn_cli.main import app
+from uhn_runtime.data import load_task_data
+from uhn_runtime.evaluate import evaluate_module, generate_weights
+from uhn_runtime.export import export_run, load_exported, load_trained_source
+from uhn_runtime.run_dir import RunDir
+from uhn_runtime.train import TrainOptions, start_run
+
+from .tiny_specs import tiny_plan, tiny_spec_yaml
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
+    root = tmp_path_factory.mktemp("export") / "run"
+    start_run(tiny_plan(epochs=3), root, TrainOptions(mode="both", device="cpu", progress=io.StringIO()))
+    return RunDir.open(root)
+
+
+@pytest.mark.parametrize("kind", ["uhn", "direct"])
+def test_exported_module_reproduces_the_generated_model(trained_run: RunDir, kind: str, tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    state = export_run(trained_run, path, kind, CPU)  # type: ignore[arg-type]
+    spec, model = load_exported(path)
+    assert list(state) == [name for name, _ in model.named_parameters()]  # plain skeleton names
+    # Outputs: the plain module equals the functional target running the generated weights.
+    source, target, precision = load_trained_source(trained_run, kind, CPU)  # type: ignore[arg-type]
+    flat = generate_weights(source, precision)
+    data = load_task_data(spec.task)
+    batch = next(data.eval_batches("test", 32))
+    target.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch.model_kwargs()), target.forward(flat, **batch.model_kwargs()))
+    # Metric: the same number as the run's own final evaluation.
+    assert evaluate_module(model, data, "test", CPU) == trained_run.summary()[kind]
+
+
+def test_export_refuses_an_unfinished_phase(tmp_path: Path) -> None:
+    with pytest.raises(train_module.RunInterrupted):
+        start_run(
+            tiny_plan(epochs=3),
+            tmp_path / "run",
+            TrainOptions(device="cpu", progress=io.StringIO(), stop_after_units=1),
+        )
+    with pytest.raises(Exception, match="has not finished.*--resume"):
+        export_run(RunDir.open(tmp_path / "run"), tmp_path / "m.safetensors", "uhn", CPU)
+
+
+# --------------------------------------------------------------------------- CLI
+
+runner = CliRunner()
+
+
+def test_cli_train_export_evaluate(tmp_path: Path) -> None:
+    spec_path = tmp_path / "tiny.yaml"
+    spec_path.write_text(tiny_spec_yaml(epochs=3))
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(spec_path), "--out", str(run), "--with-direct", "--set", "train.epochs=2"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert f"test accuracy:  uhn {summary['uhn']:.4f}" in result.output
+    assert f"direct {summary['direct']:.4f}" in result.output
+    assert "uhn epoch 2/2" in result.output  # progress lines
+    assert "epochs: 2" in (run / "config.yaml").read_text()  # the override is recorded
+    assert json.loads((run / "run.json").read_text())["overrides"] == ["train.epochs=2"]
+
+    model = tmp_path / "model.safetensors"
+    result = runner.invoke(app, ["export", str(run), "-o", str(model)])
+    assert result.exit_code == 0, result.output
+    assert model.is_file()
+
+    result = runner.invoke(app, ["evaluate", str(model)])
+    assert result.exit_code == 0, result.output
+    assert f"test accuracy {summary['uhn']:.4f}" in result.output
+
+    result = runner.invoke(app, ["evaluate", str(run)])
+    assert result.exit_code == 0, result.output
+    assert f"uhn: test accuracy {summary['uhn']:.4f}" in result.output
+    assert f"direct: test accuracy {summary['direct']:.4f}" in result.output
+
+
+def test_cli_resume_continues_a_killed_run(tmp_path: Path) -> None:
+    spec_path = tmp_path / "tiny.yaml"
+    spec_path.write_text(tiny_spec_yaml(epochs=3))
+    with pytest.raises(train_module.RunInterrupted):
+        start_run(
+            tiny_plan(epochs=3),
+            tmp_path / "run",
+            TrainOptions(device="cpu", progress=io.StringIO(), stop_after_units=1),
+        )
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "uhn: resuming from epoch 1/3" in result.output
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_cli_spec_compare_direct_runs_the_baseline_by_default(tmp_path: Path) -> None:
+    spec_path = tmp_path / "tiny.yaml"
+    spec_path.write_text(tiny_spec_yaml(epochs=1, compare_direct=True))
+    result = runner.invoke(app, ["train", str(spec_path), "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["direct"] is not None
+    result = runner.invoke(app, ["train", str(spec_path), "--out", str(tmp_path / "b"), "--without-direct"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["direct"] is None
+
+
+def test_cli_nan_loss_exits_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train_module, "loss_fn", lambda metric, outputs, targets: outputs.sum() * float("inf"))
+    spec_path = tmp_path / "tiny.yaml"
+    spec_path.write_text(tiny_spec_yaml(epochs=2, init_steps=0))
+    result = runner.invoke(app, ["train", str(spec_path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "at step 1 (epoch 1, batch 1/3)" in errors[0]
+    assert "Traceback" not in result.output
+
+
+def test_cli_train_reports_a_used_run_folder_and_bad_flags(tmp_path: Path) -> None:
+    spec_path = tmp_path / "tiny.yaml"
+    spec_path.write_text(tiny_spec_yaml(epochs=1, init_steps=0))
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", str(spec_path), "--out", str(run)]).exit_code == 0
+    again = runner.invoke(app, ["train", str(spec_path), "--out", str(run)])
+    assert again.exit_code == 2 and "already holds a run" in again.output
+    both = runner.invoke(app, ["train", str(spec_path), "--direct", "--with-direct"])
+    assert both.exit_code == 2 and "give one" in both.output
+    wrong = runner.invoke(app, ["export", str(run), "-o", str(tmp_path / "model.pt")])
+    assert wrong.exit_code == 2 and ".safetensors" in wrong.output

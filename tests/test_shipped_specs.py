@@ -1,0 +1,83 @@
+"""Every shipped spec validates, compiles, says how to run it, and has the authors' size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from uhn_cli.main import app
+from uhn_spec import compile_spec, load_spec
+from uhn_spec.tasks import FORMULA_FUNCTIONS
+
+from .conftest import REPO_ROOT
+
+SPECS_DIR = REPO_ROOT / "specs"
+# Files starting with "_" are templates and includes, not runnable specs.
+SHIPPED = sorted(p for p in SPECS_DIR.glob("*.yaml") if not p.name.startswith("_"))
+
+# Parameter counts of the authors' models (reference-facts, paper tables).
+AUTHORS_PARAMS: dict[str, int] = {
+    "mnist_mlp": 118_282,
+    "mnist_cnn8": 74_762,
+    "cifar10_cnn20": 269_034,
+    "cifar10_cnn32": 463_018,
+    "cifar10_cnn44": 657_002,
+    "cifar10_cnn56": 850_986,
+    "cora_gcn": 92_231,
+    "citeseer_gcn": 237_446,
+    "cora_gat": 92_373,
+    "citeseer_gat": 237_586,
+    "imdb_transformer1l": 377_858,
+    "agnews_transformer2l": 378_372,
+    # KAN-g5 [2, 5, out]: 254 for one output; 4 outputs for ellipj; grid 10 for jv and yv.
+    **{f"kan_{fn}": 254 for fn in FORMULA_FUNCTIONS},
+    "kan_ellipj": 407,
+    "kan_jv": 364,
+    "kan_yv": 364,
+}
+
+
+def ids(paths: list[Path]) -> list[str]:
+    return [p.stem for p in paths]
+
+
+def test_every_paper_setting_is_shipped() -> None:
+    missing = sorted(set(AUTHORS_PARAMS) - {p.stem for p in SHIPPED})
+    assert not missing, f"no specs/<name>.yaml for: {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=ids(SHIPPED))
+def test_shipped_spec_validates_and_compiles(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.name == path.stem, "a spec's name is its file name, so runs and plans are easy to trace"
+    target = compile_spec(spec).targets[0]
+    assert target.num_params == spec.num_params
+    if path.stem in AUTHORS_PARAMS:
+        assert target.num_params == AUTHORS_PARAMS[path.stem]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=ids(SHIPPED))
+def test_shipped_spec_opens_with_how_to_run_it(path: Path) -> None:
+    lines = path.read_text().splitlines()
+    assert lines and lines[0].startswith("#"), f"{path.name} must open with a comment"
+    opening = []
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        opening.append(line)
+    assert any("uhn " in line for line in opening), f"{path.name}'s opening comment gives no `uhn ...` command"
+
+
+@pytest.mark.parametrize("name", ["mnist_mlp", "cora_gat", "kan_ellipj"])
+def test_inspect_json_reports_the_authors_count(name: str) -> None:
+    path = SPECS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing")
+    result = CliRunner().invoke(app, ["inspect", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    (target,) = json.loads(result.stdout)["targets"]
+    assert target["num_params"] == AUTHORS_PARAMS[name]
+    assert sum(p["numel"] for p in target["params"]) == AUTHORS_PARAMS[name]

@@ -1,0 +1,289 @@
+"""Malformed specs fail with one clear message that names the YAML path and the bad value.
+
+Each case edits a small valid spec in one place and asserts the exact message, so a change
+that makes a message vaguer (or drops the path) fails here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from uhn_cli.main import app
+from uhn_spec import SpecError, spec_from_text
+
+MLP = """\
+name: tiny_mlp
+family: mlp
+task:
+  dataset: mnist
+layers:
+  - kind: linear
+    in_features: 784
+    out_features: 128
+    input_pooling: reshape_to_2d
+  - kind: linear
+    in_features: 128
+    out_features: 10
+train:
+  epochs: 2
+  warmup: 1
+"""
+
+CNN = """\
+name: tiny_cnn
+family: cnn
+cnn_stage_num: 1
+task:
+  dataset: cifar10
+layers:
+  - kind: conv2d
+    in_channels: 3
+    out_channels: 8
+    kernel_size: 3
+  - kind: linear
+    in_features: 8
+    out_features: 10
+    input_pooling: avg_pooling
+"""
+
+TRANSFORMER = """\
+name: tiny_transformer
+family: transformer
+task:
+  dataset: imdb
+  vocab_size: 100
+layers:
+  - kind: embedding
+    num_embeddings: 100
+    embedding_dim: 12
+    max_length: 16
+  - kind: mha
+    dim: 12
+    heads: 4
+  - kind: linear
+    in_features: 12
+    out_features: 2
+    input_pooling: first_token
+"""
+
+
+def edited(base: str, old: str, new: str) -> str:
+    assert old in base, f"test bug: {old!r} is not in the base spec"
+    return base.replace(old, new, 1)
+
+
+CASES: dict[str, tuple[str, str]] = {
+    "size chain mismatch": (
+        edited(MLP, "in_features: 128", "in_features: 64"),
+        "layers[1].in_features: 64 does not match layers[0].out_features (128)",
+    ),
+    "unknown layer kind": (
+        edited(MLP, "kind: linear\n    in_features: 128", "kind: lstm\n    in_features: 128"),
+        "layers[1].kind: 'lstm' is not a layer kind; use one of: …",
+    ),
+    "layer without kind": (
+        edited(MLP, "  - kind: linear\n    in_features: 128", "  - in_features: 128"),
+        "layers[1].kind: missing; use one of: …",
+    ),
+    "unknown top-level field": (
+        MLP + "epochs: 3\n",
+        "epochs: unknown field; allowed here: name, description, family, cnn_stage_num, task, layers, generator, train",
+    ),
+    "misspelt layer field": (
+        edited(MLP, "    out_features: 10", "    out_feature: 10"),
+        "layers[1].out_feature: unknown field; allowed here: …",
+    ),
+    "missing task": (edited(MLP, "task:\n  dataset: mnist\n", ""), "task: Field required"),
+    "unknown dataset": (
+        edited(MLP, "dataset: mnist", "dataset: mnistt"),
+        "task.dataset: Input should be 'synthetic', 'mnist', … or 'sph_harm22' (got 'mnistt')",
+    ),
+    "negative size": (
+        edited(MLP, "out_features: 128", "out_features: -5"),
+        "layers[0].out_features: Input should be greater than or equal to 1 (got -5)",
+    ),
+    "epochs and steps both": (
+        edited(MLP, "  warmup: 1", "  steps: 10\n  warmup: 1"),
+        "train: give exactly one of epochs and steps",
+    ),
+    "neither epochs nor steps": (
+        edited(MLP, "  epochs: 2\n", ""),
+        "train: give exactly one of epochs and steps",
+    ),
+    "warmup longer than training": (
+        edited(MLP, "warmup: 1", "warmup: 5"),
+        "train.warmup: 5 exceeds the training length (2)",
+    ),
+    "YAML syntax error": (
+        edited(MLP, "  dataset: mnist", "  dataset: [mnist"),
+        "invalid YAML at line 5, column 7: expected ',' or ']', but got ':'",
+    ),
+    "outputs differ from the classes": (
+        edited(MLP, "out_features: 10", "out_features: 12"),
+        "layers[1]: outputs 12 but task mnist needs 10",
+    ),
+    "identity shortcut across a size change": (
+        edited(MLP, "    out_features: 10", "    out_features: 10\n    shortcut: true"),
+        "layers[1].shortcut: an identity shortcut needs in_features == out_features (got 128 -> 10); "
+        "set shortcut: false",
+    ),
+    "image read without pooling": (
+        edited(MLP, "    input_pooling: reshape_to_2d\n", ""),
+        "layers[0].input_pooling: 'none' cannot read image 1x28x28 from the mnist input; "
+        "use reshape_to_2d, avg_pooling or max_pooling",
+    ),
+    "dropout of one or more": (
+        edited(MLP, "    out_features: 10", "    out_features: 10\n    dropout: 1.5"),
+        "layers[1].dropout: Input should be less than 1 (got 1.5)",
+    ),
+    "unknown activation": (
+        edited(MLP, "    out_features: 10", "    out_features: 10\n    activation: relu"),
+        "layers[1].activation.type: Input should be 'none', 'leaky_relu', 'elu' or 'silu' (got 'relu')",
+    ),
+    "bad name": (
+        edited(MLP, "name: tiny_mlp", "name: tiny mlp"),
+        "name: String should match pattern '^[A-Za-z0-9_.-]+$' (got 'tiny mlp')",
+    ),
+    "a list instead of a mapping": ("- a\n- b\n", "a spec must be a YAML mapping with name, family, task and layers"),
+    "undefined template variable": ("name: {{ depth }}\n", "template error: 'depth' is undefined"),
+    "structure heads not dividing": (
+        MLP + "generator: {structure_encoder: true, structure_heads: 5}\n",
+        "generator.structure_heads: 5 does not divide the structure width 2*structure_freqs = 64",
+    ),
+    "even conv kernel": (
+        edited(CNN, "kernel_size: 3", "kernel_size: 4"),
+        "layers[0].kernel_size: must be odd so that padding k//2 keeps the size (got 4); use 5",
+    ),
+    "conv channel mismatch": (
+        edited(CNN, "in_channels: 3", "in_channels: 1"),
+        "layers[0].in_channels: 1 does not match the cifar10 input (3)",
+    ),
+    "attention heads not dividing the width": (
+        edited(TRANSFORMER, "heads: 4", "heads: 5"),
+        "layers[1].heads: 5 heads do not divide dim 12; pick a divisor of 12",
+    ),
+    "embedding vocabulary mismatch": (
+        edited(TRANSFORMER, "num_embeddings: 100", "num_embeddings: 99"),
+        "layers[0].num_embeddings: 99 does not match task.vocab_size (100); set both to the same vocabulary size",
+    ),
+}
+
+
+def spec_error(text: str, overrides: list[str] | None = None) -> str:
+    with pytest.raises(SpecError) as caught:
+        spec_from_text(text, overrides=overrides)
+    return str(caught.value)
+
+
+def test_base_specs_are_valid() -> None:
+    for text in (MLP, CNN, TRANSFORMER):
+        spec_from_text(text)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_malformed_spec_names_path_and_value(case: str) -> None:
+    text, expected = CASES[case]
+    message = spec_error(text)
+    assert "\n" not in message
+    # "…" stands for a list of choices taken from the registry or schema.
+    head, _, tail = expected.partition("…")
+    assert message.startswith(head) and message.endswith(tail), message
+    if "…" not in expected:
+        assert message == expected
+
+
+def test_unknown_kind_lists_every_registered_kind() -> None:
+    from uhn_spec.layers import REGISTRY
+
+    text, _ = CASES["unknown layer kind"]
+    assert spec_error(text).endswith(", ".join(REGISTRY))
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("layers[5].dropout=0.1", "--set: 'layers[5].dropout=0.1': no such path in the spec"),
+        ("train.epochs.x=1", "--set: 'train.epochs.x=1': no such path in the spec"),
+        ("train.epochs", "--set: 'train.epochs' is not PATH=VALUE (e.g. train.epochs=3)"),
+        ("=3", "--set: '=3' has an empty path"),
+        ("layers[1].in_features=64", "layers[1].in_features: 64 does not match layers[0].out_features (128)"),
+        ("layers[0].dropout=lots", "layers[0].dropout: Input should be a valid number, unable to parse string as a number (got 'lots')"),
+    ],
+)
+def test_bad_override(override: str, expected: str) -> None:
+    assert spec_error(MLP, [override]) == expected
+
+
+def test_good_override_changes_the_spec() -> None:
+    spec = spec_from_text(MLP, overrides=["train.epochs=7", "layers[0].dropout=0.25"])
+    assert spec.train.epochs == 7
+    assert spec.layers[0].dropout == 0.25
+
+
+# --------------------------------------------------------------------------- CLI level
+
+runner = CliRunner()
+
+
+def run_cli(*args: str):
+    result = runner.invoke(app, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_cli_missing_spec_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    assert_one_line_error(run_cli("validate", str(missing)), "spec file not found", str(missing))
+
+
+def test_cli_missing_plan_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pt"
+    assert_one_line_error(run_cli("inspect", str(missing)), "plan file not found", str(missing))
+
+
+def test_cli_bad_spec(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(CASES["size chain mismatch"][0])
+    assert_one_line_error(
+        run_cli("validate", str(bad)),
+        f"{bad}: layers[1].in_features: 64 does not match layers[0].out_features (128)",
+    )
+
+
+def test_cli_bad_override(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(MLP)
+    assert_one_line_error(run_cli("validate", str(good), "--set", "train.nope"), "--set: 'train.nope' is not PATH=VALUE")
+
+
+def test_cli_corrupt_plan(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"definitely not a zip archive" * 10)
+    assert_one_line_error(run_cli("inspect", str(corrupt)), str(corrupt), "not a uhn plan")
+
+
+def test_installed_command_reports_one_line(tmp_path: Path) -> None:
+    """The real process, not the test runner: stderr is one line, stdout empty, exit code 2."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(CASES["warmup longer than training"][0])
+    done = subprocess.run(
+        [sys.executable, "-m", "uhn_cli", "validate", str(bad)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr == f"error: {bad}: train.warmup: 5 exceeds the training length (2)\n"

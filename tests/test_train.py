@@ -1,0 +1,203 @@
+"""Training: schedules, the init phase, end-to-end runs on synthetic data, resume equality
+and the NaN guard."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import uhn_runtime.train as train_module
+from uhn_runtime.checkpoint import load_checkpoint
+from uhn_runtime.data import load_task_data
+from uhn_runtime.init_phase import InitTargets, run_init_phase
+from uhn_runtime.optim import Precision, TrainingDiverged
+from uhn_runtime.run_dir import RunDir
+from uhn_runtime.schedule import cosine_factor, warmup_cosine_factor
+from uhn_runtime.target import DeviceTarget
+from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
+from uhn_runtime.weights import make_source
+
+from .tiny_specs import SHAPES, tiny_plan
+
+CPU = torch.device("cpu")
+QUIET = io.StringIO()
+
+
+def options(mode: str = "uhn", **kw) -> TrainOptions:
+    return TrainOptions(mode=mode, device="cpu", progress=io.StringIO(), **kw)  # type: ignore[arg-type]
+
+
+def train_records(run_root: Path, phase: str = "uhn") -> list[dict]:
+    lines = (run_root / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    return [r for r in records if r["phase"] == phase and r["event"] == "train"]
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def test_warmup_then_cosine_matches_the_authors_epoch_factors() -> None:
+    factors = [warmup_cosine_factor(e, warmup=5, total=12) for e in range(12)]
+    assert factors[:6] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0])
+    cosine = [(1 + math.cos(math.pi * k / 7)) / 2 for k in range(7)]
+    assert factors[5:] == pytest.approx(cosine)
+
+
+def test_init_schedule_is_cosine_over_the_steps() -> None:
+    assert [cosine_factor(t, 4) for t in range(5)] == pytest.approx([1.0, 0.853553, 0.5, 0.146447, 0.0], abs=1e-6)
+
+
+# --------------------------------------------------------------------------- init phase
+
+
+def test_init_statistics_are_the_per_tensor_mean_and_population_std() -> None:
+    plan = tiny_plan("text_classification")
+    target = DeviceTarget(plan.targets[0])
+    flat = torch.randn(target.num_params, generator=torch.Generator().manual_seed(0))
+    mean, std = InitTargets(target.plan, CPU).stats(flat)
+    for i, (name, view) in enumerate(target.params_from_flat(flat).items()):
+        want_std, want_mean = torch.std_mean(view, unbiased=False)
+        assert float(mean[i]) == pytest.approx(float(want_mean), abs=1e-5), name
+        assert float(std[i]) == pytest.approx(float(want_std), abs=1e-5), name
+
+
+def _run_init(task_type: str, steps: int, lr: float) -> tuple[InitTargets, torch.Tensor, torch.Tensor]:
+    plan = tiny_plan(task_type)
+    target = DeviceTarget(plan.targets[0])
+    source = make_source("uhn", plan, target, seed=0)
+    targets = InitTargets(target.plan, CPU)
+    run_init_phase(source, targets, steps, lr, Precision.resolve("auto", CPU), last_good="-")
+    with torch.no_grad():
+        mean, std = targets.stats(source.flat())
+    return targets, mean, std
+
+
+def test_init_phase_brings_every_tensor_within_ten_percent_of_its_target() -> None:
+    targets, mean, std = _run_init("image_classification", steps=80, lr=3e-3)
+    assert (targets.std > 0).all()
+    # A generator starts far off (mean ~0.07, std ~0.3 per tensor): the phase must move it.
+    assert ((std - targets.std).abs() <= 0.1 * targets.std).all(), (std, targets.std)
+    assert ((mean - targets.mean).abs() <= 0.1 * targets.std).all(), (mean, targets.mean)
+
+
+def test_init_phase_drives_zero_targets_towards_zero() -> None:
+    targets, mean, std = _run_init("graph_node_classification", steps=80, lr=3e-3)
+    zero = targets.std == 0  # GCN biases
+    assert zero.any() and (~zero).any()
+    scale = float(targets.std.max())
+    assert (std[zero] <= 0.1 * scale).all() and (mean[zero].abs() <= 0.1 * scale).all()
+    assert ((std[~zero] - targets.std[~zero]).abs() <= 0.1 * targets.std[~zero]).all()
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.parametrize("task_type", list(SHAPES))
+def test_tiny_run_on_synthetic_data_lowers_the_loss(task_type: str, tmp_path: Path) -> None:
+    epochs = 12 if task_type == "text_classification" else 6  # attention needs a few more steps
+    summary = start_run(tiny_plan(task_type, epochs=epochs), tmp_path / "run", options())
+    losses = [r["loss"] for r in train_records(tmp_path / "run")]
+    assert len(losses) == epochs
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert summary["metric"] == ("rmse" if task_type == "formula_regression" else "accuracy")
+    assert math.isfinite(summary["uhn"]) and summary["direct"] is None
+
+
+def test_run_folder_records_config_versions_and_summary(tmp_path: Path) -> None:
+    plan = tiny_plan(epochs=2)
+    summary = start_run(plan, tmp_path / "run", options("both"))
+    run = RunDir.open(tmp_path / "run")
+    info = run.info()
+    assert info["seed"] == 3 and info["mode"] == "both"
+    assert set(info["versions"]) == {"uhn", "torch", "python"}
+    assert "git_revision" in info
+    assert "name: tiny_mlp" in run.config_path.read_text()
+    assert run.summary() == summary
+    for key, kind in [("uhn", float), ("direct", float), ("seconds", float), ("generator_params", int)]:
+        assert isinstance(summary[key], kind), key
+    assert summary["target_params"] == plan.targets[0].num_params
+    assert summary["data_notes"] and summary["metric"] == "accuracy"
+
+
+def test_direct_training_reaches_the_data(tmp_path: Path) -> None:
+    summary = start_run(tiny_plan(epochs=8, lr=1e-2), tmp_path / "run", options("direct"))
+    losses = [r["loss"] for r in train_records(tmp_path / "run", "direct")]
+    assert summary["uhn"] is None and summary["direct"] > 0.5  # 3 classes: chance is ~1/3
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_data_order_is_a_function_of_seed_and_epoch() -> None:
+    data = load_task_data(tiny_plan().targets[0].spec.task)
+    first = [b.targets for b in data.train_batches(64, train_module.epoch_seed(3, 1))]
+    again = [b.targets for b in data.train_batches(64, train_module.epoch_seed(3, 1))]
+    other = [b.targets for b in data.train_batches(64, train_module.epoch_seed(3, 2))]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def _final_weights(run_root: Path, kind: str = "uhn") -> dict[str, torch.Tensor]:
+    state = load_checkpoint(run_root / "checkpoints" / f"{kind}.pt")
+    assert state["finished"]
+    return state["source"]
+
+
+@pytest.mark.parametrize(
+    ("train", "stop_after"),
+    [
+        ({"epochs": 4}, 2),  # killed right after an epoch checkpoint
+        ({"steps": 10, "eval_every": 3}, 5),  # killed two steps past the step-3 checkpoint
+    ],
+)
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Path, train: dict, stop_after: int) -> None:
+    # Dropout makes the global RNG state part of what a checkpoint must carry.
+    plan = tiny_plan(**train)
+    layers = [layer.model_copy(update={"dropout": 0.2}) for layer in plan.targets[0].spec.layers]
+    from uhn_spec import compile_spec
+
+    plan = compile_spec(plan.targets[0].spec.model_copy(update={"layers": layers}))
+    start_run(plan, tmp_path / "whole", options("both"))
+    with pytest.raises(RunInterrupted):
+        start_run(plan, tmp_path / "killed", options("both", stop_after_units=stop_after))
+    killed = load_checkpoint(tmp_path / "killed" / "checkpoints" / "uhn.pt")
+    assert not killed["finished"] and 0 < killed["units_done"] <= stop_after
+    summary = resume_run(tmp_path / "killed", options())
+    for kind in ("uhn", "direct"):
+        whole, resumed = _final_weights(tmp_path / "whole", kind), _final_weights(tmp_path / "killed", kind)
+        assert whole.keys() == resumed.keys()
+        for name in whole:
+            assert torch.equal(whole[name], resumed[name]), (kind, name)
+    assert summary["uhn"] == json.loads((tmp_path / "whole" / "summary.json").read_text())["uhn"]
+
+
+# --------------------------------------------------------------------------- NaN guard
+
+
+def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_loss = train_module.loss_fn
+    calls = {"n": 0}
+
+    def loss_turning_nan(metric, outputs, targets):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        loss = real_loss(metric, outputs, targets)
+        return loss * float("nan") if calls["n"] == 8 else loss
+
+    monkeypatch.setattr(train_module, "loss_fn", loss_turning_nan)
+    plan = tiny_plan(epochs=4)  # 192 training examples / batch 64: 3 steps per epoch
+    with pytest.raises(TrainingDiverged, match=r"nan at step 8 \(epoch 3, batch 2/3\)") as err:
+        start_run(plan, tmp_path / "run", options())
+    assert "checkpoints/uhn.pt (after epoch 2)" in str(err.value)
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "uhn.pt")
+    assert state["units_done"] == 2 and not state["finished"]
+    assert all(torch.isfinite(t).all() for t in state["source"].values())
+    assert not (tmp_path / "run" / "summary.json").exists()

@@ -1,0 +1,485 @@
+"""``uhn bench``: how fast and how lean generation and training are, against the naive
+one-batch generator and the machine's own matmul throughput, measured in one run.
+
+Each case runs in a fresh worker process (``python -m uhn_runtime.bench``), so that its peak
+memory is its own: the parent compiles the plan once, saves it to a temporary file, and reads
+one JSON line back from every worker. Cases:
+
+* ``matmul``: the device's matmul throughput: a 4096^3 product, and a product shaped like
+  the generator's (feature table x modulated weight), in the run's precision.
+* ``generate``: one generation of the target's weights, without gradients.
+* ``train_step``: generation + target forward/backward on a batch + AdamW step.
+* the same two with the naive generator (``benchmarks/naive_generator.py``), when its
+  estimated memory fits; otherwise the report says why and gives ``"naive": null``.
+
+Times are the median of ``repeats`` runs after one warm-up run. Peak memory is the process's
+resident set (VmHWM, reset after setup) on the CPU, ``max_memory_allocated`` on CUDA.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from uhn_spec.errors import UHNError
+from uhn_spec.plan import Plan, TargetPlan, load_plan
+from uhn_spec.spec import GeneratorSpec, SyntheticShape, TaskSpec
+
+from .data import Batch, loss_fn
+from .data.synthetic import load_synthetic
+from .generator import UHNGenerator
+from .optim import Precision, make_adamw
+from .target import DeviceTarget
+from .target_segments import forward_in_segments
+
+GIB = 2**30
+FP32 = 4
+SQUARE = 4096
+# The naive generator runs only if its estimated peak stays below this and below the
+# memory the machine has available (minus a margin for everything else running).
+DEFAULT_NAIVE_MAX_BYTES = 16 * GIB
+AVAILABLE_MARGIN_BYTES = 2 * GIB
+SYNTHETIC_TRAIN_FRACTION = 0.7  # load_synthetic keeps 70% of the examples for training
+TEXT_LENGTH = 128  # tokens per synthetic text example when the spec sets no max_length
+USEFUL_FLOPS_DEFINITION = (
+    "2 * (2m*d + blocks*2*d*d + d) per generated weight: the multiply-adds of the input "
+    "Linear(2m, d), the residual blocks' Linear(d, d) layers and the output Linear(d, 1). "
+    "Not counted: the Fourier projection (10*m per row in the naive generator, none in ours), "
+    "cos/sin, LayerNorm, biases, activations, and the structure encoder (once per model)."
+)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    repeats: int = 5
+    batch: int = 256
+    device: str = "cpu"
+    precision: str = "fp32"  # fp32 or bf16 (autocast for the matmuls)
+    target: str | None = None
+    naive: bool = True
+    naive_max_bytes: int = DEFAULT_NAIVE_MAX_BYTES
+    target_segments: int = 0  # activation checkpointing of the target in the train step
+    seed: int = 0
+
+
+def useful_flops_per_weight(spec: GeneratorSpec) -> int:
+    m, d = spec.index_freqs, spec.hidden
+    return 2 * (2 * m * d + spec.blocks * 2 * d * d + d)
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def run_bench(plan: Plan, options: BenchOptions, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Measure every case, each in its own worker process; return the report."""
+    if options.repeats < 1:
+        raise UHNError(f"--repeats: {options.repeats}; give at least 1 (the report uses the median)")
+    if options.batch < 1:
+        raise UHNError(f"--batch: {options.batch}; give a positive batch size")
+    target = plan.target(options.target)
+    n = target.num_params
+    with tempfile.TemporaryDirectory(prefix="uhn-bench-") as tmp:
+        plan_path = Path(tmp) / "plan.pt"
+        plan.save(plan_path)
+        run = _case_runner(plan_path, options)
+        progress("matmul throughput")
+        matmul = run("matmul")
+        progress("generate (ours)")
+        generate = run("generate")
+        progress("train step (ours)")
+        train = run("train_step")
+        naive, skipped = None, None
+        estimate = naive_estimate(plan.generator, n, with_grad=True)
+        if not options.naive:
+            skipped = "not measured (--no-naive)"
+        elif not naive_fits(estimate, options.naive_max_bytes, options.device):
+            skipped = (
+                f"not run: the naive one-batch generator needs about {estimate / GIB:.1f} GiB "
+                f"for {n:,} weights (5 x N x m fp32 features at once), over the "
+                f"{options.naive_max_bytes / GIB:.0f} GiB limit or the memory available here"
+            )
+        else:
+            progress("generate (naive)")
+            naive_generate = run("naive_generate")
+            progress("train step (naive)")
+            naive_train = run("naive_train_step")
+            naive = {
+                "generate": naive_generate,
+                "train_step": naive_train,
+                "estimated_peak_bytes": estimate,
+                "max_abs_diff": naive_generate.pop("max_abs_diff"),
+                "reference_scale": naive_generate.pop("reference_scale"),
+            }
+    return assemble_report(plan, target, options, matmul, generate, train, naive, skipped)
+
+
+def naive_estimate(spec: GeneratorSpec, num_rows: int, with_grad: bool) -> int:
+    naive = naive_module()
+    return int(naive.naive_bytes_estimate(num_rows, spec.index_freqs, spec.hidden, spec.blocks, with_grad))
+
+
+def naive_fits(estimate: int, limit: int, device: str) -> bool:
+    if estimate > limit:
+        return False
+    if device == "cpu":
+        available = available_memory_bytes()
+        return available is None or estimate < available - AVAILABLE_MARGIN_BYTES
+    free, _ = torch.cuda.mem_get_info()
+    return estimate < free - AVAILABLE_MARGIN_BYTES
+
+
+def available_memory_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _case_runner(plan_path: Path, options: BenchOptions) -> Callable[[str], dict[str, Any]]:
+    def run(case: str) -> dict[str, Any]:
+        command = [sys.executable, "-m", "uhn_runtime.bench", case, str(plan_path), json.dumps(asdict(options))]
+        proc = subprocess.run(command, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+            raise UHNError(f"bench case {case!r} failed (exit {proc.returncode}):\n{tail}")
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        if not lines:
+            raise UHNError(f"bench case {case!r} printed no result; stderr:\n{proc.stderr[-2000:]}")
+        return json.loads(lines[-1])
+
+    return run
+
+
+def assemble_report(
+    plan: Plan,
+    target: TargetPlan,
+    options: BenchOptions,
+    matmul: dict[str, Any],
+    generate: dict[str, Any],
+    train: dict[str, Any],
+    naive: dict[str, Any] | None,
+    skipped: str | None,
+) -> dict[str, Any]:
+    n = target.num_params
+    spec = plan.generator
+    square = matmul["square_flops_per_s"]
+    useful = useful_flops_per_weight(spec)
+    generate = {
+        **generate,
+        "weights_per_s": n / generate["seconds"],
+        "vs_naive": _ratio(naive, "generate", generate["seconds"]),
+        "matmul_fraction": useful * n / generate["seconds"] / square,
+    }
+    train = {**train, "vs_naive": _ratio(naive, "train_step", train["seconds"])}
+    report: dict[str, Any] = {
+        "device": matmul["device"],
+        "threads": matmul["threads"],
+        "precision": options.precision,
+        "torch": torch.__version__,
+        "target": target.name,
+        "num_params": n,
+        "generator": {
+            "index_freqs": spec.index_freqs,
+            "hidden": spec.hidden,
+            "blocks": spec.blocks,
+            "structure_encoder": spec.structure_encoder,
+        },
+        "useful_flops_per_weight": useful,
+        "useful_flops_definition": USEFUL_FLOPS_DEFINITION,
+        "matmul": matmul,
+        "generate": generate,
+        "train_step": train,
+        "peak_memory_bytes": max(generate["peak_memory_bytes"], train["peak_memory_bytes"]),
+        "bytes_per_weight": {"generate": generate["bytes_per_weight"], "train_step": train["bytes_per_weight"]},
+        "naive": naive,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "options": asdict(options),
+    }
+    if skipped is not None:
+        report["naive_skipped"] = skipped
+    return report
+
+
+def _ratio(naive: dict[str, Any] | None, case: str, seconds: float) -> float | None:
+    return None if naive is None else naive[case]["seconds"] / seconds
+
+
+def render_report(report: dict[str, Any]) -> str:
+    """The report as a short table."""
+    gen, train, naive = report["generate"], report["train_step"], report["naive"]
+
+    def ratio(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}x"
+
+    def gib(value: int) -> str:
+        return f"{value / GIB:.2f} GiB"
+
+    mm = report["matmul"]
+    lines = [
+        f"uhn bench: {report['target']} ({report['num_params']:,} weights) on {report['device']}, "
+        f"{report['threads']} threads, {report['precision']}",
+        f"matmul: {mm['square_flops_per_s'] / 1e9:.0f} GFLOP/s ({SQUARE}^3), "
+        f"{mm['generator_shaped_flops_per_s'] / 1e9:.0f} GFLOP/s (generator-shaped)",
+        "",
+        f"{'':12} {'seconds':>9} {'weights/s':>12} {'vs naive':>9} {'matmul frac':>12} {'peak':>10} {'B/weight':>9}",
+        f"{'generate':12} {gen['seconds']:9.3f} {gen['weights_per_s']:12,.0f} {ratio(gen['vs_naive']):>9} "
+        f"{gen['matmul_fraction']:12.2f} {gib(gen['peak_memory_bytes']):>10} {gen['bytes_per_weight']:9.0f}",
+        f"{'train step':12} {train['seconds']:9.3f} {'':>12} {ratio(train['vs_naive']):>9} {'':>12} "
+        f"{gib(train['peak_memory_bytes']):>10} {train['bytes_per_weight']:9.0f}",
+    ]
+    if naive is not None:
+        ng, nt = naive["generate"], naive["train_step"]
+        lines += [
+            f"{'naive gen':12} {ng['seconds']:9.3f} {report['num_params'] / ng['seconds']:12,.0f} {'':>9} {'':>12} "
+            f"{gib(ng['peak_memory_bytes']):>10} {ng['bytes_per_weight']:9.0f}",
+            f"{'naive train':12} {nt['seconds']:9.3f} {'':>12} {'':>9} {'':>12} "
+            f"{gib(nt['peak_memory_bytes']):>10} {nt['bytes_per_weight']:9.0f}",
+            "",
+            f"ours vs naive weights: max |diff| {naive['max_abs_diff']:.2e} (weights up to {naive['reference_scale']:.2f})",
+        ]
+    else:
+        lines += ["", f"naive: {report.get('naive_skipped', 'not measured')}"]
+    lines.append(f"train step: batch {train['batch']}, generator keeps {train['saving_policy']!r} for the backward")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- naive baseline
+
+
+def naive_module() -> ModuleType:
+    """``benchmarks/naive_generator.py``. ``benchmarks/`` is a folder of scripts next to the
+    packages; when it is not importable (an installed ``uhn``), load it from the source tree."""
+    try:
+        return importlib.import_module("benchmarks.naive_generator")
+    except ModuleNotFoundError:
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / "naive_generator.py"
+        if not path.is_file():
+            raise UHNError(f"the naive baseline {path} is missing; run uhn bench from a source checkout or pass --no-naive") from None
+        spec = importlib.util.spec_from_file_location("benchmarks.naive_generator", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+
+
+# --------------------------------------------------------------------------- worker
+
+
+@dataclass
+class Setup:
+    plan: Plan
+    target: DeviceTarget
+    generator: UHNGenerator
+    precision: Precision
+    device: torch.device
+
+
+def worker_main(case: str, plan_path: str, options_json: str) -> dict[str, Any]:
+    options = BenchOptions(**json.loads(options_json))
+    device = torch.device(options.device)
+    precision = Precision.resolve(options.precision, device)  # type: ignore[arg-type]
+    if case == "matmul":
+        return measure_matmul(device, precision, load_plan(plan_path).generator, options.repeats)
+    plan = load_plan(plan_path)
+    target = DeviceTarget(plan.target(options.target), device)
+    torch.manual_seed(options.seed)
+    generator = UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=options.seed).to(device)
+    setup = Setup(plan, target, generator, precision, device)
+    naive = case.startswith("naive_")
+    generate = naive_module().naive_generate if naive else None
+    if case.endswith("train_step"):
+        result = measure_train_step(setup, options, generate)
+    else:
+        result = measure_generate(setup, options, generate)
+    if case == "naive_generate":  # the numerical check: ours against the naive, same weights
+        with torch.no_grad(), precision.autocast():
+            ours = target.generate(generator).float()
+            theirs = generate(generator, target.index_rows, target.structure_rows).float()  # type: ignore[misc]
+        result["max_abs_diff"] = float((ours - theirs).abs().max()) if ours.numel() else 0.0
+        result["reference_scale"] = float(theirs.abs().max()) if ours.numel() else 0.0
+    return result
+
+
+def measure_generate(setup: Setup, options: BenchOptions, naive_generate: Callable | None) -> dict[str, Any]:
+    t, g = setup.target, setup.generator
+
+    def step() -> None:
+        with torch.no_grad(), setup.precision.autocast():
+            if naive_generate is None:
+                t.generate(g)
+            else:
+                naive_generate(g, t.index_rows, t.structure_rows)
+
+    return _measure(step, setup, options.repeats)
+
+
+def measure_train_step(setup: Setup, options: BenchOptions, naive_generate: Callable | None) -> dict[str, Any]:
+    t, g = setup.target, setup.generator
+    batch = synthetic_batch(t.plan.spec.task, options.batch, setup.device)
+    metric = t.plan.spec.task.info.metric
+    optimizer = make_adamw(g.parameters(), lr=1e-4)
+    t.model.train()
+
+    def step() -> None:
+        with setup.precision.autocast():
+            if naive_generate is None:
+                flat = t.generate(g)
+            else:
+                flat = naive_generate(g, t.index_rows, t.structure_rows)
+            outputs = forward_in_segments(t, flat, options.target_segments, **batch.model_kwargs())
+            loss = loss_fn(metric, *batch.select(outputs))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    result = _measure(step, setup, options.repeats)
+    result["batch"] = options.batch
+    result["target_segments"] = options.target_segments
+    result["saving_policy"] = "naive: everything" if naive_generate is not None else g.saving_policy(t.num_params)
+    return result
+
+
+def synthetic_batch(task: TaskSpec, batch: int, device: torch.device) -> Batch:
+    """One training batch of the task's input shape: synthetic data stands in for the real
+    dataset (a graph task gets a graph of ``batch`` nodes, trained full-batch)."""
+    info = task.info
+    kind = info.task_type.name.lower()
+    if info.input_kind == "tokens":
+        dims = [task.max_length or TEXT_LENGTH]
+    else:
+        dims = list(info.input_dims)
+    examples = batch if info.input_kind == "nodes" else math.ceil(batch / SYNTHETIC_TRAIN_FRACTION) + 2
+    shape = SyntheticShape(task_type=kind, input_dims=dims, num_outputs=info.num_outputs, num_examples=max(8, examples))
+    stand_in = TaskSpec(dataset="synthetic", synthetic=shape, vocab_size=task.vocab_size, max_length=task.max_length)
+    return next(iter(load_synthetic(stand_in).train_batches(batch, seed=0))).to(device)
+
+
+def _measure(step: Callable[[], None], setup: Setup, repeats: int) -> dict[str, Any]:
+    device = setup.device
+    baseline = _current_memory(device)
+    _reset_peak(device)
+    start = time.perf_counter()
+    step()
+    _sync(device)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    peak = _peak_memory(device)
+    n = setup.target.num_params
+    return {
+        "seconds": statistics.median(times),
+        "times": times,
+        "first_call_seconds": first,
+        "peak_memory_bytes": peak,
+        "baseline_bytes": baseline,
+        "bytes_per_weight": (peak - baseline) / max(n, 1),
+        "process_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+def measure_matmul(device: torch.device, precision: Precision, spec: GeneratorSpec, repeats: int) -> dict[str, Any]:
+    """FLOP/s of a 4096^3 product and of a generator-shaped one: a feature table of 1024
+    rows x 2m against 1024 modulated weight columns (what ``fast_features`` runs)."""
+    dtype = precision.dtype or torch.float32
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def rate(m: int, k: int, n: int) -> float:
+        a = torch.randn(m, k, generator=gen).to(device, dtype)
+        b = torch.randn(k, n, generator=gen).to(device, dtype)
+        times = []
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            _sync(device)
+            if i:
+                times.append(time.perf_counter() - start)
+        return 2 * m * k * n / statistics.median(times)
+
+    return {
+        "device": device_name(device),
+        "threads": torch.get_num_threads(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "square_flops_per_s": rate(SQUARE, SQUARE, SQUARE),
+        "generator_shaped_flops_per_s": rate(1024, 2 * spec.index_freqs, 1024),
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {cpu} ({os.cpu_count()} cores)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _proc_status_bytes(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _current_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    return _proc_status_bytes("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak(device: torch.device) -> None:
+    """Forget the setup's peak: CUDA's peak statistics, or the kernel's VmHWM (Linux)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # no reset: the peak then includes the setup's (conservative)
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return _proc_status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+if __name__ == "__main__":
+    print(json.dumps(worker_main(*sys.argv[1:4])))

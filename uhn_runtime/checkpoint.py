@@ -1,0 +1,64 @@
+"""Phase checkpoints: written atomically, loaded with ``weights_only=True`` (plain data only).
+
+A checkpoint holds everything a resumed run needs to continue exactly where an
+uninterrupted one would be: the weight source (generator or direct weights), the optimiser
+and GradScaler, the number of finished epochs/steps, whether the init phase is done, and the
+global RNG states (dropout draws from them). The data order is a function of (seed, epoch)
+and needs no state.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from uhn_spec.errors import UHNError
+from uhn_spec.plan import atomic_torch_save
+
+CHECKPOINT_FORMAT = "uhn-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(UHNError):
+    """A checkpoint is missing, corrupt, or belongs to another plan."""
+
+
+def capture_rng() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_torch_save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, path)
+
+
+def load_checkpoint(path: Path, plan_hash: str | None = None) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {reason}") from None
+    except Exception as err:  # weights_only refuses anything that is not plain data
+        raise CheckpointError(f"{path}: not a uhn checkpoint: {type(err).__name__}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a uhn checkpoint (no '{CHECKPOINT_FORMAT}' header)")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {state.get('version')}, this uhn reads {CHECKPOINT_VERSION}"
+        )
+    if plan_hash is not None and state.get("plan_hash") != plan_hash:
+        raise CheckpointError(f"{path}: checkpoint was written for another plan (its source hash differs)")
+    return state

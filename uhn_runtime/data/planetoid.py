@@ -1,0 +1,92 @@
+"""Cora, CiteSeer and PubMed: the Planetoid citation graphs, read by torch_geometric.
+
+The raw files live under ``<root>/planetoid/<Name>/raw/ind.<name>.*``. torch_geometric
+writes ``processed/`` beside ``raw/``, so when that folder is read-only (a shared mount)
+the raw files are first copied to ``<cache>/planetoid/<Name>/raw``.
+
+Preprocessing (reference-facts §7): row-normalised features (``NormalizeFeatures``) and the
+public split -- Cora 140/500/1000, CiteSeer 120/500/1000, PubMed 60/500/1000 nodes --
+trained full-batch: every epoch is one step on the whole graph, the loss on train nodes.
+
+PubMed is not in ../shared/data: its loader reads it when its files are present and
+otherwise says that CiteSeer is the stand-in (``specs/citeseer_*.yaml``); the PubMed specs
+have PubMed's 500 features and 3 classes, so CiteSeer cannot silently take their place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from uhn_spec.spec import TaskSpec
+
+from . import DataError, TaskData, register_loader
+from .files import (
+    PLANETOID_NAMES,
+    PLANETOID_SUFFIXES,
+    atomic_copy,
+    cache_root,
+    is_writable_dir,
+    missing_error,
+)
+from .synthetic import GraphData
+
+PUBMED_STAND_IN = (
+    "PubMed is not available here; CiteSeer stands in for it (train specs/citeseer_gcn.yaml "
+    "or specs/citeseer_gat.yaml and report those numbers as the PubMed stand-in)"
+)
+
+
+def raw_files(name: str) -> list[str]:
+    folder = PLANETOID_NAMES[name]
+    return [f"planetoid/{folder}/raw/ind.{name}.{suffix}" for suffix in PLANETOID_SUFFIXES]
+
+
+def planetoid_base(root: Path, name: str) -> Path:
+    """The folder to hand torch_geometric: the data root's ``planetoid/`` when it is
+    writable, else a copy of the raw files in the cache."""
+    expected = raw_files(name)
+    missing = [rel for rel in expected if not (root / rel).is_file()]
+    if missing:
+        err = missing_error(name, root, missing[:1], f"{len(missing)} of its 8 raw Planetoid files")
+        if name == "pubmed":
+            raise DataError(f"{err}. {PUBMED_STAND_IN}")
+        raise err
+    folder = PLANETOID_NAMES[name]
+    if is_writable_dir(root / "planetoid" / folder):
+        return root / "planetoid"
+    base = cache_root() / "planetoid"
+    try:
+        for rel in expected:
+            src, dst = root / rel, base / Path(rel).relative_to("planetoid")
+            if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
+                atomic_copy(src, dst)
+    except OSError as err:
+        raise DataError(
+            f"{name}: {root / 'planetoid' / folder} is read-only and copying its raw files to {base} "
+            f"failed ({err}); set UHN_CACHE to a writable folder"
+        ) from None
+    return base
+
+
+@register_loader("cora", "citeseer", "pubmed")
+def load_planetoid(task: TaskSpec, root: Path) -> TaskData:
+    from torch_geometric.datasets import Planetoid  # local: heavy import, graphs only
+    from torch_geometric.transforms import NormalizeFeatures
+
+    name = task.dataset
+    base = planetoid_base(root, name)
+    dataset = Planetoid(str(base), PLANETOID_NAMES[name], split="public", transform=NormalizeFeatures())
+    graph = dataset[0]
+    info = task.info
+    if graph.num_features != info.input_dims[0] or dataset.num_classes != info.num_outputs:
+        raise DataError(
+            f"{name}: the files under {base / PLANETOID_NAMES[name]} have {graph.num_features} features and "
+            f"{dataset.num_classes} classes; {name} has {info.input_dims[0]} and {info.num_outputs}"
+        )
+    return GraphData(
+        metric="accuracy",
+        x=graph.x,
+        y=graph.y,
+        edge_index=graph.edge_index,
+        masks={"train": graph.train_mask, "val": graph.val_mask, "test": graph.test_mask},
+    )

@@ -1,0 +1,64 @@
+"""Evaluation of a weight source (generated once per evaluation) or of a plain module.
+
+The target forward always runs in fp32: evaluation is cheap next to generation, and it makes
+a run's own test metric and that of its exported plain module the same number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .data import Batch, Split, TaskData, finish_metric, metric_sums
+from .optim import Precision
+from .target import DeviceTarget
+from .weights import DirectSource, UHNSource
+
+EVAL_BATCH_SIZE = 1024
+
+
+@torch.no_grad()
+def evaluate_forward(
+    forward: Callable[[Batch], torch.Tensor], data: TaskData, split: Split, device: torch.device
+) -> float:
+    """The split's metric (accuracy or RMSE) of ``forward`` over the eval batches."""
+    total, count = 0.0, 0
+    for batch in data.eval_batches(split, EVAL_BATCH_SIZE):
+        batch = batch.to(device)
+        outputs, targets = batch.select(forward(batch))
+        batch_total, batch_count = metric_sums(data.metric, outputs, targets)
+        total += batch_total
+        count += batch_count
+    return finish_metric(data.metric, total, count)
+
+
+@torch.no_grad()
+def generate_weights(source: UHNSource | DirectSource, precision: Precision) -> torch.Tensor:
+    """The flat weight vector as training sees it (generated in the run's precision), in fp32."""
+    with precision.autocast():
+        return source.flat().detach().float()
+
+
+def evaluate_source(
+    source: UHNSource | DirectSource,
+    target: DeviceTarget,
+    data: TaskData,
+    split: Split,
+    precision: Precision,
+) -> float:
+    """Generate the weights once, then run every eval batch through the target with them."""
+    flat = generate_weights(source, precision)
+    was_training = target.model.training
+    target.model.eval()
+    try:
+        return evaluate_forward(lambda b: target.forward(flat, **b.model_kwargs()), data, split, target.device)
+    finally:
+        target.model.train(was_training)
+
+
+def evaluate_module(model: nn.Module, data: TaskData, split: Split, device: torch.device) -> float:
+    """A plain (e.g. exported) target module."""
+    model.eval()
+    return evaluate_forward(lambda b: model(**b.model_kwargs()), data, split, device)

@@ -1,0 +1,369 @@
+"""The generator's input layer, Linear(2m, d) over Fourier features, without N x 2m features.
+
+The Fourier phase of an index row is a sum over its fields, phase = sum_f x_hat_f B_f, so by
+angle addition its phasor exp(i phase) is a product of per-field phasors. The index rows of
+one parameter tensor form a grid (C order): every row is (outer key a, inner key b), with a the
+leading dimensions plus the constant fields and b the trailing dimensions. Then
+
+    features(a, b) = [cos, sin] of (phase_a + phase_b) = [Re, Im] of P_a * T_b
+    h0(a, b)       = Re(P_a * T_b * Wx) + bias      (Wx = W_cos - i W_sin, the Linear's weight)
+                   = view_as_real(conj T_b) . view_as_real(P_a * Wx) + bias
+
+so the input Linear over S_a * S_b rows is one GEMM of one side's feature table (S_f rows,
+2m wide) against the Linear's weight modulated by the other side's phasors (S_mod x d
+columns). The GEMM does the naive Linear's multiply-adds, which are the cost floor. The side
+tables have a few hundred rows each; tensors of the same shape in different layers share
+them. They depend only on buffers (B, normalisation), so they are computed once, in float64,
+and cached until a buffer changes: no cos/sin runs per step, and nothing N x 2m exists.
+
+Rows that do not form a grid (any order a caller may pass) fall back to one key per row: the
+same code, with a feature table computed per work unit and never cached.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+# Index fields that stay constant over one parameter tensor (layer_idx, layer_type,
+# param_type): a change in any of them starts a new tensor.
+TENSOR_KEY_COLUMNS = 3
+# GEMM width: modulation keys per GEMM x d. About 1024 columns keeps MKL near its peak
+# while the modulated weight (columns x 2m fp32) stays inside the L3 cache.
+GEMM_COLUMNS = 1024
+# Largest feature table of one work unit (rows x 2m fp32); bounds memory for fallback rows.
+FEATURE_TABLE_BYTES = 32 * 2**20
+
+
+@dataclass(frozen=True)
+class Side:
+    """The keys of one side of one or more grids: full 10-field rows, and which fields
+    belong to this side (the other side's fields are masked out of its phase)."""
+
+    values: torch.Tensor  # (S, 10) float64
+    mask: torch.Tensor  # (10,) float64, 1 where the field belongs to this side
+    cached: bool  # False for fallback rows (one key per row): tables built per unit
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """A sub-grid: feature keys f0..f1 of one side x modulation keys k0..k1 of another.
+    Its rows come in ``unit_row_order``."""
+
+    feature_side: int
+    f0: int
+    f1: int
+    mod_side: int
+    k0: int
+    k1: int
+
+    @property
+    def num_rows(self) -> int:
+        return (self.f1 - self.f0) * (self.k1 - self.k0)
+
+
+@dataclass
+class FactoredLayout:
+    """How to generate the rows of one index-row tensor: sides, work units, and the
+    permutation from the units' concatenated rows back to the tensor's order."""
+
+    sides: list[Side]
+    units: list[WorkUnit]
+    order: torch.Tensor | None  # out = cat(unit rows)[order]; None: identity
+    num_rows: int
+    fallback_rows: int  # rows that form no grid and get one key each (exact, not fast)
+    _tables: tuple[tuple, list[torch.Tensor | None]] | None = field(default=None, repr=False)
+
+    def tables(self, basis: "FourierBasis") -> list[torch.Tensor | None]:
+        """exp(-i phase) of every cached side, (S, m) complex64; recomputed only when the
+        basis (B or the normalisation buffers) changes."""
+        if self._tables is None or self._tables[0] != basis.key:
+            self._tables = (basis.key, [basis.phasors(s.values, s.mask) if s.cached else None for s in self.sides])
+        return self._tables[1]
+
+    def side_phasors(self, tables: list[torch.Tensor | None], basis: "FourierBasis", side: int, lo: int, hi: int) -> torch.Tensor:
+        table = tables[side]
+        if table is not None:
+            return table[lo:hi]
+        s = self.sides[side]
+        return basis.phasors(s.values[lo:hi], s.mask)
+
+
+def mod_pieces(num_keys: int, hidden: int) -> list[tuple[int, int]]:
+    """The modulation keys of each GEMM: GEMM_COLUMNS // d at a time."""
+    step = max(1, GEMM_COLUMNS // hidden)
+    return [(k0, min(k0 + step, num_keys)) for k0 in range(0, num_keys, step)]
+
+
+def unit_row_order(num_features: int, num_keys: int, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(feature index, key index) of each unit row: piece by piece, and within a piece row
+    (f, k) at f * K_p + k -- exactly how each piece's GEMM writes its (S_f, K_p * d) output."""
+    feats, keys = [], []
+    for k0, k1 in mod_pieces(num_keys, hidden):
+        f, k = torch.meshgrid(torch.arange(num_features), torch.arange(k0, k1), indexing="ij")
+        feats.append(f.reshape(-1))
+        keys.append(k.reshape(-1))
+    return torch.cat(feats), torch.cat(keys)
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """Rows start..start+S_a*S_b of the tensor, row (a, b) at start + a * S_b + b."""
+
+    start: int
+    outer: torch.Tensor  # (S_a, 10) int64
+    inner: torch.Tensor  # (S_b, 10) int64
+    inner_columns: tuple[int, ...]
+    factored: bool  # False: not a grid, one outer key per row
+
+
+def build_layout(index_rows: torch.Tensor, chunk_rows: int, hidden: int, freqs: int) -> FactoredLayout:
+    """Analyse index rows (vectorised per parameter tensor) into sides and work units of at
+    most about ``chunk_rows`` rows each."""
+    rows = index_rows.detach().to("cpu", torch.int64)
+    grids = [grid for start, stop in _tensor_segments(rows) for grid in _segment_grids(rows[start:stop], start)]
+    sides: list[Side] = []
+    side_ids: dict[tuple[bytes, bytes], int] = {}
+
+    def side_id(values: torch.Tensor, mask: torch.Tensor, cached: bool) -> int:
+        key = (values.numpy().tobytes(), mask.numpy().tobytes()) if cached else (str(len(sides)).encode(), b"")
+        if key not in side_ids:
+            side_ids[key] = len(sides)
+            sides.append(Side(values.to(torch.float64).to(index_rows.device), mask.to(index_rows.device), cached))
+        return side_ids[key]
+
+    units: list[WorkUnit] = []
+    positions: list[torch.Tensor] = []
+    for grid in grids:
+        for unit, unit_positions in _grid_units(grid, side_id, chunk_rows, hidden, freqs):
+            units.append(unit)
+            positions.append(unit_positions)
+    n = rows.shape[0]
+    order = None
+    if positions:
+        flat_positions = torch.cat(positions)
+        if not torch.equal(flat_positions, torch.arange(n)):
+            order = torch.empty(n, dtype=torch.int64)
+            order[flat_positions] = torch.arange(n)
+            order = order.to(index_rows.device)
+    fallback = sum(g.outer.shape[0] for g in grids if not g.factored)
+    return FactoredLayout(sides, units, order, n, fallback)
+
+
+def _tensor_segments(rows: torch.Tensor) -> list[tuple[int, int]]:
+    n = rows.shape[0]
+    if n == 0:
+        return []
+    keys = rows[:, :TENSOR_KEY_COLUMNS]
+    changes = (keys[1:] != keys[:-1]).any(dim=1).nonzero().flatten() + 1
+    bounds = [0, *changes.tolist(), n]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _segment_grids(seg: torch.Tensor, start: int) -> list[_Grid]:
+    """One grid if the segment is a C-order product over its varying fields, else one key
+    per row (a grid with a single empty inner key)."""
+    digits = _odometer_digits(seg)
+    if digits is None:
+        return [_Grid(start, seg, seg[:1], (), factored=False)]
+    columns = [c for c, _ in digits]
+    sizes = [size for _, size in digits]
+    split = _balanced_split(sizes)
+    inner_size = math.prod(sizes[split:])
+    return [_Grid(start, seg[::inner_size], seg[:inner_size], tuple(columns[split:]), factored=True)]
+
+
+def _odometer_digits(seg: torch.Tensor) -> list[tuple[int, int]] | None:
+    """[(column, size)] slowest first, if the rows are the C-order grid of their varying
+    columns' values; None otherwise."""
+    n = seg.shape[0]
+    if n == 1:
+        return []
+    change_counts = (seg[1:] != seg[:-1]).sum(dim=0)
+    varying = [c for c in range(seg.shape[1]) if change_counts[c] > 0]
+    if not varying:
+        return None  # repeated identical rows
+    varying.sort(key=lambda c: int(change_counts[c]))
+    digits: list[tuple[int, int]] = []
+    cycles = 1  # how many values the digits so far run through together
+    for c in varying:
+        total = int(change_counts[c]) + 1
+        if total % cycles or total == cycles:
+            return None
+        digits.append((c, total // cycles))
+        cycles = total
+    if cycles != n:
+        return None
+    stride = n
+    for c, size in digits:
+        stride //= size
+        values = seg[: size * stride : stride, c]
+        expected = values.repeat_interleave(stride).repeat(n // (size * stride))
+        if not torch.equal(expected, seg[:, c]):
+            return None
+    return digits
+
+
+def _balanced_split(sizes: list[int]) -> int:
+    """Split the grid's dimensions into outer (leading) and inner (trailing) so that the
+    smaller side is as large as possible: the larger side gives the GEMM's rows and the
+    smaller one its columns (x d), both then wide enough to run near the GEMM peak, while the
+    side tables stay small."""
+    best, best_score = 0, -1
+    for split in range(len(sizes) + 1):
+        score = min(math.prod(sizes[:split]), math.prod(sizes[split:]))
+        if score > best_score:
+            best, best_score = split, score
+    return best
+
+
+def _grid_units(grid: _Grid, side_id, chunk_rows: int, hidden: int, freqs: int) -> Iterator[tuple[WorkUnit, torch.Tensor]]:
+    """Cut a grid into work units: the larger side supplies the features, the smaller side
+    the modulations; each unit holds at most ~chunk_rows rows (at least one key per side).
+    Yields each unit with the tensor positions of its rows."""
+    s_a, s_b = grid.outer.shape[0], grid.inner.shape[0]
+    inner_mask = torch.zeros(grid.outer.shape[1], dtype=torch.float64)
+    inner_mask[list(grid.inner_columns)] = 1.0
+    outer_mask = 1.0 - inner_mask
+    outer = side_id(grid.outer, outer_mask, grid.factored)
+    inner = side_id(grid.inner, inner_mask, True)
+    outer_is_feature = s_a > s_b
+    feat_side, mod_side = (outer, inner) if outer_is_feature else (inner, outer)
+    s_f, s_k = (s_a, s_b) if outer_is_feature else (s_b, s_a)
+    feat_step = max(1, min(s_f, chunk_rows, FEATURE_TABLE_BYTES // (8 * freqs)))
+    mod_step = max(1, min(s_k, chunk_rows // feat_step))
+    gemm_keys = max(1, GEMM_COLUMNS // hidden)
+    if mod_step > gemm_keys:  # whole GEMMs per unit: no narrow leftover piece in each
+        mod_step -= mod_step % gemm_keys
+    for f0 in range(0, s_f, feat_step):
+        f1 = min(f0 + feat_step, s_f)
+        for k0 in range(0, s_k, mod_step):
+            k1 = min(k0 + mod_step, s_k)
+            f_local, k_local = unit_row_order(f1 - f0, k1 - k0, hidden)
+            f, k = f_local + f0, k_local + k0
+            a, b = (f, k) if outer_is_feature else (k, f)
+            yield WorkUnit(feat_side, f0, f1, mod_side, k0, k1), grid.start + a * s_b + b
+
+
+# --------------------------------------------------------------------------- the math
+
+
+@dataclass(frozen=True)
+class FourierBasis:
+    """The encoder's normalisation and frequency matrix in float64, and a key that changes
+    whenever one of the buffers they come from does."""
+
+    mean: torch.Tensor  # (10,)
+    inv_std: torch.Tensor  # (10,)
+    B: torch.Tensor  # (10, m)
+    key: tuple
+
+    @staticmethod
+    def of(mean: torch.Tensor, inv_std: torch.Tensor, B: torch.Tensor) -> "FourierBasis":
+        key = tuple((t.data_ptr(), t._version, t.device, t.dtype, t.shape) for t in (mean, inv_std, B))
+        return FourierBasis(mean.double(), inv_std.double(), B.double(), key)
+
+    def phasors(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """exp(-i phase) of the masked fields' share of each row's phase, (S, m) complex64,
+        computed in float64 (fp32 phases of up to ~1800 rad carry ~1e-4 rad of rounding)."""
+        phase = ((values - self.mean) * self.inv_std * mask) @ self.B
+        return torch.complex(torch.cos(phase), torch.sin(phase).neg_()).to(torch.complex64)
+
+
+def complex_weight(weight: torch.Tensor) -> torch.Tensor:
+    """Wx = W_cos - i W_sin, (1, d, m) complex64, from the Linear's (d, 2m) weight [cos | sin]."""
+    m = weight.shape[1] // 2
+    return torch.complex(weight[:, :m].float(), weight[:, m:].float().neg()).unsqueeze(0)
+
+
+def _gemm_dtype(device: torch.device) -> torch.dtype:
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return torch.float32
+
+
+@dataclass(frozen=True)
+class UnitContext:
+    """What one forward shares across its work units."""
+
+    layout: FactoredLayout
+    basis: FourierBasis
+    tables: list[torch.Tensor | None]
+
+    def features(self, unit: WorkUnit) -> torch.Tensor:
+        """(S_f, 2m) fp32: [cos, -sin] interleaved per frequency, view_as_real(conj T)."""
+        phasors = self.layout.side_phasors(self.tables, self.basis, unit.feature_side, unit.f0, unit.f1)
+        return torch.view_as_real(phasors).flatten(1)
+
+    def conj_mod_phasors(self, unit: WorkUnit) -> torch.Tensor:
+        """(K, 1, m) complex64: conj(P) = exp(-i phase) of the modulation keys."""
+        return self.layout.side_phasors(self.tables, self.basis, unit.mod_side, unit.k0, unit.k1).unsqueeze(1)
+
+
+def unit_forward(ctx: UnitContext, unit: WorkUnit, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """h0 of the unit's rows, (S_f * K, d) in ``unit_row_order``, without autograd."""
+    d = weight.shape[0]
+    dtype = _gemm_dtype(weight.device)
+    features = ctx.features(unit).to(dtype)
+    phasors = ctx.conj_mod_phasors(unit).conj()
+    wx = complex_weight(weight)
+    s_f, num_keys = features.shape[0], phasors.shape[0]
+    out = torch.empty(s_f * num_keys, d, dtype=dtype, device=weight.device)
+    pieces = mod_pieces(num_keys, d)
+    # One buffer for every piece's modulated weight: reusing it avoids fresh pages per GEMM.
+    modulated = torch.empty(pieces[0][1], d, wx.shape[-1], dtype=torch.complex64, device=weight.device)
+    bias = bias.to(dtype)
+    for k0, k1 in pieces:
+        buf = modulated[: k1 - k0]
+        torch.mul(phasors[k0:k1], wx, out=buf)
+        columns = torch.view_as_real(buf).view((k1 - k0) * d, -1).to(dtype)
+        rows = out[s_f * k0 : s_f * k1].view(s_f, (k1 - k0) * d)
+        torch.addmm(bias.repeat(k1 - k0), features, columns.t(), out=rows)
+    return out
+
+
+def unit_weight_grad(ctx: UnitContext, unit: WorkUnit, grad_out: torch.Tensor, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of the input Linear's (weight, bias) from the gradient of the unit's h0.
+
+    The features need no gradient (descriptors are constants), so only the weight gradient
+    is formed: G_k = g^T @ features per modulation piece, then sum_k conj(P_k) * G_k."""
+    d = hidden
+    dtype = grad_out.dtype
+    features = ctx.features(unit).to(dtype)
+    conj_phasors = ctx.conj_mod_phasors(unit)
+    s_f, num_keys, m = features.shape[0], conj_phasors.shape[0], features.shape[1] // 2
+    grad_wx = torch.zeros(d, m, dtype=torch.complex64, device=grad_out.device)
+    pieces = mod_pieces(num_keys, d)
+    g_buf = torch.empty(pieces[0][1] * d, 2 * m, dtype=dtype, device=grad_out.device)
+    for k0, k1 in pieces:
+        g = grad_out[s_f * k0 : s_f * k1].view(s_f, (k1 - k0) * d)
+        g_cols = torch.mm(g.t(), features, out=g_buf[: (k1 - k0) * d]).float()
+        g_cols = torch.view_as_complex(g_cols.view(k1 - k0, d, m, 2))
+        g_cols.mul_(conj_phasors[k0:k1])
+        grad_wx += g_cols.sum(dim=0)
+    grad_weight = torch.cat([grad_wx.real, grad_wx.imag.neg()], dim=1)
+    return grad_weight, grad_out.float().sum(dim=0)
+
+
+class FactoredLinear(torch.autograd.Function):
+    """The input Linear over one work unit. It saves no tensor for the backward: the unit's
+    tables are cached (or, for fallback rows, rebuilt there)."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, weight: torch.Tensor, bias: torch.Tensor, unit_ctx: UnitContext, unit: WorkUnit):  # type: ignore[override]
+        ctx.unit_ctx, ctx.unit, ctx.hidden, ctx.weight_dtype = unit_ctx, unit, weight.shape[0], weight.dtype  # type: ignore[attr-defined]
+        return unit_forward(unit_ctx, unit, weight.detach(), bias.detach())
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: torch.Tensor):  # type: ignore[override]
+        c = ctx  # the attributes set in forward
+        grad_weight, grad_bias = unit_weight_grad(c.unit_ctx, c.unit, grad_out.contiguous(), c.hidden)  # type: ignore[attr-defined]
+        return grad_weight.to(c.weight_dtype), grad_bias.to(c.weight_dtype), None, None  # type: ignore[attr-defined]
