@@ -62,6 +62,8 @@ def info_command(
     source = SOURCES.get(name)
     if source is not None:
         typer.echo(f"source: {source.homepage}")
+        if source.files:
+            typer.echo("files `uhn data fetch` places (other accepted forms: docs/data.md):")
         for remote in source.files:
             state = "present" if (root / remote.path).exists() else "missing"
             typer.echo(f"  {state:8} {root / remote.path}")

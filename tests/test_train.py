@@ -21,11 +21,11 @@ from uhn_runtime.schedule import cosine_factor, warmup_cosine_factor
 from uhn_runtime.target import DeviceTarget
 from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
 from uhn_runtime.weights import make_source
+from uhn_spec import compile_spec
 
 from .tiny_specs import SHAPES, tiny_plan
 
 CPU = torch.device("cpu")
-QUIET = io.StringIO()
 
 
 def options(mode: str = "uhn", **kw) -> TrainOptions:
@@ -161,8 +161,6 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Pat
     # Dropout makes the global RNG state part of what a checkpoint must carry.
     plan = tiny_plan(**train)
     layers = [layer.model_copy(update={"dropout": 0.2}) for layer in plan.targets[0].spec.layers]
-    from uhn_spec import compile_spec
-
     plan = compile_spec(plan.targets[0].spec.model_copy(update={"layers": layers}))
     start_run(plan, tmp_path / "whole", options("both"))
     with pytest.raises(RunInterrupted):

@@ -112,7 +112,7 @@ def run_bench(plan: Plan, options: BenchOptions, progress: Callable[[str], None]
         elif not naive_fits(estimate, options.naive_max_bytes, options.device):
             skipped = (
                 f"not run: the naive one-batch generator needs about {estimate / GIB:.1f} GiB "
-                f"for {n:,} weights (5 x N x m fp32 features at once), over the "
+                f"for {n:,} weights (its Fourier step alone holds 5 x N x m fp32), over the "
                 f"{options.naive_max_bytes / GIB:.0f} GiB limit or the memory available here"
             )
         else:
@@ -156,18 +156,21 @@ def available_memory_bytes() -> int | None:
 
 
 def _case_runner(plan_path: Path, options: BenchOptions) -> Callable[[str], dict[str, Any]]:
-    def run(case: str) -> dict[str, Any]:
-        command = [sys.executable, "-m", "uhn_runtime.bench", case, str(plan_path), json.dumps(asdict(options))]
-        proc = subprocess.run(command, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-            raise UHNError(f"bench case {case!r} failed (exit {proc.returncode}):\n{tail}")
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-        if not lines:
-            raise UHNError(f"bench case {case!r} printed no result; stderr:\n{proc.stderr[-2000:]}")
-        return json.loads(lines[-1])
+    return lambda case: run_case(plan_path, case, options)
 
-    return run
+
+def run_case(plan_path: Path, case: str, options: BenchOptions) -> dict[str, Any]:
+    """Run one case (matmul, generate, train_step, naive_generate, naive_train_step) on a
+    saved plan in a fresh worker process; return its measurements."""
+    command = [sys.executable, "-m", "uhn_runtime.bench", case, str(plan_path), json.dumps(asdict(options))]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise UHNError(f"bench case {case!r} failed (exit {proc.returncode}):\n{tail}")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise UHNError(f"bench case {case!r} printed no result; stderr:\n{proc.stderr[-2000:]}")
+    return json.loads(lines[-1])
 
 
 def assemble_report(

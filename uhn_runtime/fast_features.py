@@ -11,10 +11,12 @@ leading dimensions plus the constant fields and b the trailing dimensions. Then
 
 so the input Linear over S_a * S_b rows is one GEMM of one side's feature table (S_f rows,
 2m wide) against the Linear's weight modulated by the other side's phasors (S_mod x d
-columns). The GEMM does the naive Linear's multiply-adds, which are the cost floor. The side
-tables have a few hundred rows each; tensors of the same shape in different layers share
-them. They depend only on buffers (B, normalisation), so they are computed once, in float64,
-and cached until a buffer changes: no cos/sin runs per step, and nothing N x 2m exists.
+columns). The GEMM does the naive Linear's multiply-adds, which are the cost floor. The
+feature tables have a few hundred rows each, and tensors of the same shape in different layers
+share them; they depend only on buffers (B, normalisation), so they are computed once and
+cached until a buffer changes. The modulation side has few keys per unit: its phasors are
+computed per unit (under 1% of the unit's GEMM). Phases are formed in float64. Nothing
+N x 2m exists.
 
 Rows that do not form a grid (any order a caller may pass) fall back to one key per row: the
 same code, with a feature table computed per work unit and never cached.
@@ -27,7 +29,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from torch.autograd.function import FunctionCtx, once_differentiable
 
 # Index fields that stay constant over one parameter tensor (layer_idx, layer_type,
 # param_type): a change in any of them starts a new tensor.
@@ -41,12 +42,12 @@ FEATURE_TABLE_BYTES = 32 * 2**20
 
 @dataclass(frozen=True)
 class Side:
-    """The keys of one side of one or more grids: full 10-field rows, and which fields
-    belong to this side (the other side's fields are masked out of its phase)."""
+    """The keys of one side of one or more grids: 10-field rows with only this side's
+    fields set (the other side's fields are masked out: they belong to its phase)."""
 
-    values: torch.Tensor  # (S, 10) float64
+    values: torch.Tensor  # (S, 10) float64, zero outside the mask
     mask: torch.Tensor  # (10,) float64, 1 where the field belongs to this side
-    cached: bool  # False for fallback rows (one key per row): tables built per unit
+    cached: bool  # a feature table, kept between forwards; else built per unit
 
 
 @dataclass(frozen=True)
@@ -73,14 +74,15 @@ class FactoredLayout:
 
     sides: list[Side]
     units: list[WorkUnit]
+    offsets: list[int]  # where each unit's rows start in the concatenated unit rows
     order: torch.Tensor | None  # out = cat(unit rows)[order]; None: identity
     num_rows: int
     fallback_rows: int  # rows that form no grid and get one key each (exact, not fast)
     _tables: tuple[tuple, list[torch.Tensor | None]] | None = field(default=None, repr=False)
 
     def tables(self, basis: "FourierBasis") -> list[torch.Tensor | None]:
-        """exp(-i phase) of every cached side, (S, m) complex64; recomputed only when the
-        basis (B or the normalisation buffers) changes."""
+        """exp(-i phase) of every cached side, (S, m) complex64 (None for the others);
+        recomputed only when the basis (B or the normalisation buffers) changes."""
         if self._tables is None or self._tables[0] != basis.key:
             self._tables = (basis.key, [basis.phasors(s.values, s.mask) if s.cached else None for s in self.sides])
         return self._tables[1]
@@ -127,16 +129,22 @@ class _Grid:
 def build_layout(index_rows: torch.Tensor, chunk_rows: int, hidden: int, freqs: int) -> FactoredLayout:
     """Analyse index rows (vectorised per parameter tensor) into sides and work units of at
     most about ``chunk_rows`` rows each."""
-    rows = index_rows.detach().to("cpu", torch.int64)
+    rows = index_rows.detach().to("cpu", torch.int32)  # small ints; int32 halves the analysis' memory
     grids = [grid for start, stop in _tensor_segments(rows) for grid in _segment_grids(rows[start:stop], start)]
-    sides: list[Side] = []
+    side_rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+    side_cached: list[bool] = []
     side_ids: dict[tuple[bytes, bytes], int] = {}
 
     def side_id(values: torch.Tensor, mask: torch.Tensor, cached: bool) -> int:
-        key = (values.numpy().tobytes(), mask.numpy().tobytes()) if cached else (str(len(sides)).encode(), b"")
+        """Sides with the same masked values have the same phasors: one table serves all
+        of them (e.g. the (in, kh, kw) side of every conv with the same input width)."""
+        values = values.to(torch.float64) * mask
+        key = (values.numpy().tobytes(), mask.numpy().tobytes())
         if key not in side_ids:
-            side_ids[key] = len(sides)
-            sides.append(Side(values.to(torch.float64).to(index_rows.device), mask.to(index_rows.device), cached))
+            side_ids[key] = len(side_rows)
+            side_rows.append((values, mask))
+            side_cached.append(False)
+        side_cached[side_ids[key]] |= cached
         return side_ids[key]
 
     units: list[WorkUnit] = []
@@ -154,7 +162,12 @@ def build_layout(index_rows: torch.Tensor, chunk_rows: int, hidden: int, freqs: 
             order[flat_positions] = torch.arange(n)
             order = order.to(index_rows.device)
     fallback = sum(g.outer.shape[0] for g in grids if not g.factored)
-    return FactoredLayout(sides, units, order, n, fallback)
+    offsets = [0]
+    for unit in units[:-1]:
+        offsets.append(offsets[-1] + unit.num_rows)
+    device = index_rows.device
+    sides = [Side(v.to(device), m.to(device), c) for (v, m), c in zip(side_rows, side_cached)]
+    return FactoredLayout(sides, units, offsets, order, n, fallback)
 
 
 def _tensor_segments(rows: torch.Tensor) -> list[tuple[int, int]]:
@@ -232,9 +245,13 @@ def _grid_units(grid: _Grid, side_id, chunk_rows: int, hidden: int, freqs: int) 
     inner_mask = torch.zeros(grid.outer.shape[1], dtype=torch.float64)
     inner_mask[list(grid.inner_columns)] = 1.0
     outer_mask = 1.0 - inner_mask
-    outer = side_id(grid.outer, outer_mask, grid.factored)
-    inner = side_id(grid.inner, inner_mask, True)
     outer_is_feature = s_a > s_b
+    # Feature tables are cached: they are the larger side, and the cos/sin of a whole
+    # table would cost a noticeable share of each unit's GEMM. Modulation keys are few per
+    # unit, so their phasors are computed per unit (under 1% of the GEMM), and rows of a
+    # fallback segment (one key per row) are never cached: that would be N x 2m.
+    outer = side_id(grid.outer, outer_mask, grid.factored and outer_is_feature)
+    inner = side_id(grid.inner, inner_mask, not outer_is_feature)
     feat_side, mod_side = (outer, inner) if outer_is_feature else (inner, outer)
     s_f, s_k = (s_a, s_b) if outer_is_feature else (s_b, s_a)
     feat_step = max(1, min(s_f, chunk_rows, FEATURE_TABLE_BYTES // (8 * freqs)))
@@ -283,19 +300,44 @@ def complex_weight(weight: torch.Tensor) -> torch.Tensor:
     return torch.complex(weight[:, :m].float(), weight[:, m:].float().neg()).unsqueeze(0)
 
 
-def _gemm_dtype(device: torch.device) -> torch.dtype:
+def gemm_dtype(device: torch.device) -> torch.dtype:
+    """The matmuls' dtype: the autocast dtype where autocast is on, else fp32. Phases and
+    cos/sin are float64/fp32 whatever this says."""
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return torch.float32
 
 
+class Workspace:
+    """Buffers that the work units of one forward (and of its backward) take turns using.
+    Allocating tens of MB per unit instead costs page faults on every unit and fragments
+    the heap: the resident set then grows to several times the memory actually live."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        numel = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.dtype != dtype or buffer.numel() < numel:
+            buffer = torch.empty(numel, dtype=dtype, device=self.device)
+            self._buffers[name] = buffer
+        return buffer[:numel].view(shape)
+
+
 @dataclass(frozen=True)
 class UnitContext:
-    """What one forward shares across its work units."""
+    """What one forward shares across its work units: the layout, the basis and its side
+    tables, a workspace, and where each unit's input-Linear output goes."""
 
     layout: FactoredLayout
     basis: FourierBasis
     tables: list[torch.Tensor | None]
+    workspace: Workspace
+    # Where unit outputs go: slices of one (N, d) tensor kept for the backward, or (None)
+    # one reused workspace buffer, consumed before the next unit runs.
+    h0_store: torch.Tensor | None = None
 
     def features(self, unit: WorkUnit) -> torch.Tensor:
         """(S_f, 2m) fp32: [cos, -sin] interleaved per frequency, view_as_real(conj T)."""
@@ -306,19 +348,30 @@ class UnitContext:
         """(K, 1, m) complex64: conj(P) = exp(-i phase) of the modulation keys."""
         return self.layout.side_phasors(self.tables, self.basis, unit.mod_side, unit.k0, unit.k1).unsqueeze(1)
 
+    def h0_buffer(self, index: int, hidden: int, dtype: torch.dtype) -> torch.Tensor:
+        rows = self.layout.units[index].num_rows
+        if self.h0_store is None or self.h0_store.dtype != dtype:
+            return self.workspace.take("h0", (rows, hidden), dtype)
+        # An alias of the unit's rows of the store, not a view: views share their base's
+        # version counter, so writing the next unit's rows would look like an in-place
+        # change of this unit's saved output.
+        start = self.h0_store.storage_offset() + self.layout.offsets[index] * hidden
+        alias = torch.empty(0, dtype=dtype, device=self.h0_store.device)
+        return alias.set_(self.h0_store.untyped_storage(), start, (rows, hidden), (hidden, 1))
 
-def unit_forward(ctx: UnitContext, unit: WorkUnit, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """h0 of the unit's rows, (S_f * K, d) in ``unit_row_order``, without autograd."""
+
+def unit_forward(ctx: UnitContext, index: int, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """h0 of work unit ``index``, (S_f * K, d) in ``unit_row_order``, without autograd."""
+    unit = ctx.layout.units[index]
     d = weight.shape[0]
-    dtype = _gemm_dtype(weight.device)
+    dtype = gemm_dtype(weight.device)
     features = ctx.features(unit).to(dtype)
     phasors = ctx.conj_mod_phasors(unit).conj()
     wx = complex_weight(weight)
     s_f, num_keys = features.shape[0], phasors.shape[0]
-    out = torch.empty(s_f * num_keys, d, dtype=dtype, device=weight.device)
+    out = ctx.h0_buffer(index, d, dtype)
     pieces = mod_pieces(num_keys, d)
-    # One buffer for every piece's modulated weight: reusing it avoids fresh pages per GEMM.
-    modulated = torch.empty(pieces[0][1], d, wx.shape[-1], dtype=torch.complex64, device=weight.device)
+    modulated = ctx.workspace.take("modulated", (pieces[0][1], d, wx.shape[-1]), torch.complex64)
     bias = bias.to(dtype)
     for k0, k1 in pieces:
         buf = modulated[: k1 - k0]
@@ -329,11 +382,12 @@ def unit_forward(ctx: UnitContext, unit: WorkUnit, weight: torch.Tensor, bias: t
     return out
 
 
-def unit_weight_grad(ctx: UnitContext, unit: WorkUnit, grad_out: torch.Tensor, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of the input Linear's (weight, bias) from the gradient of the unit's h0.
+def unit_weight_grad(ctx: UnitContext, index: int, grad_out: torch.Tensor, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of the input Linear's (weight, bias) from the gradient of unit ``index``'s h0.
 
     The features need no gradient (descriptors are constants), so only the weight gradient
     is formed: G_k = g^T @ features per modulation piece, then sum_k conj(P_k) * G_k."""
+    unit = ctx.layout.units[index]
     d = hidden
     dtype = grad_out.dtype
     features = ctx.features(unit).to(dtype)
@@ -341,7 +395,7 @@ def unit_weight_grad(ctx: UnitContext, unit: WorkUnit, grad_out: torch.Tensor, h
     s_f, num_keys, m = features.shape[0], conj_phasors.shape[0], features.shape[1] // 2
     grad_wx = torch.zeros(d, m, dtype=torch.complex64, device=grad_out.device)
     pieces = mod_pieces(num_keys, d)
-    g_buf = torch.empty(pieces[0][1] * d, 2 * m, dtype=dtype, device=grad_out.device)
+    g_buf = ctx.workspace.take("grad_columns", (pieces[0][1] * d, 2 * m), dtype)
     for k0, k1 in pieces:
         g = grad_out[s_f * k0 : s_f * k1].view(s_f, (k1 - k0) * d)
         g_cols = torch.mm(g.t(), features, out=g_buf[: (k1 - k0) * d]).float()
@@ -350,20 +404,3 @@ def unit_weight_grad(ctx: UnitContext, unit: WorkUnit, grad_out: torch.Tensor, h
         grad_wx += g_cols.sum(dim=0)
     grad_weight = torch.cat([grad_wx.real, grad_wx.imag.neg()], dim=1)
     return grad_weight, grad_out.float().sum(dim=0)
-
-
-class FactoredLinear(torch.autograd.Function):
-    """The input Linear over one work unit. It saves no tensor for the backward: the unit's
-    tables are cached (or, for fallback rows, rebuilt there)."""
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, weight: torch.Tensor, bias: torch.Tensor, unit_ctx: UnitContext, unit: WorkUnit):  # type: ignore[override]
-        ctx.unit_ctx, ctx.unit, ctx.hidden, ctx.weight_dtype = unit_ctx, unit, weight.shape[0], weight.dtype  # type: ignore[attr-defined]
-        return unit_forward(unit_ctx, unit, weight.detach(), bias.detach())
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: torch.Tensor):  # type: ignore[override]
-        c = ctx  # the attributes set in forward
-        grad_weight, grad_bias = unit_weight_grad(c.unit_ctx, c.unit, grad_out.contiguous(), c.hidden)  # type: ignore[attr-defined]
-        return grad_weight.to(c.weight_dtype), grad_bias.to(c.weight_dtype), None, None  # type: ignore[attr-defined]

@@ -10,37 +10,42 @@ Non-trainable state (Fourier matrices B, normalisation mean and scale) lives in 
 B is drawn from an explicit seeded ``torch.Generator``.
 
 Generation never builds the N x 2m Fourier features: the input Linear runs factored per
-parameter tensor (``fast_features``: per-side phasor tables, one GEMM per work unit), and the
-rest of the network runs per work unit. With gradients, each unit keeps only its (rows, d)
-input-Linear output and recomputes the residual blocks in the backward; past
-``max_saved_bytes`` it keeps nothing and recomputes the whole unit. Memory therefore grows as
-O(N * d) (or O(N)), not O(N * 2m). ``benchmarks/naive_generator.py`` is the same math run the
-direct way, kept as the baseline and the numerical reference.
+parameter tensor (``fast_features``: per-side phasor tables, one GEMM per piece of a work
+unit), then the residual blocks and head run over the unit in cache-sized passes. With
+gradients each unit is one autograd node (``GeneratedUnit``) that keeps only the unit's
+(rows, d) input-Linear output, or nothing past ``max_saved_bytes``, and recomputes the rest
+in the backward. Memory therefore grows as O(N * d), or O(N), not O(N * 2m).
+``benchmarks/naive_generator.py`` is the same math done the direct way: the baseline and the
+numerical reference.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from uhn_spec.descriptors import INDEX_FIELDS, STRUCTURE_FIELDS, Ranges
 from uhn_spec.spec import GeneratorSpec
 
-from .fast_features import FactoredLayout, FactoredLinear, FourierBasis, UnitContext, WorkUnit, build_layout
+from .fast_features import (
+    FactoredLayout,
+    FourierBasis,
+    UnitContext,
+    Workspace,
+    build_layout,
+    gemm_dtype,
+    unit_forward,
+    unit_weight_grad,
+)
 
-# Activations kept for the backward, at most: all of them while they fit (about 9 x d floats
-# per row), else only each unit's (rows x d) input-Linear output, recomputing the residual
-# blocks in the backward, else nothing, recomputing whole units. With this default MNIST-MLP
-# keeps everything (0.27 GB), CIFAR CNN-20 and CNN-56 keep the input-Linear output (0.14 and
-# 0.44 GB).
+# Kept for the backward, at most: the units' (rows x d) input-Linear outputs while they fit
+# (0.03 GB for MNIST-MLP, 0.14 GB for CIFAR CNN-20, 0.44 GB for CNN-56), else nothing (the
+# backward then recomputes the input Linear too: about a third more time).
 DEFAULT_MAX_SAVED_BYTES = 2**30
-# Floats per row autograd keeps for the residual blocks and head: per block the ReLU and
-# LayerNorm outputs feeding each Linear (4 x d), plus the head's ReLU output.
-TAIL_SAVED_PER_BLOCK = 4
-# Activations per pass through the residual blocks (rows x d): about 2 MB stays in the L2
-# cache and runs the blocks about twice as fast as one pass over a whole work unit, while
-# passes stay large enough that per-op overheads do not matter.
+# Activations per pass through the residual blocks (rows x d floats), see ``tail_rows``.
 TAIL_ELEMENTS = 2**19
 # Layouts of the most recent index-row tensors a generator has seen (usually one per target).
 LAYOUT_CACHE_SIZE = 8
@@ -189,10 +194,43 @@ class UHNGenerator(nn.Module):
         if not layout.units:
             return torch.zeros(0, device=index_rows.device)
         basis = self.index_fourier.basis()
-        context = UnitContext(layout, basis, layout.tables(basis))
-        run = self._unit_runner(layout.num_rows)
-        out = torch.cat([run(context, unit, structure) for unit in layout.units])
+        context = UnitContext(layout, basis, layout.tables(basis), Workspace(index_rows.device))
+        if torch.is_grad_enabled():
+            context = self._with_store(context)
+            params = self.tail_parameters()
+            parts = [GeneratedUnit.apply(self, context, i, structure, *params) for i in range(len(layout.units))]
+        else:
+            parts = [self.unit_weights(context, i, structure) for i in range(len(layout.units))]
+        out = torch.cat(parts)
         return out if layout.order is None else out[layout.order]
+
+    def tail_parameters(self) -> list[nn.Parameter]:
+        """The parameters a work unit's weights depend on, in ``GeneratedUnit``'s order: the
+        input Linear's weight and bias, then the residual blocks' and the head's."""
+        tail = [p for module in (*self.blocks, self.out) for p in module.parameters()]
+        return [self.index_in.weight, self.index_in.bias, *tail]
+
+    def unit_weights(self, context: UnitContext, index: int, structure: torch.Tensor | None) -> torch.Tensor:
+        """The generated weights of one work unit, without autograd."""
+        h0 = unit_forward(context, index, self.index_in.weight, self.index_in.bias)
+        out = torch.empty(h0.shape[0], device=h0.device)
+        rows = self.tail_rows
+        for start in range(0, h0.shape[0], rows):
+            out[start : start + rows] = self.head(self.blocks_forward(h0[start : start + rows]), structure)
+        return out
+
+    @property
+    def tail_rows(self) -> int:
+        """Rows per pass through the residual blocks: about 2 MB of activations, which stay in
+        the L2 cache (about twice as fast as one pass over a whole unit)."""
+        return max(1, TAIL_ELEMENTS // self.spec.hidden)
+
+    def _with_store(self, context: UnitContext) -> UnitContext:
+        if self.saving_policy(context.layout.num_rows) != "h0":
+            return context
+        device = context.workspace.device
+        store = torch.empty(context.layout.num_rows, self.spec.hidden, dtype=gemm_dtype(device), device=device)
+        return replace(context, h0_store=store)
 
     def layout(self, index_rows: torch.Tensor, chunk_rows: int) -> FactoredLayout:
         """The work units of these index rows, analysed once per tensor and cached (keyed by
@@ -206,36 +244,75 @@ class UHNGenerator(nn.Module):
         return layout
 
     def saving_policy(self, num_rows: int) -> str:
-        """What a forward with gradients keeps for N rows: "all" activations, only the
-        input-Linear output ("h0") or "nothing" (whole units are recomputed)."""
-        row_bytes = 4 * self.spec.hidden
-        if num_rows * row_bytes * (TAIL_SAVED_PER_BLOCK * self.spec.blocks + 1) <= self.max_saved_bytes:
-            return "all"
-        return "h0" if num_rows * row_bytes <= self.max_saved_bytes else "nothing"
+        """What a forward with gradients keeps for N rows: the input-Linear outputs ("h0")
+        or "nothing" (the backward recomputes them)."""
+        return "h0" if num_rows * self.spec.hidden * 4 <= self.max_saved_bytes else "nothing"
 
-    def _unit_runner(self, num_rows: int):
-        if not torch.is_grad_enabled():
-            return self._run_unit
-        policy = self.saving_policy(num_rows)
-        if policy == "all":
-            return self._run_unit
-        if policy == "h0":
-            return self._run_unit_keeping_h0
-        return lambda context, unit, structure: checkpoint(self._run_unit, context, unit, structure, use_reentrant=False)
 
-    def _run_unit(self, context: UnitContext, unit: WorkUnit, structure: torch.Tensor | None) -> torch.Tensor:
-        h0 = FactoredLinear.apply(self.index_in.weight, self.index_in.bias, context, unit)
-        return self._tail(h0, structure)
+class GeneratedUnit(torch.autograd.Function):
+    """One work unit's weights as one autograd node.
 
-    def _run_unit_keeping_h0(self, context: UnitContext, unit: WorkUnit, structure: torch.Tensor | None) -> torch.Tensor:
-        h0 = FactoredLinear.apply(self.index_in.weight, self.index_in.bias, context, unit)
-        return checkpoint(self._tail, h0, structure, use_reentrant=False)
+    The forward runs without an autograd graph (so it allocates nothing long-lived but the
+    unit's weights, and its temporaries are reused rather than fragmenting the heap) and
+    keeps at most the unit's input-Linear output. The backward recomputes the residual
+    blocks and head pass by pass under autograd, then forms the input Linear's weight
+    gradient from the factored features (``unit_weight_grad``): the features need no
+    gradient, so nothing N x 2m is ever formed."""
 
-    def _tail(self, h0: torch.Tensor, structure: torch.Tensor | None) -> torch.Tensor:
-        """Residual blocks and head over one unit's input-Linear output, in cache-sized passes."""
-        rows = max(1, TAIL_ELEMENTS // self.spec.hidden)
-        parts = [self.head(self.blocks_forward(h), structure).float() for h in h0.split(rows)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+    @staticmethod
+    def forward(ctx: FunctionCtx, generator: UHNGenerator, context: UnitContext, index: int, structure: torch.Tensor | None, *params: torch.Tensor):  # type: ignore[override]
+        device_type = context.workspace.device.type
+        ctx.generator, ctx.context, ctx.index = generator, context, index  # type: ignore[attr-defined]
+        ctx.autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))  # type: ignore[attr-defined]
+        ctx.structure = structure.detach() if structure is not None else None  # type: ignore[attr-defined]
+        ctx.h0 = None  # type: ignore[attr-defined]
+        out = generator.unit_weights(context, index, ctx.structure)  # type: ignore[attr-defined]
+        if context.h0_store is not None:  # unit_weights wrote h0 into the store: keep it
+            ctx.h0 = context.h0_buffer(index, generator.spec.hidden, context.h0_store.dtype)  # type: ignore[attr-defined]
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: torch.Tensor):  # type: ignore[override]
+        c = ctx  # the attributes set in forward
+        generator: UHNGenerator = c.generator  # type: ignore[attr-defined]
+        context: UnitContext = c.context  # type: ignore[attr-defined]
+        enabled, dtype = c.autocast  # type: ignore[attr-defined]
+        device_type = context.workspace.device.type
+        with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            h0 = c.h0  # type: ignore[attr-defined]
+            if h0 is None:
+                h0 = unit_forward(context, c.index, generator.index_in.weight.detach(), generator.index_in.bias.detach())  # type: ignore[attr-defined]
+            grad_h0, grad_structure, grad_tail = _tail_backward(generator, context, h0, c.structure, grad_out)  # type: ignore[attr-defined]
+        grad_weight, grad_bias = unit_weight_grad(context, c.index, grad_h0, generator.spec.hidden)  # type: ignore[attr-defined]
+        return (None, None, None, grad_structure, grad_weight, grad_bias, *grad_tail)
+
+
+def _tail_backward(
+    generator: UHNGenerator, context: UnitContext, h0: torch.Tensor, structure: torch.Tensor | None, grad_out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor | None]]:
+    """Recompute the residual blocks and head pass by pass; return the gradients of h0 (in
+    a workspace buffer), of the structure embedding and of the tail's parameters (None for
+    a frozen one)."""
+    tail = generator.tail_parameters()[2:]
+    trained = [p for p in tail if p.requires_grad]
+    grad_h0 = context.workspace.take("grad_h0", tuple(h0.shape), h0.dtype)
+    sums = [torch.zeros_like(p) for p in trained]
+    grad_structure = None if structure is None else torch.zeros_like(structure)
+    rows = generator.tail_rows
+    for start in range(0, h0.shape[0], rows):
+        h = h0[start : start + rows].detach().requires_grad_()
+        s = None if structure is None else structure.detach().requires_grad_()
+        with torch.enable_grad():
+            y = generator.head(generator.blocks_forward(h), s).float()
+        grads = torch.autograd.grad(y, [h, *trained, *([s] if s is not None else [])], grad_out[start : start + rows])
+        grad_h0[start : start + rows] = grads[0]
+        for total, g in zip(sums, grads[1 : 1 + len(trained)]):
+            total += g
+        if grad_structure is not None:
+            grad_structure += grads[-1]
+    by_param = iter(sums)
+    return grad_h0, grad_structure, [next(by_param) if p.requires_grad else None for p in tail]
 
 
 def count_generator_params(spec: GeneratorSpec) -> tuple[int, int]:

@@ -102,7 +102,8 @@ class Phase:
         self.unit_name = "epoch" if self.by_epoch else "step"
         self.total_units = int(self.cfg.epochs or self.cfg.steps)  # type: ignore[arg-type]
         self.batches_per_epoch = data.num_train_batches(self.cfg.batch_size)
-        self.log_every = 1 if self.by_epoch else (self.cfg.eval_every or self.batches_per_epoch)
+        # Log and checkpoint every epoch; in step units every eval_every steps, else every pass.
+        self.interval = 1 if self.by_epoch else (self.cfg.eval_every or self.batches_per_epoch)
         self.checkpoint_path = run.checkpoint_path(kind)
         self.last_good = "none yet (no checkpoint written)"
         self.units_done = 0
@@ -160,8 +161,8 @@ class Phase:
                 continue  # inside an epoch
             self.units_done = (step + 1) // per_unit
             last = self.units_done == self.total_units
-            if self.units_done % self.log_every == 0 or last:
-                self.end_interval(epoch, sum(losses) / len(losses), lr)
+            if self.units_done % self.interval == 0 or last:
+                self.end_interval(sum(losses) / len(losses), lr)
                 losses = []
             limit = self.options.stop_after_units
             if limit is not None and self.units_done >= limit and not last:
@@ -190,7 +191,7 @@ class Phase:
         self.stepper.step(loss)
         return value
 
-    def end_interval(self, epoch: int, mean_loss: float, lr: float) -> None:
+    def end_interval(self, mean_loss: float, lr: float) -> None:
         record: dict[str, Any] = {
             "phase": self.kind,
             "event": "train",

@@ -1,8 +1,8 @@
 """One real training step per paper setting: its spec, its real data, the runtime's
 generator, target and loss, with a shrunken generator so each step is quick on a CPU.
 
-Cora and AG News also run the whole `start_run` loop (init phase, a few steps, final test
-evaluation, summary), which is cheap for them; the other settings stop after the step,
+Cora also runs the whole `start_run` loop (init phase, two full-batch epochs, final test
+evaluation, summary), which is cheap for a graph; the other settings stop after the step,
 because their full test evaluation takes minutes on a CPU.
 """
 
@@ -52,30 +52,24 @@ def test_one_training_step_on_real_data(data_root: Path, spec_name: str, batch_s
     optimizer = torch.optim.AdamW(source.parameters(), lr=1e-3)
     batch = next(data.train_batches(batch_size, seed=0))
 
-    def loss() -> torch.Tensor:
-        outputs = target.forward(source.flat(), **batch.model_kwargs())
-        picked, _ = batch.select(outputs)
-        assert picked.shape[-1] == spec.task.info.num_outputs
-        return loss_fn(data.metric, *batch.select(outputs))
-
-    first = loss()
-    assert math.isfinite(float(first.detach()))
-    first.backward()
+    outputs = target.forward(source.flat(), **batch.model_kwargs())
+    picked, targets = batch.select(outputs)
+    assert picked.shape[-1] == spec.task.info.num_outputs
+    loss = loss_fn(data.metric, picked, targets)
+    assert math.isfinite(float(loss.detach()))
+    loss.backward()
     grads = [p.grad for p in source.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
+    before = [p.detach().clone() for p in source.parameters()]
     optimizer.step()
-    with torch.no_grad():
-        assert float(loss()) != float(first)  # the step changed the generated weights
+    assert any(not torch.equal(a, p) for a, p in zip(before, source.parameters()))
 
 
-@pytest.mark.parametrize("spec_name", ["cora_gcn", "agnews_transformer2l"])
-def test_a_short_run_end_to_end(data_root: Path, tmp_path: Path, spec_name: str) -> None:
-    overrides = [*TINY, "train.epochs=null", "train.steps=2", "train.warmup=0", "train.init_steps=2", "train.batch_size=32"]
-    plan = compile_spec(load_spec(SPECS / f"{spec_name}.yaml", overrides))
+def test_a_short_graph_run_end_to_end(data_root: Path, tmp_path: Path) -> None:
+    overrides = [*TINY, "train.epochs=2", "train.warmup=0", "train.init_steps=2"]
+    plan = compile_spec(load_spec(SPECS / "cora_gcn.yaml", overrides))
     options = TrainOptions(mode="both", device="cpu", data_root=str(data_root), progress=io.StringIO())
     summary = start_run(plan, tmp_path / "run", options)
     assert summary["metric"] == "accuracy"
     assert 0.0 <= summary["uhn"] <= 1.0 and 0.0 <= summary["direct"] <= 1.0
-    if spec_name == "agnews_transformer2l" and not (data_root / "ag_news" / "train.csv").exists():
-        assert any("80/20" in note for note in summary["data_notes"])

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
-from torch_geometric.utils import softmax as edge_softmax
 
 from ..enums import HeadConcat, LayerType
 from . import register
@@ -141,6 +140,8 @@ class GATLayer(nn.Module):
         score_dst = (h * self.att_dst).sum(dim=-1)
         source, target = edges_with_self_loops(ctx, num_nodes)
         scores = F.leaky_relu(score_src[source] + score_dst[target], ATTENTION_SLOPE)
+        from torch_geometric.utils import softmax as edge_softmax  # lazy: slow import
+
         alpha = edge_softmax(scores, target, num_nodes=num_nodes)  # over edges into each node
         alpha = F.dropout(alpha, spec.dropout, self.training)
         messages = h[source] * alpha.unsqueeze(-1)  # (edges, heads, out)

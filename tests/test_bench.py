@@ -1,0 +1,104 @@
+"""``uhn bench``: the report's shape on a tiny spec (no timing assertions), the naive
+baseline skipped rather than run when it would not fit, the synthetic batches of the train
+step, and the target's segmented (checkpointed) forward."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from uhn_cli.main import app
+from uhn_runtime.bench import BenchOptions, run_bench, synthetic_batch, useful_flops_per_weight
+from uhn_runtime.target import DeviceTarget
+from uhn_runtime.target_segments import forward_in_segments, segment_bounds
+from uhn_spec import compile_spec, load_spec
+from uhn_spec.spec import GeneratorSpec
+
+from .conftest import REPO_ROOT
+from .tiny_specs import tiny_plan, tiny_spec, tiny_spec_data
+
+
+def test_report_has_the_fields_the_issue_asks_for() -> None:
+    plan = tiny_plan("image_classification")
+    report = run_bench(plan, BenchOptions(repeats=1, batch=8))
+    n = plan.targets[0].num_params
+    assert isinstance(report["device"], str) and report["device"].startswith("cpu")
+    assert report["num_params"] == n
+    gen, train = report["generate"], report["train_step"]
+    for key in ("seconds", "weights_per_s", "vs_naive", "matmul_fraction"):
+        assert isinstance(gen[key], float) and gen[key] > 0, key
+    for key in ("seconds", "vs_naive"):
+        assert isinstance(train[key], float) and train[key] > 0, key
+    assert gen["weights_per_s"] == pytest.approx(n / gen["seconds"])
+    assert isinstance(report["peak_memory_bytes"], int) and report["peak_memory_bytes"] > 0
+    assert set(report["bytes_per_weight"]) == {"generate", "train_step"}
+    naive = report["naive"]
+    assert naive["generate"]["seconds"] > 0 and naive["train_step"]["seconds"] > 0
+    assert gen["vs_naive"] == pytest.approx(naive["generate"]["seconds"] / gen["seconds"])
+    assert naive["max_abs_diff"] <= 1e-4 * max(1.0, naive["reference_scale"])  # the same weights
+    flops = useful_flops_per_weight(plan.generator)
+    assert gen["matmul_fraction"] == pytest.approx(flops * n / gen["seconds"] / report["matmul"]["square_flops_per_s"])
+    json.dumps(report)  # plain data
+
+
+def test_naive_is_reported_as_null_when_it_would_not_fit(tmp_path) -> None:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(json.dumps(tiny_spec_data("formula_regression")))  # JSON is YAML
+    result = CliRunner().invoke(app, ["bench", str(spec), "--json", "--repeats", "1", "--batch", "8", "--naive-max-gib", "1e-9"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    assert report["naive"] is None
+    assert "GiB" in report["naive_skipped"]
+    assert report["generate"]["vs_naive"] is None and report["train_step"]["vs_naive"] is None
+    assert report["generate"]["matmul_fraction"] > 0
+
+
+def test_bad_options_are_one_line_errors(tmp_path) -> None:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(json.dumps(tiny_spec_data()))
+    result = CliRunner().invoke(app, ["bench", str(spec), "--precision", "fp8"])
+    assert result.exit_code == 2
+    assert "--precision" in result.output
+
+
+@pytest.mark.parametrize("task_type", ["image_classification", "text_classification", "graph_node_classification", "formula_regression"])
+def test_synthetic_batches_fit_every_task(task_type: str) -> None:
+    spec = tiny_spec(task_type)
+    target = DeviceTarget(compile_spec(spec).targets[0])
+    batch = synthetic_batch(spec.task, 16, torch.device("cpu"))
+    outputs = target.forward(target.flat_from_model(), **batch.model_kwargs())
+    selected, targets = batch.select(outputs)
+    assert selected.shape[0] == targets.shape[0] > 0
+
+
+def test_cifar_batches_have_the_image_shape() -> None:
+    spec = load_spec(REPO_ROOT / "specs" / "cifar10_cnn20.yaml")
+    batch = synthetic_batch(spec.task, 256, torch.device("cpu"))
+    assert batch.inputs.shape == (256, 3, 32, 32)
+
+
+def test_segmented_forward_equals_the_plain_forward() -> None:
+    spec = tiny_spec("text_classification")
+    target = DeviceTarget(compile_spec(spec).targets[0])
+    batch = synthetic_batch(spec.task, 8, torch.device("cpu"))
+    flat = target.flat_from_model().requires_grad_()
+    plain = target.forward(flat, **batch.model_kwargs())
+    (plain_grad,) = torch.autograd.grad(plain.square().sum(), flat)
+    segmented = forward_in_segments(target, flat, 2, **batch.model_kwargs())
+    (segmented_grad,) = torch.autograd.grad(segmented.square().sum(), flat)
+    torch.testing.assert_close(segmented, plain)
+    torch.testing.assert_close(segmented_grad, plain_grad)
+
+
+def test_segments_cover_every_layer_once() -> None:
+    assert segment_bounds(56, 8) == [(0, 7), (7, 14), (14, 21), (21, 28), (28, 35), (35, 42), (42, 49), (49, 56)]
+    assert segment_bounds(3, 8) == [(0, 1), (1, 2), (2, 3)]
+    assert segment_bounds(20, 3) == [(0, 7), (7, 13), (13, 20)]
+
+
+def test_useful_flops_follow_the_documented_formula() -> None:
+    # 2 * (2m*d + blocks*2*d*d + d): the large config is the issue's ~1.05 MFLOP floor + blocks.
+    assert useful_flops_per_weight(GeneratorSpec()) == 2 * (2 * 2048 * 128 + 2 * 2 * 128 * 128 + 128)
