@@ -33,8 +33,10 @@ def bench(
     ] = 0,
     overrides: SetOption = None,
 ) -> None:
-    """Measure generation (weights/s, fraction of the matmul peak), a train step and peak
-    memory, each case in a fresh process, against the naive one-batch generator."""
+    """Measure generation speed, a train step and peak memory against the naive generator.
+
+    Each case runs in a fresh process; generation is also reported as a fraction of the
+    machine's measured matmul throughput."""
     if precision not in ("fp32", "bf16"):
         raise UHNError(f"--precision: {precision!r}; use fp32 or bf16")
     if target_segments < 0:

@@ -198,3 +198,16 @@ def test_local_field_table_matches_the_layer_kinds() -> None:
         for kind, cell in zip(REGISTRY, row[3:]):
             sets = field in local_fields_set_by(REGISTRY[kind])
             assert (cell == "✓") == sets, f"{field} / {kind}: the table says {cell or 'blank'!r}"
+
+
+# --------------------------------------------------------------------------- README
+
+
+def test_readme_python_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's Python example is what a new user copies first: it must run as written."""
+    (code,) = re.findall(r"```python\n(.*?)```", (REPO_ROOT / "README.md").read_text(), flags=re.S)
+    monkeypatch.chdir(REPO_ROOT)  # it names specs/ relative to the repository root
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["flat"].shape == (118_282,)
+    assert namespace["H"].index_in.weight.grad is not None

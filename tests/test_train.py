@@ -29,7 +29,9 @@ CPU = torch.device("cpu")
 
 
 def options(mode: str = "uhn", **kw) -> TrainOptions:
-    return TrainOptions(mode=mode, device="cpu", progress=io.StringIO(), **kw)  # type: ignore[arg-type]
+    kw.setdefault("progress", io.StringIO())
+    kw.setdefault("checkpoint_seconds", 0.0)  # a checkpoint at every log interval
+    return TrainOptions(mode=mode, device="cpu", **kw)  # type: ignore[arg-type]
 
 
 def train_records(run_root: Path, phase: str = "uhn") -> list[dict]:
@@ -111,7 +113,8 @@ def test_tiny_run_on_synthetic_data_lowers_the_loss(task_type: str, tmp_path: Pa
 
 def test_run_folder_records_config_versions_and_summary(tmp_path: Path) -> None:
     plan = tiny_plan(epochs=2)
-    summary = start_run(plan, tmp_path / "run", options("both"))
+    shown = io.StringIO()
+    summary = start_run(plan, tmp_path / "run", options("both", progress=shown))
     run = RunDir.open(tmp_path / "run")
     info = run.info()
     assert info["seed"] == 3 and info["mode"] == "both"
@@ -123,6 +126,7 @@ def test_run_folder_records_config_versions_and_summary(tmp_path: Path) -> None:
         assert isinstance(summary[key], kind), key
     assert summary["target_params"] == plan.targets[0].num_params
     assert summary["data_notes"] and summary["metric"] == "accuracy"
+    assert all(f"data: {note}" in shown.getvalue() for note in summary["data_notes"])  # stated in the run output
 
 
 def test_direct_training_reaches_the_data(tmp_path: Path) -> None:
@@ -151,22 +155,25 @@ def _final_weights(run_root: Path, kind: str = "uhn") -> dict[str, torch.Tensor]
 
 
 @pytest.mark.parametrize(
-    ("train", "stop_after"),
+    ("train", "stop_after", "checkpoint_seconds", "last_checkpoint"),
     [
-        ({"epochs": 4}, 2),  # killed right after an epoch checkpoint
-        ({"steps": 10, "eval_every": 3}, 5),  # killed two steps past the step-3 checkpoint
+        ({"epochs": 4}, 2, 0.0, 2),  # killed right after an epoch checkpoint
+        ({"steps": 10, "eval_every": 3}, 5, 0.0, 3),  # killed two steps past the step-3 checkpoint
+        ({"epochs": 4}, 3, 3600.0, 0),  # short epochs: only the end of the init phase was saved
     ],
 )
-def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Path, train: dict, stop_after: int) -> None:
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(
+    tmp_path: Path, train: dict, stop_after: int, checkpoint_seconds: float, last_checkpoint: int
+) -> None:
     # Dropout makes the global RNG state part of what a checkpoint must carry.
     plan = tiny_plan(**train)
     layers = [layer.model_copy(update={"dropout": 0.2}) for layer in plan.targets[0].spec.layers]
     plan = compile_spec(plan.targets[0].spec.model_copy(update={"layers": layers}))
     start_run(plan, tmp_path / "whole", options("both"))
     with pytest.raises(RunInterrupted):
-        start_run(plan, tmp_path / "killed", options("both", stop_after_units=stop_after))
+        start_run(plan, tmp_path / "killed", options("both", stop_after_units=stop_after, checkpoint_seconds=checkpoint_seconds))
     killed = load_checkpoint(tmp_path / "killed" / "checkpoints" / "uhn.pt")
-    assert not killed["finished"] and 0 < killed["units_done"] <= stop_after
+    assert not killed["finished"] and killed["units_done"] == last_checkpoint
     summary = resume_run(tmp_path / "killed", options())
     for kind in ("uhn", "direct"):
         whole, resumed = _final_weights(tmp_path / "whole", kind), _final_weights(tmp_path / "killed", kind)

@@ -6,14 +6,16 @@ AdamW step; graph tasks take one full-batch step per epoch. The learning rate fo
 authors' linear warmup then cosine, in epochs or steps (``train.epochs``/``train.steps``).
 
 Resumable by construction: the data order is a function of (seed, epoch), the schedule a
-function of the unit counter, and a checkpoint after every epoch (or every ``eval_every``
-steps, or one pass over the data) holds the rest, so a resumed run ends with exactly the
-weights of an uninterrupted one.
+function of the unit counter, and a checkpoint at the end of a log interval (an epoch, or
+``eval_every`` steps, or one pass over the data) holds the rest, so a resumed run ends with
+exactly the weights of an uninterrupted one. Checkpoints are written at most once a minute
+(and at evaluations and the end): a full-batch run has thousands of sub-second epochs.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +39,9 @@ from .schedule import set_lr, warmup_cosine_factor
 from .target import DeviceTarget
 from .weights import SourceKind, make_source
 
+# Terminal lines per phase, at most about this many (metrics.jsonl keeps every interval).
+SHOWN_LINES = 100
+
 Mode = Literal["uhn", "direct", "both"]
 MODE_PHASES: dict[str, tuple[SourceKind, ...]] = {"uhn": ("uhn",), "direct": ("direct",), "both": ("uhn", "direct")}
 
@@ -49,6 +54,9 @@ class TrainOptions:
     # Test hook: stop (as if killed) once a phase has finished this many epochs/steps.
     stop_after_units: int | None = None
     progress: TextIO | None = None
+    # A killed run loses at most about this much work. Checkpointing after every sub-second
+    # epoch (full-batch graphs and formulas) would cost more than the epochs themselves.
+    checkpoint_seconds: float = 60.0
 
 
 class RunInterrupted(Exception):
@@ -104,6 +112,8 @@ class Phase:
         self.batches_per_epoch = data.num_train_batches(self.cfg.batch_size)
         # Log and checkpoint every epoch; in step units every eval_every steps, else every pass.
         self.interval = 1 if self.by_epoch else (self.cfg.eval_every or self.batches_per_epoch)
+        self.show_every = max(1, math.ceil(self.total_units / self.interval / SHOWN_LINES))
+        self.saved_at = time.monotonic()
         self.checkpoint_path = run.checkpoint_path(kind)
         self.last_good = "none yet (no checkpoint written)"
         self.units_done = 0
@@ -162,7 +172,7 @@ class Phase:
             self.units_done = (step + 1) // per_unit
             last = self.units_done == self.total_units
             if self.units_done % self.interval == 0 or last:
-                self.end_interval(sum(losses) / len(losses), lr)
+                self.end_interval(sum(losses) / len(losses), lr, last)
                 losses = []
             limit = self.options.stop_after_units
             if limit is not None and self.units_done >= limit and not last:
@@ -191,7 +201,7 @@ class Phase:
         self.stepper.step(loss)
         return value
 
-    def end_interval(self, mean_loss: float, lr: float) -> None:
+    def end_interval(self, mean_loss: float, lr: float, last: bool) -> None:
         record: dict[str, Any] = {
             "phase": self.kind,
             "event": "train",
@@ -202,13 +212,16 @@ class Phase:
         }
         shown = f"{self.kind} {self.unit_name} {self.units_done}/{self.total_units}  loss {mean_loss:.4f}"
         every = self.cfg.eval_every
-        if every and self.units_done % every == 0 and self.units_done < self.total_units:
+        evaluated = bool(every and self.units_done % every == 0 and not last)
+        if evaluated:
             value = evaluate_source(self.source, self.target, self.data, "test", self.precision)
             record["test_" + self.data.metric] = value
             shown += f"  test {self.data.metric} {value:.4f}"
         self.run.log(record)
-        self.save()
-        self.progress.line(f"{shown}  lr {lr:.3g}  ({self.elapsed():.1f} s)")
+        if last or evaluated or time.monotonic() - self.saved_at >= self.options.checkpoint_seconds:
+            self.save()
+        if last or evaluated or (self.units_done // self.interval) % self.show_every == 0:
+            self.progress.line(f"{shown}  lr {lr:.3g}  ({self.elapsed():.1f} s)")
 
     def where(self, step: int, epoch: int) -> str:
         if self.by_epoch:
@@ -242,6 +255,7 @@ class Phase:
             },
         )
         self.last_good = f"{self.checkpoint_path} (after {self.unit_name} {self.units_done})"
+        self.saved_at = time.monotonic()
 
     def restore(self, state: dict[str, Any]) -> None:
         self.source.load_state_dict(state["source"])
@@ -281,6 +295,7 @@ def resume_run(out: Path, options: TrainOptions) -> dict[str, Any]:
         data_root=options.data_root or info.get("data_root"),
         stop_after_units=options.stop_after_units,
         progress=options.progress,
+        checkpoint_seconds=options.checkpoint_seconds,
     )
     return train_run(run, run.plan(), options)
 
@@ -296,6 +311,8 @@ def train_run(run: RunDir, plan: Plan, options: TrainOptions) -> dict[str, Any]:
         f"{target.name}: {target.num_params:,} target params, generator {trainable:,} params; "
         f"{device.type} {precision.name}; run folder {run.root}"
     )
+    for note in data.notes:  # e.g. a stand-in dataset or split: part of what the numbers mean
+        progress.line(f"data: {note}")
     results: dict[str, PhaseResult] = {}
     for kind in MODE_PHASES[options.mode]:
         phase = Phase(kind, run, plan, data, precision, device, options, progress)

@@ -79,6 +79,7 @@ def test_pubmed_is_missing_and_citeseer_stands_in(data_root: Path) -> None:
         pytest.skip("PubMed is present in this data root")
     with pytest.raises(DataError, match="CiteSeer stands in"):
         load(data_root, "pubmed")
+    assert any("PubMed stand-in" in note for note in load(data_root, "citeseer").notes)
 
 
 def test_ag_news_stand_in_split(data_root: Path) -> None:
