@@ -54,7 +54,7 @@ def test_export_refuses_an_unfinished_phase(tmp_path: Path) -> None:
         start_run(
             tiny_plan(epochs=3),
             tmp_path / "run",
-            TrainOptions(device="cpu", progress=io.StringIO(), stop_after_units=1),
+            TrainOptions(device="cpu", progress=io.StringIO(), stop_after_units=1, checkpoint_seconds=0.0),
         )
     with pytest.raises(Exception, match="has not finished.*--resume"):
         export_run(RunDir.open(tmp_path / "run"), tmp_path / "m.safetensors", "uhn", CPU)
@@ -100,7 +100,7 @@ def test_cli_resume_continues_a_killed_run(tmp_path: Path) -> None:
         start_run(
             tiny_plan(epochs=3),
             tmp_path / "run",
-            TrainOptions(device="cpu", progress=io.StringIO(), stop_after_units=1),
+            TrainOptions(device="cpu", progress=io.StringIO(), stop_after_units=1, checkpoint_seconds=0.0),
         )
     result = runner.invoke(app, ["train", "--resume", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
