@@ -18,7 +18,7 @@ import itertools
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -110,7 +110,8 @@ class Phase:
         self.unit_name = "epoch" if self.by_epoch else "step"
         self.total_units = int(self.cfg.epochs or self.cfg.steps)  # type: ignore[arg-type]
         self.batches_per_epoch = data.num_train_batches(self.cfg.batch_size)
-        # Log and checkpoint every epoch; in step units every eval_every steps, else every pass.
+        # Log every epoch; in step units every eval_every steps, else every pass. Checkpoints
+        # come at these ends too, at most once per options.checkpoint_seconds.
         self.interval = 1 if self.by_epoch else (self.cfg.eval_every or self.batches_per_epoch)
         self.show_every = max(1, math.ceil(self.total_units / self.interval / SHOWN_LINES))
         self.saved_at = time.monotonic()
@@ -289,13 +290,11 @@ def resume_run(out: Path, options: TrainOptions) -> dict[str, Any]:
     """Continue a run folder with its recorded mode; ``options`` may change device and data root."""
     run = RunDir.open(out)
     info = run.info()
-    options = TrainOptions(
+    options = replace(
+        options,
         mode=info["mode"],
         device=options.device if options.device != "auto" else info.get("device", "auto"),
         data_root=options.data_root or info.get("data_root"),
-        stop_after_units=options.stop_after_units,
-        progress=options.progress,
-        checkpoint_seconds=options.checkpoint_seconds,
     )
     return train_run(run, run.plan(), options)
 
