@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from uhn_runtime.bench import GIB, BenchOptions, naive_estimate, run_case, useful_flops_per_weight
+from uhn_runtime.bench import GIB, BenchOptions, matmul_fraction, naive_estimate, run_case, useful_flops_per_weight
 from uhn_spec import ExperimentSpec, compile_spec
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scaling.json"
@@ -90,7 +90,7 @@ def run(widths: tuple[int, ...], repeats: int, naive_max_gib: float) -> dict[str
         matmul = run_case(folder / "plan.pt", "matmul", options)
         for point in sweep_points(widths):
             row = measure(point, options, int(naive_max_gib * GIB), folder)
-            row["matmul_fraction"] = row["useful_flops"] / row["ours"]["seconds"] / matmul["square_flops_per_s"]
+            row["matmul_fraction"] = matmul_fraction(mlp_spec(point).generator, row["num_params"], row["ours"]["seconds"], matmul["square_flops_per_s"])
             print(format_row(row), file=sys.stderr)
             rows.append(row)
     return {"matmul": matmul, "base": BASE, "points": rows}

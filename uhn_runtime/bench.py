@@ -84,6 +84,11 @@ def useful_flops_per_weight(spec: GeneratorSpec) -> int:
     return 2 * (2 * m * d + spec.blocks * 2 * d * d + d)
 
 
+def matmul_fraction(spec: GeneratorSpec, num_weights: int, seconds: float, matmul_flops_per_s: float) -> float:
+    """Useful generator FLOP/s of a generation over the machine's measured matmul FLOP/s."""
+    return useful_flops_per_weight(spec) * num_weights / seconds / matmul_flops_per_s
+
+
 # --------------------------------------------------------------------------- parent
 
 
@@ -98,7 +103,10 @@ def run_bench(plan: Plan, options: BenchOptions, progress: Callable[[str], None]
     with tempfile.TemporaryDirectory(prefix="uhn-bench-") as tmp:
         plan_path = Path(tmp) / "plan.pt"
         plan.save(plan_path)
-        run = _case_runner(plan_path, options)
+
+        def run(case: str) -> dict[str, Any]:
+            return run_case(plan_path, case, options)
+
         progress("matmul throughput")
         matmul = run("matmul")
         progress("generate (ours)")
@@ -155,10 +163,6 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def _case_runner(plan_path: Path, options: BenchOptions) -> Callable[[str], dict[str, Any]]:
-    return lambda case: run_case(plan_path, case, options)
-
-
 def run_case(plan_path: Path, case: str, options: BenchOptions) -> dict[str, Any]:
     """Run one case (matmul, generate, train_step, naive_generate, naive_train_step) on a
     saved plan in a fresh worker process; return its measurements."""
@@ -185,13 +189,11 @@ def assemble_report(
 ) -> dict[str, Any]:
     n = target.num_params
     spec = plan.generator
-    square = matmul["square_flops_per_s"]
-    useful = useful_flops_per_weight(spec)
     generate = {
         **generate,
         "weights_per_s": n / generate["seconds"],
         "vs_naive": _ratio(naive, "generate", generate["seconds"]),
-        "matmul_fraction": useful * n / generate["seconds"] / square,
+        "matmul_fraction": matmul_fraction(spec, n, generate["seconds"], matmul["square_flops_per_s"]),
     }
     train = {**train, "vs_naive": _ratio(naive, "train_step", train["seconds"])}
     report: dict[str, Any] = {
@@ -207,7 +209,7 @@ def assemble_report(
             "blocks": spec.blocks,
             "structure_encoder": spec.structure_encoder,
         },
-        "useful_flops_per_weight": useful,
+        "useful_flops_per_weight": useful_flops_per_weight(spec),
         "useful_flops_definition": USEFUL_FLOPS_DEFINITION,
         "matmul": matmul,
         "generate": generate,
