@@ -411,12 +411,6 @@ class Family:
         """The seen members whose test accuracy is reported: the first ``each``."""
         return self.seen[: self.spec.evaluated_seen]
 
-    def member(self, name: str) -> FamilyMember:
-        for m in self.members:
-            if m.name == name:
-                return m
-        raise SpecError("", f"family {self.spec.name} has no member {name!r}")
-
 
 def architecture_key(spec: ExperimentSpec) -> str:
     """The canonical spec's hash with its name and description blanked: two members with
