@@ -90,10 +90,21 @@ def family_overview(family: Family) -> dict[str, Any]:
     generator = family.members[0].spec.generator
     trainable, total = count_generator_params(generator)
     targets = [
-        {"name": m.name, **spec_overview(m.spec), "num_params": m.spec.num_params, "num_layers": len(m.spec.layers), "split": m.split}
+        {
+            "name": m.name,
+            **spec_overview(m.spec),
+            "num_params": m.spec.num_params,
+            "num_layers": len(m.spec.layers),
+            "split": m.split,
+        }
         for m in family.members
     ]
-    block = {"name": family.spec.name, **family_block(targets), "each": family.spec.evaluated_seen, "possible": family.possible}
+    block = {
+        "name": family.spec.name,
+        **family_block(targets),
+        "each": family.spec.evaluated_seen,
+        "possible": family.possible,
+    }
     return {
         "source_hash": hashlib.sha256(family.source_text.encode()).hexdigest(),
         "targets": targets,
@@ -107,7 +118,13 @@ def family_block(targets: list[dict[str, Any]]) -> dict[str, Any]:
     """Count, seen/unseen and the smallest and largest member of a multi-target summary."""
     sizes = [t["num_params"] for t in targets]
     unseen = sum(t["split"] == "unseen" for t in targets)
-    return {"count": len(targets), "seen": len(targets) - unseen, "unseen": unseen, "smallest": min(sizes), "largest": max(sizes)}
+    return {
+        "count": len(targets),
+        "seen": len(targets) - unseen,
+        "unseen": unseen,
+        "smallest": min(sizes),
+        "largest": max(sizes),
+    }
 
 
 def family_line(block: dict[str, Any]) -> str:
@@ -161,8 +178,7 @@ def render_summary(summary: dict[str, Any], source: Path) -> str:
         lines = [f"{source}: family file, source sha256 {summary['source_hash'][:12]} (not compiled)"]
     if "family" in summary:
         lines += ["", f"family {family_line(summary['family'])}"]
-        rows = [[t["name"], t["split"], t["family"], t["dataset"], str(t["num_layers"]), str(t["num_params"])] for t in summary["targets"]]
-        lines += format_table(["name", "split", "family", "dataset", "layers", "params"], rows, ["total", "", "", "", "", str(sum(t["num_params"] for t in summary["targets"]))])
+        lines += member_table(summary["targets"])
     for target in summary["targets"] if "family" not in summary else []:
         lines += ["", f"target {target['name']}: {target['family']} on {target['dataset']}, "
                   f"{target['num_params']} params, {target['num_layers']} layers"]
@@ -178,6 +194,14 @@ def render_summary(summary: dict[str, Any], source: Path) -> str:
         f"structure encoder {'on' if g['structure_encoder'] else 'off'})",
     ]
     return "\n".join(lines)
+
+
+def member_table(targets: list[dict[str, Any]]) -> list[str]:
+    """One row per family member (instead of a parameter table each)."""
+    columns = ("name", "split", "family", "dataset", "num_layers", "num_params")
+    rows = [[str(t[c]) for c in columns] for t in targets]
+    footer = ["total", "", "", "", "", str(sum(t["num_params"] for t in targets))]
+    return format_table(["name", "split", "family", "dataset", "layers", "params"], rows, footer)
 
 
 def _cell(value: Any) -> str:
