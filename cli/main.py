@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from uhn_spec import Plan, UHNError, compile_specs, load_plan, load_spec
+from uhn_spec.family import compile_family, is_family_file, load_family
 
 EXIT_USER_ERROR = 2
 PLAN_SUFFIX = ".pt"
@@ -84,7 +85,8 @@ def load_target_source(path: Path, overrides: list[str] | None = None) -> Plan:
 
 
 def load_target_sources(paths: list[Path], overrides: list[str] | None = None) -> Plan:
-    """One plan file, or one or more specs compiled into one plan (shared normalisation)."""
+    """One plan file, one family file, or one or more specs compiled into one plan (shared
+    normalisation)."""
     overrides = list(overrides or [])
     plans = [p for p in paths if is_plan_path(p)]
     if plans:
@@ -93,6 +95,11 @@ def load_target_sources(paths: list[Path], overrides: list[str] | None = None) -
         if overrides:
             raise UHNError(f"--set changes specs, not compiled plans; recompile {plans[0]} with `uhn compile SPEC --set ...`")
         return load_plan(plans[0])
+    families = [p for p in paths if is_family_file(p)]
+    if families:
+        if len(paths) > 1:
+            raise UHNError(f"give one family file or only specs, got {', '.join(map(str, paths))}")
+        return compile_family(load_family(families[0], overrides), source_text(paths, overrides))
     specs = [load_spec(p, overrides) for p in paths]
     return compile_specs(specs, source_text=source_text(paths, overrides))
 

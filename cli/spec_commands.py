@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,9 +10,18 @@ from typing import Annotated, Any
 import typer
 
 from uhn_runtime.generator import count_generator_params
-from uhn_spec import Plan, TargetPlan, UHNError, load_spec
+from uhn_spec import ExperimentSpec, Plan, TargetPlan, UHNError, load_spec
+from uhn_spec.family import Family, is_family_file, load_family
 
-from .main import PLAN_SUFFIX, SetOption, command, human_bytes, load_target_source, load_target_sources
+from .main import (
+    PLAN_SUFFIX,
+    SetOption,
+    command,
+    human_bytes,
+    is_plan_path,
+    load_target_source,
+    load_target_sources,
+)
 
 SpecPaths = Annotated[list[Path], typer.Argument(help="Spec YAML file(s).", show_default=False)]
 
@@ -20,6 +30,9 @@ SpecPaths = Annotated[list[Path], typer.Argument(help="Spec YAML file(s).", show
 def validate(specs: SpecPaths, overrides: SetOption = None) -> None:
     """Check spec files (fields, sizes chaining from layer to layer) without compiling them."""
     for path in specs:
+        if is_family_file(path):
+            typer.echo(f"ok: {family_line(family_overview(load_family(path, overrides or []))['family'])}")
+            continue
         spec = load_spec(path, overrides)
         typer.echo(f"ok: {spec.name} ({spec.num_params} params, {len(spec.layers)} layers)")
 
@@ -35,7 +48,10 @@ def compile_(
         raise UHNError(f"--output: a plan file name ends in {PLAN_SUFFIX}, got {output}")
     plan = load_target_sources(specs, overrides)
     plan.save(output)
-    counts = ", ".join(f"{t.name} {t.num_params} params" for t in plan.targets)
+    if len(plan.targets) > 1:
+        counts = family_line(family_block([target_overview(t) for t in plan.targets]))
+    else:
+        counts = ", ".join(f"{t.name} {t.num_params} params" for t in plan.targets)
     typer.echo(f"wrote {output} ({human_bytes(output.stat().st_size)}): {counts}")
 
 
@@ -45,31 +61,97 @@ def inspect_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     overrides: SetOption = None,
 ) -> None:
-    """Show a plan's parameter table per target and the generator's size."""
-    plan = load_target_source(source, overrides)
-    summary = plan_summary(plan)
+    """Show a plan's parameter table per target and the generator's size (a family: its
+    members, seen and unseen, and their sizes)."""
+    if not is_plan_path(source) and is_family_file(source):
+        summary = family_overview(load_family(source, overrides or []))  # lists, never compiles
+    else:
+        summary = plan_summary(load_target_source(source, overrides))
     typer.echo(json.dumps(summary, indent=2) if as_json else render_summary(summary, source))
 
 
 def plan_summary(plan: Plan) -> dict[str, Any]:
     trainable, total = count_generator_params(plan.generator)
-    return {
+    summary = {
         "format_version": plan.version,
         "source_hash": plan.source_hash,
         "targets": [target_summary(t) for t in plan.targets],
         "generator": plan.generator.model_dump(mode="json"),
         "generator_params": {"trainable": trainable, "total": total},
     }
+    if len(plan.targets) > 1:
+        summary["family"] = family_block(summary["targets"])
+    return summary
+
+
+def family_overview(family: Family) -> dict[str, Any]:
+    """A family file's summary from its member specs alone: no compiling, so it is quick for
+    the paper's 1,000-model families. The per-parameter table is in the compiled plan's."""
+    generator = family.members[0].spec.generator
+    trainable, total = count_generator_params(generator)
+    targets = [
+        {
+            "name": m.name,
+            **spec_overview(m.spec),
+            "num_params": m.spec.num_params,
+            "num_layers": len(m.spec.layers),
+            "split": m.split,
+        }
+        for m in family.members
+    ]
+    block = {
+        "name": family.spec.name,
+        **family_block(targets),
+        "each": family.spec.evaluated_seen,
+        "possible": family.possible,
+    }
+    return {
+        "source_hash": hashlib.sha256(family.source_text.encode()).hexdigest(),
+        "targets": targets,
+        "generator": generator.model_dump(mode="json"),
+        "generator_params": {"trainable": trainable, "total": total},
+        "family": block,
+    }
+
+
+def family_block(targets: list[dict[str, Any]]) -> dict[str, Any]:
+    """Count, seen/unseen and the smallest and largest member of a multi-target summary."""
+    sizes = [t["num_params"] for t in targets]
+    unseen = sum(t["split"] == "unseen" for t in targets)
+    return {
+        "count": len(targets),
+        "seen": len(targets) - unseen,
+        "unseen": unseen,
+        "smallest": min(sizes),
+        "largest": max(sizes),
+    }
+
+
+def family_line(block: dict[str, Any]) -> str:
+    name = f"{block['name']}: " if "name" in block else ""
+    possible = f"; {block['possible']} possible" if block.get("possible") else ""
+    return (
+        f"{name}{block['count']} models ({block['seen']} seen, {block['unseen']} unseen{possible}), "
+        f"{block['smallest']} to {block['largest']} params"
+    )
+
+
+def spec_overview(spec: ExperimentSpec) -> dict[str, Any]:
+    return {"family": spec.family, "dataset": spec.task.dataset}
+
+
+def target_overview(target: TargetPlan) -> dict[str, Any]:
+    return {"name": target.name, "num_params": target.num_params, "split": target.split}
 
 
 def target_summary(target: TargetPlan) -> dict[str, Any]:
     spec = target.spec
     return {
         "name": target.name,
-        "family": spec.family,
-        "dataset": spec.task.dataset,
+        **spec_overview(spec),
         "num_params": target.num_params,
         "num_layers": target.num_layers,
+        "split": target.split,
         "params": [
             {
                 "name": p.name,
@@ -90,8 +172,14 @@ HEADERS = {"name": "param", "numel": "count"}
 
 
 def render_summary(summary: dict[str, Any], source: Path) -> str:
-    lines = [f"{source}: plan format {summary['format_version']}, source sha256 {summary['source_hash'][:12]}"]
-    for target in summary["targets"]:
+    if "format_version" in summary:
+        lines = [f"{source}: plan format {summary['format_version']}, source sha256 {summary['source_hash'][:12]}"]
+    else:
+        lines = [f"{source}: family file, source sha256 {summary['source_hash'][:12]} (not compiled)"]
+    if "family" in summary:
+        lines += ["", f"family {family_line(summary['family'])}"]
+        lines += member_table(summary["targets"])
+    for target in summary["targets"] if "family" not in summary else []:
         lines += ["", f"target {target['name']}: {target['family']} on {target['dataset']}, "
                   f"{target['num_params']} params, {target['num_layers']} layers"]
         rows = [[_cell(p[c]) for c in PARAM_COLUMNS] for p in target["params"]]
@@ -106,6 +194,14 @@ def render_summary(summary: dict[str, Any], source: Path) -> str:
         f"structure encoder {'on' if g['structure_encoder'] else 'off'})",
     ]
     return "\n".join(lines)
+
+
+def member_table(targets: list[dict[str, Any]]) -> list[str]:
+    """One row per family member (instead of a parameter table each)."""
+    columns = ("name", "split", "family", "dataset", "num_layers", "num_params")
+    rows = [[str(t[c]) for c in columns] for t in targets]
+    footer = ["total", "", "", "", "", str(sum(t["num_params"] for t in targets))]
+    return format_table(["name", "split", "family", "dataset", "layers", "params"], rows, footer)
 
 
 def _cell(value: Any) -> str:

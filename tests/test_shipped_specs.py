@@ -1,8 +1,10 @@
-"""Every shipped spec validates, compiles, says how to run it, and has the authors' size."""
+"""Every shipped spec validates, compiles, says how to run it, and has the authors' size;
+every shipped family validates with the paper's member and unseen counts."""
 
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -10,13 +12,24 @@ from typer.testing import CliRunner
 
 from uhn_cli.main import app
 from uhn_spec import compile_spec, load_spec
+from uhn_spec.family import Family, is_family_file, load_family
 from uhn_spec.tasks import FORMULA_FUNCTIONS
 
 from .conftest import REPO_ROOT
 
 SPECS_DIR = REPO_ROOT / "specs"
 # Files starting with "_" are templates and includes, not runnable specs.
-SHIPPED = sorted(p for p in SPECS_DIR.glob("*.yaml") if not p.name.startswith("_"))
+SHIPPED_FILES = sorted(p for p in SPECS_DIR.glob("*.yaml") if not p.name.startswith("_"))
+FAMILIES = [p for p in SHIPPED_FILES if is_family_file(p)]
+SHIPPED = [p for p in SHIPPED_FILES if p not in FAMILIES]
+# The multi-model families of the interface (issue #11), and the paper's sizes of each.
+FAMILY_SIZES: dict[str, tuple[int, int]] = {  # name: (members, unseen)
+    "digits_mlp_family": (50, 10),
+    "cifar10_cnn_mixed_depth": (100, 20),
+    "cifar10_cnn_mixed_width": (500, 50),
+    "cifar10_cnn_mixed_depth_width": (1000, 50),
+    "agnews_transformer_mixed": (1000, 50),
+}
 
 # Parameter counts of the authors' models (reference-facts, paper tables).
 AUTHORS_PARAMS: dict[str, int] = {
@@ -59,7 +72,36 @@ def test_shipped_spec_validates_and_compiles(path: Path) -> None:
         assert target.num_params == AUTHORS_PARAMS[path.stem]
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=ids(SHIPPED))
+@cache
+def shipped_family(name: str) -> Family:
+    """A shipped family, sampled once per test session (the large ones take seconds)."""
+    return load_family(SPECS_DIR / f"{name}.yaml")
+
+
+def test_every_family_is_shipped() -> None:
+    assert sorted(p.stem for p in FAMILIES) == sorted(FAMILY_SIZES)
+
+
+# Sampling renders and validates every member (about 20 ms each here), so the default run
+# validates the first PREFIX members of the large families: sampling is sequential, so they
+# are exactly the first members of the full family. `uhn validate FAMILY` checks them all.
+PREFIX = 50
+
+
+@pytest.mark.parametrize("path", FAMILIES, ids=ids(FAMILIES))
+def test_shipped_family_validates(path: Path) -> None:
+    members, unseen = FAMILY_SIZES[path.stem]
+    if members <= 2 * PREFIX:
+        family = shipped_family(path.stem)
+        assert (len(family.members), len(family.unseen)) == (members, unseen)
+    else:
+        family = load_family(path, [f"count={PREFIX}", "unseen=0", "each=1"])
+        assert family.possible is not None and family.possible >= members
+    assert family.spec.name == path.stem
+    assert all(m.spec.train.epochs for m in family.members)
+
+
+@pytest.mark.parametrize("path", SHIPPED_FILES, ids=ids(SHIPPED_FILES))
 def test_shipped_spec_opens_with_how_to_run_it(path: Path) -> None:
     lines = path.read_text().splitlines()
     assert lines and lines[0].startswith("#"), f"{path.name} must open with a comment"

@@ -52,6 +52,7 @@ class TargetPlan:
     task_row: torch.Tensor  # [2] float32
     local_rows: torch.Tensor  # [L, 21] float32
     params: list[ParamEntry]
+    split: str = "seen"  # a family member's split: "seen" (trained on) or "unseen" (held out)
 
     @property
     def num_params(self) -> int:
@@ -85,6 +86,7 @@ class TargetPlan:
                 "init_std": torch.tensor([p.init_std for p in self.params], dtype=torch.float64),
                 "index_fields": [list(p.index_fields) for p in self.params],
             },
+            "split": self.split,
         }
 
     @staticmethod
@@ -112,6 +114,7 @@ class TargetPlan:
             task_row=d["task_row"],
             local_rows=d["local_rows"],
             params=params,
+            split=d.get("split", "seen"),
         )
 
 
