@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from uhn_spec.files import atomic_write
 
 from . import DataError
 
@@ -240,22 +241,6 @@ def cached_tensors(
     except OSError as err:  # the cache only saves time: a run goes on without it
         warnings.warn(f"could not cache {kind} data in {path.parent} ({err}); set UHN_CACHE to a writable folder")
     return tensors
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place,
-    so a reader never sees a half-written file (and a killed writer leaves none)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; data files are ordinary files
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def atomic_copy(src: Path, dst: Path) -> Path:
