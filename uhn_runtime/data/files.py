@@ -5,8 +5,9 @@ file" errors and ``uhn data fetch`` downloads from it. Paths are relative to the
 whose layout is that of ``../shared/data`` (``mnist/``, ``cifar10/``,
 ``planetoid/<Name>/raw``, ``ag_news/``, ``imdb/``).
 
-The data root may be read-only (a shared mount), so anything derived from it -- decoded
-CIFAR images, Planetoid's ``processed/`` files -- goes to a per-user cache folder instead.
+uhn never writes into a data root (it may be a shared mount, and is the user's): anything
+derived from it -- decoded CIFAR images, encoded text, Planetoid's ``processed/`` files --
+goes to a per-user cache folder instead.
 """
 
 from __future__ import annotations
@@ -245,7 +246,3 @@ def cached_tensors(
 
 def atomic_copy(src: Path, dst: Path) -> Path:
     return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
-
-
-def is_writable_dir(path: Path) -> bool:
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
