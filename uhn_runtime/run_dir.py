@@ -3,10 +3,14 @@
     DIR/plan.pt              the compiled plan (descriptors, ranges): what resume, export and
                              evaluate regenerate the weights from
     DIR/config.yaml          the resolved spec (after --set overrides)
-    DIR/run.json             seed, options, package versions, git revision
+    DIR/run.json             seed, options, package versions, the machine (CPU, threads,
+                             OpenMP settings), world_size, git revision (from a uhn checkout)
     DIR/metrics.jsonl        one JSON record per log point (init, train, eval, resume)
     DIR/checkpoints/<k>.pt   the latest good checkpoint of phase k (uhn or direct)
     DIR/summary.json         the final metrics of the run
+
+Every file is written through ``uhn_spec.files.atomic_write`` (complete or absent, with the
+umask's mode); metrics.jsonl is appended line by line.
 """
 
 from __future__ import annotations
