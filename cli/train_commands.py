@@ -130,6 +130,8 @@ def export(
         difference = export_onnx(model, output)
         typer.echo(f"wrote {output} ({human_bytes(output.stat().st_size)}); onnxruntime matches PyTorch to {difference:.1e}")
         return
+    if run_dir.is_file():
+        raise UHNError(f"{run_dir}: a file; `uhn export` reads a run folder (with --onnx it also converts an export)")
     state = export_run(RunDir.open(run_dir), output, source, torch_device)  # type: ignore[arg-type]
     count = sum(t.numel() for t in state.values())
     typer.echo(f"wrote {output} ({human_bytes(output.stat().st_size)}): {len(state)} tensors, {count} weights")

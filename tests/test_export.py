@@ -180,6 +180,10 @@ def test_cli_export_onnx_matches_the_plain_module(trained_run: RunDir, tmp_path:
     torch.testing.assert_close(onnx_outputs(onnx_path, batch.model_kwargs()), expected, atol=1e-5, rtol=1e-4)
     wrong = runner.invoke(app, ["export", str(trained_run.root), "--onnx", "-o", str(tmp_path / "m.safetensors")])
     assert wrong.exit_code == 2 and "ends in .onnx" in wrong.output
+    # An export converts too: the same ONNX model from the safetensors file.
+    from_file = runner.invoke(app, ["export", str(tmp_path / "model.safetensors"), "--onnx", "-o", str(tmp_path / "f.onnx")])
+    assert from_file.exit_code == 0, from_file.output
+    torch.testing.assert_close(onnx_outputs(tmp_path / "f.onnx", batch.model_kwargs()), expected, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["cnn", "graph_node_classification", "text_classification"])
