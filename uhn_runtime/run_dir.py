@@ -93,8 +93,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def machine_info() -> dict[str, Any]:
-    """What a run's speed (and, through thread counts, its last digits) depends on."""
+def machine_info(with_gpus: bool = True) -> dict[str, Any]:
+    """What a run's speed (and, through thread counts, its last digits) depends on. GPU names
+    only ``with_gpus``: asking for them starts CUDA, which a CPU run should not pay for."""
     info: dict[str, Any] = {
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -103,7 +104,7 @@ def machine_info() -> dict[str, Any]:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "thread_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(THREAD_ENV_PREFIXES)},
     }
-    if torch.cuda.is_available():
+    if with_gpus and torch.cuda.is_available():
         info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
 
@@ -139,7 +140,7 @@ class RunDir:
             "seed": plan.targets[0].spec.train.seed,
             "versions": package_versions(),
             "git_revision": git_revision(),
-            "machine": machine_info(),
+            "machine": machine_info(with_gpus=info.get("device") != "cpu"),
             "world_size": 1,  # processes training together; a distributed run records more
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
         }
