@@ -9,14 +9,22 @@ import typer
 
 from uhn_runtime.data import load_task_data
 from uhn_runtime.evaluate import evaluate_module, evaluate_source
-from uhn_runtime.export import export_run, load_exported, load_trained_source
+from uhn_runtime.export import (
+    ONNX_OPSET,
+    export_onnx,
+    export_run,
+    generated_state_dict,
+    load_exported,
+    load_trained_source,
+)
 from uhn_runtime.run_dir import RunDir, default_run_dir
 from uhn_runtime.train import TrainOptions, resume_run, resolve_device, start_run
-from uhn_spec import UHNError
+from uhn_spec import UHNError, build_model
 
 from .main import SetOption, command, fail, human_bytes, load_target_source
 
 EXPORT_SUFFIX = ".safetensors"
+ONNX_SUFFIX = ".onnx"
 
 DataRootOption = Annotated[
     str | None,
@@ -91,17 +99,40 @@ def result_line(summary: dict[str, Any]) -> str:
 
 @command("export")
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help=f"File to write (*{EXPORT_SUFFIX}).", show_default=False)],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(help=f"A finished run folder (with --onnx also an exported *{EXPORT_SUFFIX}).", show_default=False),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help=f"File to write (*{EXPORT_SUFFIX}; with --onnx *{ONNX_SUFFIX}).", show_default=False)
+    ],
     source: Annotated[str, typer.Option("--source", help="Which weights: uhn (generated) or direct.")] = "uhn",
+    onnx: Annotated[
+        bool,
+        typer.Option("--onnx", help=f"Write an ONNX model (opset {ONNX_OPSET}, dynamic batch), checked with onnxruntime; needs uhn[onnx]."),
+    ] = False,
     device: DeviceOption = "auto",
 ) -> None:
-    """Write the generated target weights as a plain state_dict (safetensors) that build_model(spec) loads."""
-    if output.suffix != EXPORT_SUFFIX:
-        raise UHNError(f"--output: an export file name ends in {EXPORT_SUFFIX}, got {output}")
+    """Write the generated target weights as a plain state_dict (safetensors) that build_model(spec) loads, or as ONNX."""
+    suffix = ONNX_SUFFIX if onnx else EXPORT_SUFFIX
+    if output.suffix != suffix:
+        raise UHNError(f"--output: {'an ONNX' if onnx else 'an export'} file name ends in {suffix}, got {output}")
     if source not in ("uhn", "direct"):
         raise UHNError(f"--source: {source!r} is not uhn or direct")
-    state = export_run(RunDir.open(run_dir), output, source, resolve_device(device))  # type: ignore[arg-type]
+    torch_device = resolve_device(device)
+    if onnx:
+        if run_dir.is_file():
+            _, model = load_exported(run_dir)
+        else:
+            run = RunDir.open(run_dir)
+            model = build_model(run.plan().targets[0].spec)
+            model.load_state_dict(generated_state_dict(run, source, torch_device))  # type: ignore[arg-type]
+        difference = export_onnx(model, output)
+        typer.echo(f"wrote {output} ({human_bytes(output.stat().st_size)}); onnxruntime matches PyTorch to {difference:.1e}")
+        return
+    if run_dir.is_file():
+        raise UHNError(f"{run_dir}: a file; `uhn export` reads a run folder (with --onnx it also converts an export)")
+    state = export_run(RunDir.open(run_dir), output, source, torch_device)  # type: ignore[arg-type]
     count = sum(t.numel() for t in state.values())
     typer.echo(f"wrote {output} ({human_bytes(output.stat().st_size)}): {len(state)} tensors, {count} weights")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,72 @@ def test_cli_train_reports_a_used_run_folder_and_bad_flags(tmp_path: Path) -> No
     assert both.exit_code == 2 and "give one" in both.output
     wrong = runner.invoke(app, ["export", str(run), "-o", str(tmp_path / "model.pt")])
     assert wrong.exit_code == 2 and ".safetensors" in wrong.output
+
+
+# --------------------------------------------------------------------------- ONNX
+
+TINY_CNN = """\
+name: tiny_cnn
+family: cnn
+cnn_stage_num: 2
+task: {dataset: synthetic, synthetic: {task_type: image_classification, input_dims: [2, 6, 6], num_outputs: 3}}
+layers:
+  - {kind: conv2d, in_channels: 2, out_channels: 4, kernel_size: 3, norm: true, stage_pooling: max_pooling}
+  - {kind: conv2d, in_channels: 4, out_channels: 4, kernel_size: 3, shortcut: true, activation: silu}
+  - {kind: linear, in_features: 4, out_features: 3, input_pooling: avg_pooling}
+"""
+
+
+def onnx_outputs(path: Path, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = {"x": "input"}
+    (outputs,) = session.run(["output"], {names.get(k, k): v.numpy() for k, v in inputs.items()})
+    return torch.from_numpy(outputs)
+
+
+def test_cli_export_onnx_matches_the_plain_module(trained_run: RunDir, tmp_path: Path) -> None:
+    onnx_path = tmp_path / "model.onnx"
+    result = runner.invoke(app, ["export", str(trained_run.root), "--onnx", "-o", str(onnx_path)])
+    assert result.exit_code == 0, result.output
+    assert "onnxruntime matches PyTorch" in result.output
+    export_run(trained_run, tmp_path / "model.safetensors", "uhn", CPU)
+    spec, model = load_exported(tmp_path / "model.safetensors")
+    batch = next(load_task_data(spec.task).eval_batches("test", 5))  # another batch size than exported
+    with torch.no_grad():
+        expected = model.eval()(**batch.model_kwargs())
+    torch.testing.assert_close(onnx_outputs(onnx_path, batch.model_kwargs()), expected, atol=1e-5, rtol=1e-4)
+    wrong = runner.invoke(app, ["export", str(trained_run.root), "--onnx", "-o", str(tmp_path / "m.safetensors")])
+    assert wrong.exit_code == 2 and "ends in .onnx" in wrong.output
+    # An export converts too: the same ONNX model from the safetensors file.
+    from_file = runner.invoke(app, ["export", str(tmp_path / "model.safetensors"), "--onnx", "-o", str(tmp_path / "f.onnx")])
+    assert from_file.exit_code == 0, from_file.output
+    torch.testing.assert_close(onnx_outputs(tmp_path / "f.onnx", batch.model_kwargs()), expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "graph_node_classification", "text_classification"])
+def test_export_onnx_of_cnn_graph_and_text_targets(kind: str, tmp_path: Path) -> None:
+    from uhn_runtime.bench import synthetic_batch
+    from uhn_runtime.export import export_onnx
+    from uhn_spec import build_model, spec_from_text
+
+    from .tiny_specs import tiny_spec
+
+    spec = spec_from_text(TINY_CNN) if kind == "cnn" else tiny_spec(kind)
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    assert export_onnx(model, tmp_path / "m.onnx") < 1e-4
+    inputs = synthetic_batch(spec.task, 7, CPU).model_kwargs()  # other batch (graph: node) count
+    with torch.no_grad():
+        expected = model(**inputs)
+    torch.testing.assert_close(onnx_outputs(tmp_path / "m.onnx", inputs), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_export_onnx_without_the_extra_says_how_to_install_it(
+    trained_run: RunDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # makes `import onnxscript` fail
+    result = runner.invoke(app, ["export", str(trained_run.root), "--onnx", "-o", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2 and "pip install 'uhn[onnx]'" in result.output
+    assert not (tmp_path / "m.onnx").exists()

@@ -18,6 +18,8 @@ import torch
 from uhn_spec.errors import UHNError
 from uhn_spec.plan import atomic_torch_save
 
+from .weights import SourceKind
+
 CHECKPOINT_FORMAT = "uhn-checkpoint"
 CHECKPOINT_VERSION = 1
 
@@ -43,7 +45,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_torch_save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, path)
 
 
-def load_checkpoint(path: Path, plan_hash: str | None = None) -> dict[str, Any]:
+def load_checkpoint(path: Path, plan_hash: str | None = None, kind: SourceKind | None = None) -> dict[str, Any]:
+    """A checkpoint's state, refused with one line when it is not a uhn checkpoint, was written
+    for another plan (``plan_hash``) or holds another phase's weights (``kind``: a direct.pt
+    copied over uhn.pt)."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -61,4 +66,9 @@ def load_checkpoint(path: Path, plan_hash: str | None = None) -> dict[str, Any]:
         )
     if plan_hash is not None and state.get("plan_hash") != plan_hash:
         raise CheckpointError(f"{path}: checkpoint was written for another plan (its source hash differs)")
+    if kind is not None and state.get("kind") != kind:
+        raise CheckpointError(
+            f"{path}: kind: the file holds a {state.get('kind')!r} checkpoint where the {kind!r} phase's "
+            f"belongs; put the {kind} checkpoint back, or remove the file to retrain that phase"
+        )
     return state

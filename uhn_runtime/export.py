@@ -1,23 +1,29 @@
-"""Export generated weights as a plain ``state_dict`` in safetensors, and load them back.
+"""Export generated weights as a plain ``state_dict`` in safetensors (or as ONNX), and load them back.
 
 The file holds the target skeleton's own parameter names (``layers.0.weight`` ...), so the
 plain ``nn.Module`` from ``uhn_spec.build_model(spec)`` loads it with ``load_state_dict``;
 the spec travels in the file's metadata, so the file alone is enough to rebuild the model.
+The metadata also carries a SHA-256 of the tensors (names, dtypes, shapes and bytes), checked
+on load: a damaged file is refused instead of giving silently wrong outputs.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import hashlib
+import logging
+import math
+import warnings
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from uhn_spec.errors import UHNError
+from uhn_spec.files import atomic_write
 from uhn_spec.model import TargetModel, build_model
-from uhn_spec.spec import ExperimentSpec
+from uhn_spec.spec import ExperimentSpec, format_validation_error
 
 from .checkpoint import load_checkpoint
 from .evaluate import generate_weights
@@ -27,10 +33,16 @@ from .target import DeviceTarget
 from .weights import DirectSource, SourceKind, UHNSource, make_source
 
 EXPORT_FORMAT = "uhn-export"
+CHECKSUM_KEY = "tensors_sha256"
+# The torch 2.13 ONNX exporter (torch.export based) writes opset 18; the authors' exporter used
+# 17, but ONNX's version converter cannot take GAT's scatter-max or ReduceMean down to it.
+ONNX_OPSET = 18
+ONNX_EXAMPLE_BATCH = 2
+ONNX_TOLERANCE = 1e-4  # max |onnxruntime - torch| on the example batch, fp32
 
 
 class ExportError(UHNError):
-    """An export file is missing, unreadable or not written by uhn."""
+    """An export file is missing, unreadable, damaged or does not fit its spec."""
 
 
 def load_trained_source(
@@ -40,8 +52,8 @@ def load_trained_source(
     plan = run.plan()
     path = run.checkpoint_path(kind)
     if not path.is_file():
-        raise UHNError(f"{run.root} has no {kind} checkpoint ({path}); the run trained: {run.info().get('mode')}")
-    state = load_checkpoint(path, plan.source_hash)
+        raise UHNError(f"{run.root} has no {kind} checkpoint ({path}); the run trained: {run.info()['mode']}")
+    state = load_checkpoint(path, plan.source_hash, kind)
     if not state["finished"]:
         raise UHNError(
             f"{run.root}: the {kind} phase has not finished (checkpoint after {state['units_done']} "
@@ -61,24 +73,33 @@ def generated_state_dict(run: RunDir, kind: SourceKind, device: torch.device) ->
     return {name: view.detach().cpu().clone().contiguous() for name, view in target.params_from_flat(flat).items()}
 
 
+def tensors_checksum(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{list(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def export_run(run: RunDir, output: Path, kind: SourceKind, device: torch.device) -> dict[str, torch.Tensor]:
     state = generated_state_dict(run, kind, device)
     spec = run.plan().targets[0].spec
-    metadata = {"format": EXPORT_FORMAT, "spec_json": spec.model_dump_json(), "source": kind, "run": str(run.root)}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    metadata = {
+        "format": EXPORT_FORMAT,
+        "spec_json": spec.model_dump_json(),
+        "source": kind,
+        "run": str(run.root),
+        CHECKSUM_KEY: tensors_checksum(state),
+    }
+    atomic_write(output, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     return state
 
 
 def load_exported(path: Path, device: torch.device | str = "cpu") -> tuple[ExperimentSpec, TargetModel]:
-    """The spec and the plain target module with the exported weights loaded."""
+    """The spec and the plain target module with the exported weights loaded; a file that is
+    damaged or does not fit its spec is refused with one line naming the file."""
     if not path.is_file():
         raise ExportError(f"export file not found: {path}")
     try:
@@ -89,7 +110,116 @@ def load_exported(path: Path, device: torch.device | str = "cpu") -> tuple[Exper
         raise ExportError(f"{path}: not a readable safetensors file: {err}") from None
     if metadata.get("format") != EXPORT_FORMAT or "spec_json" not in metadata:
         raise ExportError(f"{path}: not written by `uhn export` (no uhn spec in its metadata)")
-    spec = ExperimentSpec.model_validate_json(metadata["spec_json"])
+    try:
+        spec = ExperimentSpec.model_validate_json(metadata["spec_json"])
+    except ValidationError as err:
+        raise ExportError(f"{path}: metadata spec_json: {format_validation_error(err)}") from None
     model = build_model(spec)
+    check_tensors_fit(path, state, model)
+    if CHECKSUM_KEY not in metadata:
+        raise ExportError(f"{path}: metadata {CHECKSUM_KEY}: missing; export the run again with `uhn export`")
+    if tensors_checksum(state) != metadata[CHECKSUM_KEY]:
+        raise ExportError(
+            f"{path}: metadata {CHECKSUM_KEY}: the tensors do not match their checksum (the file is "
+            "damaged); export the run again with `uhn export`"
+        )
     model.load_state_dict(state, strict=True)
     return spec, model.to(device)
+
+
+def check_tensors_fit(path: Path, state: dict[str, torch.Tensor], model: TargetModel) -> None:
+    """Every parameter of the spec's model is in ``state`` with its shape, and nothing else is."""
+    expected = dict(model.named_parameters())
+    for name, param in expected.items():
+        if name not in state:
+            raise ExportError(f"{path}: tensor {name}: missing; the spec expects shape {list(param.shape)}")
+        tensor = state[name]
+        if tensor.shape != param.shape or not tensor.is_floating_point():
+            raise ExportError(
+                f"{path}: tensor {name}: {tensor.dtype} of shape {list(tensor.shape)}; the spec expects a "
+                f"floating-point tensor of shape {list(param.shape)}"
+            )
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise ExportError(f"{path}: tensor {extra[0]}: not a parameter of the spec's model ({len(extra)} such tensors)")
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+def export_onnx(model: TargetModel, output: Path) -> float:
+    """Write ``model`` as ONNX (input ``input``, plus ``edge_index`` for graphs and
+    ``padding_mask`` for text; output ``output``; the batch axis dynamic, for graphs the node
+    and edge counts). The file is checked against PyTorch with onnxruntime on an example
+    batch; returns the largest absolute difference of the outputs."""
+    try:
+        import onnxruntime  # noqa: F401  (checked here so a missing extra fails before exporting)
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError as err:
+        raise ExportError(f"--onnx needs the onnx extra ({err.name} is not installed): pip install 'uhn[onnx]'") from None
+    from .bench import synthetic_batch  # local: bench imports the whole runtime
+
+    spec: ExperimentSpec = model.spec
+    model = model.to("cpu").eval()
+    kwargs = synthetic_batch(spec.task, ONNX_EXAMPLE_BATCH, torch.device("cpu")).model_kwargs()
+    names = {key: "input" if key == "x" else key for key in kwargs}
+    program = _onnx_program(model, kwargs, names, spec)
+    atomic_write(output, lambda tmp: program.save(str(tmp)))
+    difference = _onnxruntime_difference(output, model, kwargs, names)
+    if not difference <= ONNX_TOLERANCE:  # also catches nan
+        output.unlink(missing_ok=True)
+        raise ExportError(
+            f"{output}: the ONNX model's outputs differ from PyTorch's by {difference:.3g} "
+            f"(more than {ONNX_TOLERANCE}); the file was removed"
+        )
+    return difference
+
+
+def _dynamic_shapes(kwargs: dict[str, torch.Tensor], spec: ExperimentSpec) -> dict[str, dict[int, object]]:
+    if spec.task.info.input_kind == "nodes":  # one whole graph: node and edge counts vary
+        return {"x": {0: torch.export.Dim("nodes")}, "edge_index": {1: torch.export.Dim("edges")}}
+    batch = torch.export.Dim("batch")
+    return {key: {0: batch} for key in kwargs}
+
+
+def _onnx_program(model: TargetModel, kwargs: dict[str, torch.Tensor], names: dict[str, str], spec: ExperimentSpec):
+    kinds = sorted({layer.kind for layer in spec.layers})
+    registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration_log.level
+    try:
+        # Quiet: the exporter's warnings, progress lines and notes on absent torchvision ops.
+        registration_log.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.onnx.export(
+                model,
+                (),
+                kwargs=kwargs,
+                input_names=[names[key] for key in kwargs],
+                output_names=["output"],
+                opset_version=ONNX_OPSET,
+                dynamic_shapes=_dynamic_shapes(kwargs, spec),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    except Exception as err:  # the exporter raises many kinds; say which model could not export
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(
+            f"{spec.name}: ONNX export failed for a model with layer kinds {', '.join(kinds)}: {reason}"
+        ) from err
+    finally:
+        registration_log.setLevel(level)
+
+
+def _onnxruntime_difference(
+    path: Path, model: TargetModel, kwargs: dict[str, torch.Tensor], names: dict[str, str]
+) -> float:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (outputs,) = session.run(["output"], {names[key]: value.numpy() for key, value in kwargs.items()})
+    with torch.no_grad():
+        expected = model(**kwargs)
+    difference = (torch.from_numpy(outputs) - expected).abs().max().item()
+    return difference if math.isfinite(difference) else math.inf

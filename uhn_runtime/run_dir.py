@@ -3,10 +3,14 @@
     DIR/plan.pt              the compiled plan (descriptors, ranges): what resume, export and
                              evaluate regenerate the weights from
     DIR/config.yaml          the resolved spec (after --set overrides)
-    DIR/run.json             seed, options, package versions, git revision
+    DIR/run.json             seed, options, package versions, the machine (CPU, threads,
+                             OpenMP settings), world_size, git revision (from a uhn checkout)
     DIR/metrics.jsonl        one JSON record per log point (init, train, eval, resume)
     DIR/checkpoints/<k>.pt   the latest good checkpoint of phase k (uhn or direct)
     DIR/summary.json         the final metrics of the run
+
+Every file is written through ``uhn_spec.files.atomic_write`` (complete or absent, with the
+umask's mode); metrics.jsonl is appended line by line.
 """
 
 from __future__ import annotations
@@ -17,33 +21,30 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
+import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
 from uhn_spec.errors import UHNError
+from uhn_spec.files import atomic_write_text
 from uhn_spec.plan import Plan, load_plan
 from uhn_spec.spec import spec_to_yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .weights import SourceKind
+
+# Where the installed packages sit; a uhn source checkout when uhn runs from one.
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+# Environment variables that set how many threads the OpenMP/BLAS runtimes use and how they wait.
+THREAD_ENV_PREFIXES = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_")
+REQUIRED_INFO_FIELDS = ("mode", "seed")
+# A run trains one weight source or both (uhn, then the direct baseline).
+RUN_MODES = (*get_args(SourceKind), "both")
 
 
 class RunDirError(UHNError):
     """A run folder is missing, incomplete or already used."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def package_versions() -> dict[str, str]:
@@ -54,16 +55,58 @@ def package_versions() -> dict[str, str]:
     return {"uhn": uhn, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def git_revision() -> str | None:
-    """The source checkout's commit (with "+dirty" for local changes), or None outside git."""
+def is_uhn_checkout(folder: Path) -> bool:
+    """Whether ``folder`` is the root of a uhn source tree (its pyproject.toml names uhn)."""
+    try:
+        project = tomllib.loads((folder / "pyproject.toml").read_text()).get("project", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    return isinstance(project, dict) and project.get("name") == "uhn"
+
+
+def git_revision(folder: Path = PACKAGE_PARENT) -> str | None:
+    """The commit of the uhn checkout the code runs from (with "+dirty" for local changes);
+    None for an installed copy, even one that happens to sit inside another git repository."""
+    if not is_uhn_checkout(folder):
+        return None
     try:
         run = lambda *args: subprocess.run(  # noqa: E731
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5, check=True
+            ["git", *args], cwd=folder, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
+        if Path(run("rev-parse", "--show-toplevel")).resolve() != folder.resolve():
+            return None
         revision = run("rev-parse", "HEAD")
         return revision + ("+dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux: /proc/cpuinfo), else what the platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info(with_gpus: bool = True) -> dict[str, Any]:
+    """What a run's speed (and, through thread counts, its last digits) depends on. GPU names
+    only ``with_gpus``: asking for them starts CUDA, which a CPU run should not pay for."""
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "thread_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(THREAD_ENV_PREFIXES)},
+    }
+    if with_gpus and torch.cuda.is_available():
+        info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
 
 
 def default_run_dir(spec_name: str) -> Path:
@@ -97,6 +140,8 @@ class RunDir:
             "seed": plan.targets[0].spec.train.seed,
             "versions": package_versions(),
             "git_revision": git_revision(),
+            "machine": machine_info(with_gpus=info.get("device") != "cpu"),
+            "world_size": 1,  # processes training together; a distributed run records more
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
         }
         atomic_write_text(run.info_path, json.dumps(record, indent=2) + "\n")
@@ -110,7 +155,21 @@ class RunDir:
         return run
 
     def info(self) -> dict[str, Any]:
-        return json.loads(self.info_path.read_text())
+        """run.json, checked: a damaged file is named, not a KeyError later."""
+        path = self.info_path
+        fix = f"restore it, or start a new run with `uhn train SPEC --out DIR` (the plan is in {self.plan_path})"
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RunDirError(f"{path}: not readable JSON ({err}); {fix}") from None
+        if not isinstance(record, dict):
+            raise RunDirError(f"{path}: holds a JSON {type(record).__name__}, not the run's record (an object); {fix}")
+        for field in REQUIRED_INFO_FIELDS:
+            if field not in record:
+                raise RunDirError(f"{path}: {field}: missing; {fix}")
+        if record["mode"] not in RUN_MODES:
+            raise RunDirError(f"{path}: mode: {record['mode']!r} is not one of {', '.join(RUN_MODES)}; {fix}")
+        return record
 
     def plan(self) -> Plan:
         return load_plan(self.plan_path)

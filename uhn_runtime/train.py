@@ -125,7 +125,7 @@ class Phase:
     # ------------------------------------------------------------------ driver
     def run_to_end(self) -> PhaseResult:
         if self.checkpoint_path.exists():
-            state = load_checkpoint(self.checkpoint_path, self.plan.source_hash)
+            state = load_checkpoint(self.checkpoint_path, self.plan.source_hash, self.kind)
             if state["finished"]:
                 return PhaseResult(self.kind, float(state["result"]), float(state["seconds"]))
             self.restore(state)

@@ -8,8 +8,6 @@ and one generator spec.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch
 
 from .descriptors import Ranges
 from .errors import PlanError
+from .files import atomic_write
 from .spec import ExperimentSpec, GeneratorSpec
 
 PLAN_FORMAT = "uhn-plan"
@@ -165,16 +164,8 @@ class Plan:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temp file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through the one atomic writer: never a half-written file."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_plan(path: str | Path) -> Plan:

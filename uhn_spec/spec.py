@@ -85,6 +85,11 @@ class TaskSpec(StrictModel):
         description="hold out a validation split of the training data and train on the rest "
         "(the authors' --validate); off: train on all of it, as the paper's results do",
     )
+    stands_in_for: DatasetName | None = Field(
+        None,
+        description="the dataset this run reports for because it is missing here (citeseer for "
+        "pubmed); the run states it in its notes",
+    )
 
     @model_validator(mode="after")
     def _synthetic_shape(self) -> "TaskSpec":
@@ -93,6 +98,8 @@ class TaskSpec(StrictModel):
                 "task.synthetic: give it exactly when task.dataset is synthetic "
                 "(it sets the generated data's task_type, input_dims and num_outputs)"
             )
+        if self.stands_in_for == self.dataset:
+            raise ValueError(f"task.stands_in_for: {self.dataset} cannot stand in for itself; remove the field")
         return self
 
     @property

@@ -8,6 +8,7 @@ in about a second.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,23 @@ def test_pubmed_is_missing_and_citeseer_stands_in(data_root: Path) -> None:
         pytest.skip("PubMed is present in this data root")
     with pytest.raises(DataError, match="CiteSeer stands in"):
         load(data_root, "pubmed")
-    assert any("PubMed stand-in" in note for note in load(data_root, "citeseer").notes)
+    assert not load(data_root, "citeseer").notes  # a plain CiteSeer run stands in for nothing
+    assert load(data_root, "citeseer", stands_in_for="pubmed").notes == [
+        "citeseer stands in for pubmed (task.stands_in_for)"
+    ]
+
+
+def test_planetoid_never_writes_into_the_data_root(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A writable copy of the raw files: before, torch_geometric wrote processed/ beside raw/.
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "planetoid" / "Cora" / "raw", root / "planetoid" / "Cora" / "raw")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    monkeypatch.setenv("UHN_CACHE", str(tmp_path / "cache"))
+    assert load(root, "cora").x.shape == (2708, 1433)  # type: ignore[attr-defined]
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    assert list((tmp_path / "cache").rglob("processed"))  # the cache got it instead
 
 
 def test_ag_news_stand_in_split(data_root: Path) -> None:

@@ -136,7 +136,10 @@ def load_task_data(task: TaskSpec, data_root: str | Path | None = None) -> TaskD
     loader = LOADERS.get(task.dataset)
     if loader is None:
         raise DataError(f"no loader for dataset {task.dataset!r}; known: {', '.join(sorted(LOADERS))}")
-    return loader(task, resolve_data_root(data_root))
+    data = loader(task, resolve_data_root(data_root))
+    if task.stands_in_for is not None:  # part of what the run's numbers mean
+        data.notes.append(f"{task.dataset} stands in for {task.stands_in_for} (task.stands_in_for)")
+    return data
 
 
 def _import_loaders() -> None:

@@ -22,8 +22,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from uhn_spec.files import atomic_write
+
 from . import DataError
-from .files import SOURCES, DatasetSource, RemoteFile, atomic_write
+from .files import SOURCES, DatasetSource, RemoteFile
 
 CHUNK = 1 << 20
 DOWNLOAD_TIMEOUT_S = 60

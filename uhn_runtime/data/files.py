@@ -5,8 +5,9 @@ file" errors and ``uhn data fetch`` downloads from it. Paths are relative to the
 whose layout is that of ``../shared/data`` (``mnist/``, ``cifar10/``,
 ``planetoid/<Name>/raw``, ``ag_news/``, ``imdb/``).
 
-The data root may be read-only (a shared mount), so anything derived from it -- decoded
-CIFAR images, Planetoid's ``processed/`` files -- goes to a per-user cache folder instead.
+uhn never writes into a data root (it may be a shared mount, and is the user's): anything
+derived from it -- decoded CIFAR images, encoded text, Planetoid's ``processed/`` files --
+goes to a per-user cache folder instead.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from uhn_spec.files import atomic_write
 
 from . import DataError
 
@@ -242,25 +244,5 @@ def cached_tensors(
     return tensors
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place,
-    so a reader never sees a half-written file (and a killed writer leaves none)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; data files are ordinary files
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def atomic_copy(src: Path, dst: Path) -> Path:
     return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
-
-
-def is_writable_dir(path: Path) -> bool:
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)

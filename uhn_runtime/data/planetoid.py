@@ -1,20 +1,22 @@
 """Cora, CiteSeer and PubMed: the Planetoid citation graphs, read by torch_geometric.
 
 The raw files live under ``<root>/planetoid/<Name>/raw/ind.<name>.*``. torch_geometric
-writes ``processed/`` beside ``raw/``, so when that folder is read-only (a shared mount)
-the raw files are first copied to ``<cache>/planetoid/<Name>/raw``.
+writes ``processed/`` beside ``raw/``, and uhn never writes into a data root, so the raw files
+are first copied to ``<cache>/planetoid/<version>/<Name>/raw``.
 
 Preprocessing (reference-facts §7): row-normalised features (``NormalizeFeatures``) and the
 public split -- Cora 140/500/1000, CiteSeer 120/500/1000, PubMed 60/500/1000 nodes --
 trained full-batch: every epoch is one step on the whole graph, the loss on train nodes.
 
 PubMed is not in ../shared/data: its loader reads it when its files are present and
-otherwise says that CiteSeer is the stand-in (``specs/citeseer_*.yaml``); the PubMed specs
+otherwise says that CiteSeer is the stand-in (``specs/citeseer_*.yaml`` with
+``task.stands_in_for: pubmed``, which puts the fact in the run's notes); the PubMed specs
 have PubMed's 500 features and 3 classes, so CiteSeer cannot silently take their place.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from uhn_spec.spec import TaskSpec
@@ -25,14 +27,15 @@ from .files import (
     PLANETOID_SUFFIXES,
     atomic_copy,
     cache_root,
-    is_writable_dir,
     missing_error,
+    source_key,
 )
 from .synthetic import GraphData
 
 PUBMED_STAND_IN = (
     "PubMed is not available here; CiteSeer stands in for it (train specs/citeseer_gcn.yaml "
-    "or specs/citeseer_gat.yaml and report those numbers as the PubMed stand-in)"
+    "or specs/citeseer_gat.yaml with --set task.stands_in_for=pubmed and report those numbers "
+    "as the PubMed stand-in)"
 )
 
 
@@ -42,8 +45,10 @@ def raw_files(name: str) -> list[str]:
 
 
 def planetoid_base(root: Path, name: str) -> Path:
-    """The folder to hand torch_geometric: the data root's ``planetoid/`` when it is
-    writable, else a copy of the raw files in the cache."""
+    """The folder to hand torch_geometric: a copy of the raw files in the cache, never the
+    data root itself (torch_geometric writes ``processed/`` beside ``raw/``). The copy's
+    folder is named by the raw files' paths, sizes and times, so replaced files get a new
+    copy and a fresh ``processed/``."""
     expected = raw_files(name)
     missing = [rel for rel in expected if not (root / rel).is_file()]
     if missing:
@@ -51,19 +56,17 @@ def planetoid_base(root: Path, name: str) -> Path:
         if name == "pubmed":
             raise DataError(f"{err}. {PUBMED_STAND_IN}")
         raise err
-    folder = PLANETOID_NAMES[name]
-    if is_writable_dir(root / "planetoid" / folder):
-        return root / "planetoid"
-    base = cache_root() / "planetoid"
+    version = hashlib.sha256("\n".join(source_key(root / rel) for rel in expected).encode()).hexdigest()[:20]
+    base = cache_root() / "planetoid" / version
     try:
         for rel in expected:
-            src, dst = root / rel, base / Path(rel).relative_to("planetoid")
-            if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
-                atomic_copy(src, dst)
+            dst = base / Path(rel).relative_to("planetoid")
+            if not dst.is_file():
+                atomic_copy(root / rel, dst)
     except OSError as err:
         raise DataError(
-            f"{name}: {root / 'planetoid' / folder} is read-only and copying its raw files to {base} "
-            f"failed ({err}); set UHN_CACHE to a writable folder"
+            f"{name}: copying its raw files from {root / 'planetoid'} to the cache {base} failed ({err}); "
+            "set UHN_CACHE to a writable folder"
         ) from None
     return base
 
@@ -90,6 +93,4 @@ def load_planetoid(task: TaskSpec, root: Path) -> TaskData:
         edge_index=graph.edge_index,
         masks={"train": graph.train_mask, "val": graph.val_mask, "test": graph.test_mask},
     )
-    if name == "citeseer" and not all((root / rel).is_file() for rel in raw_files("pubmed")):
-        data.notes.append("PubMed is not under the data root: this CiteSeer run is the paper's PubMed stand-in")
     return data
