@@ -382,8 +382,8 @@ def synthetic_batch(task: TaskSpec, batch: int, device: torch.device) -> Batch:
 
 def _measure(step: Callable[[], None], setup: Setup, repeats: int) -> dict[str, Any]:
     device = setup.device
-    baseline = _current_memory(device)
-    _reset_peak(device)
+    baseline = current_memory(device)
+    reset_peak_memory(device)
     start = time.perf_counter()
     step()
     _sync(device)
@@ -394,7 +394,7 @@ def _measure(step: Callable[[], None], setup: Setup, repeats: int) -> dict[str, 
         step()
         _sync(device)
         times.append(time.perf_counter() - start)
-    peak = _peak_memory(device)
+    peak = peak_memory(device)
     n = setup.target.num_params
     return {
         "seconds": statistics.median(times),
@@ -463,13 +463,13 @@ def _proc_status_bytes(field: str) -> int | None:
     return None
 
 
-def _current_memory(device: torch.device) -> int:
+def current_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device)
     return _proc_status_bytes("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _reset_peak(device: torch.device) -> None:
+def reset_peak_memory(device: torch.device) -> None:
     """Forget the setup's peak: CUDA's peak statistics, or the kernel's VmHWM (Linux)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -480,7 +480,7 @@ def _reset_peak(device: torch.device) -> None:
         pass  # no reset: the peak then includes the setup's (conservative)
 
 
-def _peak_memory(device: torch.device) -> int:
+def peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
     return _proc_status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
