@@ -19,7 +19,8 @@ computed per unit (under 1% of the unit's GEMM). Phases are formed in float64. N
 N x 2m exists.
 
 The grids come straight from the plan's compact index descriptors (``IndexDescriptors``, one
-per parameter tensor): building the work units costs O(tensors + units), not a scan of N rows.
+per parameter tensor): building the work units is O(tensors + units) Python work and one
+vectorised O(N) permutation (unit order -> tensor order), never an analysis of N rows.
 Explicit rows (any order a caller may pass) take the same code with one key per row and a
 feature table computed per work unit, never cached.
 """
@@ -70,8 +71,8 @@ class WorkUnit:
 
 @dataclass
 class FactoredLayout:
-    """How to generate the rows of one index-row tensor: sides, work units, and the
-    permutation from the units' concatenated rows back to the tensor's order."""
+    """How to generate the rows of one target (or of explicit rows): sides, work units, and
+    the permutation from the units' concatenated rows back to the target's flat order."""
 
     sides: list[Side]
     units: list[WorkUnit]
