@@ -116,3 +116,17 @@ def test_installed_packages_never_import_benchmarks_or_tests() -> None:
                 if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     names = [node.module]
                 assert not any(n.split(".")[0] in ("benchmarks", "tests") for n in names), path
+
+
+def test_compile_benchmark_reports_the_issues_figures() -> None:
+    """benchmarks/compile_bench.py on CNN-56 and a 3-target family: sizes checked, times only reported."""
+    from benchmarks.compile_bench import DEFAULT_SPEC, bench_family, bench_single, render
+
+    single = bench_single(DEFAULT_SPEC, repeats=1)
+    assert single["num_params"] == 850_986
+    assert single["plan_bytes"] < 2**20  # issue #10: CNN-56 plan under 1 MB (17 MB as index rows)
+    family = bench_family(3, seed=0)
+    assert 269_034 <= family["num_params_min"] <= family["num_params_max"] <= 1_072_586
+    assert family["peak_memory_bytes"] >= family["resident_before_bytes"] > 0
+    text = render({"machine": "cpu", "load_average": [0.0], "single": single, "family": family})
+    assert "3 CNN width variants" in text
