@@ -11,6 +11,7 @@ import typer
 
 from uhn_runtime.generator import count_generator_params
 from uhn_spec import ExperimentSpec, Plan, TargetPlan, UHNError, load_spec
+from uhn_spec.descriptors import INDEX_FIELDS, UNUSED_INDEX
 from uhn_spec.family import Family, is_family_file, load_family
 
 from .main import (
@@ -59,23 +60,33 @@ def compile_(
 def inspect_(
     source: Annotated[Path, typer.Argument(help=f"A plan (*{PLAN_SUFFIX}) or a spec YAML.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    rows: Annotated[
+        str | None,
+        typer.Option("--rows", help="Also show the index rows of this parameter tensor (e.g. layers.0.weight), one per weight."),
+    ] = None,
     overrides: SetOption = None,
 ) -> None:
-    """Show a plan's parameter table per target and the generator's size (a family: its
-    members, seen and unseen, and their sizes)."""
-    if not is_plan_path(source) and is_family_file(source):
+    """Show a plan's parameter table per target (with each tensor's compact index descriptor
+    in --json) and the generator's size; a family file: its members, seen and unseen, and
+    their sizes."""
+    if rows is None and not is_plan_path(source) and is_family_file(source):
         summary = family_overview(load_family(source, overrides or []))  # lists, never compiles
     else:
-        summary = plan_summary(load_target_source(source, overrides))
+        plan = load_target_source(source, overrides)
+        if rows is not None and not any(p.name == rows for t in plan.targets for p in t.params):
+            names = ", ".join(p.name for p in plan.targets[0].params[:4])
+            raise UHNError(f"{source}: --rows: no parameter tensor {rows!r} in this plan; give a name from its table (e.g. {names})")
+        summary = plan_summary(plan, rows)
     typer.echo(json.dumps(summary, indent=2) if as_json else render_summary(summary, source))
 
 
-def plan_summary(plan: Plan) -> dict[str, Any]:
+def plan_summary(plan: Plan, rows_of: str | None = None) -> dict[str, Any]:
+    """The plan as plain data; ``rows_of`` adds that tensor's index rows to each target having it."""
     trainable, total = count_generator_params(plan.generator)
     summary = {
         "format_version": plan.version,
         "source_hash": plan.source_hash,
-        "targets": [target_summary(t) for t in plan.targets],
+        "targets": [target_summary(t, rows_of) for t in plan.targets],
         "generator": plan.generator.model_dump(mode="json"),
         "generator_params": {"trainable": trainable, "total": total},
     }
@@ -144,9 +155,9 @@ def target_overview(target: TargetPlan) -> dict[str, Any]:
     return {"name": target.name, "num_params": target.num_params, "split": target.split}
 
 
-def target_summary(target: TargetPlan) -> dict[str, Any]:
+def target_summary(target: TargetPlan, rows_of: str | None = None) -> dict[str, Any]:
     spec = target.spec
-    return {
+    summary: dict[str, Any] = {
         "name": target.name,
         **spec_overview(spec),
         "num_params": target.num_params,
@@ -161,10 +172,27 @@ def target_summary(target: TargetPlan) -> dict[str, Any]:
                 "layer": p.layer,
                 "kind": spec.layers[p.layer].kind,
                 "param_type": p.param_type,
+                "index": index_descriptor(target, t),
             }
-            for p in target.params
+            for t, p in enumerate(target.params)
         ],
     }
+    for t, p in enumerate(target.params):
+        if p.name == rows_of:
+            summary["index_rows"] = {"param": p.name, "fields": list(INDEX_FIELDS), "rows": target.index.tensor_rows(t).tolist()}
+    return summary
+
+
+def index_descriptor(target: TargetPlan, t: int) -> dict[str, Any]:
+    """Tensor t's compact index descriptor: its set constant fields and its grid dims."""
+    dims = target.index.dims(t)
+    in_dims = {column for column, _ in dims}
+    constants = {
+        INDEX_FIELDS[c]: int(v)
+        for c, v in enumerate(target.index.constants[t].tolist())
+        if c not in in_dims and v != UNUSED_INDEX
+    }
+    return {"constants": constants, "dims": [[INDEX_FIELDS[c], size] for c, size in dims]}
 
 
 PARAM_COLUMNS = ("layer", "kind", "name", "shape", "offset", "numel", "param_type")
@@ -185,6 +213,10 @@ def render_summary(summary: dict[str, Any], source: Path) -> str:
         rows = [[_cell(p[c]) for c in PARAM_COLUMNS] for p in target["params"]]
         footer = ["total", "", "", "", "", str(target["num_params"]), ""]
         lines += format_table([HEADERS.get(c, c) for c in PARAM_COLUMNS], rows, footer)
+        if "index_rows" in target:
+            shown = target["index_rows"]
+            lines += ["", f"index rows of {shown['param']} (one per weight, C order; -1: field unused):"]
+            lines += format_table(shown["fields"], [[str(v) for v in row] for row in shown["rows"]], None)
     gen = summary["generator_params"]
     g = summary["generator"]
     lines += [
@@ -208,9 +240,9 @@ def _cell(value: Any) -> str:
     return "x".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def format_table(headers: list[str], rows: list[list[str]], footer: list[str]) -> list[str]:
+def format_table(headers: list[str], rows: list[list[str]], footer: list[str] | None) -> list[str]:
     """Columns padded to their widest cell; numbers right-aligned, text left-aligned."""
-    widths = [max(len(r[i]) for r in [headers, footer, *rows]) for i in range(len(headers))]
+    widths = [max(len(r[i]) for r in [headers, *([footer] if footer else []), *rows]) for i in range(len(headers))]
     numeric = [all(r[i].lstrip("-").isdigit() for r in rows) for i in range(len(headers))]
 
     def line(cells: list[str]) -> str:
@@ -218,4 +250,4 @@ def format_table(headers: list[str], rows: list[list[str]], footer: list[str]) -
         return "  " + "  ".join(padded).rstrip()
 
     rule = "  " + "  ".join("-" * w for w in widths)
-    return [line(headers), rule, *(line(r) for r in rows), rule, line(footer)]
+    return [line(headers), rule, *(line(r) for r in rows), *([rule, line(footer)] if footer else [])]

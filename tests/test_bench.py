@@ -4,6 +4,7 @@ step, and the target's segmented (checkpointed) forward."""
 
 from __future__ import annotations
 
+import ast
 import json
 
 import pytest
@@ -39,6 +40,8 @@ def test_report_has_the_fields_the_issue_asks_for() -> None:
     assert naive["generate"]["seconds"] > 0 and naive["train_step"]["seconds"] > 0
     assert gen["vs_naive"] == pytest.approx(naive["generate"]["seconds"] / gen["seconds"])
     assert naive["max_abs_diff"] <= 1e-4 * max(1.0, naive["reference_scale"])  # the same weights
+    assert gen["layout_seconds"] > 0  # building the work units once, after loading the plan
+    assert gen["layout_fraction"] == pytest.approx(gen["layout_seconds"] / gen["seconds"])
     flops = useful_flops_per_weight(plan.generator)
     assert gen["matmul_fraction"] == pytest.approx(flops * n / gen["seconds"] / report["matmul"]["square_flops_per_s"])
     json.dumps(report)  # plain data
@@ -102,3 +105,28 @@ def test_segments_cover_every_layer_once() -> None:
 def test_useful_flops_follow_the_documented_formula() -> None:
     # 2 * (2m*d + blocks*2*d*d + d): the large config is the issue's ~1.05 MFLOP floor + blocks.
     assert useful_flops_per_weight(GeneratorSpec()) == 2 * (2 * 2048 * 128 + 2 * 2 * 128 * 128 + 128)
+
+
+def test_installed_packages_never_import_benchmarks_or_tests() -> None:
+    """``uhn bench`` (the naive baseline included) must work from a non-editable install."""
+    for package in ("uhn_spec", "uhn_runtime", "cli"):
+        for path in (REPO_ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                assert not any(n.split(".")[0] in ("benchmarks", "tests") for n in names), path
+
+
+def test_compile_benchmark_reports_the_issues_figures() -> None:
+    """benchmarks/compile_bench.py on CNN-56 and a 3-target family: sizes checked, times only reported."""
+    from benchmarks.compile_bench import DEFAULT_SPEC, bench_family, bench_single, render
+
+    single = bench_single(DEFAULT_SPEC, repeats=1)
+    assert single["num_params"] == 850_986
+    assert single["plan_bytes"] < 2**20  # issue #10: CNN-56 plan under 1 MB (17 MB as index rows)
+    family = bench_family(3, seed=0)
+    assert 269_034 <= family["num_params_min"] <= family["num_params_max"] <= 1_072_586
+    assert family["peak_memory_bytes"] >= family["resident_before_bytes"] > 0
+    text = render({"machine": "cpu", "load_average": [0.0], "single": single, "family": family})
+    assert "3 CNN width variants" in text

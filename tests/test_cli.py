@@ -159,6 +159,32 @@ def test_inspect_table(spec_file: Path) -> None:
     assert lines[-1].startswith("generator: 148353 trainable, 158613 total parameters")
 
 
+def test_inspect_json_gives_each_tensors_compact_index_descriptor(spec_file: Path) -> None:
+    (target,) = json.loads(invoke("inspect", spec_file, "--json").stdout)["targets"]
+    weight, bias = target["params"][2:4]
+    assert weight["index"] == {"constants": {"layer_idx": 1, "layer_type": 0, "param_type": 0}, "dims": [["output_idx", 10], ["input_idx", 32]]}
+    assert bias["index"] == {"constants": {"layer_idx": 1, "layer_type": 0, "param_type": 1}, "dims": [["output_idx", 10]]}
+    assert "index_rows" not in target
+
+
+def test_inspect_rows_of_one_tensor(spec_file: Path) -> None:
+    (target,) = json.loads(invoke("inspect", spec_file, "--json", "--rows", "layers.1.bias").stdout)["targets"]
+    shown = target["index_rows"]
+    assert shown["param"] == "layers.1.bias" and shown["fields"][:4] == ["layer_idx", "layer_type", "param_type", "output_idx"]
+    assert shown["rows"] == [[1, 0, 1, i] + [-1] * 6 for i in range(10)]
+    lines = invoke("inspect", spec_file, "--rows", "layers.1.bias").stdout.splitlines()
+    start = lines.index("index rows of layers.1.bias (one per weight, C order; -1: field unused):")
+    assert lines[start + 1].split()[:4] == ["layer_idx", "layer_type", "param_type", "output_idx"]
+    assert [line.split() for line in lines[start + 3 : start + 13]] == [[str(v) for v in row] for row in shown["rows"]]
+
+
+def test_inspect_rows_of_an_unknown_tensor_is_a_one_line_error(spec_file: Path) -> None:
+    result = invoke("inspect", spec_file, "--rows", "layers.9.weight")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {spec_file}: --rows: no parameter tensor 'layers.9.weight'")
+    assert result.stderr.count("\n") == 1
+
+
 def test_inspect_rejects_overrides_of_a_plan(spec_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "mlp.pt"
     invoke("compile", spec_file, "-o", out)

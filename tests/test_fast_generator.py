@@ -1,16 +1,17 @@
 """The factored generator against the naive one-batch generator: same weights and the same
-gradients to fp32 tolerance, for every kind of index-row layout (grids of 1-4 dims, shared
-side tables, rows in any order), every saving policy and every work-unit size."""
+gradients to fp32 tolerance, from compact descriptors (grids of 1-4 dims, shared side tables)
+and from explicit rows in any order, for every saving policy and every work-unit size."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from benchmarks.naive_generator import naive_bytes_estimate, naive_generate
 from uhn_runtime.fast_features import build_layout
 from uhn_runtime.generator import UHNGenerator
+from uhn_runtime.naive import naive_bytes_estimate, naive_generate
 from uhn_spec import ExperimentSpec, Plan, compile_spec
+from uhn_spec.descriptors import IndexDescriptors
 
 from .tiny_specs import tiny_spec
 
@@ -74,11 +75,13 @@ def assert_close_to_naive(ours: torch.Tensor, naive: torch.Tensor, atol: float =
 
 def assert_matches_naive(plan: Plan, generator: UHNGenerator, rows: torch.Tensor | None = None, **kwargs) -> None:
     """Weights and every gradient equal the naive generator's to fp32 tolerance, and the
-    naive math done in float64 to float64-vs-fp32 tolerance."""
+    naive math done in float64 to float64-vs-fp32 tolerance. Ours runs on the target's
+    compact descriptors, or on ``rows`` when given."""
     target = plan.targets[0]
-    rows = target.index_rows if rows is None else rows
+    index = target.index if rows is None else rows
+    rows = target.index_rows() if rows is None else rows
     structure = target.structure_rows()
-    ours, our_grads = weights_and_grads(generator, lambda: generator(rows, structure, **kwargs))
+    ours, our_grads = weights_and_grads(generator, lambda: generator(index, structure, **kwargs))
     naive, naive_grads = weights_and_grads(generator, lambda: naive_generate(generator, rows, structure))
     exact, exact_grads = weights_and_grads(generator, lambda: naive_generate(generator, rows, structure, torch.float64))
     assert ours.shape == naive.shape == (rows.shape[0],)
@@ -95,15 +98,16 @@ def assert_matches_naive(plan: Plan, generator: UHNGenerator, rows: torch.Tensor
 @pytest.mark.parametrize("spec", [conv_spec(), conv_spec(structure=True), text_spec()], ids=["cnn", "cnn+structure", "transformer"])
 def test_weights_and_gradients_equal_the_naive_generator(spec: ExperimentSpec) -> None:
     plan, generator = make(spec)
-    layout = generator.layout(plan.targets[0].index_rows, plan.generator.chunk_rows)
-    assert layout.fallback_rows == 0  # every parameter tensor was recognised as a grid
+    layout = generator.layout(plan.targets[0].index, plan.generator.chunk_rows)
+    assert layout.fallback_rows == 0  # every parameter tensor is one factored grid
     assert_matches_naive(plan, generator)
 
 
 def test_at_the_papers_sigma_ours_stays_exact_and_the_naive_within_its_rounding() -> None:
     plan, generator = make(conv_spec(sigma=PAPER_SIGMA))
-    rows, structure = plan.targets[0].index_rows, plan.targets[0].structure_rows()
-    ours, our_grads = weights_and_grads(generator, lambda: generator(rows, structure))
+    target = plan.targets[0]
+    rows, structure = target.index_rows(), target.structure_rows()
+    ours, our_grads = weights_and_grads(generator, lambda: generator(target.index, structure))
     exact, exact_grads = weights_and_grads(generator, lambda: naive_generate(generator, rows, structure, torch.float64))
     with torch.no_grad():
         naive = naive_generate(generator, rows, structure)
@@ -116,56 +120,56 @@ def test_at_the_papers_sigma_ours_stays_exact_and_the_naive_within_its_rounding(
     assert (ours.double() - exact).abs().max() < naive_error
 
 
-def test_rows_in_any_order_fall_back_to_one_key_per_row_and_stay_exact() -> None:
+def test_explicit_rows_in_any_order_get_one_key_per_row_and_stay_exact() -> None:
     plan, generator = make(conv_spec())
-    rows = plan.targets[0].index_rows
+    rows = plan.targets[0].index_rows()
     shuffled = rows[torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(2))]
-    layout = build_layout(shuffled, chunk_rows=50, hidden=16, freqs=64)
-    assert layout.fallback_rows > 0
+    layout = build_layout(shuffled, chunk_rows=50, hidden=16, freqs=64, device=torch.device("cpu"))
+    assert layout.fallback_rows == rows.shape[0]
     assert_matches_naive(plan, generator, rows=shuffled, chunk_rows=50)
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 13, 100, 10**6])
 def test_work_unit_size_does_not_change_the_weights(chunk_rows: int) -> None:
     plan, generator = make(conv_spec())
-    rows = plan.targets[0].index_rows
+    index = plan.targets[0].index
     with torch.no_grad():
-        whole = generator(rows, chunk_rows=4096)
-        torch.testing.assert_close(generator(rows, chunk_rows=chunk_rows), whole, rtol=0, atol=1e-5 * whole.abs().max().item())
+        whole = generator(index, chunk_rows=4096)
+        torch.testing.assert_close(generator(index, chunk_rows=chunk_rows), whole, rtol=0, atol=1e-5 * whole.abs().max().item())
 
 
 @pytest.mark.parametrize(("fits", "policy"), [(True, "h0"), (False, "nothing")])
 def test_both_saving_policies_give_the_same_gradients(fits: bool, policy: str) -> None:
     plan, generator = make(conv_spec())
-    rows = plan.targets[0].index_rows
-    _, reference = weights_and_grads(generator, lambda: generator(rows))
-    generator.max_saved_bytes = rows.shape[0] * generator.spec.hidden * 4 - (0 if fits else 1)
-    assert generator.saving_policy(rows.shape[0]) == policy
-    _, grads = weights_and_grads(generator, lambda: generator(rows, chunk_rows=64))
+    index, n = plan.targets[0].index, plan.targets[0].num_params
+    _, reference = weights_and_grads(generator, lambda: generator(index))
+    generator.max_saved_bytes = n * generator.spec.hidden * 4 - (0 if fits else 1)
+    assert generator.saving_policy(n) == policy
+    _, grads = weights_and_grads(generator, lambda: generator(index, chunk_rows=64))
     for name, grad in reference.items():
         torch.testing.assert_close(grads[name], grad, rtol=0, atol=1e-5 * grad.abs().max().item(), msg=name)
 
 
-def test_layout_cache_notices_changed_rows_and_changed_buffers() -> None:
+def test_layout_cache_notices_changed_descriptors_and_changed_buffers() -> None:
     plan, generator = make(conv_spec(sigma=PAPER_SIGMA))
-    rows = plan.targets[0].index_rows.clone()
+    index = IndexDescriptors(**{name: t.clone() for name, t in plan.targets[0].index.to_dict().items()})
     with torch.no_grad():
-        before = generator(rows)
-        rows[0, 3] += 1  # in place: a new version of the same tensor
-        assert_close_to_naive(generator(rows), naive_generate(generator, rows), atol=5e-4)
-        assert not torch.equal(generator(rows), before)
+        before = generator(index)
+        index.constants[0, 0] += 1  # in place: the first tensor moves to layer 1
+        assert_close_to_naive(generator(index), naive_generate(generator, index.rows()), atol=5e-4)
+        assert not torch.equal(generator(index), before)
         other = UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=99)
         generator.index_fourier.load_state_dict(other.index_fourier.state_dict())  # new B, in place
-        assert_close_to_naive(generator(rows), naive_generate(generator, rows), atol=5e-4)
+        assert_close_to_naive(generator(index), naive_generate(generator, index.rows()), atol=5e-4)
 
 
 def test_bf16_autocast_stays_close_to_fp32() -> None:
     plan, generator = make(conv_spec())
-    rows = plan.targets[0].index_rows
+    index = plan.targets[0].index
     with torch.no_grad():
-        exact = generator(rows)
+        exact = generator(index)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = generator(rows)
+            low = generator(index)
     assert low.dtype == torch.float32
     assert (low - exact).abs().max() < 0.05 * exact.abs().max()
 

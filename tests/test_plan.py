@@ -57,8 +57,10 @@ def assert_same_plan(a: Plan, b: Plan) -> None:
     for ta, tb in zip(a.targets, b.targets):
         assert ta.spec == tb.spec
         assert ta.params == tb.params
-        for field in ("index_rows", "global_row", "task_row", "local_rows"):
-            x, y = getattr(ta, field), getattr(tb, field)
+        tensors = {**ta.index.to_dict(), "global_row": ta.global_row, "task_row": ta.task_row, "local_rows": ta.local_rows}
+        others = {**tb.index.to_dict(), "global_row": tb.global_row, "task_row": tb.task_row, "local_rows": tb.local_rows}
+        for field, x in tensors.items():
+            y = others[field]
             assert x.dtype == y.dtype and torch.equal(x, y), field
 
 
@@ -66,14 +68,36 @@ def test_round_trip(plan: Plan, plan_file: Path) -> None:
     assert_same_plan(plan, load_plan(plan_file))
 
 
-def test_plan_file_is_plain_data(plan_file: Path) -> None:
+def test_plan_file_is_plain_data_with_one_index_descriptor_per_tensor(plan_file: Path) -> None:
     raw = torch.load(plan_file, map_location="cpu", weights_only=True)
-    assert raw["format"] == "uhn-plan" and raw["version"] == PLAN_VERSION
-    assert raw["targets"][0]["index_rows"].shape == (plan_num_params(raw), len(INDEX_FIELDS))
+    assert raw["format"] == "uhn-plan" and raw["version"] == PLAN_VERSION == 2
+    target = raw["targets"][0]
+    num_tensors = len(target["params"]["name"])
+    assert "index_rows" not in target
+    assert target["index"]["constants"].shape == (num_tensors, len(INDEX_FIELDS))
+    assert target["index"]["dim_sizes"].prod(dim=1).tolist() == target["params"]["numel"].tolist()
 
 
-def plan_num_params(raw: dict) -> int:
-    return int(raw["targets"][0]["params"]["numel"].sum())
+def test_plan_size_grows_with_tensors_not_weights() -> None:
+    narrow = compile_spec(spec_from_text(MLP)).targets[0].index
+    wide = compile_spec(spec_from_text(MLP.replace("32", "3000"))).targets[0].index
+    assert wide.num_rows > 50 * narrow.num_rows
+    for x, y in zip(narrow.to_dict().values(), wide.to_dict().values()):
+        assert x.shape == y.shape
+
+
+def test_a_version_1_plan_asks_to_be_recompiled(plan_file: Path) -> None:
+    raw = torch.load(plan_file, weights_only=True)
+    raw["version"] = 1
+    torch.save(raw, plan_file)
+    assert_one_line_plan_error(plan_file, "plan format version 1, this uhn reads version 2", "recompile it with `uhn compile SPEC -o")
+
+
+def test_index_descriptors_that_do_not_match_the_parameter_table(plan_file: Path) -> None:
+    raw = torch.load(plan_file, weights_only=True)
+    raw["targets"][0]["index"]["dim_sizes"][0, 0] += 1
+    torch.save(raw, plan_file)
+    assert_one_line_plan_error(plan_file, "malformed", "index descriptors do not match its parameter table")
 
 
 def test_save_leaves_no_temporary_files(plan_file: Path) -> None:
@@ -251,10 +275,12 @@ def expected_index_rows(entry, layer_type: int) -> list[list[int]]:
 def test_index_rows_describe_each_scalar_in_c_order(text: str) -> None:
     spec = spec_from_text(text)
     target = compile_spec(spec).targets[0]
-    assert target.index_rows.dtype == torch.int16
-    for entry in target.params:
+    rows = target.index_rows()
+    assert rows.dtype == torch.int16
+    for t, entry in enumerate(target.params):
         layer_type = int(spec.layers[entry.layer].layer_type)
-        got = target.index_rows[entry.offset : entry.offset + entry.numel].tolist()
+        got = rows[entry.offset : entry.offset + entry.numel].tolist()
+        assert target.index.tensor_rows(t).tolist() == got
         assert got == expected_index_rows(entry, layer_type), entry.name
 
 
@@ -268,6 +294,6 @@ task:
 layers:
   - {kind: linear, in_features: 40000, out_features: 1, bias: false}
 """
-    rows = compile_spec(spec_from_text(wide)).targets[0].index_rows
+    rows = compile_spec(spec_from_text(wide)).targets[0].index_rows()
     assert rows.dtype == torch.int32
     assert rows[:, INDEX_FIELDS.index("input_idx")].tolist() == list(range(40000))

@@ -16,6 +16,7 @@ from uhn_spec.family import Family, is_family_file, load_family
 from uhn_spec.tasks import FORMULA_FUNCTIONS
 
 from .conftest import REPO_ROOT
+from .layers.harness import assert_ranges_of_compact_form_equal_those_of_rows, check_generation_from_descriptors
 
 SPECS_DIR = REPO_ROOT / "specs"
 # Files starting with "_" are templates and includes, not runnable specs.
@@ -70,6 +71,17 @@ def test_shipped_spec_validates_and_compiles(path: Path) -> None:
     assert target.num_params == spec.num_params
     if path.stem in AUTHORS_PARAMS:
         assert target.num_params == AUTHORS_PARAMS[path.stem]
+    assert_ranges_of_compact_form_equal_those_of_rows(target)
+
+
+# Every layer kind: linear, conv2d, gcn, gat, kan, embedding + mha (CNN-20..56 repeat CNN-8's
+# kinds at up to 11x the rows: too slow for the default run on 2 cores).
+GENERATION_CHECKED = ["digits_mlp", "mnist_cnn8", "cora_gcn", "cora_gat", "kan_ellipj", "imdb_transformer1l"]
+
+
+@pytest.mark.parametrize("name", GENERATION_CHECKED)
+def test_weights_from_compact_descriptors_equal_those_from_index_rows(name: str) -> None:
+    check_generation_from_descriptors(compile_spec(load_spec(SPECS_DIR / f"{name}.yaml")))
 
 
 @cache

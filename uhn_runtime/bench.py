@@ -9,8 +9,11 @@ one JSON line back from every worker. Cases:
   the generator's (feature table x modulated weight), in the run's precision.
 * ``generate``: one generation of the target's weights, without gradients.
 * ``train_step``: generation + target forward/backward on a batch + AdamW step.
-* the same two with the naive generator (``benchmarks/naive_generator.py``), when its
-  estimated memory fits; otherwise the report says why and gives ``"naive": null``.
+* the same two with the naive generator (``uhn_runtime.naive``), when its estimated memory
+  fits; otherwise the report says why and gives ``"naive": null``.
+
+``generate`` also reports ``layout_seconds``: building the work units from the plan's compact
+descriptors and their feature tables, what the first generation after loading a plan adds.
 
 Times are the median of ``repeats`` runs after one warm-up run. Peak memory is the process's
 resident set (VmHWM, reset after setup) on the CPU, ``max_memory_allocated`` on CUDA.
@@ -18,8 +21,6 @@ resident set (VmHWM, reset after setup) on the CPU, ``max_memory_allocated`` on 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import math
 import os
@@ -33,7 +34,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -44,7 +44,9 @@ from uhn_spec.spec import GeneratorSpec, SyntheticShape, TaskSpec
 
 from .data import Batch, loss_fn
 from .data.synthetic import load_synthetic
+from .fast_features import build_layout
 from .generator import UHNGenerator
+from .naive import naive_bytes_estimate, naive_generate
 from .optim import Precision, make_adamw
 from .target import DeviceTarget
 from .target_segments import forward_in_segments
@@ -139,8 +141,7 @@ def run_bench(plan: Plan, options: BenchOptions, progress: Callable[[str], None]
 
 
 def naive_estimate(spec: GeneratorSpec, num_rows: int, with_grad: bool) -> int:
-    naive = naive_module()
-    return int(naive.naive_bytes_estimate(num_rows, spec.index_freqs, spec.hidden, spec.blocks, with_grad))
+    return int(naive_bytes_estimate(num_rows, spec.index_freqs, spec.hidden, spec.blocks, with_grad))
 
 
 def naive_fits(estimate: int, limit: int, device: str) -> bool:
@@ -265,27 +266,11 @@ def render_report(report: dict[str, Any]) -> str:
     else:
         lines += ["", f"naive: {report.get('naive_skipped', 'not measured')}"]
     lines.append(f"train step: batch {train['batch']}, generator keeps {train['saving_policy']!r} for the backward")
+    lines.append(
+        f"layout: {gen['layout_seconds']:.3f} s to build the work units after loading the plan, "
+        f"{gen['layout_fraction']:.1%} of one generation"
+    )
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- naive baseline
-
-
-def naive_module() -> ModuleType:
-    """``benchmarks/naive_generator.py``. ``benchmarks/`` is a folder of scripts next to the
-    packages; when it is not importable (an installed ``uhn``), load it from the source tree."""
-    try:
-        return importlib.import_module("benchmarks.naive_generator")
-    except ModuleNotFoundError:
-        path = Path(__file__).resolve().parent.parent / "benchmarks" / "naive_generator.py"
-        if not path.is_file():
-            raise UHNError(f"the naive baseline {path} is missing; run uhn bench from a source checkout or pass --no-naive") from None
-        spec = importlib.util.spec_from_file_location("benchmarks.naive_generator", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        return module
 
 
 # --------------------------------------------------------------------------- worker
@@ -311,35 +296,53 @@ def worker_main(case: str, plan_path: str, options_json: str) -> dict[str, Any]:
     torch.manual_seed(options.seed)
     generator = UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=options.seed).to(device)
     setup = Setup(plan, target, generator, precision, device)
-    naive = case.startswith("naive_")
-    generate = naive_module().naive_generate if naive else None
+    naive_rows = target.index_rows() if case.startswith("naive_") else None
     if case.endswith("train_step"):
-        result = measure_train_step(setup, options, generate)
+        result = measure_train_step(setup, options, naive_rows)
+    elif naive_rows is None:
+        result = measure_generate(setup, options, naive_rows)
+        layout_seconds = measure_layout(setup)
+        result["layout_seconds"] = layout_seconds
+        result["layout_fraction"] = layout_seconds / result["seconds"]
     else:
-        result = measure_generate(setup, options, generate)
-    if case == "naive_generate":  # the numerical check: ours against the naive, same weights
+        result = measure_generate(setup, options, naive_rows)
+    if naive_rows is not None and case == "naive_generate":  # the numerical check: same weights
         with torch.no_grad(), precision.autocast():
             ours = target.generate(generator).float()
-            theirs = generate(generator, target.index_rows, target.structure_rows).float()  # type: ignore[misc]
+            theirs = naive_generate(generator, naive_rows, target.structure_rows).float()
         result["max_abs_diff"] = float((ours - theirs).abs().max()) if ours.numel() else 0.0
         result["reference_scale"] = float(theirs.abs().max()) if ours.numel() else 0.0
     return result
 
 
-def measure_generate(setup: Setup, options: BenchOptions, naive_generate: Callable | None) -> dict[str, Any]:
+def measure_layout(setup: Setup) -> float:
+    """Seconds to build the work units of the target's descriptors and their feature tables:
+    what the first generation after loading a plan adds (the generator then caches both).
+    Built afresh after the timed generations, so one-time library start-up is not counted."""
+    g = setup.generator
+    start = time.perf_counter()
+    with torch.no_grad():
+        layout = build_layout(setup.target.index, g.spec.chunk_rows, g.spec.hidden, g.spec.index_freqs, setup.device)
+        layout.tables(g.index_fourier.basis())
+    _sync(setup.device)
+    return time.perf_counter() - start
+
+
+def measure_generate(setup: Setup, options: BenchOptions, naive_rows: torch.Tensor | None) -> dict[str, Any]:
+    """One generation; with ``naive_rows``, the naive generator's on those rows."""
     t, g = setup.target, setup.generator
 
     def step() -> None:
         with torch.no_grad(), setup.precision.autocast():
-            if naive_generate is None:
+            if naive_rows is None:
                 t.generate(g)
             else:
-                naive_generate(g, t.index_rows, t.structure_rows)
+                naive_generate(g, naive_rows, t.structure_rows)
 
     return _measure(step, setup, options.repeats)
 
 
-def measure_train_step(setup: Setup, options: BenchOptions, naive_generate: Callable | None) -> dict[str, Any]:
+def measure_train_step(setup: Setup, options: BenchOptions, naive_rows: torch.Tensor | None) -> dict[str, Any]:
     t, g = setup.target, setup.generator
     batch = synthetic_batch(t.plan.spec.task, options.batch, setup.device)
     metric = t.plan.spec.task.info.metric
@@ -348,10 +351,10 @@ def measure_train_step(setup: Setup, options: BenchOptions, naive_generate: Call
 
     def step() -> None:
         with setup.precision.autocast():
-            if naive_generate is None:
+            if naive_rows is None:
                 flat = t.generate(g)
             else:
-                flat = naive_generate(g, t.index_rows, t.structure_rows)
+                flat = naive_generate(g, naive_rows, t.structure_rows)
             outputs = forward_in_segments(t, flat, options.target_segments, **batch.model_kwargs())
             loss = loss_fn(metric, *batch.select(outputs))
         loss.backward()
@@ -361,7 +364,7 @@ def measure_train_step(setup: Setup, options: BenchOptions, naive_generate: Call
     result = _measure(step, setup, options.repeats)
     result["batch"] = options.batch
     result["target_segments"] = options.target_segments
-    result["saving_policy"] = "naive: everything" if naive_generate is not None else g.saving_policy(t.num_params)
+    result["saving_policy"] = "naive: everything" if naive_rows is not None else g.saving_policy(t.num_params)
     return result
 
 
@@ -382,8 +385,8 @@ def synthetic_batch(task: TaskSpec, batch: int, device: torch.device) -> Batch:
 
 def _measure(step: Callable[[], None], setup: Setup, repeats: int) -> dict[str, Any]:
     device = setup.device
-    baseline = _current_memory(device)
-    _reset_peak(device)
+    baseline = current_memory(device)
+    reset_peak_memory(device)
     start = time.perf_counter()
     step()
     _sync(device)
@@ -394,7 +397,7 @@ def _measure(step: Callable[[], None], setup: Setup, repeats: int) -> dict[str, 
         step()
         _sync(device)
         times.append(time.perf_counter() - start)
-    peak = _peak_memory(device)
+    peak = peak_memory(device)
     n = setup.target.num_params
     return {
         "seconds": statistics.median(times),
@@ -463,13 +466,13 @@ def _proc_status_bytes(field: str) -> int | None:
     return None
 
 
-def _current_memory(device: torch.device) -> int:
+def current_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device)
     return _proc_status_bytes("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _reset_peak(device: torch.device) -> None:
+def reset_peak_memory(device: torch.device) -> None:
     """Forget the setup's peak: CUDA's peak statistics, or the kernel's VmHWM (Linux)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -480,7 +483,7 @@ def _reset_peak(device: torch.device) -> None:
         pass  # no reset: the peak then includes the setup's (conservative)
 
 
-def _peak_memory(device: torch.device) -> int:
+def peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
     return _proc_status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -18,8 +18,11 @@ cached until a buffer changes. The modulation side has few keys per unit: its ph
 computed per unit (under 1% of the unit's GEMM). Phases are formed in float64. Nothing
 N x 2m exists.
 
-Rows that do not form a grid (any order a caller may pass) fall back to one key per row: the
-same code, with a feature table computed per work unit and never cached.
+The grids come straight from the plan's compact index descriptors (``IndexDescriptors``, one
+per parameter tensor): building the work units is O(tensors + units) Python work and one
+vectorised O(N) permutation (unit order -> tensor order), never an analysis of N rows.
+Explicit rows (any order a caller may pass) take the same code with one key per row and a
+feature table computed per work unit, never cached.
 """
 
 from __future__ import annotations
@@ -30,9 +33,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-# Index fields that stay constant over one parameter tensor (layer_idx, layer_type,
-# param_type): a change in any of them starts a new tensor.
-TENSOR_KEY_COLUMNS = 3
+from uhn_spec.descriptors import IndexDescriptors, normalise
+
 # GEMM width: modulation keys per GEMM x d. About 1024 columns keeps MKL near its peak
 # while the modulated weight (columns x 2m fp32) stays inside the L3 cache.
 GEMM_COLUMNS = 1024
@@ -69,8 +71,8 @@ class WorkUnit:
 
 @dataclass
 class FactoredLayout:
-    """How to generate the rows of one index-row tensor: sides, work units, and the
-    permutation from the units' concatenated rows back to the tensor's order."""
+    """How to generate the rows of one target (or of explicit rows): sides, work units, and
+    the permutation from the units' concatenated rows back to the target's flat order."""
 
     sides: list[Side]
     units: list[WorkUnit]
@@ -117,20 +119,29 @@ def unit_row_order(num_features: int, num_keys: int, hidden: int) -> tuple[torch
 
 @dataclass(frozen=True)
 class _Grid:
-    """Rows start..start+S_a*S_b of the tensor, row (a, b) at start + a * S_b + b."""
+    """Rows start..start+S_a*S_b of the target, row (a, b) at start + a * S_b + b. Key
+    values outside a side's columns are 0 (they belong to the other side's phase)."""
 
     start: int
     outer: torch.Tensor  # (S_a, 10) int64
     inner: torch.Tensor  # (S_b, 10) int64
     inner_columns: tuple[int, ...]
-    factored: bool  # False: not a grid, one outer key per row
+    factored: bool  # False: explicit rows, one outer key per row
 
 
-def build_layout(index_rows: torch.Tensor, chunk_rows: int, hidden: int, freqs: int) -> FactoredLayout:
-    """Analyse index rows (vectorised per parameter tensor) into sides and work units of at
-    most about ``chunk_rows`` rows each."""
-    rows = index_rows.detach().to("cpu", torch.int32)  # small ints; int32 halves the analysis' memory
-    grids = [grid for start, stop in _tensor_segments(rows) for grid in _segment_grids(rows[start:stop], start)]
+def build_layout(
+    index: IndexDescriptors | torch.Tensor, chunk_rows: int, hidden: int, freqs: int, device: torch.device
+) -> FactoredLayout:
+    """Sides and work units of at most about ``chunk_rows`` rows each: from a target's
+    compact descriptors (each parameter tensor one factored grid; O(tensors) analysis), or
+    from explicit (N, 10) rows in any order (one key per row: exact, but no shared tables)."""
+    if isinstance(index, IndexDescriptors):
+        grids = _descriptor_grids(index)
+        n = index.num_rows
+    else:
+        rows = index.detach().to("cpu", torch.int64)
+        grids = [_Grid(0, rows, torch.zeros(1, rows.shape[1], dtype=torch.int64), (), factored=False)] if len(rows) else []
+        n = rows.shape[0]
     side_rows: list[tuple[torch.Tensor, torch.Tensor]] = []
     side_cached: list[bool] = []
     side_ids: dict[tuple[bytes, bytes], int] = {}
@@ -153,75 +164,49 @@ def build_layout(index_rows: torch.Tensor, chunk_rows: int, hidden: int, freqs: 
         for unit, unit_positions in _grid_units(grid, side_id, chunk_rows, hidden, freqs):
             units.append(unit)
             positions.append(unit_positions)
-    n = rows.shape[0]
     order = None
     if positions:
         flat_positions = torch.cat(positions)
         if not torch.equal(flat_positions, torch.arange(n)):
             order = torch.empty(n, dtype=torch.int64)
             order[flat_positions] = torch.arange(n)
-            order = order.to(index_rows.device)
+            order = order.to(device)
     fallback = sum(g.outer.shape[0] for g in grids if not g.factored)
     offsets = [0]
     for unit in units[:-1]:
         offsets.append(offsets[-1] + unit.num_rows)
-    device = index_rows.device
     sides = [Side(v.to(device), m.to(device), c) for (v, m), c in zip(side_rows, side_cached)]
     return FactoredLayout(sides, units, offsets, order, n, fallback)
 
 
-def _tensor_segments(rows: torch.Tensor) -> list[tuple[int, int]]:
-    n = rows.shape[0]
-    if n == 0:
-        return []
-    keys = rows[:, :TENSOR_KEY_COLUMNS]
-    changes = (keys[1:] != keys[:-1]).any(dim=1).nonzero().flatten() + 1
-    bounds = [0, *changes.tolist(), n]
-    return list(zip(bounds[:-1], bounds[1:]))
+def _descriptor_grids(index: IndexDescriptors) -> list[_Grid]:
+    """One grid per parameter tensor with rows: outer keys = its constant fields x its
+    leading merged dimensions, inner keys = its trailing ones (``_balanced_split``)."""
+    grids = []
+    for t, (start, numel) in enumerate(zip(index.offsets().tolist(), index.numels().tolist())):
+        if numel == 0:
+            continue
+        dims = index.dims(t)
+        split = _balanced_split([size for _, size in dims])
+        outer = _grid_keys(index.constants[t], dims[:split], [column for column, _ in dims[split:]])
+        inner = _grid_keys(torch.zeros_like(index.constants[t]), dims[split:], [])
+        grids.append(_Grid(start, outer, inner, tuple(column for column, _ in dims[split:]), factored=True))
+    return grids
 
 
-def _segment_grids(seg: torch.Tensor, start: int) -> list[_Grid]:
-    """One grid if the segment is a C-order product over its varying fields, else one key
-    per row (a grid with a single empty inner key)."""
-    digits = _odometer_digits(seg)
-    if digits is None:
-        return [_Grid(start, seg, seg[:1], (), factored=False)]
-    columns = [c for c, _ in digits]
-    sizes = [size for _, size in digits]
-    split = _balanced_split(sizes)
-    inner_size = math.prod(sizes[split:])
-    return [_Grid(start, seg[::inner_size], seg[:inner_size], tuple(columns[split:]), factored=True)]
-
-
-def _odometer_digits(seg: torch.Tensor) -> list[tuple[int, int]] | None:
-    """[(column, size)] slowest first, if the rows are the C-order grid of their varying
-    columns' values; None otherwise."""
-    n = seg.shape[0]
-    if n == 1:
-        return []
-    change_counts = (seg[1:] != seg[:-1]).sum(dim=0)
-    varying = [c for c in range(seg.shape[1]) if change_counts[c] > 0]
-    if not varying:
-        return None  # repeated identical rows
-    varying.sort(key=lambda c: int(change_counts[c]))
-    digits: list[tuple[int, int]] = []
-    cycles = 1  # how many values the digits so far run through together
-    for c in varying:
-        total = int(change_counts[c]) + 1
-        if total % cycles or total == cycles:
-            return None
-        digits.append((c, total // cycles))
-        cycles = total
-    if cycles != n:
-        return None
-    stride = n
-    for c, size in digits:
-        stride //= size
-        values = seg[: size * stride : stride, c]
-        expected = values.repeat_interleave(stride).repeat(n // (size * stride))
-        if not torch.equal(expected, seg[:, c]):
-            return None
-    return digits
+def _grid_keys(base: torch.Tensor, dims: list[tuple[int, int]], zeroed: list[int]) -> torch.Tensor:
+    """(prod sizes, 10): ``base`` with each dim's column running over its size in C order
+    and the ``zeroed`` columns (the other side's) set to 0."""
+    sizes = [size for _, size in dims]
+    keys = base.to(torch.int64).repeat(math.prod(sizes), 1)
+    keys[:, zeroed] = 0
+    if dims:
+        grid = keys.view(*sizes, keys.shape[1])
+        for axis, (column, size) in enumerate(dims):
+            along_axis = [1] * len(dims)
+            along_axis[axis] = size
+            grid[..., column] = torch.arange(size).view(along_axis)
+    return keys
 
 
 def _balanced_split(sizes: list[int]) -> int:
@@ -290,7 +275,7 @@ class FourierBasis:
     def phasors(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """exp(-i phase) of the masked fields' share of each row's phase, (S, m) complex64,
         computed in float64 (fp32 phases of up to ~1800 rad carry ~1e-4 rad of rounding)."""
-        phase = ((values - self.mean) * self.inv_std * mask) @ self.B
+        phase = (normalise(values, self.mean, self.inv_std) * mask) @ self.B
         return torch.complex(torch.cos(phase), torch.sin(phase).neg_()).to(torch.complex64)
 
 

@@ -15,8 +15,8 @@ unit), then the residual blocks and head run over the unit in cache-sized passes
 gradients each unit is one autograd node (``GeneratedUnit``) that keeps only the unit's
 (rows, d) input-Linear output, or nothing past ``max_saved_bytes``, and recomputes the rest
 in the backward. Memory therefore grows as O(N * d), or O(N), not O(N * 2m).
-``benchmarks/naive_generator.py`` is the same math done the direct way: the baseline and the
-numerical reference.
+``uhn_runtime.naive`` is the same math done the direct way: the baseline and the numerical
+reference.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from uhn_spec.descriptors import INDEX_FIELDS, STRUCTURE_FIELDS, Ranges
+from uhn_spec.descriptors import INDEX_FIELDS, STRUCTURE_FIELDS, IndexDescriptors, Ranges, normalise
 from uhn_spec.spec import GeneratorSpec
 
 from .fast_features import (
@@ -47,7 +47,7 @@ from .fast_features import (
 DEFAULT_MAX_SAVED_BYTES = 2**30
 # Activations per pass through the residual blocks (rows x d floats), see ``tail_rows``.
 TAIL_ELEMENTS = 2**19
-# Layouts of the most recent index-row tensors a generator has seen (usually one per target).
+# Layouts of the most recent index descriptors a generator has seen (usually one per target).
 LAYOUT_CACHE_SIZE = 8
 
 
@@ -70,9 +70,8 @@ class FourierEncoder(nn.Module):
     def out_dim(self) -> int:
         return 2 * self.B.shape[1]
 
-    def phases(self, rows: torch.Tensor) -> torch.Tensor:
-        normalised = (rows.to(torch.float32) - self.mean) * self.inv_std
-        return normalised @ self.B
+    def phases(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return normalise(rows, self.mean, self.inv_std, dtype) @ self.B.to(dtype)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         with torch.autocast(rows.device.type, enabled=False):
@@ -154,7 +153,7 @@ class UHNGenerator(nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(spec.hidden) for _ in range(spec.blocks))
         self.out = nn.Linear(spec.hidden, 1)
         self.max_saved_bytes = DEFAULT_MAX_SAVED_BYTES
-        self._layouts: list[tuple[torch.Tensor, int, int, FactoredLayout]] = []
+        self._layouts: list[tuple[IndexDescriptors | torch.Tensor, tuple[int, ...], int, FactoredLayout]] = []
 
     def structure_embedding(self, structure_rows: torch.Tensor) -> torch.Tensor | None:
         return None if self.structure is None else self.structure(structure_rows)
@@ -175,11 +174,13 @@ class UHNGenerator(nn.Module):
 
     def forward(
         self,
-        index_rows: torch.Tensor,
+        index: IndexDescriptors | torch.Tensor,
         structure_rows: torch.Tensor | None = None,
         chunk_rows: int | None = None,
     ) -> torch.Tensor:
-        """Generate one weight per index row: (N, 10) small ints -> (N,) fp32.
+        """Generate one weight per index row -> (N,) fp32. ``index`` is a target's compact
+        descriptors (``TargetPlan.index``: the fast path), or explicit (N, 10) index rows in
+        any order (one key per row: the same weights, without shared feature tables).
 
         Rows are generated in work units of at most about ``chunk_rows`` rows (default
         ``spec.chunk_rows``); the result does not depend on the unit size. What is kept for
@@ -190,11 +191,12 @@ class UHNGenerator(nn.Module):
             if structure_rows is None:
                 raise ValueError("this generator has a structure encoder: pass structure_rows")
             structure = self.structure_embedding(structure_rows)
-        layout = self.layout(index_rows, chunk_rows or self.spec.chunk_rows)
+        device = self.index_in.weight.device
+        layout = self.layout(index, chunk_rows or self.spec.chunk_rows)
         if not layout.units:
-            return torch.zeros(0, device=index_rows.device)
+            return torch.zeros(0, device=device)
         basis = self.index_fourier.basis()
-        context = UnitContext(layout, basis, layout.tables(basis), Workspace(index_rows.device))
+        context = UnitContext(layout, basis, layout.tables(basis), Workspace(device))
         if torch.is_grad_enabled():
             context = self._with_store(context)
             params = self.tail_parameters()
@@ -232,15 +234,17 @@ class UHNGenerator(nn.Module):
         store = torch.empty(context.layout.num_rows, self.spec.hidden, dtype=gemm_dtype(device), device=device)
         return replace(context, h0_store=store)
 
-    def layout(self, index_rows: torch.Tensor, chunk_rows: int) -> FactoredLayout:
-        """The work units of these index rows, analysed once per tensor and cached (keyed by
-        the tensor itself and its version counter, so an in-place change is noticed)."""
-        version = index_rows._version
-        for rows, seen_version, seen_chunk, layout in self._layouts:
-            if rows is index_rows and seen_version == version and seen_chunk == chunk_rows:
+    def layout(self, index: IndexDescriptors | torch.Tensor, chunk_rows: int) -> FactoredLayout:
+        """The work units of these descriptors (or rows), built once and cached: keyed by the
+        object itself and its tensors' version counters, so an in-place change is noticed."""
+        tensors = index.to_dict().values() if isinstance(index, IndexDescriptors) else (index,)
+        versions = tuple(t._version for t in tensors)
+        for seen, seen_versions, seen_chunk, layout in self._layouts:
+            if seen is index and seen_versions == versions and seen_chunk == chunk_rows:
                 return layout
-        layout = build_layout(index_rows, chunk_rows, self.spec.hidden, self.spec.index_freqs)
-        self._layouts = [(index_rows, version, chunk_rows, layout), *self._layouts[: LAYOUT_CACHE_SIZE - 1]]
+        device = self.index_in.weight.device
+        layout = build_layout(index, chunk_rows, self.spec.hidden, self.spec.index_freqs, device)
+        self._layouts = [(index, versions, chunk_rows, layout), *self._layouts[: LAYOUT_CACHE_SIZE - 1]]
         return layout
 
     def saving_policy(self, num_rows: int) -> str:

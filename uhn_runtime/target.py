@@ -13,12 +13,13 @@ from .generator import UHNGenerator
 
 
 class DeviceTarget:
-    """Descriptors live on the device as cached tensors and are never rebuilt per step."""
+    """Structure rows live on the device; the compact index descriptors stay as the plan has
+    them (the generator builds and caches their work units). Nothing is rebuilt per step."""
 
     def __init__(self, target: TargetPlan, device: torch.device | str = "cpu"):
         self.plan = target
         self.device = torch.device(device)
-        self.index_rows = target.index_rows.to(self.device)  # small ints, cast per chunk
+        self.index = target.index  # compact (O(tensors)); the generator caches its layout
         self.structure_rows = target.structure_rows().to(self.device)
         self.model: TargetModel = build_model(target.spec).to(self.device)
         self._slices = [(p.name, p.offset, p.numel, p.shape) for p in target.params]
@@ -28,7 +29,11 @@ class DeviceTarget:
         return self.plan.num_params
 
     def generate(self, generator: UHNGenerator, chunk_rows: int | None = None) -> torch.Tensor:
-        return generator(self.index_rows, self.structure_rows, chunk_rows)
+        return generator(self.index, self.structure_rows, chunk_rows)
+
+    def index_rows(self) -> torch.Tensor:
+        """(N, 10) explicit index rows on the device, built on demand (naive generator)."""
+        return self.plan.index_rows().to(self.device)
 
     def params_from_flat(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-parameter views into the flat vector (no copy; gradients reach ``flat``)."""

@@ -1,8 +1,9 @@
-"""Lower specs into a Plan: descriptor tensors and the parameter-slicing table.
+"""Lower specs into a Plan: compact index descriptors and the parameter-slicing table.
 
-Vectorised: index rows are built per parameter tensor with broadcast aranges, never per
-scalar. Names and shapes come from the skeleton's ``named_parameters()`` (built on the meta
-device, so nothing is allocated).
+Each parameter tensor is lowered to its constant index fields and the grid of its merged
+dimensions (``IndexDescriptors``): O(tensors), whatever the weight count. Names and shapes
+come from the skeleton's ``named_parameters()`` (built on the meta device, so nothing is
+allocated).
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ from .descriptors import (
     STRUCTURE_FIELDS,
     TASK_FIELDS,
     UNUSED_INDEX,
+    IndexDescriptors,
     Ranges,
 )
 from .model import build_model
 from .plan import ParamEntry, Plan, TargetPlan
 from .spec import ExperimentSpec, spec_to_yaml
-
-INT16_MAX = torch.iinfo(torch.int16).max
 
 # Rates and sizes where 0 means "off": their ranges start at 0 as in the authors' code
 # ([0, max]), so a spec with one dropout rate still has a non-degenerate range.
@@ -45,33 +45,24 @@ def merged_dims(shape: Sequence[int], fields: Sequence[str]) -> list[tuple[str, 
     return groups
 
 
-def fill_index_rows(rows: torch.Tensor, entry: ParamEntry, layer_type: int) -> None:
-    """Write the index rows of one parameter tensor (C-order) into ``rows``, its [numel, 10]
-    slice of the target's index matrix, which holds UNUSED_INDEX on entry.
-
-    Each index field is broadcast straight into a [*group sizes, 10] view of the slice, so
-    no per-parameter temporaries of the slice's size are built (this is the compile hot path).
-    """
-    rows[:, INDEX_COLUMN["layer_idx"]] = entry.layer
-    rows[:, INDEX_COLUMN["layer_type"]] = layer_type
-    rows[:, INDEX_COLUMN["param_type"]] = entry.param_type
-    if entry.numel == 0:
-        return
+def lower_tensor(entry: ParamEntry, layer_type: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """One parameter tensor's index descriptor: its 10 constant field values and the
+    (column, size) of each merged dimension. A dimension of size 1 fills its field with the
+    constant 0 (it spans no grid)."""
+    constants = [UNUSED_INDEX] * len(INDEX_FIELDS)
+    constants[INDEX_COLUMN["layer_idx"]] = entry.layer
+    constants[INDEX_COLUMN["layer_type"]] = layer_type
+    constants[INDEX_COLUMN["param_type"]] = entry.param_type
+    dims: list[tuple[int, int]] = []
     groups = merged_dims(entry.shape, entry.index_fields)
-    grid = rows.view(*(size for _, size in groups), len(INDEX_FIELDS))
-    for axis, (name, size) in enumerate(groups):
-        along_axis = [1] * len(groups)
-        along_axis[axis] = size
-        grid[..., INDEX_COLUMN[name]] = torch.arange(size, dtype=rows.dtype).view(along_axis)
-
-
-def index_dtype(params: Sequence[ParamEntry], layer_types: Sequence[int]) -> torch.dtype:
-    """int16 where every index value fits (all plans of the paper), else int32."""
-    largest = max(
-        [len(layer_types), *layer_types, *(p.param_type for p in params)]
-        + [size for p in params for _, size in merged_dims(p.shape, p.index_fields)]
-    )
-    return torch.int16 if largest <= INT16_MAX else torch.int32
+    names = [name for name, _ in groups]
+    assert len(set(names)) == len(names), f"{entry.name}: index fields {entry.index_fields} repeat non-adjacently"
+    for name, size in groups:
+        if size == 1:
+            constants[INDEX_COLUMN[name]] = 0
+        else:
+            dims.append((INDEX_COLUMN[name], size))
+    return constants, dims
 
 
 def compile_target(spec: ExperimentSpec) -> TargetPlan:
@@ -98,16 +89,11 @@ def compile_target(spec: ExperimentSpec) -> TargetPlan:
         params.append(entry)
         offset += entry.numel
     layer_types = [int(layer.layer_type) for layer in spec.layers]
-    # One preallocated matrix in its final dtype, filled per tensor: no concatenation or
-    # int64 intermediate (850k params: 17 MB instead of 3 x 68 MB of temporaries).
-    index_rows = torch.full((offset, len(INDEX_FIELDS)), UNUSED_INDEX, dtype=index_dtype(params, layer_types))
-    for entry in params:
-        rows = index_rows[entry.offset : entry.offset + entry.numel]
-        fill_index_rows(rows, entry, layer_types[entry.layer])
+    index = IndexDescriptors.of_tensors([lower_tensor(entry, layer_types[entry.layer]) for entry in params])
     return TargetPlan(
         name=spec.name,
         spec=spec,
-        index_rows=index_rows,
+        index=index,
         global_row=global_row(spec),
         task_row=task_row(spec),
         local_rows=local_rows(spec),
@@ -145,7 +131,7 @@ def local_rows(spec: ExperimentSpec) -> torch.Tensor:
 def target_ranges(target: TargetPlan) -> tuple[Ranges, Ranges]:
     """Index and structure ranges of one target: observed values, widened by the full
     domain of every categorical field its layer kinds use."""
-    index = index_ranges(target.index_rows)
+    index = target.index.ranges()
     structure = Ranges.of_rows(target.structure_rows())
     offset = len(GLOBAL_FIELDS) + len(TASK_FIELDS)
     for name in ZERO_BASED_LOCAL_FIELDS:
@@ -154,15 +140,6 @@ def target_ranges(target: TargetPlan) -> tuple[Ranges, Ranges]:
         for name, (lo, hi) in layer.categorical_domains.items():
             structure = structure.widen(offset + LOCAL_COLUMN[name], lo, hi)
     return index, structure
-
-
-def index_ranges(rows: torch.Tensor) -> Ranges:
-    """Ranges of the index matrix, scanned once in its integer dtype (the hot part of
-    compiling a large target): its [2, 10] extremes have the same ranges as all its rows."""
-    if rows.shape[0] == 0:
-        return Ranges.of_rows(rows)
-    lo, hi = torch.aminmax(rows, dim=0)
-    return Ranges.of_rows(torch.stack([lo, hi]))
 
 
 def compile_specs(

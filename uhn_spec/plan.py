@@ -4,6 +4,10 @@ A plan is saved as a dict of tensors, strings and numbers (``plan.pt``) that loa
 ``torch.load(weights_only=True)``: it can carry no code. One format holds single-model,
 multi-model, multi-task and recursive plans: a list of targets sharing normalisation ranges
 and one generator spec.
+
+Version 2 stores each target's index descriptors compactly (``IndexDescriptors``: a few
+numbers per parameter tensor), not one row per weight: a plan grows with the number of
+tensors, not of weights.
 """
 
 from __future__ import annotations
@@ -15,13 +19,13 @@ from typing import Any
 
 import torch
 
-from .descriptors import Ranges
+from .descriptors import IndexDescriptors, Ranges
 from .errors import PlanError
 from .files import atomic_write
 from .spec import ExperimentSpec, GeneratorSpec
 
 PLAN_FORMAT = "uhn-plan"
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -41,12 +45,12 @@ class ParamEntry:
 
 @dataclass
 class TargetPlan:
-    """Descriptors of one target model. ``index_rows[i]`` describes scalar i of its flat
-    weight vector; ``params`` tile that vector in order, exactly once."""
+    """Descriptors of one target model. ``params`` tile its flat weight vector in order,
+    exactly once; ``index`` describes the same tensors' index rows (row i: scalar i)."""
 
     name: str
     spec: ExperimentSpec
-    index_rows: torch.Tensor  # [N, 10] small integers (int16 where they fit)
+    index: IndexDescriptors  # one entry per parameter tensor, in the order of ``params``
     global_row: torch.Tensor  # [6] float32
     task_row: torch.Tensor  # [2] float32
     local_rows: torch.Tensor  # [L, 21] float32
@@ -55,7 +59,11 @@ class TargetPlan:
 
     @property
     def num_params(self) -> int:
-        return int(self.index_rows.shape[0])
+        return sum(p.numel for p in self.params)
+
+    def index_rows(self) -> torch.Tensor:
+        """[N, 10] index rows, one per weight (int16 where they fit), expanded on demand."""
+        return self.index.rows()
 
     @property
     def num_layers(self) -> int:
@@ -70,7 +78,7 @@ class TargetPlan:
         return {
             "name": self.name,
             "spec_json": self.spec.model_dump_json(),
-            "index_rows": self.index_rows,
+            "index": self.index.to_dict(),
             "global_row": self.global_row,
             "task_row": self.task_row,
             "local_rows": self.local_rows,
@@ -105,10 +113,13 @@ class TargetPlan:
             )
             for i in range(len(t["name"]))
         ]
+        index = IndexDescriptors.from_dict(d["index"])
+        if index.numels().tolist() != [p.numel for p in params]:
+            raise ValueError(f"target {d['name']!r}: index descriptors do not match its parameter table")
         return TargetPlan(
             name=d["name"],
             spec=ExperimentSpec.model_validate_json(d["spec_json"]),
-            index_rows=d["index_rows"],
+            index=index,
             global_row=d["global_row"],
             task_row=d["task_row"],
             local_rows=d["local_rows"],

@@ -13,7 +13,10 @@ from typing import Any
 import torch
 from torch.func import functional_call
 
-from uhn_spec import ExperimentSpec, build_model, compile_spec
+from uhn_runtime.generator import UHNGenerator
+from uhn_runtime.naive import naive_generate
+from uhn_spec import ExperimentSpec, Plan, build_model, compile_spec
+from uhn_spec.descriptors import Ranges
 from uhn_spec.plan import TargetPlan
 from uhn_spec.spec import spec_from_text, spec_to_yaml
 
@@ -83,13 +86,17 @@ def check_layer_properties(spec: ExperimentSpec) -> None:
     assert bool((cover == 1).all())
 
     # Descriptors: finite, inside their normalisation ranges, identical across compiles.
-    index = plan.index_ranges.normalise(target.index_rows)
+    index_rows = target.index_rows()
+    assert index_rows.shape == (n, 10)
+    index = plan.index_ranges.normalise(index_rows)
     structure = plan.structure_ranges.normalise(target.structure_rows())
     for rows in (index, structure):
         assert bool(torch.isfinite(rows).all())
         assert float(rows.abs().max()) <= SQRT3 + 1e-5
+    assert_ranges_of_compact_form_equal_those_of_rows(target)
+    check_generation_from_descriptors(plan)
     again = compile_spec(spec).targets[0]
-    assert torch.equal(again.index_rows, target.index_rows)
+    assert torch.equal(again.index_rows(), index_rows)
     assert torch.equal(again.local_rows, target.local_rows)
     assert torch.equal(again.global_row, target.global_row)
 
@@ -122,3 +129,29 @@ def check_layer_properties(spec: ExperimentSpec) -> None:
 
     # spec -> YAML -> spec round-trips.
     assert spec_from_text(spec_to_yaml(spec)) == spec
+
+
+def assert_ranges_of_compact_form_equal_those_of_rows(target: TargetPlan) -> None:
+    """The index ranges computed from the compact descriptors are those of the expanded rows."""
+    compact, of_rows = target.index.ranges(), Ranges.of_rows(target.index_rows())
+    assert torch.equal(compact.lo, of_rows.lo) and torch.equal(compact.hi, of_rows.hi)
+
+
+def check_generation_from_descriptors(plan: Plan) -> None:
+    """A small generator gives the same weights from the compact descriptors (factored work
+    units) as from the explicit index rows (one key per row), both to within fp32 rounding of
+    the naive generator run in float64."""
+    target = plan.targets[0]
+    spec = plan.generator.model_copy(update={"index_freqs": 16, "hidden": 8, "blocks": 1, "structure_encoder": False})
+    torch.manual_seed(0)
+    generator = UHNGenerator(spec, plan.index_ranges, plan.structure_ranges, seed=0)
+    rows = target.index_rows()
+    with torch.no_grad():
+        compact = generator(target.index)
+        explicit = generator(rows)
+        exact = naive_generate(generator, rows, dtype=torch.float64)
+    assert compact.shape == explicit.shape == (target.num_params,)
+    if exact.numel():
+        scale = float(exact.abs().max())
+        for got in (compact, explicit):
+            assert float((got.double() - exact).abs().max()) <= 5e-5 * scale

@@ -81,7 +81,7 @@ def test_descriptor_rows_of_weight_and_position() -> None:
     weight, position = target.params[0], target.params[1]
     assert (weight.shape, weight.param_type, weight.init_std) == ((10, 3), 0, 1.0)
     assert (position.shape, position.param_type, position.init_std) == ((1, 4, 3), 1, 0.0)
-    rows = target.index_rows.long()
+    rows = target.index_rows().long()
     column = INDEX_COLUMN
     last_weight_row = rows[weight.numel - 1]
     assert last_weight_row[column["embedding_idx"]] == 9  # token row

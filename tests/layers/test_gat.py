@@ -107,7 +107,7 @@ def test_attention_vectors_fill_output_idx_head_major() -> None:
     names = [p.name for p in target.params]
     assert names == ["layers.0.weight", "layers.0.bias", "layers.0.att_src", "layers.0.att_dst"]
     att_src = target.params[2]
-    rows = target.index_rows[att_src.offset : att_src.offset + att_src.numel].long()
+    rows = target.index_rows()[att_src.offset : att_src.offset + att_src.numel].long()
     assert rows[:, 2].tolist() == [2] * 6  # param_type ATTENTION_WEIGHTS_SRC
     assert rows[:, 3].tolist() == list(range(6))  # output_idx = h*out + c
     assert bool((rows[:, 4:] == -1).all())

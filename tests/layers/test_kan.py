@@ -115,6 +115,6 @@ def test_param_table_of_the_paper_kan() -> None:
     assert [p.shape for p in first] == [(5, 2), (5,), (5, 2, 8), (5, 2), (2,), (2,), (2, 12)]
     assert [(p.init_mean, p.init_std) for p in first[4:]] == [(-1.0, 0.0), (math.log(2.0), 0.0), (0.0, 0.0)]
     # grid_lower_bound fills input_idx only; output_idx stays unused.
-    rows = target.index_rows.long()[first[4].offset : first[4].offset + 2]
+    rows = target.index_rows().long()[first[4].offset : first[4].offset + 2]
     assert rows[:, INDEX_COLUMN["output_idx"]].tolist() == [-1, -1]
     assert rows[:, INDEX_COLUMN["input_idx"]].tolist() == [0, 1]

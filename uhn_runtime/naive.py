@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from uhn_runtime.generator import UHNGenerator
+from .generator import UHNGenerator
 
 FP32 = 4
 
@@ -22,8 +22,9 @@ def naive_generate(
     structure_rows: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """(N,) weights: all rows in one batch. ``dtype=torch.float64`` gives a float64 reference
-    (the generator's parameters are cast; it is not modified)."""
+    """(N,) weights of explicit (N, 10) index rows (``TargetPlan.index_rows()``), all in one
+    batch. ``dtype=torch.float64`` gives a float64 reference (the generator's parameters are
+    cast; it is not modified)."""
     structure = None
     if generator.structure is not None:
         if structure_rows is None:
@@ -36,9 +37,7 @@ def naive_generate(
 
 
 def _reference(generator: UHNGenerator, index_rows: torch.Tensor, structure: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    fourier = generator.index_fourier
-    normalised = (index_rows.to(dtype) - fourier.mean.to(dtype)) * fourier.inv_std.to(dtype)
-    phase = normalised @ fourier.B.to(dtype)
+    phase = generator.index_fourier.phases(index_rows, dtype)
     features = torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
     h = torch.nn.functional.linear(features, generator.index_in.weight.to(dtype), generator.index_in.bias.to(dtype))
     for block in generator.blocks:
