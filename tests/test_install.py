@@ -35,14 +35,6 @@ def run_installed(installed: Path, cwd: Path, *command: str) -> subprocess.Compl
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
 
 
-# The cause: uhn_runtime/bench.py loads benchmarks/naive_generator.py from the source tree even
-# with --no-naive; it moves into the package as uhn_runtime/naive.py (issue #9). Strict: when
-# it passes under another name, this marker must go.
-@pytest.mark.xfail(
-    not (REPO_ROOT / "uhn_runtime" / "naive.py").is_file(),
-    reason="uhn bench needs benchmarks/naive_generator.py from the source tree (issue #9)",
-    strict=True,
-)
 def test_installed_cli_runs_outside_the_repository(installed: Path, tmp_path: Path) -> None:
     where = run_installed(installed, tmp_path, sys.executable, "-c", "import uhn_runtime; print(uhn_runtime.__file__)")
     assert Path(where.stdout.strip()).is_relative_to(installed), where.stdout + where.stderr  # not the checkout
