@@ -219,8 +219,9 @@ class Phase:
             self.units_done = self.steps_done // self.steps_per_unit
         last = at_unit_end and self.units_done == self.total_units
         if at_unit_end and (self.units_done % self.interval == 0 or last):
-            self.end_interval(sum(self.interval_losses) / len(self.interval_losses), lr, last)
-            self.interval_losses = []
+            mean_loss = sum(self.interval_losses) / len(self.interval_losses)
+            self.interval_losses = []  # before end_interval's checkpoint
+            self.end_interval(mean_loss, lr, last)
         if self.stop.requested and not last:
             self.save()
             raise RunStopped(f"{self.stop.requested.name}: stopped the {self.kind} phase after {self.position()}; saved {self.checkpoint_path}", self.stop.requested)
