@@ -2,19 +2,22 @@
 
 With torch's defaults, a run on a 2-core machine next to two busy processes took 302 s where
 it takes 8 s idle: every parallel region's threads spin while they wait for each other, and
-a team with one thread descheduled waits for that thread. Two measures, the ``shared``
-policy (the default):
+a team with one thread descheduled waits for that thread. Spinning is what makes an idle
+machine fast, though (passive waiting cost the digits demo about a third, docs/results.md).
+So the ``shared`` policy (the default) looks once, as the CLI starts, at how many other
+processes are busy, and only then:
 
-* ``OMP_WAIT_POLICY=PASSIVE`` in the environment before torch is first imported
-  (``uhn_cli/__init__.py`` calls ``set_openmp_env``): waiting OpenMP threads sleep instead of
-  taking cores from the processes, and the teammates, that have work.
-* ``uhn train`` uses as many intra-op threads as there are cores not busy with other
-  processes when it starts (at least one; ``choose_threads``).
+* sets ``OMP_WAIT_POLICY=PASSIVE`` before torch is first imported (``uhn_cli/__init__.py``
+  calls ``set_openmp_env``): waiting OpenMP threads sleep instead of taking cores from the
+  processes, and the teammates, that have work;
+* gives ``uhn train`` as many intra-op threads as there are cores those processes leave
+  free (at least one; ``choose_threads``).
 
-Each measure is skipped when the user set its variable (``OMP_WAIT_POLICY``,
-``OMP_NUM_THREADS``), and ``UHN_CPU_POLICY=torch`` keeps torch's defaults altogether (what
-``benchmarks/contention.py`` compares against). This module imports torch (and uhn_spec,
-which imports torch) only inside ``choose_threads``: the CLI imports it before torch.
+On a machine idle at the start both stay at torch's defaults. Each measure is skipped when
+the user set its variable (``OMP_WAIT_POLICY``, ``OMP_NUM_THREADS``), and
+``UHN_CPU_POLICY=torch`` keeps torch's defaults altogether (what ``benchmarks/contention.py``
+compares against). This module imports torch (and uhn_spec, which imports torch) only
+inside ``choose_threads``: the CLI imports it before torch.
 """
 
 from __future__ import annotations
@@ -35,9 +38,20 @@ def policy() -> str:
 
 
 def set_openmp_env() -> None:
-    """Passive OpenMP waiting unless the user chose a policy; call before importing torch."""
-    if policy() == "shared":
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """Passive OpenMP waiting when other processes are busy, unless the user chose a wait
+    policy; call before importing torch."""
+    if policy() == "shared" and "OMP_WAIT_POLICY" not in os.environ and busy_when_started():
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+_busy_at_start: list[int | None] = []  # measured once per process: set_openmp_env and choose_threads agree
+
+
+def busy_when_started() -> int | None:
+    """``other_busy_processes()`` as first measured in this process."""
+    if not _busy_at_start:
+        _busy_at_start.append(other_busy_processes())
+    return _busy_at_start[0]
 
 
 def usable_cores() -> int:
@@ -47,7 +61,7 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def other_busy_processes(samples: int = 5, interval: float = 0.02) -> int | None:
+def other_busy_processes(samples: int = 3, interval: float = 0.005) -> int | None:
     """Runnable threads of other processes right now (the median of a few reads of the
     kernel's instantaneous count, less this one), or None where the kernel does not say.
     Not the load average: it lags by a minute, so it still counts a run that just ended."""
@@ -91,7 +105,7 @@ def choose_threads() -> ThreadChoice:
     if name not in POLICIES:
         raise UHNError(f"{POLICY_ENV}={name!r}: use one of {', '.join(POLICIES)}")
     cores, current = usable_cores(), torch.get_num_threads()
-    busy = other_busy_processes() if name == "shared" else None
+    busy = busy_when_started() if name == "shared" else None
 
     def choice(threads: int, reason: str) -> ThreadChoice:
         torch.set_num_threads(threads)
