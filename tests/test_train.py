@@ -199,6 +199,27 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(
     assert logged(tmp_path / "killed") == logged(tmp_path / "whole")
 
 
+def test_a_run_killed_in_its_final_evaluation_resumes_to_the_same_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = tiny_plan(epochs=2)
+    start_run(plan, tmp_path / "whole", options("both"))
+    real_evaluate = train_module.Phase.evaluate
+
+    def killed_in_the_direct_evaluation(self, split):  # type: ignore[no-untyped-def]
+        if self.kind == "direct":
+            raise RunInterrupted("killed")
+        return real_evaluate(self, split)
+
+    monkeypatch.setattr(train_module.Phase, "evaluate", killed_in_the_direct_evaluation)
+    with pytest.raises(RunInterrupted):
+        start_run(plan, tmp_path / "killed", options("both"))
+    monkeypatch.setattr(train_module.Phase, "evaluate", real_evaluate)
+    resume_run(tmp_path / "killed", options())
+    _assert_same_final_weights(tmp_path / "whole", tmp_path / "killed")
+    assert logged(tmp_path / "killed") == logged(tmp_path / "whole")
+
+
 def _assert_same_final_weights(a: Path, b: Path) -> None:
     for kind in ("uhn", "direct"):
         first, second = _final_weights(a, kind), _final_weights(b, kind)

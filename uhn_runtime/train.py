@@ -155,7 +155,8 @@ class Phase:
                 self.save()
             self.task_phase()
             value = self.evaluate("test")
-            self.log({"phase": self.kind, "event": "eval", "split": "test", self.data.metric: value, "final": True, self.unit_name: self.units_done})
+            final = {"phase": self.kind, "event": "eval", "split": "test", self.data.metric: value, "final": True}
+            self.log({**final, self.unit_name: self.units_done})
             self.save(result=value)
         finally:
             if self.tensorboard is not None:
@@ -181,7 +182,6 @@ class Phase:
         steps = self.cfg.init_steps
         targets = InitTargets(self.target.plan, self.target.device)
         log_every = max(1, steps // 10)
-
         shown = self.progress.task(f"{self.kind} init", steps)
 
         def on_step(step: int, loss: float, lr: float) -> None:
@@ -189,8 +189,9 @@ class Phase:
             shown.update(done, f"stats loss {loss:.4g}")
             if done % log_every == 0 or done == steps:
                 self.log({"phase": self.kind, "event": "init", "step": done, "loss": loss, "lr": lr})
-            if self.stop.requested and done < steps:  # nothing saved yet: the init phase restarts
-                raise RunStopped(f"{self.stop.requested.name}: stopped in the {self.kind} init phase", self.stop.requested)
+            signal = self.stop.requested
+            if signal and done < steps:  # nothing saved yet: the init phase restarts on resume
+                raise RunStopped(f"{signal.name}: stopped in the {self.kind} init phase", signal)
 
         with shown:
             final = run_init_phase(self.source, targets, steps, self.cfg.init_lr, self.precision, self.last_good, on_step)
@@ -201,6 +202,8 @@ class Phase:
         self.target.model.train()
         per_unit = self.steps_per_unit
         total_steps = self.total_units * per_unit
+        if self.steps_done >= total_steps:
+            return  # stopped during the final evaluation: only that is left
         with self.progress.task(f"{self.kind} train", total_steps, completed=self.steps_done) as shown:
             for step, epoch, batch in self.batch_stream(self.steps_done):
                 unit = epoch if self.by_epoch else step
@@ -222,9 +225,11 @@ class Phase:
             mean_loss = sum(self.interval_losses) / len(self.interval_losses)
             self.interval_losses = []  # before end_interval's checkpoint
             self.end_interval(mean_loss, lr, last)
-        if self.stop.requested and not last:
+        signal = self.stop.requested
+        if signal and not last:
             self.save()
-            raise RunStopped(f"{self.stop.requested.name}: stopped the {self.kind} phase after {self.position()}; saved {self.checkpoint_path}", self.stop.requested)
+            where = f"stopped the {self.kind} phase after {self.position()}; saved {self.checkpoint_path}"
+            raise RunStopped(f"{signal.name}: {where}", signal)
         if at_unit_end:
             limit = self.options.stop_after_units
             if limit is not None and self.units_done >= limit and not last:
