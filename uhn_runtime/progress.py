@@ -97,7 +97,7 @@ class ProgressTask:
     def status_text(self) -> str:
         """``done/total`` with the ETA from the rate since this task started."""
         if self.total is None:
-            return f"{self.completed} done"
+            return f"{self.completed} done, {format_seconds(time.monotonic() - self.started)}"
         text = f"{self.completed}/{self.total}"
         eta = self.eta_seconds()
         return text if eta is None else f"{text}, eta {format_seconds(eta)}"

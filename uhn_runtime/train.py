@@ -173,9 +173,7 @@ class Phase:
 
     def evaluate(self, split: Literal["test"]) -> float:
         with self.progress.task(f"{self.kind} eval {split}", None) as shown:
-            return evaluate_source(
-                self.source, self.target, self.data, split, self.precision, on_batch=lambda n: shown.update(n, "batches")
-            )
+            return evaluate_source(self.source, self.target, self.data, split, self.precision, on_batch=shown.update)
 
     # ------------------------------------------------------------------ init phase
     def init_phase(self) -> None:
