@@ -97,7 +97,8 @@ def _stoppable(action: Callable[[], dict[str, Any]], run_root: Path) -> dict[str
         typer.echo(f"{stopped}; {again}", err=True)
         raise typer.Exit(stopped.exit_code) from None
     except KeyboardInterrupt:
-        typer.echo(f"abandoned; the last checkpoint stays; {again}", err=True)
+        started = RunDir(run_root).info_path.is_file()
+        typer.echo(f"abandoned; the last checkpoint stays; {again}" if started else "interrupted before the run started", err=True)
         raise typer.Exit(EXIT_ABANDONED) from None
 
 
