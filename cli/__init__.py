@@ -1,1 +1,9 @@
-"""uhn_cli: the ``uhn`` command line (installed from the folder ``cli/``)."""
+"""uhn_cli: the ``uhn`` command line (installed from the folder ``cli/``).
+
+Runs before any command module imports torch: OpenMP reads its wait policy once, when torch
+loads it, so the shared-machine default is set here (uhn_runtime/cpu_policy.py).
+"""
+
+from uhn_runtime.cpu_policy import set_openmp_env
+
+set_openmp_env()

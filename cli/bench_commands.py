@@ -13,6 +13,7 @@ from uhn_runtime.train import resolve_device
 from uhn_spec import UHNError
 
 from .main import PLAN_SUFFIX, SetOption, command, load_target_source
+from .options import DEFAULT_DEVICE, DeviceOption
 
 
 @command("bench")
@@ -20,7 +21,7 @@ def bench(
     source: Annotated[Path, typer.Argument(help=f"A plan (*{PLAN_SUFFIX}) or a spec YAML.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON instead of a table.")] = False,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per case (median; after one warm-up).")] = 5,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto (CUDA when available).")] = "cpu",
+    device: DeviceOption = DEFAULT_DEVICE,
     batch: Annotated[int, typer.Option("--batch", help="Target batch size of the train step.")] = 256,
     precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16 autocast for the matmuls.")] = "fp32",
     target: Annotated[str | None, typer.Option("--target", help="Which target of a multi-target plan.")] = None,
@@ -45,7 +46,7 @@ def bench(
     options = BenchOptions(
         repeats=repeats,
         batch=batch,
-        device=resolve_device(device).type,
+        device=resolve_device(device.value).type,
         precision=precision,
         target=target,
         naive=naive,

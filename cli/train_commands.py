@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from uhn_runtime.cpu_policy import choose_threads
 from uhn_runtime.data import load_task_data
 from uhn_runtime.evaluate import evaluate_module, evaluate_source
 from uhn_runtime.export import (
@@ -18,19 +21,25 @@ from uhn_runtime.export import (
     load_trained_source,
 )
 from uhn_runtime.run_dir import RunDir, default_run_dir
+from uhn_runtime.stop_signals import RunStopped
 from uhn_runtime.train import TrainOptions, resume_run, resolve_device, start_run
 from uhn_spec import UHNError, build_model
 
-from .main import SetOption, command, fail, human_bytes, load_target_source
+from .main import SetOption, command, human_bytes, load_target_source
+from .options import DEFAULT_DEVICE, DataRootOption, DeviceOption
 
 EXPORT_SUFFIX = ".safetensors"
 ONNX_SUFFIX = ".onnx"
+# A second Ctrl-C abandons the run; the shell's code for "killed by SIGINT".
+EXIT_ABANDONED = 130
 
-DataRootOption = Annotated[
-    str | None,
-    typer.Option("--data-root", help="Folder with the datasets (default: $UHN_DATA, else ~/.cache/uhn/data)."),
-]
-DeviceOption = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (CUDA when available).")]
+
+class Mode(str, Enum):
+    """What `uhn train` trains: the UHN, the target directly (the baseline), or both."""
+
+    uhn = "uhn"
+    direct = "direct"
+    both = "both"
 
 
 @command("train")
@@ -43,49 +52,62 @@ def train(
     ] = None,
     data_root: DataRootOption = None,
     overrides: SetOption = None,
-    direct: Annotated[bool, typer.Option("--direct", help="Train only the target's own parameters (the baseline).")] = False,
-    with_direct: Annotated[
-        bool | None,
+    mode: Annotated[
+        Mode | None,
         typer.Option(
-            "--with-direct/--without-direct",
-            help="Also train the direct baseline in this run (default: the spec's train.compare_direct).",
+            "--mode",
+            help="uhn: the generator; direct: the target's own parameters (the baseline); both, one after the "
+            "other. Default: both if the spec's train.compare_direct is true, else uhn.",
             show_default=False,
         ),
     ] = None,
-    device: DeviceOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
+    tensorboard: Annotated[
+        bool,
+        typer.Option("--tensorboard", help="Also write TensorBoard event files to RUN/tensorboard (as train.tensorboard)."),
+    ] = False,
     resume: Annotated[
-        Path | None, typer.Option("--resume", help="Continue the killed run in this folder.", show_default=False)
+        Path | None, typer.Option("--resume", help="Continue the stopped run in this folder.", show_default=False)
     ] = None,
 ) -> None:
-    """Train a UHN that generates the target's weights (and/or the target directly); prints the test metric."""
+    """Train a UHN that generates the target's weights (and/or the target directly); prints the test metric.
+
+    Ctrl-C (or SIGTERM) saves a checkpoint after the current step; `--resume` continues from it."""
+    cpu = choose_threads()
     if resume is not None:
-        if source is not None or overrides or out is not None or direct or with_direct is not None:
-            raise UHNError("--resume DIR continues a run as it was started; give no SOURCE, --out, --set or mode flags")
-        options = TrainOptions(device=device, data_root=data_root)
+        if source is not None or overrides or out is not None or mode is not None:
+            raise UHNError("--resume DIR continues a run as it was started; give no SOURCE, --out, --set or --mode")
+        options = TrainOptions(device=device.value, data_root=data_root, tensorboard=tensorboard)
+        typer.echo(cpu.line(), err=True)
         run_root = resume
-        summary = _interruptible(lambda: resume_run(resume, options), resume)
+        summary = _stoppable(lambda: resume_run(resume, options), resume)
     else:
         if source is None:
             raise UHNError("give a spec or plan to train (e.g. `uhn train specs/digits_mlp.yaml`), or --resume DIR")
-        if direct and with_direct:
-            raise UHNError("--direct trains only the baseline; --with-direct trains both: give one")
         plan = load_target_source(source, overrides)
         spec = plan.targets[0].spec
-        both = with_direct if with_direct is not None else spec.train.compare_direct
-        mode = "direct" if direct else ("both" if both else "uhn")
+        chosen = mode.value if mode is not None else ("both" if spec.train.compare_direct else "uhn")
         run_root = out if out is not None else default_run_dir(spec.name)
-        options = TrainOptions(mode=mode, device=device, data_root=data_root)
-        recorded = {"source": str(source), "overrides": list(overrides or [])}
-        summary = _interruptible(lambda: start_run(plan, run_root, options, recorded), run_root)
+        options = TrainOptions(mode=chosen, device=device.value, data_root=data_root, tensorboard=tensorboard)  # type: ignore[arg-type]
+        recorded = {"source": str(source), "overrides": list(overrides or []), "cpu": cpu.record()}
+        typer.echo(cpu.line(), err=True)
+        summary = _stoppable(lambda: start_run(plan, run_root, options, recorded), run_root)
     typer.echo(result_line(summary))
     typer.echo(f"summary: {RunDir(run_root).summary_path}")
 
 
-def _interruptible(action: Any, run_root: Path) -> dict[str, Any]:
+def _stoppable(action: Callable[[], dict[str, Any]], run_root: Path) -> dict[str, Any]:
+    """Run ``action``; a stop on a signal ends the command with the line that continues it."""
+    again = f"continue with `uhn train --resume {run_root}`"
     try:
         return action()
+    except RunStopped as stopped:
+        typer.echo(f"{stopped}; {again}", err=True)
+        raise typer.Exit(stopped.exit_code) from None
     except KeyboardInterrupt:
-        raise fail(f"interrupted; continue with `uhn train --resume {run_root}`") from None
+        started = RunDir(run_root).info_path.is_file()
+        typer.echo(f"abandoned; the last checkpoint stays; {again}" if started else "interrupted before the run started", err=True)
+        raise typer.Exit(EXIT_ABANDONED) from None
 
 
 def result_line(summary: dict[str, Any]) -> str:
@@ -111,7 +133,7 @@ def export(
         bool,
         typer.Option("--onnx", help=f"Write an ONNX model (opset {ONNX_OPSET}, dynamic batch), checked with onnxruntime; needs uhn[onnx]."),
     ] = False,
-    device: DeviceOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Write the generated target weights as a plain state_dict (safetensors) that build_model(spec) loads, or as ONNX."""
     suffix = ONNX_SUFFIX if onnx else EXPORT_SUFFIX
@@ -119,7 +141,7 @@ def export(
         raise UHNError(f"--output: {'an ONNX' if onnx else 'an export'} file name ends in {suffix}, got {output}")
     if source not in ("uhn", "direct"):
         raise UHNError(f"--source: {source!r} is not uhn or direct")
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device.value)
     if onnx:
         if run_dir.is_file():
             _, model = load_exported(run_dir)
@@ -141,10 +163,10 @@ def export(
 def evaluate(
     path: Annotated[Path, typer.Argument(help=f"A run folder or an exported *{EXPORT_SUFFIX}.", show_default=False)],
     data_root: DataRootOption = None,
-    device: DeviceOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Print the test metric of a run's generated (and direct) weights or of an exported model."""
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device.value)
     if path.is_dir():
         run = RunDir.open(path)
         kinds = [k for k in ("uhn", "direct") if run.checkpoint_path(k).is_file()]

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -13,11 +17,13 @@ import pytest
 from typer.testing import CliRunner
 
 from uhn_cli.main import app
+from uhn_runtime.checkpoint import load_checkpoint
 from uhn_runtime.generator import count_generator_params
 from uhn_spec import load_plan
 from uhn_spec.spec import GeneratorSpec
 
 from .conftest import REPO_ROOT
+from .tiny_specs import tiny_spec_yaml
 
 SPEC = """\
 # A two-layer MLP on the bundled 8x8 digits.
@@ -249,3 +255,52 @@ def test_ci_runs_the_readme_commands() -> None:
     assert install.startswith("python3 -m venv .venv") and "pip install -e '.[test]'" in install
     assert "pytest" in tests
     assert install in lines and tests in lines, "README.md and .ci/run give different commands"
+
+
+# --------------------------------------------------------------------------- uhn train options and stops
+
+
+def test_train_and_bench_list_their_choices_and_share_the_device_default() -> None:
+    wide = {"COLUMNS": "300"}
+    train_help = runner.invoke(app, ["train", "--help"], env=wide).output
+    bench_help = runner.invoke(app, ["bench", "--help"], env=wide).output
+    assert "<uhn|direct|both>" in train_help
+    for text in (train_help, bench_help):
+        assert re.search(r"--device\s+<auto\|cpu\|cuda>.*\[default: auto\]", text), text
+
+
+def test_train_mode_direct_trains_only_the_baseline(tmp_path: Path) -> None:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(tiny_spec_yaml(epochs=1, compare_direct=True))
+    result = invoke("train", spec, "--out", tmp_path / "run", "--mode", "direct")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["uhn"] is None and summary["direct"] is not None
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["mode"] == "direct"
+
+
+def has_a_train_record(run: Path) -> bool:
+    metrics = run / "metrics.jsonl"
+    return metrics.is_file() and '"event": "train"' in metrics.read_text()
+
+
+def test_sigterm_saves_a_checkpoint_and_says_how_to_continue(tmp_path: Path) -> None:
+    spec, run = tmp_path / "tiny.yaml", tmp_path / "run"
+    spec.write_text(tiny_spec_yaml(epochs=5000, warmup=1))  # far longer than the test waits
+    command = [sys.executable, "-m", "uhn_cli", "train", str(spec), "--out", str(run), "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not has_a_train_record(run):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("SIGTERM: stopped the uhn phase after epoch ") and "Traceback" not in stderr
+    assert last.endswith(f"continue with `uhn train --resume {run}`")
+    state = load_checkpoint(run / "checkpoints" / "uhn.pt")
+    assert not state["finished"] and state["steps_done"] >= 3

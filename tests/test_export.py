@@ -70,7 +70,7 @@ def test_cli_train_export_evaluate(tmp_path: Path) -> None:
     spec_path = tmp_path / "tiny.yaml"
     spec_path.write_text(tiny_spec_yaml(epochs=3))
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(spec_path), "--out", str(run), "--with-direct", "--set", "train.epochs=2"])
+    result = runner.invoke(app, ["train", str(spec_path), "--out", str(run), "--mode", "both", "--set", "train.epochs=2"])
     assert result.exit_code == 0, result.output
     summary = json.loads((run / "summary.json").read_text())
     assert f"test accuracy:  uhn {summary['uhn']:.4f}" in result.output
@@ -115,7 +115,7 @@ def test_cli_spec_compare_direct_runs_the_baseline_by_default(tmp_path: Path) ->
     result = runner.invoke(app, ["train", str(spec_path), "--out", str(tmp_path / "a")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["direct"] is not None
-    result = runner.invoke(app, ["train", str(spec_path), "--out", str(tmp_path / "b"), "--without-direct"])
+    result = runner.invoke(app, ["train", str(spec_path), "--out", str(tmp_path / "b"), "--mode", "uhn"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["direct"] is None
 
@@ -138,8 +138,8 @@ def test_cli_train_reports_a_used_run_folder_and_bad_flags(tmp_path: Path) -> No
     assert runner.invoke(app, ["train", str(spec_path), "--out", str(run)]).exit_code == 0
     again = runner.invoke(app, ["train", str(spec_path), "--out", str(run)])
     assert again.exit_code == 2 and "already holds a run" in again.output
-    both = runner.invoke(app, ["train", str(spec_path), "--direct", "--with-direct"])
-    assert both.exit_code == 2 and "give one" in both.output
+    unknown = runner.invoke(app, ["train", str(spec_path), "--mode", "sideways"], env={"COLUMNS": "300"})
+    assert unknown.exit_code == 2 and "'sideways' is not one of 'uhn', 'direct', 'both'" in unknown.output
     wrong = runner.invoke(app, ["export", str(run), "-o", str(tmp_path / "model.pt")])
     assert wrong.exit_code == 2 and ".safetensors" in wrong.output
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,9 @@ from uhn_runtime.init_phase import InitTargets, run_init_phase
 from uhn_runtime.optim import Precision, TrainingDiverged
 from uhn_runtime.run_dir import RunDir
 from uhn_runtime.schedule import cosine_factor, warmup_cosine_factor
+from uhn_runtime.stop_signals import RunStopped, StopSignals
 from uhn_runtime.target import DeviceTarget
+from uhn_runtime.target_segments import forward_in_segments
 from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
 from uhn_runtime.weights import make_source
 from uhn_spec import compile_spec
@@ -32,6 +36,19 @@ def options(mode: str = "uhn", **kw) -> TrainOptions:
     kw.setdefault("progress", io.StringIO())
     kw.setdefault("checkpoint_seconds", 0.0)  # a checkpoint at every log interval
     return TrainOptions(mode=mode, device="cpu", **kw)  # type: ignore[arg-type]
+
+
+def logged(run_root: Path) -> list[tuple]:
+    """Every record of metrics.jsonl but resume markers, without the wall-clock time."""
+    lines = (run_root / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    return [tuple((k, v) for k, v in r.items() if k != "seconds") for r in records if r["event"] != "resume"]
+
+
+def with_dropout(plan):  # type: ignore[no-untyped-def]
+    """Dropout makes the global RNG state part of what a checkpoint must carry."""
+    layers = [layer.model_copy(update={"dropout": 0.2}) for layer in plan.targets[0].spec.layers]
+    return compile_spec(plan.targets[0].spec.model_copy(update={"layers": layers}))
 
 
 def train_records(run_root: Path, phase: str = "uhn") -> list[dict]:
@@ -165,10 +182,7 @@ def _final_weights(run_root: Path, kind: str = "uhn") -> dict[str, torch.Tensor]
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(
     tmp_path: Path, train: dict, stop_after: int, checkpoint_seconds: float, last_checkpoint: int
 ) -> None:
-    # Dropout makes the global RNG state part of what a checkpoint must carry.
-    plan = tiny_plan(**train)
-    layers = [layer.model_copy(update={"dropout": 0.2}) for layer in plan.targets[0].spec.layers]
-    plan = compile_spec(plan.targets[0].spec.model_copy(update={"layers": layers}))
+    plan = with_dropout(tiny_plan(**train))
     start_run(plan, tmp_path / "whole", options("both"))
     with pytest.raises(RunInterrupted):
         start_run(plan, tmp_path / "killed", options("both", stop_after_units=stop_after, checkpoint_seconds=checkpoint_seconds))
@@ -181,6 +195,125 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(
         for name in whole:
             assert torch.equal(whole[name], resumed[name]), (kind, name)
     assert summary["uhn"] == json.loads((tmp_path / "whole" / "summary.json").read_text())["uhn"]
+    # What the killed run logged past its checkpoint is logged once, by the resumed run.
+    assert logged(tmp_path / "killed") == logged(tmp_path / "whole")
+
+
+def test_a_run_killed_in_its_final_evaluation_resumes_to_the_same_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = tiny_plan(epochs=2)
+    start_run(plan, tmp_path / "whole", options("both"))
+    real_evaluate = train_module.Phase.evaluate
+
+    def killed_in_the_direct_evaluation(self, split):  # type: ignore[no-untyped-def]
+        if self.kind == "direct":
+            raise RunInterrupted("killed")
+        return real_evaluate(self, split)
+
+    monkeypatch.setattr(train_module.Phase, "evaluate", killed_in_the_direct_evaluation)
+    with pytest.raises(RunInterrupted):
+        start_run(plan, tmp_path / "killed", options("both"))
+    monkeypatch.setattr(train_module.Phase, "evaluate", real_evaluate)
+    resume_run(tmp_path / "killed", options())
+    _assert_same_final_weights(tmp_path / "whole", tmp_path / "killed")
+    assert logged(tmp_path / "killed") == logged(tmp_path / "whole")
+
+
+def _assert_same_final_weights(a: Path, b: Path) -> None:
+    for kind in ("uhn", "direct"):
+        first, second = _final_weights(a, kind), _final_weights(b, kind)
+        assert first.keys() == second.keys()
+        for name in first:
+            assert torch.equal(first[name], second[name]), (kind, name)
+
+
+@pytest.mark.parametrize(
+    ("train", "signal_number", "at_step", "phase", "steps_done", "units_done"),
+    [
+        ({"epochs": 4}, signal.SIGINT, 5, "uhn", 5, 1),  # mid-epoch: 2 of epoch 2's 3 steps
+        ({"epochs": 4}, signal.SIGTERM, 12 + 7, "direct", 7, 2),  # in the second phase
+        ({"steps": 10, "eval_every": 4}, signal.SIGINT, 6, "uhn", 6, 6),
+    ],
+)
+def test_signal_saves_the_current_step_and_the_resumed_run_ends_as_an_uninterrupted_one(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    train: dict,
+    signal_number: int,
+    at_step: int,
+    phase: str,
+    steps_done: int,
+    units_done: int,
+) -> None:
+    plan = with_dropout(tiny_plan(**train))
+    start_run(plan, tmp_path / "whole", options("both", checkpoint_seconds=3600.0))
+    real_step = train_module.Phase.train_step
+    calls = {"n": 0}
+
+    def step_then_signal(self, batch, where):  # type: ignore[no-untyped-def]
+        loss = real_step(self, batch, where)
+        calls["n"] += 1
+        if calls["n"] == at_step:  # arrives while a step is under way, as Ctrl-C would
+            os.kill(os.getpid(), signal_number)
+        return loss
+
+    monkeypatch.setattr(train_module.Phase, "train_step", step_then_signal)
+    with pytest.raises(RunStopped, match=f"{signal.Signals(signal_number).name}: stopped the {phase} phase") as stopped:
+        start_run(plan, tmp_path / "stopped", options("both", checkpoint_seconds=3600.0))
+    assert stopped.value.exit_code == 128 + signal_number
+    assert signal.getsignal(signal_number) is not None and calls["n"] == at_step  # stopped right after the step
+    state = load_checkpoint(tmp_path / "stopped" / "checkpoints" / f"{phase}.pt")
+    assert (state["steps_done"], state["units_done"], state["finished"]) == (steps_done, units_done, False)
+    monkeypatch.setattr(train_module.Phase, "train_step", real_step)
+    resume_run(tmp_path / "stopped", options(checkpoint_seconds=3600.0))
+    _assert_same_final_weights(tmp_path / "whole", tmp_path / "stopped")
+    assert logged(tmp_path / "stopped") == logged(tmp_path / "whole")
+
+
+def test_signal_handlers_are_restored_and_a_second_signal_abandons_at_once() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    requests: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        with StopSignals(requests.append) as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.requested == signal.SIGINT and requests == ["SIGINT"]
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+# --------------------------------------------------------------------------- activation checkpointing
+
+
+def test_target_segments_give_the_loss_and_gradients_of_the_plain_forward() -> None:
+    plan = tiny_plan("text_classification")  # embedding, attention, linear: three segments
+    target = DeviceTarget(plan.targets[0])
+    source = make_source("uhn", plan, target, seed=0)
+    data = load_task_data(plan.targets[0].spec.task)
+    batch = next(data.train_batches(64, seed=0))
+    results = []
+    for segments in (0, 3):
+        source.zero_grad()
+        torch.manual_seed(1)
+        outputs = forward_in_segments(target, source.flat(), segments, **batch.model_kwargs())
+        loss = train_module.loss_fn(data.metric, *batch.select(outputs))
+        loss.backward()
+        results.append((float(loss.detach()), [p.grad.clone() for p in source.parameters() if p.grad is not None]))
+    (plain_loss, plain_grads), (segmented_loss, segmented_grads) = results
+    assert segmented_loss == pytest.approx(plain_loss, rel=1e-6)
+    assert len(plain_grads) == len(segmented_grads) > 0
+    for plain, segmented in zip(plain_grads, segmented_grads):
+        torch.testing.assert_close(segmented, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_train_target_segments_trains_as_without(tmp_path: Path) -> None:
+    plain = with_dropout(tiny_plan(epochs=2))
+    spec = plain.targets[0].spec
+    segmented = compile_spec(spec.model_copy(update={"train": spec.train.model_copy(update={"target_segments": 2})}))
+    start_run(plain, tmp_path / "plain", options())
+    start_run(segmented, tmp_path / "segmented", options())
+    plain_losses = [r["loss"] for r in train_records(tmp_path / "plain")]
+    assert [r["loss"] for r in train_records(tmp_path / "segmented")] == pytest.approx(plain_losses, rel=1e-5)
 
 
 # --------------------------------------------------------------------------- NaN guard

@@ -21,16 +21,23 @@ EVAL_BATCH_SIZE = 1024
 
 @torch.no_grad()
 def evaluate_forward(
-    forward: Callable[[Batch], torch.Tensor], data: TaskData, split: Split, device: torch.device
+    forward: Callable[[Batch], torch.Tensor],
+    data: TaskData,
+    split: Split,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None = None,
 ) -> float:
-    """The split's metric (accuracy or RMSE) of ``forward`` over the eval batches."""
+    """The split's metric (accuracy or RMSE) of ``forward`` over the eval batches;
+    ``on_batch(n)`` after the n-th batch (progress display)."""
     total, count = 0.0, 0
-    for batch in data.eval_batches(split, EVAL_BATCH_SIZE):
+    for done, batch in enumerate(data.eval_batches(split, EVAL_BATCH_SIZE), 1):
         batch = batch.to(device)
         outputs, targets = batch.select(forward(batch))
         batch_total, batch_count = metric_sums(data.metric, outputs, targets)
         total += batch_total
         count += batch_count
+        if on_batch is not None:
+            on_batch(done)
     return finish_metric(data.metric, total, count)
 
 
@@ -47,13 +54,14 @@ def evaluate_source(
     data: TaskData,
     split: Split,
     precision: Precision,
+    on_batch: Callable[[int], None] | None = None,
 ) -> float:
     """Generate the weights once, then run every eval batch through the target with them."""
     flat = generate_weights(source, precision)
     was_training = target.model.training
     target.model.eval()
     try:
-        return evaluate_forward(lambda b: target.forward(flat, **b.model_kwargs()), data, split, target.device)
+        return evaluate_forward(lambda b: target.forward(flat, **b.model_kwargs()), data, split, target.device, on_batch)
     finally:
         target.model.train(was_training)
 

@@ -179,6 +179,15 @@ class RunDir:
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 
+    def metrics_size(self) -> int:
+        """Bytes of metrics.jsonl so far: a checkpoint records it (see ``truncate_metrics``)."""
+        return self.metrics_path.stat().st_size if self.metrics_path.is_file() else 0
+
+    def truncate_metrics(self, size: int) -> None:
+        """Cut metrics.jsonl back to ``size`` bytes: a resumed run drops what it will log again."""
+        if self.metrics_size() > size:
+            os.truncate(self.metrics_path, size)
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n")
 

@@ -10,12 +10,17 @@ function of the unit counter, and a checkpoint at the end of a log interval (an 
 ``eval_every`` steps, or one pass over the data) holds the rest, so a resumed run ends with
 exactly the weights of an uninterrupted one. Checkpoints are written at most once a minute
 (and at evaluations and the end): a full-batch run has thousands of sub-second epochs.
+Ctrl-C or SIGTERM saves a checkpoint after the current step (mid-epoch: it also holds the
+step counter and the losses of the unfinished log interval) and stops (``stop_signals.py``).
+A checkpoint records how long metrics.jsonl was when it was written; a resumed run cuts the
+file back to the latest checkpoint's length, so no record appears twice.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -33,10 +38,13 @@ from .evaluate import evaluate_source
 from .generator import count_generator_params
 from .init_phase import InitTargets, run_init_phase
 from .optim import Precision, Stepper, check_finite, make_adamw
-from .progress import Progress, bar
+from .progress import Progress
 from .run_dir import RunDir
 from .schedule import set_lr, warmup_cosine_factor
+from .stop_signals import RunStopped, StopSignals
 from .target import DeviceTarget
+from .target_segments import forward_in_segments
+from .tensorboard_log import TensorBoardLog, require_tensorboard
 from .weights import SourceKind, make_source
 
 # Terminal lines per phase, at most about this many (metrics.jsonl keeps every interval).
@@ -51,6 +59,8 @@ class TrainOptions:
     mode: Mode = "uhn"
     device: str = "auto"
     data_root: str | None = None
+    # Also write TensorBoard event files (as the spec's train.tensorboard; either turns it on).
+    tensorboard: bool = False
     # Test hook: stop (as if killed) once a phase has finished this many epochs/steps.
     stop_after_units: int | None = None
     progress: TextIO | None = None
@@ -98,9 +108,10 @@ class Phase:
         device: torch.device,
         options: TrainOptions,
         progress: Progress,
+        stop: StopSignals,
     ):
         self.kind, self.run, self.plan, self.data = kind, run, plan, data
-        self.precision, self.options, self.progress = precision, options, progress
+        self.precision, self.options, self.progress, self.stop = precision, options, progress, stop
         self.cfg = plan.targets[0].spec.train
         self.target = DeviceTarget(plan.targets[0], device)
         self.source = make_source(kind, plan, self.target, self.cfg.seed)
@@ -110,6 +121,7 @@ class Phase:
         self.unit_name = "epoch" if self.by_epoch else "step"
         self.total_units = int(self.cfg.epochs or self.cfg.steps)  # type: ignore[arg-type]
         self.batches_per_epoch = data.num_train_batches(self.cfg.batch_size)
+        self.steps_per_unit = self.batches_per_epoch if self.by_epoch else 1
         # Log every epoch; in step units every eval_every steps, else every pass. Checkpoints
         # come at these ends too, at most once per options.checkpoint_seconds.
         self.interval = 1 if self.by_epoch else (self.cfg.eval_every or self.batches_per_epoch)
@@ -118,68 +130,115 @@ class Phase:
         self.checkpoint_path = run.checkpoint_path(kind)
         self.last_good = "none yet (no checkpoint written)"
         self.units_done = 0
+        self.steps_done = 0  # optimiser steps of the task phase; past units_done after a Ctrl-C
+        self.interval_losses: list[float] = []  # losses of the log interval under way
         self.init_done = kind != "uhn" or self.cfg.init_steps == 0
         self.seconds_before = 0.0
         self.started = time.perf_counter()
+        self.tensorboard: TensorBoardLog | None = None
 
     # ------------------------------------------------------------------ driver
     def run_to_end(self) -> PhaseResult:
-        if self.checkpoint_path.exists():
+        resumed = self.checkpoint_path.exists()
+        if resumed:
             state = load_checkpoint(self.checkpoint_path, self.plan.source_hash, self.kind)
             if state["finished"]:
                 return PhaseResult(self.kind, float(state["result"]), float(state["seconds"]))
             self.restore(state)
-        if not self.init_done:
-            self.init_phase()
-            self.init_done = True
-            self.save()
-        self.task_phase()
-        value = evaluate_source(self.source, self.target, self.data, "test", self.precision)
-        self.save(result=value)
-        self.run.log({"phase": self.kind, "event": "eval", "split": "test", self.data.metric: value, "final": True})
+        if self.options.tensorboard or self.cfg.tensorboard:
+            first_unit = self.units_done + 1 if resumed else None
+            self.tensorboard = TensorBoardLog(self.run.root / "tensorboard", self.kind, first_unit)
+        try:
+            if not self.init_done:
+                self.init_phase()
+                self.init_done = True
+                self.save()
+            self.task_phase()
+            value = self.evaluate("test")
+            final = {"phase": self.kind, "event": "eval", "split": "test", self.data.metric: value, "final": True}
+            self.log({**final, self.unit_name: self.units_done})
+            self.save(result=value)
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         return PhaseResult(self.kind, value, self.elapsed())
 
     def elapsed(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.run.log(record)
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
+
+    def evaluate(self, split: Literal["test"]) -> float:
+        with self.progress.task(f"{self.kind} eval {split}", None) as shown:
+            return evaluate_source(self.source, self.target, self.data, split, self.precision, on_batch=shown.update)
 
     # ------------------------------------------------------------------ init phase
     def init_phase(self) -> None:
         steps = self.cfg.init_steps
         targets = InitTargets(self.target.plan, self.target.device)
         log_every = max(1, steps // 10)
+        shown = self.progress.task(f"{self.kind} init", steps)
 
         def on_step(step: int, loss: float, lr: float) -> None:
             done = step + 1
-            self.progress.status(f"{self.kind} init {bar(done, steps)} {done}/{steps}  stats loss {loss:.4g}")
+            shown.update(done, f"stats loss {loss:.4g}")
             if done % log_every == 0 or done == steps:
-                self.run.log({"phase": self.kind, "event": "init", "step": done, "loss": loss, "lr": lr})
+                self.log({"phase": self.kind, "event": "init", "step": done, "loss": loss, "lr": lr})
+            signal = self.stop.requested
+            if signal and done < steps:  # nothing saved yet: the init phase restarts on resume
+                raise RunStopped(f"{signal.name}: stopped in the {self.kind} init phase", signal)
 
-        final = run_init_phase(self.source, targets, steps, self.cfg.init_lr, self.precision, self.last_good, on_step)
+        with shown:
+            final = run_init_phase(self.source, targets, steps, self.cfg.init_lr, self.precision, self.last_good, on_step)
         self.progress.line(f"{self.kind} init: {steps} steps, stats loss {final:.4g}  ({self.elapsed():.1f} s)")
 
     # ------------------------------------------------------------------ task phase
     def task_phase(self) -> None:
         self.target.model.train()
-        per_unit = self.batches_per_epoch if self.by_epoch else 1
-        losses: list[float] = []
-        for step, epoch, batch in self.batch_stream(self.units_done * per_unit):
-            unit = epoch if self.by_epoch else step
-            lr = self.lr * warmup_cosine_factor(unit, self.cfg.warmup, self.total_units)
-            set_lr(self.stepper.optimizer, lr)
-            losses.append(self.train_step(batch, self.where(step, epoch)))
-            self.show_status(step, epoch, losses[-1])
-            if (step + 1) % per_unit:
-                continue  # inside an epoch
-            self.units_done = (step + 1) // per_unit
-            last = self.units_done == self.total_units
-            if self.units_done % self.interval == 0 or last:
-                self.end_interval(sum(losses) / len(losses), lr, last)
-                losses = []
+        per_unit = self.steps_per_unit
+        total_steps = self.total_units * per_unit
+        if self.steps_done >= total_steps:
+            return  # stopped during the final evaluation: only that is left
+        with self.progress.task(f"{self.kind} train", total_steps, completed=self.steps_done) as shown:
+            for step, epoch, batch in self.batch_stream(self.steps_done):
+                unit = epoch if self.by_epoch else step
+                lr = self.lr * warmup_cosine_factor(unit, self.cfg.warmup, self.total_units)
+                set_lr(self.stepper.optimizer, lr)
+                self.interval_losses.append(self.train_step(batch, self.where(step, epoch)))
+                self.steps_done = step + 1
+                shown.update(self.steps_done, self.status_info(epoch))
+                if self.end_of_step(lr):
+                    break
+
+    def end_of_step(self, lr: float) -> bool:
+        """Log, checkpoint and stop as the step just taken asks; True when the phase is done."""
+        at_unit_end = self.steps_done % self.steps_per_unit == 0
+        if at_unit_end:
+            self.units_done = self.steps_done // self.steps_per_unit
+        last = at_unit_end and self.units_done == self.total_units
+        if at_unit_end and (self.units_done % self.interval == 0 or last):
+            mean_loss = sum(self.interval_losses) / len(self.interval_losses)
+            self.interval_losses = []  # before end_interval's checkpoint
+            self.end_interval(mean_loss, lr, last)
+        signal = self.stop.requested
+        if signal and not last:
+            self.save()
+            where = f"stopped the {self.kind} phase after {self.position()}; saved {self.checkpoint_path}"
+            raise RunStopped(f"{signal.name}: {where}", signal)
+        if at_unit_end:
             limit = self.options.stop_after_units
             if limit is not None and self.units_done >= limit and not last:
                 raise RunInterrupted(f"{self.kind}: stopped after {self.unit_name} {self.units_done} (test hook)")
-            if last:
-                break
+        return last
+
+    def position(self) -> str:
+        """Where the task phase stands, e.g. "epoch 2/9 and 3/7 steps of epoch 3"."""
+        within = self.steps_done - self.units_done * self.steps_per_unit
+        where = f"{self.unit_name} {self.units_done}/{self.total_units}"
+        return f"{where} and {within}/{self.steps_per_unit} steps of epoch {self.units_done + 1}" if within else where
 
     def batch_stream(self, start_step: int) -> Iterator[tuple[int, int, Batch]]:
         """(global step, epoch, batch) from ``start_step`` on, over as many epochs as asked."""
@@ -195,7 +254,7 @@ class Phase:
     def train_step(self, batch: Batch, where: str) -> float:
         batch = batch.to(self.target.device)
         with self.precision.autocast():
-            outputs = self.target.forward(self.source.flat(), **batch.model_kwargs())
+            outputs = forward_in_segments(self.target, self.source.flat(), self.cfg.target_segments, **batch.model_kwargs())
             loss = loss_fn(self.data.metric, *batch.select(outputs))
         value = float(loss.detach())
         check_finite(value, where, self.last_good)
@@ -215,10 +274,10 @@ class Phase:
         every = self.cfg.eval_every
         evaluated = bool(every and self.units_done % every == 0 and not last)
         if evaluated:
-            value = evaluate_source(self.source, self.target, self.data, "test", self.precision)
+            value = self.evaluate("test")
             record["test_" + self.data.metric] = value
             shown += f"  test {self.data.metric} {value:.4f}"
-        self.run.log(record)
+        self.log(record)
         if last or evaluated or time.monotonic() - self.saved_at >= self.options.checkpoint_seconds:
             self.save()
         if last or evaluated or (self.units_done // self.interval) % self.show_every == 0:
@@ -230,13 +289,11 @@ class Phase:
             return f"step {step + 1} (epoch {epoch + 1}, batch {batch}/{self.batches_per_epoch})"
         return f"step {step + 1}/{self.total_units}"
 
-    def show_status(self, step: int, epoch: int, loss: float) -> None:
-        if self.by_epoch:
-            done = step % self.batches_per_epoch + 1
-            text = f"epoch {epoch + 1}/{self.total_units} {bar(done, self.batches_per_epoch)} {done}/{self.batches_per_epoch}"
-        else:
-            text = f"step {bar(step + 1, self.total_units)} {step + 1}/{self.total_units}"
-        self.progress.status(f"{self.kind} {text}  loss {loss:.4f}  ({self.elapsed():.0f} s)")
+    def status_info(self, epoch: int) -> str:
+        """What the bar shows beside the step count: the epoch and the interval's mean loss."""
+        where = f"epoch {epoch + 1}/{self.total_units}  " if self.by_epoch else ""
+        loss = sum(self.interval_losses) / max(len(self.interval_losses), 1)
+        return f"{where}loss {loss:.4f}"
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, result: float | None = None) -> None:
@@ -248,6 +305,9 @@ class Phase:
                 "source": self.source.state_dict(),
                 "stepper": self.stepper.state_dict(),
                 "units_done": self.units_done,
+                "steps_done": self.steps_done,
+                "interval_losses": list(self.interval_losses),
+                "metrics_bytes": self.run.metrics_size(),
                 "init_done": self.init_done,
                 "finished": result is not None,
                 "result": result,
@@ -262,14 +322,15 @@ class Phase:
         self.source.load_state_dict(state["source"])
         self.stepper.load_state_dict(state["stepper"])
         self.units_done = int(state["units_done"])
+        self.steps_done = int(state.get("steps_done", self.units_done * self.steps_per_unit))
+        self.interval_losses = [float(x) for x in state.get("interval_losses", [])]
         self.init_done = bool(state["init_done"])
         self.seconds_before = float(state["seconds"])
         self.started = time.perf_counter()
         restore_rng(state["rng"])
         self.last_good = f"{self.checkpoint_path} (after {self.unit_name} {self.units_done})"
-        self.run.log({"phase": self.kind, "event": "resume", self.unit_name: self.units_done})
-        where = f"{self.unit_name} {self.units_done}/{self.total_units}" if self.init_done else "the init phase"
-        self.progress.line(f"{self.kind}: resuming from {where}")
+        self.log({"phase": self.kind, "event": "resume", self.unit_name: self.units_done, "steps_done": self.steps_done})
+        self.progress.line(f"{self.kind}: resuming from {self.position()}")
 
 
 # ---------------------------------------------------------------------- runs
@@ -281,7 +342,13 @@ def start_run(plan: Plan, out: Path, options: TrainOptions, source: dict[str, An
     if len(plan.targets) != 1:
         names = ", ".join(t.name for t in plan.targets)
         raise UHNError(f"uhn train trains one target; this plan has {len(plan.targets)} ({names})")
-    info = {"mode": options.mode, "device": options.device, "data_root": options.data_root, **(source or {})}
+    info = {
+        "mode": options.mode,
+        "device": options.device,
+        "data_root": options.data_root,
+        "tensorboard": options.tensorboard,
+        **(source or {}),
+    }
     run = RunDir.create(out, plan, info)
     return train_run(run, plan, options)
 
@@ -295,8 +362,24 @@ def resume_run(out: Path, options: TrainOptions) -> dict[str, Any]:
         mode=info["mode"],
         device=options.device if options.device != "auto" else info.get("device", "auto"),
         data_root=options.data_root or info.get("data_root"),
+        tensorboard=options.tensorboard or bool(info.get("tensorboard")),
     )
+    cut_metrics_to_last_checkpoint(run)
     return train_run(run, run.plan(), options)
+
+
+def cut_metrics_to_last_checkpoint(run: RunDir) -> None:
+    """Drop the records a killed run logged after its latest checkpoint: the resumed run logs
+    them again. The latest checkpoint is the one that saw the longest metrics.jsonl (every
+    earlier one saw a prefix of it); with no checkpoint at all the run starts over."""
+    sizes = []
+    for kind in MODE_PHASES["both"]:
+        path = run.checkpoint_path(kind)
+        if path.is_file():
+            sizes.append(load_checkpoint(path).get("metrics_bytes"))
+    if None in sizes:
+        return  # written by a uhn that did not record it: keep everything
+    run.truncate_metrics(max(sizes, default=0))
 
 
 def train_run(run: RunDir, plan: Plan, options: TrainOptions) -> dict[str, Any]:
@@ -304,6 +387,8 @@ def train_run(run: RunDir, plan: Plan, options: TrainOptions) -> dict[str, Any]:
     device = resolve_device(options.device)
     precision = Precision.resolve(target.spec.train.precision, device)
     data = load_task_data(target.spec.task, options.data_root)
+    if options.tensorboard or target.spec.train.tensorboard:
+        require_tensorboard()  # before any work, not after the init phase
     progress = Progress(options.progress)
     trainable, _ = count_generator_params(plan.generator)
     progress.line(
@@ -313,9 +398,19 @@ def train_run(run: RunDir, plan: Plan, options: TrainOptions) -> dict[str, Any]:
     for note in data.notes:  # e.g. a stand-in dataset or split: part of what the numbers mean
         progress.line(f"data: {note}")
     results: dict[str, PhaseResult] = {}
-    for kind in MODE_PHASES[options.mode]:
-        phase = Phase(kind, run, plan, data, precision, device, options, progress)
-        results[kind] = phase.run_to_end()
+
+    def on_signal(name: str) -> None:
+        progress.line(f"{name}: stopping after this step and saving a checkpoint (again to abandon it)")
+
+    try:
+        with StopSignals(on_signal) as stop:
+            for kind in MODE_PHASES[options.mode]:
+                if stop.requested:  # arrived during the last phase's final evaluation
+                    raise RunStopped(f"{stop.requested.name}: stopped before the {kind} phase", stop.requested)
+                phase = Phase(kind, run, plan, data, precision, device, options, progress, stop)
+                results[kind] = phase.run_to_end()
+    finally:
+        progress.close()
     summary = {
         "spec": target.name,
         "dataset": target.spec.task.dataset,
@@ -328,6 +423,8 @@ def train_run(run: RunDir, plan: Plan, options: TrainOptions) -> dict[str, Any]:
         "phase_seconds": {k: round(r.seconds, 3) for k, r in results.items()},
         "device": device.type,
         "precision": precision.name,
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "seed": target.spec.train.seed,
         "data_notes": list(data.notes),
     }

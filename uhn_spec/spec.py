@@ -150,8 +150,12 @@ class TrainSpec(StrictModel):
     eval_every: int | None = Field(None, ge=1, description="evaluate every this many epochs/steps")
     compare_direct: bool = Field(
         False,
-        description="`uhn train` also trains the target directly (as --with-direct) and reports both",
+        description="`uhn train` also trains the target directly (as --mode both) and reports both",
     )
+    target_segments: int = Field(
+        0, ge=0, description="checkpoint the target's activations in this many segments of layers (0: off)"
+    )
+    tensorboard: bool = Field(False, description="also write TensorBoard event files (needs uhn[tensorboard])")
 
     @model_validator(mode="after")
     def _one_budget(self) -> "TrainSpec":

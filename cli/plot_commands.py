@@ -1,0 +1,26 @@
+"""``uhn plot``: a run's loss, learning-rate and test-metric curves as a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from uhn_runtime.plot import plot_run
+
+from .main import command
+
+DEFAULT_NAME = "curves.png"
+
+
+@command("plot")
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (finished or not).", show_default=False)],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help=f"PNG to write (default: RUN/{DEFAULT_NAME}).", show_default=False)
+    ] = None,
+) -> None:
+    """Plot a run's loss, learning rate and test metric (from metrics.jsonl) to a PNG; needs uhn[plot]."""
+    written = plot_run(run_dir, output if output is not None else run_dir / DEFAULT_NAME)
+    typer.echo(f"wrote {written}")

@@ -1,0 +1,127 @@
+"""What a run shows and leaves besides its checkpoints: progress bars on a terminal, plain
+lines elsewhere, TensorBoard event files and `uhn plot` curves."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from uhn_cli.main import app
+from uhn_runtime.plot import curves, read_metrics
+from uhn_runtime.run_dir import RunDir
+from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
+
+from .tiny_specs import tiny_plan, tiny_spec_yaml
+
+runner = CliRunner()
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def run_tiny(root: Path, stream: io.StringIO | None = None, **options) -> dict:  # type: ignore[no-untyped-def]
+    plan = tiny_plan(epochs=2, eval_every=1)
+    return start_run(plan, root, TrainOptions(device="cpu", progress=stream or io.StringIO(), **options))
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_a_terminal_gets_bars_with_eta_and_the_epoch_lines(tmp_path: Path) -> None:
+    shown = Terminal()
+    run_tiny(tmp_path / "run", shown)
+    text = shown.getvalue()
+    assert "eta" in text and "uhn train" in text and "uhn init" in text  # the live bars
+    assert "uhn epoch 2/2  loss" in text  # the lines that stay
+
+
+def test_a_pipe_gets_plain_lines_only(tmp_path: Path) -> None:
+    shown = io.StringIO()
+    run_tiny(tmp_path / "run", shown)
+    text = shown.getvalue()
+    assert "\x1b[" not in text and "eta" not in text
+    assert sum(line.startswith("uhn epoch") for line in text.splitlines()) == 2
+
+
+# --------------------------------------------------------------------------- TensorBoard
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_event_files_hold_the_metrics_records(tmp_path: Path) -> None:
+    run_tiny(tmp_path / "run", tensorboard=True)
+    records = read_metrics(RunDir(tmp_path / "run"))
+    train = [r for r in records if r["event"] == "train"]
+    logged = scalars(tmp_path / "run" / "tensorboard" / "uhn")
+    assert [step for step, _ in logged["train/loss"]] == [1, 2]
+    assert [value for _, value in logged["train/loss"]] == pytest.approx([r["loss"] for r in train])
+    assert [step for step, _ in logged["test/accuracy"]] == [1, 2]  # during training and the final one
+    init = scalars(tmp_path / "run" / "tensorboard" / "uhn_init")
+    assert init["init/loss"] and init["init/lr"]
+
+
+def test_a_resumed_run_hides_what_the_killed_run_logged_past_its_checkpoint(tmp_path: Path) -> None:
+    plan = tiny_plan(epochs=4)
+    killed = TrainOptions(device="cpu", progress=io.StringIO(), tensorboard=True, stop_after_units=3, checkpoint_seconds=3600)
+    with pytest.raises(RunInterrupted):
+        start_run(plan, tmp_path / "run", killed)  # logged epochs 1-3; its checkpoint is from before epoch 1
+    resume_run(tmp_path / "run", TrainOptions(device="cpu", progress=io.StringIO()))
+    logged = scalars(tmp_path / "run" / "tensorboard" / "uhn")
+    assert [step for step, _ in logged["train/loss"]] == [1, 2, 3, 4]
+    train = [r for r in read_metrics(RunDir(tmp_path / "run")) if r["event"] == "train"]
+    assert [value for _, value in logged["train/loss"]] == pytest.approx([r["loss"] for r in train])
+
+
+def test_missing_tensorboard_is_one_line_naming_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import fails as when not installed
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(tiny_spec_yaml(epochs=1))
+    result = runner.invoke(app, ["train", str(spec), "--out", str(tmp_path / "run"), "--set", "train.tensorboard=true"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        "error: train.tensorboard: TensorBoard is not installed; install it with pip install 'uhn[tensorboard]'"
+    )
+
+
+# --------------------------------------------------------------------------- uhn plot
+
+
+def test_plot_writes_a_png_of_loss_lr_and_metric(tmp_path: Path) -> None:
+    run_tiny(tmp_path / "run")
+    unit, panels = curves(read_metrics(RunDir(tmp_path / "run")))
+    assert unit == "epoch" and list(panels) == ["loss", "lr", "accuracy"]
+    assert panels["loss"]["uhn"][0] == [1, 2]
+    result = runner.invoke(app, ["plot", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    png = (tmp_path / "run" / "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_plot_reads_a_killed_runs_partial_last_line(tmp_path: Path) -> None:
+    run_tiny(tmp_path / "run")
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"phase": "uhn", "event": "tr')
+    result = runner.invoke(app, ["plot", str(tmp_path / "run"), "-o", str(tmp_path / "out.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out.png").is_file()
+
+
+def test_missing_matplotlib_is_one_line_naming_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_tiny(tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = runner.invoke(app, ["plot", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: uhn plot needs matplotlib; install it with pip install 'uhn[plot]'"
