@@ -121,7 +121,7 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "YAML syntax error": (
         edited(MLP, "  dataset: mnist", "  dataset: [mnist"),
-        "invalid YAML at line 5, column 7: expected ',' or ']', but got ':'",
+        "line 5, column 7: invalid YAML: expected ',' or ']', but got ':'",
     ),
     "outputs differ from the classes": (
         edited(MLP, "out_features: 10", "out_features: 12"),
@@ -149,8 +149,8 @@ CASES: dict[str, tuple[str, str]] = {
         edited(MLP, "name: tiny_mlp", "name: tiny mlp"),
         "name: String should match pattern '^[A-Za-z0-9_.-]+$' (got 'tiny mlp')",
     ),
-    "a list instead of a mapping": ("- a\n- b\n", "a spec must be a YAML mapping with name, family, task and layers"),
-    "undefined template variable": ("name: {{ depth }}\n", "template error: 'depth' is undefined"),
+    "a list instead of a mapping": ("- a\n- b\n", "the spec is a YAML list; a spec is a YAML mapping with name, family, task and layers"),
+    "undefined template variable": ("name: {{ depth }}\n", "line 1: template error: 'depth' is undefined"),
     "structure heads not dividing": (
         MLP + "generator: {structure_encoder: true, structure_heads: 5}\n",
         "generator.structure_heads: 5 does not divide the structure width 2*structure_freqs = 64",
