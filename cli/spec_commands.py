@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from uhn_runtime.generator import count_generator_params
-from uhn_spec import Plan, TargetPlan, UHNError, load_spec
+from uhn_spec.budget import estimate_budget
+from uhn_spec.errors import UHNError
 
 from .main import PLAN_SUFFIX, SetOption, command, human_bytes, load_target_source, load_target_sources
+
+if TYPE_CHECKING:
+    from uhn_spec import Plan, TargetPlan
 
 SpecPaths = Annotated[list[Path], typer.Argument(help="Spec YAML file(s).", show_default=False)]
 
 
 @command("validate")
 def validate(specs: SpecPaths, overrides: SetOption = None) -> None:
-    """Check spec files (fields, sizes chaining from layer to layer) without compiling them."""
+    """Check spec files (fields, sizes chaining from layer to layer) without compiling them;
+    report each target's parameters and the memory compiling and training it need."""
+    from uhn_spec import load_spec
+
     for path in specs:
         spec = load_spec(path, overrides)
-        typer.echo(f"ok: {spec.name} ({spec.num_params} params, {len(spec.layers)} layers)")
+        budget = estimate_budget(spec)
+        typer.echo(
+            f"ok: {spec.name} ({budget.num_params} params, {len(spec.layers)} layers; memory: "
+            f"compile ~{human_bytes(budget.compile_bytes)}, train ~{human_bytes(budget.train_bytes)})"
+        )
 
 
 @command("compile")
@@ -52,6 +62,8 @@ def inspect_(
 
 
 def plan_summary(plan: Plan) -> dict[str, Any]:
+    from uhn_runtime.generator import count_generator_params
+
     trainable, total = count_generator_params(plan.generator)
     return {
         "format_version": plan.version,

@@ -7,12 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from uhn_runtime.data import load_task_data
-from uhn_runtime.evaluate import evaluate_module, evaluate_source
-from uhn_runtime.export import export_run, load_exported, load_trained_source
-from uhn_runtime.run_dir import RunDir, default_run_dir
-from uhn_runtime.train import TrainOptions, resume_run, resolve_device, start_run
-from uhn_spec import UHNError
+from uhn_spec.errors import UHNError
 
 from .main import SetOption, command, fail, human_bytes, load_target_source
 
@@ -50,6 +45,9 @@ def train(
     ] = None,
 ) -> None:
     """Train a UHN that generates the target's weights (and/or the target directly); prints the test metric."""
+    from uhn_runtime.run_dir import RunDir, default_run_dir
+    from uhn_runtime.train import TrainOptions, resume_run, start_run
+
     if resume is not None:
         if source is not None or overrides or out is not None or direct or with_direct is not None:
             raise UHNError("--resume DIR continues a run as it was started; give no SOURCE, --out, --set or mode flags")
@@ -61,7 +59,7 @@ def train(
             raise UHNError("give a spec or plan to train (e.g. `uhn train specs/digits_mlp.yaml`), or --resume DIR")
         if direct and with_direct:
             raise UHNError("--direct trains only the baseline; --with-direct trains both: give one")
-        plan = load_target_source(source, overrides)
+        plan = load_target_source(source, overrides, purpose="train")
         spec = plan.targets[0].spec
         both = with_direct if with_direct is not None else spec.train.compare_direct
         mode = "direct" if direct else ("both" if both else "uhn")
@@ -97,6 +95,10 @@ def export(
     device: DeviceOption = "auto",
 ) -> None:
     """Write the generated target weights as a plain state_dict (safetensors) that build_model(spec) loads."""
+    from uhn_runtime.export import export_run
+    from uhn_runtime.run_dir import RunDir
+    from uhn_runtime.train import resolve_device
+
     if output.suffix != EXPORT_SUFFIX:
         raise UHNError(f"--output: an export file name ends in {EXPORT_SUFFIX}, got {output}")
     if source not in ("uhn", "direct"):
@@ -113,6 +115,12 @@ def evaluate(
     device: DeviceOption = "auto",
 ) -> None:
     """Print the test metric of a run's generated (and direct) weights or of an exported model."""
+    from uhn_runtime.data import load_task_data
+    from uhn_runtime.evaluate import evaluate_module, evaluate_source
+    from uhn_runtime.export import load_exported, load_trained_source
+    from uhn_runtime.run_dir import RunDir
+    from uhn_runtime.train import resolve_device
+
     torch_device = resolve_device(device)
     if path.is_dir():
         run = RunDir.open(path)
