@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from uhn_spec.budget import Purpose, check_fits, estimate_budget, format_bytes
-from uhn_spec.errors import UHNError
+from uhn_spec.budget import Budget, Purpose, check_fits, estimate_budget, format_bytes
+from uhn_spec.errors import SpecError, UHNError
 
 if TYPE_CHECKING:
-    from uhn_spec import Plan
+    from uhn_spec import ExperimentSpec, Plan
 
 EXIT_USER_ERROR = 2
 PLAN_SUFFIX = ".pt"
@@ -107,14 +107,24 @@ def load_target_sources(paths: list[Path], overrides: list[str] | None = None, p
         plan = load_plan(plans[0])
         if purpose == "train":
             for target in plan.targets:
-                check_fits(estimate_budget(target.spec), "train", str(plans[0]))
+                fitting_budget(target.spec, plans[0], "train")
         return plan
     specs = [load_spec(p, overrides) for p in paths]
     for path, spec in zip(paths, specs):
-        budget = estimate_budget(spec)
-        for step in dict.fromkeys(("compile", purpose)):
-            check_fits(budget, step, str(path))  # type: ignore[arg-type]
+        fitting_budget(spec, path, *dict.fromkeys(("compile", purpose)))  # type: ignore[arg-type]
     return compile_specs(specs, source_text=source_text(paths, overrides))
+
+
+def fitting_budget(spec: ExperimentSpec, path: Path, *purposes: Purpose) -> Budget:
+    """The spec's memory budget; refuses (naming ``path``) a target that does not fit this
+    machine for any of ``purposes``, before anything is allocated."""
+    try:
+        budget = estimate_budget(spec)
+    except SpecError as err:
+        raise SpecError(err.path, err.message, str(path)) from None
+    for purpose in purposes:
+        check_fits(budget, purpose, str(path))
+    return budget
 
 
 def source_text(paths: list[Path], overrides: list[str]) -> str:

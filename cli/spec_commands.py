@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from uhn_spec.budget import estimate_budget
 from uhn_spec.errors import UHNError
 
-from .main import PLAN_SUFFIX, SetOption, command, human_bytes, load_target_source, load_target_sources
+from .main import PLAN_SUFFIX, SetOption, command, fitting_budget, human_bytes, load_target_source, load_target_sources
 
 if TYPE_CHECKING:
     from uhn_spec import Plan, TargetPlan
@@ -22,12 +21,13 @@ SpecPaths = Annotated[list[Path], typer.Argument(help="Spec YAML file(s).", show
 @command("validate")
 def validate(specs: SpecPaths, overrides: SetOption = None) -> None:
     """Check spec files (fields, sizes chaining from layer to layer) without compiling them;
-    report each target's parameters and the memory compiling and training it need."""
+    report each target's parameters and the memory compiling and training it need (a target
+    that this machine could not even compile is an error)."""
     from uhn_spec import load_spec
 
     for path in specs:
         spec = load_spec(path, overrides)
-        budget = estimate_budget(spec)
+        budget = fitting_budget(spec, path, "compile")
         typer.echo(
             f"ok: {spec.name} ({budget.num_params} params, {len(spec.layers)} layers; memory: "
             f"compile ~{human_bytes(budget.compile_bytes)}, train ~{human_bytes(budget.train_bytes)})"
