@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -224,3 +226,61 @@ def test_ci_runs_the_readme_commands() -> None:
     assert install.startswith("python3 -m venv .venv") and "pip install -e '.[test]'" in install
     assert "pytest" in tests
     assert install in lines and tests in lines, "README.md and .ci/run give different commands"
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def test_help_does_not_import_torch() -> None:
+    """`uhn --help` answers at once: no command module imports torch before it runs."""
+    code = (
+        "import sys\n"
+        "from uhn_cli.main import app\n"
+        "try:\n    app(['--help'])\nexcept SystemExit as done:\n    assert done.code == 0\n"
+        "for name in ('train', 'bench', 'compile'):\n"
+        "    try:\n        app([name, '--help'])\n    except SystemExit:\n        pass\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('uhn_runtime')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_bug_shows_its_traceback(spec_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only uhn's own errors and file errors become one line; a ValueError is a bug."""
+    import uhn_spec
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("a bug in uhn")
+
+    monkeypatch.setattr(uhn_spec, "load_spec", broken)
+    result = runner.invoke(app, ["validate", str(spec_file)])
+    assert isinstance(result.exception, ValueError)
+    assert "error: " not in result.output
+
+
+def test_train_refuses_a_target_too_large_before_allocating(spec_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UHN_MEMORY_LIMIT_GIB", "0.001")
+    run_dir = tmp_path / "run"
+    result = invoke("train", spec_file, "-o", run_dir)
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert re.fullmatch(
+        rf"error: {re.escape(str(spec_file))}: layers\[0\]: {SPEC_PARAMS} parameters \(\d+% in this layer\): train needs about "
+        r"[\d.]+ MiB, more than UHN_MEMORY_LIMIT_GIB=0.001 \(1.0 MiB\); shrink the model, or set UHN_MEMORY_LIMIT_GIB .*",
+        line,
+    ), line
+    assert not run_dir.exists()
+
+
+def test_compile_refuses_what_cannot_fit_and_the_limit_can_be_raised(spec_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = tmp_path / "plan.pt"
+    wide = ["--set", "layers[0].out_features=2000000", "--set", "layers[1].in_features=2000000"]
+    monkeypatch.setenv("UHN_MEMORY_LIMIT_GIB", "1")
+    result = invoke("compile", spec_file, "-o", plan, *wide)
+    assert result.exit_code == 2 and re.search(r"compile needs about [\d.]+ GiB, more than UHN_MEMORY_LIMIT_GIB=1 ", result.stderr), result.stderr
+    assert not plan.exists()
+    monkeypatch.setenv("UHN_MEMORY_LIMIT_GIB", "nonsense")
+    assert "UHN_MEMORY_LIMIT_GIB: 'nonsense' is not a number of GiB" in invoke("validate", spec_file).stderr
+    monkeypatch.setenv("UHN_MEMORY_LIMIT_GIB", "64")
+    assert invoke("validate", spec_file, *wide).exit_code == 0
