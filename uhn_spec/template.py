@@ -232,7 +232,7 @@ def render_spec_template(text: str, source: Path | None, variables: dict[str, An
     where = str(source) if source else None
     environment = SpecEnvironment(source.parent if source else None)
     try:
-        with alarm(RENDER_SECONDS + ALARM_GRACE_SECONDS):
+        with RenderAlarm(RENDER_SECONDS + ALARM_GRACE_SECONDS):
             template = environment.from_string(text)
             rendered = []
             size = 0
@@ -273,7 +273,7 @@ def template_location(filename: str | None, line: int | None) -> str:
     return f"{where}line {line}" if line else where.strip()
 
 
-class alarm:
+class RenderAlarm:
     """Raise RenderLimitError after ``seconds`` (main thread only; elsewhere a no-op, where
     the per-step checks still bound the time)."""
 
@@ -283,7 +283,7 @@ class alarm:
         self.fired = False
         self.previous: Any = None
 
-    def __enter__(self) -> "alarm":
+    def __enter__(self) -> "RenderAlarm":
         usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
         if usable and signal.getitimer(signal.ITIMER_REAL)[0] == 0:
             self.previous = signal.signal(signal.SIGALRM, self.expire)
