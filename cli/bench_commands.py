@@ -8,17 +8,30 @@ from typing import Annotated
 
 import typer
 
-from uhn_runtime.bench import DEFAULT_NAIVE_MAX_BYTES, GIB, BenchOptions, render_report, run_bench
-from uhn_runtime.train import resolve_device
-from uhn_spec import UHNError
+from uhn_spec.errors import UHNError
 
 from .main import PLAN_SUFFIX, SetOption, command, load_target_source
 from .options import DEFAULT_DEVICE, DeviceOption
 
 
+def default_naive_max_gib() -> float:
+    from uhn_runtime.bench import DEFAULT_NAIVE_MAX_BYTES, GIB  # local: --help stays free of torch
+
+    return DEFAULT_NAIVE_MAX_BYTES / GIB
+
+
 @command("bench")
 def bench(
     source: Annotated[Path, typer.Argument(help=f"A plan (*{PLAN_SUFFIX}) or a spec YAML.", show_default=False)],
+    # No plain default: it lives in uhn_runtime.bench, which imports torch (see main.py).
+    naive_max_gib: Annotated[
+        float,
+        typer.Option(
+            "--naive-max-gib",
+            help="Skip the naive generator if its estimated peak exceeds this.",
+            default_factory=default_naive_max_gib,
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON instead of a table.")] = False,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per case (median; after one warm-up).")] = 5,
     device: DeviceOption = DEFAULT_DEVICE,
@@ -26,9 +39,6 @@ def bench(
     precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16 autocast for the matmuls.")] = "fp32",
     target: Annotated[str | None, typer.Option("--target", help="Which target of a multi-target plan.")] = None,
     naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Also measure the naive one-batch generator.")] = True,
-    naive_max_gib: Annotated[
-        float, typer.Option("--naive-max-gib", help="Skip the naive generator if its estimated peak exceeds this.")
-    ] = DEFAULT_NAIVE_MAX_BYTES / GIB,
     target_segments: Annotated[
         int, typer.Option("--target-segments", help="Checkpoint the target's activations in this many segments (0: off).")
     ] = 0,
@@ -38,6 +48,9 @@ def bench(
 
     Each case runs in a fresh process; generation is also reported as a fraction of the
     machine's measured matmul throughput."""
+    from uhn_runtime.bench import GIB, BenchOptions, render_report, run_bench
+    from uhn_runtime.train import resolve_device
+
     if precision not in ("fp32", "bf16"):
         raise UHNError(f"--precision: {precision!r}; use fp32 or bf16")
     if target_segments < 0:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from uhn_runtime.data import Batch, DataError, TaskData, load_task_data, resolve_data_root
-from uhn_runtime.data.fetch import fetch
-from uhn_runtime.data.files import SOURCES
-from uhn_spec.spec import TaskSpec
-from uhn_spec.tasks import DATASETS
+if TYPE_CHECKING:
+    from uhn_runtime.data import Batch, TaskData
 
 from .main import app, reports_errors
 
@@ -28,6 +25,9 @@ COUNT_BATCH = 4096
 
 
 def _known(name: str) -> None:
+    from uhn_runtime.data import DataError
+    from uhn_spec.tasks import DATASETS
+
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
 
@@ -36,6 +36,10 @@ def _known(name: str) -> None:
 @reports_errors
 def fetch_command(name: NameArgument, data_root: DataRootOption = None) -> None:
     """Download a dataset's official files into the data root (checksums verified)."""
+    from uhn_runtime.data import resolve_data_root
+    from uhn_runtime.data.fetch import fetch
+    from uhn_runtime.data.files import SOURCES
+
     _known(name)
     if name not in SOURCES:
         typer.echo(f"{name}: nothing to download (generated or bundled data)")
@@ -53,6 +57,11 @@ def info_command(
     load: Annotated[bool, typer.Option("--load/--no-load", help="Load the data and count its splits.")] = True,
 ) -> None:
     """What a dataset is, where its files are expected, and (loading it) its split sizes."""
+    from uhn_runtime.data import load_task_data, resolve_data_root
+    from uhn_runtime.data.files import SOURCES
+    from uhn_spec.spec import TaskSpec
+    from uhn_spec.tasks import DATASETS
+
     _known(name)
     info = DATASETS[name]
     root = resolve_data_root(data_root)
@@ -82,6 +91,8 @@ def info_command(
 
 def split_sizes(data: TaskData) -> dict[str, int | str]:
     """Examples (graph: labelled nodes) per split, counted through the public interface."""
+    from uhn_runtime.data import DataError
+
     sizes: dict[str, int | str] = {"train": _count(data.train_batches(COUNT_BATCH, seed=0))}
     for split in ("val", "test"):
         try:

@@ -1,8 +1,12 @@
 """The ``uhn`` typer app and what every command module shares.
 
 Register a command with ``@command()`` (below): it is an ``app.command`` whose expected
-failures -- a bad spec, a corrupt plan, a missing file -- print one line ``error: ...`` to
-stderr and exit with code 2, never a traceback. A traceback means a bug in uhn.
+failures -- uhn's own errors (a bad spec, a corrupt plan, a model too large for this machine)
+and a file that cannot be read -- print one line ``error: ...`` to stderr and exit with code
+2. Anything else is a bug in uhn and shows its traceback.
+
+Command modules import torch and the runtime inside their commands, not at module level, so
+that ``uhn --help`` and argument errors answer at once.
 """
 
 from __future__ import annotations
@@ -10,12 +14,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from uhn_spec import Plan, UHNError, compile_specs, load_plan, load_spec
-from uhn_spec.family import compile_family, is_family_file, load_family
+from uhn_spec.budget import Budget, Purpose, check_fits, estimate_budget, format_bytes
+from uhn_spec.errors import SpecError, UHNError
+
+if TYPE_CHECKING:
+    from uhn_spec import ExperimentSpec, Plan
 
 EXIT_USER_ERROR = 2
 PLAN_SUFFIX = ".pt"
@@ -59,8 +66,8 @@ def reports_errors(func: F) -> F:
             raise fail(str(err)) from None
         except FileNotFoundError as err:
             raise fail(f"file not found: {err.filename or err}") from None
-        except ValueError as err:
-            raise fail(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+        except (IsADirectoryError, NotADirectoryError, PermissionError) as err:
+            raise fail(f"{err.filename or ''}: {err.strerror or err}") from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -79,14 +86,19 @@ def is_plan_path(path: Path) -> bool:
     return path.suffix == PLAN_SUFFIX
 
 
-def load_target_source(path: Path, overrides: list[str] | None = None) -> Plan:
-    """A plan file (``*.pt``) as saved, or a spec YAML compiled now (with ``--set`` applied)."""
-    return load_target_sources([path], overrides)
+def load_target_source(path: Path, overrides: list[str] | None = None, purpose: Purpose = "compile") -> Plan:
+    """A plan file (``*.pt``) as saved, or a spec YAML compiled now (with ``--set`` applied).
+    ``purpose="train"`` also refuses a target whose training cannot fit this machine."""
+    return load_target_sources([path], overrides, purpose)
 
 
-def load_target_sources(paths: list[Path], overrides: list[str] | None = None) -> Plan:
+def load_target_sources(paths: list[Path], overrides: list[str] | None = None, purpose: Purpose = "compile") -> Plan:
     """One plan file, one family file, or one or more specs compiled into one plan (shared
-    normalisation)."""
+    normalisation); each target is checked against this machine's memory before anything is
+    allocated."""
+    from uhn_spec import compile_specs, load_plan, load_spec
+    from uhn_spec.family import compile_family, is_family_file, load_family
+
     overrides = list(overrides or [])
     plans = [p for p in paths if is_plan_path(p)]
     if plans:
@@ -94,14 +106,35 @@ def load_target_sources(paths: list[Path], overrides: list[str] | None = None) -
             raise UHNError(f"give one plan file or only specs, got {', '.join(map(str, paths))}")
         if overrides:
             raise UHNError(f"--set changes specs, not compiled plans; recompile {plans[0]} with `uhn compile SPEC --set ...`")
-        return load_plan(plans[0])
+        plan = load_plan(plans[0])
+        if purpose == "train":
+            for target in plan.targets:
+                fitting_budget(target.spec, plans[0], "train")
+        return plan
     families = [p for p in paths if is_family_file(p)]
     if families:
         if len(paths) > 1:
             raise UHNError(f"give one family file or only specs, got {', '.join(map(str, paths))}")
-        return compile_family(load_family(families[0], overrides), source_text(paths, overrides))
+        family = load_family(families[0], overrides)
+        for member in family.members:
+            fitting_budget(member.spec, families[0], *dict.fromkeys(("compile", purpose)))  # type: ignore[arg-type]
+        return compile_family(family, source_text(paths, overrides))
     specs = [load_spec(p, overrides) for p in paths]
+    for path, spec in zip(paths, specs):
+        fitting_budget(spec, path, *dict.fromkeys(("compile", purpose)))  # type: ignore[arg-type]
     return compile_specs(specs, source_text=source_text(paths, overrides))
+
+
+def fitting_budget(spec: ExperimentSpec, path: Path, *purposes: Purpose) -> Budget:
+    """The spec's memory budget; refuses (naming ``path``) a target that does not fit this
+    machine for any of ``purposes``, before anything is allocated."""
+    try:
+        budget = estimate_budget(spec)
+    except SpecError as err:
+        raise SpecError(err.path, err.message, str(path)) from None
+    for purpose in purposes:
+        check_fits(budget, purpose, str(path))
+    return budget
 
 
 def source_text(paths: list[Path], overrides: list[str]) -> str:
@@ -112,8 +145,7 @@ def source_text(paths: list[Path], overrides: list[str]) -> str:
     return text + "".join(f"# --set {item}\n" for item in overrides)
 
 
-def human_bytes(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
+human_bytes = format_bytes
 
 
 # Command modules: each registers its commands on `app` when imported. Add one line per module.

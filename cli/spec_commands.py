@@ -5,37 +5,48 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from uhn_runtime.generator import count_generator_params
-from uhn_spec import ExperimentSpec, Plan, TargetPlan, UHNError, load_spec
-from uhn_spec.descriptors import INDEX_FIELDS, UNUSED_INDEX
-from uhn_spec.family import Family, is_family_file, load_family
+from uhn_spec.errors import UHNError
 
 from .main import (
     PLAN_SUFFIX,
     SetOption,
     command,
+    fitting_budget,
     human_bytes,
     is_plan_path,
     load_target_source,
     load_target_sources,
 )
 
+if TYPE_CHECKING:
+    from uhn_spec import ExperimentSpec, Plan, TargetPlan
+    from uhn_spec.family import Family
+
 SpecPaths = Annotated[list[Path], typer.Argument(help="Spec YAML file(s).", show_default=False)]
 
 
 @command("validate")
 def validate(specs: SpecPaths, overrides: SetOption = None) -> None:
-    """Check spec files (fields, sizes chaining from layer to layer) without compiling them."""
+    """Check spec files (fields, sizes chaining from layer to layer) without compiling them;
+    report each target's parameters and the memory compiling and training it need (a target
+    that this machine could not even compile is an error)."""
+    from uhn_spec import load_spec
+    from uhn_spec.family import is_family_file, load_family
+
     for path in specs:
         if is_family_file(path):
             typer.echo(f"ok: {family_line(family_overview(load_family(path, overrides or []))['family'])}")
             continue
         spec = load_spec(path, overrides)
-        typer.echo(f"ok: {spec.name} ({spec.num_params} params, {len(spec.layers)} layers)")
+        budget = fitting_budget(spec, path, "compile")
+        typer.echo(
+            f"ok: {spec.name} ({budget.num_params} params, {len(spec.layers)} layers; memory: "
+            f"compile ~{human_bytes(budget.compile_bytes)}, train ~{human_bytes(budget.train_bytes)})"
+        )
 
 
 @command("compile")
@@ -69,6 +80,8 @@ def inspect_(
     """Show a plan's parameter table per target (with each tensor's compact index descriptor
     in --json) and the generator's size; a family file: its members, seen and unseen, and
     their sizes."""
+    from uhn_spec.family import is_family_file, load_family
+
     if rows is None and not is_plan_path(source) and is_family_file(source):
         summary = family_overview(load_family(source, overrides or []))  # lists, never compiles
     else:
@@ -82,6 +95,8 @@ def inspect_(
 
 def plan_summary(plan: Plan, rows_of: str | None = None) -> dict[str, Any]:
     """The plan as plain data; ``rows_of`` adds that tensor's index rows to each target having it."""
+    from uhn_runtime.generator import count_generator_params
+
     trainable, total = count_generator_params(plan.generator)
     summary = {
         "format_version": plan.version,
@@ -98,6 +113,8 @@ def plan_summary(plan: Plan, rows_of: str | None = None) -> dict[str, Any]:
 def family_overview(family: Family) -> dict[str, Any]:
     """A family file's summary from its member specs alone: no compiling, so it is quick for
     the paper's 1,000-model families. The per-parameter table is in the compiled plan's."""
+    from uhn_runtime.generator import count_generator_params
+
     generator = family.members[0].spec.generator
     trainable, total = count_generator_params(generator)
     targets = [
@@ -156,6 +173,8 @@ def target_overview(target: TargetPlan) -> dict[str, Any]:
 
 
 def target_summary(target: TargetPlan, rows_of: str | None = None) -> dict[str, Any]:
+    from uhn_spec.descriptors import INDEX_FIELDS
+
     spec = target.spec
     summary: dict[str, Any] = {
         "name": target.name,
@@ -185,6 +204,8 @@ def target_summary(target: TargetPlan, rows_of: str | None = None) -> dict[str, 
 
 def index_descriptor(target: TargetPlan, t: int) -> dict[str, Any]:
     """Tensor t's compact index descriptor: its set constant fields and its grid dims."""
+    from uhn_spec.descriptors import INDEX_FIELDS, UNUSED_INDEX
+
     dims = target.index.dims(t)
     in_dims = {column for column, _ in dims}
     constants = {

@@ -10,20 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from uhn_runtime.cpu_policy import choose_threads
-from uhn_runtime.data import load_task_data
-from uhn_runtime.evaluate import evaluate_module, evaluate_source
-from uhn_runtime.export import (
-    ONNX_OPSET,
-    export_onnx,
-    export_run,
-    generated_state_dict,
-    load_exported,
-    load_trained_source,
-)
-from uhn_runtime.run_dir import RunDir, default_run_dir
 from uhn_runtime.stop_signals import RunStopped
-from uhn_runtime.train import TrainOptions, resume_run, resolve_device, start_run
-from uhn_spec import UHNError, build_model
+from uhn_spec.errors import UHNError
 
 from .main import SetOption, command, human_bytes, load_target_source
 from .options import DEFAULT_DEVICE, DataRootOption, DeviceOption
@@ -73,6 +61,9 @@ def train(
     """Train a UHN that generates the target's weights (and/or the target directly); prints the test metric.
 
     Ctrl-C (or SIGTERM) saves a checkpoint after the current step; `--resume` continues from it."""
+    from uhn_runtime.run_dir import RunDir, default_run_dir
+    from uhn_runtime.train import TrainOptions, resume_run, start_run
+
     cpu = choose_threads()
     if resume is not None:
         if source is not None or overrides or out is not None or mode is not None:
@@ -84,7 +75,7 @@ def train(
     else:
         if source is None:
             raise UHNError("give a spec or plan to train (e.g. `uhn train specs/digits_mlp.yaml`), or --resume DIR")
-        plan = load_target_source(source, overrides)
+        plan = load_target_source(source, overrides, purpose="train")
         spec = plan.targets[0].spec
         chosen = mode.value if mode is not None else ("both" if spec.train.compare_direct else "uhn")
         run_root = out if out is not None else default_run_dir(spec.name)
@@ -105,6 +96,8 @@ def _stoppable(action: Callable[[], dict[str, Any]], run_root: Path) -> dict[str
         typer.echo(f"{stopped}; {again}", err=True)
         raise typer.Exit(stopped.exit_code) from None
     except KeyboardInterrupt:
+        from uhn_runtime.run_dir import RunDir
+
         started = RunDir(run_root).info_path.is_file()
         typer.echo(f"abandoned; the last checkpoint stays; {again}" if started else "interrupted before the run started", err=True)
         raise typer.Exit(EXIT_ABANDONED) from None
@@ -131,11 +124,16 @@ def export(
     source: Annotated[str, typer.Option("--source", help="Which weights: uhn (generated) or direct.")] = "uhn",
     onnx: Annotated[
         bool,
-        typer.Option("--onnx", help=f"Write an ONNX model (opset {ONNX_OPSET}, dynamic batch), checked with onnxruntime; needs uhn[onnx]."),
+        typer.Option("--onnx", help="Write an ONNX model (dynamic batch), checked with onnxruntime; needs uhn[onnx]."),
     ] = False,
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Write the generated target weights as a plain state_dict (safetensors) that build_model(spec) loads, or as ONNX."""
+    from uhn_runtime.export import export_onnx, export_run, generated_state_dict, load_exported
+    from uhn_runtime.run_dir import RunDir
+    from uhn_runtime.train import resolve_device
+    from uhn_spec import build_model
+
     suffix = ONNX_SUFFIX if onnx else EXPORT_SUFFIX
     if output.suffix != suffix:
         raise UHNError(f"--output: {'an ONNX' if onnx else 'an export'} file name ends in {suffix}, got {output}")
@@ -166,6 +164,12 @@ def evaluate(
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Print the test metric of a run's generated (and direct) weights or of an exported model."""
+    from uhn_runtime.data import load_task_data
+    from uhn_runtime.evaluate import evaluate_module, evaluate_source
+    from uhn_runtime.export import load_exported, load_trained_source
+    from uhn_runtime.run_dir import RunDir
+    from uhn_runtime.train import resolve_device
+
     torch_device = resolve_device(device.value)
     if path.is_dir():
         run = RunDir.open(path)

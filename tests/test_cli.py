@@ -74,7 +74,7 @@ def test_help_lists_the_spec_commands() -> None:
 def test_validate(spec_file: Path) -> None:
     result = invoke("validate", spec_file)
     assert result.exit_code == 0
-    assert result.stdout == f"ok: cli_mlp ({SPEC_PARAMS} params, 2 layers)\n"
+    assert re.fullmatch(rf"ok: cli_mlp \({SPEC_PARAMS} params, 2 layers; memory: compile ~[\d.]+ KiB, train ~[\d.]+ MiB\)\n", result.stdout)
 
 
 def test_validate_several_specs_with_overrides(spec_file: Path, tmp_path: Path) -> None:
@@ -83,7 +83,8 @@ def test_validate_several_specs_with_overrides(spec_file: Path, tmp_path: Path) 
     result = invoke("validate", spec_file, other, "--set", "layers[0].out_features=16", "--set", "layers[1].in_features=16")
     assert result.exit_code == 0
     params = 64 * 16 + 16 + 16 * 10 + 10
-    assert result.stdout.splitlines() == [f"ok: cli_mlp ({params} params, 2 layers)", f"ok: other_mlp ({params} params, 2 layers)"]
+    lines = result.stdout.splitlines()
+    assert [line.split(";")[0] for line in lines] == [f"ok: cli_mlp ({params} params, 2 layers", f"ok: other_mlp ({params} params, 2 layers"]
 
 
 def test_compile_writes_a_plan(spec_file: Path, tmp_path: Path) -> None:
@@ -304,3 +305,61 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_continue(tmp_path: Path) -> 
     assert last.endswith(f"continue with `uhn train --resume {run}`")
     state = load_checkpoint(run / "checkpoints" / "uhn.pt")
     assert not state["finished"] and state["steps_done"] >= 3
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def test_help_does_not_import_torch() -> None:
+    """`uhn --help` answers at once: no command module imports torch before it runs."""
+    code = (
+        "import sys\n"
+        "from uhn_cli.main import app\n"
+        "try:\n    app(['--help'])\nexcept SystemExit as done:\n    assert done.code == 0\n"
+        "for name in ('train', 'bench', 'compile'):\n"
+        "    try:\n        app([name, '--help'])\n    except SystemExit:\n        pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torch_geometric')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_bug_shows_its_traceback(spec_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only uhn's own errors and file errors become one line; a ValueError is a bug."""
+    import uhn_spec
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("a bug in uhn")
+
+    monkeypatch.setattr(uhn_spec, "load_spec", broken)
+    result = runner.invoke(app, ["validate", str(spec_file)])
+    assert isinstance(result.exception, ValueError)
+    assert "error: " not in result.output
+
+
+def test_train_refuses_a_target_too_large_before_allocating(spec_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UHN_MEMORY_LIMIT_GIB", "0.001")
+    run_dir = tmp_path / "run"
+    result = invoke("train", spec_file, "-o", run_dir)
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert re.fullmatch(
+        rf"error: {re.escape(str(spec_file))}: layers\[0\]: {SPEC_PARAMS} parameters \(\d+% in this layer\): train needs about "
+        r"[\d.]+ MiB, more than UHN_MEMORY_LIMIT_GIB=0.001 \(1.0 MiB\); shrink the model, or set UHN_MEMORY_LIMIT_GIB .*",
+        line,
+    ), line
+    assert not run_dir.exists()
+
+
+def test_compile_refuses_what_cannot_fit_and_the_limit_can_be_raised(spec_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = tmp_path / "plan.pt"
+    wide = ["--set", "layers[0].out_features=2000000", "--set", "layers[1].in_features=2000000"]
+    monkeypatch.setenv("UHN_MEMORY_LIMIT_GIB", "1")
+    result = invoke("compile", spec_file, "-o", plan, *wide)
+    assert result.exit_code == 2 and re.search(r"compile needs about [\d.]+ GiB, more than UHN_MEMORY_LIMIT_GIB=1 ", result.stderr), result.stderr
+    assert not plan.exists()
+    monkeypatch.setenv("UHN_MEMORY_LIMIT_GIB", "nonsense")
+    assert "UHN_MEMORY_LIMIT_GIB: 'nonsense' is not a number of GiB" in invoke("validate", spec_file).stderr
+    monkeypatch.setenv("UHN_MEMORY_LIMIT_GIB", "64")
+    assert invoke("validate", spec_file, *wide).exit_code == 0

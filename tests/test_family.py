@@ -173,7 +173,7 @@ def test_listed_members(tmp_path: Path) -> None:
             "sample.width.divisible_by: 'act' is not an integer variable listed before 'width'",
         ),
         ({"count": 1, "unseen": 0, "sample": {"width": {"min": 0, "max": 0}, "act": {"choice": ["elu"]}}}, "template: with width=0, act=elu: layers[0].out_features"),
-        ({"count": 1, "unseen": 0, "sample": {"width": {"min": 4, "max": 4}}}, "template: with width=4: template error: 'act' is undefined"),
+        ({"count": 1, "unseen": 0, "sample": {"width": {"min": 4, "max": 4}}}, "template: with width=4: line 7: template error: 'act' is undefined"),
         ({"sample": {"width": {"min": 9, "max": 11, "divisible_by": 4}, "act": {"choice": ["elu"]}}}, "sample.width: no integer in [9, 11] divisible by 4"),
         ({"sample": {"width": {"low": 4}}}, "sample.width: a draw is {min, max"),
         ({"sample": {"width": {"min": 4, "max": 8, "stepp": 2}}}, "sample.width.stepp: unknown field; allowed here: min, max, step, divisible_by"),

@@ -121,7 +121,7 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "YAML syntax error": (
         edited(MLP, "  dataset: mnist", "  dataset: [mnist"),
-        "invalid YAML at line 5, column 7: expected ',' or ']', but got ':'",
+        "line 5, column 7: invalid YAML: expected ',' or ']', but got ':'",
     ),
     "outputs differ from the classes": (
         edited(MLP, "out_features: 10", "out_features: 12"),
@@ -149,8 +149,8 @@ CASES: dict[str, tuple[str, str]] = {
         edited(MLP, "name: tiny_mlp", "name: tiny mlp"),
         "name: String should match pattern '^[A-Za-z0-9_.-]+$' (got 'tiny mlp')",
     ),
-    "a list instead of a mapping": ("- a\n- b\n", "a spec must be a YAML mapping with name, family, task and layers"),
-    "undefined template variable": ("name: {{ depth }}\n", "template error: 'depth' is undefined"),
+    "a list instead of a mapping": ("- a\n- b\n", "the spec is a YAML list; a spec is a YAML mapping with name, family, task and layers"),
+    "undefined template variable": ("name: {{ depth }}\n", "line 1: template error: 'depth' is undefined"),
     "structure heads not dividing": (
         MLP + "generator: {structure_encoder: true, structure_heads: 5}\n",
         "generator.structure_heads: 5 does not divide the structure width 2*structure_freqs = 64",
@@ -213,10 +213,37 @@ def test_unknown_kind_lists_every_registered_kind() -> None:
         ("=3", "--set: '=3' has an empty path"),
         ("layers[1].in_features=64", "layers[1].in_features: 64 does not match layers[0].out_features (128)"),
         ("layers[0].dropout=lots", "layers[0].dropout: Input should be a valid number, unable to parse string as a number (got 'lots')"),
+        ("train.epochs=[1,2", "--set: 'train.epochs=[1,2': the value is not valid YAML (expected ',' or ']', but got '<stream end>'); quote a string value"),
+        (
+            "x=!!python/object/apply:os.system ['true']",
+            "--set: \"x=!!python/object/apply:os.system ['true']\": the value is not valid YAML (could not determine a "
+            "constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'); quote a string value",
+        ),
+        ("train.lr=.nan", "train.lr: nan is not finite; give a finite number"),
+        ("generator.sigma=inf", "generator.sigma: 'inf' is not finite; give a finite number"),
+        ("train.seed=99999999999999999999", "train.seed: 99999999999999999999 does not fit a 64-bit integer (at most 9223372036854775807)"),
     ],
 )
 def test_bad_override(override: str, expected: str) -> None:
     assert spec_error(MLP, [override]) == expected
+
+
+def test_duplicate_keys_are_refused_naming_the_key_and_both_lines() -> None:
+    assert spec_error(MLP + "train:\n  epochs: 5\n") == "train: duplicate key at lines 13 and 16; keep one of them"
+    doubled = edited(MLP, "    out_features: 10", "    out_features: 10\n    out_features: 12")
+    assert spec_error(doubled) == "layers[1].out_features: duplicate key at lines 12 and 13; keep one of them"
+
+
+def test_merge_keys_may_be_overridden() -> None:
+    """A key given beside a ``<<:`` merge overrides the merged one; that is not a duplicate."""
+    merged = edited(
+        MLP, "  - kind: linear\n    in_features: 128\n", "  - <<: {kind: linear, in_features: 128, out_features: 5}\n"
+    )
+    assert spec_from_text(merged).layers[1].out_features == 10
+
+
+def test_layers_that_are_not_a_list() -> None:
+    assert spec_error(MLP.split("layers:")[0] + "layers: 3\n") == "layers: Input should be a valid list (got 3)"
 
 
 def test_good_override_changes_the_spec() -> None:

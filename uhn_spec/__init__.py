@@ -1,23 +1,46 @@
-"""uhn_spec: the spec language, layer registry, descriptors and the compiler to plans."""
+"""uhn_spec: the spec language, layer registry, descriptors and the compiler to plans.
 
-from .compiler import compile_spec, compile_specs
-from .errors import PlanError, SpecError, UHNError
-from .model import TargetModel, build_model
-from .plan import Plan, TargetPlan, load_plan
-from .spec import ExperimentSpec, load_spec, spec_from_text
+Names load on first use (PEP 562), so that ``uhn_spec.errors`` and ``uhn_spec.budget`` can be
+imported without torch (``uhn --help`` answers at once).
+"""
 
-__all__ = [
-    "ExperimentSpec",
-    "Plan",
-    "PlanError",
-    "SpecError",
-    "TargetModel",
-    "TargetPlan",
-    "UHNError",
-    "build_model",
-    "compile_spec",
-    "compile_specs",
-    "load_plan",
-    "load_spec",
-    "spec_from_text",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Public name -> the submodule that defines it.
+_EXPORTS = {
+    "ExperimentSpec": "spec",
+    "Plan": "plan",
+    "PlanError": "errors",
+    "SpecError": "errors",
+    "TargetModel": "model",
+    "TargetPlan": "plan",
+    "UHNError": "errors",
+    "build_model": "model",
+    "compile_spec": "compiler",
+    "compile_specs": "compiler",
+    "load_plan": "plan",
+    "load_spec": "spec",
+    "spec_from_text": "spec",
+}
+
+if TYPE_CHECKING:
+    from .compiler import compile_spec, compile_specs
+    from .errors import PlanError, SpecError, UHNError
+    from .model import TargetModel, build_model
+    from .plan import Plan, TargetPlan, load_plan
+    from .spec import ExperimentSpec, load_spec, spec_from_text
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'uhn_spec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_EXPORTS)

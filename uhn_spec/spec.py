@@ -1,20 +1,21 @@
 """The spec language: a YAML file describing target model, task, generator and training.
 
-``load_spec`` reads a file (rendered as a jinja2 template first, so model families can loop
-over layers), applies ``--set PATH=VALUE`` overrides and validates everything, including the
-cross-layer checks (sizes chain from layer to layer). Every error names its YAML path.
+``load_spec`` reads a file (rendered as a sandboxed jinja2 template first, so model families
+can loop over layers), parses it as YAML (duplicate keys refused), applies ``--set PATH=VALUE``
+overrides and validates everything, including the cross-layer checks (sizes chain from layer
+to layer) and that every number is finite and fits 64 bits. Every error names its YAML path.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import jinja2
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -23,6 +24,7 @@ from .errors import SpecError
 from .layers import REGISTRY
 from .layers.base import FeatureShape
 from .tasks import DATASETS, DatasetInfo, DatasetName, input_shape, synthetic_info
+from .template import MAX_RENDERED_CHARS, render_spec_template
 
 LayerUnion = Annotated[Union[tuple(REGISTRY.values())], Field(discriminator="kind")]  # type: ignore[valid-type]
 
@@ -41,7 +43,8 @@ FAMILY_MODEL_TYPE: dict[str, ModelType] = {
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: "inf" or "nan" given as strings are refused too (check_numbers sees floats).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 SyntheticTaskType = Literal[
@@ -184,12 +187,10 @@ class ExperimentSpec(StrictModel):
     def _text_length_from_embedding(cls, data: Any) -> Any:
         """A text task's sequence length defaults to the embedding's positional table, so a
         spec states it once (the data loader sees only ``task``)."""
-        if not isinstance(data, dict):
-            return data
+        if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
+            return data  # not a mapping or no layer list: field validation reports it
         task = data.get("task")
-        embeddings = [
-            layer for layer in data.get("layers") or [] if _layer_kind(layer) == "embedding"
-        ]
+        embeddings = [layer for layer in data["layers"] if _layer_kind(layer) == "embedding"]
         length = _layer_field(embeddings[0], "max_length") if embeddings else None
         if not isinstance(length, int):
             return data
@@ -271,6 +272,8 @@ def format_validation_error(err: ValidationError) -> str:
         tag = first.get("ctx", {}).get("tag")
         what = f"{tag!r} is not a layer kind" if tag is not None else "missing"
         return f"{path}.kind: {what}; use one of: {', '.join(REGISTRY)}"
+    if first["type"] == "finite_number":
+        return f"{path}: {first.get('input')!r} is not finite; give a finite number"
     message = first["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         if message.startswith(prefix):
@@ -315,16 +318,91 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields) if model else []
 
 
-def render_template(text: str, source: Path | None, variables: dict[str, Any] | None = None) -> str:
-    """Render a spec as a jinja2 template; includes resolve next to the spec and in specs/."""
-    search = [str(source.parent)] if source else []
-    search.append(str(Path(__file__).resolve().parent.parent / "specs"))
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(search),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
-    return env.from_string(text).render(**(variables or {}))
+INT64_MAX = 2**63 - 1
+# Values a YAML document may expand to (aliases repeat a node without copying it): specs
+# hold hundreds; a billion-laughs document would hold billions.
+MAX_YAML_NODES = 1_000_000
+
+
+class CheckedConstruction:
+    """Refuses duplicate keys (naming the key and both lines) and documents that
+    alias-expand into more than MAX_YAML_NODES values, before constructing anything."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        check_yaml_nodes(node)
+        return super().construct_document(node)  # type: ignore[misc]
+
+
+class SpecLoader(CheckedConstruction, yaml.SafeLoader):
+    """The pure-Python safe loader: its error messages are the ones the docs quote."""
+
+
+class FastSpecLoader(CheckedConstruction, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """libyaml's safe loader where PyYAML has it, several times faster (a family file renders
+    and reads hundreds of member specs)."""
+
+
+def check_yaml_nodes(root: yaml.Node) -> None:
+    count = 0
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        count += 1
+        if count > MAX_YAML_NODES:
+            raise SpecError(path, f"the document expands to more than {MAX_YAML_NODES} values (YAML aliases?)")
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    stack.append((value, path))
+                    continue
+                child = f"{path}.{key.value}" if path else str(key.value)
+                line = key.start_mark.line + 1
+                if (key.tag, key.value) in seen:
+                    first = seen[(key.tag, key.value)]
+                    raise SpecError(child, f"duplicate key at lines {first} and {line}; keep one of them")
+                seen[(key.tag, key.value)] = line
+                stack.append((value, child))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse spec YAML safely; raise SpecError(location, ...) on any YAML error."""
+    try:
+        return yaml.load(text, Loader=FastSpecLoader)  # noqa: S506 - a SafeLoader
+    except (yaml.YAMLError, RecursionError):
+        pass  # parse again below, for the pure-Python loader's message
+    try:
+        return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - a SafeLoader
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = err.problem or str(err).splitlines()[0]
+        raise SpecError(at, f"invalid YAML: {problem}") from None
+    except yaml.reader.ReaderError as err:
+        raise SpecError(f"character {err.position}", f"invalid YAML: {str(err).splitlines()[0]}") from None
+    except yaml.YAMLError as err:
+        raise SpecError("", f"invalid YAML: {str(err).splitlines()[0]}") from None
+    except RecursionError:
+        raise SpecError("", "invalid YAML: nested too deeply") from None
+
+
+def check_numbers(data: Any, path: str = "") -> None:
+    """Every float is finite and every integer fits 64 bits (torch's index type)."""
+    stack: list[tuple[Any, str]] = [(data, path)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError(where, f"{value} is not finite; give a finite number")
+        if isinstance(value, int) and abs(value) > INT64_MAX:
+            raise SpecError(where, f"{value} does not fit a 64-bit integer (at most {INT64_MAX})")
+        if isinstance(value, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(value))
 
 
 def parse_override(item: str) -> tuple[list[str | int], Any]:
@@ -337,7 +415,12 @@ def parse_override(item: str) -> tuple[list[str | int], Any]:
         parts.append(int(token[1:-1]) if token.startswith("[") else token)
     if not parts:
         raise SpecError("--set", f"{item!r} has an empty path")
-    return parts, yaml.safe_load(raw) if raw.strip() else ""
+    if not raw.strip():
+        return parts, ""
+    try:
+        return parts, parse_yaml(raw)
+    except SpecError as err:
+        raise SpecError("--set", f"{item!r}: the value is not valid YAML ({err.message.removeprefix('invalid YAML: ')}); quote a string value") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -361,22 +444,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_yaml(text: str, where: str | None = None) -> Any:
-    """``yaml.safe_load``, through libyaml's safe loader where PyYAML has it (several times
-    faster: a family renders and reads hundreds of specs). Bad YAML is a SpecError with the
-    pure-Python loader's message, which the docs quote."""
-    fast = getattr(yaml, "CSafeLoader", None)
-    if fast is not None:
-        try:
-            return yaml.load(text, Loader=fast)  # noqa: S506 -- CSafeLoader is the safe loader
-        except yaml.YAMLError:
-            pass
+    """``parse_yaml`` with its error placed in file ``where``."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise SpecError("", f"invalid YAML{at}: {problem}", where) from None
+        return parse_yaml(text)
+    except SpecError as err:
+        raise SpecError(err.path, err.message, where) from None
 
 
 def spec_from_text(
@@ -387,18 +459,31 @@ def spec_from_text(
 ) -> ExperimentSpec:
     where = str(source) if source else None
     try:
-        rendered = render_template(text, source, variables)
-    except jinja2.TemplateError as err:
-        line = getattr(err, "lineno", None)
-        raise SpecError("", f"template error{f' at line {line}' if line else ''}: {err}", where) from None
-    data = load_yaml(rendered, where)
-    if not isinstance(data, dict):
-        raise SpecError("", "a spec must be a YAML mapping with name, family, task and layers", where)
-    data = apply_overrides(data, list(overrides or []))
-    try:
+        data = parse_yaml(render_spec_template(text, source, variables))
+        if not isinstance(data, dict):
+            what = "empty" if data is None else f"a YAML {type(data).__name__}"
+            raise SpecError("", f"the spec is {what}; a spec is a YAML mapping with name, family, task and layers")
+        data = apply_overrides(data, list(overrides or []))
+        check_numbers(data)
         return ExperimentSpec.model_validate(data)
+    except SpecError as err:
+        raise SpecError(err.path, err.message, where) from None
     except ValidationError as err:
         raise SpecError("", format_validation_error(err), where) from None
+
+
+def read_spec_text(path: Path) -> str:
+    """A spec file's text: UTF-8 (a BOM is fine), at most MAX_RENDERED_CHARS bytes."""
+    try:
+        if path.stat().st_size > MAX_RENDERED_CHARS:
+            raise SpecError("", f"the file is larger than {MAX_RENDERED_CHARS} bytes; is it a spec?", str(path))
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise SpecError("", f"spec file not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise SpecError(f"byte {err.start}", f"not UTF-8 text ({err.reason}); save the spec as UTF-8", str(path)) from None
+    except OSError as err:
+        raise SpecError("", f"cannot read spec {path}: {err.strerror or err}") from None
 
 
 def load_spec(
@@ -407,13 +492,7 @@ def load_spec(
     variables: dict[str, Any] | None = None,
 ) -> ExperimentSpec:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError("", f"spec file not found: {path}") from None
-    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as err:
-        raise SpecError("", f"cannot read spec {path}: {err}") from None
-    return spec_from_text(text, path, overrides, variables)
+    return spec_from_text(read_spec_text(path), path, overrides, variables)
 
 
 def spec_to_yaml(spec: ExperimentSpec) -> str:
@@ -431,6 +510,8 @@ __all__ = [
     "TaskSpec",
     "TrainSpec",
     "load_spec",
+    "parse_yaml",
+    "read_spec_text",
     "spec_from_text",
     "spec_to_yaml",
     "spec_hash",

@@ -1,0 +1,306 @@
+"""Spec templates rendered in a sandbox: a spec file is data, never code.
+
+Specs are jinja2 templates so that model families can loop over layers. A spec may come from
+anyone, so rendering neither runs code nor exhausts the machine:
+
+* jinja2's immutable sandbox refuses attribute escapes (``cycler.__init__.__globals__``) and
+  mutation; the only globals are ``range`` (at most 100,000 items) and ``dict``.
+* Every string or list a template builds (``*``, ``+``, ``~``, ``%``, printed values, numbers
+  handed to filters and methods) stays under ``MAX_RENDERED_CHARS``, ``**`` under
+  ``MAX_POWER_BITS``, and rendering under ``RENDER_SECONDS`` (SIGALRM in the main thread, plus a
+  check on every ``range`` step and call, which also covers other threads).
+* Includes and imports resolve only inside the spec's folder and the family folder
+  (``_families/...``); ``..``, absolute paths and symbolic links out of them are refused.
+
+Any failure becomes a ``SpecError`` whose path is the template line, e.g. ``line 3``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.nodes import Concat, EvalContext
+from jinja2.runtime import Context, Macro
+from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
+
+from .errors import SpecError
+
+FAMILY_PREFIX = "_families"
+FAMILY_TEMPLATES = Path(__file__).resolve().parent.parent / "specs" / FAMILY_PREFIX
+MAX_RENDERED_CHARS = 4 * 2**20
+MAX_POWER_BITS = 4096
+RENDER_SECONDS = 3.0
+# The alarm is the backstop for loops that call nothing (``for x in [1] * 4000000``); the
+# per-step checks fire first where they can and give the template line.
+ALARM_GRACE_SECONDS = 0.5
+SPEC_TEMPLATE_NAME = "<template>"  # what jinja2 calls a template made from a string
+
+
+class RenderLimitError(jinja2.TemplateRuntimeError):
+    """A template exceeded a rendering bound (size, time, number size)."""
+
+
+class ConfinedLoader(jinja2.BaseLoader):
+    """Loads ``name`` from the spec's folder, or ``_families/name`` from the family folder;
+    never a file outside them (``..``, absolute paths and links out are refused)."""
+
+    def __init__(self, spec_folder: Path | None):
+        self.roots: list[tuple[str, Path]] = [(FAMILY_PREFIX + "/", FAMILY_TEMPLATES)]
+        if spec_folder is not None:
+            self.roots.append(("", spec_folder))
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        if template.startswith("/") or "\\" in template or ".." in template.split("/"):
+            raise jinja2.TemplateNotFound(template, f"{template!r}: {self.confinement()}")
+        for prefix, folder in self.roots:
+            if not template.startswith(prefix):
+                continue
+            candidate = folder / template[len(prefix) :]
+            resolved = candidate.resolve()
+            if not resolved.is_relative_to(folder.resolve()):
+                raise jinja2.TemplateNotFound(template, f"{template!r} links out of {folder}: {self.confinement()}")
+            if resolved.is_file():
+                return read_template(resolved, template), str(candidate), lambda: True
+        raise jinja2.TemplateNotFound(template, f"{template!r} not found; {self.confinement()}")
+
+    def confinement(self) -> str:
+        spec_folder = [f"the spec's folder {folder}" for prefix, folder in self.roots if not prefix]
+        return f"includes and imports resolve only inside {' and '.join([*spec_folder, f'{FAMILY_PREFIX}/ ({FAMILY_TEMPLATES})'])}"
+
+
+def read_template(path: Path, name: str) -> str:
+    if path.stat().st_size > MAX_RENDERED_CHARS:
+        raise RenderLimitError(f"{name!r} is larger than {MAX_RENDERED_CHARS} bytes")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RenderLimitError(f"{name!r} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+class BoundedCodeGenerator(CodeGenerator):
+    """Compiles ``a ~ b`` to a length-checked join (jinja2 has no hook for it)."""
+
+    def visit_Concat(self, node: Concat, frame: Frame) -> None:
+        self.write("environment.bounded_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class DeadlineRange:
+    """``range`` that checks the rendering deadline on every step (empty nested loops)."""
+
+    def __init__(self, environment: "SpecEnvironment", *args: int):
+        self.environment = environment
+        self.items = safe_range(*args)
+
+    def __iter__(self) -> Iterator[int]:
+        for item in self.items:
+            self.environment.check_deadline()
+            yield item
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.items[index]
+
+    def __contains__(self, item: Any) -> bool:
+        return item in self.items
+
+    def __repr__(self) -> str:
+        return repr(self.items)
+
+
+class SpecEnvironment(ImmutableSandboxedEnvironment):
+    """One rendering: the sandbox plus size and time bounds (one instance per spec)."""
+
+    code_generator_class = BoundedCodeGenerator
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def __init__(self, spec_folder: Path | None):
+        super().__init__(
+            loader=ConfinedLoader(spec_folder),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+            cache_size=0,
+            finalize=self.count_printed,
+        )
+        self.globals.clear()
+        self.globals.update(range=self.range, dict=dict)
+        self.filters = {name: self.bounded_filter(f) for name, f in self.filters.items()}
+        self.deadline = time.monotonic() + RENDER_SECONDS
+        self.printed = 0
+
+    def range(self, *args: int) -> DeadlineRange:
+        return DeadlineRange(self, *args)
+
+    # --- bounds -----------------------------------------------------------------------
+    def check_deadline(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise RenderLimitError(f"rendering took longer than {RENDER_SECONDS:g} s; is a loop too long?")
+
+    def check_size(self, size: int, what: str) -> None:
+        if size > MAX_RENDERED_CHARS:
+            raise RenderLimitError(f"{what} would hold {size} items, more than the limit of {MAX_RENDERED_CHARS}")
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any], what: str) -> None:
+        """Numbers handed to filters and methods (``center(10**9)``, ``ljust``) are widths."""
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, int) and abs(value) > MAX_RENDERED_CHARS:
+                raise RenderLimitError(f"{what}: argument {value} is larger than {MAX_RENDERED_CHARS}")
+
+    def check_format(self, text: str, what: str) -> None:
+        """Widths and precisions in a format string (``%9999999d``, ``{:9999999}``)."""
+        if any(len(digits) > 7 or int(digits) > MAX_RENDERED_CHARS for digits in re.findall(r"\d+", text)):
+            raise RenderLimitError(f"{what}: a number in {text[:40]!r} is larger than {MAX_RENDERED_CHARS}")
+
+    def count_printed(self, value: Any) -> Any:
+        text = value if isinstance(value, str) else str(value)
+        self.printed += len(text)
+        self.check_size(self.printed, "the rendered spec")
+        return value
+
+    def bounded_filter(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        name = func.__name__.removeprefix("do_")
+
+        @functools.wraps(func)
+        def bounded(*args: Any, **kwargs: Any) -> Any:
+            self.check_deadline()
+            values = [a for a in args if not isinstance(a, (Context, EvalContext, jinja2.Environment))]
+            if name == "format" and values and isinstance(values[0], str):
+                self.check_format(values[0], "filter format")
+            self.check_arguments(tuple(values[1:]), kwargs, f"filter {name}")
+            result = func(*args, **kwargs)
+            if isinstance(result, (str, list)):
+                self.check_size(len(result), f"the result of filter {name}")
+            return result
+
+        return bounded
+
+    # --- sandbox hooks ------------------------------------------------------------------
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        __self.check_deadline()
+        if not isinstance(__obj, Macro) and __obj != __self.range:
+            __self.check_arguments(args, kwargs, f"calling {getattr(__obj, '__name__', 'a function')}")
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        self.check_deadline()
+        if operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0:
+            if right * math.log2(abs(left)) > MAX_POWER_BITS:
+                raise RenderLimitError(f"{left} ** {right} has more than {MAX_POWER_BITS} bits")
+        if operator == "*":
+            for sequence, count in ((left, right), (right, left)):
+                if isinstance(sequence, (str, list, tuple)) and isinstance(count, int):
+                    self.check_size(len(sequence) * count, f"a {type(sequence).__name__} * {count}")
+        if operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+            self.check_size(len(left) + len(right), f"a {type(left).__name__} + {type(right).__name__}")
+        if operator == "%" and isinstance(left, str):
+            self.check_format(left, "%-formatting")
+        return super().call_binop(context, operator, left, right)
+
+    def bounded_concat(self, values: tuple[Any, ...]) -> str:
+        parts = [str(v) for v in values]
+        self.check_size(sum(map(len, parts)), "a ~ concatenation")
+        return "".join(parts)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:
+            self.check_format(value.__self__, "str.format")
+        return wrapped
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_spec_template(text: str, source: Path | None, variables: dict[str, Any] | None = None) -> str:
+    """Render ``text`` (the spec at ``source``) in the sandbox; raise a one-line SpecError."""
+    where = str(source) if source else None
+    environment = SpecEnvironment(source.parent if source else None)
+    try:
+        with RenderAlarm(RENDER_SECONDS + ALARM_GRACE_SECONDS):
+            template = environment.from_string(text)
+            rendered = []
+            size = 0
+            for chunk in template.generate(**(variables or {})):
+                size += len(chunk)
+                environment.check_size(size, "the rendered spec")
+                rendered.append(chunk)
+            return "".join(rendered)
+    except jinja2.TemplateSyntaxError as err:
+        location = template_location(err.filename, err.lineno)
+        raise SpecError(location, f"template syntax error: {err.message}", where) from None
+    except RENDER_ERRORS as err:
+        raise SpecError(error_location(err), f"template error: {describe(err)}", where) from None
+
+
+# Everything rendering a user's template can raise: its own errors (undefined names, bad macro
+# arguments, 32 // 0, huge numbers, deep recursion), not bugs in uhn.
+RENDER_ERRORS = (jinja2.TemplateError, ArithmeticError, TypeError, ValueError, LookupError, RecursionError, MemoryError)
+
+
+def describe(err: BaseException) -> str:
+    message = str(err).splitlines()[0] if str(err) else ""
+    if isinstance(err, jinja2.TemplateError):
+        return message or type(err).__name__
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+
+
+def error_location(err: BaseException) -> str:
+    """The template line of a runtime error: jinja2 rewrites its traceback to template lines."""
+    for frame in reversed(traceback.extract_tb(err.__traceback__)):
+        if frame.filename == SPEC_TEMPLATE_NAME or frame.filename.endswith((".j2", ".yaml", ".yml")):
+            return template_location(frame.filename, frame.lineno)
+    return ""
+
+
+def template_location(filename: str | None, line: int | None) -> str:
+    where = "" if filename in (None, SPEC_TEMPLATE_NAME) else f"{filename} "
+    return f"{where}line {line}" if line else where.strip()
+
+
+class RenderAlarm:
+    """Raise RenderLimitError after ``seconds`` (main thread only; elsewhere a no-op, where
+    the per-step checks still bound the time)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.armed = False
+        self.fired = False
+        self.previous: Any = None
+
+    def __enter__(self) -> "RenderAlarm":
+        usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+        if usable and signal.getitimer(signal.ITIMER_REAL)[0] == 0:
+            self.previous = signal.signal(signal.SIGALRM, self.expire)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+            self.armed = True
+        return self
+
+    def expire(self, signum: int, frame: Any) -> None:
+        if self.armed and not self.fired:
+            self.fired = True
+            raise RenderLimitError(f"rendering took longer than {self.seconds:g} s; is a loop too long?")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.armed:
+            self.armed = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.previous)
+
+
+__all__ = ["FAMILY_TEMPLATES", "MAX_RENDERED_CHARS", "RENDER_SECONDS", "render_spec_template"]
