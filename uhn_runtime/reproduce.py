@@ -185,7 +185,8 @@ class SeedRun:
         return train_command(self.shown_spec, "both", self.data_root, self.overrides, self.folder)
 
     def summary(self) -> dict[str, Any] | None:
-        return RunDir(self.folder).summary()
+        """The finished run's summary; None if it has not finished; refuses other settings."""
+        return Harness.finished_summary(self.folder, self.overrides, "both")
 
 
 def train_command(spec: str, mode: str, data_root: str | None, overrides: list[str], folder: Path) -> str:
@@ -315,13 +316,7 @@ class Harness:
             stop_after_units=self.options.stop_after_units,
         )
         if run.info_path.is_file():
-            recorded = run.info()
-            if recorded.get("overrides") != overrides or recorded.get("mode") != mode:
-                raise TableError(
-                    f"{folder}: holds a run of other settings (--set {recorded.get('overrides')}, mode "
-                    f"{recorded.get('mode')}); remove the folder or pick another --out"
-                )
-            summary = run.summary()
+            summary = self.finished_summary(folder, overrides, mode)
             if summary is not None:
                 return summary
             self.say(f"resuming the killed run in {folder}")
@@ -330,6 +325,21 @@ class Harness:
         plan = compile_spec(spec)
         source = {"source": str(spec_path), "overrides": list(overrides), "reproduce": self.table.name}
         return start_run(plan, folder, options, source)
+
+    @staticmethod
+    def finished_summary(folder: Path, overrides: list[str], mode: str) -> dict[str, Any] | None:
+        """The summary of the finished run in ``folder`` (None: not finished or not started);
+        refuses a run of other settings (e.g. a table whose budget changed since)."""
+        run = RunDir(folder)
+        if not run.info_path.is_file():
+            return None
+        recorded = run.info()
+        if recorded.get("overrides") != overrides or recorded.get("mode") != mode:
+            raise TableError(
+                f"{folder}: holds a run of other settings (--set {recorded.get('overrides')}, mode "
+                f"{recorded.get('mode')}; this table asks for --set {overrides}, mode {mode}); remove the folder or pick another --out"
+            )
+        return run.summary()
 
     @staticmethod
     def load_spec(spec_path: Path, overrides: list[str]) -> ExperimentSpec:
@@ -401,13 +411,15 @@ class Harness:
 
     def row_result(self, row: TableRow) -> dict[str, Any] | None:
         saved = self.row_folder(row) / "direct_lr.json"
+        selected = self.options.select_direct_lr and bool(row.direct_lr_grid) and saved.is_file()
+        chosen_lr = json.loads(saved.read_text(encoding="utf-8"))["value"] if selected else None
         runs = []
-        for seed in self.seeds(row):
-            folder = self.row_folder(row) / f"seed_{seed}"
-            run = RunDir(folder)
-            summary = run.summary()
+        for seed_run in self.seed_runs(row, chosen_lr):
+            seed, folder = seed_run.seed, seed_run.folder
+            summary = seed_run.summary()
             if summary is None:
                 return None
+            run = RunDir(folder)
             extra = json.loads((folder / "reproduce.json").read_text()) if (folder / "reproduce.json").is_file() else {}
             info = run.info()
             command = extra.get("command") or train_command(
@@ -427,7 +439,7 @@ class Harness:
             )
         plan = row.budgets[self.options.budget]
         direct_lr: dict[str, Any]
-        if saved.is_file():
+        if selected:
             chosen = json.loads(saved.read_text(encoding="utf-8"))
             direct_lr = {"value": chosen["value"], "how": chosen["how"], "val": chosen["val"]}
         else:
