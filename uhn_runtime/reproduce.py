@@ -435,6 +435,9 @@ class Harness:
                     "run_dir": str(folder),
                     "load_average": extra.get("load_average"),
                     "threads": summary.get("threads"),
+                    "device": summary.get("device"),
+                    "cpu": info.get("machine", {}).get("cpu"),
+                    "cpu_count": info.get("machine", {}).get("cpu_count"),
                 }
             )
         plan = row.budgets[self.options.budget]
@@ -570,10 +573,11 @@ def render_markdown(table: Table, budget: Budget, rows: list[dict[str, Any]], mi
     """The table as docs/results.md includes it: one line per finished row, then the rows
     that cannot run or have not run, the budget per row and the command that made it."""
     lines = [
-        f"### {table.title} ({budget} budget)",
+        f"### {table.title}: {budget} budget",
         "",
         f"Made by `{command}`; every figure is the test metric of a run's summary.json (mean ± sample std over seeds).",
         "",
+        *machine_lines(rows),
         "| row | metric | UHN | direct | paper UHN / direct | direct lr | seconds per seed (UHN + direct) | command |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -604,6 +608,22 @@ def render_markdown(table: Table, budget: Budget, rows: list[dict[str, Any]], mi
     if changes:
         lines += [f"What the {budget} budget changes per row:", "", *changes, ""]
     return "\n".join(lines)
+
+
+def machine_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Where the runs ran and how busy the machine was: the figures' seconds depend on it."""
+    runs = [run for record in rows for run in record.get("runs", [])]
+    if not runs:
+        return []
+    machines = sorted({f"{r['cpu']} ({r['cpu_count']} cores), {r['device']}" for r in runs if r.get("cpu")})
+    threads = sorted({r["threads"] for r in runs if r.get("threads") is not None})
+    loads = [load for r in runs for load in (r.get("load_average") or []) if load is not None]
+    parts = [f"Runs on {'; '.join(machines) or 'an unrecorded machine'}"]
+    if threads:
+        parts.append(f"{', '.join(map(str, threads))} thread(s) per run")
+    if loads:
+        parts.append(f"load average {min(loads):.1f}-{max(loads):.1f} at the starts and ends of the runs")
+    return ["; ".join(parts) + ".", ""]
 
 
 def results_paths(results_dir: Path, table: Table, budget: Budget) -> tuple[Path, Path]:
