@@ -358,7 +358,8 @@ class Harness:
         seed = self.seeds(row)[0]
         if path.is_file():
             saved = json.loads(path.read_text(encoding="utf-8"))
-            if saved.get("grid_values") is not None and sorted(map(float, saved["grid_values"])) == sorted(row.direct_lr_grid) and saved.get("seed") == seed:
+            same_sweep = sorted(map(float, saved.get("grid", []))) == sorted(row.direct_lr_grid) and saved.get("seed") == seed
+            if same_sweep:  # else the grid or seed changed since: sweep again
                 return DirectLr(float(saved["value"]), True, saved["how"], saved["val"])
         return self.sweep_direct_lr(row, seed, path)
 
@@ -375,8 +376,8 @@ class Harness:
         for lr in row.direct_lr_grid:
             folder = self.row_folder(row) / "direct_lr" / f"lr_{lr_text(lr)}"
             overrides = [*plan.set, f"train.seed={seed}", "task.validate_split=true", f"train.direct_lr={lr_text(lr)}"]
-            self.say(f"{row.name}: direct lr {lr_text(lr)} on the validation split: "
-                     f"{train_command(self.shown(spec_path), 'direct', self.options.data_root, overrides, folder)}")
+            command = train_command(self.shown(spec_path), "direct", self.options.data_root, overrides, folder)
+            self.say(f"{row.name}: direct lr {lr_text(lr)} on the validation split: {command}")
             self.train_folder(spec_path, overrides, folder, "direct")
             source, target, precision = load_trained_source(RunDir(folder), "direct", resolve_device(self.options.device))
             data = data or load_task_data(target.plan.spec.task, self.options.data_root)
@@ -388,7 +389,7 @@ class Harness:
             f"chosen from {', '.join(scores)} by val {row.metric} (task.validate_split: the training data "
             f"less a seeded held-out part; Planetoid: its public val nodes), seed {seed}, same budget"
         )
-        record = {"value": float(best), "how": how, "val": scores, "seed": seed, "grid_values": row.direct_lr_grid}
+        record = {"value": float(best), "how": how, "val": scores, "seed": seed, "grid": row.direct_lr_grid}
         atomic_write_text(path, json.dumps(record, indent=2) + "\n")
         self.say(f"{row.name}: direct lr {best} (val {row.metric} {scores[best]:.4f})")
         return DirectLr(float(best), True, how, scores)
