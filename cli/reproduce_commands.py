@@ -1,0 +1,120 @@
+"""``uhn reproduce``: rerun a table of the paper (UHN beside direct) and write its results."""
+
+from __future__ import annotations
+
+import shlex
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from uhn_runtime.cpu_policy import choose_threads
+from uhn_runtime.stop_signals import RunStopped
+from uhn_spec.errors import UHNError
+
+from .main import command
+from .options import DEFAULT_DEVICE, DataRootOption, DeviceOption
+
+DEFAULT_OUT = Path("runs/reproduce")
+DEFAULT_RESULTS = Path("benchmarks/results")
+
+
+class BudgetChoice(str, Enum):
+    """cpu: a documented smaller schedule per row; paper: the paper's schedules and seeds."""
+
+    cpu = "cpu"
+    paper = "paper"
+
+
+def comma_list(text: str | None, what: str) -> list[str] | None:
+    if text is None:
+        return None
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise UHNError(f"{what}: empty; give a comma-separated list")
+    return items
+
+
+def parse_seeds(text: str | None) -> tuple[int, ...] | None:
+    items = comma_list(text, "--seeds")
+    if items is None:
+        return None
+    try:
+        return tuple(int(item) for item in items)
+    except ValueError:
+        raise UHNError(f"--seeds: {text!r} is not a comma-separated list of integers, e.g. 21962,59358") from None
+
+
+@command("reproduce")
+def reproduce(
+    table: Annotated[
+        str, typer.Argument(help="table1, table2, demo (the digits MLP), or a table YAML file.", show_default=False)
+    ],
+    budget: Annotated[BudgetChoice, typer.Option("--budget", help="cpu: smaller schedules per row; paper: the paper's.")] = BudgetChoice.cpu,
+    rows: Annotated[
+        str | None, typer.Option("--rows", help="Comma-separated row names to train (default: all).", show_default=False)
+    ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option("--seeds", help="Comma-separated seeds for every row (default: the budget's seeds per row).", show_default=False),
+    ] = None,
+    data_root: DataRootOption = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the run folders (OUT/TABLE/BUDGET/ROW/seed_S).")] = DEFAULT_OUT,
+    results: Annotated[Path, typer.Option("--results", help="Folder for TABLE_BUDGET.json and .md.")] = DEFAULT_RESULTS,
+    select_direct_lr: Annotated[
+        bool,
+        typer.Option(
+            "--select-direct-lr/--no-select-direct-lr",
+            help="Choose each row's direct lr from its grid on a validation split (else the row's rule).",
+        ),
+    ] = True,
+    specs_root: Annotated[
+        Path | None,
+        typer.Option("--specs-root", help="Folder the table's spec paths are relative to (default: the uhn checkout).", show_default=False),
+    ] = None,
+    device: DeviceOption = DEFAULT_DEVICE,
+) -> None:
+    """Train every row of a table as `uhn train --mode both` runs (resumable), then write the
+    results as JSON and a markdown table. Rows not run yet are left out and counted."""
+    from uhn_runtime.reproduce import Harness, ReproduceOptions, load_table, write_results
+
+    loaded, spec_root = load_table(table)
+    options = ReproduceOptions(
+        budget=budget.value,  # type: ignore[arg-type]
+        out=out,
+        data_root=data_root,
+        rows=tuple(comma_list(rows, "--rows") or ()) or None,
+        seeds=parse_seeds(seeds),
+        select_direct_lr=select_direct_lr,
+        device=device.value,
+        spec_root=specs_root,
+    )
+    harness = Harness(loaded, spec_root, options)
+    typer.echo(choose_threads().line(), err=True)
+    again = table_command(table, budget.value, data_root, seeds, out, select_direct_lr, specs_root)
+    try:
+        harness.run()
+    except RunStopped as stopped:
+        write_results(harness, results, again, harness.say)
+        typer.echo(f"{stopped}; continue with `{again}`", err=True)
+        raise typer.Exit(stopped.exit_code) from None
+    write_results(harness, results, again, harness.say)
+
+
+def table_command(
+    table: str, budget: str, data_root: str | None, seeds: str | None, out: Path, select: bool, specs_root: Path | None
+) -> str:
+    """The command that reruns (and resumes) the whole table: what its markdown cites."""
+    words = ["uhn", "reproduce", table, "--budget", budget]
+    if data_root:
+        words += ["--data-root", data_root]
+    if seeds:
+        words += ["--seeds", seeds]
+    if out != DEFAULT_OUT:
+        words += ["--out", str(out)]
+    if not select:
+        words.append("--no-select-direct-lr")
+    if specs_root is not None:
+        words += ["--specs-root", str(specs_root)]
+    return shlex.join(words)

@@ -1,0 +1,647 @@
+"""`uhn reproduce`: rerun a table of the paper as ordinary `uhn train --mode both` runs.
+
+A table (``reproduce_tables.py``, or a YAML file of the same shape) lists rows; each row x
+seed is one run folder ``OUT/<table>/<budget>/<row>/seed_<seed>`` trained in-process through
+``start_run`` exactly as ``uhn train SPEC --mode both --set ... -o FOLDER`` would. Resumable by
+the run folders themselves: a folder with a summary.json is finished and skipped, one with a
+run.json but no summary is a killed run and continues with ``resume_run``.
+
+The direct baseline's learning rate is chosen per row on a validation split, never on the
+test split (``select_direct_lr``): for each lr of the row's grid, a `--mode direct` run of the
+same budget with ``task.validate_split=true`` (the loaders hold out a seeded part of the
+training data; Planetoid graphs have their public validation nodes) under the row's first
+seed, scored on ``val``; the best lr then trains every seed. The choice is kept in
+``OUT/<table>/<budget>/<row>/direct_lr.json`` so a resumed table does not sweep again.
+
+At the end the results of every row whose seeds have all finished -- in this sitting or an
+earlier one -- go into a JSON list and a markdown table; rows not run yet are left out and
+counted, never filled in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from uhn_spec.budget import check_fits, estimate_budget
+from uhn_spec.compiler import compile_spec
+from uhn_spec.errors import UHNError
+from uhn_spec.files import atomic_write_text
+from uhn_spec.spec import ExperimentSpec, StrictModel, load_spec
+
+from .reproduce_tables import BUILTIN_TABLES
+from .run_dir import PACKAGE_PARENT, RunDir, is_uhn_checkout
+
+Budget = Literal["cpu", "paper"]
+BUDGETS: tuple[Budget, ...] = ("cpu", "paper")
+Metric = Literal["accuracy", "rmse"]
+
+
+class TableError(UHNError):
+    """A table definition, a row name or a run folder does not fit what `uhn reproduce` asks."""
+
+
+# ---------------------------------------------------------------------------- table schema
+
+
+class BudgetPlan(StrictModel):
+    """How a row trains at one budget."""
+
+    set: list[str] = Field(default_factory=list, description="--set overrides on the row's spec")
+    changes: str = Field(description="one line: what these overrides change against the spec")
+    seeds: list[int] = Field(min_length=1)
+    estimate_seconds: float | None = Field(None, gt=0, description="one seed, UHN + direct, idle 2-core CPU")
+
+
+class PaperFigures(StrictModel):
+    uhn: float | None = None
+    direct: float | None = None
+
+
+class TableRow(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    dataset: str
+    model: str
+    metric: Metric
+    spec: str | None = Field(None, description="the spec file, relative to the table's spec root")
+    note: str | None = Field(None, description="why the row has no spec (e.g. no data here)")
+    budgets: dict[Budget, BudgetPlan] = Field(default_factory=dict)
+    paper: PaperFigures = Field(default_factory=PaperFigures)
+    direct_lr_grid: list[float] = Field(default_factory=list, description="direct lrs chosen from on val")
+    direct_lr_rule: str = "the spec's train.direct_lr (else train.lr)"
+
+    @model_validator(mode="after")
+    def _spec_or_note(self) -> "TableRow":
+        if (self.spec is None) == (self.note is None):
+            raise ValueError("give a spec (a row that trains) or a note (why it cannot), exactly one")
+        if self.spec is not None and set(self.budgets) != set(BUDGETS):
+            raise ValueError(f"budgets: a row with a spec gives both budgets, {' and '.join(BUDGETS)}")
+        return self
+
+    @property
+    def runnable(self) -> bool:
+        return self.spec is not None
+
+
+class Table(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    title: str
+    rows: list[TableRow] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_rows(self) -> "Table":
+        names = [row.name for row in self.rows]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"rows: {', '.join(twice)} named more than once; row names are folder names")
+        return self
+
+    def row(self, name: str) -> TableRow:
+        for row in self.rows:
+            if row.name == name:
+                return row
+        raise TableError(f"--rows: {name!r} is not a row of {self.name}; rows: {', '.join(r.name for r in self.rows)}")
+
+
+def _validation_message(err: ValidationError) -> str:
+    first = err.errors()[0]
+    path = ".".join(str(part) for part in first["loc"] if not str(part).startswith("function-"))
+    return f"{path}: {first['msg']}" if path else first["msg"]
+
+
+def table_from_data(data: Any, source: str) -> Table:
+    try:
+        return Table.model_validate(data)
+    except ValidationError as err:
+        raise TableError(f"{source}: {_validation_message(err)}") from None
+
+
+def default_spec_root() -> Path:
+    """Where the built-in tables' ``specs/...`` paths live: the uhn checkout this code runs
+    from, else the current folder (run from a checkout, or pass --specs-root)."""
+    return PACKAGE_PARENT if is_uhn_checkout(PACKAGE_PARENT) else Path.cwd()
+
+
+def load_table(name_or_path: str) -> tuple[Table, Path]:
+    """A built-in table by name, or a YAML table file; with the folder its spec paths are
+    relative to (a file's own folder)."""
+    if name_or_path in BUILTIN_TABLES:
+        return table_from_data(BUILTIN_TABLES[name_or_path], name_or_path), default_spec_root()
+    path = Path(name_or_path)
+    if not path.is_file():
+        known = ", ".join(BUILTIN_TABLES)
+        raise TableError(f"{name_or_path}: neither a built-in table ({known}) nor a table file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        raise TableError(f"{path}: not readable YAML ({err.__class__.__name__}); a table is a YAML mapping") from None
+    return table_from_data(data, str(path)), path.resolve().parent
+
+
+# ---------------------------------------------------------------------------- options and runs
+
+
+@dataclass(frozen=True)
+class ReproduceOptions:
+    budget: Budget = "cpu"
+    out: Path = Path("runs/reproduce")
+    data_root: str | None = None
+    rows: tuple[str, ...] | None = None  # None: every row of the table
+    seeds: tuple[int, ...] | None = None  # None: the budget's seeds of each row
+    select_direct_lr: bool = True
+    device: str = "auto"
+    spec_root: Path | None = None  # None: the table's own (see load_table)
+    progress: TextIO | None = None
+    # Test hook, passed to every training run: stop (as if killed) after this many units.
+    stop_after_units: int | None = None
+
+
+@dataclass
+class SeedRun:
+    """One row x seed: a `uhn train --mode both` run in its own folder."""
+
+    row: TableRow
+    seed: int
+    spec_path: Path
+    overrides: list[str]
+    folder: Path
+    shown_spec: str  # the spec path as the command shows it
+    data_root: str | None
+    estimate_seconds: float | None
+
+    def command(self) -> str:
+        return train_command(self.shown_spec, "both", self.data_root, self.overrides, self.folder)
+
+    def summary(self) -> dict[str, Any] | None:
+        """The finished run's summary; None if it has not finished; refuses other settings."""
+        return Harness.finished_summary(self.folder, self.overrides, "both")
+
+
+def train_command(spec: str, mode: str, data_root: str | None, overrides: list[str], folder: Path) -> str:
+    """The `uhn train` line that trains exactly what the harness trains in ``folder``."""
+    words = ["uhn", "train", spec, "--mode", mode]
+    if data_root:
+        words += ["--data-root", data_root]
+    for item in overrides:
+        words += ["--set", item]
+    return shlex.join([*words, "-o", str(folder)])
+
+
+def lr_text(lr: float) -> str:
+    """A learning rate as --set and folder names write it (YAML reads it back as a float)."""
+    return repr(float(lr))
+
+
+class Harness:
+    """Runs one table at one budget; ``run()`` trains what is missing, ``results()`` reads
+    every finished row back."""
+
+    def __init__(self, table: Table, spec_root: Path, options: ReproduceOptions):
+        self.table, self.options = table, options
+        self.spec_root = options.spec_root or spec_root
+        self.stream = options.progress if options.progress is not None else sys.stderr
+        self.folder = options.out / table.name / options.budget
+        wanted = options.rows or tuple(row.name for row in table.rows)
+        self.selected = [table.row(name) for name in wanted]
+
+    # ------------------------------------------------------------------ planning
+    def seeds(self, row: TableRow) -> list[int]:
+        return list(self.options.seeds) if self.options.seeds else row.budgets[self.options.budget].seeds
+
+    def row_folder(self, row: TableRow) -> Path:
+        return self.folder / row.name
+
+    def spec_path(self, row: TableRow) -> Path:
+        path = self.spec_root / str(row.spec)
+        if not path.is_file():
+            raise TableError(
+                f"{self.table.name}: rows[{row.name}].spec: {path} not found; run from a uhn checkout "
+                "(its specs/ folder) or pass --specs-root"
+            )
+        return path
+
+    def shown(self, path: Path) -> str:
+        relative = os.path.relpath(path)
+        return relative if not relative.startswith("..") else str(path)
+
+    def seed_runs(self, row: TableRow, direct_lr: float | None) -> list[SeedRun]:
+        plan = row.budgets[self.options.budget]
+        path = self.spec_path(row)
+        chosen = [f"train.direct_lr={lr_text(direct_lr)}"] if direct_lr is not None else []
+        return [
+            SeedRun(
+                row=row,
+                seed=seed,
+                spec_path=path,
+                overrides=[*plan.set, f"train.seed={seed}", *chosen],
+                folder=self.row_folder(row) / f"seed_{seed}",
+                shown_spec=self.shown(path),
+                data_root=self.options.data_root,
+                estimate_seconds=plan.estimate_seconds,
+            )
+            for seed in self.seeds(row)
+        ]
+
+    # ------------------------------------------------------------------ running
+    def say(self, text: str) -> None:
+        print(f"reproduce: {text}", file=self.stream, flush=True)
+
+    def run(self) -> None:
+        """Train every selected row x seed that has not finished; a progress line per run
+        and an ETA over what is left."""
+        runnable = [row for row in self.selected if row.runnable]
+        for row in self.selected:
+            if not row.runnable:
+                self.say(f"{row.name}: skipped, {row.note}")
+        eta = Eta()
+        for row in runnable:  # the ETA counts every run still to train, chosen lrs or not
+            plan = row.budgets[self.options.budget]
+            for seed in self.seeds(row):
+                if RunDir(self.row_folder(row) / f"seed_{seed}").summary() is None:
+                    eta.add(plan.estimate_seconds)
+        total = len(eta.pending)
+        self.say(f"{self.table.name} at the {self.options.budget} budget: {total} runs to train; {eta.line()}")
+        done = 0
+        for row in runnable:
+            direct_lr = self.direct_lr(row)
+            for run in self.seed_runs(row, direct_lr.value if direct_lr.chosen else None):
+                if run.summary() is not None:
+                    self.say(f"{row.name} seed {run.seed}: finished earlier, skipped ({run.folder})")
+                    continue
+                done += 1
+                self.say(f"[{done}/{total}] {row.name} seed {run.seed}: {run.command()}")
+                started = time.monotonic()
+                summary = self.train(run)
+                seconds = time.monotonic() - started
+                eta.finish(seconds)
+                self.say(
+                    f"[{done}/{total}] {row.name} seed {run.seed}: uhn {summary['uhn']:.4f}  direct {summary['direct']:.4f} "
+                    f"{summary['metric']}  ({seconds:.0f} s); {eta.line()}"
+                )
+
+    def train(self, run: SeedRun) -> dict[str, Any]:
+        load_before = load_average()
+        started = time.monotonic()
+        summary = self.train_folder(run.spec_path, run.overrides, run.folder, "both")
+        record = {
+            "command": run.command(),
+            "load_average": [load_before, load_average()],
+            "wall_seconds": round(time.monotonic() - started, 1),
+        }
+        atomic_write_text(run.folder / "reproduce.json", json.dumps(record, indent=2) + "\n")
+        return summary
+
+    def train_folder(self, spec_path: Path, overrides: list[str], folder: Path, mode: str) -> dict[str, Any]:
+        """Finish the `uhn train` run in ``folder``: start, resume or just read it."""
+        from .train import TrainOptions, resume_run, start_run
+
+        run = RunDir(folder)
+        options = TrainOptions(
+            mode=mode,  # type: ignore[arg-type]
+            device=self.options.device,
+            data_root=self.options.data_root,
+            progress=self.stream,
+            stop_after_units=self.options.stop_after_units,
+        )
+        if run.info_path.is_file():
+            summary = self.finished_summary(folder, overrides, mode)
+            if summary is not None:
+                return summary
+            self.say(f"resuming the killed run in {folder}")
+            return resume_run(folder, options)
+        spec = self.load_spec(spec_path, overrides)
+        plan = compile_spec(spec)
+        source = {"source": str(spec_path), "overrides": list(overrides), "reproduce": self.table.name}
+        return start_run(plan, folder, options, source)
+
+    @staticmethod
+    def finished_summary(folder: Path, overrides: list[str], mode: str) -> dict[str, Any] | None:
+        """The summary of the finished run in ``folder`` (None: not finished or not started);
+        refuses a run of other settings (e.g. a table whose budget changed since)."""
+        run = RunDir(folder)
+        if not run.info_path.is_file():
+            return None
+        recorded = run.info()
+        if recorded.get("overrides") != overrides or recorded.get("mode") != mode:
+            raise TableError(
+                f"{folder}: holds a run of other settings (--set {recorded.get('overrides')}, mode "
+                f"{recorded.get('mode')}; this table asks for --set {overrides}, mode {mode}); remove the folder or pick another --out"
+            )
+        return run.summary()
+
+    @staticmethod
+    def load_spec(spec_path: Path, overrides: list[str]) -> ExperimentSpec:
+        spec = load_spec(spec_path, overrides)
+        check_fits(estimate_budget(spec), "train", str(spec_path))
+        return spec
+
+    # ------------------------------------------------------------------ direct lr
+    def direct_lr(self, row: TableRow) -> "DirectLr":
+        """The direct baseline's learning rate of ``row``: chosen on val, or the row's rule."""
+        if not self.options.select_direct_lr or not row.direct_lr_grid:
+            reason = "--no-select-direct-lr" if row.direct_lr_grid else "the row has no grid"
+            spec = self.load_spec(self.spec_path(row), row.budgets[self.options.budget].set)
+            return DirectLr(spec.train.direct_lr or spec.train.lr, False, f"{row.direct_lr_rule} ({reason})", {})
+        path = self.row_folder(row) / "direct_lr.json"
+        seed = self.seeds(row)[0]
+        if path.is_file():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            same_sweep = sorted(map(float, saved.get("grid", []))) == sorted(row.direct_lr_grid) and saved.get("seed") == seed
+            if same_sweep:  # else the grid or seed changed since: sweep again
+                return DirectLr(float(saved["value"]), True, saved["how"], saved["val"])
+        return self.sweep_direct_lr(row, seed, path)
+
+    def sweep_direct_lr(self, row: TableRow, seed: int, path: Path) -> "DirectLr":
+        from .data import load_task_data
+        from .evaluate import evaluate_source
+        from .export import load_trained_source
+        from .train import resolve_device
+
+        plan = row.budgets[self.options.budget]
+        spec_path = self.spec_path(row)
+        scores: dict[str, float] = {}
+        data = None
+        for lr in row.direct_lr_grid:
+            folder = self.row_folder(row) / "direct_lr" / f"lr_{lr_text(lr)}"
+            overrides = [*plan.set, f"train.seed={seed}", "task.validate_split=true", f"train.direct_lr={lr_text(lr)}"]
+            command = train_command(self.shown(spec_path), "direct", self.options.data_root, overrides, folder)
+            self.say(f"{row.name}: direct lr {lr_text(lr)} on the validation split: {command}")
+            self.train_folder(spec_path, overrides, folder, "direct")
+            source, target, precision = load_trained_source(RunDir(folder), "direct", resolve_device(self.options.device))
+            data = data or load_task_data(target.plan.spec.task, self.options.data_root)
+            scores[lr_text(lr)] = evaluate_source(source, target, data, "val", precision)
+            self.say(f"{row.name}: direct lr {lr_text(lr)}: val {row.metric} {scores[lr_text(lr)]:.4f}")
+        better = max if row.metric == "accuracy" else min
+        best = better(scores, key=lambda k: scores[k])
+        how = (
+            f"chosen from {', '.join(scores)} by val {row.metric} (task.validate_split: the training data "
+            f"less a seeded held-out part; Planetoid: its public val nodes), seed {seed}, same budget"
+        )
+        record = {"value": float(best), "how": how, "val": scores, "seed": seed, "grid": row.direct_lr_grid}
+        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+        self.say(f"{row.name}: direct lr {best} (val {row.metric} {scores[best]:.4f})")
+        return DirectLr(float(best), True, how, scores)
+
+    # ------------------------------------------------------------------ results
+    def results(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """(the JSON rows of every finished row of the table, the names of rows not run yet).
+        Every row of the table counts, not only --rows: a table fills up over sittings."""
+        rows, missing = [], []
+        for row in self.table.rows:
+            if not row.runnable:
+                rows.append(note_row(row))
+                continue
+            record = self.row_result(row)
+            if record is None:
+                missing.append(row.name)
+            else:
+                rows.append(record)
+        return rows, missing
+
+    def row_result(self, row: TableRow) -> dict[str, Any] | None:
+        saved = self.row_folder(row) / "direct_lr.json"
+        selected = self.options.select_direct_lr and bool(row.direct_lr_grid) and saved.is_file()
+        chosen_lr = json.loads(saved.read_text(encoding="utf-8"))["value"] if selected else None
+        runs = []
+        for seed_run in self.seed_runs(row, chosen_lr):
+            seed, folder = seed_run.seed, seed_run.folder
+            summary = seed_run.summary()
+            if summary is None:
+                return None
+            run = RunDir(folder)
+            extra = json.loads((folder / "reproduce.json").read_text()) if (folder / "reproduce.json").is_file() else {}
+            info = run.info()
+            command = extra.get("command") or train_command(
+                self.shown(Path(info["source"])), "both", info.get("data_root"), info.get("overrides", []), folder
+            )
+            runs.append(
+                {
+                    "seed": seed,
+                    "uhn": summary["uhn"],
+                    "direct": summary["direct"],
+                    "seconds": summary["phase_seconds"],
+                    "command": command,
+                    "run_dir": str(folder),
+                    "load_average": extra.get("load_average"),
+                    "threads": summary.get("threads"),
+                    "device": summary.get("device"),
+                    "cpu": info.get("machine", {}).get("cpu"),
+                    "cpu_count": info.get("machine", {}).get("cpu_count"),
+                }
+            )
+        plan = row.budgets[self.options.budget]
+        direct_lr: dict[str, Any]
+        if selected:
+            chosen = json.loads(saved.read_text(encoding="utf-8"))
+            direct_lr = {"value": chosen["value"], "how": chosen["how"], "val": chosen["val"]}
+        else:
+            config = yaml.safe_load((self.row_folder(row) / f"seed_{runs[0]['seed']}" / "config.yaml").read_text())
+            train = config["train"]
+            direct_lr = {"value": train.get("direct_lr") or train["lr"], "how": row.direct_lr_rule, "val": None}
+        return {
+            "row": row.name,
+            "dataset": row.dataset,
+            "model": row.model,
+            "metric": row.metric,
+            "uhn": figure([r["uhn"] for r in runs]),
+            "direct": figure([r["direct"] for r in runs]),
+            "paper": row.paper.model_dump(),
+            "command": runs[0]["command"],
+            "budget": self.options.budget,
+            "budget_changes": plan.changes,
+            "direct_lr": direct_lr,
+            "seconds": {
+                "uhn": round(statistics.fmean(r["seconds"].get("uhn", 0.0) for r in runs), 1),
+                "direct": round(statistics.fmean(r["seconds"].get("direct", 0.0) for r in runs), 1),
+                "total": round(sum(sum(r["seconds"].values()) for r in runs), 1),
+            },
+            "runs": runs,
+        }
+
+
+@dataclass(frozen=True)
+class DirectLr:
+    value: float
+    chosen: bool  # on the validation split (else the row's rule)
+    how: str
+    val: dict[str, float]
+
+
+def note_row(row: TableRow) -> dict[str, Any]:
+    """A row that cannot run here: listed with its note and the paper's figures, no result."""
+    return {
+        "row": row.name,
+        "dataset": row.dataset,
+        "model": row.model,
+        "metric": row.metric,
+        "uhn": None,
+        "direct": None,
+        "paper": row.paper.model_dump(),
+        "command": None,
+        "note": row.note,
+    }
+
+
+def figure(values: list[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation (None for one seed) and the number of seeds."""
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return {"mean": statistics.fmean(values), "std": std, "seeds": len(values)}
+
+
+def load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+@dataclass
+class Eta:
+    """Time left: the rows' estimates, scaled by how the runs so far compared with theirs;
+    rows without an estimate count at the mean measured time."""
+
+    pending: list[float | None] = field(default_factory=list)
+    measured: list[tuple[float | None, float]] = field(default_factory=list)
+
+    def add(self, estimate: float | None) -> None:
+        self.pending.append(estimate)
+
+    def finish(self, seconds: float) -> None:
+        if self.pending:
+            self.measured.append((self.pending.pop(0), seconds))
+
+    def seconds_left(self) -> float | None:
+        if not self.pending:
+            return 0.0
+        pairs = [(e, s) for e, s in self.measured if e]
+        scale = sum(s for _, s in pairs) / sum(e for e, _ in pairs) if pairs else 1.0
+        mean = statistics.fmean(s for _, s in self.measured) if self.measured else None
+        total = 0.0
+        for estimate in self.pending:
+            guess = estimate * scale if estimate else mean
+            if guess is None:
+                return None
+            total += guess
+        return total
+
+    def line(self) -> str:
+        left = self.seconds_left()
+        runs = len(self.pending)
+        if runs == 0:
+            return "no runs left"
+        plural = "run" if runs == 1 else "runs"
+        if left is None:
+            return f"ETA unknown ({runs} {plural} left, no estimate yet)"
+        basis = "measured pace" if self.measured else "the table's estimates"
+        return f"ETA {format_duration(left)} for {runs} {plural} left ({basis})"
+
+
+def format_duration(seconds: float) -> str:
+    minutes = math.ceil(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def format_figure(value: dict[str, Any] | None, metric: str) -> str:
+    if value is None:
+        return "–"
+    text = f"{value['mean']:.4f}"
+    if value["std"] is not None:
+        text += f" ± {value['std']:.4f}"
+    return f"{text} ({value['seeds']} seed{'s' if value['seeds'] > 1 else ''})"
+
+
+def format_paper(paper: dict[str, float | None]) -> str:
+    parts = [f"{paper[k]:.4f}" if paper.get(k) is not None else "–" for k in ("uhn", "direct")]
+    return " / ".join(parts) if any(paper.get(k) is not None for k in ("uhn", "direct")) else "not given"
+
+
+def render_markdown(table: Table, budget: Budget, rows: list[dict[str, Any]], missing: list[str], command: str) -> str:
+    """The table as docs/results.md includes it: one line per finished row, then the rows
+    that cannot run or have not run, the budget per row and the command that made it."""
+    lines = [
+        f"### {table.title}: {budget} budget",
+        "",
+        f"Made by `{command}`; every figure is the test metric of a run's summary.json (mean ± sample std over seeds).",
+        "",
+        *machine_lines(rows),
+        "| row | metric | UHN | direct | paper UHN / direct | direct lr | seconds per seed (UHN + direct) | command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    notes, changes = [], []
+    for record in rows:
+        if record["uhn"] is None:
+            notes.append(f"* {record['row']}: {record['note']} (paper UHN / direct: {format_paper(record['paper'])})")
+            continue
+        lr = record["direct_lr"]
+        lr_cell = f"{lr['value']:g}" + (" (val)" if lr.get("val") else " (rule)")
+        seconds = record["seconds"]
+        seeds = f" (seeds {', '.join(str(r['seed']) for r in record['runs'])})" if len(record["runs"]) > 1 else ""
+        lines.append(
+            f"| {record['row']} | {record['metric']} | {format_figure(record['uhn'], record['metric'])} | "
+            f"{format_figure(record['direct'], record['metric'])} | {format_paper(record['paper'])} | {lr_cell} | "
+            f"{seconds['uhn']:.0f} + {seconds['direct']:.0f} | `{record['command']}`{seeds} |"
+        )
+        changes.append(f"* {record['row']}: {record['budget_changes']}")
+    lines.append("")
+    rmse = [r for r in rows if r["metric"] == "rmse" and r["uhn"] is not None]
+    if rmse:
+        wins = sum(r["uhn"]["mean"] <= r["direct"]["mean"] for r in rmse)
+        lines += [f"UHN RMSE at or below direct on {wins} of {len(rmse)} functions run (the paper: 9 of 15).", ""]
+    if notes:
+        lines += ["Rows without data here:", "", *notes, ""]
+    if missing:
+        lines += [f"Not run yet ({len(missing)} rows, left out above): {', '.join(missing)}.", ""]
+    if changes:
+        lines += [f"What the {budget} budget changes per row:", "", *changes, ""]
+    return "\n".join(lines)
+
+
+def machine_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Where the runs ran and how busy the machine was: the figures' seconds depend on it."""
+    runs = [run for record in rows for run in record.get("runs", [])]
+    if not runs:
+        return []
+    machines = sorted({f"{r['cpu']} ({r['cpu_count']} cores), {r['device']}" for r in runs if r.get("cpu")})
+    threads = sorted({r["threads"] for r in runs if r.get("threads") is not None})
+    loads = [load for r in runs for load in (r.get("load_average") or []) if load is not None]
+    parts = [f"Runs on {'; '.join(machines) or 'an unrecorded machine'}"]
+    if threads:
+        parts.append(f"{', '.join(map(str, threads))} thread(s) per run")
+    if loads:
+        parts.append(f"load average {min(loads):.1f}-{max(loads):.1f} at the starts and ends of the runs")
+    return ["; ".join(parts) + ".", ""]
+
+
+def results_paths(results_dir: Path, table: Table, budget: Budget) -> tuple[Path, Path]:
+    stem = f"{table.name}_{budget}"
+    return results_dir / f"{stem}.json", results_dir / f"{stem}.md"
+
+
+def write_results(
+    harness: Harness, results_dir: Path, command: str, say: Callable[[str], None] | None = None
+) -> tuple[Path, Path, list[str]]:
+    """Write ``<table>_<budget>.json`` and ``.md`` under ``results_dir``; the rows not run yet."""
+    rows, missing = harness.results()
+    json_path, md_path = results_paths(results_dir, harness.table, harness.options.budget)
+    atomic_write_text(json_path, json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(md_path, render_markdown(harness.table, harness.options.budget, rows, missing, command) + "\n")
+    if say is not None:
+        finished = sum(r["uhn"] is not None for r in rows)
+        say(f"wrote {json_path} and {md_path}: {finished} rows with results, {len(missing)} rows missing"
+            + (f" ({', '.join(missing)})" if missing else ""))
+    return json_path, md_path, missing
