@@ -221,8 +221,15 @@ class ExperimentSpec(StrictModel):
         return FAMILY_MODEL_TYPE[self.family]
 
     @property
+    def flat_layers(self) -> list[tuple[str, Any]]:
+        """Every layer, nested ones (in blocks) included, in pre-order, with its module path
+        (``layers.3.layers.0``): one local descriptor row and ``layer_idx`` each. Without
+        blocks this is ``layers`` itself."""
+        return [item for i, layer in enumerate(self.layers) for item in layer.flat_layers(f"layers.{i}")]
+
+    @property
     def num_encoders(self) -> int:
-        return sum(1 for layer in self.layers if layer.kind == "mha")
+        return sum(1 for _, layer in self.flat_layers if layer.kind == "mha")
 
     @property
     def num_params(self) -> int:

@@ -122,7 +122,7 @@ def check_layer_properties(spec: ExperimentSpec) -> None:
     assert flat.grad is not None and bool(torch.isfinite(flat.grad).all())
     for p in target.params:
         grad = flat.grad[p.offset : p.offset + p.numel]
-        if p.name.split(".", 2)[2] in spec.layers[p.layer].gradient_free_params:
+        if p.name.rsplit(".", 1)[1] in spec.flat_layers[p.layer][1].gradient_free_params:
             assert float(grad.abs().sum()) < 1e-4, p.name
         elif p.numel:
             assert float(grad.abs().sum()) > 0, p.name
