@@ -111,7 +111,9 @@ def check_layer_properties(spec: ExperimentSpec) -> None:
     flat = (means + noise).requires_grad_(True)
     out_functional = functional_call(model, flat_to_params(target, flat), args=(), kwargs=inputs)
     loaded = build_model(spec).eval()
-    loaded.load_state_dict({k: v.detach() for k, v in flat_to_params(target, flat).items()})
+    # Buffers (BatchNorm running statistics) are not generated: the skeleton's own go along.
+    buffers = dict(model.named_buffers())
+    loaded.load_state_dict({**buffers, **{k: v.detach() for k, v in flat_to_params(target, flat).items()}})
     out_loaded = loaded(**inputs)
     assert torch.allclose(out_functional, out_loaded, atol=1e-5, rtol=1e-4)
 
