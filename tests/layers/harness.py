@@ -77,6 +77,9 @@ def check_layer_properties(spec: ExperimentSpec) -> None:
     assert target.num_params == n
     assert [p.name for p in target.params] == [name for name, _ in model.named_parameters()]
     assert [p.shape for p in target.params] == [tuple(t.shape) for _, t in model.named_parameters()]
+    # Each tensor's param_type is the one its kind declares (the docs table's source).
+    for p in target.params:
+        assert p.param_type == spec.flat_layers[p.layer][1].param_types[p.name.rsplit(".", 1)[1]], p.name
 
     # Slices tile the flat vector exactly once, in order.
     cover = torch.zeros(n, dtype=torch.int64)

@@ -152,6 +152,9 @@ class LayerSpec(BaseModel):
     # The descriptor's layer_type id: the authors' LayerType for their kinds, a new id (7 and
     # up, unique, checked by the registry) declared in the kind's own file otherwise.
     layer_type: ClassVar[int]
+    # param_type id of each parameter, in storage order (ids restart at 0 for each kind); the
+    # docs table is rendered from it and the property harness checks param_meta agrees.
+    param_types: ClassVar[dict[str, int]] = {}
     # Local-structure fields this kind can use, with the full range of each categorical one;
     # normalisation ranges include these so that e.g. every activation id stays in range.
     categorical_domains: ClassVar[dict[str, tuple[float, float]]] = {}

@@ -24,6 +24,7 @@ class EmbeddingSpec(LayerSpec):
 
     kind: Literal["embedding"] = "embedding"
     layer_type = LayerType.EMBEDDING
+    param_types = {"weight": 0, "position": 1}
     num_embeddings: int = Field(ge=1, description="vocabulary size; must equal task.vocab_size")
     embedding_dim: int = Field(ge=1)
     max_length: int = Field(ge=1, description="length of the positional table (longest sequence)")

@@ -30,7 +30,8 @@ class NormSpec(LayerSpec):
 
     kind: Literal["norm"] = "norm"
     layer_type = 7
-    type: NormName
+    param_types = {"weight": 0, "bias": 1}
+    type: NormName = "layer"
     features: int = Field(ge=1, description="channels of an image, else the last dimension")
     groups: int = Field(1, ge=1, description="group: groups of channels")
     affine: bool = Field(True, description="learned (generated) weight and bias")

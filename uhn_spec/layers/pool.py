@@ -37,7 +37,7 @@ class PoolSpec(LayerSpec):
 
     kind: Literal["pool"] = "pool"
     layer_type = 9
-    type: PoolType
+    type: PoolType = "max"
     kernel_size: int = Field(2, ge=1)
     stride: int | None = Field(None, ge=1, description="default: kernel_size")
     padding: int = Field(0, ge=0)
