@@ -154,3 +154,4 @@ from . import train_commands  # noqa: E402,F401
 from . import data_commands  # noqa: E402,F401
 from . import bench_commands  # noqa: E402,F401
 from . import plot_commands  # noqa: E402,F401
+from . import import_commands  # noqa: E402,F401

@@ -345,6 +345,23 @@ PYG_CONVERTERS: dict[str, Converter] = {"GCNConv": convert_gcn, "GATConv": conve
 SUPPORTED = "Linear, Conv2d, BatchNorm1d/2d, LayerNorm, GroupNorm, ReLU/GELU/Tanh/Sigmoid/SiLU/LeakyReLU/ELU, MaxPool2d, AvgPool2d, AdaptiveAvg/MaxPool2d, Flatten, Dropout, Embedding, MultiheadAttention, TransformerEncoder(Layer), GCNConv, GATConv"
 
 
+# The nearest supported form of common modules that are not supported.
+NEAREST: dict[str, str] = {
+    "LSTM": "MultiheadAttention or TransformerEncoderLayer(batch_first=True)",
+    "GRU": "MultiheadAttention or TransformerEncoderLayer(batch_first=True)",
+    "RNN": "MultiheadAttention or TransformerEncoderLayer(batch_first=True)",
+    "Conv1d": "Conv2d with an odd square kernel",
+    "Conv3d": "Conv2d with an odd square kernel",
+    "ConvTranspose2d": "Conv2d with an odd square kernel",
+    "BatchNorm3d": "BatchNorm2d",
+    "InstanceNorm2d": "GroupNorm(C, C)",
+    "Upsample": "no upsampling is supported; AdaptiveAvgPool2d changes the size",
+    "Softmax": "return the logits (the loss applies softmax)",
+    "LogSoftmax": "return the logits (the loss applies log-softmax)",
+    "Identity": "remove it",
+}
+
+
 def converter_of(module: nn.Module) -> Converter | None:
     found = MODULE_CONVERTERS.get(type(module))
     if found is None and type(module).__module__.startswith("torch_geometric"):
@@ -453,7 +470,8 @@ def convert_node(node: torch.fx.Node, source: torch.fx.Node, modules: dict[str, 
         module = modules[str(node.target)]
         convert = converter_of(module)
         if convert is None:
-            raise unsupported(type(module).__name__, str(node.target), SUPPORTED)
+            name = type(module).__name__
+            raise unsupported(name, str(node.target), NEAREST.get(name, SUPPORTED))
         return convert(module, str(node.target), state)
     target = node.target
     before, after = shape_of(source), shape_of(node)
@@ -609,3 +627,24 @@ def module_state_dict(imported: ImportedModel, spec_state: dict[str, torch.Tenso
     for key, parts in chunks.items():
         out[key] = torch.cat([parts[i] for i in sorted(parts)])
     return out
+
+
+def import_for_spec(ref: str, spec: Any) -> tuple[nn.Module, ImportedModel]:
+    """Load ``ref`` and import it with the input the spec's task gives; refuse a module whose
+    layers differ from the spec's (it is not the class the spec was imported from)."""
+    from .spec import ExperimentSpec
+
+    module = load_module_ref(ref)
+    info = spec.task.info
+    if info.input_kind == "nodes":
+        if spec.task.dataset == "synthetic":
+            raise UHNError(f"--for-module: {spec.name} has a synthetic graph task; import needs a graph dataset")
+        imported = import_model(module, graph=spec.task.dataset)
+    else:
+        shape = (spec.task.max_length,) if info.input_kind == "tokens" else tuple(info.input_dims)
+        imported = import_model(module, input_shape=shape)
+    traced = ExperimentSpec.model_validate({**imported.spec, "task": spec.task.model_dump(), "name": spec.name})
+    if traced.layers != spec.layers:
+        first = next((i for i, (a, b) in enumerate(zip(traced.layers, spec.layers)) if a != b), min(len(traced.layers), len(spec.layers)))
+        raise UHNError(f"--for-module: {ref} does not match the run's spec (they differ at layers[{first}]); give the class the spec was imported from")
+    return module, imported

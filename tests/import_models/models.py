@@ -108,3 +108,7 @@ class WithLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.rnn(x)[0][:, -1])
+
+
+def wider_tiny_resnet() -> ResNet:
+    return ResNet(blocks=(1, 1), widths=(4, 16), num_classes=3)
