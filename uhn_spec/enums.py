@@ -49,6 +49,7 @@ class TaskType(NamedIntEnum):
     TEXT_CLASSIFICATION = 2
     FORMULA_REGRESSION = 3
     RECURSIVE = 4
+    TABULAR_CLASSIFICATION = 5  # uhn extension: one feature vector per example, classes
 
 
 class DatasetType(NamedIntEnum):
@@ -81,6 +82,8 @@ class DatasetType(NamedIntEnum):
     MNIST_3D = 26
     DIGITS = 27  # uhn extension: scikit-learn's bundled 8x8 digits (the embedded default)
     SYNTHETIC = 28  # uhn extension: generated data of a shape the spec chooses (tests, demos)
+    WINE = 29  # uhn extension: scikit-learn's bundled wine data (13 features, 3 classes)
+    BREAST_CANCER = 30  # uhn extension: scikit-learn's bundled breast-cancer data (30 features, 2 classes)
 
 
 class LayerType(NamedIntEnum):
