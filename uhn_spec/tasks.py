@@ -92,6 +92,8 @@ DatasetName = Literal[
     "mnist",
     "cifar10",
     "digits",
+    "wine",
+    "breast_cancer",
     "cora",
     "citeseer",
     "pubmed",
@@ -112,8 +114,6 @@ DatasetName = Literal[
     "sph_harm02",
     "sph_harm12",
     "sph_harm22",
-    "wine",
-    "breast_cancer",
 ]
 
 
