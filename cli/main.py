@@ -155,3 +155,4 @@ from . import data_commands  # noqa: E402,F401
 from . import bench_commands  # noqa: E402,F401
 from . import plot_commands  # noqa: E402,F401
 from . import reproduce_commands  # noqa: E402,F401
+from . import import_commands  # noqa: E402,F401

@@ -189,7 +189,7 @@ def target_summary(target: TargetPlan, rows_of: str | None = None) -> dict[str, 
                 "offset": p.offset,
                 "numel": p.numel,
                 "layer": p.layer,
-                "kind": spec.layers[p.layer].kind,
+                "kind": spec.flat_layers[p.layer][1].kind,
                 "param_type": p.param_type,
                 "index": index_descriptor(target, t),
             }

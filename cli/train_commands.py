@@ -127,6 +127,15 @@ def export(
         typer.Option("--onnx", help="Write an ONNX model (dynamic batch), checked with onnxruntime; needs uhn[onnx]."),
     ] = False,
     device: DeviceOption = DEFAULT_DEVICE,
+    recalibrate_bn: Annotated[
+        int,
+        typer.Option("--recalibrate-bn", metavar="BATCHES", help="BatchNorm models: recompute the running statistics for the generated weights over this many training batches (0: keep the defaults).", min=0),
+    ] = 10,
+    for_module: Annotated[
+        str | None,
+        typer.Option("--for-module", metavar="MODULE:ATTR", help="Write the state_dict of the original nn.Module the spec was imported from (uhn import), which it loads with strict=True.", show_default=False),
+    ] = None,
+    data_root: DataRootOption = None,
 ) -> None:
     """Write the generated target weights as a plain state_dict (safetensors) that build_model(spec) loads, or as ONNX."""
     from uhn_runtime.export import export_onnx, export_run, generated_state_dict, load_exported
@@ -146,13 +155,20 @@ def export(
         else:
             run = RunDir.open(run_dir)
             model = build_model(run.plan().targets[0].spec)
-            model.load_state_dict(generated_state_dict(run, source, torch_device))  # type: ignore[arg-type]
+            model.load_state_dict(generated_state_dict(run, source, torch_device, recalibrate_bn, data_root))  # type: ignore[arg-type]
         difference = export_onnx(model, output)
         typer.echo(f"wrote {output} ({human_bytes(output.stat().st_size)}); onnxruntime matches PyTorch to {difference:.1e}")
         return
     if run_dir.is_file():
         raise UHNError(f"{run_dir}: a file; `uhn export` reads a run folder (with --onnx it also converts an export)")
-    state = export_run(RunDir.open(run_dir), output, source, torch_device)  # type: ignore[arg-type]
+    if for_module is not None:
+        from uhn_runtime.export import export_for_module
+
+        state = export_for_module(RunDir.open(run_dir), output, source, torch_device, for_module, recalibrate_bn, data_root)  # type: ignore[arg-type]
+        count = sum(t.numel() for t in state.values())
+        typer.echo(f"wrote {output} ({human_bytes(output.stat().st_size)}): {len(state)} tensors of {for_module}, loaded with strict=True")
+        return
+    state = export_run(RunDir.open(run_dir), output, source, torch_device, recalibrate_bn, data_root)  # type: ignore[arg-type]
     count = sum(t.numel() for t in state.values())
     typer.echo(f"wrote {output} ({human_bytes(output.stat().st_size)}): {len(state)} tensors, {count} weights")
 

@@ -211,3 +211,15 @@ def test_readme_python_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["flat"].shape == (118_282,)
     assert namespace["H"].index_in.weight.grad is not None
+
+
+# --------------------------------------------------------------------------- generated tables
+
+
+def test_generated_descriptor_tables_match_the_registry() -> None:
+    """The registry-derived tables are rendered, never hand-edited: `python -m uhn_spec.doc_tables`."""
+    from uhn_spec.doc_tables import BLOCK, rendered
+
+    text = DESCRIPTORS_DOC.read_text()
+    assert {m.group("name") for m in BLOCK.finditer(text)} == {"local-fields", "param-types", "layer-types"}
+    assert rendered(text) == text, "docs/descriptors.md is stale: run `python -m uhn_spec.doc_tables`"

@@ -88,7 +88,7 @@ CASES: dict[str, Case] = {
     "missing task": Case(edit("task:\n  dataset: digits\n", ""), "task", "Field required"),
     "epochs and steps": Case(edit("  warmup: 1", "  warmup: 1\n  steps: 5"), "train", "exactly one of epochs and steps"),
     "warmup too long": Case(edit("warmup: 1", "warmup: 9"), "train.warmup", "exceeds the training length"),
-    "unknown activation": Case(edit("    out_features: 10", "    out_features: 10\n    activation: relu"), "layers[1].activation.type", "Input should be"),
+    "unknown activation": Case(edit("    out_features: 10", "    out_features: 10\n    activation: swish"), "layers[1].activation.type", "Input should be"),
     # --- non-finite numbers
     "infinite sigma": Case(edit("  hidden: 16", "  hidden: 16\n  sigma: .inf"), "generator.sigma", "not finite"),
     "nan learning rate": Case(edit("lr: 1.0e-3", "lr: .nan"), "train.lr", "not finite"),

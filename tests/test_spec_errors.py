@@ -142,8 +142,8 @@ CASES: dict[str, tuple[str, str]] = {
         "layers[1].dropout: Input should be less than 1 (got 1.5)",
     ),
     "unknown activation": (
-        edited(MLP, "    out_features: 10", "    out_features: 10\n    activation: relu"),
-        "layers[1].activation.type: Input should be 'none', 'leaky_relu', 'elu' or 'silu' (got 'relu')",
+        edited(MLP, "    out_features: 10", "    out_features: 10\n    activation: swish"),
+        "layers[1].activation.type: Input should be 'none', 'leaky_relu', 'elu', 'silu', 'relu', 'gelu', 'tanh' or 'sigmoid' (got 'swish')",
     ),
     "bad name": (
         edited(MLP, "name: tiny_mlp", "name: tiny mlp"),

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .batch_norm import recalibrate_from_data
 from .data import Batch, Split, TaskData, finish_metric, metric_sums
 from .optim import Precision
 from .target import DeviceTarget
@@ -58,6 +59,8 @@ def evaluate_source(
 ) -> float:
     """Generate the weights once, then run every eval batch through the target with them."""
     flat = generate_weights(source, precision)
+    # BatchNorm statistics of these weights, not of the training steps' (no-op without BN).
+    recalibrate_from_data(target, flat, data)
     was_training = target.model.training
     target.model.eval()
     try:

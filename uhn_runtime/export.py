@@ -25,6 +25,7 @@ from uhn_spec.files import atomic_write
 from uhn_spec.model import TargetModel, build_model
 from uhn_spec.spec import ExperimentSpec, format_validation_error
 
+from .batch_norm import DEFAULT_CALIBRATION_BATCHES, batch_norm_layers, recalibrate_batch_norm
 from .checkpoint import load_checkpoint
 from .evaluate import generate_weights
 from .optim import Precision
@@ -66,11 +67,27 @@ def load_trained_source(
     return source, target, precision
 
 
-def generated_state_dict(run: RunDir, kind: SourceKind, device: torch.device) -> dict[str, torch.Tensor]:
+def generated_state_dict(
+    run: RunDir,
+    kind: SourceKind,
+    device: torch.device,
+    recalibrate_bn: int = DEFAULT_CALIBRATION_BATCHES,
+    data_root: str | Path | None = None,
+) -> dict[str, torch.Tensor]:
+    """The generated parameters; with BatchNorm also its running statistics, recalibrated for
+    these weights over ``recalibrate_bn`` training batches (0: left at their defaults)."""
     source, target, precision = load_trained_source(run, kind, device)
     flat = generate_weights(source, precision)
     # Own storage per tensor: safetensors refuses views that share memory.
-    return {name: view.detach().cpu().clone().contiguous() for name, view in target.params_from_flat(flat).items()}
+    state = {name: view.detach().cpu().clone().contiguous() for name, view in target.params_from_flat(flat).items()}
+    if batch_norm_layers(target.model):
+        if recalibrate_bn > 0:
+            from .data import load_task_data
+
+            data = load_task_data(target.plan.spec.task, data_root)
+            recalibrate_batch_norm(target, flat, data.train_batches(target.plan.spec.train.batch_size, 0), recalibrate_bn)
+        state.update({name: b.detach().cpu().clone().contiguous() for name, b in target.model.named_buffers()})
+    return state
 
 
 def tensors_checksum(state: dict[str, torch.Tensor]) -> str:
@@ -83,8 +100,15 @@ def tensors_checksum(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def export_run(run: RunDir, output: Path, kind: SourceKind, device: torch.device) -> dict[str, torch.Tensor]:
-    state = generated_state_dict(run, kind, device)
+def export_run(
+    run: RunDir,
+    output: Path,
+    kind: SourceKind,
+    device: torch.device,
+    recalibrate_bn: int = DEFAULT_CALIBRATION_BATCHES,
+    data_root: str | Path | None = None,
+) -> dict[str, torch.Tensor]:
+    state = generated_state_dict(run, kind, device, recalibrate_bn, data_root)
     spec = run.plan().targets[0].spec
     metadata = {
         "format": EXPORT_FORMAT,
@@ -95,6 +119,32 @@ def export_run(run: RunDir, output: Path, kind: SourceKind, device: torch.device
     }
     atomic_write(output, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     return state
+
+
+MODULE_EXPORT_FORMAT = "uhn-module-export"
+
+
+def export_for_module(
+    run: RunDir,
+    output: Path,
+    kind: SourceKind,
+    device: torch.device,
+    module_ref: str,
+    recalibrate_bn: int = DEFAULT_CALIBRATION_BATCHES,
+    data_root: str | Path | None = None,
+) -> dict[str, torch.Tensor]:
+    """The generated weights under the keys of the module the spec was imported from
+    (``uhn import``): checked by loading them into a fresh instance with strict=True."""
+    from uhn_spec.importer import import_for_spec, module_state_dict
+
+    spec = run.plan().targets[0].spec
+    module, imported = import_for_spec(module_ref, spec)
+    state = generated_state_dict(run, kind, device, recalibrate_bn, data_root)
+    module_state = {k: v.contiguous() for k, v in module_state_dict(imported, state).items()}
+    module.load_state_dict(module_state, strict=True)
+    metadata = {"format": MODULE_EXPORT_FORMAT, "module": module_ref, "spec_json": spec.model_dump_json(), "source": kind, CHECKSUM_KEY: tensors_checksum(module_state)}
+    atomic_write(output, lambda tmp: save_file(module_state, str(tmp), metadata=metadata))
+    return module_state
 
 
 def load_exported(path: Path, device: torch.device | str = "cpu") -> tuple[ExperimentSpec, TargetModel]:
@@ -128,8 +178,13 @@ def load_exported(path: Path, device: torch.device | str = "cpu") -> tuple[Exper
 
 
 def check_tensors_fit(path: Path, state: dict[str, torch.Tensor], model: TargetModel) -> None:
-    """Every parameter of the spec's model is in ``state`` with its shape, and nothing else is."""
-    expected = dict(model.named_parameters())
+    """Every parameter (and buffer: BatchNorm statistics) of the spec's model is in ``state``
+    with its shape, and nothing else is."""
+    buffers = dict(model.named_buffers())
+    for name, buffer in buffers.items():
+        if name not in state or state[name].shape != buffer.shape:
+            raise ExportError(f"{path}: tensor {name}: missing or of the wrong shape; the spec expects a buffer of shape {list(buffer.shape)}")
+    expected = {**dict(model.named_parameters())}
     for name, param in expected.items():
         if name not in state:
             raise ExportError(f"{path}: tensor {name}: missing; the spec expects shape {list(param.shape)}")
@@ -139,7 +194,7 @@ def check_tensors_fit(path: Path, state: dict[str, torch.Tensor], model: TargetM
                 f"{path}: tensor {name}: {tensor.dtype} of shape {list(tensor.shape)}; the spec expects a "
                 f"floating-point tensor of shape {list(param.shape)}"
             )
-    extra = sorted(set(state) - set(expected))
+    extra = sorted(set(state) - set(expected) - set(buffers))
     if extra:
         raise ExportError(f"{path}: tensor {extra[0]}: not a parameter of the spec's model ({len(extra)} such tensors)")
 

@@ -49,6 +49,7 @@ class TaskType(NamedIntEnum):
     TEXT_CLASSIFICATION = 2
     FORMULA_REGRESSION = 3
     RECURSIVE = 4
+    TABULAR_CLASSIFICATION = 5  # uhn extension: one feature vector per example, classes
 
 
 class DatasetType(NamedIntEnum):
@@ -81,9 +82,15 @@ class DatasetType(NamedIntEnum):
     MNIST_3D = 26
     DIGITS = 27  # uhn extension: scikit-learn's bundled 8x8 digits (the embedded default)
     SYNTHETIC = 28  # uhn extension: generated data of a shape the spec chooses (tests, demos)
+    WINE = 29  # uhn extension: scikit-learn's bundled wine data (13 features, 3 classes)
+    BREAST_CANCER = 30  # uhn extension: scikit-learn's bundled breast-cancer data (30 features, 2 classes)
 
 
 class LayerType(NamedIntEnum):
+    """The authors' layer kinds. A uhn kind beyond these declares its own id (7 and up) in its
+    file, as its ``layer_type``; the registry refuses two kinds with one id, and the docs'
+    LayerType table is rendered from the registry (``uhn_spec.doc_tables``)."""
+
     LINEAR = 0
     CONV2D = 1
     GCN = 2
@@ -98,6 +105,28 @@ class ActivationType(NamedIntEnum):
     LEAKY_RELU = 1  # param = negative slope
     ELU = 2  # param = alpha
     SILU = 3  # param unused
+    RELU = 4  # uhn extension; param unused
+    GELU = 5  # uhn extension (exact erf form, as nn.GELU()); param unused
+    TANH = 6  # uhn extension; param unused
+    SIGMOID = 7  # uhn extension; param unused
+
+
+class NormType(NamedIntEnum):
+    """The local ``norm_type`` field: the authors' 0/1 flag, extended by the learned norms."""
+
+    NONE = 0
+    ACTIVATION_NORM = 1  # the parameter-free norm of linear/conv2d/gcn/gat/mha (authors')
+    LAYER = 2  # uhn extension: `norm` layer, LayerNorm with learned weight and bias
+    GROUP = 3  # uhn extension: `norm` layer, GroupNorm with learned weight and bias
+    BATCH = 4  # uhn extension: `norm` layer, BatchNorm with learned weight, bias and running stats
+
+
+class ShortcutType(NamedIntEnum):
+    """The local ``shortcut_type`` field: the authors' 0/1 flag, extended by blocks."""
+
+    NONE = 0
+    STRAIGHT = 1  # identity residual around the layer (or around a `block`)
+    PROJECTION = 2  # uhn extension: a `block` whose shortcut is its own (generated) layers
 
 
 class InputPooling(NamedIntEnum):
@@ -118,6 +147,8 @@ class StagePooling(NamedIntEnum):
     AVG_POOLING = 1  # 2x2/2 average pool before the conv
     MAX_POOLING = 2  # 2x2/2 max pool before the conv
     CONV_POOLING = 3  # the conv itself has stride 2
+    ADAPTIVE_AVG_POOLING = 4  # uhn extension: `pool` layer, adaptive average to output_size
+    ADAPTIVE_MAX_POOLING = 5  # uhn extension: `pool` layer, adaptive max to output_size
 
 
 class HeadConcat(NamedIntEnum):

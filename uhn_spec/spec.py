@@ -8,6 +8,7 @@ to layer) and that every number is finite and fits 64 bits. Every error names it
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -48,7 +49,11 @@ class StrictModel(BaseModel):
 
 
 SyntheticTaskType = Literal[
-    "image_classification", "graph_node_classification", "text_classification", "formula_regression"
+    "image_classification",
+    "graph_node_classification",
+    "text_classification",
+    "formula_regression",
+    "tabular_classification",
 ]
 
 
@@ -88,6 +93,12 @@ class TaskSpec(StrictModel):
         description="hold out a validation split of the training data and train on the rest "
         "(the authors' --validate); off: train on all of it, as the paper's results do",
     )
+    resize: list[int] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="image tasks: resize every image to [H, W] (bilinear, antialiased) before the model",
+    )
     stands_in_for: DatasetName | None = Field(
         None,
         description="the dataset this run reports for because it is missing here (citeseer for "
@@ -101,6 +112,11 @@ class TaskSpec(StrictModel):
                 "task.synthetic: give it exactly when task.dataset is synthetic "
                 "(it sets the generated data's task_type, input_dims and num_outputs)"
             )
+        if self.resize is not None:
+            if any(size < 1 for size in self.resize):
+                raise ValueError(f"task.resize: {self.resize} must be two positive sizes [H, W]")
+            if self.info.input_kind != "image":
+                raise ValueError(f"task.resize: {self.dataset} is not an image task; remove the field")
         if self.stands_in_for == self.dataset:
             raise ValueError(f"task.stands_in_for: {self.dataset} cannot stand in for itself; remove the field")
         return self
@@ -109,8 +125,12 @@ class TaskSpec(StrictModel):
     def info(self) -> DatasetInfo:
         if self.synthetic is not None:
             s = self.synthetic
-            return synthetic_info(TaskType[s.task_type.upper()], tuple(s.input_dims), s.num_outputs)
-        return DATASETS[self.dataset]
+            info = synthetic_info(TaskType[s.task_type.upper()], tuple(s.input_dims), s.num_outputs)
+        else:
+            info = DATASETS[self.dataset]
+        if self.resize is not None and info.input_kind == "image":
+            info = dataclasses.replace(info, input_dims=(info.input_dims[0], *self.resize))
+        return info
 
 
 class GeneratorSpec(StrictModel):
@@ -221,8 +241,15 @@ class ExperimentSpec(StrictModel):
         return FAMILY_MODEL_TYPE[self.family]
 
     @property
+    def flat_layers(self) -> list[tuple[str, Any]]:
+        """Every layer, nested ones (in blocks) included, in pre-order, with its module path
+        (``layers.3.layers.0``): one local descriptor row and ``layer_idx`` each. Without
+        blocks this is ``layers`` itself."""
+        return [item for i, layer in enumerate(self.layers) for item in layer.flat_layers(f"layers.{i}")]
+
+    @property
     def num_encoders(self) -> int:
-        return sum(1 for layer in self.layers if layer.kind == "mha")
+        return sum(1 for _, layer in self.flat_layers if layer.kind == "mha")
 
     @property
     def num_params(self) -> int:

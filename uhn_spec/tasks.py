@@ -66,6 +66,10 @@ def _formula(name: str) -> DatasetInfo:
     )
 
 
+def _tabular(name: str, dtype: DatasetType, features: int, classes: int) -> DatasetInfo:
+    return DatasetInfo(name, TaskType.TABULAR_CLASSIFICATION, dtype, "vector", (features,), classes)
+
+
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in (
@@ -78,6 +82,8 @@ DATASETS: dict[str, DatasetInfo] = {
         _text("ag_news", DatasetType.AG_NEWS, 4),
         _text("imdb", DatasetType.IMDB, 2),
         *(_formula(name) for name in FORMULA_FUNCTIONS),
+        _tabular("wine", DatasetType.WINE, 13, 3),
+        _tabular("breast_cancer", DatasetType.BREAST_CANCER, 30, 2),
     )
 }
 
@@ -86,6 +92,8 @@ DatasetName = Literal[
     "mnist",
     "cifar10",
     "digits",
+    "wine",
+    "breast_cancer",
     "cora",
     "citeseer",
     "pubmed",
@@ -114,6 +122,7 @@ TASK_INPUT_KIND: dict[TaskType, str] = {
     TaskType.GRAPH_NODE_CLASSIFICATION: "nodes",
     TaskType.TEXT_CLASSIFICATION: "tokens",
     TaskType.FORMULA_REGRESSION: "vector",
+    TaskType.TABULAR_CLASSIFICATION: "vector",
 }
 
 

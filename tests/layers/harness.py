@@ -77,6 +77,9 @@ def check_layer_properties(spec: ExperimentSpec) -> None:
     assert target.num_params == n
     assert [p.name for p in target.params] == [name for name, _ in model.named_parameters()]
     assert [p.shape for p in target.params] == [tuple(t.shape) for _, t in model.named_parameters()]
+    # Each tensor's param_type is the one its kind declares (the docs table's source).
+    for p in target.params:
+        assert p.param_type == spec.flat_layers[p.layer][1].param_types[p.name.rsplit(".", 1)[1]], p.name
 
     # Slices tile the flat vector exactly once, in order.
     cover = torch.zeros(n, dtype=torch.int64)
@@ -111,7 +114,9 @@ def check_layer_properties(spec: ExperimentSpec) -> None:
     flat = (means + noise).requires_grad_(True)
     out_functional = functional_call(model, flat_to_params(target, flat), args=(), kwargs=inputs)
     loaded = build_model(spec).eval()
-    loaded.load_state_dict({k: v.detach() for k, v in flat_to_params(target, flat).items()})
+    # Buffers (BatchNorm running statistics) are not generated: the skeleton's own go along.
+    buffers = dict(model.named_buffers())
+    loaded.load_state_dict({**buffers, **{k: v.detach() for k, v in flat_to_params(target, flat).items()}})
     out_loaded = loaded(**inputs)
     assert torch.allclose(out_functional, out_loaded, atol=1e-5, rtol=1e-4)
 
@@ -122,7 +127,7 @@ def check_layer_properties(spec: ExperimentSpec) -> None:
     assert flat.grad is not None and bool(torch.isfinite(flat.grad).all())
     for p in target.params:
         grad = flat.grad[p.offset : p.offset + p.numel]
-        if p.name.split(".", 2)[2] in spec.layers[p.layer].gradient_free_params:
+        if p.name.rsplit(".", 1)[1] in spec.flat_layers[p.layer][1].gradient_free_params:
             assert float(grad.abs().sum()) < 1e-4, p.name
         elif p.numel:
             assert float(grad.abs().sum()) > 0, p.name

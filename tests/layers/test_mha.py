@@ -22,9 +22,13 @@ def text_task(vocab: int, max_length: int, classes: int) -> dict:
 
 @st.composite
 def transformer_specs(draw: st.DrawFn) -> ExperimentSpec:
-    vocab = draw(st.integers(4, 20))
+    # vocab >= 6 and dim >= 2: with vocab 4 every example token but <cls> is one id, and with
+    # one feature positions can become indistinguishable after an attention layer without a
+    # shortcut; the next attention's query weights then get an exactly zero gradient (a
+    # degenerate input, not a bug; hypothesis found both on main).
+    vocab = draw(st.integers(6, 20))
     heads = draw(st.integers(1, 3))
-    dim = heads * draw(st.integers(1, 3))
+    dim = heads * draw(st.integers(2 if heads == 1 else 1, 3))
     max_length = draw(st.integers(2, 8))
     classes = draw(st.integers(1, 3))
     layers: list[dict] = [

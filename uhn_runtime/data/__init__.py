@@ -137,6 +137,10 @@ def load_task_data(task: TaskSpec, data_root: str | Path | None = None) -> TaskD
     if loader is None:
         raise DataError(f"no loader for dataset {task.dataset!r}; known: {', '.join(sorted(LOADERS))}")
     data = loader(task, resolve_data_root(data_root))
+    if task.resize is not None:
+        from .resize import resized
+
+        data = resized(data, (task.resize[0], task.resize[1]))
     if task.stands_in_for is not None:  # part of what the run's numbers mean
         data.notes.append(f"{task.dataset} stands in for {task.stands_in_for} (task.stands_in_for)")
     return data

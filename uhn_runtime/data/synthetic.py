@@ -176,8 +176,8 @@ def load_synthetic(task: TaskSpec, data_root: object = None) -> TaskData:
     if shape is None:
         raise DataError("task.synthetic: the synthetic dataset needs its shape (task_type, input_dims, num_outputs)")
     gen = torch.Generator().manual_seed(SYNTHETIC_SEED)
-    if shape.task_type == "image_classification":
-        data: TaskData = image_data(shape, gen)
+    if shape.task_type in ("image_classification", "tabular_classification"):
+        data: TaskData = image_data(shape, gen)  # a random linear teacher on the features
     elif shape.task_type == "formula_regression":
         data = formula_data(shape, gen)
     elif shape.task_type == "text_classification":

@@ -85,21 +85,29 @@ class ParamMeta:
 # --------------------------------------------------------------------------- shared spec fields
 
 
+ActivationName = Literal["none", "leaky_relu", "elu", "silu", "relu", "gelu", "tanh", "sigmoid"]
+
+# PyTorch's default parameter of each activation that has one (LeakyReLU slope, ELU alpha).
+ACTIVATION_DEFAULT_PARAM: dict[str, float] = {"leaky_relu": 0.01, "elu": 1.0}
+
+
 class Activation(BaseModel):
     """Pre-activation applied at the start of a layer. ``param`` is the LeakyReLU slope or
-    the ELU alpha (unused by SiLU)."""
+    the ELU alpha (unused by the others)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    type: Literal["none", "leaky_relu", "elu", "silu"] = "none"
+    type: ActivationName = "none"
     param: float = Field(0.0, ge=0.0, le=10.0)
 
     @model_validator(mode="before")
     @classmethod
     def _from_name(cls, value: Any) -> Any:
-        # `activation: silu` is shorthand; LeakyReLU and ELU then take PyTorch's defaults.
+        # `activation: elu` and `{type: elu}` both take PyTorch's default parameter (alpha 1):
+        # an unstated param never silently means 0 (which would make ELU a ReLU).
         if isinstance(value, str):
-            default_param = {"leaky_relu": 0.01, "elu": 1.0}.get(value, 0.0)
-            return {"type": value, "param": default_param}
+            return {"type": value, "param": ACTIVATION_DEFAULT_PARAM.get(value, 0.0)}
+        if isinstance(value, dict) and "param" not in value and isinstance(value.get("type"), str):
+            return {**value, "param": ACTIVATION_DEFAULT_PARAM.get(value["type"], 0.0)}
         return value
 
     @property
@@ -108,12 +116,21 @@ class Activation(BaseModel):
 
 
 def activate(x: torch.Tensor, activation: Activation) -> torch.Tensor:
-    if activation.type == "leaky_relu":
+    kind = activation.type
+    if kind == "leaky_relu":
         return F.leaky_relu(x, activation.param)
-    if activation.type == "elu":
+    if kind == "elu":
         return F.elu(x, activation.param)
-    if activation.type == "silu":
+    if kind == "silu":
         return F.silu(x)
+    if kind == "relu":
+        return F.relu(x)
+    if kind == "gelu":
+        return F.gelu(x)
+    if kind == "tanh":
+        return torch.tanh(x)
+    if kind == "sigmoid":
+        return torch.sigmoid(x)
     return x
 
 
@@ -132,7 +149,12 @@ class LayerSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    layer_type: ClassVar[LayerType]
+    # The descriptor's layer_type id: the authors' LayerType for their kinds, a new id (7 and
+    # up, unique, checked by the registry) declared in the kind's own file otherwise.
+    layer_type: ClassVar[int]
+    # param_type id of each parameter, in storage order (ids restart at 0 for each kind); the
+    # docs table is rendered from it and the property harness checks param_meta agrees.
+    param_types: ClassVar[dict[str, int]] = {}
     # Local-structure fields this kind can use, with the full range of each categorical one;
     # normalisation ranges include these so that e.g. every activation id stays in range.
     categorical_domains: ClassVar[dict[str, tuple[float, float]]] = {}
@@ -143,7 +165,23 @@ class LayerSpec(BaseModel):
 
     init: Literal["default", "zero"] = "default"
 
+    @classmethod
+    def finish_registry(cls, registry: dict[str, type["LayerSpec"]]) -> None:
+        """Called once every kind is registered (a block resolves its nested layer union)."""
+
     # --- hooks every kind implements -------------------------------------------------
+    def children(self) -> list[tuple[str, "LayerSpec"]]:
+        """Nested layers as (module path relative to this layer, spec); a block has some."""
+        return []
+
+    def flat_layers(self, prefix: str) -> list[tuple[str, "LayerSpec"]]:
+        """This layer and every nested one in pre-order, with module paths: each gets its own
+        local descriptor row and ``layer_idx`` (a kind without nesting is just itself)."""
+        out: list[tuple[str, LayerSpec]] = [(prefix, self)]
+        for path, child in self.children():
+            out += child.flat_layers(f"{prefix}.{path}")
+        return out
+
     def output_shape(self, inp: FeatureShape, path: str) -> FeatureShape:
         raise NotImplementedError
 

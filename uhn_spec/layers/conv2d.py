@@ -38,6 +38,7 @@ class Conv2dSpec(LayerSpec):
 
     kind: Literal["conv2d"] = "conv2d"
     layer_type = LayerType.CONV2D
+    param_types = {"weight": 0, "bias": 1}
     in_channels: int = Field(ge=1)
     out_channels: int = Field(ge=1)
     kernel_size: int = Field(3, ge=1)

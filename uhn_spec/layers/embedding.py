@@ -24,10 +24,12 @@ class EmbeddingSpec(LayerSpec):
 
     kind: Literal["embedding"] = "embedding"
     layer_type = LayerType.EMBEDDING
+    param_types = {"weight": 0, "position": 1}
     num_embeddings: int = Field(ge=1, description="vocabulary size; must equal task.vocab_size")
     embedding_dim: int = Field(ge=1)
     max_length: int = Field(ge=1, description="length of the positional table (longest sequence)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    positions: bool = Field(True, description="add the learned positional table (off: a plain nn.Embedding)")
 
     # Uses none of the shared categorical fields (no bias, norm, shortcut or activation).
     categorical_domains = {}
@@ -69,12 +71,16 @@ class EmbeddingLayer(nn.Module):
         super().__init__()
         self.spec = spec
         self.weight = nn.Parameter(torch.empty(spec.num_embeddings, spec.embedding_dim))
-        self.position = nn.Parameter(torch.empty(1, spec.max_length, spec.embedding_dim))
+        if spec.positions:
+            self.position = nn.Parameter(torch.empty(1, spec.max_length, spec.embedding_dim))
+        else:
+            self.register_parameter("position", None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.weight, 0.0, 1.0)
-        nn.init.zeros_(self.position)
+        if self.position is not None:
+            nn.init.zeros_(self.position)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         length = x.shape[1]
@@ -84,5 +90,7 @@ class EmbeddingLayer(nn.Module):
                 f"{self.spec.max_length}; truncate inputs to {self.spec.max_length} tokens "
                 "or raise max_length in the spec"
             )
-        x = F.embedding(x, self.weight) + self.position[:, :length]
+        x = F.embedding(x, self.weight)
+        if self.position is not None:
+            x = x + self.position[:, :length]
         return F.dropout(x, self.spec.dropout, self.training)

@@ -53,6 +53,7 @@ class GATSpec(LayerSpec):
 
     kind: Literal["gat"] = "gat"
     layer_type = LayerType.GAT
+    param_types = {"weight": 0, "bias": 1, "att_src": 2, "att_dst": 3}
     in_features: int = Field(ge=1)
     out_features: int = Field(ge=1, description="features per head")
     heads: int = Field(1, ge=1)

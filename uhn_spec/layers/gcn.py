@@ -72,6 +72,7 @@ class GCNSpec(LayerSpec):
 
     kind: Literal["gcn"] = "gcn"
     layer_type = LayerType.GCN
+    param_types = {"weight": 0, "bias": 1}
     in_features: int = Field(ge=1)
     out_features: int = Field(ge=1)
     bias: bool = True

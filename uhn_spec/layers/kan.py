@@ -48,6 +48,7 @@ class KANSpec(LayerSpec):
 
     kind: Literal["kan"] = "kan"
     layer_type = LayerType.KAN
+    param_types = {"base_weight": 0, "base_bias": 1, "spline_weight": 2, "spline_scale": 3, "grid_lower_bound": 4, "grid_length": 5, "grid_knots": 6}
     in_features: int = Field(ge=1)
     out_features: int = Field(ge=1)
     grid_size: int = Field(5, ge=1, description="G: grid intervals")

@@ -37,6 +37,7 @@ class LinearSpec(LayerSpec):
 
     kind: Literal["linear"] = "linear"
     layer_type = LayerType.LINEAR
+    param_types = {"weight": 0, "bias": 1}
     in_features: int = Field(ge=1)
     out_features: int = Field(ge=1)
     bias: bool = True

@@ -45,6 +45,7 @@ class MHASpec(LayerSpec):
 
     kind: Literal["mha"] = "mha"
     layer_type = LayerType.MHA
+    param_types = MHA_PARAM_TYPES
     dim: int = Field(ge=1)
     heads: int = Field(ge=1)
     bias: bool = True

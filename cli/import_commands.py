@@ -1,0 +1,47 @@
+"""``uhn import``: trace an nn.Module (torch.fx) and write the equivalent spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .main import command
+
+
+@command("import")
+def import_module(
+    ref: Annotated[str, typer.Argument(metavar="MODULE:ATTR", help="path/to/file.py:Name or package.module:Name (a class or zero-argument factory).", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Spec file to write (*.yaml).", show_default=False)],
+    input_shape: Annotated[
+        str | None, typer.Option("--input-shape", help="Input without the batch: C,H,W; F; or T (token ids, for a model starting with an Embedding).", show_default=False)
+    ] = None,
+    graph: Annotated[str | None, typer.Option("--graph", help="Graph models (called as model(x, edge_index)): the graph dataset, e.g. cora.", show_default=False)] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Task dataset of the spec (default: synthetic data of the input shape).", show_default=False)] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Spec name (default: the output file's stem).", show_default=False)] = None,
+) -> None:
+    """Write the spec of an nn.Module (Linear, Conv2d, norms, activations, pooling, dropout, Embedding, attention, TransformerEncoder, PyG GCNConv/GATConv)."""
+    import yaml
+
+    from uhn_spec.errors import UHNError
+    from uhn_spec.files import atomic_write_text
+    from uhn_spec.importer import import_model, load_module_ref, parse_input_shape
+    from uhn_spec.spec import spec_from_text
+
+    if output.suffix not in (".yaml", ".yml"):
+        raise UHNError(f"--output: a spec file name ends in .yaml, got {output}")
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
+    module = load_module_ref(ref)
+    imported = import_model(module, input_shape=shape, graph=graph, name=name or output.stem, dataset=dataset)
+    shape_flag = f"--graph {graph}" if graph else f"--input-shape {input_shape}"
+    header = (
+        f"# {imported.spec['description']}: `uhn import {ref} {shape_flag} -o {output}`.\n"
+        f"# Weights back into the module: uhn export RUN -o model.safetensors --for-module {ref}\n"
+    )
+    text = header + yaml.safe_dump(imported.spec, sort_keys=False)
+    spec = spec_from_text(text, output)  # the written spec must read back and validate
+    if spec.num_params != imported.num_params:
+        raise AssertionError(f"imported spec has {spec.num_params} params, the module {imported.num_params}")
+    atomic_write_text(output, text)
+    typer.echo(f"wrote {output}: {spec.name}, {spec.num_params} params (as the module), {len(spec.flat_layers)} layers")

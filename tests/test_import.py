@@ -1,0 +1,117 @@
+"""`uhn import`: stock modules become specs with their exact parameter count, and weights
+from the spec load back into the original class (strict) with identical outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from uhn_spec import ExperimentSpec, build_model, compile_spec
+from uhn_spec.errors import UHNError
+from uhn_spec.importer import import_model, load_module_ref, module_state_dict
+
+from .import_models import models
+from .import_models.models import GCN, TextTransformer, WithLSTM, pre_ln_transformer, tiny_resnet
+
+CASES = [
+    (tiny_resnet, {"input_shape": (3, 8, 8)}),
+    (TextTransformer, {"input_shape": (7,)}),
+    (pre_ln_transformer, {"input_shape": (5,)}),
+    (lambda: GCN(features=3703, hidden=8), {"graph": "citeseer"}),
+]
+
+
+def example(kwargs: dict, spec: ExperimentSpec) -> tuple[tuple, dict]:
+    gen = torch.Generator().manual_seed(3)
+    if "graph" in kwargs:
+        x, edges = torch.randn(10, 3703, generator=gen), torch.randint(0, 10, (2, 30), generator=gen)
+        edges = edges[:, edges[0] != edges[1]]  # PyG's GATConv/GCNConv see no self-loops twice
+        return (x, edges), {"x": x, "edge_index": edges}
+    shape = kwargs["input_shape"]
+    if len(shape) == 1:
+        tokens = torch.randint(0, spec.task.vocab_size, (3, shape[0]), generator=gen)
+        return (tokens,), {"x": tokens}
+    x = torch.randn(4, *shape, generator=gen)
+    return (x,), {"x": x}
+
+
+@pytest.mark.parametrize(("factory", "kwargs"), CASES, ids=["resnet", "post_ln_transformer", "pre_ln_transformer", "gcn"])
+def test_import_round_trips_weights_into_the_original_module(factory, kwargs: dict) -> None:
+    torch.manual_seed(0)
+    module = factory().eval()
+    imported = import_model(module, **kwargs)
+    spec = ExperimentSpec.model_validate(imported.spec)
+    assert spec.num_params == imported.num_params == sum(p.numel() for p in module.parameters())
+
+    # Weights as a generator gives them: one flat vector, sliced by the plan.
+    target = compile_spec(spec).targets[0]
+    flat = torch.randn(target.num_params, generator=torch.Generator().manual_seed(1)) * 0.3
+    params = {p.name: flat[p.offset : p.offset + p.numel].view(p.shape) for p in target.params}
+    skeleton = build_model(spec).eval()
+    for name, buffer in skeleton.named_buffers():  # running statistics: not the defaults
+        if name.endswith("running_var"):
+            buffer.uniform_(0.5, 2.0)
+        elif name.endswith("running_mean"):
+            buffer.normal_()
+    spec_state = {**dict(skeleton.named_buffers()), **params}
+
+    module.load_state_dict(module_state_dict(imported, spec_state), strict=True)
+    args, inputs = example(kwargs, spec)
+    with torch.no_grad():
+        ours = functional_call(skeleton, params, args=(), kwargs=inputs)
+        theirs = module(*args)
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4), float((ours - theirs).abs().max())
+
+
+def test_unsupported_op_is_one_line_naming_it_and_the_nearest_form() -> None:
+    with pytest.raises(UHNError) as err:
+        import_model(WithLSTM(), input_shape=(5, 4))
+    message = str(err.value)
+    assert "\n" not in message
+    assert message == "rnn: LSTM is not supported; nearest supported form: MultiheadAttention or TransformerEncoderLayer(batch_first=True)"
+
+
+def test_module_refs_by_file_and_by_dotted_path() -> None:
+    by_file = load_module_ref(f"{models.__file__}:tiny_resnet")
+    by_path = load_module_ref("tests.import_models.models:tiny_resnet")
+    assert sum(p.numel() for p in by_file.parameters()) == sum(p.numel() for p in by_path.parameters()) == 1391
+    with pytest.raises(UHNError, match="has no attribute"):
+        load_module_ref("tests.import_models.models:nothing")
+
+
+def test_import_train_export_for_module_cli(tmp_path) -> None:
+    """The user's path: import a module, train its spec a few steps, export the generated
+    weights (BatchNorm recalibrated) into the original class, with the spec model's outputs."""
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from uhn_cli.main import app
+    from uhn_runtime.export import load_exported
+
+    runner = CliRunner()
+    ref = f"{models.__file__}:tiny_resnet"
+    spec_path, run, out = tmp_path / "resnet.yaml", tmp_path / "run", tmp_path / "module.safetensors"
+    result = runner.invoke(app, ["import", ref, "--input-shape", "3,8,8", "-o", str(spec_path)])
+    assert result.exit_code == 0, result.output
+    small = ["--set", "train.epochs=null", "--set", "train.steps=3", "--set", "train.warmup=0", "--set", "train.batch_size=16",
+             "--set", "generator.index_freqs=16", "--set", "generator.hidden=8", "--set", "task.synthetic.num_examples=64"]
+    result = runner.invoke(app, ["train", str(spec_path), "-o", str(run), "--mode", "uhn", "--device", "cpu", *small])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["export", str(run), "-o", str(out), "--for-module", ref, "--recalibrate-bn", "2"])
+    assert result.exit_code == 0, result.output
+    plain = tmp_path / "plain.safetensors"
+    assert runner.invoke(app, ["export", str(run), "-o", str(plain), "--recalibrate-bn", "2"]).exit_code == 0
+
+    module = tiny_resnet().eval()
+    module.load_state_dict(load_file(str(out)), strict=True)
+    assert int(module.bn1.num_batches_tracked) == 2  # recalibrated over 2 batches, not the defaults
+    assert not torch.equal(module.bn1.running_var, torch.ones_like(module.bn1.running_var))
+    _, spec_model = load_exported(plain)
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(module(x), spec_model.eval()(x), atol=1e-5, rtol=1e-4)
+
+    wrong = runner.invoke(app, ["export", str(run), "-o", str(tmp_path / "w.safetensors"), "--for-module", f"{models.__file__}:wider_tiny_resnet"])
+    assert wrong.exit_code == 2 and "does not match the run's spec" in wrong.output
