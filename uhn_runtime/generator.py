@@ -21,9 +21,12 @@ reference.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
+from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
@@ -49,6 +52,7 @@ DEFAULT_MAX_SAVED_BYTES = 2**30
 TAIL_ELEMENTS = 2**19
 # Layouts of the most recent index descriptors a generator has seen (usually one per target).
 LAYOUT_CACHE_SIZE = 8
+LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, as in the authors' residual blocks
 
 
 class FourierEncoder(nn.Module):
@@ -94,9 +98,16 @@ class ResidualBlock(nn.Module):
         self.linear2 = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.linear1(self.norm1(torch.relu(x)))
-        h = self.linear2(self.norm2(torch.relu(h)))
-        return x + h
+        return residual_block(x, *self.parameters())
+
+
+def residual_block(x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+    """``ResidualBlock`` with its parameters as arguments (in ``parameters()`` order: norm1
+    weight and bias, linear1 weight and bias, norm2 ..., linear2 ...)."""
+    n1w, n1b, l1w, l1b, n2w, n2b, l2w, l2b = params
+    h = F.linear(F.layer_norm(torch.relu(x), n1w.shape, n1w, n1b, LAYER_NORM_EPS), l1w, l1b)
+    h = F.linear(F.layer_norm(torch.relu(h), n2w.shape, n2w, n2b, LAYER_NORM_EPS), l2w, l2b)
+    return x + h
 
 
 class StructureEncoder(nn.Module):
@@ -126,6 +137,89 @@ class StructureEncoder(nn.Module):
         return self.head(torch.relu(self.proj(pooled)))  # (1, d)
 
 
+class TailNetwork(Protocol):
+    """What the fast path needs of a generator besides its input Linear: its width and its
+    "tail" (everything after the input Linear: hidden layers, structure add, head) as a
+    function of explicit parameters, so that the same work units, recompute and backward
+    serve a trained ``UHNGenerator`` and a generated one (``GeneratedGenerator``) alike."""
+
+    @property
+    def hidden(self) -> int: ...
+
+    def tail(self, h: torch.Tensor, structure: torch.Tensor | None, params: Sequence[torch.Tensor]) -> torch.Tensor: ...
+
+
+class LayoutCache:
+    """Work units of the most recent index descriptors (or rows), built once: keyed by the
+    object itself and its tensors' version counters, so an in-place change is noticed."""
+
+    def __init__(self, hidden: int, freqs: int):
+        self.hidden, self.freqs = hidden, freqs
+        self._layouts: list[tuple[IndexDescriptors | torch.Tensor, tuple[int, ...], int, FactoredLayout]] = []
+
+    def get(self, index: IndexDescriptors | torch.Tensor, chunk_rows: int, device: torch.device) -> FactoredLayout:
+        tensors = index.to_dict().values() if isinstance(index, IndexDescriptors) else (index,)
+        versions = tuple(t._version for t in tensors)
+        for seen, seen_versions, seen_chunk, layout in self._layouts:
+            if seen is index and seen_versions == versions and seen_chunk == chunk_rows:
+                return layout
+        layout = build_layout(index, chunk_rows, self.hidden, self.freqs, device)
+        self._layouts = [(index, versions, chunk_rows, layout), *self._layouts[: LAYOUT_CACHE_SIZE - 1]]
+        return layout
+
+
+def generate_layout(
+    net: TailNetwork,
+    layout: FactoredLayout,
+    basis: FourierBasis,
+    structure: torch.Tensor | None,
+    params: Sequence[torch.Tensor],
+    max_saved_bytes: int,
+) -> torch.Tensor:
+    """The fast path: the weights of every row of ``layout``, (N,) in the target's order.
+    ``params`` are the input Linear's weight and bias, then the tail's parameters (what
+    ``net.tail`` reads); with gradients each work unit is one ``GeneratedUnit`` node whose
+    backward reaches ``params`` and ``structure``, whether they are leaves or generated."""
+    device = params[0].device
+    if not layout.units:
+        return torch.zeros(0, device=device)
+    context = UnitContext(layout, basis, layout.tables(basis), Workspace(device))
+    if torch.is_grad_enabled():
+        if saving_policy(layout.num_rows, net.hidden, max_saved_bytes) == "h0":
+            store = torch.empty(layout.num_rows, net.hidden, dtype=gemm_dtype(device), device=device)
+            context = replace(context, h0_store=store)
+        parts = [GeneratedUnit.apply(net, context, i, structure, *params) for i in range(len(layout.units))]
+    else:
+        parts = [unit_weights(net, context, i, structure, params) for i in range(len(layout.units))]
+    out = torch.cat(parts)
+    return out if layout.order is None else out[layout.order]
+
+
+def saving_policy(num_rows: int, hidden: int, max_saved_bytes: int) -> str:
+    """What a forward with gradients keeps for N rows: the input-Linear outputs ("h0")
+    or "nothing" (the backward recomputes them)."""
+    return "h0" if num_rows * hidden * 4 <= max_saved_bytes else "nothing"
+
+
+def tail_rows(hidden: int) -> int:
+    """Rows per pass through the tail: about 2 MB of activations, which stay in the L2 cache
+    (about twice as fast as one pass over a whole unit)."""
+    return max(1, TAIL_ELEMENTS // hidden)
+
+
+def unit_weights(
+    net: TailNetwork, context: UnitContext, index: int, structure: torch.Tensor | None, params: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """The generated weights of one work unit, without autograd."""
+    with torch.no_grad():
+        h0 = unit_forward(context, index, params[0], params[1])
+        out = torch.empty(h0.shape[0], device=h0.device)
+        rows = tail_rows(net.hidden)
+        for start in range(0, h0.shape[0], rows):
+            out[start : start + rows] = net.tail(h0[start : start + rows], structure, params[2:])
+    return out
+
+
 class UHNGenerator(nn.Module):
     """H: generates the flat weight vector of any target described by a plan."""
 
@@ -153,7 +247,11 @@ class UHNGenerator(nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(spec.hidden) for _ in range(spec.blocks))
         self.out = nn.Linear(spec.hidden, 1)
         self.max_saved_bytes = DEFAULT_MAX_SAVED_BYTES
-        self._layouts: list[tuple[IndexDescriptors | torch.Tensor, tuple[int, ...], int, FactoredLayout]] = []
+        self._layouts = LayoutCache(spec.hidden, spec.index_freqs)
+
+    @property
+    def hidden(self) -> int:
+        return self.spec.hidden
 
     def structure_embedding(self, structure_rows: torch.Tensor) -> torch.Tensor | None:
         return None if self.structure is None else self.structure(structure_rows)
@@ -171,6 +269,16 @@ class UHNGenerator(nn.Module):
         if structure is not None:
             h = h + structure
         return self.out(torch.relu(h)).squeeze(-1)
+
+    def tail(self, h: torch.Tensor, structure: torch.Tensor | None, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``head(blocks_forward(h), structure)`` with the tail's parameters as arguments
+        (``tail_parameters()[2:]``), for the fast path's recompute."""
+        per_block = len(params[:-2]) // max(len(self.blocks), 1)
+        for b in range(len(self.blocks)):
+            h = residual_block(h, *params[b * per_block : (b + 1) * per_block])
+        if structure is not None:
+            h = h + structure
+        return F.linear(torch.relu(h), params[-2], params[-1]).squeeze(-1)
 
     def forward(
         self,
@@ -191,20 +299,9 @@ class UHNGenerator(nn.Module):
             if structure_rows is None:
                 raise ValueError("this generator has a structure encoder: pass structure_rows")
             structure = self.structure_embedding(structure_rows)
-        device = self.index_in.weight.device
         layout = self.layout(index, chunk_rows or self.spec.chunk_rows)
-        if not layout.units:
-            return torch.zeros(0, device=device)
         basis = self.index_fourier.basis()
-        context = UnitContext(layout, basis, layout.tables(basis), Workspace(device))
-        if torch.is_grad_enabled():
-            context = self._with_store(context)
-            params = self.tail_parameters()
-            parts = [GeneratedUnit.apply(self, context, i, structure, *params) for i in range(len(layout.units))]
-        else:
-            parts = [self.unit_weights(context, i, structure) for i in range(len(layout.units))]
-        out = torch.cat(parts)
-        return out if layout.order is None else out[layout.order]
+        return generate_layout(self, layout, basis, structure, self.tail_parameters(), self.max_saved_bytes)
 
     def tail_parameters(self) -> list[nn.Parameter]:
         """The parameters a work unit's weights depend on, in ``GeneratedUnit``'s order: the
@@ -212,45 +309,16 @@ class UHNGenerator(nn.Module):
         tail = [p for module in (*self.blocks, self.out) for p in module.parameters()]
         return [self.index_in.weight, self.index_in.bias, *tail]
 
-    def unit_weights(self, context: UnitContext, index: int, structure: torch.Tensor | None) -> torch.Tensor:
-        """The generated weights of one work unit, without autograd."""
-        h0 = unit_forward(context, index, self.index_in.weight, self.index_in.bias)
-        out = torch.empty(h0.shape[0], device=h0.device)
-        rows = self.tail_rows
-        for start in range(0, h0.shape[0], rows):
-            out[start : start + rows] = self.head(self.blocks_forward(h0[start : start + rows]), structure)
-        return out
-
     @property
     def tail_rows(self) -> int:
-        """Rows per pass through the residual blocks: about 2 MB of activations, which stay in
-        the L2 cache (about twice as fast as one pass over a whole unit)."""
-        return max(1, TAIL_ELEMENTS // self.spec.hidden)
-
-    def _with_store(self, context: UnitContext) -> UnitContext:
-        if self.saving_policy(context.layout.num_rows) != "h0":
-            return context
-        device = context.workspace.device
-        store = torch.empty(context.layout.num_rows, self.spec.hidden, dtype=gemm_dtype(device), device=device)
-        return replace(context, h0_store=store)
+        return tail_rows(self.spec.hidden)
 
     def layout(self, index: IndexDescriptors | torch.Tensor, chunk_rows: int) -> FactoredLayout:
-        """The work units of these descriptors (or rows), built once and cached: keyed by the
-        object itself and its tensors' version counters, so an in-place change is noticed."""
-        tensors = index.to_dict().values() if isinstance(index, IndexDescriptors) else (index,)
-        versions = tuple(t._version for t in tensors)
-        for seen, seen_versions, seen_chunk, layout in self._layouts:
-            if seen is index and seen_versions == versions and seen_chunk == chunk_rows:
-                return layout
-        device = self.index_in.weight.device
-        layout = build_layout(index, chunk_rows, self.spec.hidden, self.spec.index_freqs, device)
-        self._layouts = [(index, versions, chunk_rows, layout), *self._layouts[: LAYOUT_CACHE_SIZE - 1]]
-        return layout
+        """The work units of these descriptors (or rows), built once and cached."""
+        return self._layouts.get(index, chunk_rows, self.index_in.weight.device)
 
     def saving_policy(self, num_rows: int) -> str:
-        """What a forward with gradients keeps for N rows: the input-Linear outputs ("h0")
-        or "nothing" (the backward recomputes them)."""
-        return "h0" if num_rows * self.spec.hidden * 4 <= self.max_saved_bytes else "nothing"
+        return saving_policy(num_rows, self.spec.hidden, self.max_saved_bytes)
 
 
 class GeneratedUnit(torch.autograd.Function):
@@ -258,57 +326,68 @@ class GeneratedUnit(torch.autograd.Function):
 
     The forward runs without an autograd graph (so it allocates nothing long-lived but the
     unit's weights, and its temporaries are reused rather than fragmenting the heap) and
-    keeps at most the unit's input-Linear output. The backward recomputes the residual
-    blocks and head pass by pass under autograd, then forms the input Linear's weight
-    gradient from the factored features (``unit_weight_grad``): the features need no
-    gradient, so nothing N x 2m is ever formed."""
+    keeps at most the unit's input-Linear output. The backward recomputes the tail pass by
+    pass under autograd, then forms the input Linear's weight gradient from the factored
+    features (``unit_weight_grad``): the features need no gradient, so nothing N x 2m is
+    ever formed. ``params`` may be trained leaves or tensors generated by another generator:
+    gradients go to whichever of them (and of ``structure``) need one."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, generator: UHNGenerator, context: UnitContext, index: int, structure: torch.Tensor | None, *params: torch.Tensor):  # type: ignore[override]
+    def forward(ctx: FunctionCtx, net: TailNetwork, context: UnitContext, index: int, structure: torch.Tensor | None, *params: torch.Tensor):  # type: ignore[override]
         device_type = context.workspace.device.type
-        ctx.generator, ctx.context, ctx.index = generator, context, index  # type: ignore[attr-defined]
+        ctx.net, ctx.context, ctx.index = net, context, index  # type: ignore[attr-defined]
         ctx.autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))  # type: ignore[attr-defined]
         ctx.structure = structure.detach() if structure is not None else None  # type: ignore[attr-defined]
+        ctx.params = [p.detach() for p in params]  # type: ignore[attr-defined]
         ctx.h0 = None  # type: ignore[attr-defined]
-        out = generator.unit_weights(context, index, ctx.structure)  # type: ignore[attr-defined]
+        out = unit_weights(net, context, index, ctx.structure, ctx.params)  # type: ignore[attr-defined]
         if context.h0_store is not None:  # unit_weights wrote h0 into the store: keep it
-            ctx.h0 = context.h0_buffer(index, generator.spec.hidden, context.h0_store.dtype)  # type: ignore[attr-defined]
+            ctx.h0 = context.h0_buffer(index, net.hidden, context.h0_store.dtype)  # type: ignore[attr-defined]
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_out: torch.Tensor):  # type: ignore[override]
         c = ctx  # the attributes set in forward
-        generator: UHNGenerator = c.generator  # type: ignore[attr-defined]
+        net: TailNetwork = c.net  # type: ignore[attr-defined]
         context: UnitContext = c.context  # type: ignore[attr-defined]
+        params: list[torch.Tensor] = c.params  # type: ignore[attr-defined]
+        needs = c.needs_input_grad  # type: ignore[attr-defined]
         enabled, dtype = c.autocast  # type: ignore[attr-defined]
         device_type = context.workspace.device.type
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             h0 = c.h0  # type: ignore[attr-defined]
             if h0 is None:
-                h0 = unit_forward(context, c.index, generator.index_in.weight.detach(), generator.index_in.bias.detach())  # type: ignore[attr-defined]
-            grad_h0, grad_structure, grad_tail = _tail_backward(generator, context, h0, c.structure, grad_out)  # type: ignore[attr-defined]
-        grad_weight, grad_bias = unit_weight_grad(context, c.index, grad_h0, generator.spec.hidden)  # type: ignore[attr-defined]
+                h0 = unit_forward(context, c.index, params[0], params[1])  # type: ignore[attr-defined]
+            wanted = [bool(n) for n in needs[6:]]
+            grad_h0, grad_structure, grad_tail = _tail_backward(net, context, h0, c.structure, params[2:], wanted, grad_out)  # type: ignore[attr-defined]
+        grad_weight, grad_bias = unit_weight_grad(context, c.index, grad_h0, net.hidden)  # type: ignore[attr-defined]
+        grad_structure = grad_structure if needs[3] else None
         return (None, None, None, grad_structure, grad_weight, grad_bias, *grad_tail)
 
 
 def _tail_backward(
-    generator: UHNGenerator, context: UnitContext, h0: torch.Tensor, structure: torch.Tensor | None, grad_out: torch.Tensor
+    net: TailNetwork,
+    context: UnitContext,
+    h0: torch.Tensor,
+    structure: torch.Tensor | None,
+    tail: Sequence[torch.Tensor],
+    wanted: Sequence[bool],
+    grad_out: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor | None]]:
-    """Recompute the residual blocks and head pass by pass; return the gradients of h0 (in
-    a workspace buffer), of the structure embedding and of the tail's parameters (None for
-    a frozen one)."""
-    tail = generator.tail_parameters()[2:]
-    trained = [p for p in tail if p.requires_grad]
+    """Recompute the tail pass by pass; return the gradients of h0 (in a workspace buffer),
+    of the structure embedding and of the tail's parameters (None where not ``wanted``)."""
+    leaves = [p.detach().requires_grad_(w) for p, w in zip(tail, wanted)]
+    trained = [p for p in leaves if p.requires_grad]
     grad_h0 = context.workspace.take("grad_h0", tuple(h0.shape), h0.dtype)
     sums = [torch.zeros_like(p) for p in trained]
     grad_structure = None if structure is None else torch.zeros_like(structure)
-    rows = generator.tail_rows
+    rows = tail_rows(net.hidden)
     for start in range(0, h0.shape[0], rows):
         h = h0[start : start + rows].detach().requires_grad_()
         s = None if structure is None else structure.detach().requires_grad_()
         with torch.enable_grad():
-            y = generator.head(generator.blocks_forward(h), s).float()
+            y = net.tail(h, s, leaves).float()
         grads = torch.autograd.grad(y, [h, *trained, *([s] if s is not None else [])], grad_out[start : start + rows])
         grad_h0[start : start + rows] = grads[0]
         for total, g in zip(sums, grads[1 : 1 + len(trained)]):
@@ -316,7 +395,7 @@ def _tail_backward(
         if grad_structure is not None:
             grad_structure += grads[-1]
     by_param = iter(sums)
-    return grad_h0, grad_structure, [next(by_param) if p.requires_grad else None for p in tail]
+    return grad_h0, grad_structure, [next(by_param) if p.requires_grad else None for p in leaves]
 
 
 def count_generator_params(spec: GeneratorSpec) -> tuple[int, int]:
