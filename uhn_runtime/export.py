@@ -30,7 +30,7 @@ from .evaluate import generate_weights
 from .optim import Precision
 from .run_dir import RunDir
 from .target import DeviceTarget
-from .weights import DirectSource, SourceKind, UHNSource, make_source
+from .weights import DirectSource, RecursiveSource, SourceKind, UHNSource, make_source
 
 EXPORT_FORMAT = "uhn-export"
 CHECKSUM_KEY = "tensors_sha256"
@@ -47,7 +47,7 @@ class ExportError(UHNError):
 
 def load_trained_source(
     run: RunDir, kind: SourceKind, device: torch.device
-) -> tuple[UHNSource | DirectSource, DeviceTarget, Precision]:
+) -> tuple[UHNSource | RecursiveSource | DirectSource, DeviceTarget, Precision]:
     """The finished weight source of a run phase, ready to generate on ``device``."""
     plan = run.plan()
     path = run.checkpoint_path(kind)
@@ -59,18 +59,32 @@ def load_trained_source(
             f"{run.root}: the {kind} phase has not finished (checkpoint after {state['units_done']} "
             f"units); continue it with `uhn train --resume {run.root}`"
         )
-    target = DeviceTarget(plan.targets[0], device)
-    source = make_source(kind, plan, target, plan.targets[0].spec.train.seed)
+    target = DeviceTarget(plan.trained_target, device)
+    source = make_source(kind, plan, target, plan.trained_target.spec.train.seed)
     source.load_state_dict(state["source"])
-    precision = Precision.resolve(plan.targets[0].spec.train.precision, device)
+    precision = Precision.resolve(plan.trained_target.spec.train.precision, device)
     return source, target, precision
 
 
 def generated_state_dict(run: RunDir, kind: SourceKind, device: torch.device) -> dict[str, torch.Tensor]:
     source, target, precision = load_trained_source(run, kind, device)
     flat = generate_weights(source, precision)
-    # Own storage per tensor: safetensors refuses views that share memory.
-    return {name: view.detach().cpu().clone().contiguous() for name, view in target.params_from_flat(flat).items()}
+    return own_tensors(target.params_from_flat(flat))
+
+
+def own_tensors(views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Own storage per tensor: safetensors refuses views that share memory."""
+    return {name: view.detach().cpu().clone().contiguous() for name, view in views.items()}
+
+
+def generated_levels(run: RunDir, device: torch.device) -> list[tuple[ExperimentSpec, dict[str, torch.Tensor]]]:
+    """Every level of a recursive run's chain (H1..H_K, then the leaf): spec and state dict."""
+    source, _, precision = load_trained_source(run, "uhn", device)
+    if not isinstance(source, RecursiveSource):
+        raise UHNError(f"{run.root}: --levels needs a recursive run (depth >= 1); this run has no generated generators")
+    with torch.no_grad(), precision.autocast():
+        flats = [flat.float() for flat in source.level_flats()]
+    return [(level.plan.spec, own_tensors(level.params_from_flat(flat))) for level, flat in zip(source.levels, flats)]
 
 
 def tensors_checksum(state: dict[str, torch.Tensor]) -> str:
@@ -85,7 +99,27 @@ def tensors_checksum(state: dict[str, torch.Tensor]) -> str:
 
 def export_run(run: RunDir, output: Path, kind: SourceKind, device: torch.device) -> dict[str, torch.Tensor]:
     state = generated_state_dict(run, kind, device)
-    spec = run.plan().targets[0].spec
+    write_export(output, run.plan().trained_target.spec, state, kind, run)
+    return state
+
+
+def level_path(output: Path, level: int) -> Path:
+    """Where ``--levels`` writes generated generator H_level: beside the leaf's file."""
+    return output.with_name(f"{output.stem}.h{level}{output.suffix}")
+
+
+def export_levels(run: RunDir, output: Path, device: torch.device) -> list[tuple[Path, dict[str, torch.Tensor]]]:
+    """The leaf to ``output`` and each generated generator H_k to ``level_path(output, k)``."""
+    written = []
+    levels = generated_levels(run, device)
+    for k, (spec, state) in enumerate(levels, start=1):
+        path = output if k == len(levels) else level_path(output, k)
+        write_export(path, spec, state, "uhn", run)
+        written.append((path, state))
+    return written
+
+
+def write_export(output: Path, spec: ExperimentSpec, state: dict[str, torch.Tensor], kind: SourceKind, run: RunDir) -> None:
     metadata = {
         "format": EXPORT_FORMAT,
         "spec_json": spec.model_dump_json(),
@@ -94,7 +128,6 @@ def export_run(run: RunDir, output: Path, kind: SourceKind, device: torch.device
         CHECKSUM_KEY: tensors_checksum(state),
     }
     atomic_write(output, lambda tmp: save_file(state, str(tmp), metadata=metadata))
-    return state
 
 
 def load_exported(path: Path, device: torch.device | str = "cpu") -> tuple[ExperimentSpec, TargetModel]:
