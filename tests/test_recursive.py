@@ -13,7 +13,8 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from cli.main import app
+from uhn_cli.main import app
+from uhn_runtime.bench import BenchOptions, run_bench
 from uhn_runtime.export import export_levels, level_path, load_exported
 from uhn_runtime.generator import GeneratedGenerator, count_generator_params
 from uhn_runtime.init_phase import stage_lr_scale, top_down_stages
@@ -230,3 +231,14 @@ def test_export_writes_the_leaf_and_each_generated_generator(tmp_path: Path) -> 
     assert RunDir.open(tmp_path / "run").plan().recursion_depth == 2
     levels = export_levels(RunDir.open(tmp_path / "run"), tmp_path / "again.safetensors", torch.device("cpu"))
     assert len(levels) == 3
+
+
+def test_bench_compares_the_recursive_train_step_with_k0_in_the_same_run() -> None:
+    plan = tiny_recursive_plan(1)
+    report = run_bench(plan, BenchOptions(repeats=1, batch=8))
+    assert report["target"] == plan.trained_target.name
+    recursion = report["recursion"]
+    assert recursion["depth"] == 1
+    assert recursion["bound"] == pytest.approx((1 + plan.targets[0].num_params / plan.targets[1].num_params) * 1.3)
+    assert recursion["train_step_vs_k0"] == pytest.approx(report["train_step"]["seconds"] / recursion["k0_train_step_seconds"])
+    assert report["naive"] is None and "recursive" in report["naive_skipped"]
