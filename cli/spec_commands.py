@@ -67,7 +67,9 @@ def compile_(
         raise UHNError(f"--output: a plan file name ends in {PLAN_SUFFIX}, got {output}")
     plan = load_target_sources(specs, overrides)
     plan.save(output)
-    if len(plan.targets) > 1:
+    if plan.recursion_depth:
+        counts = "H0 -> " + " -> ".join(f"{t.name} {t.num_params} params" for t in plan.targets)
+    elif len(plan.targets) > 1:
         counts = family_line(family_block([target_overview(t) for t in plan.targets]))
     else:
         counts = ", ".join(f"{t.name} {t.num_params} params" for t in plan.targets)

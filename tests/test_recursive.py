@@ -100,6 +100,27 @@ def test_a_root_without_structure_encoder_is_refused_in_one_line(tmp_path: Path)
         recursive_from_text(tiny_recursive_text(1).replace("in_features: 12", "in_features: 13", 1))
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("depth: 1", "depth: 1\nlaef: x.yaml"), "laef: unknown field; allowed here: name, description, leaf, depth"),
+        (("hidden_layers: 1", "layers: 1"), "generated.layers: unknown field; allowed here: hidden_layers, slope"),
+        (("depth: 1", "depth: -1"), "depth: Input should be greater than or equal to 0"),
+    ],
+)
+def test_recursive_spec_errors_name_the_field(change: tuple[str, str], message: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        recursive_from_text(tiny_recursive_text(1).replace(*change), Path("r.yaml"))
+    assert str(caught.value).startswith(f"r.yaml: {message}")
+
+
+def test_a_missing_leaf_file_is_named_under_leaf(tmp_path: Path) -> None:
+    spec = tmp_path / "r.yaml"
+    spec.write_text("name: r\nleaf: nowhere.yaml\ndepth: 1\ntrain: {steps: 2, warmup: 0}\n")
+    with pytest.raises(SpecError, match=r"r.yaml: leaf: spec file not found: .*nowhere.yaml"):
+        load_recursive(spec)
+
+
 # --------------------------------------------------------------------------- schedules
 
 

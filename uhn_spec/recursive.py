@@ -136,7 +136,7 @@ def recursive_from_text(
     try:
         spec = RecursiveSpec.model_validate(data)
     except ValidationError as err:
-        raise SpecError("", format_validation_error(err), where) from None
+        raise SpecError("", _format_error(err), where) from None
     leaf = _leaf_spec(spec, source, where)
     chain = [
         generated_generator_spec(f"{spec.name}_h{k}", spec.generator, spec.generated, leaf, spec.train)
@@ -145,12 +145,29 @@ def recursive_from_text(
     return spec, [*chain, leaf]
 
 
+def _format_error(err: ValidationError) -> str:
+    """As ``format_validation_error``, but an unknown field lists the recursive spec's fields."""
+    unknown = next((e for e in err.errors() if e["type"] == "extra_forbidden"), None)
+    if unknown is None or unknown["loc"][0] == "leaf":
+        return format_validation_error(err)
+    model: Any = RecursiveSpec
+    for item in unknown["loc"][:-1]:
+        model = model.model_fields[item].annotation
+    path = ".".join(str(item) for item in unknown["loc"])
+    return f"{path}: unknown field; allowed here: {', '.join(model.model_fields)}"
+
+
 def _leaf_spec(spec: RecursiveSpec, source: Path | None, where: str | None) -> ExperimentSpec:
     """The leaf, with the recursive spec's root generator and training (the run's)."""
     run_settings = {"generator": spec.generator.model_dump(), "train": spec.train.model_dump()}
     if isinstance(spec.leaf, str):
         base = source.parent if source else Path.cwd()
-        leaf = load_spec(base / spec.leaf)
+        try:
+            leaf = load_spec(base / spec.leaf)
+        except SpecError as err:
+            if err.source:
+                raise  # a problem inside the leaf file: it names that file
+            raise SpecError("leaf", err.message, where) from None
         return ExperimentSpec.model_validate({**leaf.model_dump(), **run_settings})
     try:
         return ExperimentSpec.model_validate({**spec.leaf, **run_settings})
