@@ -98,6 +98,7 @@ def load_target_sources(paths: list[Path], overrides: list[str] | None = None, p
     allocated."""
     from uhn_spec import compile_specs, load_plan, load_spec
     from uhn_spec.family import compile_family, is_family_file, load_family
+    from uhn_spec.recursive import compile_recursive, is_recursive_file, load_recursive
 
     overrides = list(overrides or [])
     plans = [p for p in paths if is_plan_path(p)]
@@ -111,6 +112,13 @@ def load_target_sources(paths: list[Path], overrides: list[str] | None = None, p
             for target in plan.targets:
                 fitting_budget(target.spec, plans[0], "train")
         return plan
+    recursive = [p for p in paths if is_recursive_file(p)]
+    if recursive:
+        if len(paths) > 1:
+            raise UHNError(f"give one recursive spec or only specs, got {', '.join(map(str, paths))}")
+        _, chain = load_recursive(recursive[0], overrides)
+        fitting_budget(chain[-1], recursive[0], *dict.fromkeys(("compile", purpose)))  # type: ignore[arg-type]
+        return compile_recursive(chain, source_text(paths, overrides))
     families = [p for p in paths if is_family_file(p)]
     if families:
         if len(paths) > 1:

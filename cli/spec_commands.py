@@ -36,10 +36,17 @@ def validate(specs: SpecPaths, overrides: SetOption = None) -> None:
     that this machine could not even compile is an error)."""
     from uhn_spec import load_spec
     from uhn_spec.family import is_family_file, load_family
+    from uhn_spec.recursive import is_recursive_file, load_recursive
 
     for path in specs:
         if is_family_file(path):
             typer.echo(f"ok: {family_line(family_overview(load_family(path, overrides or []))['family'])}")
+            continue
+        if is_recursive_file(path):
+            recursive, chain = load_recursive(path, overrides)
+            fitting_budget(chain[-1], path, "compile")
+            sizes = " -> ".join(f"{s.name} {s.num_params}" for s in chain)
+            typer.echo(f"ok: {recursive.name}: depth {recursive.depth}, H0 -> {sizes} params")
             continue
         spec = load_spec(path, overrides)
         budget = fitting_budget(spec, path, "compile")
@@ -60,7 +67,9 @@ def compile_(
         raise UHNError(f"--output: a plan file name ends in {PLAN_SUFFIX}, got {output}")
     plan = load_target_sources(specs, overrides)
     plan.save(output)
-    if len(plan.targets) > 1:
+    if plan.recursion_depth:
+        counts = "H0 -> " + " -> ".join(f"{t.name} {t.num_params} params" for t in plan.targets)
+    elif len(plan.targets) > 1:
         counts = family_line(family_block([target_overview(t) for t in plan.targets]))
     else:
         counts = ", ".join(f"{t.name} {t.num_params} params" for t in plan.targets)
@@ -104,8 +113,9 @@ def plan_summary(plan: Plan, rows_of: str | None = None) -> dict[str, Any]:
         "targets": [target_summary(t, rows_of) for t in plan.targets],
         "generator": plan.generator.model_dump(mode="json"),
         "generator_params": {"trainable": trainable, "total": total},
+        "depth": plan.recursion_depth,
     }
-    if len(plan.targets) > 1:
+    if len(plan.targets) > 1 and not plan.recursion_depth:
         summary["family"] = family_block(summary["targets"])
     return summary
 

@@ -76,7 +76,7 @@ def train(
         if source is None:
             raise UHNError("give a spec or plan to train (e.g. `uhn train specs/digits_mlp.yaml`), or --resume DIR")
         plan = load_target_source(source, overrides, purpose="train")
-        spec = plan.targets[0].spec
+        spec = plan.trained_target.spec
         chosen = mode.value if mode is not None else ("both" if spec.train.compare_direct else "uhn")
         run_root = out if out is not None else default_run_dir(spec.name)
         options = TrainOptions(mode=chosen, device=device.value, data_root=data_root, tensorboard=tensorboard)  # type: ignore[arg-type]
@@ -136,9 +136,13 @@ def export(
         typer.Option("--for-module", metavar="MODULE:ATTR", help="Write the state_dict of the original nn.Module the spec was imported from (uhn import), which it loads with strict=True.", show_default=False),
     ] = None,
     data_root: DataRootOption = None,
+    levels: Annotated[
+        bool,
+        typer.Option("--levels", help="A recursive run: also write each generated generator H_k, as OUTPUT's name plus .hK."),
+    ] = False,
 ) -> None:
     """Write the generated target weights as a plain state_dict (safetensors) that build_model(spec) loads, or as ONNX."""
-    from uhn_runtime.export import export_onnx, export_run, generated_state_dict, load_exported
+    from uhn_runtime.export import export_levels, export_onnx, export_run, generated_state_dict, load_exported
     from uhn_runtime.run_dir import RunDir
     from uhn_runtime.train import resolve_device
     from uhn_spec import build_model
@@ -154,7 +158,7 @@ def export(
             _, model = load_exported(run_dir)
         else:
             run = RunDir.open(run_dir)
-            model = build_model(run.plan().targets[0].spec)
+            model = build_model(run.plan().trained_target.spec)
             model.load_state_dict(generated_state_dict(run, source, torch_device, recalibrate_bn, data_root))  # type: ignore[arg-type]
         difference = export_onnx(model, output)
         typer.echo(f"wrote {output} ({human_bytes(output.stat().st_size)}); onnxruntime matches PyTorch to {difference:.1e}")
@@ -167,6 +171,13 @@ def export(
         state = export_for_module(RunDir.open(run_dir), output, source, torch_device, for_module, recalibrate_bn, data_root)  # type: ignore[arg-type]
         count = sum(t.numel() for t in state.values())
         typer.echo(f"wrote {output} ({human_bytes(output.stat().st_size)}): {len(state)} tensors of {for_module}, loaded with strict=True")
+        return
+    if levels:
+        if source != "uhn" or onnx:
+            raise UHNError("--levels exports the generated chain of a recursive run: give no --source direct or --onnx")
+        for path, state in export_levels(RunDir.open(run_dir), output, torch_device):
+            count = sum(t.numel() for t in state.values())
+            typer.echo(f"wrote {path} ({human_bytes(path.stat().st_size)}): {len(state)} tensors, {count} weights")
         return
     state = export_run(RunDir.open(run_dir), output, source, torch_device, recalibrate_bn, data_root)  # type: ignore[arg-type]
     count = sum(t.numel() for t in state.values())

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from uhn_cli.main import app
 from uhn_spec import compile_spec, load_spec
 from uhn_spec.family import Family, is_family_file, load_family
+from uhn_spec.recursive import compile_recursive, is_recursive_file, load_recursive
 from uhn_spec.tasks import FORMULA_FUNCTIONS
 
 from .conftest import REPO_ROOT
@@ -22,7 +23,8 @@ SPECS_DIR = REPO_ROOT / "specs"
 # Files starting with "_" are templates and includes, not runnable specs.
 SHIPPED_FILES = sorted(p for p in SPECS_DIR.glob("*.yaml") if not p.name.startswith("_"))
 FAMILIES = [p for p in SHIPPED_FILES if is_family_file(p)]
-SHIPPED = [p for p in SHIPPED_FILES if p not in FAMILIES]
+RECURSIVE = [p for p in SHIPPED_FILES if is_recursive_file(p)]
+SHIPPED = [p for p in SHIPPED_FILES if p not in FAMILIES and p not in RECURSIVE]
 # The multi-model families of the interface (issue #11), and the paper's sizes of each.
 FAMILY_SIZES: dict[str, tuple[int, int]] = {  # name: (members, unseen)
     "digits_mlp_family": (50, 10),
@@ -111,6 +113,24 @@ def test_shipped_family_validates(path: Path) -> None:
         assert family.possible is not None and family.possible >= members
     assert family.spec.name == path.stem
     assert all(m.spec.train.epochs for m in family.members)
+
+
+# The recursive specs of the interface (issue #13): name -> (depth, leaf parameters).
+RECURSIVE_SPECS = {f"recursive_{leaf}_k{k}": (k, n) for leaf, n in (("mnist", 118_282), ("digits", 26_122)) for k in (1, 2, 3)}
+
+
+@pytest.mark.parametrize("path", RECURSIVE, ids=ids(RECURSIVE))
+def test_shipped_recursive_spec_compiles_the_papers_chain(path: Path) -> None:
+    spec, chain = load_recursive(path)
+    assert spec.name == path.stem
+    depth, leaf = RECURSIVE_SPECS[path.stem]
+    plan = compile_recursive(chain)
+    assert plan.recursion_depth == depth
+    assert [t.num_params for t in plan.targets] == [181_121] * depth + [leaf]
+
+
+def test_every_recursive_spec_is_shipped() -> None:
+    assert sorted(p.stem for p in RECURSIVE) == sorted(RECURSIVE_SPECS)
 
 
 @pytest.mark.parametrize("path", SHIPPED_FILES, ids=ids(SHIPPED_FILES))

@@ -92,7 +92,7 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "unknown top-level field": (
         MLP + "epochs: 3\n",
-        "epochs: unknown field; allowed here: name, description, family, cnn_stage_num, task, layers, generator, train",
+        "epochs: unknown field; allowed here: name, description, family, cnn_stage_num, task, layers, generated, generator, train",
     ),
     "misspelt layer field": (
         edited(MLP, "    out_features: 10", "    out_feature: 10"),
@@ -101,7 +101,7 @@ CASES: dict[str, tuple[str, str]] = {
     "missing task": (edited(MLP, "task:\n  dataset: mnist\n", ""), "task: Field required"),
     "unknown dataset": (
         edited(MLP, "dataset: mnist", "dataset: mnistt"),
-        "task.dataset: Input should be 'synthetic', 'mnist', … or 'sph_harm22' (got 'mnistt')",
+        "task.dataset: Input should be 'synthetic', 'mnist', … or 'recursive_formula_regression' (got 'mnistt')",
     ),
     "negative size": (
         edited(MLP, "out_features: 128", "out_features: -5"),

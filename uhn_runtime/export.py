@@ -31,7 +31,7 @@ from .evaluate import generate_weights
 from .optim import Precision
 from .run_dir import RunDir
 from .target import DeviceTarget
-from .weights import DirectSource, SourceKind, UHNSource, make_source
+from .weights import DirectSource, RecursiveSource, SourceKind, UHNSource, make_source
 
 EXPORT_FORMAT = "uhn-export"
 CHECKSUM_KEY = "tensors_sha256"
@@ -48,7 +48,7 @@ class ExportError(UHNError):
 
 def load_trained_source(
     run: RunDir, kind: SourceKind, device: torch.device
-) -> tuple[UHNSource | DirectSource, DeviceTarget, Precision]:
+) -> tuple[UHNSource | RecursiveSource | DirectSource, DeviceTarget, Precision]:
     """The finished weight source of a run phase, ready to generate on ``device``."""
     plan = run.plan()
     path = run.checkpoint_path(kind)
@@ -60,10 +60,10 @@ def load_trained_source(
             f"{run.root}: the {kind} phase has not finished (checkpoint after {state['units_done']} "
             f"units); continue it with `uhn train --resume {run.root}`"
         )
-    target = DeviceTarget(plan.targets[0], device)
-    source = make_source(kind, plan, target, plan.targets[0].spec.train.seed)
+    target = DeviceTarget(plan.trained_target, device)
+    source = make_source(kind, plan, target, plan.trained_target.spec.train.seed)
     source.load_state_dict(state["source"])
-    precision = Precision.resolve(plan.targets[0].spec.train.precision, device)
+    precision = Precision.resolve(plan.trained_target.spec.train.precision, device)
     return source, target, precision
 
 
@@ -78,16 +78,30 @@ def generated_state_dict(
     these weights over ``recalibrate_bn`` training batches (0: left at their defaults)."""
     source, target, precision = load_trained_source(run, kind, device)
     flat = generate_weights(source, precision)
-    # Own storage per tensor: safetensors refuses views that share memory.
-    state = {name: view.detach().cpu().clone().contiguous() for name, view in target.params_from_flat(flat).items()}
+    state = own_tensors(target.params_from_flat(flat))
     if batch_norm_layers(target.model):
         if recalibrate_bn > 0:
             from .data import load_task_data
 
             data = load_task_data(target.plan.spec.task, data_root)
             recalibrate_batch_norm(target, flat, data.train_batches(target.plan.spec.train.batch_size, 0), recalibrate_bn)
-        state.update({name: b.detach().cpu().clone().contiguous() for name, b in target.model.named_buffers()})
+        state.update(own_tensors(dict(target.model.named_buffers())))
     return state
+
+
+def own_tensors(views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Own storage per tensor: safetensors refuses views that share memory."""
+    return {name: view.detach().cpu().clone().contiguous() for name, view in views.items()}
+
+
+def generated_levels(run: RunDir, device: torch.device) -> list[tuple[ExperimentSpec, dict[str, torch.Tensor]]]:
+    """Every level of a recursive run's chain (H1..H_K, then the leaf): spec and state dict."""
+    source, _, precision = load_trained_source(run, "uhn", device)
+    if not isinstance(source, RecursiveSource):
+        raise UHNError(f"{run.root}: --levels needs a recursive run (depth >= 1); this run has no generated generators")
+    with torch.no_grad(), precision.autocast():
+        flats = [flat.float() for flat in source.level_flats()]
+    return [(level.plan.spec, own_tensors(level.params_from_flat(flat))) for level, flat in zip(source.levels, flats)]
 
 
 def tensors_checksum(state: dict[str, torch.Tensor]) -> str:
@@ -109,7 +123,27 @@ def export_run(
     data_root: str | Path | None = None,
 ) -> dict[str, torch.Tensor]:
     state = generated_state_dict(run, kind, device, recalibrate_bn, data_root)
-    spec = run.plan().targets[0].spec
+    write_export(output, run.plan().trained_target.spec, state, kind, run)
+    return state
+
+
+def level_path(output: Path, level: int) -> Path:
+    """Where ``--levels`` writes generated generator H_level: beside the leaf's file."""
+    return output.with_name(f"{output.stem}.h{level}{output.suffix}")
+
+
+def export_levels(run: RunDir, output: Path, device: torch.device) -> list[tuple[Path, dict[str, torch.Tensor]]]:
+    """The leaf to ``output`` and each generated generator H_k to ``level_path(output, k)``."""
+    written = []
+    levels = generated_levels(run, device)
+    for k, (spec, state) in enumerate(levels, start=1):
+        path = output if k == len(levels) else level_path(output, k)
+        write_export(path, spec, state, "uhn", run)
+        written.append((path, state))
+    return written
+
+
+def write_export(output: Path, spec: ExperimentSpec, state: dict[str, torch.Tensor], kind: SourceKind, run: RunDir) -> None:
     metadata = {
         "format": EXPORT_FORMAT,
         "spec_json": spec.model_dump_json(),
@@ -118,7 +152,6 @@ def export_run(
         CHECKSUM_KEY: tensors_checksum(state),
     }
     atomic_write(output, lambda tmp: save_file(state, str(tmp), metadata=metadata))
-    return state
 
 
 MODULE_EXPORT_FORMAT = "uhn-module-export"
@@ -137,7 +170,7 @@ def export_for_module(
     (``uhn import``): checked by loading them into a fresh instance with strict=True."""
     from uhn_spec.importer import import_for_spec, module_state_dict
 
-    spec = run.plan().targets[0].spec
+    spec = run.plan().trained_target.spec
     module, imported = import_for_spec(module_ref, spec)
     state = generated_state_dict(run, kind, device, recalibrate_bn, data_root)
     module_state = {k: v.contiguous() for k, v in module_state_dict(imported, state).items()}

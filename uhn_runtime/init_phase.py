@@ -14,8 +14,8 @@ import torch
 from uhn_spec.plan import TargetPlan
 
 from .optim import Precision, Stepper, check_finite, make_adamw
-from .schedule import cosine_factor, set_lr
-from .weights import UHNSource
+from .schedule import cosine_factor, set_lr, warmup_cosine_factor
+from .weights import RecursiveSource, UHNSource
 
 # Keeps sqrt differentiable where a target std is 0 (zero-initialised tensors).
 VAR_EPS = 1e-12
@@ -59,7 +59,7 @@ class InitTargets:
 
 
 def run_init_phase(
-    source: UHNSource,
+    source: UHNSource | RecursiveSource,
     targets: InitTargets,
     steps: int,
     lr: float,
@@ -68,17 +68,87 @@ def run_init_phase(
     on_step: Callable[[int, float, float], None] | None = None,
 ) -> float:
     """Match the init statistics with a fresh AdamW and a per-step cosine schedule; the
-    optimiser is discarded afterwards (the task phase builds its own). Returns the last loss."""
-    stepper = Stepper(make_adamw(source.parameters(), lr), precision)
+    optimiser is discarded afterwards (the task phase builds its own). Returns the last loss.
+    A recursive source takes the top-down schedule instead (``run_top_down_init``)."""
+    if isinstance(source, RecursiveSource):
+        return run_top_down_init(source, steps, lr, precision, last_good, on_step)
+    return _match_stats(source, lambda: targets.loss(source.flat()), range(steps), lambda step: lr * cosine_factor(step, steps), precision, None, last_good, on_step)
+
+
+def _match_stats(
+    source: torch.nn.Module,
+    loss_of_step: Callable[[], torch.Tensor],
+    steps: range,
+    lr_at: Callable[[int], float],
+    precision: Precision,
+    grad_clip: float | None,
+    last_good: str,
+    on_step: Callable[[int, float, float], None] | None,
+) -> float:
+    """One optimiser (fresh AdamW) over ``steps`` (global step numbers) of ``loss_of_step``."""
+    stepper = Stepper(make_adamw(source.parameters(), lr_at(steps.start)), precision, grad_clip)
     loss_value = float("nan")
-    for step in range(steps):
-        step_lr = lr * cosine_factor(step, steps)
+    for step in steps:
+        step_lr = lr_at(step)
         set_lr(stepper.optimizer, step_lr)
         with precision.autocast():
-            loss = targets.loss(source.flat())
+            loss = loss_of_step()
         loss_value = float(loss.detach())
-        check_finite(loss_value, f"init step {step + 1}/{steps}", last_good)
+        check_finite(loss_value, f"init step {step + 1}/{steps.stop}", last_good)
         stepper.step(loss)
         if on_step is not None:
             on_step(step, loss_value, step_lr)
+    return loss_value
+
+
+# Gradient clipping of the recursive init phase (max norm, after unscaling), as the authors'.
+TOP_DOWN_GRAD_CLIP = 0.01
+
+
+def top_down_stages(steps: int, depth: int) -> list[range]:
+    """The init steps of each level of a depth-K chain (K + 1 levels: H1, ..., H_K, leaf),
+    top down: S_lvl = steps // (K + 1) each, level k active for steps [k S_lvl, (k+1) S_lvl)
+    (active level min(K, step // S_lvl): the leaf also takes the remainder)."""
+    per_level = steps // (depth + 1)
+    starts = [k * per_level for k in range(depth + 1)]
+    return [range(start, stop) for start, stop in zip(starts, [*starts[1:], steps])]
+
+
+def stage_lr_scale(depth: int, level: int) -> float:
+    """The init lr factor of each level (reference-facts section 5): depth 1 takes init_lr
+    throughout; deeper chains x1/5 on levels 0-1, x1/10 on level 2, x1/40 below."""
+    if depth <= 1:
+        return 1.0
+    return 0.2 if level <= 1 else 0.1 if level == 2 else 0.025
+
+
+def run_top_down_init(
+    source: RecursiveSource,
+    steps: int,
+    lr: float,
+    precision: Precision,
+    last_good: str,
+    on_step: Callable[[int, float, float], None] | None = None,
+) -> float:
+    """The recursive init phase: level by level from the top (H1's weights first, the leaf
+    last), each stage with its own fresh AdamW and clipping at 0.01, matching only the
+    active level's statistics while generating the chain down to it. Depth 1: cosine over
+    each stage; deeper: linear warmup over the first half of each stage (the authors' 1,000
+    of 2,000 steps), then cosine. Returns the last loss."""
+    depth = source.depth
+    loss_value = float("nan")
+    for level, stage in enumerate(top_down_stages(steps, depth)):
+        if not len(stage):
+            continue
+        targets = InitTargets(source.levels[level].plan, source.target.device)
+        stage_lr = lr * stage_lr_scale(depth, level)
+        warmup = len(stage) // 2 if depth >= 2 else 0
+
+        def lr_at(step: int, stage: range = stage, stage_lr: float = stage_lr, warmup: int = warmup) -> float:
+            return stage_lr * warmup_cosine_factor(step - stage.start, warmup, len(stage))
+
+        def loss_of_step(level: int = level, targets: InitTargets = targets) -> torch.Tensor:
+            return targets.loss(source.level_flats(level + 1)[level])
+
+        loss_value = _match_stats(source, loss_of_step, stage, lr_at, precision, TOP_DOWN_GRAD_CLIP, last_good, on_step)
     return loss_value

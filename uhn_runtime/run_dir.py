@@ -134,10 +134,10 @@ class RunDir:
             raise RunDirError(f"{root} already holds a run; continue it with `uhn train --resume {root}` or pick another --out")
         root.mkdir(parents=True, exist_ok=True)
         plan.save(run.plan_path)
-        atomic_write_text(run.config_path, spec_to_yaml(plan.targets[0].spec))
+        atomic_write_text(run.config_path, spec_to_yaml(plan.trained_target.spec))
         record = {
             **info,
-            "seed": plan.targets[0].spec.train.seed,
+            "seed": plan.trained_target.spec.train.seed,
             "versions": package_versions(),
             "git_revision": git_revision(),
             "machine": machine_info(with_gpus=info.get("device") != "cpu"),

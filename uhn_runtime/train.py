@@ -45,7 +45,7 @@ from .stop_signals import RunStopped, StopSignals
 from .target import DeviceTarget
 from .target_segments import forward_in_segments
 from .tensorboard_log import TensorBoardLog, require_tensorboard
-from .weights import SourceKind, make_source
+from .weights import SourceKind, depth_lr_scale, make_source
 
 # Terminal lines per phase, at most about this many (metrics.jsonl keeps every interval).
 SHOWN_LINES = 100
@@ -112,10 +112,10 @@ class Phase:
     ):
         self.kind, self.run, self.plan, self.data = kind, run, plan, data
         self.precision, self.options, self.progress, self.stop = precision, options, progress, stop
-        self.cfg = plan.targets[0].spec.train
-        self.target = DeviceTarget(plan.targets[0], device)
+        self.cfg = plan.trained_target.spec.train
+        self.target = DeviceTarget(plan.trained_target, device)
         self.source = make_source(kind, plan, self.target, self.cfg.seed)
-        self.lr = self.cfg.lr if kind == "uhn" else (self.cfg.direct_lr or self.cfg.lr)
+        self.lr = self.cfg.lr * depth_lr_scale(plan.recursion_depth) if kind == "uhn" else (self.cfg.direct_lr or self.cfg.lr)
         self.stepper = Stepper(make_adamw(self.source.parameters(), self.lr), precision, self.cfg.grad_clip)
         self.by_epoch = self.cfg.epochs is not None
         self.unit_name = "epoch" if self.by_epoch else "step"
@@ -339,7 +339,7 @@ class Phase:
 def start_run(plan: Plan, out: Path, options: TrainOptions, source: dict[str, Any] | None = None) -> dict[str, Any]:
     """Create the run folder ``out`` and train. ``source`` (what was compiled, overrides)
     is recorded in run.json."""
-    if len(plan.targets) != 1:
+    if len(plan.targets) != 1 and not plan.recursion_depth:
         names = ", ".join(t.name for t in plan.targets)
         raise UHNError(f"uhn train trains one target; this plan has {len(plan.targets)} ({names})")
     info = {
@@ -383,7 +383,7 @@ def cut_metrics_to_last_checkpoint(run: RunDir) -> None:
 
 
 def train_run(run: RunDir, plan: Plan, options: TrainOptions) -> dict[str, Any]:
-    target = plan.targets[0]
+    target = plan.trained_target
     device = resolve_device(options.device)
     precision = Precision.resolve(target.spec.train.precision, device)
     data = load_task_data(target.spec.task, options.data_root)
@@ -419,6 +419,7 @@ def train_run(run: RunDir, plan: Plan, options: TrainOptions) -> dict[str, Any]:
         "direct": results["direct"].value if "direct" in results else None,
         "generator_params": trainable,
         "target_params": target.num_params,
+        "depth": plan.recursion_depth,
         "seconds": round(sum(r.seconds for r in results.values()), 3),
         "phase_seconds": {k: round(r.seconds, 3) for k, r in results.items()},
         "device": device.type,

@@ -14,7 +14,7 @@ from torch import nn
 from uhn_spec.model import build_model
 from uhn_spec.plan import Plan
 
-from .generator import UHNGenerator
+from .generator import GeneratedGenerator, UHNGenerator
 from .target import DeviceTarget
 
 SourceKind = Literal["uhn", "direct"]
@@ -52,8 +52,55 @@ class DirectSource(nn.Module):
         return self.weights
 
 
-def make_source(kind: SourceKind, plan: Plan, target: DeviceTarget, seed: int) -> UHNSource | DirectSource:
+class RecursiveSource(nn.Module):
+    """Recursive generation: H0 (the only parameters) generates H1's weights, H1 (a
+    ``GeneratedGenerator``) generates H2's, ..., H_K generates the leaf. ``flat()`` is the
+    leaf's weights; gradients flow back through every generated generator to H0. The state
+    dict is H0's, under the same keys as ``UHNSource``'s."""
+
+    kind: SourceKind = "uhn"
+
+    def __init__(self, plan: Plan, target: DeviceTarget, seed: int):
+        super().__init__()
+        if not plan.recursion_depth:
+            raise ValueError("RecursiveSource needs a recursive plan (targets H1..H_K, then the leaf)")
+        self.target = target  # the leaf
+        self.generator = UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=seed).to(target.device)
+        self.levels = [DeviceTarget(t, target.device) for t in plan.targets[:-1]] + [target]
+        self.generated = [GeneratedGenerator(level, self.generator) for level in self.levels[:-1]]
+
+    @property
+    def depth(self) -> int:
+        return len(self.generated)
+
+    def level_flats(self, last: int | None = None) -> list[torch.Tensor]:
+        """The flat weights of levels 1..``last`` (1-based; default the leaf, K + 1): H1's
+        from H0, then each from the generator above it."""
+        last = len(self.levels) if last is None else last
+        flats = [self.levels[0].generate(self.generator)]
+        for k in range(1, last):
+            below = self.levels[k]
+            flats.append(self.generated[k - 1].generate(flats[-1], below.index, below.structure_rows))
+        return flats
+
+    def flat(self) -> torch.Tensor:
+        return self.level_flats()[-1]
+
+
+def depth_lr_scale(depth: int) -> float:
+    """The task phase's learning-rate factor by recursion depth, as the authors scale it
+    (reference-facts section 8): x1 up to depth 1, x1/2 at depth 2, x1/8 from depth 3."""
+    return 1.0 if depth <= 1 else 0.5 if depth == 2 else 0.125
+
+
+def make_source(
+    kind: SourceKind, plan: Plan, target: DeviceTarget, seed: int
+) -> UHNSource | RecursiveSource | DirectSource:
+    """The weight source of ``target`` (the plan's ``trained_target``): a recursive plan's
+    UHN is the whole chain."""
     torch.manual_seed(seed)  # the direct init and dropout draw from the global RNG
+    if kind == "uhn" and plan.recursion_depth:
+        return RecursiveSource(plan, target, seed).to(target.device)
     if kind == "uhn":
         return UHNSource(plan, target, seed).to(target.device)
     return DirectSource(target)

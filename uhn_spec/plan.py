@@ -146,6 +146,19 @@ class Plan:
                 return t
         raise PlanError(f"plan has no target {name!r}; it has: {', '.join(t.name for t in self.targets)}")
 
+    @property
+    def recursion_depth(self) -> int:
+        """K of a recursive plan (targets H1..H_K, then the leaf: ``uhn_spec.recursive``), else 0."""
+        chain = self.targets[:-1]
+        if chain and all(t.spec.family == "uhn" for t in chain) and self.targets[-1].spec.family != "uhn":
+            return len(chain)
+        return 0
+
+    @property
+    def trained_target(self) -> TargetPlan:
+        """The target a run trains and evaluates: the leaf of a recursive plan, else the first."""
+        return self.targets[-1] if self.recursion_depth else self.targets[0]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": PLAN_FORMAT,

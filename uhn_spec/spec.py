@@ -29,7 +29,7 @@ from .template import MAX_RENDERED_CHARS, render_spec_template
 
 LayerUnion = Annotated[Union[tuple(REGISTRY.values())], Field(discriminator="kind")]  # type: ignore[valid-type]
 
-Family = Literal["mlp", "cnn", "gcn", "gat", "transformer", "kan"]
+Family = Literal["mlp", "cnn", "gcn", "gat", "transformer", "kan", "uhn"]
 
 # The MLP is described as a CNN with 0 conv stages, as in the authors' code (ModelType.MLP
 # is never emitted), so an MLP descriptor means the same thing there and here.
@@ -40,6 +40,7 @@ FAMILY_MODEL_TYPE: dict[str, ModelType] = {
     "gat": ModelType.GAT,
     "transformer": ModelType.TRANSFORMER,
     "kan": ModelType.KAN,
+    "uhn": ModelType.RECURSIVE,  # a generated generator (recursive generation)
 }
 
 
@@ -190,6 +191,19 @@ class TrainSpec(StrictModel):
         return self
 
 
+class GeneratedShape(StrictModel):
+    """Family ``uhn`` (a generator generated as a target, reference-facts section 11): the
+    Fourier encoders it reuses from the root generator and where its index path starts.
+    Layers ``[0, structure_layers)`` read the structure features (L, 2 x structure_freqs) and
+    end in one vector of width d; layer ``structure_layers`` is the input Linear over the
+    index features (2 x index_freqs -> d), then the hidden layers; the last layer reads
+    their sum with the structure vector and gives one weight per index row."""
+
+    structure_freqs: int = Field(ge=1, description="F_u of the reused structure encoder")
+    index_freqs: int = Field(ge=1, description="F_v of the reused index encoder")
+    structure_layers: int = Field(ge=1, description="layers of the structure path")
+
+
 class ExperimentSpec(StrictModel):
     """One target model on one task, with the generator that produces it and its training."""
 
@@ -199,6 +213,7 @@ class ExperimentSpec(StrictModel):
     cnn_stage_num: int = Field(0, ge=0, description="CNN stages (stem + stages); 0 for MLPs")
     task: TaskSpec
     layers: list[LayerUnion] = Field(min_length=1)  # type: ignore[valid-type]
+    generated: GeneratedShape | None = Field(None, description="family uhn only: the generated generator's shape")
     generator: GeneratorSpec = GeneratorSpec()
     train: TrainSpec = TrainSpec(epochs=1, warmup=0)
 
@@ -219,6 +234,17 @@ class ExperimentSpec(StrictModel):
         if isinstance(task, TaskSpec) and task.max_length is None:
             return {**data, "task": task.model_copy(update={"max_length": length})}
         return data
+
+    @model_validator(mode="after")
+    def _generated_iff_uhn(self) -> "ExperimentSpec":
+        if (self.family == "uhn") != (self.generated is not None):
+            raise ValueError("generated: give it exactly when family is uhn (a generated generator's shape)")
+        if (self.family == "uhn") != self.task.dataset.startswith("recursive_"):
+            raise ValueError(
+                f"task.dataset: {self.task.dataset} with family {self.family}; a generated generator "
+                "(family uhn) has a recursive_* dataset, and only it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _layers_chain(self) -> "ExperimentSpec":
@@ -268,6 +294,8 @@ def _layer_field(layer: Any, name: str) -> Any:
 
 def chain_errors(spec: ExperimentSpec) -> list[tuple[str, str]]:
     """Walk the layers, checking that each reads what the previous one produces."""
+    if spec.generated is not None:
+        return uhn_chain_errors(spec, spec.generated)
     shape: FeatureShape = input_shape(spec.task.info, spec.task.vocab_size)
     for i, layer in enumerate(spec.layers):
         try:
@@ -280,6 +308,41 @@ def chain_errors(spec: ExperimentSpec) -> list[tuple[str, str]]:
         return [(last, f"the model must end in one vector per example, got {shape.describe()}")]
     if shape.features != want:
         return [(f"{last}", f"outputs {shape.features} but task {spec.task.dataset} needs {want}")]
+    return []
+
+
+def uhn_chain_errors(spec: ExperimentSpec, shape: GeneratedShape) -> list[tuple[str, str]]:
+    """A generated generator's two paths (``GeneratedShape``): the structure path ends in a
+    vector of width d, the index path starts with a plain Linear over the index features
+    (the fast path factors exactly that layer) and ends in width d, the head gives 1."""
+    split = shape.structure_layers
+    if not 0 < split < len(spec.layers) - 1:
+        return [("generated.structure_layers", f"{split} leaves no index path in {len(spec.layers)} layers")]
+    first = spec.layers[split]
+    where = f"layers[{split}]"
+    plain = first.kind == "linear" and first.activation.type == "none" and not (first.norm or first.shortcut)
+    if not plain or first.input_pooling != "none":
+        return [(where, "the index path starts with a plain linear (no activation, norm, shortcut or pooling)")]
+    paths = (
+        (range(split), FeatureShape("sequence", (1, 2 * shape.structure_freqs), "the structure features")),
+        (range(split, len(spec.layers) - 1), FeatureShape("vector", (2 * shape.index_freqs,), "the index features")),
+    )
+    widths = []
+    try:
+        for layers, current in paths:
+            for i in layers:
+                current = spec.layers[i].output_shape(current, f"layers[{i}]")
+            if current.kind != "vector":
+                return [(f"layers[{layers[-1]}]", f"a path must end in one vector, got {current.describe()}")]
+            widths.append(current)
+        last = len(spec.layers) - 1
+        out = spec.layers[last].output_shape(widths[1], f"layers[{last}]")
+    except SpecError as err:
+        return [(err.path, err.message)]
+    if widths[0].features != widths[1].features:
+        return [(widths[0].origin, f"the structure path ends in {widths[0].features}, the index path in {widths[1].features}; they are added")]
+    if out.features != 1:
+        return [(f"layers[{last}]", f"outputs {out.features}; a generator gives one weight per index row")]
     return []
 
 

@@ -70,6 +70,25 @@ def _tabular(name: str, dtype: DatasetType, features: int, classes: int) -> Data
     return DatasetInfo(name, TaskType.TABULAR_CLASSIFICATION, dtype, "vector", (features,), classes)
 
 
+def _recursive(leaf_task: TaskType) -> DatasetInfo:
+    """What a generated generator (family ``uhn``) "solves": generating a model for a leaf of
+    this task type (reference-facts section 11). It reads no data of its own; its input
+    is descriptors, checked by the family's own chain rule (``spec.uhn_chain_errors``)."""
+    name = f"recursive_{leaf_task.name.lower()}"
+    return DatasetInfo(name, TaskType.RECURSIVE, DatasetType[name.upper()], "vector", (0,), 1)
+
+
+# The dataset of a generated generator, by the task type of the leaf at the chain's end.
+RECURSIVE_DATASETS: dict[TaskType, DatasetInfo] = {
+    task: _recursive(task)
+    for task in (
+        TaskType.IMAGE_CLASSIFICATION,
+        TaskType.GRAPH_NODE_CLASSIFICATION,
+        TaskType.TEXT_CLASSIFICATION,
+        TaskType.FORMULA_REGRESSION,
+    )
+}
+
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in (
@@ -84,6 +103,7 @@ DATASETS: dict[str, DatasetInfo] = {
         *(_formula(name) for name in FORMULA_FUNCTIONS),
         _tabular("wine", DatasetType.WINE, 13, 3),
         _tabular("breast_cancer", DatasetType.BREAST_CANCER, 30, 2),
+        *RECURSIVE_DATASETS.values(),
     )
 }
 
@@ -114,6 +134,10 @@ DatasetName = Literal[
     "sph_harm02",
     "sph_harm12",
     "sph_harm22",
+    "recursive_image_classification",
+    "recursive_graph_node_classification",
+    "recursive_text_classification",
+    "recursive_formula_regression",
 ]
 
 

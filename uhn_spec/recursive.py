@@ -1,0 +1,191 @@
+"""Recursive generation (reference-facts section 11): H0 -> H1 -> ... -> H_K -> leaf.
+
+A recursive spec names a leaf (any single-model spec, by path or inline) and the depth K.
+Each generated generator H_k (k >= 1) is an ordinary target of family ``uhn``, described with
+the existing layer kinds (one ``mha`` and ``linear`` layers, ``generated_generator_spec``), so
+its descriptors, parameter table and counts come from the compiler like any other target's
+(181,121 parameters for the paper's H_k). Compiling gives one plan whose targets are
+H1..H_K then the leaf, with normalisation ranges over all of them (H0's Fourier encoders,
+which every H_k reuses, normalise with that union). The root generator and the training
+settings are the recursive spec's; every target of the plan carries them.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, model_validator
+
+from .compiler import compile_specs
+from .errors import SpecError
+from .plan import Plan
+from .spec import (
+    ExperimentSpec,
+    GeneratorSpec,
+    StrictModel,
+    TrainSpec,
+    apply_overrides,
+    format_validation_error,
+    load_spec,
+    load_yaml,
+    read_spec_text,
+)
+from .tasks import RECURSIVE_DATASETS
+
+# The top-level key that makes a YAML file a recursive spec rather than a single spec.
+RECURSIVE_KEY = "leaf"
+# H0 of the paper's recursive runs: the small config plus the structure encoder (193,135
+# parameters with the Fourier matrices and normalisation, 181,889 trainable).
+PAPER_ROOT = GeneratorSpec(index_freqs=1024, hidden=64, blocks=2, structure_encoder=True)
+
+
+class GeneratedLayout(StrictModel):
+    """The shape of every generated generator H_k beyond what the root fixes (its encoders'
+    widths 2 F_u and 2 F_v, its width d): the paper's H_k has 4 hidden layers and LeakyReLU
+    slope 0.1."""
+
+    hidden_layers: int = Field(4, ge=0, description="residual hidden layers of the index path")
+    slope: float = Field(0.1, ge=0.0, le=10.0, description="LeakyReLU negative slope")
+
+
+class RecursiveSpec(StrictModel):
+    """A recursive run: the leaf model, the depth and H0."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    leaf: str | dict[str, Any] = Field(description="the leaf spec: a path (relative to this file) or an inline spec")
+    depth: int = Field(ge=0, le=16, description="K: generated generators between H0 and the leaf (0: none)")
+    generated: GeneratedLayout = GeneratedLayout()
+    generator: GeneratorSpec = PAPER_ROOT
+    train: TrainSpec
+
+    @model_validator(mode="after")
+    def _root_has_structure(self) -> "RecursiveSpec":
+        if self.depth and not self.generator.structure_encoder:
+            raise ValueError(
+                "generator.structure_encoder: must be true for depth >= 1 (every generated generator "
+                "reuses H0's structure encoder)"
+            )
+        return self
+
+
+def generated_generator_spec(name: str, root: GeneratorSpec, layout: GeneratedLayout, leaf: ExperimentSpec, train: TrainSpec) -> ExperimentSpec:
+    """H_k as a target (reference-facts section 11): structure path MHA -> 2 residual Linear
+    -> Linear over the mean of the layers -> Linear (zero-initialised, like H0's structure
+    head); index path Linear(2 F_v -> d) -> ``hidden_layers`` residual Linear; head Linear(d -> 1)."""
+    s, d, v = 2 * root.structure_freqs, root.hidden, 2 * root.index_freqs
+    act = {"type": "leaky_relu", "param": layout.slope}
+    residual = {"kind": "linear", "activation": act, "norm": True, "shortcut": True}
+    layers: list[dict[str, Any]] = [
+        {"kind": "mha", "dim": s, "heads": root.structure_heads, "shortcut": True},
+        {**residual, "in_features": s, "out_features": s},
+        {**residual, "in_features": s, "out_features": s},
+        {"kind": "linear", "in_features": s, "out_features": d, "input_pooling": "avg_sequence"},
+        {"kind": "linear", "in_features": d, "out_features": d, "activation": act, "init": "zero"},
+        {"kind": "linear", "in_features": v, "out_features": d},
+        *({**residual, "in_features": d, "out_features": d} for _ in range(layout.hidden_layers)),
+        {"kind": "linear", "in_features": d, "out_features": 1, "activation": act},
+    ]
+    dataset = RECURSIVE_DATASETS[leaf.task.info.task_type].name
+    return ExperimentSpec.model_validate(
+        {
+            "name": name,
+            "description": f"a generated generator of the chain that ends in {leaf.name}",
+            "family": "uhn",
+            "task": {"dataset": dataset},
+            "layers": layers,
+            "generated": {"structure_freqs": root.structure_freqs, "index_freqs": root.index_freqs, "structure_layers": 5},
+            "generator": root.model_dump(),
+            "train": train.model_dump(),
+        }
+    )
+
+
+def is_recursive_text(text: str) -> bool:
+    """A recursive spec is a plain YAML mapping with a top-level ``leaf`` key."""
+    try:
+        data = load_yaml(text)
+    except SpecError:
+        return False
+    return isinstance(data, dict) and RECURSIVE_KEY in data
+
+
+def is_recursive_file(path: str | Path) -> bool:
+    try:
+        return is_recursive_text(Path(path).read_text())
+    except (OSError, UnicodeDecodeError):
+        return False  # load_spec reports the unreadable file
+
+
+def load_recursive(path: str | Path, overrides: list[str] | None = None) -> tuple[RecursiveSpec, list[ExperimentSpec]]:
+    """The recursive spec and the chain's target specs: H1..H_K, then the leaf."""
+    path = Path(path)
+    return recursive_from_text(read_spec_text(path), path, overrides)
+
+
+def recursive_from_text(
+    text: str, source: Path | None = None, overrides: list[str] | None = None
+) -> tuple[RecursiveSpec, list[ExperimentSpec]]:
+    where = str(source) if source else None
+    data = load_yaml(text, where)
+    if not isinstance(data, dict):
+        raise SpecError("", "a recursive spec is a YAML mapping with name, leaf, depth and train", where)
+    data = apply_overrides(copy.deepcopy(data), list(overrides or []))
+    try:
+        spec = RecursiveSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError("", _format_error(err), where) from None
+    leaf = _leaf_spec(spec, source, where)
+    chain = [
+        generated_generator_spec(f"{spec.name}_h{k}", spec.generator, spec.generated, leaf, spec.train)
+        for k in range(1, spec.depth + 1)
+    ]
+    return spec, [*chain, leaf]
+
+
+def _format_error(err: ValidationError) -> str:
+    """As ``format_validation_error``, but an unknown field lists the recursive spec's fields."""
+    unknown = next((e for e in err.errors() if e["type"] == "extra_forbidden"), None)
+    if unknown is None or unknown["loc"][0] == "leaf":
+        return format_validation_error(err)
+    model: Any = RecursiveSpec
+    for item in unknown["loc"][:-1]:
+        model = model.model_fields[item].annotation
+    path = ".".join(str(item) for item in unknown["loc"])
+    return f"{path}: unknown field; allowed here: {', '.join(model.model_fields)}"
+
+
+def _leaf_spec(spec: RecursiveSpec, source: Path | None, where: str | None) -> ExperimentSpec:
+    """The leaf, with the recursive spec's root generator and training (the run's)."""
+    run_settings = {"generator": spec.generator.model_dump(), "train": spec.train.model_dump()}
+    if isinstance(spec.leaf, str):
+        base = source.parent if source else Path.cwd()
+        try:
+            leaf = load_spec(base / spec.leaf)
+        except SpecError as err:
+            if err.source:
+                raise  # a problem inside the leaf file: it names that file
+            raise SpecError("leaf", err.message, where) from None
+        return ExperimentSpec.model_validate({**leaf.model_dump(), **run_settings})
+    try:
+        return ExperimentSpec.model_validate({**spec.leaf, **run_settings})
+    except ValidationError as err:
+        message = format_validation_error(err)
+        raise SpecError("leaf", message, where) from None
+
+
+def compile_recursive(chain: list[ExperimentSpec], source_text: str = "") -> Plan:
+    """One plan: H1..H_K then the leaf, with shared (union) normalisation ranges."""
+    return compile_specs(chain, source_text=source_text)
+
+
+__all__ = [
+    "GeneratedLayout",
+    "RecursiveSpec",
+    "compile_recursive",
+    "generated_generator_spec",
+    "is_recursive_file",
+    "load_recursive",
+]
