@@ -47,7 +47,8 @@ from .fast_features import (
 DEFAULT_MAX_SAVED_BYTES = 2**30
 # Activations per pass through the residual blocks (rows x d floats), see ``tail_rows``.
 TAIL_ELEMENTS = 2**19
-# Layouts of the most recent index descriptors a generator has seen (usually one per target).
+# Layouts of the most recent index descriptors a generator has seen (usually one per target);
+# a family run raises its generator's ``layout_cache_size`` to its target cache's capacity.
 LAYOUT_CACHE_SIZE = 8
 
 
@@ -153,6 +154,7 @@ class UHNGenerator(nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(spec.hidden) for _ in range(spec.blocks))
         self.out = nn.Linear(spec.hidden, 1)
         self.max_saved_bytes = DEFAULT_MAX_SAVED_BYTES
+        self.layout_cache_size = LAYOUT_CACHE_SIZE
         self._layouts: list[tuple[IndexDescriptors | torch.Tensor, tuple[int, ...], int, FactoredLayout]] = []
 
     def structure_embedding(self, structure_rows: torch.Tensor) -> torch.Tensor | None:
@@ -244,7 +246,7 @@ class UHNGenerator(nn.Module):
                 return layout
         device = self.index_in.weight.device
         layout = build_layout(index, chunk_rows, self.spec.hidden, self.spec.index_freqs, device)
-        self._layouts = [(index, versions, chunk_rows, layout), *self._layouts[: LAYOUT_CACHE_SIZE - 1]]
+        self._layouts = [(index, versions, chunk_rows, layout), *self._layouts[: self.layout_cache_size - 1]]
         return layout
 
     def saving_policy(self, num_rows: int) -> str:

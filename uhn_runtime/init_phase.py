@@ -60,7 +60,7 @@ class InitTargets:
 
 def run_init_phase(
     source: UHNSource,
-    targets: InitTargets,
+    targets: InitTargets | Callable[[int], torch.Tensor],
     steps: int,
     lr: float,
     precision: Precision,
@@ -68,14 +68,17 @@ def run_init_phase(
     on_step: Callable[[int, float, float], None] | None = None,
 ) -> float:
     """Match the init statistics with a fresh AdamW and a per-step cosine schedule; the
-    optimiser is discarded afterwards (the task phase builds its own). Returns the last loss."""
+    optimiser is discarded afterwards (the task phase builds its own). Returns the last loss.
+    ``targets`` are one target's statistics, or a function giving step i's loss (a family
+    run: the architectures drawn for that step)."""
+    loss_at = targets if callable(targets) else lambda _: targets.loss(source.flat())
     stepper = Stepper(make_adamw(source.parameters(), lr), precision)
     loss_value = float("nan")
     for step in range(steps):
         step_lr = lr * cosine_factor(step, steps)
         set_lr(stepper.optimizer, step_lr)
         with precision.autocast():
-            loss = targets.loss(source.flat())
+            loss = loss_at(step)
         loss_value = float(loss.detach())
         check_finite(loss_value, f"init step {step + 1}/{steps}", last_good)
         stepper.step(loss)
