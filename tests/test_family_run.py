@@ -170,3 +170,80 @@ def test_targets_of_one_run_share_their_training(tmp_path: Path) -> None:
     other.spec = other.spec.model_copy(update={"train": other.spec.train.model_copy(update={"lr": 0.5})})
     with pytest.raises(UHNError, match=f"target {other.name}: its train section differs"):
         start_run(plan, tmp_path / "run", options())
+
+
+# --------------------------------------------------------------------------- export and evaluate
+
+
+@pytest.fixture(scope="module")
+def family_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny family run (module-scoped: the export tests share it)."""
+    root = tmp_path_factory.mktemp("family")
+    start_run(family_plan(root), root / "run", options())
+    return root / "run"
+
+
+def member_spec(width: int, act: str, name: str = "new_member") -> str:
+    text = TEMPLATE.replace("{{ width }}", str(width)).replace("{{ act }}", act)
+    return f"name: {name}\n{text}"
+
+
+def test_export_model_writes_one_member_that_evaluate_reads(family_run: Path, tmp_path: Path) -> None:
+    from uhn_runtime.run_dir import RunDir
+
+    names = [t.name for t in RunDir.open(family_run).plan().targets]
+    unseen = names[-1]
+    out = tmp_path / "member.safetensors"
+    result = CliRunner().invoke(app, ["export", str(family_run), "--model", unseen, "-o", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert unseen in result.output
+    with open(family_run / "models.csv") as handle:
+        reported = {row["name"]: float(row["test_accuracy"]) for row in csv.DictReader(handle)}
+    evaluated = CliRunner().invoke(app, ["evaluate", str(out), "--device", "cpu"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert float(evaluated.output.split()[-1]) == pytest.approx(reported[unseen], abs=1e-4)  # the run's own number
+
+
+def test_evaluate_a_family_run_prints_every_evaluated_member(family_run: Path) -> None:
+    result = CliRunner().invoke(app, ["evaluate", str(family_run), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((family_run / "summary.json").read_text())
+    assert f"unseen: mean {summary['unseen']['mean']:.4f}" in result.output
+    assert f"seen: mean {summary['seen']['mean']:.4f}" in result.output
+
+
+def test_zero_shot_export_of_a_new_architecture_in_range(family_run: Path, tmp_path: Path) -> None:
+    from uhn_runtime.run_dir import RunDir
+
+    plan = RunDir.open(family_run).plan()
+    known = {(t.spec.layers[0].out_features, t.spec.layers[1].activation.type) for t in plan.targets}
+    width, act = next((w, a) for w in (4, 6, 8, 10, 12) for a in ("elu", "silu") if (w, a) not in known)
+    spec = tmp_path / "new.yaml"
+    spec.write_text(member_spec(width, act))
+    out = tmp_path / "new.safetensors"
+    result = CliRunner().invoke(app, ["export", str(family_run), "--spec", str(spec), "-o", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "zero-shot" in result.output and "warning" not in result.output
+    evaluated = CliRunner().invoke(app, ["evaluate", str(out), "--device", "cpu"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert 0.0 <= float(evaluated.output.split()[-1]) <= 1.0
+
+
+def test_zero_shot_export_out_of_range_warns_naming_the_fields(family_run: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "wide.yaml"
+    spec.write_text(member_spec(40, "silu", name="wide"))  # widths 4..12 in the family
+    out = tmp_path / "wide.safetensors"
+    result = CliRunner().invoke(app, ["export", str(family_run), "--spec", str(spec), "-o", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and str(spec) in warning[0]
+    assert "index.output_idx 0..39 (family 0..11)" in warning[0], warning[0]
+    assert "structure.output_size 3..40 (family " in warning[0], warning[0]
+    assert out.is_file()
+
+
+def test_export_refuses_model_and_spec_together(family_run: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["export", str(family_run), "--model", "x", "--spec", "y.yaml", "-o", str(tmp_path / "a.safetensors")]
+    )
+    assert result.exit_code == 2 and "give one" in result.output

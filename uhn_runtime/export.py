@@ -5,6 +5,11 @@ plain ``nn.Module`` from ``uhn_spec.build_model(spec)`` loads it with ``load_sta
 the spec travels in the file's metadata, so the file alone is enough to rebuild the model.
 The metadata also carries a SHA-256 of the tensors (names, dtypes, shapes and bytes), checked
 on load: a damaged file is refused instead of giving silently wrong outputs.
+
+A family run exports any member (``--model``), or zero-shot an architecture that was never
+compiled into its plan (``--spec``): the new spec is compiled alone and generated with the
+plan's normalisation ranges (the generator's buffers); ``range_excess`` names the descriptor
+fields whose values fall outside the family's ranges, where the generator extrapolates.
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from uhn_spec.compiler import compile_target, target_ranges
+from uhn_spec.descriptors import INDEX_FIELDS, STRUCTURE_FIELDS, Ranges
 from uhn_spec.errors import UHNError
 from uhn_spec.files import atomic_write
 from uhn_spec.model import TargetModel, build_model
+from uhn_spec.plan import Plan, TargetPlan
 from uhn_spec.spec import ExperimentSpec, format_validation_error
 
 from .checkpoint import load_checkpoint
@@ -46,10 +54,14 @@ class ExportError(UHNError):
 
 
 def load_trained_source(
-    run: RunDir, kind: SourceKind, device: torch.device
+    run: RunDir, kind: SourceKind, device: torch.device, target: TargetPlan | None = None
 ) -> tuple[UHNSource | DirectSource, DeviceTarget, Precision]:
-    """The finished weight source of a run phase, ready to generate on ``device``."""
+    """The finished weight source of a run phase, ready to generate ``target`` (default:
+    the plan's first) on ``device``."""
     plan = run.plan()
+    target = target or plan.targets[0]
+    if kind == "direct" and target.name != plan.targets[0].name:
+        raise UHNError(f"--source direct: the direct weights are {plan.targets[0].name}'s own; export them without --model/--spec")
     path = run.checkpoint_path(kind)
     if not path.is_file():
         raise UHNError(f"{run.root} has no {kind} checkpoint ({path}); the run trained: {run.info()['mode']}")
@@ -59,18 +71,47 @@ def load_trained_source(
             f"{run.root}: the {kind} phase has not finished (checkpoint after {state['units_done']} "
             f"units); continue it with `uhn train --resume {run.root}`"
         )
-    target = DeviceTarget(plan.targets[0], device)
-    source = make_source(kind, plan, target, plan.targets[0].spec.train.seed)
+    on_device = DeviceTarget(target, device)
+    source = make_source(kind, plan, on_device, plan.targets[0].spec.train.seed)
     source.load_state_dict(state["source"])
     precision = Precision.resolve(plan.targets[0].spec.train.precision, device)
-    return source, target, precision
+    return source, on_device, precision
 
 
-def generated_state_dict(run: RunDir, kind: SourceKind, device: torch.device) -> dict[str, torch.Tensor]:
-    source, target, precision = load_trained_source(run, kind, device)
-    flat = generate_weights(source, precision)
+def zero_shot_target(plan: Plan, spec: ExperimentSpec) -> tuple[TargetPlan, list[str]]:
+    """``spec`` compiled alone, for the plan's generator to generate with the plan's ranges;
+    and the descriptor fields where it leaves them (see ``range_excess``)."""
+    target = compile_target(spec)
+    target.split = "unseen"
+    return target, range_excess(plan, target)
+
+
+def range_excess(plan: Plan, target: TargetPlan) -> list[str]:
+    """``"index.output_idx 0..39 (family 0..11)"`` for every descriptor field (``index.`` or
+    ``structure.``) whose values in ``target`` fall outside the plan's normalisation range."""
+    index, structure = target_ranges(target)
+    return _outside("index", INDEX_FIELDS, index, plan.index_ranges) + _outside(
+        "structure", STRUCTURE_FIELDS, structure, plan.structure_ranges
+    )
+
+
+def _outside(kind: str, names: tuple[str, ...], mine: Ranges, family: Ranges) -> list[str]:
+    found = []
+    for i, name in enumerate(names):
+        lo, hi, family_lo, family_hi = (float(t[i]) for t in (mine.lo, mine.hi, family.lo, family.hi))
+        if lo < family_lo or hi > family_hi:
+            value = f"{lo:g}" if lo == hi else f"{lo:g}..{hi:g}"
+            found.append(f"{kind}.{name} {value} (family {family_lo:g}..{family_hi:g})")
+    return found
+
+
+def generated_state_dict(
+    run: RunDir, kind: SourceKind, device: torch.device, target: TargetPlan | None = None
+) -> dict[str, torch.Tensor]:
+    source, on_device, precision = load_trained_source(run, kind, device, target)
+    flat = generate_weights(source, precision, on_device)
     # Own storage per tensor: safetensors refuses views that share memory.
-    return {name: view.detach().cpu().clone().contiguous() for name, view in target.params_from_flat(flat).items()}
+    return {name: view.detach().cpu().clone().contiguous() for name, view in on_device.params_from_flat(flat).items()}
 
 
 def tensors_checksum(state: dict[str, torch.Tensor]) -> str:
@@ -83,14 +124,26 @@ def tensors_checksum(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def export_run(run: RunDir, output: Path, kind: SourceKind, device: torch.device) -> dict[str, torch.Tensor]:
-    state = generated_state_dict(run, kind, device)
-    spec = run.plan().targets[0].spec
+def export_run(
+    run: RunDir,
+    output: Path,
+    kind: SourceKind,
+    device: torch.device,
+    target: TargetPlan | None = None,
+    zero_shot: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Write ``target``'s (default: the plan's first) generated or direct weights to
+    ``output``; ``zero_shot``: ``target`` was never compiled into the run's plan."""
+    target = target or run.plan().targets[0]
+    state = generated_state_dict(run, kind, device, target)
+    spec = target.spec
     metadata = {
         "format": EXPORT_FORMAT,
         "spec_json": spec.model_dump_json(),
         "source": kind,
         "run": str(run.root),
+        "model": target.name,
+        "zero_shot": "true" if zero_shot else "false",
         CHECKSUM_KEY: tensors_checksum(state),
     }
     atomic_write(output, lambda tmp: save_file(state, str(tmp), metadata=metadata))
