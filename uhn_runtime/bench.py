@@ -12,6 +12,14 @@ one JSON line back from every worker. Cases:
 * the same two with the naive generator (``uhn_runtime.naive``), when its estimated memory
   fits; otherwise the report says why and gives ``"naive": null``.
 
+* ``family_step`` (a plan with several targets): train steps as a family run takes them,
+  each on the architectures drawn for that step (``train.architecture_draw``, the run's
+  ``TargetCache`` and layout cache), so switching architecture and building targets,
+  layouts and feature tables on cache misses are in the time. The other cases then measure
+  the seen member closest to the seen members' mean size (unless ``--target``): the report's
+  ``family.vs_single`` is the family step time over that single-model step time, also per
+  generated weight (the drawn members differ in size).
+
 ``generate`` also reports ``layout_seconds``: building the work units from the plan's compact
 descriptors and their feature tables, what the first generation after loading a plan adds.
 
@@ -32,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +56,7 @@ from .fast_features import build_layout
 from .generator import UHNGenerator
 from .naive import naive_bytes_estimate, naive_generate
 from .optim import Precision, make_adamw
-from .target import DeviceTarget
+from .target import DeviceTarget, TargetCache
 from .target_segments import forward_in_segments
 
 GIB = 2**30
@@ -100,6 +108,9 @@ def run_bench(plan: Plan, options: BenchOptions, progress: Callable[[str], None]
         raise UHNError(f"--repeats: {options.repeats}; give at least 1 (the report uses the median)")
     if options.batch < 1:
         raise UHNError(f"--batch: {options.batch}; give a positive batch size")
+    family = len(plan.targets) > 1
+    if family and options.target is None:
+        options = replace(options, target=same_size_member(plan).name)
     target = plan.target(options.target)
     n = target.num_params
     with tempfile.TemporaryDirectory(prefix="uhn-bench-") as tmp:
@@ -137,7 +148,33 @@ def run_bench(plan: Plan, options: BenchOptions, progress: Callable[[str], None]
                 "max_abs_diff": naive_generate.pop("max_abs_diff"),
                 "reference_scale": naive_generate.pop("reference_scale"),
             }
-    return assemble_report(plan, target, options, matmul, generate, train, naive, skipped)
+        family_step = None
+        if family:
+            progress("family train steps (architecture drawn per step)")
+            family_step = run("family_step")
+    report = assemble_report(plan, target, options, matmul, generate, train, naive, skipped)
+    if family_step is not None:
+        report["family"] = family_report(family_step, train, n)
+    return report
+
+
+def same_size_member(plan: Plan) -> TargetPlan:
+    """The seen member whose size is closest to the seen members' mean (first on ties)."""
+    seen = [t for t in plan.targets if t.split == "seen"]
+    mean = sum(t.num_params for t in seen) / len(seen)
+    return min(seen, key=lambda t: abs(t.num_params - mean))
+
+
+def family_report(family: dict[str, Any], single: dict[str, Any], single_params: int) -> dict[str, Any]:
+    """The family step against the single-model step: raw and per generated weight."""
+    single_mean = statistics.fmean(single["times"])
+    per_weight_family = family["mean_seconds"] / family["mean_weights"]
+    return {
+        **family,
+        "single_mean_seconds": single_mean,
+        "vs_single": family["mean_seconds"] / single_mean,
+        "vs_single_per_weight": per_weight_family / (single_mean / single_params),
+    }
 
 
 def naive_estimate(spec: GeneratorSpec, num_rows: int, with_grad: bool) -> int:
@@ -270,6 +307,14 @@ def render_report(report: dict[str, Any]) -> str:
         f"layout: {gen['layout_seconds']:.3f} s to build the work units after loading the plan, "
         f"{gen['layout_fraction']:.1%} of one generation"
     )
+    family = report.get("family")
+    if family is not None:
+        lines.append(
+            f"family step: {family['mean_seconds']:.3f} s mean over {family['steps']} steps on "
+            f"{family['seen_models']} seen models ({family['cache_misses']} target builds), "
+            f"{family['vs_single']:.2f}x the single-model step of {report['target']} "
+            f"({family['vs_single_per_weight']:.2f}x per generated weight)"
+        )
     return "\n".join(lines)
 
 
@@ -292,6 +337,8 @@ def worker_main(case: str, plan_path: str, options_json: str) -> dict[str, Any]:
     if case == "matmul":
         return measure_matmul(device, precision, load_plan(plan_path).generator, options.repeats)
     plan = load_plan(plan_path)
+    if case == "family_step":
+        return measure_family_step(plan, options, device, precision)
     target = DeviceTarget(plan.target(options.target), device)
     torch.manual_seed(options.seed)
     generator = UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=options.seed).to(device)
@@ -366,6 +413,60 @@ def measure_train_step(setup: Setup, options: BenchOptions, naive_rows: torch.Te
     result["target_segments"] = options.target_segments
     result["saving_policy"] = "naive: everything" if naive_rows is not None else g.saving_policy(t.num_params)
     return result
+
+
+# Timed family steps per --repeats: enough draws to switch architecture many times.
+FAMILY_STEPS_PER_REPEAT = 4
+
+
+def measure_family_step(plan: Plan, options: BenchOptions, device: torch.device, precision: Precision) -> dict[str, Any]:
+    """Train steps of a family run: each on the architectures ``architecture_draw`` gives
+    for that step, built through a ``TargetCache`` as ``uhn train`` does; one untimed
+    warm-up step (library start-up), then ``FAMILY_STEPS_PER_REPEAT * repeats`` timed ones."""
+    from .train import architecture_draw  # local: train imports most of the runtime
+
+    seen = [i for i, t in enumerate(plan.targets) if t.split == "seen"]
+    train_spec = plan.targets[seen[0]].spec.train
+    cache = TargetCache(plan, device)
+    torch.manual_seed(options.seed)
+    generator = UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=options.seed).to(device)
+    generator.layout_cache_size = max(generator.layout_cache_size, cache.capacity)
+    batch = synthetic_batch(plan.targets[seen[0]].spec.task, options.batch, device)
+    metric = plan.targets[seen[0]].spec.task.info.metric
+    optimizer = make_adamw(generator.parameters(), lr=1e-4)
+
+    def step(index: int) -> int:
+        drawn = [cache[seen[j]] for j in architecture_draw(train_spec.seed, index, len(seen), train_spec.models_per_step)]
+        with precision.autocast():
+            losses = []
+            for target in drawn:
+                flat = target.generate(generator)
+                outputs = forward_in_segments(target, flat, options.target_segments, **batch.model_kwargs())
+                losses.append(loss_fn(metric, *batch.select(outputs)))
+            loss = torch.stack(losses).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        return sum(t.num_params for t in drawn)
+
+    step(0)
+    times, weights = [], []
+    for index in range(1, FAMILY_STEPS_PER_REPEAT * options.repeats + 1):
+        start = time.perf_counter()
+        weights.append(step(index))
+        times.append(time.perf_counter() - start)
+    return {
+        "steps": len(times),
+        "seen_models": len(seen),
+        "models_per_step": train_spec.models_per_step,
+        "cache_capacity": cache.capacity,
+        "cache_misses": cache.misses,
+        "mean_seconds": statistics.fmean(times),
+        "median_seconds": statistics.median(times),
+        "mean_weights": statistics.fmean(weights),
+        "times": times,
+    }
 
 
 def synthetic_batch(task: TaskSpec, batch: int, device: torch.device) -> Batch:
