@@ -169,11 +169,14 @@ def family_report(family: dict[str, Any], single: dict[str, Any], single_params:
     """The family step against the single-model step: raw and per generated weight."""
     single_mean = statistics.fmean(single["times"])
     per_weight_family = family["mean_seconds"] / family["mean_weights"]
+    per_weight_single = single_mean / single_params
+    cached = family["cached_seconds_per_weight"]
     return {
         **family,
         "single_mean_seconds": single_mean,
         "vs_single": family["mean_seconds"] / single_mean,
-        "vs_single_per_weight": per_weight_family / (single_mean / single_params),
+        "vs_single_per_weight": per_weight_family / per_weight_single,
+        "vs_single_per_weight_cached": None if cached is None else cached / per_weight_single,
     }
 
 
@@ -313,7 +316,12 @@ def render_report(report: dict[str, Any]) -> str:
             f"family step: {family['mean_seconds']:.3f} s mean over {family['steps']} steps on "
             f"{family['seen_models']} seen models ({family['cache_misses']} target builds), "
             f"{family['vs_single']:.2f}x the single-model step of {report['target']} "
-            f"({family['vs_single_per_weight']:.2f}x per generated weight)"
+            f"({family['vs_single_per_weight']:.2f}x per generated weight"
+            + (
+                f"; {family['vs_single_per_weight_cached']:.2f}x on the {family['cached_steps']} steps that built no target)"
+                if family["cached_steps"]
+                else ")"
+            )
         )
     return "\n".join(lines)
 
@@ -451,11 +459,14 @@ def measure_family_step(plan: Plan, options: BenchOptions, device: torch.device,
         return sum(t.num_params for t in drawn)
 
     step(0)
-    times, weights = [], []
+    times, weights, built = [], [], []
     for index in range(1, FAMILY_STEPS_PER_REPEAT * options.repeats + 1):
+        misses = cache.misses
         start = time.perf_counter()
         weights.append(step(index))
         times.append(time.perf_counter() - start)
+        built.append(cache.misses > misses)
+    cached = [(t, w) for t, w, b in zip(times, weights, built) if not b]
     return {
         "steps": len(times),
         "seen_models": len(seen),
@@ -465,6 +476,9 @@ def measure_family_step(plan: Plan, options: BenchOptions, device: torch.device,
         "mean_seconds": statistics.fmean(times),
         "median_seconds": statistics.median(times),
         "mean_weights": statistics.fmean(weights),
+        # Steps whose architectures were all cached: switching alone, no target built.
+        "cached_steps": len(cached),
+        "cached_seconds_per_weight": sum(t for t, _ in cached) / sum(w for _, w in cached) if cached else None,
         "times": times,
     }
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 # one (skeleton, structure rows; the generator's work-unit layout) costs milliseconds, a
 # train step far more, so a miss is cheap; the bound keeps memory flat on 1,000-model
 # families (each skeleton holds its own weights: 4 MB for a 1M-parameter CNN).
-TARGET_CACHE_SIZE = 32
+TARGET_CACHE_SIZE = 64
 
 
 class DeviceTarget:
