@@ -247,3 +247,15 @@ def test_export_refuses_model_and_spec_together(family_run: Path, tmp_path: Path
         app, ["export", str(family_run), "--model", "x", "--spec", "y.yaml", "-o", str(tmp_path / "a.safetensors")]
     )
     assert result.exit_code == 2 and "give one" in result.output
+
+
+def test_a_family_plan_keeps_how_many_seen_members_are_evaluated(tmp_path: Path) -> None:
+    from uhn_spec import load_plan
+
+    from uhn_runtime.train import evaluated_targets
+
+    plan = family_plan(tmp_path, each=3)
+    plan.save(tmp_path / "plan.pt")
+    loaded = load_plan(tmp_path / "plan.pt")
+    assert loaded.evaluated_seen == 3
+    assert evaluated_targets(loaded) == [0, 1, 2, 4, 5]  # the first 3 seen, then every unseen
