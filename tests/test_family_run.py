@@ -17,9 +17,17 @@ from typer.testing import CliRunner
 import uhn_runtime.train as train_module
 from uhn_cli.main import app
 from uhn_runtime.checkpoint import load_checkpoint
+from uhn_runtime.run_dir import RunDir
 from uhn_runtime.target import TargetCache
-from uhn_runtime.train import RunInterrupted, TrainOptions, architecture_draw, resume_run, start_run
-from uhn_spec import Plan
+from uhn_runtime.train import (
+    RunInterrupted,
+    TrainOptions,
+    architecture_draw,
+    evaluated_targets,
+    resume_run,
+    start_run,
+)
+from uhn_spec import Plan, load_plan
 from uhn_spec.errors import UHNError
 from uhn_spec.family import compile_family, load_family
 
@@ -189,8 +197,6 @@ def member_spec(width: int, act: str, name: str = "new_member") -> str:
 
 
 def test_export_model_writes_one_member_that_evaluate_reads(family_run: Path, tmp_path: Path) -> None:
-    from uhn_runtime.run_dir import RunDir
-
     names = [t.name for t in RunDir.open(family_run).plan().targets]
     unseen = names[-1]
     out = tmp_path / "member.safetensors"
@@ -213,8 +219,6 @@ def test_evaluate_a_family_run_prints_every_evaluated_member(family_run: Path) -
 
 
 def test_zero_shot_export_of_a_new_architecture_in_range(family_run: Path, tmp_path: Path) -> None:
-    from uhn_runtime.run_dir import RunDir
-
     plan = RunDir.open(family_run).plan()
     known = {(t.spec.layers[0].out_features, t.spec.layers[1].activation.type) for t in plan.targets}
     width, act = next((w, a) for w in (4, 6, 8, 10, 12) for a in ("elu", "silu") if (w, a) not in known)
@@ -250,10 +254,6 @@ def test_export_refuses_model_and_spec_together(family_run: Path, tmp_path: Path
 
 
 def test_a_family_plan_keeps_how_many_seen_members_are_evaluated(tmp_path: Path) -> None:
-    from uhn_spec import load_plan
-
-    from uhn_runtime.train import evaluated_targets
-
     plan = family_plan(tmp_path, each=3)
     plan.save(tmp_path / "plan.pt")
     loaded = load_plan(tmp_path / "plan.pt")
