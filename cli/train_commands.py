@@ -13,7 +13,7 @@ from uhn_runtime.cpu_policy import choose_threads
 from uhn_runtime.stop_signals import RunStopped
 from uhn_spec.errors import UHNError
 
-from .main import SetOption, command, human_bytes, load_target_source
+from .main import SetOption, command, fitting_budget, human_bytes, load_target_source
 from .options import DEFAULT_DEVICE, DataRootOption, DeviceOption
 
 EXPORT_SUFFIX = ".safetensors"
@@ -57,17 +57,28 @@ def train(
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue the stopped run in this folder.", show_default=False)
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Train only this member of a family (or target of a plan), alone: the single-model run.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train a UHN that generates the target's weights (and/or the target directly); prints the test metric.
 
+    On a family (file or compiled plan) one UHN trains every seen member, one drawn per step,
+    and reports the test metric of the evaluated seen and of the unseen members.
     Ctrl-C (or SIGTERM) saves a checkpoint after the current step; `--resume` continues from it."""
     from uhn_runtime.run_dir import RunDir, default_run_dir
-    from uhn_runtime.train import TrainOptions, resume_run, start_run
+    from uhn_runtime.train import TrainOptions, is_multi_model, plan_label, resume_run, start_run
+    from uhn_spec import compile_spec
 
     cpu = choose_threads()
     if resume is not None:
-        if source is not None or overrides or out is not None or mode is not None:
-            raise UHNError("--resume DIR continues a run as it was started; give no SOURCE, --out, --set or --mode")
+        if source is not None or overrides or out is not None or mode is not None or model is not None:
+            raise UHNError("--resume DIR continues a run as it was started; give no SOURCE, --out, --set, --mode or --model")
         options = TrainOptions(device=device.value, data_root=data_root, tensorboard=tensorboard)
         typer.echo(cpu.line(), err=True)
         run_root = resume
@@ -76,11 +87,14 @@ def train(
         if source is None:
             raise UHNError("give a spec or plan to train (e.g. `uhn train specs/digits_mlp.yaml`), or --resume DIR")
         plan = load_target_source(source, overrides, purpose="train")
+        if model is not None:  # one member alone, with its own normalisation ranges
+            plan = compile_spec(plan.target(model).spec)
         spec = plan.trained_target.spec
-        chosen = mode.value if mode is not None else ("both" if spec.train.compare_direct else "uhn")
-        run_root = out if out is not None else default_run_dir(spec.name)
+        compare = spec.train.compare_direct and not is_multi_model(plan)  # a family trains no direct baseline
+        chosen = mode.value if mode is not None else ("both" if compare else "uhn")
+        run_root = out if out is not None else default_run_dir(plan_label(plan))
         options = TrainOptions(mode=chosen, device=device.value, data_root=data_root, tensorboard=tensorboard)  # type: ignore[arg-type]
-        recorded = {"source": str(source), "overrides": list(overrides or []), "cpu": cpu.record()}
+        recorded = {"source": str(source), "overrides": list(overrides or []), "model": model, "cpu": cpu.record()}
         typer.echo(cpu.line(), err=True)
         summary = _stoppable(lambda: start_run(plan, run_root, options, recorded), run_root)
     typer.echo(result_line(summary))
@@ -105,6 +119,12 @@ def _stoppable(action: Callable[[], dict[str, Any]], run_root: Path) -> dict[str
 
 def result_line(summary: dict[str, Any]) -> str:
     parts = [f"test {summary['metric']}:"]
+    if "seen" in summary:  # a family run
+        for group in ("seen", "unseen"):
+            stats = summary[group]
+            if stats["models"]:
+                parts.append(f"{group} {stats['mean']:.4f} +- {stats['std']:.4f} ({stats['models']} models)")
+        return "  ".join(parts) + f"  ({summary['seconds']:.0f} s)"
     for kind in ("uhn", "direct"):
         if summary.get(kind) is not None:
             seconds = summary["phase_seconds"].get(kind)
@@ -140,6 +160,19 @@ def export(
         bool,
         typer.Option("--levels", help="A recursive run: also write each generated generator H_k, as OUTPUT's name plus .hK."),
     ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Of a family run: export this member (seen or unseen).", show_default=False),
+    ] = None,
+    spec_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--spec",
+            help="Of a family run: generate weights for this new architecture of the family (zero-shot); "
+            "its generator section is ignored (the run's generator makes them).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Write the generated target weights as a plain state_dict (safetensors) that build_model(spec) loads, or as ONNX."""
     from uhn_runtime.export import export_levels, export_onnx, export_run, generated_state_dict, load_exported
@@ -152,15 +185,20 @@ def export(
         raise UHNError(f"--output: {'an ONNX' if onnx else 'an export'} file name ends in {suffix}, got {output}")
     if source not in ("uhn", "direct"):
         raise UHNError(f"--source: {source!r} is not uhn or direct")
+    if model is not None and spec_path is not None:
+        raise UHNError("--model exports a member of the run's family, --spec a new architecture; give one")
     torch_device = resolve_device(device.value)
+    if (model is not None or spec_path is not None) and run_dir.is_file():
+        raise UHNError(f"{run_dir}: a file; --model and --spec read a run folder")
     if onnx:
         if run_dir.is_file():
-            _, model = load_exported(run_dir)
+            _, module = load_exported(run_dir)
         else:
             run = RunDir.open(run_dir)
-            model = build_model(run.plan().trained_target.spec)
-            model.load_state_dict(generated_state_dict(run, source, torch_device, recalibrate_bn, data_root))  # type: ignore[arg-type]
-        difference = export_onnx(model, output)
+            target, _ = _chosen_target(run, model, spec_path)
+            module = build_model(target.spec)
+            module.load_state_dict(generated_state_dict(run, source, torch_device, target, recalibrate_bn, data_root))  # type: ignore[arg-type]
+        difference = export_onnx(module, output)
         typer.echo(f"wrote {output} ({human_bytes(output.stat().st_size)}); onnxruntime matches PyTorch to {difference:.1e}")
         return
     if run_dir.is_file():
@@ -179,9 +217,36 @@ def export(
             count = sum(t.numel() for t in state.values())
             typer.echo(f"wrote {path} ({human_bytes(path.stat().st_size)}): {len(state)} tensors, {count} weights")
         return
-    state = export_run(RunDir.open(run_dir), output, source, torch_device, recalibrate_bn, data_root)  # type: ignore[arg-type]
+    run = RunDir.open(run_dir)
+    target, zero_shot = _chosen_target(run, model, spec_path)
+    state = export_run(run, output, source, torch_device, target, zero_shot, recalibrate_bn, data_root)  # type: ignore[arg-type]
     count = sum(t.numel() for t in state.values())
-    typer.echo(f"wrote {output} ({human_bytes(output.stat().st_size)}): {len(state)} tensors, {count} weights")
+    what = f" ({target.name}{', zero-shot' if zero_shot else ''})" if model or spec_path else ""
+    typer.echo(f"wrote {output}{what} ({human_bytes(output.stat().st_size)}): {len(state)} tensors, {count} weights")
+
+
+def _chosen_target(run: Any, model: str | None, spec_path: Path | None) -> tuple[Any, bool]:
+    """(the TargetPlan to export, whether it is zero-shot): the plan's first target, the
+    member ``model``, or the architecture of ``spec_path`` compiled alone. A zero-shot
+    architecture outside the family's descriptor ranges gets one warning line."""
+    from uhn_runtime.export import zero_shot_target
+    from uhn_spec import load_spec
+
+    plan = run.plan()
+    if model is not None:
+        return plan.target(model), False
+    if spec_path is None:
+        return plan.trained_target, False
+    spec = load_spec(spec_path)
+    fitting_budget(spec, spec_path, "compile")
+    target, outside = zero_shot_target(plan, spec)
+    if outside:
+        typer.echo(
+            f"warning: {spec_path}: outside the family's descriptor ranges (the generator extrapolates): "
+            + "; ".join(outside),
+            err=True,
+        )
+    return target, True
 
 
 @command("evaluate")
@@ -190,12 +255,15 @@ def evaluate(
     data_root: DataRootOption = None,
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
-    """Print the test metric of a run's generated (and direct) weights or of an exported model."""
+    """Print the test metric of a run's generated (and direct) weights or of an exported model.
+
+    Of a family run: every evaluated member's, and each group's mean and std."""
     from uhn_runtime.data import load_task_data
     from uhn_runtime.evaluate import evaluate_module, evaluate_source
     from uhn_runtime.export import load_exported, load_trained_source
     from uhn_runtime.run_dir import RunDir
-    from uhn_runtime.train import resolve_device
+    from uhn_runtime.target import DeviceTarget
+    from uhn_runtime.train import evaluated_targets, is_multi_model, models_table_lines, resolve_device
 
     torch_device = resolve_device(device.value)
     if path.is_dir():
@@ -203,6 +271,17 @@ def evaluate(
         kinds = [k for k in ("uhn", "direct") if run.checkpoint_path(k).is_file()]
         if not kinds:
             raise UHNError(f"{path}: no checkpoints yet; train with `uhn train SPEC --out {path}`")
+        plan = run.plan()
+        if is_multi_model(plan):  # a family: every evaluated member, as the run reported them
+            data = load_task_data(plan.targets[0].spec.task, data_root or run.info().get("data_root"))
+            weights, _, precision = load_trained_source(run, "uhn", torch_device)
+            models = {}
+            for index in evaluated_targets(plan):
+                target = DeviceTarget(plan.targets[index], torch_device)
+                models[target.plan.name] = evaluate_source(weights, target, data, "test", precision)
+            for line in models_table_lines(plan, models, data.metric):
+                typer.echo(line)
+            return
         data = None
         for kind in kinds:
             weights, target, precision = load_trained_source(run, kind, torch_device)  # type: ignore[arg-type]

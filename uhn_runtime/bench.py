@@ -12,6 +12,14 @@ one JSON line back from every worker. Cases:
 * the same two with the naive generator (``uhn_runtime.naive``), when its estimated memory
   fits; otherwise the report says why and gives ``"naive": null``.
 
+* ``family_step`` (a plan with several targets): train steps as a family run takes them,
+  each on the architectures drawn for that step (``train.architecture_draw``, the run's
+  ``TargetCache`` and layout cache), so switching architecture and building targets,
+  layouts and feature tables on cache misses are in the time. The other cases then measure
+  the seen member closest to the seen members' mean size (unless ``--target``): the report's
+  ``family.vs_single`` is the family step time over that single-model step time, also per
+  generated weight (the drawn members differ in size).
+
 ``generate`` also reports ``layout_seconds``: building the work units from the plan's compact
 descriptors and their feature tables, what the first generation after loading a plan adds.
 
@@ -33,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +57,7 @@ from .fast_features import build_layout
 from .generator import UHNGenerator
 from .naive import naive_bytes_estimate, naive_generate
 from .optim import Precision, make_adamw
-from .target import DeviceTarget
+from .target import DeviceTarget, TargetCache
 from .target_segments import forward_in_segments
 from .weights import RecursiveSource
 
@@ -102,6 +110,9 @@ def run_bench(plan: Plan, options: BenchOptions, progress: Callable[[str], None]
         raise UHNError(f"--repeats: {options.repeats}; give at least 1 (the report uses the median)")
     if options.batch < 1:
         raise UHNError(f"--batch: {options.batch}; give a positive batch size")
+    family = len(plan.targets) > 1 and not plan.recursion_depth
+    if family and options.target is None:
+        options = replace(options, target=same_size_member(plan).name)
     target = plan.target(options.target) if options.target else plan.trained_target
     n = target.num_params
     with tempfile.TemporaryDirectory(prefix="uhn-bench-") as tmp:
@@ -145,9 +156,15 @@ def run_bench(plan: Plan, options: BenchOptions, progress: Callable[[str], None]
                 "max_abs_diff": naive_generate.pop("max_abs_diff"),
                 "reference_scale": naive_generate.pop("reference_scale"),
             }
+        family_step = None
+        if family:
+            progress("family train steps (architecture drawn per step)")
+            family_step = run("family_step")
     report = assemble_report(plan, target, options, matmul, generate, train, naive, skipped)
     if recursion is not None:
         report["recursion"] = recursion
+    if family_step is not None:
+        report["family"] = family_report(family_step, train, n)
     return report
 
 
@@ -165,6 +182,28 @@ def recursion_report(plan: Plan, train: dict[str, Any], train_k0: dict[str, Any]
         "train_step_vs_k0": ratio,
         "bound": bound,
         "within_bound": ratio <= bound,
+    }
+
+
+def same_size_member(plan: Plan) -> TargetPlan:
+    """The seen member whose size is closest to the seen members' mean (first on ties)."""
+    seen = [t for t in plan.targets if t.split == "seen"]
+    mean = sum(t.num_params for t in seen) / len(seen)
+    return min(seen, key=lambda t: abs(t.num_params - mean))
+
+
+def family_report(family: dict[str, Any], single: dict[str, Any], single_params: int) -> dict[str, Any]:
+    """The family step against the single-model step: raw and per generated weight."""
+    single_mean = statistics.fmean(single["times"])
+    per_weight_family = family["mean_seconds"] / family["mean_weights"]
+    per_weight_single = single_mean / single_params
+    cached = family["cached_seconds_per_weight"]
+    return {
+        **family,
+        "single_mean_seconds": single_mean,
+        "vs_single": family["mean_seconds"] / single_mean,
+        "vs_single_per_weight": per_weight_family / per_weight_single,
+        "vs_single_per_weight_cached": None if cached is None else cached / per_weight_single,
     }
 
 
@@ -305,6 +344,19 @@ def render_report(report: dict[str, Any]) -> str:
         f"layout: {gen['layout_seconds']:.3f} s to build the work units after loading the plan, "
         f"{gen['layout_fraction']:.1%} of one generation"
     )
+    family = report.get("family")
+    if family is not None:
+        lines.append(
+            f"family step: {family['mean_seconds']:.3f} s mean over {family['steps']} steps on "
+            f"{family['seen_models']} seen models ({family['cache_misses']} target builds), "
+            f"{family['vs_single']:.2f}x the single-model step of {report['target']} "
+            f"({family['vs_single_per_weight']:.2f}x per generated weight"
+            + (
+                f"; {family['vs_single_per_weight_cached']:.2f}x on the {family['cached_steps']} steps that built no target)"
+                if family["cached_steps"]
+                else ")"
+            )
+        )
     return "\n".join(lines)
 
 
@@ -328,6 +380,8 @@ def worker_main(case: str, plan_path: str, options_json: str) -> dict[str, Any]:
     if case == "matmul":
         return measure_matmul(device, precision, load_plan(plan_path).generator, options.repeats)
     plan = load_plan(plan_path)
+    if case == "family_step":
+        return measure_family_step(plan, options, device, precision)
     target = DeviceTarget(plan.target(options.target) if options.target else plan.trained_target, device)
     torch.manual_seed(options.seed)
     if plan.recursion_depth and case in ("generate", "train_step"):  # the whole chain
@@ -408,6 +462,66 @@ def measure_train_step(setup: Setup, options: BenchOptions, naive_rows: torch.Te
     result["target_segments"] = options.target_segments
     result["saving_policy"] = "naive: everything" if naive_rows is not None else g.saving_policy(t.num_params)
     return result
+
+
+# Timed family steps per --repeats: enough draws to switch architecture many times.
+FAMILY_STEPS_PER_REPEAT = 4
+
+
+def measure_family_step(plan: Plan, options: BenchOptions, device: torch.device, precision: Precision) -> dict[str, Any]:
+    """Train steps of a family run: each on the architectures ``architecture_draw`` gives
+    for that step, built through a ``TargetCache`` as ``uhn train`` does; one untimed
+    warm-up step (library start-up), then ``FAMILY_STEPS_PER_REPEAT * repeats`` timed ones."""
+    from .train import architecture_draw  # local: train imports most of the runtime
+
+    seen = [i for i, t in enumerate(plan.targets) if t.split == "seen"]
+    train_spec = plan.targets[seen[0]].spec.train
+    cache = TargetCache(plan, device)
+    torch.manual_seed(options.seed)
+    generator = UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=options.seed).to(device)
+    generator.layout_cache_size = max(generator.layout_cache_size, cache.capacity)
+    batch = synthetic_batch(plan.targets[seen[0]].spec.task, options.batch, device)
+    metric = plan.targets[seen[0]].spec.task.info.metric
+    optimizer = make_adamw(generator.parameters(), lr=1e-4)
+
+    def step(index: int) -> int:
+        drawn = [cache[seen[j]] for j in architecture_draw(train_spec.seed, index, len(seen), train_spec.models_per_step)]
+        with precision.autocast():
+            losses = []
+            for target in drawn:
+                flat = target.generate(generator)
+                outputs = forward_in_segments(target, flat, options.target_segments, **batch.model_kwargs())
+                losses.append(loss_fn(metric, *batch.select(outputs)))
+            loss = torch.stack(losses).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        return sum(t.num_params for t in drawn)
+
+    step(0)
+    times, weights, built = [], [], []
+    for index in range(1, FAMILY_STEPS_PER_REPEAT * options.repeats + 1):
+        misses = cache.misses
+        start = time.perf_counter()
+        weights.append(step(index))
+        times.append(time.perf_counter() - start)
+        built.append(cache.misses > misses)
+    cached = [(t, w) for t, w, b in zip(times, weights, built) if not b]
+    return {
+        "steps": len(times),
+        "seen_models": len(seen),
+        "models_per_step": train_spec.models_per_step,
+        "cache_capacity": cache.capacity,
+        "cache_misses": cache.misses,
+        "mean_seconds": statistics.fmean(times),
+        "median_seconds": statistics.median(times),
+        "mean_weights": statistics.fmean(weights),
+        # Steps whose architectures were all cached: switching alone, no target built.
+        "cached_steps": len(cached),
+        "cached_seconds_per_weight": sum(t for t, _ in cached) / sum(w for _, w in cached) if cached else None,
+        "times": times,
+    }
 
 
 def synthetic_batch(task: TaskSpec, batch: int, device: torch.device) -> Batch:

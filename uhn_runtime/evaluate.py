@@ -43,10 +43,13 @@ def evaluate_forward(
 
 
 @torch.no_grad()
-def generate_weights(source: UHNSource | DirectSource, precision: Precision) -> torch.Tensor:
-    """The flat weight vector as training sees it (generated in the run's precision), in fp32."""
+def generate_weights(
+    source: UHNSource | DirectSource, precision: Precision, target: DeviceTarget | None = None
+) -> torch.Tensor:
+    """The flat weight vector of ``target`` (default: the source's own) as training sees it
+    (generated in the run's precision), in fp32."""
     with precision.autocast():
-        return source.flat().detach().float()
+        return source.flat(target).detach().float()
 
 
 def evaluate_source(
@@ -58,7 +61,7 @@ def evaluate_source(
     on_batch: Callable[[int], None] | None = None,
 ) -> float:
     """Generate the weights once, then run every eval batch through the target with them."""
-    flat = generate_weights(source, precision)
+    flat = generate_weights(source, precision, target)
     # BatchNorm statistics of these weights, not of the training steps' (no-op without BN).
     recalibrate_from_data(target, flat, data)
     was_training = target.model.training

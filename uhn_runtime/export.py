@@ -5,6 +5,11 @@ plain ``nn.Module`` from ``uhn_spec.build_model(spec)`` loads it with ``load_sta
 the spec travels in the file's metadata, so the file alone is enough to rebuild the model.
 The metadata also carries a SHA-256 of the tensors (names, dtypes, shapes and bytes), checked
 on load: a damaged file is refused instead of giving silently wrong outputs.
+
+A family run exports any member (``--model``), or zero-shot an architecture that was never
+compiled into its plan (``--spec``): the new spec is compiled alone and generated with the
+plan's normalisation ranges (the generator's buffers); ``range_excess`` names the descriptor
+fields whose values fall outside the family's ranges, where the generator extrapolates.
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from uhn_spec.compiler import compile_target, target_ranges
+from uhn_spec.descriptors import INDEX_FIELDS, STRUCTURE_FIELDS, Ranges
 from uhn_spec.errors import UHNError
 from uhn_spec.files import atomic_write
 from uhn_spec.model import TargetModel, build_model
+from uhn_spec.plan import Plan, TargetPlan
 from uhn_spec.spec import ExperimentSpec, format_validation_error
 
 from .batch_norm import DEFAULT_CALIBRATION_BATCHES, batch_norm_layers, recalibrate_batch_norm
@@ -47,10 +55,14 @@ class ExportError(UHNError):
 
 
 def load_trained_source(
-    run: RunDir, kind: SourceKind, device: torch.device
+    run: RunDir, kind: SourceKind, device: torch.device, target: TargetPlan | None = None
 ) -> tuple[UHNSource | RecursiveSource | DirectSource, DeviceTarget, Precision]:
-    """The finished weight source of a run phase, ready to generate on ``device``."""
+    """The finished weight source of a run phase, ready to generate ``target`` (default:
+    the plan's trained target: its first, or a recursive chain's leaf) on ``device``."""
     plan = run.plan()
+    target = target or plan.trained_target
+    if kind == "direct" and target.name != plan.trained_target.name:
+        raise UHNError(f"--source direct: the direct weights are {plan.trained_target.name}'s own; export them without --model/--spec")
     path = run.checkpoint_path(kind)
     if not path.is_file():
         raise UHNError(f"{run.root} has no {kind} checkpoint ({path}); the run trained: {run.info()['mode']}")
@@ -60,32 +72,62 @@ def load_trained_source(
             f"{run.root}: the {kind} phase has not finished (checkpoint after {state['units_done']} "
             f"units); continue it with `uhn train --resume {run.root}`"
         )
-    target = DeviceTarget(plan.trained_target, device)
-    source = make_source(kind, plan, target, plan.trained_target.spec.train.seed)
+    on_device = DeviceTarget(target, device)
+    source = make_source(kind, plan, on_device, plan.trained_target.spec.train.seed)
     source.load_state_dict(state["source"])
     precision = Precision.resolve(plan.trained_target.spec.train.precision, device)
-    return source, target, precision
+    return source, on_device, precision
+
+
+def zero_shot_target(plan: Plan, spec: ExperimentSpec) -> tuple[TargetPlan, list[str]]:
+    """``spec`` compiled alone, for the plan's generator to generate with the plan's ranges;
+    and the descriptor fields where it leaves them (see ``range_excess``)."""
+    target = compile_target(spec)
+    target.split = "unseen"
+    return target, range_excess(plan, target)
+
+
+def range_excess(plan: Plan, target: TargetPlan) -> list[str]:
+    """``"index.output_idx 0..39 (family 0..11)"`` for every descriptor field (``index.`` or
+    ``structure.``) whose values in ``target`` fall outside the plan's normalisation range."""
+    index, structure = target_ranges(target)
+    return _outside("index", INDEX_FIELDS, index, plan.index_ranges) + _outside(
+        "structure", STRUCTURE_FIELDS, structure, plan.structure_ranges
+    )
+
+
+def _outside(kind: str, names: tuple[str, ...], mine: Ranges, family: Ranges) -> list[str]:
+    found = []
+    for i, name in enumerate(names):
+        lo, hi, family_lo, family_hi = (float(t[i]) for t in (mine.lo, mine.hi, family.lo, family.hi))
+        if lo < family_lo or hi > family_hi:
+            value = f"{lo:g}" if lo == hi else f"{lo:g}..{hi:g}"
+            found.append(f"{kind}.{name} {value} (family {family_lo:g}..{family_hi:g})")
+    return found
 
 
 def generated_state_dict(
     run: RunDir,
     kind: SourceKind,
     device: torch.device,
+    target: TargetPlan | None = None,
     recalibrate_bn: int = DEFAULT_CALIBRATION_BATCHES,
     data_root: str | Path | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The generated parameters; with BatchNorm also its running statistics, recalibrated for
-    these weights over ``recalibrate_bn`` training batches (0: left at their defaults)."""
-    source, target, precision = load_trained_source(run, kind, device)
-    flat = generate_weights(source, precision)
-    state = own_tensors(target.params_from_flat(flat))
-    if batch_norm_layers(target.model):
+    """The generated parameters of ``target`` (default: the trained target); with BatchNorm
+    also its running statistics, recalibrated for these weights over ``recalibrate_bn``
+    training batches (0: left at their defaults)."""
+    source, on_device, precision = load_trained_source(run, kind, device, target)
+    flat = generate_weights(source, precision, on_device)
+    state = own_tensors(on_device.params_from_flat(flat))
+    if batch_norm_layers(on_device.model):
         if recalibrate_bn > 0:
             from .data import load_task_data
 
-            data = load_task_data(target.plan.spec.task, data_root)
-            recalibrate_batch_norm(target, flat, data.train_batches(target.plan.spec.train.batch_size, 0), recalibrate_bn)
-        state.update(own_tensors(dict(target.model.named_buffers())))
+            data = load_task_data(on_device.plan.spec.task, data_root)
+            batches = data.train_batches(on_device.plan.spec.train.batch_size, 0)
+            recalibrate_batch_norm(on_device, flat, batches, recalibrate_bn)
+        state.update(own_tensors(dict(on_device.model.named_buffers())))
     return state
 
 
@@ -94,14 +136,14 @@ def own_tensors(views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: view.detach().cpu().clone().contiguous() for name, view in views.items()}
 
 
-def generated_levels(run: RunDir, device: torch.device) -> list[tuple[ExperimentSpec, dict[str, torch.Tensor]]]:
-    """Every level of a recursive run's chain (H1..H_K, then the leaf): spec and state dict."""
+def generated_levels(run: RunDir, device: torch.device) -> list[tuple[TargetPlan, dict[str, torch.Tensor]]]:
+    """Every level of a recursive run's chain (H1..H_K, then the leaf): target and state dict."""
     source, _, precision = load_trained_source(run, "uhn", device)
     if not isinstance(source, RecursiveSource):
         raise UHNError(f"{run.root}: --levels needs a recursive run (depth >= 1); this run has no generated generators")
     with torch.no_grad(), precision.autocast():
         flats = [flat.float() for flat in source.level_flats()]
-    return [(level.plan.spec, own_tensors(level.params_from_flat(flat))) for level, flat in zip(source.levels, flats)]
+    return [(level.plan, own_tensors(level.params_from_flat(flat))) for level, flat in zip(source.levels, flats)]
 
 
 def tensors_checksum(state: dict[str, torch.Tensor]) -> str:
@@ -119,11 +161,16 @@ def export_run(
     output: Path,
     kind: SourceKind,
     device: torch.device,
+    target: TargetPlan | None = None,
+    zero_shot: bool = False,
     recalibrate_bn: int = DEFAULT_CALIBRATION_BATCHES,
     data_root: str | Path | None = None,
 ) -> dict[str, torch.Tensor]:
-    state = generated_state_dict(run, kind, device, recalibrate_bn, data_root)
-    write_export(output, run.plan().trained_target.spec, state, kind, run)
+    """Write ``target``'s (default: the trained target) generated or direct weights to
+    ``output``; ``zero_shot``: ``target`` was never compiled into the run's plan."""
+    target = target or run.plan().trained_target
+    state = generated_state_dict(run, kind, device, target, recalibrate_bn, data_root)
+    write_export(output, target, state, kind, run, zero_shot)
     return state
 
 
@@ -136,19 +183,24 @@ def export_levels(run: RunDir, output: Path, device: torch.device) -> list[tuple
     """The leaf to ``output`` and each generated generator H_k to ``level_path(output, k)``."""
     written = []
     levels = generated_levels(run, device)
-    for k, (spec, state) in enumerate(levels, start=1):
+    for k, (target, state) in enumerate(levels, start=1):
         path = output if k == len(levels) else level_path(output, k)
-        write_export(path, spec, state, "uhn", run)
+        write_export(path, target, state, "uhn", run)
         written.append((path, state))
     return written
 
 
-def write_export(output: Path, spec: ExperimentSpec, state: dict[str, torch.Tensor], kind: SourceKind, run: RunDir) -> None:
+def write_export(
+    output: Path, target: TargetPlan, state: dict[str, torch.Tensor], kind: SourceKind, run: RunDir, zero_shot: bool = False
+) -> None:
+    spec = target.spec
     metadata = {
         "format": EXPORT_FORMAT,
         "spec_json": spec.model_dump_json(),
         "source": kind,
         "run": str(run.root),
+        "model": target.name,
+        "zero_shot": "true" if zero_shot else "false",
         CHECKSUM_KEY: tensors_checksum(state),
     }
     atomic_write(output, lambda tmp: save_file(state, str(tmp), metadata=metadata))
@@ -172,7 +224,7 @@ def export_for_module(
 
     spec = run.plan().trained_target.spec
     module, imported = import_for_spec(module_ref, spec)
-    state = generated_state_dict(run, kind, device, recalibrate_bn, data_root)
+    state = generated_state_dict(run, kind, device, recalibrate_bn=recalibrate_bn, data_root=data_root)
     module_state = {k: v.contiguous() for k, v in module_state_dict(imported, state).items()}
     module.load_state_dict(module_state, strict=True)
     metadata = {"format": MODULE_EXPORT_FORMAT, "module": module_ref, "spec_json": spec.model_dump_json(), "source": kind, CHECKSUM_KEY: tensors_checksum(module_state)}

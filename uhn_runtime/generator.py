@@ -60,7 +60,8 @@ if TYPE_CHECKING:
 DEFAULT_MAX_SAVED_BYTES = 2**30
 # Activations per pass through the residual blocks (rows x d floats), see ``tail_rows``.
 TAIL_ELEMENTS = 2**19
-# Layouts of the most recent index descriptors a generator has seen (usually one per target).
+# Layouts of the most recent index descriptors a generator has seen (usually one per target);
+# a family run raises its generator's ``layout_cache_size`` to its target cache's capacity.
 LAYOUT_CACHE_SIZE = 8
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, as in the authors' residual blocks
 
@@ -163,8 +164,8 @@ class LayoutCache:
     """Work units of the most recent index descriptors (or rows), built once: keyed by the
     object itself and its tensors' version counters, so an in-place change is noticed."""
 
-    def __init__(self, hidden: int, freqs: int):
-        self.hidden, self.freqs = hidden, freqs
+    def __init__(self, hidden: int, freqs: int, capacity: int = LAYOUT_CACHE_SIZE):
+        self.hidden, self.freqs, self.capacity = hidden, freqs, capacity
         self._layouts: list[tuple[IndexDescriptors | torch.Tensor, tuple[int, ...], int, FactoredLayout]] = []
 
     def get(self, index: IndexDescriptors | torch.Tensor, chunk_rows: int, device: torch.device) -> FactoredLayout:
@@ -174,7 +175,7 @@ class LayoutCache:
             if seen is index and seen_versions == versions and seen_chunk == chunk_rows:
                 return layout
         layout = build_layout(index, chunk_rows, self.hidden, self.freqs, device)
-        self._layouts = [(index, versions, chunk_rows, layout), *self._layouts[: LAYOUT_CACHE_SIZE - 1]]
+        self._layouts = [(index, versions, chunk_rows, layout), *self._layouts[: self.capacity - 1]]
         return layout
 
 
@@ -262,6 +263,14 @@ class UHNGenerator(nn.Module):
     @property
     def hidden(self) -> int:
         return self.spec.hidden
+
+    @property
+    def layout_cache_size(self) -> int:
+        return self._layouts.capacity
+
+    @layout_cache_size.setter
+    def layout_cache_size(self, size: int) -> None:
+        self._layouts.capacity = size
 
     def structure_embedding(self, structure_rows: torch.Tensor) -> torch.Tensor | None:
         return None if self.structure is None else self.structure(structure_rows)

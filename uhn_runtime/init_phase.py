@@ -60,7 +60,7 @@ class InitTargets:
 
 def run_init_phase(
     source: UHNSource | RecursiveSource,
-    targets: InitTargets,
+    targets: InitTargets | Callable[[int], torch.Tensor],
     steps: int,
     lr: float,
     precision: Precision,
@@ -69,15 +69,18 @@ def run_init_phase(
 ) -> float:
     """Match the init statistics with a fresh AdamW and a per-step cosine schedule; the
     optimiser is discarded afterwards (the task phase builds its own). Returns the last loss.
-    A recursive source takes the top-down schedule instead (``run_top_down_init``)."""
+    ``targets`` are one target's statistics, or a function giving step i's loss (a family
+    run: the architectures drawn for that step). A recursive source takes the top-down
+    schedule instead (``run_top_down_init``)."""
     if isinstance(source, RecursiveSource):
         return run_top_down_init(source, steps, lr, precision, last_good, on_step)
-    return _match_stats(source, lambda: targets.loss(source.flat()), range(steps), lambda step: lr * cosine_factor(step, steps), precision, None, last_good, on_step)
+    loss_at = targets if callable(targets) else lambda _: targets.loss(source.flat())
+    return _match_stats(source, loss_at, range(steps), lambda step: lr * cosine_factor(step, steps), precision, None, last_good, on_step)
 
 
 def _match_stats(
     source: torch.nn.Module,
-    loss_of_step: Callable[[], torch.Tensor],
+    loss_at: Callable[[int], torch.Tensor],
     steps: range,
     lr_at: Callable[[int], float],
     precision: Precision,
@@ -85,14 +88,14 @@ def _match_stats(
     last_good: str,
     on_step: Callable[[int, float, float], None] | None,
 ) -> float:
-    """One optimiser (fresh AdamW) over ``steps`` (global step numbers) of ``loss_of_step``."""
+    """One optimiser (fresh AdamW) over ``steps`` (global step numbers) of ``loss_at(step)``."""
     stepper = Stepper(make_adamw(source.parameters(), lr_at(steps.start)), precision, grad_clip)
     loss_value = float("nan")
     for step in steps:
         step_lr = lr_at(step)
         set_lr(stepper.optimizer, step_lr)
         with precision.autocast():
-            loss = loss_of_step()
+            loss = loss_at(step)
         loss_value = float(loss.detach())
         check_finite(loss_value, f"init step {step + 1}/{steps.stop}", last_good)
         stepper.step(loss)
@@ -147,7 +150,7 @@ def run_top_down_init(
         def lr_at(step: int, stage: range = stage, stage_lr: float = stage_lr, warmup: int = warmup) -> float:
             return stage_lr * warmup_cosine_factor(step - stage.start, warmup, len(stage))
 
-        def loss_of_step(level: int = level, targets: InitTargets = targets) -> torch.Tensor:
+        def loss_of_step(step: int, level: int = level, targets: InitTargets = targets) -> torch.Tensor:
             return targets.loss(source.level_flats(level + 1)[level])
 
         loss_value = _match_stats(source, loss_of_step, stage, lr_at, precision, TOP_DOWN_GRAD_CLIP, last_good, on_step)

@@ -1,15 +1,28 @@
 """A plan target placed on a device: cached descriptors, the skeleton, and the glue that
-turns a generated flat vector into the target model's forward pass."""
+turns a generated flat vector into the target model's forward pass; and ``TargetCache``,
+the bounded set of them a multi-model (family) run keeps."""
 
 from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import torch
 from torch.func import functional_call
 
 from uhn_spec.model import TargetModel, build_model
-from uhn_spec.plan import TargetPlan
+from uhn_spec.plan import Plan, TargetPlan
 
 from .generator import UHNGenerator
+
+if TYPE_CHECKING:
+    from .init_phase import InitTargets
+
+# DeviceTargets a family run keeps at once (least recently used dropped first). Building
+# one (skeleton, structure rows; the generator's work-unit layout) costs milliseconds, a
+# train step far more, so a miss is cheap; the bound keeps memory flat on 1,000-model
+# families (each skeleton holds its own weights: 4 MB for a 1M-parameter CNN).
+TARGET_CACHE_SIZE = 64
 
 
 class DeviceTarget:
@@ -23,6 +36,7 @@ class DeviceTarget:
         self.structure_rows = target.structure_rows().to(self.device)
         self.model: TargetModel = build_model(target.spec).to(self.device)
         self._slices = [(p.name, p.offset, p.numel, p.shape) for p in target.params]
+        self._init_targets: InitTargets | None = None
 
     @property
     def num_params(self) -> int:
@@ -46,3 +60,40 @@ class DeviceTarget:
 
     def forward(self, flat: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, self.params_from_flat(flat), args=(), kwargs=inputs)
+
+    def init_targets(self) -> "InitTargets":
+        """The init phase's per-tensor statistics targets, built on first use."""
+        if self._init_targets is None:
+            from .init_phase import InitTargets  # init_phase imports weights, which imports this
+
+            self._init_targets = InitTargets(self.plan, self.device)
+        return self._init_targets
+
+
+class TargetCache:
+    """The plan's targets on a device, built on first use and kept (at most ``capacity``,
+    least recently used dropped first): a family run switches architecture every step."""
+
+    def __init__(self, plan: Plan, device: torch.device, capacity: int = TARGET_CACHE_SIZE):
+        if capacity < 1:
+            raise ValueError(f"capacity {capacity} must be >= 1")
+        self.plan, self.device, self.capacity = plan, device, capacity
+        self._built: OrderedDict[int, DeviceTarget] = OrderedDict()
+        self.misses = 0
+
+    def __getitem__(self, index: int) -> DeviceTarget:
+        """The plan's ``index``-th target on the device."""
+        target = self._built.get(index)
+        if target is None:
+            self.misses += 1
+            # The skeleton's default init draws from the global RNG, which dropout also
+            # draws from: building outside it keeps a run's numbers independent of when
+            # (and how often) the cache builds a target, so a resumed run stays exact.
+            with torch.random.fork_rng(devices=[]):
+                target = DeviceTarget(self.plan.targets[index], self.device)
+            self._built[index] = target
+            if len(self._built) > self.capacity:
+                self._built.popitem(last=False)
+        else:
+            self._built.move_to_end(index)
+        return target

@@ -21,7 +21,8 @@ SourceKind = Literal["uhn", "direct"]
 
 
 class UHNSource(nn.Module):
-    """The generator H; every call to ``flat()`` generates the whole target."""
+    """The generator H; every call to ``flat()`` generates the whole target (by default the
+    one it was made with; a family run passes the architecture of the step)."""
 
     kind: SourceKind = "uhn"
 
@@ -30,8 +31,8 @@ class UHNSource(nn.Module):
         self.target = target
         self.generator = UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=seed)
 
-    def flat(self) -> torch.Tensor:
-        return self.target.generate(self.generator)
+    def flat(self, target: DeviceTarget | None = None) -> torch.Tensor:
+        return (target or self.target).generate(self.generator)
 
 
 class DirectSource(nn.Module):
@@ -48,7 +49,9 @@ class DirectSource(nn.Module):
         initial = torch.cat([fresh[p.name].detach().reshape(-1) for p in target.plan.params])
         self.weights = nn.Parameter(initial.to(target.device))
 
-    def flat(self) -> torch.Tensor:
+    def flat(self, target: DeviceTarget | None = None) -> torch.Tensor:
+        if target is not None and target.plan is not self.target.plan:
+            raise ValueError(f"direct weights of {self.target.plan.name} cannot serve {target.plan.name}")
         return self.weights
 
 
@@ -83,7 +86,9 @@ class RecursiveSource(nn.Module):
             flats.append(self.generated[k - 1].generate(flats[-1], below.index, below.structure_rows))
         return flats
 
-    def flat(self) -> torch.Tensor:
+    def flat(self, target: DeviceTarget | None = None) -> torch.Tensor:
+        if target is not None and target is not self.target:
+            raise ValueError(f"a recursive chain generates its leaf {self.target.plan.name}, not {target.plan.name}")
         return self.level_flats()[-1]
 
 

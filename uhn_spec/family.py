@@ -582,6 +582,7 @@ def compile_family(family: Family, source_text: str = "") -> Plan:
     plan = compile_specs([m.spec for m in family.members], source_text=source_text or family.source_text)
     for target, member in zip(plan.targets, family.members):
         target.split = member.split
+    plan.evaluated_seen = family.spec.evaluated_seen
     return plan
 
 

@@ -137,6 +137,9 @@ class Plan:
     source_text: str
     source_hash: str
     version: int = PLAN_VERSION
+    # A family plan: how many seen targets (the first ones) are evaluated beside the unseen
+    # ones (the family's ``each``); None: every seen target.
+    evaluated_seen: int | None = None
 
     def target(self, name: str | None = None) -> TargetPlan:
         if name is None:
@@ -169,6 +172,7 @@ class Plan:
             "generator_json": self.generator.model_dump_json(),
             "source_text": self.source_text,
             "source_hash": self.source_hash,
+            "evaluated_seen": self.evaluated_seen,
         }
 
     @staticmethod
@@ -181,6 +185,7 @@ class Plan:
             source_text=d["source_text"],
             source_hash=d["source_hash"],
             version=int(d["version"]),
+            evaluated_seen=d.get("evaluated_seen"),
         )
 
     def save(self, path: str | Path) -> None:

@@ -180,6 +180,9 @@ class TrainSpec(StrictModel):
         0, ge=0, description="checkpoint the target's activations in this many segments of layers (0: off)"
     )
     tensorboard: bool = Field(False, description="also write TensorBoard event files (needs uhn[tensorboard])")
+    models_per_step: int = Field(
+        1, ge=1, description="family runs: architectures drawn per step, their losses averaged (1: the paper's)"
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> "TrainSpec":
