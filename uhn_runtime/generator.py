@@ -30,6 +30,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from uhn_spec.descriptors import INDEX_FIELDS, STRUCTURE_FIELDS, IndexDescriptors, Ranges, normalise
 from uhn_spec.spec import GeneratorSpec
 
+from .distributed import GenerationShard, gather_shares, unit_cuts
 from .fast_features import (
     FactoredLayout,
     FourierBasis,
@@ -153,6 +154,9 @@ class UHNGenerator(nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(spec.hidden) for _ in range(spec.blocks))
         self.out = nn.Linear(spec.hidden, 1)
         self.max_saved_bytes = DEFAULT_MAX_SAVED_BYTES
+        # Set under torchrun with --shard-generation: this rank generates a share of the work
+        # units and gathers the others' (``uhn_runtime.distributed``).
+        self.shard: GenerationShard | None = None
         self._layouts: list[tuple[IndexDescriptors | torch.Tensor, tuple[int, ...], int, FactoredLayout]] = []
 
     def structure_embedding(self, structure_rows: torch.Tensor) -> torch.Tensor | None:
@@ -196,14 +200,22 @@ class UHNGenerator(nn.Module):
         if not layout.units:
             return torch.zeros(0, device=device)
         basis = self.index_fourier.basis()
-        context = UnitContext(layout, basis, layout.tables(basis), Workspace(device))
+        tables = layout.tables(basis)
+        own, sizes = layout, None
+        if self.shard is not None and self.shard.world_size > 1:
+            cuts = unit_cuts([unit.num_rows for unit in layout.units], self.shard.world_size)
+            sizes = [sum(unit.num_rows for unit in layout.units[lo:hi]) for lo, hi in zip(cuts[:-1], cuts[1:])]
+            own = unit_range(layout, cuts[self.shard.rank], cuts[self.shard.rank + 1])
+        context = UnitContext(own, basis, tables, Workspace(device))
         if torch.is_grad_enabled():
             context = self._with_store(context)
             params = self.tail_parameters()
-            parts = [GeneratedUnit.apply(self, context, i, structure, *params) for i in range(len(layout.units))]
+            parts = [GeneratedUnit.apply(self, context, i, structure, *params) for i in range(len(own.units))]
         else:
-            parts = [self.unit_weights(context, i, structure) for i in range(len(layout.units))]
+            parts = [self.unit_weights(context, i, structure) for i in range(len(own.units))]
         out = torch.cat(parts)
+        if sizes is not None:
+            out = gather_shares(out, sizes, self.shard)  # type: ignore[arg-type]
         return out if layout.order is None else out[layout.order]
 
     def tail_parameters(self) -> list[nn.Parameter]:
@@ -251,6 +263,15 @@ class UHNGenerator(nn.Module):
         """What a forward with gradients keeps for N rows: the input-Linear outputs ("h0")
         or "nothing" (the backward recomputes them)."""
         return "h0" if num_rows * self.spec.hidden * 4 <= self.max_saved_bytes else "nothing"
+
+
+def unit_range(layout: FactoredLayout, lo: int, hi: int) -> FactoredLayout:
+    """Units lo..hi of ``layout`` as a layout of their own (rows concatenated in unit order; the
+    same sides, so the full layout's feature tables serve it)."""
+    units = layout.units[lo:hi]
+    first = layout.offsets[lo]
+    offsets = [offset - first for offset in layout.offsets[lo:hi]]
+    return replace(layout, units=units, offsets=offsets, order=None, num_rows=sum(u.num_rows for u in units), _tables=None)
 
 
 class GeneratedUnit(torch.autograd.Function):

@@ -66,16 +66,19 @@ def run_init_phase(
     precision: Precision,
     last_good: str,
     on_step: Callable[[int, float, float], None] | None = None,
+    flat: Callable[[], torch.Tensor] | None = None,
 ) -> float:
     """Match the init statistics with a fresh AdamW and a per-step cosine schedule; the
-    optimiser is discarded afterwards (the task phase builds its own). Returns the last loss."""
+    optimiser is discarded afterwards (the task phase builds its own). Returns the last loss.
+    ``flat`` generates the weights (default ``source.flat``; under torchrun through DDP)."""
+    generate = flat or source.flat
     stepper = Stepper(make_adamw(source.parameters(), lr), precision)
     loss_value = float("nan")
     for step in range(steps):
         step_lr = lr * cosine_factor(step, steps)
         set_lr(stepper.optimizer, step_lr)
         with precision.autocast():
-            loss = targets.loss(source.flat())
+            loss = targets.loss(generate())
         loss_value = float(loss.detach())
         check_finite(loss_value, f"init step {step + 1}/{steps}", last_good)
         stepper.step(loss)

@@ -18,11 +18,13 @@ file back to the latest checkpoint's length, so no record appears twice.
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import os
 import time
 from collections.abc import Iterator
+from signal import Signals
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -34,6 +36,7 @@ from uhn_spec.plan import Plan
 
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .data import Batch, TaskData, load_task_data, loss_fn
+from .distributed import DistContext, GenerationShard, agree_on_step, distributed_session, rank_seed, shard_batch, synced_flat
 from .evaluate import evaluate_source
 from .generator import count_generator_params
 from .init_phase import InitTargets, run_init_phase
@@ -41,7 +44,7 @@ from .optim import Precision, Stepper, check_finite, make_adamw
 from .progress import Progress
 from .run_dir import RunDir
 from .schedule import set_lr, warmup_cosine_factor
-from .stop_signals import RunStopped, StopSignals
+from .stop_signals import STOP_SIGNALS, RunStopped, StopSignals
 from .target import DeviceTarget
 from .target_segments import forward_in_segments
 from .tensorboard_log import TensorBoardLog, require_tensorboard
@@ -67,6 +70,8 @@ class TrainOptions:
     # A killed run loses at most about this much work. Checkpointing after every sub-second
     # epoch (full-batch graphs and formulas) would cost more than the epochs themselves.
     checkpoint_seconds: float = 60.0
+    # Under torchrun: each rank generates a share of the work units (docs/distributed.md).
+    shard_generation: bool = False
 
 
 class RunInterrupted(Exception):
@@ -109,12 +114,18 @@ class Phase:
         options: TrainOptions,
         progress: Progress,
         stop: StopSignals,
+        dist: DistContext = DistContext(),
     ):
-        self.kind, self.run, self.plan, self.data = kind, run, plan, data
+        self.kind, self.run, self.plan, self.data, self.dist = kind, run, plan, data, dist
         self.precision, self.options, self.progress, self.stop = precision, options, progress, stop
         self.cfg = plan.targets[0].spec.train
         self.target = DeviceTarget(plan.targets[0], device)
         self.source = make_source(kind, plan, self.target, self.cfg.seed)
+        self.sharded = kind == "uhn" and options.shard_generation and dist.active
+        if self.sharded:
+            self.source.generator.shard = GenerationShard.for_context(dist)  # type: ignore[union-attr]
+        # The weights as training takes them: through DistributedDataParallel under torchrun.
+        self.flat = synced_flat(self.source, dist, device)
         self.lr = self.cfg.lr if kind == "uhn" else (self.cfg.direct_lr or self.cfg.lr)
         self.stepper = Stepper(make_adamw(self.source.parameters(), self.lr), precision, self.cfg.grad_clip)
         self.by_epoch = self.cfg.epochs is not None
@@ -139,13 +150,13 @@ class Phase:
 
     # ------------------------------------------------------------------ driver
     def run_to_end(self) -> PhaseResult:
-        resumed = self.checkpoint_path.exists()
+        resumed = self.dist.broadcast(self.checkpoint_path.exists())  # before rank 0 writes one
         if resumed:
             state = load_checkpoint(self.checkpoint_path, self.plan.source_hash, self.kind)
             if state["finished"]:
                 return PhaseResult(self.kind, float(state["result"]), float(state["seconds"]))
             self.restore(state)
-        if self.options.tensorboard or self.cfg.tensorboard:
+        if (self.options.tensorboard or self.cfg.tensorboard) and self.dist.is_main:
             first_unit = self.units_done + 1 if resumed else None
             self.tensorboard = TensorBoardLog(self.run.root / "tensorboard", self.kind, first_unit)
         try:
@@ -172,8 +183,12 @@ class Phase:
             self.tensorboard.write(record)
 
     def evaluate(self, split: Literal["test"]) -> float:
-        with self.progress.task(f"{self.kind} eval {split}", None) as shown:
-            return evaluate_source(self.source, self.target, self.data, split, self.precision, on_batch=shown.update)
+        """The split's metric; under torchrun evaluated by rank 0 (by every rank when sharded:
+        all take part in generating the weights) and sent to the others."""
+        if self.dist.is_main or self.sharded:
+            with self.progress.task(f"{self.kind} eval {split}", None) as shown:
+                value = evaluate_source(self.source, self.target, self.data, split, self.precision, on_batch=shown.update)
+        return value if self.sharded else self.dist.broadcast(value if self.dist.is_main else None)
 
     # ------------------------------------------------------------------ init phase
     def init_phase(self) -> None:
@@ -192,7 +207,7 @@ class Phase:
                 raise RunStopped(f"{signal.name}: stopped in the {self.kind} init phase", signal)
 
         with shown:
-            final = run_init_phase(self.source, targets, steps, self.cfg.init_lr, self.precision, self.last_good, on_step)
+            final = run_init_phase(self.source, targets, steps, self.cfg.init_lr, self.precision, self.last_good, on_step, self.flat)
         self.progress.line(f"{self.kind} init: {steps} steps, stats loss {final:.4g}  ({self.elapsed():.1f} s)")
 
     # ------------------------------------------------------------------ task phase
@@ -207,6 +222,8 @@ class Phase:
                 unit = epoch if self.by_epoch else step
                 lr = self.lr * warmup_cosine_factor(unit, self.cfg.warmup, self.total_units)
                 set_lr(self.stepper.optimizer, lr)
+                if self.dist.active:  # each rank its own dropout draws, a function of (seed, step, rank)
+                    torch.manual_seed(rank_seed(self.cfg.seed, step, self.dist.rank))
                 self.interval_losses.append(self.train_step(batch, self.where(step, epoch)))
                 self.steps_done = step + 1
                 shown.update(self.steps_done, self.status_info(epoch))
@@ -252,11 +269,22 @@ class Phase:
             epoch, skip = epoch + 1, 0
 
     def train_step(self, batch: Batch, where: str) -> float:
+        """One optimiser step on the global batch; under torchrun on this rank's share of it,
+        whose loss is scaled so that DDP's gradient average is that of the global-batch mean.
+        Returns the global batch's loss."""
+        batch, share = shard_batch(batch, self.dist.rank, self.dist.world_size)
         batch = batch.to(self.target.device)
         with self.precision.autocast():
-            outputs = forward_in_segments(self.target, self.source.flat(), self.cfg.target_segments, **batch.model_kwargs())
-            loss = loss_fn(self.data.metric, *batch.select(outputs))
+            outputs = forward_in_segments(self.target, self.flat(), self.cfg.target_segments, **batch.model_kwargs())
+            # An empty share still runs forward and backward: DDP needs every rank's gradients.
+            loss = loss_fn(self.data.metric, *batch.select(outputs)) if share else outputs.sum() * 0.0
         value = float(loss.detach())
+        if self.dist.active:
+            report = agree_on_step(self.dist, value * share, self.stop.requested, STOP_SIGNALS)
+            value = report.loss
+            if report.signal is not None and self.stop.requested is None:  # another rank got it
+                self.stop.requested = Signals(report.signal)
+            loss = loss * (share * self.dist.world_size)
         check_finite(value, where, self.last_good)
         self.stepper.step(loss)
         return value
@@ -297,6 +325,12 @@ class Phase:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, result: float | None = None) -> None:
+        if self.dist.is_main:  # every rank holds the same state; rank 0 writes it
+            self.write_checkpoint(result)
+        self.last_good = f"{self.checkpoint_path} (after {self.unit_name} {self.units_done})"
+        self.saved_at = time.monotonic()
+
+    def write_checkpoint(self, result: float | None) -> None:
         save_checkpoint(
             self.checkpoint_path,
             {
@@ -315,8 +349,6 @@ class Phase:
                 "rng": capture_rng(),
             },
         )
-        self.last_good = f"{self.checkpoint_path} (after {self.unit_name} {self.units_done})"
-        self.saved_at = time.monotonic()
 
     def restore(self, state: dict[str, Any]) -> None:
         self.source.load_state_dict(state["source"])
@@ -329,7 +361,8 @@ class Phase:
         self.started = time.perf_counter()
         restore_rng(state["rng"])
         self.last_good = f"{self.checkpoint_path} (after {self.unit_name} {self.units_done})"
-        self.log({"phase": self.kind, "event": "resume", self.unit_name: self.units_done, "steps_done": self.steps_done})
+        resume = {"phase": self.kind, "event": "resume", self.unit_name: self.units_done, "steps_done": self.steps_done}
+        self.log({**resume, "world_size": self.dist.world_size})
         self.progress.line(f"{self.kind}: resuming from {self.position()}")
 
 
@@ -347,25 +380,35 @@ def start_run(plan: Plan, out: Path, options: TrainOptions, source: dict[str, An
         "device": options.device,
         "data_root": options.data_root,
         "tensorboard": options.tensorboard,
+        "shard_generation": options.shard_generation,
         **(source or {}),
     }
-    run = RunDir.create(out, plan, info)
-    return train_run(run, plan, options)
+    with distributed_session(resolve_device(options.device).type) as dist:
+        out = dist.broadcast(out)  # rank 0's: a default folder name holds the time
+        # Rank 0 creates the folder; a refusal (it holds a run already) stops every rank.
+        dist.on_main(lambda: RunDir.create(out, plan, info, world_size=dist.world_size))
+        return train_run(RunDir.open(out, writes=dist.is_main), plan, options, dist)
 
 
 def resume_run(out: Path, options: TrainOptions) -> dict[str, Any]:
     """Continue a run folder with its recorded mode; ``options`` may change device and data root."""
-    run = RunDir.open(out)
-    info = run.info()
+    info = RunDir.open(out).info()
     options = replace(
         options,
         mode=info["mode"],
         device=options.device if options.device != "auto" else info.get("device", "auto"),
         data_root=options.data_root or info.get("data_root"),
         tensorboard=options.tensorboard or bool(info.get("tensorboard")),
+        shard_generation=options.shard_generation or bool(info.get("shard_generation")),
     )
-    cut_metrics_to_last_checkpoint(run)
-    return train_run(run, run.plan(), options)
+    # Every rank reads the run folder (multi-node: a shared file system); rank 0 alone writes.
+    # Another world size than the run started with works: the checkpoint holds no per-rank
+    # state and the global batch stays the spec's (docs/distributed.md).
+    with distributed_session(resolve_device(options.device).type) as dist:
+        run = RunDir.open(out, writes=dist.is_main)
+        if dist.is_main:
+            cut_metrics_to_last_checkpoint(run)
+        return train_run(run, run.plan(), options, dist)
 
 
 def cut_metrics_to_last_checkpoint(run: RunDir) -> None:
@@ -382,14 +425,14 @@ def cut_metrics_to_last_checkpoint(run: RunDir) -> None:
     run.truncate_metrics(max(sizes, default=0))
 
 
-def train_run(run: RunDir, plan: Plan, options: TrainOptions) -> dict[str, Any]:
+def train_run(run: RunDir, plan: Plan, options: TrainOptions, dist: DistContext = DistContext()) -> dict[str, Any]:
     target = plan.targets[0]
     device = resolve_device(options.device)
     precision = Precision.resolve(target.spec.train.precision, device)
     data = load_task_data(target.spec.task, options.data_root)
     if options.tensorboard or target.spec.train.tensorboard:
         require_tensorboard()  # before any work, not after the init phase
-    progress = Progress(options.progress)
+    progress = Progress(options.progress if dist.is_main else io.StringIO())  # rank 0 reports
     trainable, _ = count_generator_params(plan.generator)
     progress.line(
         f"{target.name}: {target.num_params:,} target params, generator {trainable:,} params; "
@@ -407,7 +450,7 @@ def train_run(run: RunDir, plan: Plan, options: TrainOptions) -> dict[str, Any]:
             for kind in MODE_PHASES[options.mode]:
                 if stop.requested:  # arrived during the last phase's final evaluation
                     raise RunStopped(f"{stop.requested.name}: stopped before the {kind} phase", stop.requested)
-                phase = Phase(kind, run, plan, data, precision, device, options, progress, stop)
+                phase = Phase(kind, run, plan, data, precision, device, options, progress, stop, dist)
                 results[kind] = phase.run_to_end()
     finally:
         progress.close()
