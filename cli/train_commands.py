@@ -65,22 +65,32 @@ def train(
             show_default=False,
         ),
     ] = None,
+    shard_generation: Annotated[
+        bool,
+        typer.Option(
+            "--shard-generation",
+            help="Under torchrun: each process generates a share of the weights (generator memory / N); docs/distributed.md.",
+        ),
+    ] = False,
 ) -> None:
     """Train a UHN that generates the target's weights (and/or the target directly); prints the test metric.
 
     On a family (file or compiled plan) one UHN trains every seen member, one drawn per step,
     and reports the test metric of the evaluated seen and of the unseen members.
-    Ctrl-C (or SIGTERM) saves a checkpoint after the current step; `--resume` continues from it."""
+    Ctrl-C (or SIGTERM) saves a checkpoint after the current step; `--resume` continues from it.
+    Under torchrun it trains on all processes (docs/distributed.md); rank 0 prints and writes."""
+    from uhn_runtime.distributed import environment_context
     from uhn_runtime.run_dir import RunDir, default_run_dir
     from uhn_runtime.train import TrainOptions, is_multi_model, plan_label, resume_run, start_run
     from uhn_spec import compile_spec
 
     cpu = choose_threads()
+    echo = typer.echo if environment_context().is_main else (lambda *_, **__: None)
     if resume is not None:
         if source is not None or overrides or out is not None or mode is not None or model is not None:
             raise UHNError("--resume DIR continues a run as it was started; give no SOURCE, --out, --set, --mode or --model")
-        options = TrainOptions(device=device.value, data_root=data_root, tensorboard=tensorboard)
-        typer.echo(cpu.line(), err=True)
+        options = TrainOptions(device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation)
+        echo(cpu.line(), err=True)
         run_root = resume
         summary = _stoppable(lambda: resume_run(resume, options), resume)
     else:
@@ -93,12 +103,12 @@ def train(
         compare = spec.train.compare_direct and not is_multi_model(plan)  # a family trains no direct baseline
         chosen = mode.value if mode is not None else ("both" if compare else "uhn")
         run_root = out if out is not None else default_run_dir(plan_label(plan))
-        options = TrainOptions(mode=chosen, device=device.value, data_root=data_root, tensorboard=tensorboard)  # type: ignore[arg-type]
+        options = TrainOptions(mode=chosen, device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation)  # type: ignore[arg-type]
         recorded = {"source": str(source), "overrides": list(overrides or []), "model": model, "cpu": cpu.record()}
-        typer.echo(cpu.line(), err=True)
+        echo(cpu.line(), err=True)
         summary = _stoppable(lambda: start_run(plan, run_root, options, recorded), run_root)
-    typer.echo(result_line(summary))
-    typer.echo(f"summary: {RunDir(run_root).summary_path}")
+    echo(result_line(summary))
+    echo(f"summary: {RunDir(run_root).summary_path}")
 
 
 def _stoppable(action: Callable[[], dict[str, Any]], run_root: Path) -> dict[str, Any]:

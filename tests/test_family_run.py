@@ -97,6 +97,15 @@ def test_architecture_draws_are_a_pure_function_of_seed_and_step() -> None:
     assert architecture_draw(5, 7, 1) == [0]
 
 
+def test_each_rank_draws_its_own_architecture_and_rank_0_what_one_process_draws() -> None:
+    """Under torchrun N ranks train N architectures per step, reproducibly (issue #14)."""
+    single = [architecture_draw(5, step, 40) for step in range(200)]
+    assert [architecture_draw(5, step, 40, rank=0) for step in range(200)] == single
+    rank1 = [architecture_draw(5, step, 40, rank=1) for step in range(200)]
+    assert rank1 == [architecture_draw(5, step, 40, rank=1) for step in range(200)]
+    assert sum(a != b for a, b in zip(single, rank1)) > 150  # mostly different architectures
+
+
 def test_models_per_step_draws_distinct_architectures() -> None:
     for step in range(200):
         picked = architecture_draw(1, step, 6, k=3)

@@ -40,6 +40,7 @@ from uhn_spec.descriptors import INDEX_FIELDS, STRUCTURE_FIELDS, IndexDescriptor
 from uhn_spec.layers.base import ForwardContext
 from uhn_spec.spec import GeneratorSpec
 
+from .distributed import GenerationShard, gather_shares, unit_cuts
 from .fast_features import (
     FactoredLayout,
     FourierBasis,
@@ -186,23 +187,34 @@ def generate_layout(
     structure: torch.Tensor | None,
     params: Sequence[torch.Tensor],
     max_saved_bytes: int,
+    shard: GenerationShard | None = None,
 ) -> torch.Tensor:
     """The fast path: the weights of every row of ``layout``, (N,) in the target's order.
     ``params`` are the input Linear's weight and bias, then the tail's parameters (what
     ``net.tail`` reads); with gradients each work unit is one ``GeneratedUnit`` node whose
-    backward reaches ``params`` and ``structure``, whether they are leaves or generated."""
+    backward reaches ``params`` and ``structure``, whether they are leaves or generated.
+    With a ``shard`` of several ranks this rank generates a contiguous share of the units and
+    gathers the others' (an autograd-aware all-gather: see ``uhn_runtime.distributed``)."""
     device = params[0].device
     if not layout.units:
         return torch.zeros(0, device=device)
-    context = UnitContext(layout, basis, layout.tables(basis), Workspace(device))
+    tables = layout.tables(basis)
+    own, sizes = layout, None
+    if shard is not None and shard.world_size > 1:
+        cuts = unit_cuts([unit.num_rows for unit in layout.units], shard.world_size)
+        sizes = [sum(unit.num_rows for unit in layout.units[lo:hi]) for lo, hi in zip(cuts[:-1], cuts[1:])]
+        own = unit_range(layout, cuts[shard.rank], cuts[shard.rank + 1])
+    context = UnitContext(own, basis, tables, Workspace(device))
     if torch.is_grad_enabled():
-        if saving_policy(layout.num_rows, net.hidden, max_saved_bytes) == "h0":
-            store = torch.empty(layout.num_rows, net.hidden, dtype=gemm_dtype(device), device=device)
+        if saving_policy(own.num_rows, net.hidden, max_saved_bytes) == "h0":
+            store = torch.empty(own.num_rows, net.hidden, dtype=gemm_dtype(device), device=device)
             context = replace(context, h0_store=store)
-        parts = [GeneratedUnit.apply(net, context, i, structure, *params) for i in range(len(layout.units))]
+        parts = [GeneratedUnit.apply(net, context, i, structure, *params) for i in range(len(own.units))]
     else:
-        parts = [unit_weights(net, context, i, structure, params) for i in range(len(layout.units))]
-    out = torch.cat(parts)
+        parts = [unit_weights(net, context, i, structure, params) for i in range(len(own.units))]
+    out = torch.cat(parts) if parts else torch.zeros(0, device=device)
+    if sizes is not None:
+        out = gather_shares(out, sizes, shard)  # type: ignore[arg-type]
     return out if layout.order is None else out[layout.order]
 
 
@@ -259,6 +271,9 @@ class UHNGenerator(nn.Module):
         self.out = nn.Linear(spec.hidden, 1)
         self.max_saved_bytes = DEFAULT_MAX_SAVED_BYTES
         self._layouts = LayoutCache(spec.hidden, spec.index_freqs)
+        # Set under torchrun with --shard-generation: this rank generates a share of the work
+        # units and gathers the others' (``uhn_runtime.distributed``).
+        self.shard: GenerationShard | None = None
 
     @property
     def hidden(self) -> int:
@@ -320,7 +335,7 @@ class UHNGenerator(nn.Module):
             structure = self.structure_embedding(structure_rows)
         layout = self.layout(index, chunk_rows or self.spec.chunk_rows)
         basis = self.index_fourier.basis()
-        return generate_layout(self, layout, basis, structure, self.tail_parameters(), self.max_saved_bytes)
+        return generate_layout(self, layout, basis, structure, self.tail_parameters(), self.max_saved_bytes, self.shard)
 
     def tail_parameters(self) -> list[nn.Parameter]:
         """The parameters a work unit's weights depend on, in ``GeneratedUnit``'s order: the
@@ -338,6 +353,15 @@ class UHNGenerator(nn.Module):
 
     def saving_policy(self, num_rows: int) -> str:
         return saving_policy(num_rows, self.spec.hidden, self.max_saved_bytes)
+
+
+def unit_range(layout: FactoredLayout, lo: int, hi: int) -> FactoredLayout:
+    """Units lo..hi of ``layout`` as a layout of their own (rows concatenated in unit order; the
+    same sides, so the full layout's feature tables serve it)."""
+    units = layout.units[lo:hi]
+    first = layout.offsets[lo]
+    offsets = [offset - first for offset in layout.offsets[lo:hi]]
+    return replace(layout, units=units, offsets=offsets, order=None, num_rows=sum(u.num_rows for u in units), _tables=None)
 
 
 class GeneratedUnit(torch.autograd.Function):

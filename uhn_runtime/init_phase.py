@@ -66,15 +66,18 @@ def run_init_phase(
     precision: Precision,
     last_good: str,
     on_step: Callable[[int, float, float], None] | None = None,
+    flat: Callable[[], torch.Tensor] | None = None,
 ) -> float:
     """Match the init statistics with a fresh AdamW and a per-step cosine schedule; the
     optimiser is discarded afterwards (the task phase builds its own). Returns the last loss.
     ``targets`` are one target's statistics, or a function giving step i's loss (a family
-    run: the architectures drawn for that step). A recursive source takes the top-down
-    schedule instead (``run_top_down_init``)."""
+    run: the architectures drawn for that step); ``flat`` generates the weights otherwise
+    (default ``source.flat``; under torchrun through DDP). A recursive source takes the
+    top-down schedule instead (``run_top_down_init``)."""
     if isinstance(source, RecursiveSource):
         return run_top_down_init(source, steps, lr, precision, last_good, on_step)
-    loss_at = targets if callable(targets) else lambda _: targets.loss(source.flat())
+    generate = flat or source.flat
+    loss_at = targets if callable(targets) else lambda _: targets.loss(generate())
     return _match_stats(source, loss_at, range(steps), lambda step: lr * cosine_factor(step, steps), precision, None, last_good, on_step)
 
 

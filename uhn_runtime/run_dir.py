@@ -10,7 +10,8 @@
     DIR/summary.json         the final metrics of the run
 
 Every file is written through ``uhn_spec.files.atomic_write`` (complete or absent, with the
-umask's mode); metrics.jsonl is appended line by line.
+umask's mode); metrics.jsonl is appended line by line. In a distributed run (torchrun) every
+rank opens the folder and rank 0 alone writes it: the others' ``RunDir`` has ``writes`` off.
 """
 
 from __future__ import annotations
@@ -115,8 +116,9 @@ def default_run_dir(spec_name: str) -> Path:
 
 
 class RunDir:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, writes: bool = True):
         self.root = Path(root)
+        self.writes = writes  # False on the ranks of a distributed run but rank 0
 
     plan_path = property(lambda self: self.root / "plan.pt")
     config_path = property(lambda self: self.root / "config.yaml")
@@ -128,7 +130,7 @@ class RunDir:
         return self.root / "checkpoints" / f"{kind}.pt"
 
     @staticmethod
-    def create(root: Path, plan: Plan, info: dict[str, Any]) -> "RunDir":
+    def create(root: Path, plan: Plan, info: dict[str, Any], world_size: int = 1) -> "RunDir":
         run = RunDir(root)
         if run.info_path.exists():
             raise RunDirError(f"{root} already holds a run; continue it with `uhn train --resume {root}` or pick another --out")
@@ -141,15 +143,15 @@ class RunDir:
             "versions": package_versions(),
             "git_revision": git_revision(),
             "machine": machine_info(with_gpus=info.get("device") != "cpu"),
-            "world_size": 1,  # processes training together; a distributed run records more
+            "world_size": world_size,  # processes training together (torchrun's WORLD_SIZE)
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
         }
         atomic_write_text(run.info_path, json.dumps(record, indent=2) + "\n")
         return run
 
     @staticmethod
-    def open(root: Path) -> "RunDir":
-        run = RunDir(root)
+    def open(root: Path, writes: bool = True) -> "RunDir":
+        run = RunDir(root, writes)
         if not run.info_path.is_file() or not run.plan_path.is_file():
             raise RunDirError(f"{root} is not a uhn run folder (no run.json and plan.pt); start one with `uhn train SPEC --out {root}`")
         return run
@@ -176,6 +178,8 @@ class RunDir:
 
     def log(self, record: dict[str, Any]) -> None:
         # One short line per append: a killed run leaves at most one partial last line.
+        if not self.writes:
+            return
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -185,11 +189,12 @@ class RunDir:
 
     def truncate_metrics(self, size: int) -> None:
         """Cut metrics.jsonl back to ``size`` bytes: a resumed run drops what it will log again."""
-        if self.metrics_size() > size:
+        if self.writes and self.metrics_size() > size:
             os.truncate(self.metrics_path, size)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n")
+        if self.writes:
+            atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n")
 
     def summary(self) -> dict[str, Any] | None:
         return json.loads(self.summary_path.read_text()) if self.summary_path.is_file() else None

@@ -38,6 +38,7 @@ import random
 import statistics
 import time
 from collections.abc import Iterator
+from signal import Signals
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -45,10 +46,12 @@ from typing import Any, Literal, TextIO
 import torch
 
 from uhn_spec.errors import UHNError
+from uhn_spec.files import atomic_write
 from uhn_spec.plan import Plan
 
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .data import Batch, TaskData, load_task_data, loss_fn
+from .distributed import DistContext, GenerationShard, agree_on_step, distributed_session, rank_seed, shard_batch, synced_flat
 from .evaluate import evaluate_source
 from .generator import count_generator_params
 from .init_phase import run_init_phase
@@ -56,9 +59,7 @@ from .optim import Precision, Stepper, check_finite, make_adamw
 from .progress import Progress
 from .run_dir import RunDir
 from .schedule import set_lr, warmup_cosine_factor
-from .stop_signals import RunStopped, StopSignals
-from uhn_spec.files import atomic_write
-
+from .stop_signals import STOP_SIGNALS, RunStopped, StopSignals
 from .target import DeviceTarget, TargetCache
 from .target_segments import forward_in_segments
 from .tensorboard_log import TensorBoardLog, require_tensorboard
@@ -84,6 +85,8 @@ class TrainOptions:
     # A killed run loses at most about this much work. Checkpointing after every sub-second
     # epoch (full-batch graphs and formulas) would cost more than the epochs themselves.
     checkpoint_seconds: float = 60.0
+    # Under torchrun: each rank generates a share of the work units (docs/distributed.md).
+    shard_generation: bool = False
 
 
 class RunInterrupted(Exception):
@@ -116,16 +119,18 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**63)
 
 
-def architecture_draw(seed: int, step: int, count: int, k: int = 1, stream: str = "train") -> list[int]:
+def architecture_draw(seed: int, step: int, count: int, k: int = 1, stream: str = "train", rank: int = 0) -> list[int]:
     """Which of ``count`` seen architectures step ``step`` of ``stream`` ("train" or "init")
-    trains: ``min(k, count)`` distinct positions. A pure function of its arguments (a private
-    ``random.Random`` seeded with a string, of which only ``random()`` is used: the stream
-    Python keeps across versions), so a resumed run draws what an uninterrupted one does,
-    and a distributed run can add its rank to the key. One architecture: always [0]."""
+    trains on process ``rank``: ``min(k, count)`` distinct positions. A pure function of its
+    arguments (a private ``random.Random`` seeded with a string, of which only ``random()`` is
+    used: the stream Python keeps across versions), so a resumed run draws what an
+    uninterrupted one does. Under torchrun each rank draws its own (rank 0 what one process
+    would), so N ranks train N architectures per step. One architecture: always [0]."""
     k = min(k, count)
     if count == 1:
         return [0]
-    rng = random.Random(f"uhn-architectures:{stream}:{seed}:{step}")
+    key = f"uhn-architectures:{stream}:{seed}:{step}" + (f":rank{rank}" if rank else "")
+    rng = random.Random(key)
     pool = list(range(count))
     for i in range(k):  # partial Fisher-Yates: k distinct positions
         j = i + int(rng.random() * (count - i))
@@ -191,8 +196,9 @@ class Phase:
         options: TrainOptions,
         progress: Progress,
         stop: StopSignals,
+        dist: DistContext = DistContext(),
     ):
-        self.kind, self.run, self.plan, self.data = kind, run, plan, data
+        self.kind, self.run, self.plan, self.data, self.dist = kind, run, plan, data, dist
         self.precision, self.options, self.progress, self.stop = precision, options, progress, stop
         # Targets are built on first use and kept in a bounded cache; the seen ones are
         # those training draws from, the evaluated ones those reported at the end.
@@ -205,6 +211,12 @@ class Phase:
         if isinstance(self.source, UHNSource):  # keep a layout for every cached target
             self.source.generator.layout_cache_size = max(self.source.generator.layout_cache_size, self.targets.capacity)
         self.lr = self.cfg.lr * depth_lr_scale(plan.recursion_depth) if kind == "uhn" else (self.cfg.direct_lr or self.cfg.lr)
+        self.sharded = kind == "uhn" and options.shard_generation and dist.active
+        if self.sharded:
+            self.source.generator.shard = GenerationShard.for_context(dist)  # type: ignore[union-attr]
+        # The weights as training takes them, ``flat(target)``: through DistributedDataParallel
+        # under torchrun.
+        self.flat = synced_flat(self.source, dist, device)
         self.stepper = Stepper(make_adamw(self.source.parameters(), self.lr), precision, self.cfg.grad_clip)
         self.by_epoch = self.cfg.epochs is not None
         self.unit_name = "epoch" if self.by_epoch else "step"
@@ -228,14 +240,14 @@ class Phase:
 
     # ------------------------------------------------------------------ driver
     def run_to_end(self) -> PhaseResult:
-        resumed = self.checkpoint_path.exists()
+        resumed = self.dist.broadcast(self.checkpoint_path.exists())  # before rank 0 writes one
         if resumed:
             state = load_checkpoint(self.checkpoint_path, self.plan.source_hash, self.kind)
             if state["finished"]:
                 models = state.get("models")
                 return PhaseResult(self.kind, float(state["result"]), float(state["seconds"]), models)
             self.restore(state)
-        if self.options.tensorboard or self.cfg.tensorboard:
+        if (self.options.tensorboard or self.cfg.tensorboard) and self.dist.is_main:
             first_unit = self.units_done + 1 if resumed else None
             self.tensorboard = TensorBoardLog(self.run.root / "tensorboard", self.kind, first_unit)
         try:
@@ -262,7 +274,7 @@ class Phase:
     # ------------------------------------------------------------------ targets and data
     def step_targets(self, step: int, stream: str = "train") -> list[DeviceTarget]:
         """The architectures step ``step`` of ``stream`` trains (one, unless models_per_step)."""
-        draw = architecture_draw(self.cfg.seed, step, len(self.seen), self.models_per_step, stream)
+        draw = architecture_draw(self.cfg.seed, step, len(self.seen), self.models_per_step, stream, self.dist.rank)
         return [self.targets[self.seen[i]] for i in draw]
 
     def data_for(self, target: DeviceTarget) -> TaskData:
@@ -272,12 +284,17 @@ class Phase:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, split: Literal["test"], target: DeviceTarget | None = None) -> float:
-        """The split's metric of ``target`` (default: the first seen one, a single model's)."""
+        """The split's metric of ``target`` (default: the first seen one, a single model's);
+        under torchrun evaluated by rank 0 (by every rank when sharded: all take part in
+        generating the weights) and sent to the others."""
         target = target or self.targets[self.seen[0]]
         data = self.data_for(target)
         label = f"{self.kind} eval {split}" + (f" {target.plan.name}" if is_multi_model(self.plan) else "")
-        with self.progress.task(label, None) as shown:
-            return evaluate_source(self.source, target, data, split, self.precision, on_batch=shown.update)
+        value = None
+        if self.dist.is_main or self.sharded:
+            with self.progress.task(label, None) as shown:
+                value = evaluate_source(self.source, target, data, split, self.precision, on_batch=shown.update)
+        return value if self.sharded else self.dist.broadcast(value if self.dist.is_main else None)
 
     def evaluate_models(self, split: Literal["test"]) -> dict[str, float]:
         """The test metric of every evaluated target, by name."""
@@ -313,7 +330,7 @@ class Phase:
 
         def loss_at(step: int) -> torch.Tensor:
             """The statistics loss of the step's architectures, averaged."""
-            losses = [t.init_targets().loss(self.source.flat(t)) for t in self.step_targets(step, "init")]
+            losses = [t.init_targets().loss(self.flat(t)) for t in self.step_targets(step, "init")]
             return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
         with shown:
@@ -331,6 +348,8 @@ class Phase:
                 unit = epoch if self.by_epoch else step
                 lr = self.lr * warmup_cosine_factor(unit, self.cfg.warmup, self.total_units)
                 set_lr(self.stepper.optimizer, lr)
+                if self.dist.active:  # each rank its own dropout draws, a function of (seed, step, rank)
+                    torch.manual_seed(rank_seed(self.cfg.seed, step, self.dist.rank))
                 self.interval_losses.append(self.train_step(batch, self.where(step, epoch)))
                 self.steps_done = step + 1
                 shown.update(self.steps_done, self.status_info(epoch))
@@ -376,18 +395,28 @@ class Phase:
             epoch, skip = epoch + 1, 0
 
     def train_step(self, batch: Batch, where: str) -> float:
-        """One AdamW step on ``batch``: the loss of each architecture drawn for this step
-        (the step under way is ``steps_done``), averaged; one architecture: its own loss."""
+        """One optimiser step on the global batch: the loss of each architecture drawn for this
+        step (the step under way is ``steps_done``), averaged; one architecture: its own loss.
+        Under torchrun on this rank's share of the batch, whose loss is scaled so that DDP's
+        gradient average is that of the global-batch mean. Returns the global batch's loss."""
         targets = self.step_targets(self.steps_done)
+        batch, share = shard_batch(batch, self.dist.rank, self.dist.world_size)
         batch = batch.to(self.source_device)
         losses = []
         with self.precision.autocast():
             for target in targets:
                 target.model.train()
-                outputs = forward_in_segments(target, self.source.flat(target), self.cfg.target_segments, **batch.model_kwargs())
-                losses.append(loss_fn(self.data_for(target).metric, *batch.select(outputs)))
+                outputs = forward_in_segments(target, self.flat(target), self.cfg.target_segments, **batch.model_kwargs())
+                # An empty share still runs forward and backward: DDP needs every rank's gradients.
+                losses.append(loss_fn(self.data_for(target).metric, *batch.select(outputs)) if share else outputs.sum() * 0.0)
             loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         value = float(loss.detach())
+        if self.dist.active:
+            report = agree_on_step(self.dist, value * share, self.stop.requested, STOP_SIGNALS)
+            value = report.loss
+            if report.signal is not None and self.stop.requested is None:  # another rank got it
+                self.stop.requested = Signals(report.signal)
+            loss = loss * (share * self.dist.world_size)
         if is_multi_model(self.plan):
             where += f" ({', '.join(t.plan.name for t in targets)})"
         check_finite(value, where, self.last_good)
@@ -448,6 +477,12 @@ class Phase:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, result: float | None = None, models: dict[str, float] | None = None) -> None:
+        if self.dist.is_main:  # every rank holds the same state; rank 0 writes it
+            self.write_checkpoint(result, models)
+        self.last_good = f"{self.checkpoint_path} (after {self.unit_name} {self.units_done})"
+        self.saved_at = time.monotonic()
+
+    def write_checkpoint(self, result: float | None, models: dict[str, float] | None) -> None:
         save_checkpoint(
             self.checkpoint_path,
             {
@@ -467,8 +502,6 @@ class Phase:
                 "rng": capture_rng(),
             },
         )
-        self.last_good = f"{self.checkpoint_path} (after {self.unit_name} {self.units_done})"
-        self.saved_at = time.monotonic()
 
     def restore(self, state: dict[str, Any]) -> None:
         self.source.load_state_dict(state["source"])
@@ -481,7 +514,8 @@ class Phase:
         self.started = time.perf_counter()
         restore_rng(state["rng"])
         self.last_good = f"{self.checkpoint_path} (after {self.unit_name} {self.units_done})"
-        self.log({"phase": self.kind, "event": "resume", self.unit_name: self.units_done, "steps_done": self.steps_done})
+        resume = {"phase": self.kind, "event": "resume", self.unit_name: self.units_done, "steps_done": self.steps_done}
+        self.log({**resume, "world_size": self.dist.world_size})
         self.progress.line(f"{self.kind}: resuming from {self.position()}")
 
 
@@ -497,25 +531,35 @@ def start_run(plan: Plan, out: Path, options: TrainOptions, source: dict[str, An
         "device": options.device,
         "data_root": options.data_root,
         "tensorboard": options.tensorboard,
+        "shard_generation": options.shard_generation,
         **(source or {}),
     }
-    run = RunDir.create(out, plan, info)
-    return train_run(run, plan, options)
+    with distributed_session(resolve_device(options.device).type) as dist:
+        out = dist.broadcast(out)  # rank 0's: a default folder name holds the time
+        # Rank 0 creates the folder; a refusal (it holds a run already) stops every rank.
+        dist.on_main(lambda: RunDir.create(out, plan, info, world_size=dist.world_size))
+        return train_run(RunDir.open(out, writes=dist.is_main), plan, options, dist)
 
 
 def resume_run(out: Path, options: TrainOptions) -> dict[str, Any]:
     """Continue a run folder with its recorded mode; ``options`` may change device and data root."""
-    run = RunDir.open(out)
-    info = run.info()
+    info = RunDir.open(out).info()
     options = replace(
         options,
         mode=info["mode"],
         device=options.device if options.device != "auto" else info.get("device", "auto"),
         data_root=options.data_root or info.get("data_root"),
         tensorboard=options.tensorboard or bool(info.get("tensorboard")),
+        shard_generation=options.shard_generation or bool(info.get("shard_generation")),
     )
-    cut_metrics_to_last_checkpoint(run)
-    return train_run(run, run.plan(), options)
+    # Every rank reads the run folder (multi-node: a shared file system); rank 0 alone writes.
+    # Another world size than the run started with works: the checkpoint holds no per-rank
+    # state and the global batch stays the spec's (docs/distributed.md).
+    with distributed_session(resolve_device(options.device).type) as dist:
+        run = RunDir.open(out, writes=dist.is_main)
+        if dist.is_main:
+            cut_metrics_to_last_checkpoint(run)
+        return train_run(run, run.plan(), options, dist)
 
 
 def check_trainable_together(plan: Plan, mode: Mode) -> None:
@@ -602,7 +646,7 @@ def cut_metrics_to_last_checkpoint(run: RunDir) -> None:
     run.truncate_metrics(max(sizes, default=0))
 
 
-def train_run(run: RunDir, plan: Plan, options: TrainOptions) -> dict[str, Any]:
+def train_run(run: RunDir, plan: Plan, options: TrainOptions, dist: DistContext = DistContext()) -> dict[str, Any]:
     check_trainable_together(plan, options.mode)
     target = plan.targets[seen_positions(plan)[0]]  # task and train of every target
     device = resolve_device(options.device)
@@ -610,7 +654,7 @@ def train_run(run: RunDir, plan: Plan, options: TrainOptions) -> dict[str, Any]:
     data = load_task_data(target.spec.task, options.data_root)
     if options.tensorboard or target.spec.train.tensorboard:
         require_tensorboard()  # before any work, not after the init phase
-    progress = Progress(options.progress)
+    progress = Progress(options.progress if dist.is_main else io.StringIO())  # rank 0 reports
     trainable, _ = count_generator_params(plan.generator)
     progress.line(
         f"{plan_label(plan)}: {describe_targets(plan)}, generator {trainable:,} params; "
@@ -628,10 +672,10 @@ def train_run(run: RunDir, plan: Plan, options: TrainOptions) -> dict[str, Any]:
             for kind in MODE_PHASES[options.mode]:
                 if stop.requested:  # arrived during the last phase's final evaluation
                     raise RunStopped(f"{stop.requested.name}: stopped before the {kind} phase", stop.requested)
-                phase = Phase(kind, run, plan, data, precision, device, options, progress, stop)
+                phase = Phase(kind, run, plan, data, precision, device, options, progress, stop, dist)
                 results[kind] = phase.run_to_end()
         models = results["uhn"].models if "uhn" in results else None
-        if models is not None:
+        if models is not None and dist.is_main:
             write_models_table(run, plan, models, data.metric)
             for line in models_table_lines(plan, models, data.metric):
                 progress.line(line)

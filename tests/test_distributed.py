@@ -1,0 +1,277 @@
+"""Distributed training (torchrun, gloo on the CPU): 2 processes reach the weights of 1,
+sharded generation gives the weights and gradients of unsharded generation, a 2-process run
+resumes exactly, and the torchrun command line writes the run folder a 1-process run does.
+
+The 2-process runs happen once per module (``two_process_runs``: one spawn, tiny specs, a
+few steps each) and the tests compare what they wrote with 1-process runs made here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from uhn_runtime.checkpoint import load_checkpoint
+from uhn_runtime.data import Batch
+from uhn_runtime.distributed import (
+    DistributedError,
+    GenerationShard,
+    environment_context,
+    share_bounds,
+    shard_batch,
+    unit_cuts,
+)
+from uhn_runtime.generator import UHNGenerator
+from uhn_runtime.run_dir import RunDir
+from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
+from uhn_spec import compile_spec
+
+from .tiny_specs import tiny_plan, tiny_spec_yaml
+
+WORLD = 2
+TASKS = ("image_classification", "graph_node_classification", "text_classification")
+# 1-process vs 2-process weights: the same steps, sums taken in another order.
+RELATIVE = 1e-5
+
+
+def options(mode: str = "both", **kw) -> TrainOptions:
+    return TrainOptions(mode=mode, device="cpu", progress=io.StringIO(), checkpoint_seconds=0.0, **kw)  # type: ignore[arg-type]
+
+
+def with_dropout(plan):  # type: ignore[no-untyped-def]
+    layers = [layer.model_copy(update={"dropout": 0.2}) for layer in plan.targets[0].spec.layers]
+    return compile_spec(plan.targets[0].spec.model_copy(update={"layers": layers}))
+
+
+def resume_plan():  # type: ignore[no-untyped-def]
+    return with_dropout(tiny_plan(steps=8, eval_every=3))
+
+
+def final_weights(run_root: Path, kind: str = "uhn") -> dict[str, torch.Tensor]:
+    state = load_checkpoint(run_root / "checkpoints" / f"{kind}.pt")
+    assert state["finished"]
+    return state["source"]
+
+
+def assert_close_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], ignore: torch.Tensor | None = None) -> None:
+    """Every tensor within RELATIVE of its largest value; ``ignore``: flat positions left out."""
+    assert got.keys() == want.keys()
+    for name in want:
+        keep = slice(None) if ignore is None or want[name].shape != ignore.shape else ~ignore
+        scale = want[name][keep].abs().max().clamp_min(1e-12)
+        difference = float((got[name][keep] - want[name][keep]).abs().max() / scale)
+        assert difference <= RELATIVE, (name, difference)
+
+
+def zero_gradient_positions(plan) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Flat positions of the attention key biases. Their true gradient is 0 (softmax ignores a
+    shift shared by a query's logits), so AdamW turns rounding noise into full-size steps: their
+    trained values are noise in any run and differ between 1 and 2 processes."""
+    mask = torch.zeros(plan.targets[0].num_params, dtype=torch.bool)
+    for p in plan.targets[0].params:
+        if p.name.endswith("k_bias"):
+            mask[p.offset : p.offset + p.numel] = True
+    return mask
+
+
+def records(run_root: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_root / "metrics.jsonl").read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------- the 2-process runs
+
+
+def sharded_generation(rank: int, root: Path) -> None:
+    """Weights and gradients of a sharded generator, each rank with its own loss; saved."""
+    plan = tiny_plan()
+    target = plan.targets[0]
+    torch.manual_seed(5)  # the Linear layers' init draws from the global RNG
+    generator = UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=5)
+    generator.shard = GenerationShard.for_context(environment_context())
+    index, structure = target.index, target.structure_rows()
+    weights = torch.linspace(-1.0, 1.0, target.num_params) * (rank + 1)
+    results = {}
+    for saved in (2**30, 0):  # the unit outputs kept for the backward, or recomputed
+        generator.max_saved_bytes = saved
+        flat = generator(index, structure, 64)  # small units: several per rank
+        (flat * weights).sum().backward()
+        grads = {}
+        for name, p in generator.named_parameters():
+            dist.all_reduce(p.grad)
+            grads[name] = p.grad / WORLD  # as DDP averages them
+            p.grad = None
+        results[saved] = {"flat": flat.detach(), "grads": grads}
+    torch.save(results, root / f"sharded_rank{rank}.pt")
+
+
+def worker(rank: int, port: int, root: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    out = Path(root)
+    try:
+        for task in TASKS:
+            start_run(tiny_plan(task, epochs=2), out / f"dp_{task}", options())
+        start_run(tiny_plan(epochs=2), out / "sharded_run", options("uhn", shard_generation=True))
+        plan = resume_plan()
+        start_run(plan, out / "whole", options())
+        try:
+            start_run(plan, out / "killed", options(stop_after_units=5))
+        except RunInterrupted:
+            pass
+        resume_run(out / "killed", options())
+        sharded_generation(rank, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("two_process")
+    mp.spawn(worker, args=(free_port(), str(root)), nprocs=WORLD, join=True)
+    return root
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_two_processes_reach_the_weights_and_losses_of_one(two_process_runs: Path, tmp_path: Path, task: str) -> None:
+    plan = tiny_plan(task, epochs=2)
+    start_run(plan, tmp_path / "one", options())
+    two = two_process_runs / f"dp_{task}"
+    for kind in ("uhn", "direct"):
+        assert_close_weights(final_weights(two, kind), final_weights(tmp_path / "one", kind), zero_gradient_positions(plan))
+    # The logged loss is the global batch's, as one process logs it.
+    one_losses = [r["loss"] for r in records(tmp_path / "one") if r["event"] in ("train", "init")]
+    two_losses = [r["loss"] for r in records(two) if r["event"] in ("train", "init")]
+    assert two_losses == pytest.approx(one_losses, rel=RELATIVE)
+    assert json.loads((two / "run.json").read_text())["world_size"] == WORLD
+    assert json.loads((tmp_path / "one" / "run.json").read_text())["world_size"] == 1
+
+
+def test_sharded_generation_gives_the_weights_and_gradients_of_unsharded(two_process_runs: Path) -> None:
+    plan = tiny_plan()
+    target = plan.targets[0]
+    torch.manual_seed(5)  # the Linear layers' init draws from the global RNG
+    generator = UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=5)
+    flat = generator(target.index, target.structure_rows(), 64)
+    # The ranks' losses are sum(flat * w * (rank + 1)); DDP averages over the 2 ranks.
+    weights = torch.linspace(-1.0, 1.0, target.num_params) * (1 + 2) / WORLD
+    (flat * weights).sum().backward()
+    for rank in range(WORLD):
+        for saved, result in torch.load(two_process_runs / f"sharded_rank{rank}.pt").items():
+            assert torch.equal(result["flat"], flat.detach()), (rank, saved)
+            for name, p in generator.named_parameters():
+                torch.testing.assert_close(result["grads"][name], p.grad, rtol=1e-5, atol=1e-7, msg=f"{rank} {saved} {name}")
+
+
+def test_sharded_training_reaches_the_weights_of_one_process(two_process_runs: Path, tmp_path: Path) -> None:
+    start_run(tiny_plan(epochs=2), tmp_path / "one", options("uhn"))
+    assert_close_weights(final_weights(two_process_runs / "sharded_run"), final_weights(tmp_path / "one"))
+    assert json.loads((two_process_runs / "sharded_run" / "run.json").read_text())["shard_generation"] is True
+
+
+def test_a_resumed_two_process_run_ends_exactly_as_an_uninterrupted_one(two_process_runs: Path) -> None:
+    whole, killed = two_process_runs / "whole", two_process_runs / "killed"
+    for kind in ("uhn", "direct"):
+        a, b = final_weights(whole, kind), final_weights(killed, kind)
+        assert all(torch.equal(a[name], b[name]) for name in a), kind
+    without_resume = [
+        {k: v for k, v in r.items() if k != "seconds"} for r in records(killed) if r["event"] != "resume"
+    ]
+    assert without_resume == [{k: v for k, v in r.items() if k != "seconds"} for r in records(whole)]
+    assert any(r["event"] == "resume" and r["world_size"] == WORLD for r in records(killed))
+
+
+def test_torchrun_writes_the_run_folder_of_one_process(tmp_path: Path) -> None:
+    """The documented command: torchrun starts `uhn train` twice; both exports agree."""
+    uhn = shutil.which("uhn")
+    torchrun = shutil.which("torchrun")
+    if uhn is None or torchrun is None:
+        pytest.skip("uhn or torchrun is not on PATH (install the package)")
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(tiny_spec_yaml(epochs=2))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, launcher in (("one", []), ("two", [torchrun, "--standalone", "--nproc-per-node", "2"])):
+        command = [*launcher, uhn, "train", str(spec), "-o", str(tmp_path / name), "--device", "cpu", "--mode", "uhn"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+        if name == "two":
+            assert done.stdout.count("test accuracy:") == 1  # rank 0 alone prints
+        export = subprocess.run([uhn, "export", str(tmp_path / name), "-o", str(tmp_path / f"{name}.safetensors")], env=env, capture_output=True, text=True, timeout=120)
+        assert export.returncode == 0, export.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    from safetensors.torch import load_file
+
+    assert_close_weights(load_file(tmp_path / "two.safetensors"), load_file(tmp_path / "one.safetensors"))
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_batch_shares_are_contiguous_and_cover_the_batch() -> None:
+    batch = Batch(torch.arange(10).view(5, 2), torch.arange(5), padding_mask=torch.zeros(5, 2, dtype=torch.bool))
+    shares = [shard_batch(batch, rank, 2) for rank in range(2)]
+    assert [s.targets.tolist() for s, _ in shares] == [[0, 1], [2, 3, 4]]
+    assert [w for _, w in shares] == [0.4, 0.6]
+    assert [share_bounds(1, rank, 2) for rank in range(2)] == [(0, 0), (0, 1)]
+
+
+def test_graph_shares_split_the_counted_nodes_and_keep_the_graph() -> None:
+    mask = torch.tensor([True, False, True, True, False, True])
+    batch = Batch(torch.zeros(6, 3), torch.zeros(6, dtype=torch.long), edge_index=torch.zeros(2, 4, dtype=torch.long), node_mask=mask)
+    shares = [shard_batch(batch, rank, 2) for rank in range(2)]
+    assert [s.node_mask.nonzero().squeeze(1).tolist() for s, _ in shares] == [[0, 2], [3, 5]]
+    assert all(s.inputs.shape == (6, 3) for s, _ in shares)
+    assert [w for _, w in shares] == [0.5, 0.5]
+
+
+def test_unit_cuts_balance_rows_and_give_every_rank_a_unit() -> None:
+    assert unit_cuts([10, 10, 10, 10], 2) == [0, 2, 4]
+    assert unit_cuts([100, 1, 1, 1], 2) == [0, 1, 4]
+    assert unit_cuts([1, 1, 100], 3) == [0, 1, 2, 3]
+    with pytest.raises(DistributedError, match="at least 3 work units"):
+        unit_cuts([5, 5], 3)
+
+
+def test_torchrun_environment_is_read_and_checked() -> None:
+    assert not environment_context({}).active
+    context = environment_context({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    assert (context.rank, context.world_size, context.is_main) == (1, 2, False)
+    with pytest.raises(DistributedError, match="LOCAL_RANK: not set"):
+        environment_context({"RANK": "0", "WORLD_SIZE": "2"})
+    with pytest.raises(DistributedError, match="not a valid rank"):
+        environment_context({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+
+
+def test_a_follower_run_folder_writes_nothing(tmp_path: Path) -> None:
+    plan = tiny_plan()
+    RunDir.create(tmp_path / "run", plan, {"mode": "uhn"}, world_size=3)
+    follower = RunDir.open(tmp_path / "run", writes=False)
+    follower.log({"event": "train"})
+    follower.write_summary({"uhn": 1.0})
+    assert not follower.metrics_path.exists() and follower.summary() is None
+    assert follower.info()["world_size"] == 3
+
+
+if sys.platform == "win32":  # gloo's TCP transport on Windows needs libuv builds
+    pytestmark = pytest.mark.skip("distributed tests run on Linux and macOS")

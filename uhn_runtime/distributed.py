@@ -1,0 +1,285 @@
+"""Training on several processes with PyTorch's own distributed stack, launched by torchrun.
+
+``torchrun --nproc-per-node N $(which uhn) train SPEC`` starts N copies of ``uhn train``;
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK (and the rendezvous address), and
+``distributed_session`` joins them into one process group (gloo on the CPU, NCCL on CUDA).
+Without those variables everything here is the identity: one process, rank 0 of 1.
+
+Data parallel: every rank holds the whole weight source, wrapped in DistributedDataParallel
+(``synced_flat``), and takes a contiguous share of each global batch (``shard_batch``). Its
+loss is scaled by ``world * local / global`` examples, so DDP's gradient average is the
+gradient of the global-batch mean: N processes take the steps of one, to float rounding.
+Graph tasks (one full-graph batch) split the counted nodes instead: every rank runs the whole
+graph and takes the loss of its share of the training nodes.
+
+Sharded generation: each rank generates a contiguous share of the generator's work units
+(``unit_share``) and ``GatheredShares`` all-gathers the shares into the full weight vector.
+Its backward sums the gradient of the full vector over ranks and hands each rank its own
+share's part, so a rank's generator backward runs over its share only; generator memory per
+rank falls as 1/N. DDP's average of the per-rank parameter gradients then gives the gradient
+of the mean of the ranks' losses, as without sharding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import inspect
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from uhn_spec.errors import UHNError
+
+from .data import Batch
+
+# Environment variables torchrun sets in every process it starts.
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+# How long a rank waits for its peers in one collective before giving up: long enough for
+# another rank's evaluation or checkpoint, short enough that a dead peer is noticed.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
+
+T = TypeVar("T")
+
+
+class DistributedError(UHNError):
+    """The torchrun environment is incomplete or does not fit the run."""
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the run: rank ``rank`` of ``world_size`` (0 of 1 alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes the run folder, checkpoints, metrics and summary."""
+        return self.rank == 0
+
+    def broadcast(self, value: T) -> T:
+        """Rank 0's ``value`` on every rank (a picklable object)."""
+        if not self.active:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def on_main(self, action: Callable[[], object]) -> None:
+        """Run ``action`` on rank 0 alone; its UHNError is raised on every rank (so a refused
+        run folder stops all ranks with the same line, not rank 0 alone)."""
+        failure: tuple[type[UHNError], str] | None = None
+        if self.is_main:
+            try:
+                action()
+            except UHNError as err:
+                if not self.active:
+                    raise
+                failure = (type(err), str(err))
+        failure = self.broadcast(failure)
+        if failure is not None:
+            error_type, message = failure
+            raise error_type(message)
+
+
+def environment_context(environ: dict[str, str] | None = None) -> DistContext:
+    """The context torchrun's variables describe; rank 0 of 1 when they are absent."""
+    env = os.environ if environ is None else environ
+    present = [name for name in TORCHRUN_ENV if name in env]
+    if not present:
+        return DistContext()
+    if len(present) != len(TORCHRUN_ENV):
+        missing = ", ".join(name for name in TORCHRUN_ENV if name not in env)
+        raise DistributedError(f"environment: {missing}: not set; start distributed runs with torchrun, which sets all of {', '.join(TORCHRUN_ENV)}")
+    try:
+        rank, world, local = (int(env[name]) for name in TORCHRUN_ENV)
+    except ValueError:
+        raise DistributedError(f"environment: RANK/WORLD_SIZE/LOCAL_RANK must be integers, got {[env[n] for n in TORCHRUN_ENV]}") from None
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise DistributedError(f"environment: RANK {rank} of WORLD_SIZE {world} (LOCAL_RANK {local}) is not a valid rank")
+    return DistContext(rank, world, local)
+
+
+def backend_for(device_type: str) -> str:
+    return "nccl" if device_type == "cuda" else "gloo"
+
+
+@contextlib.contextmanager
+def distributed_session(device_type: str) -> Iterator[DistContext]:
+    """Join torchrun's process group for the run (and leave it after); the identity alone.
+
+    A process group that the caller already set up (a script, a test) is used as it is and
+    left open. On CUDA each rank uses the device LOCAL_RANK."""
+    if dist.is_available() and dist.is_initialized():
+        yield DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        return
+    context = environment_context()
+    if not context.active:
+        yield context
+        return
+    if device_type == "cuda":
+        torch.cuda.set_device(context.local_rank)
+    dist.init_process_group(backend_for(device_type), timeout=COLLECTIVE_TIMEOUT)
+    try:
+        yield context
+    finally:
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- data parallel
+
+
+def share_bounds(count: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous share [lo, hi) of ``count`` items: sizes differ by at most one."""
+    return count * rank // world, count * (rank + 1) // world
+
+
+def shard_batch(batch: Batch, rank: int, world: int) -> tuple[Batch, float]:
+    """This rank's share of one global batch and its share of the examples that count
+    (local / global). A graph batch keeps the whole graph (message passing needs every node)
+    and splits the counted nodes of its node mask."""
+    if world == 1:
+        return batch, 1.0
+    if batch.node_mask is not None:
+        nodes = batch.node_mask.nonzero().squeeze(1)
+        lo, hi = share_bounds(len(nodes), rank, world)
+        mask = torch.zeros_like(batch.node_mask)
+        mask[nodes[lo:hi]] = True
+        return replace(batch, node_mask=mask), (hi - lo) / max(len(nodes), 1)
+    count = batch.targets.shape[0]
+    lo, hi = share_bounds(count, rank, world)
+    padding = None if batch.padding_mask is None else batch.padding_mask[lo:hi]
+    share = replace(batch, inputs=batch.inputs[lo:hi], targets=batch.targets[lo:hi], padding_mask=padding)
+    return share, (hi - lo) / max(count, 1)
+
+
+def rank_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of one rank's random draws at one step (dropout now; per-rank architecture or
+    task draws of multi-model plans next): a pure function, so a resumed run draws the same."""
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729 + 23) % (2**63)
+
+
+class _FlatForward(nn.Module):
+    """A weight source whose forward is ``flat()``: what DistributedDataParallel wraps."""
+
+    def __init__(self, source: nn.Module):
+        super().__init__()
+        self.source = source
+
+    def forward(self, target: Any = None) -> torch.Tensor:
+        return self.source.flat(target)  # type: ignore[operator]
+
+
+def synced_flat(source: nn.Module, context: DistContext, device: torch.device) -> Callable[..., torch.Tensor]:
+    """``source.flat`` alone; under torchrun ``flat(target)`` through DistributedDataParallel, whose
+    backward averages the parameter gradients over ranks. DDP broadcasts rank 0's parameters
+    once here. Buffers (Fourier matrices, normalisation) are a function of the seed: not sent."""
+    if not context.active:
+        return source.flat  # type: ignore[return-value]
+    device_ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    ddp = nn.parallel.DistributedDataParallel
+    # torch 2.13 renamed the option (the old one warns); earlier versions know only the old.
+    no_buffer_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else "broadcast_buffers"
+    return ddp(_FlatForward(source), device_ids=device_ids, **{no_buffer_sync: False})
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What every rank agrees on after a step: the global-batch loss and whether any rank got
+    a stop signal (the one to act on; SIGTERM before SIGINT)."""
+
+    loss: float
+    signal: int | None
+
+
+def agree_on_step(context: DistContext, loss_share: float, signal: int | None, stop_signals: Sequence[int]) -> StepReport:
+    """Sum the ranks' loss shares (each local mean x local/global examples: the global mean)
+    and collect their stop requests, in one all-reduce."""
+    if not context.active:
+        return StepReport(loss_share, signal)
+    flags = [1.0 if signal == s else 0.0 for s in stop_signals]
+    values = torch.tensor([loss_share, *flags], dtype=torch.float64)
+    dist.all_reduce(values)
+    raised = [s for s, flag in zip(stop_signals, values[1:].tolist()) if flag > 0]
+    return StepReport(float(values[0]), max(raised) if raised else None)
+
+
+# --------------------------------------------------------------------------- sharded generation
+
+
+@dataclass(frozen=True)
+class GenerationShard:
+    """Generate rank ``rank``'s share of the work units and gather the rest from ``group``."""
+
+    rank: int
+    world_size: int
+    group: Any = None  # a process group of its own, so its collectives never interleave DDP's
+
+    @staticmethod
+    def for_context(context: DistContext) -> "GenerationShard":
+        return GenerationShard(context.rank, context.world_size, dist.new_group() if context.active else None)
+
+
+def unit_cuts(unit_rows: Sequence[int], world: int) -> list[int]:
+    """Where the ranks' contiguous ranges of work units start and end: rank r generates units
+    cuts[r]..cuts[r + 1], cut as near as can be to r / world of all rows, at least one each."""
+    count = len(unit_rows)
+    if count < world:
+        raise DistributedError(
+            f"sharded generation over {world} ranks needs at least {world} work units; this target has {count} "
+            "(lower generator.chunk_rows, or train without --shard-generation)"
+        )
+    starts = [0]
+    for rows in unit_rows:
+        starts.append(starts[-1] + rows)
+    cuts = [0]
+    for r in range(1, world):
+        goal = starts[-1] * r / world
+        # A rank without a unit would have no gradients: leave one for each rank after r.
+        cuts.append(min(range(cuts[-1] + 1, count - (world - r) + 1), key=lambda u: abs(starts[u] - goal)))
+    return [*cuts, count]
+
+
+class GatheredShares(torch.autograd.Function):
+    """Forward: every rank's share (``sizes[r]`` elements each) -> the full vector, on every
+    rank. Backward: the full vector's gradient summed over ranks (each rank's loss is one term
+    of the objective), this rank's share of it."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, share: torch.Tensor, sizes: tuple[int, ...], rank: int, group: Any) -> torch.Tensor:  # type: ignore[override]
+        ctx.sizes, ctx.rank, ctx.group = sizes, rank, group  # type: ignore[attr-defined]
+        longest = max(sizes)
+        padded = torch.zeros(longest, dtype=share.dtype, device=share.device)
+        padded[: share.numel()] = share
+        pieces = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(pieces, padded, group=group)  # gloo gathers equal sizes only: pad
+        return torch.cat([piece[:size] for piece, size in zip(pieces, sizes)])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_full: torch.Tensor):  # type: ignore[override]
+        sizes, rank = ctx.sizes, ctx.rank  # type: ignore[attr-defined]
+        # all_reduce then slice: one code path for gloo and NCCL. The vector is the target's
+        # weights (N floats), small next to the generator's N x d activations.
+        total = grad_full.contiguous().clone()
+        dist.all_reduce(total, group=ctx.group)  # type: ignore[attr-defined]
+        start = sum(sizes[:rank])
+        return total[start : start + sizes[rank]], None, None, None
+
+
+def gather_shares(share: torch.Tensor, sizes: Sequence[int], shard: GenerationShard) -> torch.Tensor:
+    """The full vector from every rank's share (``sizes``: every rank's share length, known to
+    all ranks from the layout), autograd-aware: see ``GatheredShares``."""
+    return GatheredShares.apply(share, tuple(sizes), shard.rank, shard.group)
