@@ -22,6 +22,15 @@ ONNX_SUFFIX = ".onnx"
 EXIT_ABANDONED = 130
 
 
+class Precision(str, Enum):
+    """train.precision's values, for --precision."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 class Mode(str, Enum):
     """What `uhn train` trains: the UHN, the target directly (the baseline), or both."""
 
@@ -57,6 +66,15 @@ def train(
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue the stopped run in this folder.", show_default=False)
     ] = None,
+    precision: Annotated[
+        Precision | None,
+        typer.Option(
+            "--precision",
+            help="As --set train.precision=...: auto (bf16 where the hardware accelerates it: AMX, "
+            "bf16 tensor cores), fp32, bf16, or fp16 (GPU). Default: the spec's.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train a UHN that generates the target's weights (and/or the target directly); prints the test metric.
 
@@ -66,8 +84,10 @@ def train(
 
     cpu = choose_threads()
     if resume is not None:
-        if source is not None or overrides or out is not None or mode is not None:
-            raise UHNError("--resume DIR continues a run as it was started; give no SOURCE, --out, --set or --mode")
+        if source is not None or overrides or out is not None or mode is not None or precision is not None:
+            raise UHNError(
+                "--resume DIR continues a run as it was started; give no SOURCE, --out, --set, --mode or --precision"
+            )
         options = TrainOptions(device=device.value, data_root=data_root, tensorboard=tensorboard)
         typer.echo(cpu.line(), err=True)
         run_root = resume
@@ -75,6 +95,8 @@ def train(
     else:
         if source is None:
             raise UHNError("give a spec or plan to train (e.g. `uhn train specs/digits_mlp.yaml`), or --resume DIR")
+        if precision is not None:  # the spec's field stays the one source of truth, recorded with the run
+            overrides = [*(overrides or []), f"train.precision={precision.value}"]
         plan = load_target_source(source, overrides, purpose="train")
         spec = plan.trained_target.spec
         chosen = mode.value if mode is not None else ("both" if spec.train.compare_direct else "uhn")
