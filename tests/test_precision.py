@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 import uhn_runtime.optim as optim
 from uhn_cli.main import app
+from uhn_runtime.bench import BenchOptions, render_report, run_bench, useful_flops_per_weight
 from uhn_runtime.generator import UHNGenerator
 from uhn_runtime.naive import naive_generate
 from uhn_runtime.optim import Precision
@@ -125,3 +126,15 @@ def test_resume_refuses_a_new_precision(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path), "--precision", "bf16"])
     assert result.exit_code == 2
     assert "--precision" in result.output
+
+
+def test_bench_reports_bf16_generation_against_both_peaks_of_the_same_run() -> None:
+    plan = compile_spec(ExperimentSpec.model_validate(tiny_spec_data()))
+    report = run_bench(plan, BenchOptions(repeats=1, batch=8, precision="bf16", naive=False))
+    assert report["precision"] == "bf16" and report["precision_requested"] == "bf16"
+    matmul, generate = report["matmul"], report["generate"]
+    assert matmul["dtype"] == "bfloat16"
+    useful = useful_flops_per_weight(plan.generator) * report["num_params"] / generate["seconds"]
+    assert generate["matmul_fraction"] == pytest.approx(useful / matmul["square_flops_per_s"])
+    assert generate["matmul_fraction_of_fp32_peak"] == pytest.approx(useful / matmul["fp32_square_flops_per_s"])
+    assert "fp32" in render_report(report)  # the fp32 peak is shown beside bf16's

@@ -23,9 +23,10 @@ class TrainingDiverged(UHNError):
 
 
 # What ``auto`` picks on a CPU, by its fastest bf16 matmul instructions. AMX tiles run bf16
-# matmuls ~5.6x fp32 (issue 17's Xeon). AVX512-BF16 alone (vdpbf16ps, e.g. AMD Zen 4) only
-# doubles the multiply-add rate, and bf16 generation measured no faster than fp32 there
-# (docs/performance.md, "bf16 generation"): auto stays fp32 on such a CPU.
+# matmuls ~5.6x fp32 (issue 17's Xeon). AVX512-BF16 alone (vdpbf16ps, e.g. AMD Zen 4) runs
+# them ~2-3x fp32, but bf16 generation measured no faster than fp32 there and the accuracy
+# parity runs are not complete (docs/performance.md, "bf16"): auto stays fp32 on such a CPU
+# until they are; `train.precision: bf16` asks for it explicitly.
 CPU_AUTO_BF16_FEATURES = ("amx_bf16",)
 
 
@@ -69,7 +70,7 @@ def auto_precision(device: torch.device) -> tuple[torch.dtype | None, str]:
     if features:
         return None, (
             f"the CPU has only {', '.join(sorted(features))}, where bf16 generation measured no faster "
-            "than fp32 (docs/performance.md)"
+            "than fp32 and accuracy parity is not yet shown (docs/performance.md); bf16 must be asked for"
         )
     return None, "the CPU has no bf16 matmul instructions (neither AMX nor AVX512-BF16)"
 
