@@ -13,7 +13,7 @@ from uhn_runtime.cpu_policy import choose_threads
 from uhn_runtime.stop_signals import RunStopped
 from uhn_spec.errors import UHNError
 
-from .main import SetOption, command, human_bytes, load_target_source
+from .main import SetOption, command, human_bytes, is_plan_path, load_target_source
 from .options import DEFAULT_DEVICE, DataRootOption, DeviceOption
 
 EXPORT_SUFFIX = ".safetensors"
@@ -96,6 +96,11 @@ def train(
         if source is None:
             raise UHNError("give a spec or plan to train (e.g. `uhn train specs/digits_mlp.yaml`), or --resume DIR")
         if precision is not None:  # the spec's field stays the one source of truth, recorded with the run
+            if is_plan_path(source):
+                raise UHNError(
+                    f"--precision: {source} is a compiled plan, which keeps its spec's train.precision; give "
+                    f"the spec, or recompile with `uhn compile SPEC --set train.precision={precision.value}`"
+                )
             overrides = [*(overrides or []), f"train.precision={precision.value}"]
         plan = load_target_source(source, overrides, purpose="train")
         spec = plan.trained_target.spec

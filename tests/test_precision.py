@@ -32,7 +32,7 @@ CUDA = torch.device("cuda", 0)
     ("features", "expected", "named"),
     [
         (frozenset(), torch.float32, "neither AMX nor AVX512-BF16"),
-        (frozenset({"avx512_bf16"}), torch.float32, "avx512_bf16"),  # measured no faster: docs/performance.md
+        (frozenset({"avx512_bf16"}), torch.float32, "avx512_bf16"),  # parity not yet shown: docs/performance.md
         (frozenset({"avx512_bf16", "amx_bf16"}), torch.bfloat16, "amx_bf16"),
     ],
 )
@@ -138,3 +138,12 @@ def test_bench_reports_bf16_generation_against_both_peaks_of_the_same_run() -> N
     assert generate["matmul_fraction"] == pytest.approx(useful / matmul["square_flops_per_s"])
     assert generate["matmul_fraction_of_fp32_peak"] == pytest.approx(useful / matmul["fp32_square_flops_per_s"])
     assert "fp32" in render_report(report)  # the fp32 peak is shown beside bf16's
+
+
+def test_precision_on_a_compiled_plan_says_how_to_change_it(tmp_path: Path) -> None:
+    plan_path = tmp_path / "tiny.pt"
+    compile_spec(ExperimentSpec.model_validate(tiny_spec_data())).save(plan_path)
+    result = CliRunner().invoke(app, ["train", str(plan_path), "--out", str(tmp_path / "run"), "--precision", "bf16"])
+    assert result.exit_code == 2
+    assert "--precision" in result.output and "train.precision=bf16" in result.output
+    assert not (tmp_path / "run").exists()
