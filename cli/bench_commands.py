@@ -36,7 +36,10 @@ def bench(
     repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per case (median; after one warm-up).")] = 5,
     device: DeviceOption = DEFAULT_DEVICE,
     batch: Annotated[int, typer.Option("--batch", help="Target batch size of the train step.")] = 256,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16 autocast for the matmuls.")] = "fp32",
+    precision: Annotated[
+        str,
+        typer.Option("--precision", help="fp32, bf16 autocast for the matmuls, or auto (bf16 where the hardware accelerates it)."),
+    ] = "fp32",
     target: Annotated[str | None, typer.Option("--target", help="Which target of a multi-target plan.")] = None,
     naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Also measure the naive one-batch generator.")] = True,
     target_segments: Annotated[
@@ -51,8 +54,8 @@ def bench(
     from uhn_runtime.bench import GIB, BenchOptions, render_report, run_bench
     from uhn_runtime.train import resolve_device
 
-    if precision not in ("fp32", "bf16"):
-        raise UHNError(f"--precision: {precision!r}; use fp32 or bf16")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise UHNError(f"--precision: {precision!r}; use fp32, bf16 or auto")
     if target_segments < 0:
         raise UHNError(f"--target-segments: {target_segments}; use 0 (off) or a positive number")
     plan = load_target_source(source, overrides)

@@ -13,13 +13,22 @@ from uhn_runtime.cpu_policy import choose_threads
 from uhn_runtime.stop_signals import RunStopped
 from uhn_spec.errors import UHNError
 
-from .main import SetOption, command, fitting_budget, human_bytes, load_target_source
+from .main import SetOption, command, fitting_budget, human_bytes, is_plan_path, load_target_source
 from .options import DEFAULT_DEVICE, DataRootOption, DeviceOption
 
 EXPORT_SUFFIX = ".safetensors"
 ONNX_SUFFIX = ".onnx"
 # A second Ctrl-C abandons the run; the shell's code for "killed by SIGINT".
 EXIT_ABANDONED = 130
+
+
+class Precision(str, Enum):
+    """train.precision's values, for --precision."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
 
 
 class Mode(str, Enum):
@@ -72,6 +81,15 @@ def train(
             help="Under torchrun: each process generates a share of the weights (generator memory / N); docs/distributed.md.",
         ),
     ] = False,
+    precision: Annotated[
+        Precision | None,
+        typer.Option(
+            "--precision",
+            help="As --set train.precision=...: auto (bf16 where the hardware accelerates it: AMX, "
+            "bf16 tensor cores), fp32, bf16, or fp16 (GPU). Default: the spec's.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train a UHN that generates the target's weights (and/or the target directly); prints the test metric.
 
@@ -87,8 +105,11 @@ def train(
     cpu = choose_threads()
     echo = typer.echo if environment_context().is_main else (lambda *_, **__: None)
     if resume is not None:
-        if source is not None or overrides or out is not None or mode is not None or model is not None:
-            raise UHNError("--resume DIR continues a run as it was started; give no SOURCE, --out, --set, --mode or --model")
+        given = (source, out, mode, model, precision)
+        if overrides or any(option is not None for option in given):
+            raise UHNError(
+                "--resume DIR continues a run as it was started; give no SOURCE, --out, --set, --mode, --model or --precision"
+            )
         options = TrainOptions(device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation)
         echo(cpu.line(), err=True)
         run_root = resume
@@ -96,6 +117,13 @@ def train(
     else:
         if source is None:
             raise UHNError("give a spec or plan to train (e.g. `uhn train specs/digits_mlp.yaml`), or --resume DIR")
+        if precision is not None:  # the spec's field stays the one source of truth, recorded with the run
+            if is_plan_path(source):
+                raise UHNError(
+                    f"--precision: {source} is a compiled plan, which keeps its spec's train.precision; give "
+                    f"the spec, or recompile with `uhn compile SPEC --set train.precision={precision.value}`"
+                )
+            overrides = [*(overrides or []), f"train.precision={precision.value}"]
         plan = load_target_source(source, overrides, purpose="train")
         if model is not None:  # one member alone, with its own normalisation ranges
             plan = compile_spec(plan.target(model).spec)

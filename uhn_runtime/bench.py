@@ -83,7 +83,7 @@ class BenchOptions:
     repeats: int = 5
     batch: int = 256
     device: str = "cpu"
-    precision: str = "fp32"  # fp32 or bf16 (autocast for the matmuls)
+    precision: str = "fp32"  # fp32, bf16 (autocast for the matmuls) or auto (bf16 where accelerated)
     target: str | None = None
     naive: bool = True
     naive_max_bytes: int = DEFAULT_NAIVE_MAX_BYTES
@@ -262,12 +262,16 @@ def assemble_report(
         "weights_per_s": n / generate["seconds"],
         "vs_naive": _ratio(naive, "generate", generate["seconds"]),
         "matmul_fraction": matmul_fraction(spec, n, generate["seconds"], matmul["square_flops_per_s"]),
+        # Beside it, against the fp32 peak of the same run: how far a low precision moved us.
+        "matmul_fraction_of_fp32_peak": matmul_fraction(spec, n, generate["seconds"], matmul["fp32_square_flops_per_s"]),
     }
     train = {**train, "vs_naive": _ratio(naive, "train_step", train["seconds"])}
     report: dict[str, Any] = {
         "device": matmul["device"],
         "threads": matmul["threads"],
-        "precision": options.precision,
+        "precision": matmul["precision"],  # what the run used (auto resolved)
+        "precision_requested": options.precision,
+        "precision_reason": matmul["precision_reason"],
         "torch": torch.__version__,
         "target": target.name,
         "num_params": n,
@@ -312,7 +316,9 @@ def render_report(report: dict[str, Any]) -> str:
         f"uhn bench: {report['target']} ({report['num_params']:,} weights) on {report['device']}, "
         f"{report['threads']} threads, {report['precision']}",
         f"matmul: {mm['square_flops_per_s'] / 1e9:.0f} GFLOP/s ({SQUARE}^3), "
-        f"{mm['generator_shaped_flops_per_s'] / 1e9:.0f} GFLOP/s (generator-shaped)",
+        f"{mm['generator_shaped_flops_per_s'] / 1e9:.0f} GFLOP/s (generator-shaped)"
+        + ("" if mm["dtype"] == "float32" else f"; fp32 {mm['fp32_square_flops_per_s'] / 1e9:.0f} GFLOP/s ({SQUARE}^3)"),
+        f"precision: {report['precision']} ({report['precision_reason']})",
         "",
         f"{'':12} {'seconds':>9} {'weights/s':>12} {'vs naive':>9} {'matmul frac':>12} {'peak':>10} {'B/weight':>9}",
         f"{'generate':12} {gen['seconds']:9.3f} {gen['weights_per_s']:12,.0f} {ratio(gen['vs_naive']):>9} "
@@ -332,6 +338,11 @@ def render_report(report: dict[str, Any]) -> str:
         ]
     else:
         lines += ["", f"naive: {report.get('naive_skipped', 'not measured')}"]
+    if mm["dtype"] != "float32":
+        lines.append(
+            f"generate: {gen['matmul_fraction']:.2f} of the {mm['dtype']} matmul peak, "
+            f"{gen['matmul_fraction_of_fp32_peak']:.2f} of the fp32 peak (same run)"
+        )
     lines.append(f"train step: batch {train['batch']}, generator keeps {train['saving_policy']!r} for the backward")
     if "recursion" in report:
         r = report["recursion"]
@@ -568,11 +579,12 @@ def _measure(step: Callable[[], None], setup: Setup, repeats: int) -> dict[str, 
 
 def measure_matmul(device: torch.device, precision: Precision, spec: GeneratorSpec, repeats: int) -> dict[str, Any]:
     """FLOP/s of a 4096^3 product and of a generator-shaped one: a feature table of 1024
-    rows x 2m against 1024 modulated weight columns (what ``fast_features`` runs)."""
+    rows x 2m against 1024 modulated weight columns (what ``fast_features`` runs), in the
+    run's precision; and the fp32 4096^3 product beside a lower precision's."""
     dtype = precision.dtype or torch.float32
     gen = torch.Generator(device="cpu").manual_seed(0)
 
-    def rate(m: int, k: int, n: int) -> float:
+    def rate(m: int, k: int, n: int, dtype: torch.dtype = dtype) -> float:
         a = torch.randn(m, k, generator=gen).to(device, dtype)
         b = torch.randn(k, n, generator=gen).to(device, dtype)
         times = []
@@ -584,12 +596,16 @@ def measure_matmul(device: torch.device, precision: Precision, spec: GeneratorSp
                 times.append(time.perf_counter() - start)
         return 2 * m * k * n / statistics.median(times)
 
+    square = rate(SQUARE, SQUARE, SQUARE)
     return {
         "device": device_name(device),
         "threads": torch.get_num_threads(),
         "dtype": str(dtype).removeprefix("torch."),
-        "square_flops_per_s": rate(SQUARE, SQUARE, SQUARE),
+        "precision": precision.name,
+        "precision_reason": precision.reason,
+        "square_flops_per_s": square,
         "generator_shaped_flops_per_s": rate(1024, 2 * spec.index_freqs, 1024),
+        "fp32_square_flops_per_s": square if dtype == torch.float32 else rate(SQUARE, SQUARE, SQUARE, torch.float32),
     }
 
 

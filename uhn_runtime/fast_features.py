@@ -333,6 +333,15 @@ class UnitContext:
         """(K, 1, m) complex64: conj(P) = exp(-i phase) of the modulation keys."""
         return self.layout.side_phasors(self.tables, self.basis, unit.mod_side, unit.k0, unit.k1).unsqueeze(1)
 
+    def fp32(self, tensor: torch.Tensor, buffer: str) -> torch.Tensor:
+        """``tensor`` in fp32 (itself if it is): a low-precision GEMM's output converted in a
+        reused workspace buffer. ``.float()`` allocates tens of MB per work unit instead, and
+        the page faults of that allocation cost about 6x the conversion (profiled: these
+        casts were the bf16 backward's largest cost after the GEMMs, docs/performance.md)."""
+        if tensor.dtype == torch.float32:
+            return tensor
+        return self.workspace.take(buffer, tuple(tensor.shape), torch.float32).copy_(tensor)
+
     def h0_buffer(self, index: int, hidden: int, dtype: torch.dtype) -> torch.Tensor:
         rows = self.layout.units[index].num_rows
         if self.h0_store is None or self.h0_store.dtype != dtype:
@@ -383,9 +392,9 @@ def unit_weight_grad(ctx: UnitContext, index: int, grad_out: torch.Tensor, hidde
     g_buf = ctx.workspace.take("grad_columns", (pieces[0][1] * d, 2 * m), dtype)
     for k0, k1 in pieces:
         g = grad_out[s_f * k0 : s_f * k1].view(s_f, (k1 - k0) * d)
-        g_cols = torch.mm(g.t(), features, out=g_buf[: (k1 - k0) * d]).float()
+        g_cols = ctx.fp32(torch.mm(g.t(), features, out=g_buf[: (k1 - k0) * d]), "grad_columns_fp32")
         g_cols = torch.view_as_complex(g_cols.view(k1 - k0, d, m, 2))
         g_cols.mul_(conj_phasors[k0:k1])
         grad_wx += g_cols.sum(dim=0)
     grad_weight = torch.cat([grad_wx.real, grad_wx.imag.neg()], dim=1)
-    return grad_weight, grad_out.float().sum(dim=0)
+    return grad_weight, ctx.fp32(grad_out, "grad_h0_fp32").sum(dim=0)

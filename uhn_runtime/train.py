@@ -660,6 +660,7 @@ def train_run(run: RunDir, plan: Plan, options: TrainOptions, dist: DistContext 
         f"{plan_label(plan)}: {describe_targets(plan)}, generator {trainable:,} params; "
         f"{device.type} {precision.name}; run folder {run.root}"
     )
+    progress.line(f"precision: {precision.name} ({precision.reason})")
     for note in data.notes:  # e.g. a stand-in dataset or split: part of what the numbers mean
         progress.line(f"data: {note}")
     results: dict[str, PhaseResult] = {}
@@ -694,6 +695,7 @@ def train_run(run: RunDir, plan: Plan, options: TrainOptions, dist: DistContext 
         "phase_seconds": {k: round(r.seconds, 3) for k, r in results.items()},
         "device": device.type,
         "precision": precision.name,
+        "precision_reason": precision.reason,
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "seed": target.spec.train.seed,
