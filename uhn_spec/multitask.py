@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .compiler import compile_specs
 from .errors import SpecError
@@ -43,9 +43,19 @@ class TaskEntry(StrictModel):
     """One member: its spec and how often a step trains it."""
 
     spec: str | dict[str, Any] = Field(description="the member spec: a path (relative to this file) or an inline spec")
-    probability: float = Field(gt=0, description="sampling weight; all members' are normalised to sum to 1")
+    probability: float = Field(description="sampling weight; all members' are normalised to sum to 1")
     batch_size: int | None = Field(None, ge=1, description="the member's batch size (default: its spec's train.batch_size)")
     set: list[str] = Field([], description="overrides of the member spec, as `--set` (e.g. task.stands_in_for=pubmed)")
+
+    @field_validator("probability")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(
+                "must be a positive number: every task's sampling weight "
+                "(they are normalised to sum to 1); leave out a task that should never be drawn"
+            )
+        return value
 
 
 class MultiTaskSpec(StrictModel):
