@@ -246,7 +246,7 @@ def test_a_member_whose_data_cannot_load_stops_the_run_before_training(tmp_path:
     plan = compile_multitask(load_multitask(multitask_file(tmp_path, tasks=tasks)))
     with pytest.raises(UHNError, match=r"^task tiny_formula \(cora\): "):
         start_run(plan, tmp_path / "run", options(data_root=str(tmp_path / "empty")))
-    assert not (tmp_path / "run" / "checkpoints" / "uhn.pt").exists()
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made
 
 
 def test_a_multitask_run_refuses_the_direct_baseline(tmp_path: Path) -> None:

@@ -572,6 +572,8 @@ def start_run(plan: Plan, out: Path, options: TrainOptions, source: dict[str, An
     """Create the run folder ``out`` and train. ``source`` (what was compiled, overrides)
     is recorded in run.json."""
     check_trainable_together(plan, options.mode)
+    # Every member's data before the run folder exists: a missing one is a one-line error.
+    member_data = load_member_data(plan, options.data_root) if is_multitask_plan(plan) else None
     info = {
         "mode": options.mode,
         "device": options.device,
@@ -580,7 +582,7 @@ def start_run(plan: Plan, out: Path, options: TrainOptions, source: dict[str, An
         **(source or {}),
     }
     run = RunDir.create(out, plan, info)
-    return train_run(run, plan, options)
+    return train_run(run, plan, options, member_data)
 
 
 def resume_run(out: Path, options: TrainOptions) -> dict[str, Any]:
@@ -717,13 +719,18 @@ def cut_metrics_to_last_checkpoint(run: RunDir) -> None:
     run.truncate_metrics(max(sizes, default=0))
 
 
-def train_run(run: RunDir, plan: Plan, options: TrainOptions) -> dict[str, Any]:
+def train_run(
+    run: RunDir, plan: Plan, options: TrainOptions, member_data: dict[str, TaskData] | None = None
+) -> dict[str, Any]:
+    """Train ``plan`` in ``run``; a multi-task run loads its members' data (``member_data``:
+    already loaded) before anything else."""
     check_trainable_together(plan, options.mode)
     target = plan.targets[seen_positions(plan)[0]]  # task and train of every target
     device = resolve_device(options.device)
     precision = Precision.resolve(target.spec.train.precision, device)
     multitask = is_multitask_plan(plan)
-    member_data = load_member_data(plan, options.data_root) if multitask else None
+    if multitask and member_data is None:
+        member_data = load_member_data(plan, options.data_root)
     data = member_data[target.name] if member_data else load_task_data(target.spec.task, options.data_root)
     if options.tensorboard or target.spec.train.tensorboard:
         require_tensorboard()  # before any work, not after the init phase
