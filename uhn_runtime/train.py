@@ -607,6 +607,12 @@ def check_trainable_together(plan: Plan, mode: Mode) -> None:
         raise UHNError("the plan has no seen target to train; hold out fewer models (family `unseen`)")
     if not is_multi_model(plan):
         return
+    if mode != "uhn" and is_multitask_plan(plan):
+        raise UHNError(
+            f"--mode {mode}: a multi-task run trains one UHN for all {len(plan.targets)} tasks, and the direct "
+            "baseline is one model's own weights; train a member alone with "
+            "`uhn train MULTITASK --model NAME --mode both`"
+        )
     if mode != "uhn":
         raise UHNError(
             f"--mode {mode}: a family trains one UHN for all {len(plan.targets)} models, and the direct baseline "
