@@ -33,7 +33,8 @@ def member(task_type: str, name: str, batch_size: int) -> dict[str, Any]:
     data = tiny_spec_data(task_type, batch_size=batch_size)
     data["name"] = name
     if task_type == "image_classification":  # dropout: the resumed run must restore the RNG
-        data["layers"][0] = {**data["layers"][0], "dropout": 0.2}
+        first, *rest = data["layers"]  # a new list: tiny_specs' LAYERS is shared by every test
+        data["layers"] = [{**first, "dropout": 0.2}, *rest]
     return data
 
 
@@ -75,8 +76,9 @@ def spec_error(tmp_path: Path, **changes: Any) -> str:
 def test_task_draw_is_a_pure_function_of_seed_and_step_with_the_given_probabilities() -> None:
     probabilities = [0.6, 0.3, 0.1]
     draws = [architecture_draw(5, step, 3, probabilities=probabilities)[0] for step in range(6000)]
-    torch.manual_seed(99)  # no global RNG is read
-    assert draws == [architecture_draw(5, step, 3, probabilities=probabilities)[0] for step in range(6000)]
+    with torch.random.fork_rng():  # no global RNG is read (and the suite's is left as it was)
+        torch.manual_seed(99)
+        assert draws == [architecture_draw(5, step, 3, probabilities=probabilities)[0] for step in range(6000)]
     assert draws != [architecture_draw(6, step, 3, probabilities=probabilities)[0] for step in range(6000)]
     init = [architecture_draw(5, step, 3, stream="init", probabilities=probabilities)[0] for step in range(6000)]
     assert init != draws
