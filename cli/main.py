@@ -93,11 +93,12 @@ def load_target_source(path: Path, overrides: list[str] | None = None, purpose: 
 
 
 def load_target_sources(paths: list[Path], overrides: list[str] | None = None, purpose: Purpose = "compile") -> Plan:
-    """One plan file, one family file, or one or more specs compiled into one plan (shared
+    """One plan file, one family file, one multi-task file, or one or more specs compiled into one plan (shared
     normalisation); each target is checked against this machine's memory before anything is
     allocated."""
     from uhn_spec import compile_specs, load_plan, load_spec
     from uhn_spec.family import compile_family, is_family_file, load_family
+    from uhn_spec.multitask import compile_multitask, is_multitask_file, load_multitask
     from uhn_spec.recursive import compile_recursive, is_recursive_file, load_recursive
 
     overrides = list(overrides or [])
@@ -119,6 +120,14 @@ def load_target_sources(paths: list[Path], overrides: list[str] | None = None, p
         _, chain = load_recursive(recursive[0], overrides)
         fitting_budget(chain[-1], recursive[0], *dict.fromkeys(("compile", purpose)))  # type: ignore[arg-type]
         return compile_recursive(chain, source_text(paths, overrides))
+    multitasks = [p for p in paths if is_multitask_file(p)]
+    if multitasks:
+        if len(paths) > 1:
+            raise UHNError(f"give one multi-task spec or only specs, got {', '.join(map(str, paths))}")
+        multitask = load_multitask(multitasks[0], overrides)
+        for member in multitask.members:
+            fitting_budget(member, multitasks[0], *dict.fromkeys(("compile", purpose)))  # type: ignore[arg-type]
+        return compile_multitask(multitask, source_text(paths, overrides))
     families = [p for p in paths if is_family_file(p)]
     if families:
         if len(paths) > 1:

@@ -38,7 +38,16 @@ def validate(specs: SpecPaths, overrides: SetOption = None) -> None:
     from uhn_spec.family import is_family_file, load_family
     from uhn_spec.recursive import is_recursive_file, load_recursive
 
+    from uhn_spec.multitask import is_multitask_file, load_multitask
+
     for path in specs:
+        if is_multitask_file(path):
+            multitask = load_multitask(path, overrides or [])
+            for member in multitask.members:
+                fitting_budget(member, path, "compile")
+            shares = ", ".join(f"{m.name} p={p:.3f}" for m, p in zip(multitask.members, multitask.probabilities))
+            typer.echo(f"ok: {multitask.spec.name}: {len(multitask.members)} tasks ({shares})")
+            continue
         if is_family_file(path):
             typer.echo(f"ok: {family_line(family_overview(load_family(path, overrides or []))['family'])}")
             continue
@@ -192,6 +201,7 @@ def target_summary(target: TargetPlan, rows_of: str | None = None) -> dict[str, 
         "num_params": target.num_params,
         "num_layers": target.num_layers,
         "split": target.split,
+        **({"probability": target.probability} if target.probability is not None else {}),
         "params": [
             {
                 "name": p.name,

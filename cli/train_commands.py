@@ -156,6 +156,9 @@ def _stoppable(action: Callable[[], dict[str, Any]], run_root: Path) -> dict[str
 
 
 def result_line(summary: dict[str, Any]) -> str:
+    if "tasks" in summary:  # a multi-task run: each member's own metric
+        rows = [f"{name} {row['metric']} {row['uhn']:.4f}" for name, row in summary["tasks"].items()]
+        return "test: " + "  ".join(rows) + f"  ({summary['seconds']:.0f} s)"
     parts = [f"test {summary['metric']}:"]
     if "seen" in summary:  # a family run
         for group in ("seen", "unseen"):
@@ -202,6 +205,10 @@ def export(
         str | None,
         typer.Option("--model", help="Of a family run: export this member (seen or unseen).", show_default=False),
     ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option("--task", help="Of a multi-task run: export this member's generated model.", show_default=False),
+    ] = None,
     spec_path: Annotated[
         Path | None,
         typer.Option(
@@ -225,6 +232,10 @@ def export(
         raise UHNError(f"--source: {source!r} is not uhn or direct")
     if model is not None and spec_path is not None:
         raise UHNError("--model exports a member of the run's family, --spec a new architecture; give one")
+    if task is not None:
+        if model is not None or spec_path is not None:
+            raise UHNError("--task exports a member of a multi-task run; give no --model or --spec with it")
+        model = _multitask_member(run_dir, task)
     torch_device = resolve_device(device.value)
     if (model is not None or spec_path is not None) and run_dir.is_file():
         raise UHNError(f"{run_dir}: a file; --model and --spec read a run folder")
@@ -261,6 +272,22 @@ def export(
     count = sum(t.numel() for t in state.values())
     what = f" ({target.name}{', zero-shot' if zero_shot else ''})" if model or spec_path else ""
     typer.echo(f"wrote {output}{what} ({human_bytes(output.stat().st_size)}): {len(state)} tensors, {count} weights")
+
+
+def _multitask_member(run_dir: Path, task: str) -> str:
+    """``task`` checked against the members of the multi-task run in ``run_dir``."""
+    from uhn_runtime.run_dir import RunDir
+    from uhn_spec.multitask import is_multitask_plan
+
+    if run_dir.is_file():
+        raise UHNError(f"{run_dir}: a file; --task reads a multi-task run folder")
+    plan = RunDir.open(run_dir).plan()
+    names = [t.name for t in plan.targets]
+    if not is_multitask_plan(plan):
+        raise UHNError(f"{run_dir}: --task: not a multi-task run; export a family member with --model")
+    if task not in names:
+        raise UHNError(f"{run_dir}: --task: no member {task!r}; give one of {', '.join(names)}")
+    return task
 
 
 def _chosen_target(run: Any, model: str | None, spec_path: Path | None) -> tuple[Any, bool]:
@@ -301,7 +328,8 @@ def evaluate(
     from uhn_runtime.export import load_exported, load_trained_source
     from uhn_runtime.run_dir import RunDir
     from uhn_runtime.target import DeviceTarget
-    from uhn_runtime.train import evaluated_targets, is_multi_model, models_table_lines, resolve_device
+    from uhn_runtime.train import evaluated_targets, is_multi_model, models_table_lines, resolve_device, task_table_lines
+    from uhn_spec.multitask import is_multitask_plan
 
     torch_device = resolve_device(device.value)
     if path.is_dir():
@@ -311,13 +339,20 @@ def evaluate(
             raise UHNError(f"{path}: no checkpoints yet; train with `uhn train SPEC --out {path}`")
         plan = run.plan()
         if is_multi_model(plan):  # a family: every evaluated member, as the run reported them
-            data = load_task_data(plan.targets[0].spec.task, data_root or run.info().get("data_root"))
+            root = data_root or run.info().get("data_root")
             weights, _, precision = load_trained_source(run, "uhn", torch_device)
-            models = {}
+            models, metrics = {}, {}
             for index in evaluated_targets(plan):
                 target = DeviceTarget(plan.targets[index], torch_device)
+                data = load_task_data(target.plan.spec.task, root)  # a multi-task run: each member's own
                 models[target.plan.name] = evaluate_source(weights, target, data, "test", precision)
-            for line in models_table_lines(plan, models, data.metric):
+                metrics[target.plan.name] = data.metric
+            if len(set(metrics.values())) > 1 or is_multitask_plan(plan):
+                tasks = {name: {"metric": metrics[name], "uhn": value} for name, value in models.items()}
+                lines = task_table_lines(plan, tasks)
+            else:
+                lines = models_table_lines(plan, models, next(iter(metrics.values())))
+            for line in lines:
                 typer.echo(line)
             return
         data = None

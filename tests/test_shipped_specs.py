@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from uhn_cli.main import app
 from uhn_spec import compile_spec, load_spec
 from uhn_spec.family import Family, is_family_file, load_family
+from uhn_spec.multitask import compile_multitask, is_multitask_file, load_multitask
 from uhn_spec.recursive import compile_recursive, is_recursive_file, load_recursive
 from uhn_spec.tasks import FORMULA_FUNCTIONS
 
@@ -24,7 +25,8 @@ SPECS_DIR = REPO_ROOT / "specs"
 SHIPPED_FILES = sorted(p for p in SPECS_DIR.glob("*.yaml") if not p.name.startswith("_"))
 FAMILIES = [p for p in SHIPPED_FILES if is_family_file(p)]
 RECURSIVE = [p for p in SHIPPED_FILES if is_recursive_file(p)]
-SHIPPED = [p for p in SHIPPED_FILES if p not in FAMILIES and p not in RECURSIVE]
+MULTITASK = [p for p in SHIPPED_FILES if is_multitask_file(p)]
+SHIPPED = [p for p in SHIPPED_FILES if p not in FAMILIES and p not in RECURSIVE and p not in MULTITASK]
 # The multi-model families of the interface (issue #11), and the paper's sizes of each.
 FAMILY_SIZES: dict[str, tuple[int, int]] = {  # name: (members, unseen)
     "digits_mlp_family": (50, 10),
@@ -131,6 +133,17 @@ def test_shipped_recursive_spec_compiles_the_papers_chain(path: Path) -> None:
 
 def test_every_recursive_spec_is_shipped() -> None:
     assert sorted(p.stem for p in RECURSIVE) == sorted(RECURSIVE_SPECS)
+
+
+def test_shipped_multitask_specs_compile_with_their_members_sizes() -> None:
+    assert sorted(p.stem for p in MULTITASK) == ["multitask_demo", "multitask_paper"]
+    for path in MULTITASK:
+        multitask = load_multitask(path)
+        assert multitask.spec.name == path.stem
+        plan = compile_multitask(multitask)
+        for target in plan.targets:
+            if target.name in AUTHORS_PARAMS:
+                assert target.num_params == AUTHORS_PARAMS[target.name]
 
 
 @pytest.mark.parametrize("path", SHIPPED_FILES, ids=ids(SHIPPED_FILES))

@@ -56,6 +56,9 @@ class TensorBoardLog:
                 self.task.add_scalar(f"train/{name}", value, unit)
             elif name.startswith("test_"):  # evaluations during training
                 self.task.add_scalar(f"test/{name[len('test_'):]}", value, unit)
+            elif name == "test" and isinstance(value, dict):  # a multi-task run: {task: its metric}
+                for task, metric in value.items():
+                    self.task.add_scalar(f"test/{task}", metric, unit)
         if event == "eval":  # the final evaluation: {"split": "test", <metric>: value}
             for name, value in record.items():
                 if name not in NOT_METRICS and isinstance(value, float):

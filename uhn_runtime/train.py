@@ -16,6 +16,15 @@ evaluated; ``summary.json`` gets each group's mean and std and ``models.csv`` on
 evaluated model. The direct baseline trains one model's own weights: families refuse it
 (train a member alone with ``uhn train FAMILY --model NAME --mode both``).
 
+A multi-task plan (``uhn_spec.multitask``, reference-facts section 10) is a multi-target plan
+whose members have their own task, data, batch size and metric and a sampling probability:
+each step (and each init step) draws one member with those probabilities (the same
+``architecture_draw``), takes the next batch of that member's own endless data stream (its
+epochs in the single-task order; graphs: the whole graph) and takes one AdamW step on its
+loss. A member's stream position is the number of earlier steps that drew it, recomputed
+from the pure draw on resume, so a resumed run sees exactly the batches an uninterrupted one
+does. Every member is evaluated, each with its own metric; ``summary.json`` has ``tasks``.
+
 Resumable by construction: the data order is a function of (seed, epoch), the schedule a
 function of the unit counter, and a checkpoint at the end of a log interval (an epoch, or
 ``eval_every`` steps, or one pass over the data) holds the rest, so a resumed run ends with
@@ -37,7 +46,8 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from signal import Signals
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,6 +57,7 @@ import torch
 
 from uhn_spec.errors import UHNError
 from uhn_spec.files import atomic_write
+from uhn_spec.multitask import is_multitask_plan
 from uhn_spec.plan import Plan
 
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -119,23 +130,47 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**63)
 
 
-def architecture_draw(seed: int, step: int, count: int, k: int = 1, stream: str = "train", rank: int = 0) -> list[int]:
+def architecture_draw(
+    seed: int,
+    step: int,
+    count: int,
+    k: int = 1,
+    stream: str = "train",
+    probabilities: Sequence[float] | None = None,
+    rank: int = 0,
+) -> list[int]:
     """Which of ``count`` seen architectures step ``step`` of ``stream`` ("train" or "init")
-    trains on process ``rank``: ``min(k, count)`` distinct positions. A pure function of its
-    arguments (a private ``random.Random`` seeded with a string, of which only ``random()`` is
-    used: the stream Python keeps across versions), so a resumed run draws what an
-    uninterrupted one does. Under torchrun each rank draws its own (rank 0 what one process
-    would), so N ranks train N architectures per step. One architecture: always [0]."""
+    trains on process ``rank``: ``min(k, count)`` distinct positions, uniformly, or with
+    ``probabilities`` (a multi-task run: one position, drawn with them, i.i.d. over steps).
+    A pure function of its arguments (a private ``random.Random`` seeded with a string, of
+    which only ``random()`` is used: the stream Python keeps across versions), so a resumed
+    run draws what an uninterrupted one does. Under torchrun each rank draws its own (rank 0
+    what one process would), so N ranks train N architectures (or tasks) per step. One
+    architecture: always [0]."""
     k = min(k, count)
     if count == 1:
         return [0]
     key = f"uhn-architectures:{stream}:{seed}:{step}" + (f":rank{rank}" if rank else "")
     rng = random.Random(key)
+    if probabilities is not None:
+        if k != 1 or len(probabilities) != count:
+            raise ValueError(f"a weighted draw takes one of {count} positions with {len(probabilities)} probabilities")
+        return [weighted_position(rng.random(), probabilities)]
     pool = list(range(count))
     for i in range(k):  # partial Fisher-Yates: k distinct positions
         j = i + int(rng.random() * (count - i))
         pool[i], pool[j] = pool[j], pool[i]
     return pool[:k]
+
+
+def weighted_position(u: float, weights: Sequence[float]) -> int:
+    """The position whose cumulative-weight interval holds ``u`` (in [0, 1)) times the total."""
+    threshold = u * math.fsum(weights)
+    for position, weight in enumerate(weights):
+        threshold -= weight
+        if threshold < 0:
+            return position
+    return max(i for i, w in enumerate(weights) if w > 0)  # rounding at the top end
 
 
 def trained_positions(plan: Plan) -> list[int]:
@@ -197,8 +232,10 @@ class Phase:
         progress: Progress,
         stop: StopSignals,
         dist: DistContext = DistContext(),
+        member_data: dict[str, TaskData] | None = None,
     ):
         self.kind, self.run, self.plan, self.data, self.dist = kind, run, plan, data, dist
+        self.member_data = member_data or {}  # a multi-task run: each member's own data, by name
         self.precision, self.options, self.progress, self.stop = precision, options, progress, stop
         # Targets are built on first use and kept in a bounded cache; the seen ones are
         # those training draws from, the evaluated ones those reported at the end.
@@ -207,6 +244,8 @@ class Phase:
         self.evaluated = evaluated_targets(plan)
         self.cfg = plan.targets[self.seen[0]].spec.train
         self.models_per_step = min(self.cfg.models_per_step, len(self.seen))
+        self.multitask = is_multitask_plan(plan)
+        self.probabilities = [float(plan.targets[i].probability or 0.0) for i in self.seen] if self.multitask else None
         self.source = make_source(kind, plan, self.targets[self.seen[0]], self.cfg.seed)
         if isinstance(self.source, UHNSource):  # keep a layout for every cached target
             self.source.generator.layout_cache_size = max(self.source.generator.layout_cache_size, self.targets.capacity)
@@ -225,7 +264,9 @@ class Phase:
         self.steps_per_unit = self.batches_per_epoch if self.by_epoch else 1
         # Log every epoch; in step units every eval_every steps, else every pass. Checkpoints
         # come at these ends too, at most once per options.checkpoint_seconds.
-        self.interval = 1 if self.by_epoch else (self.cfg.eval_every or self.batches_per_epoch)
+        # A multi-task run has no one epoch length: without eval_every it logs 20 times.
+        pass_length = max(1, self.total_units // 20) if self.multitask else self.batches_per_epoch
+        self.interval = 1 if self.by_epoch else (self.cfg.eval_every or pass_length)
         self.show_every = max(1, math.ceil(self.total_units / self.interval / SHOWN_LINES))
         self.saved_at = time.monotonic()
         self.checkpoint_path = run.checkpoint_path(kind)
@@ -274,13 +315,22 @@ class Phase:
     # ------------------------------------------------------------------ targets and data
     def step_targets(self, step: int, stream: str = "train") -> list[DeviceTarget]:
         """The architectures step ``step`` of ``stream`` trains (one, unless models_per_step)."""
-        draw = architecture_draw(self.cfg.seed, step, len(self.seen), self.models_per_step, stream, self.dist.rank)
-        return [self.targets[self.seen[i]] for i in draw]
+        return [self.targets[i] for i in self.drawn_positions(step, stream)]
+
+    def drawn_positions(self, step: int, stream: str = "train") -> list[int]:
+        """Plan positions of the targets step ``step`` of ``stream`` trains on this rank."""
+        draw = architecture_draw(
+            self.cfg.seed, step, len(self.seen), self.models_per_step, stream, self.probabilities, self.dist.rank
+        )
+        return [self.seen[i] for i in draw]
 
     def data_for(self, target: DeviceTarget) -> TaskData:
-        """The data ``target`` trains and is evaluated on: one task for every target today
-        (``check_trainable_together``); a multi-task run maps each target to its own."""
-        return self.data
+        """The data ``target`` trains and is evaluated on: the run's one task, or in a
+        multi-task run the target's own."""
+        return self.member_data.get(target.plan.name, self.data)
+
+    def metric_of(self, name: str) -> str:
+        return self.member_data[name].metric if name in self.member_data else self.data.metric
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, split: Literal["test"], target: DeviceTarget | None = None) -> float:
@@ -310,7 +360,9 @@ class Phase:
             return value, None
         models = self.evaluate_models("test")
         for name, value in models.items():
-            self.log({**base, "model": name, "model_split": self.plan.target(name).split, self.data.metric: value})
+            self.log({**base, "model": name, "model_split": self.plan.target(name).split, self.metric_of(name): value})
+        if self.multitask:  # the tasks' metrics differ: no one figure (summary.json: "tasks")
+            return math.nan, models
         return split_groups(self.plan, models)["seen"]["mean"], models
 
     # ------------------------------------------------------------------ init phase
@@ -385,6 +437,9 @@ class Phase:
 
     def batch_stream(self, start_step: int) -> Iterator[tuple[int, int, Batch]]:
         """(global step, epoch, batch) from ``start_step`` on, over as many epochs as asked."""
+        if self.multitask:
+            yield from self.multitask_stream(start_step)
+            return
         epoch, skip = divmod(start_step, self.batches_per_epoch)
         step = start_step
         while True:
@@ -393,6 +448,21 @@ class Phase:
                 yield step, epoch, batch
                 step += 1
             epoch, skip = epoch + 1, 0
+
+    def multitask_stream(self, start_step: int) -> Iterator[tuple[int, int, Batch]]:
+        """(global step, 0, batch) from ``start_step`` on: each step's batch is the next of
+        its drawn member's own stream, which the earlier steps that drew it have advanced."""
+        taken = Counter(self.drawn_positions(step)[0] for step in range(start_step))
+        streams: dict[int, Iterator[Batch]] = {}
+        step = start_step
+        while True:
+            position = self.drawn_positions(step)[0]
+            if position not in streams:
+                target = self.plan.targets[position]
+                data = self.member_data[target.name]
+                streams[position] = endless_batches(data, target.spec.train.batch_size, self.cfg.seed, taken[position])
+            yield step, 0, next(streams[position])
+            step += 1
 
     def train_step(self, batch: Batch, where: str) -> float:
         """One optimiser step on the global batch: the loss of each architecture drawn for this
@@ -451,6 +521,10 @@ class Phase:
         """Evaluate mid-run into ``record`` (a family: each group's mean, as
         ``test_<metric>`` for the seen and ``test_unseen_<metric>``); returns what to show."""
         metric = self.data.metric
+        if self.multitask:  # each member with its own metric
+            models = self.evaluate_models("test")
+            record["test"] = models
+            return "  test " + "  ".join(f"{name} {self.metric_of(name)} {v:.4f}" for name, v in models.items())
         if not is_multi_model(self.plan):
             value = self.evaluate("test")
             record["test_" + metric] = value
@@ -519,6 +593,15 @@ class Phase:
         self.progress.line(f"{self.kind}: resuming from {self.position()}")
 
 
+def endless_batches(data: TaskData, batch_size: int, seed: int, start: int) -> Iterator[Batch]:
+    """One task's training batches from position ``start`` on, epoch after epoch, each epoch
+    in the order ``epoch_seed(seed, epoch)`` gives (graphs: the whole graph every time)."""
+    epoch, skip = divmod(start, data.num_train_batches(batch_size))
+    while True:
+        yield from itertools.islice(data.train_batches(batch_size, epoch_seed(seed, epoch)), skip, None)
+        epoch, skip = epoch + 1, 0
+
+
 # ---------------------------------------------------------------------- runs
 
 
@@ -526,6 +609,8 @@ def start_run(plan: Plan, out: Path, options: TrainOptions, source: dict[str, An
     """Create the run folder ``out`` and train. ``source`` (what was compiled, overrides)
     is recorded in run.json."""
     check_trainable_together(plan, options.mode)
+    # Every member's data before the run folder exists: a missing one is a one-line error.
+    member_data = load_member_data(plan, options.data_root) if is_multitask_plan(plan) else None
     info = {
         "mode": options.mode,
         "device": options.device,
@@ -538,7 +623,7 @@ def start_run(plan: Plan, out: Path, options: TrainOptions, source: dict[str, An
         out = dist.broadcast(out)  # rank 0's: a default folder name holds the time
         # Rank 0 creates the folder; a refusal (it holds a run already) stops every rank.
         dist.on_main(lambda: RunDir.create(out, plan, info, world_size=dist.world_size))
-        return train_run(RunDir.open(out, writes=dist.is_main), plan, options, dist)
+        return train_run(RunDir.open(out, writes=dist.is_main), plan, options, dist, member_data)
 
 
 def resume_run(out: Path, options: TrainOptions) -> dict[str, Any]:
@@ -569,12 +654,23 @@ def check_trainable_together(plan: Plan, mode: Mode) -> None:
         raise UHNError("the plan has no seen target to train; hold out fewer models (family `unseen`)")
     if not is_multi_model(plan):
         return
+    if mode != "uhn" and is_multitask_plan(plan):
+        raise UHNError(
+            f"--mode {mode}: a multi-task run trains one UHN for all {len(plan.targets)} tasks, and the direct "
+            "baseline is one model's own weights; train a member alone with "
+            "`uhn train MULTITASK --model NAME --mode both`"
+        )
     if mode != "uhn":
         raise UHNError(
             f"--mode {mode}: a family trains one UHN for all {len(plan.targets)} models, and the direct baseline "
             "is one model's own weights; train a member alone with `uhn train FAMILY --model NAME --mode both`"
         )
     first = plan.targets[0]
+    if is_multitask_plan(plan):  # own task and batch size each; one schedule
+        for target in plan.targets[1:]:
+            if target.spec.train.model_copy(update={"batch_size": first.spec.train.batch_size}) != first.spec.train:
+                raise UHNError(f"target {target.name}: its train section differs from {first.name}'s beyond batch_size")
+        return
     for target in plan.targets[1:]:
         for section in ("task", "train"):
             if getattr(target.spec, section) != getattr(first.spec, section):
@@ -588,6 +684,9 @@ def describe_targets(plan: Plan) -> str:
     """"12,345 target params", or for a family its size, split and parameter range."""
     if not is_multi_model(plan):
         return f"{plan.trained_target.num_params:,} target params"
+    if is_multitask_plan(plan):
+        members = ", ".join(f"{t.name} {t.num_params:,} params p={t.probability:.3f}" for t in plan.targets)
+        return f"{len(plan.targets)} tasks ({members})"
     sizes = [t.num_params for t in plan.targets]
     unseen = sum(t.split == "unseen" for t in plan.targets)
     return (
@@ -598,10 +697,13 @@ def describe_targets(plan: Plan) -> str:
 
 def plan_label(plan: Plan) -> str:
     """What a run trains, for the summary: the target's name, or a family's (its members are
-    named ``<family>_<index>``; other multi-target plans: the first target's name, + others)."""
+    named ``<family>_<index>``; a multi-task plan: its members' names joined by "+"; other
+    multi-target plans: the first target's name, + others)."""
     names = [plan.targets[i].name for i in trained_positions(plan)]
     if len(names) == 1:
         return names[0]
+    if is_multitask_plan(plan):  # unrelated tasks: no common prefix to speak of
+        return "+".join(names)
     prefix = os.path.commonprefix(names).rstrip("0123456789").rstrip("_")
     return prefix or f"{names[0]} + {len(names) - 1} others"
 
@@ -632,6 +734,30 @@ def models_table_lines(plan: Plan, models: dict[str, float], metric: str) -> lis
     return lines
 
 
+def load_member_data(plan: Plan, data_root: str | None) -> dict[str, TaskData]:
+    """Every multi-task member's data, before any training: a member whose task cannot be
+    loaded stops the run with one line naming it."""
+    loaded: dict[str, TaskData] = {}
+    for target in plan.targets:
+        try:
+            loaded[target.name] = load_task_data(target.spec.task, data_root)
+        except UHNError as err:
+            raise UHNError(f"task {target.name} ({target.spec.task.dataset}): {err}") from None
+    return loaded
+
+
+def task_table_lines(plan: Plan, tasks: dict[str, dict[str, Any]]) -> list[str]:
+    """The per-task table a multi-task run prints at the end."""
+    lines = [f"{'task':<28} {'dataset':<12} {'p':>6} {'params':>10}  {'metric':<8} test"]
+    for name, row in tasks.items():
+        target = plan.target(name)
+        lines.append(
+            f"{name:<28} {target.spec.task.dataset:<12} {target.probability or 0:>6.3f} "
+            f"{target.num_params:>10,}  {row['metric']:<8} {row['uhn']:.4f}"
+        )
+    return lines
+
+
 def cut_metrics_to_last_checkpoint(run: RunDir) -> None:
     """Drop the records a killed run logged after its latest checkpoint: the resumed run logs
     them again. The latest checkpoint is the one that saw the longest metrics.jsonl (every
@@ -646,12 +772,23 @@ def cut_metrics_to_last_checkpoint(run: RunDir) -> None:
     run.truncate_metrics(max(sizes, default=0))
 
 
-def train_run(run: RunDir, plan: Plan, options: TrainOptions, dist: DistContext = DistContext()) -> dict[str, Any]:
+def train_run(
+    run: RunDir,
+    plan: Plan,
+    options: TrainOptions,
+    dist: DistContext = DistContext(),
+    member_data: dict[str, TaskData] | None = None,
+) -> dict[str, Any]:
+    """Train ``plan`` in ``run``; a multi-task run loads its members' data (``member_data``:
+    already loaded) before anything else."""
     check_trainable_together(plan, options.mode)
     target = plan.targets[seen_positions(plan)[0]]  # task and train of every target
     device = resolve_device(options.device)
     precision = Precision.resolve(target.spec.train.precision, device)
-    data = load_task_data(target.spec.task, options.data_root)
+    multitask = is_multitask_plan(plan)
+    if multitask and member_data is None:
+        member_data = load_member_data(plan, options.data_root)
+    data = member_data[target.name] if member_data else load_task_data(target.spec.task, options.data_root)
     if options.tensorboard or target.spec.train.tensorboard:
         require_tensorboard()  # before any work, not after the init phase
     progress = Progress(options.progress if dist.is_main else io.StringIO())  # rank 0 reports
@@ -661,7 +798,8 @@ def train_run(run: RunDir, plan: Plan, options: TrainOptions, dist: DistContext 
         f"{device.type} {precision.name}; run folder {run.root}"
     )
     progress.line(f"precision: {precision.name} ({precision.reason})")
-    for note in data.notes:  # e.g. a stand-in dataset or split: part of what the numbers mean
+    notes = [f"{name}: {note}" for name, d in member_data.items() for note in d.notes] if member_data else list(data.notes)
+    for note in notes:  # e.g. a stand-in dataset or split: part of what the numbers mean
         progress.line(f"data: {note}")
     results: dict[str, PhaseResult] = {}
 
@@ -673,10 +811,15 @@ def train_run(run: RunDir, plan: Plan, options: TrainOptions, dist: DistContext 
             for kind in MODE_PHASES[options.mode]:
                 if stop.requested:  # arrived during the last phase's final evaluation
                     raise RunStopped(f"{stop.requested.name}: stopped before the {kind} phase", stop.requested)
-                phase = Phase(kind, run, plan, data, precision, device, options, progress, stop, dist)
+                phase = Phase(kind, run, plan, data, precision, device, options, progress, stop, dist, member_data)
                 results[kind] = phase.run_to_end()
         models = results["uhn"].models if "uhn" in results else None
-        if models is not None and dist.is_main:
+        tasks = None
+        if member_data and models is not None:
+            tasks = {name: {"metric": member_data[name].metric, "uhn": value} for name, value in models.items()}
+            for line in task_table_lines(plan, tasks):
+                progress.line(line)
+        elif models is not None and dist.is_main:
             write_models_table(run, plan, models, data.metric)
             for line in models_table_lines(plan, models, data.metric):
                 progress.line(line)
@@ -699,9 +842,14 @@ def train_run(run: RunDir, plan: Plan, options: TrainOptions, dist: DistContext 
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "seed": target.spec.train.seed,
-        "data_notes": list(data.notes),
+        "data_notes": notes,
     }
-    if models is not None:  # a family: the seen mean above, and each group's statistics
+    if tasks is not None:  # a multi-task run: each member's own metric; no one figure
+        summary.update({"dataset": None, "metric": None, "uhn": None, "target_params": None})
+        summary["tasks"] = tasks
+        summary["task_probabilities"] = {t.name: t.probability for t in plan.targets}
+        summary["target_params_by_task"] = {t.name: t.num_params for t in plan.targets}
+    elif models is not None:  # a family: the seen mean above, and each group's statistics
         summary.update(split_groups(plan, models))
         summary["models_file"] = MODELS_FILE
         summary["num_models"] = len(plan.targets)

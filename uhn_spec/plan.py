@@ -56,6 +56,8 @@ class TargetPlan:
     local_rows: torch.Tensor  # [L, 21] float32
     params: list[ParamEntry]
     split: str = "seen"  # a family member's split: "seen" (trained on) or "unseen" (held out)
+    # A multi-task member's normalised sampling probability (None: not a multi-task plan).
+    probability: float | None = None
 
     @property
     def num_params(self) -> int:
@@ -94,6 +96,7 @@ class TargetPlan:
                 "index_fields": [list(p.index_fields) for p in self.params],
             },
             "split": self.split,
+            "probability": self.probability,
         }
 
     @staticmethod
@@ -125,6 +128,7 @@ class TargetPlan:
             local_rows=d["local_rows"],
             params=params,
             split=d.get("split", "seen"),
+            probability=d.get("probability"),
         )
 
 

@@ -1,0 +1,297 @@
+"""Multi-task runs: one UHN for the models of several tasks (reference-facts section 10):
+the spec format and its errors, the weighted task draw, per-task data streams and resume
+equality, each member's layout, per-task evaluation, the summary and export --task."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+import uhn_runtime.train as train_module
+from tests.tiny_specs import TINY_GENERATOR, tiny_spec_data
+from uhn_cli.main import app
+from uhn_runtime.checkpoint import load_checkpoint
+from uhn_runtime.target import DeviceTarget
+from uhn_runtime.train import RunInterrupted, TrainOptions, architecture_draw, resume_run, start_run
+from uhn_runtime.weights import UHNSource
+from uhn_spec import build_model, compile_spec
+from uhn_spec.errors import SpecError, UHNError
+from uhn_spec.multitask import compile_multitask, load_multitask
+
+TRAIN = {"steps": 12, "warmup": 2, "lr": 3.0e-3, "init_steps": 4, "init_lr": 1.0e-3, "seed": 3, "eval_every": 4}
+
+
+def member(task_type: str, name: str, batch_size: int) -> dict[str, Any]:
+    data = tiny_spec_data(task_type, batch_size=batch_size)
+    data["name"] = name
+    if task_type == "image_classification":  # dropout: the resumed run must restore the RNG
+        first, *rest = data["layers"]  # a new list: tiny_specs' LAYERS is shared by every test
+        data["layers"] = [{**first, "dropout": 0.2}, *rest]
+    return data
+
+
+def multitask_data(**changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": "tiny_multitask",
+        "tasks": [
+            {"spec": member("image_classification", "tiny_images", 64), "probability": 3},
+            {"spec": member("formula_regression", "tiny_formula", 32), "probability": 1},
+        ],
+        "generator": {**TINY_GENERATOR, "structure_encoder": True, "structure_freqs": 4, "structure_heads": 2},
+        "train": dict(TRAIN),
+    }
+    data.update(changes)
+    return data
+
+
+def multitask_file(tmp_path: Path, **changes: Any) -> Path:
+    path = tmp_path / "tiny_multitask.yaml"
+    path.write_text(yaml.safe_dump(multitask_data(**changes), sort_keys=False))
+    return path
+
+
+def options(**kw: Any) -> TrainOptions:
+    kw.setdefault("progress", io.StringIO())
+    kw.setdefault("checkpoint_seconds", 0.0)
+    return TrainOptions(mode="uhn", device="cpu", **kw)
+
+
+def spec_error(tmp_path: Path, **changes: Any) -> str:
+    with pytest.raises(SpecError) as err:
+        load_multitask(multitask_file(tmp_path, **changes))
+    return str(err.value)
+
+
+# --------------------------------------------------------------------------- the draw
+
+
+def test_task_draw_is_a_pure_function_of_seed_and_step_with_the_given_probabilities() -> None:
+    probabilities = [0.6, 0.3, 0.1]
+    draws = [architecture_draw(5, step, 3, probabilities=probabilities)[0] for step in range(6000)]
+    with torch.random.fork_rng():  # no global RNG is read (and the suite's is left as it was)
+        torch.manual_seed(99)
+        assert draws == [architecture_draw(5, step, 3, probabilities=probabilities)[0] for step in range(6000)]
+    assert draws != [architecture_draw(6, step, 3, probabilities=probabilities)[0] for step in range(6000)]
+    init = [architecture_draw(5, step, 3, stream="init", probabilities=probabilities)[0] for step in range(6000)]
+    assert init != draws
+    for draw in (draws, init):
+        counts = Counter(draw)
+        for position, p in enumerate(probabilities):
+            assert counts[position] / len(draw) == pytest.approx(p, abs=0.025)
+    assert architecture_draw(5, 3, 1, probabilities=[1.0]) == [0]
+
+
+def test_a_task_with_a_tiny_probability_is_still_drawn_and_never_past_the_end() -> None:
+    draws = {architecture_draw(0, step, 2, probabilities=[0.99, 0.01])[0] for step in range(2000)}
+    assert draws == {0, 1}
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+def test_probabilities_are_normalised_and_members_keep_task_and_batch_size(tmp_path: Path) -> None:
+    multitask = load_multitask(multitask_file(tmp_path))
+    assert multitask.probabilities == pytest.approx((0.75, 0.25))
+    images, formula = multitask.members
+    assert (images.train.batch_size, formula.train.batch_size) == (64, 32)
+    assert images.task.synthetic.task_type == "image_classification"  # type: ignore[union-attr]
+    assert formula.task.synthetic.task_type == "formula_regression"  # type: ignore[union-attr]
+    for spec in multitask.members:  # the run's generator and schedule replace the members' own
+        assert spec.generator.structure_encoder and spec.train.steps == TRAIN["steps"]
+    plan = compile_multitask(multitask)
+    assert [t.probability for t in plan.targets] == pytest.approx([0.75, 0.25])
+
+
+@pytest.mark.parametrize("probability", [0, -1])
+def test_probabilities_must_be_positive(tmp_path: Path, probability: float) -> None:
+    tasks = multitask_data()["tasks"]
+    tasks[1]["probability"] = probability
+    message = spec_error(tmp_path, tasks=tasks)
+    assert "tasks[1].probability: must be a positive number" in message and f"(got {probability})" in message, message
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"generator": dict(TINY_GENERATOR)}, "generator.structure_encoder: must be true"),
+        ({"train": {**{k: v for k, v in TRAIN.items() if k != "steps"}, "epochs": 3}}, "train.steps: a multi-task run counts steps"),
+        ({"tasks": []}, "tasks"),
+    ],
+)
+def test_run_settings_are_checked(tmp_path: Path, changes: dict[str, Any], expected: str) -> None:
+    assert expected in spec_error(tmp_path, **changes)
+
+
+def test_members_need_their_own_names(tmp_path: Path) -> None:
+    tasks = multitask_data()["tasks"]
+    tasks[1]["spec"]["name"] = "tiny_images"
+    message = spec_error(tmp_path, tasks=tasks)
+    assert "tasks[1].spec.name: 'tiny_images' is also tasks[0]'s name" in message, message
+
+
+def test_a_missing_member_file_names_the_member(tmp_path: Path) -> None:
+    tasks = multitask_data()["tasks"]
+    tasks[0]["spec"] = "nowhere.yaml"
+    message = spec_error(tmp_path, tasks=tasks)
+    assert "tasks[0].spec: spec file not found" in message and "tiny_multitask.yaml" in message, message
+
+
+def test_a_member_spec_file_and_its_overrides(tmp_path: Path) -> None:
+    (tmp_path / "formula.yaml").write_text(yaml.safe_dump(member("formula_regression", "tiny_formula", 32)))
+    tasks = multitask_data()["tasks"]
+    tasks[1] = {"spec": "formula.yaml", "probability": 1, "batch_size": 16, "set": ["task.synthetic.num_examples=128"]}
+    formula = load_multitask(multitask_file(tmp_path, tasks=tasks)).members[1]
+    assert formula.train.batch_size == 16 and formula.task.synthetic.num_examples == 128  # type: ignore[union-attr]
+
+
+def test_shipped_multitask_specs_load(tmp_path: Path) -> None:
+    specs = Path(__file__).resolve().parents[1] / "specs"
+    paper = load_multitask(specs / "multitask_paper.yaml")
+    assert dict(zip((m.name for m in paper.members), paper.probabilities)) == pytest.approx(
+        {"mnist_mlp": 0.08, "cifar10_cnn44": 0.55, "cora_gcn": 0.04, "citeseer_gat": 0.04, "agnews_transformer2l": 0.18, "kan_kv": 0.11}
+    )
+    assert paper.members[3].task.stands_in_for == "pubmed"
+    assert paper.spec.train.steps == 200_000 and paper.spec.train.warmup == 1_000 and paper.spec.train.init_steps == 500
+    demo = load_multitask(specs / "multitask_demo.yaml")
+    assert [m.name for m in demo.members] == ["digits_mlp", "cora_gcn", "kan_kv"]
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def test_each_member_generates_the_layout_of_its_own_single_task_plan(tmp_path: Path) -> None:
+    plan = compile_multitask(load_multitask(multitask_file(tmp_path)))
+    source = UHNSource(plan, DeviceTarget(plan.targets[0], torch.device("cpu")), seed=0)
+    for target in plan.targets:
+        alone = compile_spec(target.spec).trained_target
+        assert [(p.name, p.shape, p.offset, p.numel) for p in target.params] == [
+            (p.name, p.shape, p.offset, p.numel) for p in alone.params
+        ]
+        flat = source.flat(DeviceTarget(target, torch.device("cpu")))
+        assert flat.shape == (alone.num_params,)
+        model = build_model(target.spec)
+        assert sum(p.numel() for p in model.parameters()) == alone.num_params
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def multitask_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("multitask")
+    spec = multitask_file(root)
+    run = root / "run"
+    result = CliRunner().invoke(app, ["train", str(spec), "-o", str(run), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "tiny_images accuracy" in result.output and "tiny_formula rmse" in result.output
+    return run
+
+
+def test_summary_has_a_per_task_table(multitask_run: Path) -> None:
+    summary = json.loads((multitask_run / "summary.json").read_text())
+    assert set(summary["tasks"]) == {"tiny_images", "tiny_formula"}
+    assert summary["tasks"]["tiny_images"]["metric"] == "accuracy"
+    assert summary["tasks"]["tiny_formula"]["metric"] == "rmse"
+    assert 0.0 <= summary["tasks"]["tiny_images"]["uhn"] <= 1.0 and summary["tasks"]["tiny_formula"]["uhn"] > 0
+    assert summary["task_probabilities"] == pytest.approx({"tiny_images": 0.75, "tiny_formula": 0.25})
+    records = [json.loads(line) for line in (multitask_run / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [r["test"] for r in records if r["event"] == "train" and "test" in r]
+    assert len(evaluations) == 2 and all(set(e) == {"tiny_images", "tiny_formula"} for e in evaluations)  # steps 4, 8
+
+
+def test_training_draws_each_task_and_takes_its_own_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, int]] = []
+    original = train_module.Phase.train_step
+
+    def recording(self: Any, batch: Any, where: str) -> float:
+        (target,) = self.step_targets(self.steps_done)
+        seen.append((target.plan.name, batch.targets.shape[0]))
+        return original(self, batch, where)
+
+    monkeypatch.setattr(train_module.Phase, "train_step", recording)
+    plan = compile_multitask(load_multitask(multitask_file(tmp_path)))
+    start_run(plan, tmp_path / "run", options())
+    probabilities = [t.probability for t in plan.targets]
+    expected = [plan.targets[architecture_draw(3, s, 2, probabilities=probabilities)[0]].name for s in range(12)]
+    assert [name for name, _ in seen] == expected
+    assert {name: size for name, size in seen} == {"tiny_images": 64, "tiny_formula": 32}
+
+
+def test_resumed_multitask_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Path) -> None:
+    plan = compile_multitask(load_multitask(multitask_file(tmp_path)))
+    start_run(plan, tmp_path / "whole", options())
+    with pytest.raises(RunInterrupted):
+        start_run(plan, tmp_path / "killed", options(stop_after_units=6))  # mid-interval: resumes from step 4
+    resume_run(tmp_path / "killed", options())
+    whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / "uhn.pt")
+    resumed = load_checkpoint(tmp_path / "killed" / "checkpoints" / "uhn.pt")
+    assert whole["finished"] and resumed["finished"]
+    assert whole["source"].keys() == resumed["source"].keys()
+    for key, value in whole["source"].items():
+        assert torch.equal(value, resumed["source"][key]), key
+    assert whole["models"] == resumed["models"]
+
+
+def test_a_member_whose_data_cannot_load_stops_the_run_before_training(tmp_path: Path) -> None:
+    tasks = multitask_data()["tasks"]
+    tasks[1]["spec"]["task"] = {"dataset": "cora"}
+    tasks[1]["spec"]["layers"] = [{"kind": "gcn", "in_features": 1433, "out_features": 7}]
+    tasks[1]["spec"]["family"] = "gcn"
+    plan = compile_multitask(load_multitask(multitask_file(tmp_path, tasks=tasks)))
+    with pytest.raises(UHNError, match=r"^task tiny_formula \(cora\): "):
+        start_run(plan, tmp_path / "run", options(data_root=str(tmp_path / "empty")))
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made
+
+
+def test_a_multitask_run_refuses_the_direct_baseline(tmp_path: Path) -> None:
+    plan = compile_multitask(load_multitask(multitask_file(tmp_path)))
+    with pytest.raises(UHNError, match="--mode both"):
+        start_run(plan, tmp_path / "run", TrainOptions(mode="both", device="cpu", progress=io.StringIO()))
+
+
+# --------------------------------------------------------------------------- export and inspect
+
+
+def test_export_task_writes_the_member_that_evaluate_reads(multitask_run: Path, tmp_path: Path) -> None:
+    summary = json.loads((multitask_run / "summary.json").read_text())
+    for name in ("tiny_images", "tiny_formula"):
+        out = tmp_path / f"{name}.safetensors"
+        result = CliRunner().invoke(app, ["export", str(multitask_run), "--task", name, "-o", str(out), "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        evaluated = CliRunner().invoke(app, ["evaluate", str(out), "--device", "cpu"])
+        assert evaluated.exit_code == 0, evaluated.output
+        assert float(evaluated.output.split()[-1]) == pytest.approx(summary["tasks"][name]["uhn"], abs=1e-4)
+
+
+def test_export_task_names_the_members_when_the_task_is_unknown(multitask_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x.safetensors"
+    result = CliRunner().invoke(app, ["export", str(multitask_run), "--task", "nope", "-o", str(out), "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "--task: no member 'nope'; give one of tiny_images, tiny_formula" in result.output
+    assert not out.exists()
+
+
+def test_evaluate_a_multitask_run_prints_every_task_with_its_metric(multitask_run: Path) -> None:
+    result = CliRunner().invoke(app, ["evaluate", str(multitask_run), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((multitask_run / "summary.json").read_text())
+    for name, row in summary["tasks"].items():
+        line = next(line for line in result.output.splitlines() if line.startswith(name))
+        assert row["metric"] in line and f"{row['uhn']:.4f}" in line
+
+
+def test_inspect_json_lists_members_with_params_and_probability(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["inspect", str(multitask_file(tmp_path)), "--json"])
+    assert result.exit_code == 0, result.output
+    targets = json.loads(result.output)["targets"]
+    assert [(t["name"], t["probability"]) for t in targets] == [("tiny_images", 0.75), ("tiny_formula", 0.25)]
+    plan = compile_multitask(load_multitask(multitask_file(tmp_path)))
+    assert [t["num_params"] for t in targets] == [t.num_params for t in plan.targets]

@@ -1,0 +1,200 @@
+"""Multi-task specs: one generator for the models of several tasks (reference-facts
+section 10, the paper's Table 4).
+
+A multi-task file lists its members under ``tasks``: each a spec file (relative to the
+multi-task file) or an inline spec, with its sampling probability. Members keep their own
+task (data, metric) and batch size; the run's ``generator`` (structure encoder on: it is
+what tells the tasks' architectures apart) and its ``train`` section (in steps) replace
+theirs. Probabilities must be positive and are normalised; compiling gives one plan with
+shared (union) normalisation ranges whose targets carry their normalised probability.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from .compiler import compile_specs
+from .errors import SpecError
+from .plan import Plan
+from .spec import (
+    ExperimentSpec,
+    GeneratorSpec,
+    StrictModel,
+    TrainSpec,
+    apply_overrides,
+    format_validation_error,
+    load_spec,
+    load_yaml,
+    read_spec_text,
+)
+
+# The top-level key that makes a YAML file a multi-task spec rather than a single spec.
+MULTITASK_KEY = "tasks"
+
+
+class TaskEntry(StrictModel):
+    """One member: its spec and how often a step trains it."""
+
+    spec: str | dict[str, Any] = Field(description="the member spec: a path (relative to this file) or an inline spec")
+    probability: float = Field(description="sampling weight; all members' are normalised to sum to 1")
+    batch_size: int | None = Field(None, ge=1, description="the member's batch size (default: its spec's train.batch_size)")
+    set: list[str] = Field([], description="overrides of the member spec, as `--set` (e.g. task.stands_in_for=pubmed)")
+
+    @field_validator("probability")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(
+                "must be a positive number: every task's sampling weight "
+                "(they are normalised to sum to 1); leave out a task that should never be drawn"
+            )
+        return value
+
+
+class MultiTaskSpec(StrictModel):
+    """A multi-task run: its members, the one generator and the one training schedule."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    tasks: list[TaskEntry] = Field(min_length=1)
+    generator: GeneratorSpec
+    train: TrainSpec
+
+    @model_validator(mode="after")
+    def _run_settings(self) -> "MultiTaskSpec":
+        if not self.generator.structure_encoder:
+            raise ValueError(
+                "generator.structure_encoder: must be true for a multi-task run (it tells the tasks' "
+                "architectures apart)"
+            )
+        if self.train.steps is None:
+            raise ValueError("train.steps: a multi-task run counts steps (tasks have different epochs); give steps, not epochs")
+        if self.train.models_per_step != 1:
+            raise ValueError("train.models_per_step: a multi-task step trains one task; remove the field")
+        return self
+
+
+@dataclass(frozen=True)
+class MultiTask:
+    """A multi-task file's members (with the run's generator and train), in file order, and
+    their normalised sampling probabilities."""
+
+    spec: MultiTaskSpec
+    members: tuple[ExperimentSpec, ...]
+    probabilities: tuple[float, ...]
+    source_text: str
+
+    def probability(self, name: str) -> float:
+        return self.probabilities[[m.name for m in self.members].index(name)]
+
+
+def is_multitask_text(text: str) -> bool:
+    """A multi-task file is a plain YAML mapping with a top-level ``tasks`` key."""
+    try:
+        data = load_yaml(text)
+    except SpecError:
+        return False
+    return isinstance(data, dict) and MULTITASK_KEY in data
+
+
+def is_multitask_file(path: str | Path) -> bool:
+    try:
+        return is_multitask_text(Path(path).read_text())
+    except (OSError, UnicodeDecodeError):
+        return False  # load_spec reports the unreadable file
+
+
+def load_multitask(path: str | Path, overrides: Sequence[str] = ()) -> MultiTask:
+    path = Path(path)
+    return multitask_from_text(read_spec_text(path), path, overrides)
+
+
+def multitask_from_text(text: str, source: Path | None = None, overrides: Sequence[str] = ()) -> MultiTask:
+    """Parse, apply ``--set`` (to the multi-task file: ``train.steps=...``), validate, and
+    load every member."""
+    where = str(source) if source else None
+    data = load_yaml(text, where)
+    if not isinstance(data, dict):
+        raise SpecError("", "a multi-task spec is a YAML mapping with name, tasks, generator and train", where)
+    data = apply_overrides(copy.deepcopy(data), list(overrides))
+    try:
+        spec = MultiTaskSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError("", format_validation_error(err), where) from None
+    members = tuple(member_spec(spec, i, source) for i in range(len(spec.tasks)))
+    check_unique_names(members, where)
+    total = math.fsum(entry.probability for entry in spec.tasks)
+    probabilities = tuple(entry.probability / total for entry in spec.tasks)
+    return MultiTask(spec, members, probabilities, text)
+
+
+def member_spec(spec: MultiTaskSpec, index: int, source: Path | None) -> ExperimentSpec:
+    """Member ``index`` with the run's generator and train (keeping its own batch size)."""
+    entry = spec.tasks[index]
+    where = str(source) if source else None
+    path = f"tasks[{index}].spec"
+    if isinstance(entry.spec, str):
+        base = source.parent if source else Path.cwd()
+        try:
+            own = load_spec(base / entry.spec, list(entry.set))
+        except SpecError as err:
+            if err.source:
+                raise  # a problem inside the member file: it names that file
+            raise SpecError(path, err.message, where) from None
+        raw = own.model_dump()
+    else:
+        raw = apply_overrides(copy.deepcopy(entry.spec), list(entry.set))
+        try:
+            own = ExperimentSpec.model_validate(raw)
+        except ValidationError as err:
+            raise SpecError(path, format_validation_error(err), where) from None
+    batch_size = entry.batch_size or own.train.batch_size
+    train = spec.train.model_copy(update={"batch_size": batch_size}).model_dump()
+    try:
+        return ExperimentSpec.model_validate({**raw, "generator": spec.generator.model_dump(), "train": train})
+    except ValidationError as err:
+        raise SpecError(path, format_validation_error(err), where) from None
+
+
+def check_unique_names(members: Sequence[ExperimentSpec], where: str | None) -> None:
+    """Members are addressed by name (``--task NAME``, summary.json): one name each."""
+    seen: dict[str, int] = {}
+    for i, member in enumerate(members):
+        if member.name in seen:
+            raise SpecError(
+                f"tasks[{i}].spec.name",
+                f"{member.name!r} is also tasks[{seen[member.name]}]'s name; give each member its own",
+                where,
+            )
+        seen[member.name] = i
+
+
+def compile_multitask(multitask: MultiTask, source_text: str = "") -> Plan:
+    """One plan over every member with shared (union) normalisation ranges, as the authors
+    normalise over all tasks; each target records its normalised sampling probability."""
+    plan = compile_specs(list(multitask.members), source_text=source_text or multitask.source_text)
+    for target, probability in zip(plan.targets, multitask.probabilities):
+        target.probability = probability
+    return plan
+
+
+def is_multitask_plan(plan: Plan) -> bool:
+    return any(t.probability is not None for t in plan.targets)
+
+
+__all__ = [
+    "MultiTask",
+    "MultiTaskSpec",
+    "TaskEntry",
+    "compile_multitask",
+    "is_multitask_file",
+    "is_multitask_plan",
+    "load_multitask",
+]
