@@ -180,7 +180,12 @@ def test_sharded_generation_gives_the_weights_and_gradients_of_unsharded(two_pro
         for saved, result in torch.load(two_process_runs / f"sharded_rank{rank}.pt").items():
             assert torch.equal(result["flat"], flat.detach()), (rank, saved)
             for name, p in generator.named_parameters():
-                torch.testing.assert_close(result["grads"][name], p.grad, rtol=1e-5, atol=1e-7, msg=f"{rank} {saved} {name}")
+                # Sums over the units run in another order (per rank, then all-reduced): equal
+                # to rounding, which near-zero elements feel relative to the tensor's scale.
+                scale = float(p.grad.abs().max())
+                torch.testing.assert_close(
+                    result["grads"][name], p.grad, rtol=1e-5, atol=1e-6 * scale + 1e-9, msg=f"{rank} {saved} {name}"
+                )
 
 
 def test_sharded_training_reaches_the_weights_of_one_process(two_process_runs: Path, tmp_path: Path) -> None:
