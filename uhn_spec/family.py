@@ -31,6 +31,7 @@ from .spec import (
     StrictModel,
     apply_overrides,
     format_validation_error,
+    has_top_level_key,
     load_spec,
     load_yaml,
     parse_override,
@@ -418,21 +419,9 @@ def architecture_key(spec: ExperimentSpec) -> str:
     return spec_hash(spec.model_copy(update={"name": "member", "description": ""}))
 
 
-def is_family_text(text: str) -> bool:
-    """A family file is a plain YAML mapping with a top-level template, sample or members
-    key (an ordinary spec is a jinja2 template that need not parse as YAML before rendering)."""
-    try:
-        data = load_yaml(text)
-    except SpecError:
-        return False
-    return isinstance(data, dict) and any(key in data for key in FAMILY_KEYS)
-
-
 def is_family_file(path: str | Path) -> bool:
-    try:
-        return is_family_text(Path(path).read_text())
-    except (OSError, UnicodeDecodeError):
-        return False  # load_spec reports the unreadable file
+    """A family file: a plain YAML mapping with a top-level template, sample or members key."""
+    return has_top_level_key(path, FAMILY_KEYS)
 
 
 def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -30,6 +30,7 @@ from .spec import (
     TrainSpec,
     apply_overrides,
     format_validation_error,
+    has_top_level_key,
     load_spec,
     load_yaml,
     read_spec_text,
@@ -95,20 +96,9 @@ class MultiTask:
         return self.probabilities[[m.name for m in self.members].index(name)]
 
 
-def is_multitask_text(text: str) -> bool:
-    """A multi-task file is a plain YAML mapping with a top-level ``tasks`` key."""
-    try:
-        data = load_yaml(text)
-    except SpecError:
-        return False
-    return isinstance(data, dict) and MULTITASK_KEY in data
-
-
 def is_multitask_file(path: str | Path) -> bool:
-    try:
-        return is_multitask_text(Path(path).read_text())
-    except (OSError, UnicodeDecodeError):
-        return False  # load_spec reports the unreadable file
+    """A multi-task file: a plain YAML mapping with a top-level ``tasks`` key."""
+    return has_top_level_key(path, (MULTITASK_KEY,))
 
 
 def load_multitask(path: str | Path, overrides: Sequence[str] = ()) -> MultiTask:

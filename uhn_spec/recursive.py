@@ -28,6 +28,7 @@ from .spec import (
     TrainSpec,
     apply_overrides,
     format_validation_error,
+    has_top_level_key,
     load_spec,
     load_yaml,
     read_spec_text,
@@ -103,20 +104,9 @@ def generated_generator_spec(name: str, root: GeneratorSpec, layout: GeneratedLa
     )
 
 
-def is_recursive_text(text: str) -> bool:
-    """A recursive spec is a plain YAML mapping with a top-level ``leaf`` key."""
-    try:
-        data = load_yaml(text)
-    except SpecError:
-        return False
-    return isinstance(data, dict) and RECURSIVE_KEY in data
-
-
 def is_recursive_file(path: str | Path) -> bool:
-    try:
-        return is_recursive_text(Path(path).read_text())
-    except (OSError, UnicodeDecodeError):
-        return False  # load_spec reports the unreadable file
+    """A recursive spec: a plain YAML mapping with a top-level ``leaf`` key."""
+    return has_top_level_key(path, (RECURSIVE_KEY,))
 
 
 def load_recursive(path: str | Path, overrides: list[str] | None = None) -> tuple[RecursiveSpec, list[ExperimentSpec]]:

@@ -14,6 +14,7 @@ import json
 import math
 import re
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -542,6 +543,18 @@ def load_yaml(text: str, where: str | None = None) -> Any:
         return parse_yaml(text)
     except SpecError as err:
         raise SpecError(err.path, err.message, where) from None
+
+
+def has_top_level_key(path: str | Path, keys: Sequence[str]) -> bool:
+    """Whether ``path`` is a plain YAML mapping with one of ``keys`` at its top level: how a
+    family, multi-task or recursive file is told from an ordinary spec (a jinja2 template,
+    which need not parse as YAML before rendering). An unreadable file is none of them:
+    ``load_spec`` then reports it."""
+    try:
+        data = load_yaml(Path(path).read_text())
+    except (SpecError, OSError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and any(key in data for key in keys)
 
 
 def spec_from_text(
