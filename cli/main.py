@@ -93,13 +93,13 @@ def load_target_source(path: Path, overrides: list[str] | None = None, purpose: 
 
 
 def load_target_sources(paths: list[Path], overrides: list[str] | None = None, purpose: Purpose = "compile") -> Plan:
-    """One plan file, one family file, one multi-task file, or one or more specs compiled into one plan (shared
-    normalisation); each target is checked against this machine's memory before anything is
-    allocated."""
+    """One plan file; one recursive, multi-task or family file; or one or more specs compiled
+    into one plan (shared normalisation). Each target is checked against this machine's
+    memory before anything is allocated."""
     from uhn_spec import compile_specs, load_plan, load_spec
-    from uhn_spec.family import compile_family, is_family_file, load_family
-    from uhn_spec.multitask import compile_multitask, is_multitask_file, load_multitask
-    from uhn_spec.recursive import compile_recursive, is_recursive_file, load_recursive
+    from uhn_spec.family import is_family_file
+    from uhn_spec.multitask import is_multitask_file
+    from uhn_spec.recursive import is_recursive_file
 
     overrides = list(overrides or [])
     plans = [p for p in paths if is_plan_path(p)]
@@ -113,33 +113,51 @@ def load_target_sources(paths: list[Path], overrides: list[str] | None = None, p
             for target in plan.targets:
                 fitting_budget(target.spec, plans[0], "train")
         return plan
-    recursive = [p for p in paths if is_recursive_file(p)]
-    if recursive:
+    whole_file_kinds = (
+        ("recursive spec", is_recursive_file, _recursive_file),
+        ("multi-task spec", is_multitask_file, _multitask_file),
+        ("family file", is_family_file, _family_file),
+    )
+    for what, is_kind, load in whole_file_kinds:
+        found = [p for p in paths if is_kind(p)]
+        if not found:
+            continue
         if len(paths) > 1:
-            raise UHNError(f"give one recursive spec or only specs, got {', '.join(map(str, paths))}")
-        _, chain = load_recursive(recursive[0], overrides)
-        fitting_budget(chain[-1], recursive[0], *dict.fromkeys(("compile", purpose)))  # type: ignore[arg-type]
-        return compile_recursive(chain, source_text(paths, overrides))
-    multitasks = [p for p in paths if is_multitask_file(p)]
-    if multitasks:
-        if len(paths) > 1:
-            raise UHNError(f"give one multi-task spec or only specs, got {', '.join(map(str, paths))}")
-        multitask = load_multitask(multitasks[0], overrides)
-        for member in multitask.members:
-            fitting_budget(member, multitasks[0], *dict.fromkeys(("compile", purpose)))  # type: ignore[arg-type]
-        return compile_multitask(multitask, source_text(paths, overrides))
-    families = [p for p in paths if is_family_file(p)]
-    if families:
-        if len(paths) > 1:
-            raise UHNError(f"give one family file or only specs, got {', '.join(map(str, paths))}")
-        family = load_family(families[0], overrides)
-        for member in family.members:
-            fitting_budget(member.spec, families[0], *dict.fromkeys(("compile", purpose)))  # type: ignore[arg-type]
-        return compile_family(family, source_text(paths, overrides))
+            raise UHNError(f"give one {what} or only specs, got {', '.join(map(str, paths))}")
+        members, compile_plan = load(found[0], overrides)
+        for spec in members:
+            fitting_budget(spec, found[0], *dict.fromkeys(("compile", purpose)))  # type: ignore[arg-type]
+        return compile_plan(source_text(paths, overrides))
     specs = [load_spec(p, overrides) for p in paths]
     for path, spec in zip(paths, specs):
         fitting_budget(spec, path, *dict.fromkeys(("compile", purpose)))  # type: ignore[arg-type]
     return compile_specs(specs, source_text=source_text(paths, overrides))
+
+
+# A file that compiles to a plan of several targets as a whole: its specs to check against
+# this machine's memory, and how to compile it (given the plan's source text).
+WholeFile = tuple[list["ExperimentSpec"], Callable[[str], "Plan"]]
+
+
+def _recursive_file(path: Path, overrides: list[str]) -> WholeFile:
+    from uhn_spec.recursive import compile_recursive, load_recursive
+
+    _, chain = load_recursive(path, overrides)
+    return chain[-1:], lambda text: compile_recursive(chain, text)
+
+
+def _multitask_file(path: Path, overrides: list[str]) -> WholeFile:
+    from uhn_spec.multitask import compile_multitask, load_multitask
+
+    multitask = load_multitask(path, overrides)
+    return list(multitask.members), lambda text: compile_multitask(multitask, text)
+
+
+def _family_file(path: Path, overrides: list[str]) -> WholeFile:
+    from uhn_spec.family import compile_family, load_family
+
+    family = load_family(path, overrides)
+    return [member.spec for member in family.members], lambda text: compile_family(family, text)
 
 
 def fitting_budget(spec: ExperimentSpec, path: Path, *purposes: Purpose) -> Budget:
