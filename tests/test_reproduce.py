@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,32 @@ def test_rows_not_run_yet_are_left_out_and_counted(tmp_path: Path) -> None:
     assert [r["row"] for r in json.loads(json_path.read_text())] == ["tiny_b", "absent"]
     assert "Not run yet (1 rows, left out above): tiny_a." in md_path.read_text()
     assert "1 rows missing (tiny_a)" in said[0]
+
+
+def test_rows_of_an_earlier_sitting_stay_when_their_run_folders_are_gone(tmp_path: Path) -> None:
+    # A fresh clone has the committed results file but not the run folders behind it.
+    first, _ = harness(tmp_path, rows=("tiny_b",))
+    first.run()
+    json_path, _, _ = write_results(first, tmp_path / "results", "uhn reproduce t")
+    kept = next(r for r in json.loads(json_path.read_text()) if r["row"] == "tiny_b")
+    shutil.rmtree(tmp_path / "out")
+    later, _ = harness(tmp_path, rows=("tiny_a",), seeds=(1,))
+    later.run()
+    _, md_path, missing = write_results(later, tmp_path / "results", "uhn reproduce t")
+    rows = {r["row"]: r for r in json.loads(json_path.read_text())}
+    assert missing == [] and rows["tiny_b"] == kept and rows["tiny_a"]["uhn"]["seeds"] == 1
+    assert "| tiny_b | rmse |" in md_path.read_text()
+
+
+def test_a_damaged_results_file_is_named_not_overwritten(tmp_path: Path) -> None:
+    h, _ = harness(tmp_path, rows=("tiny_b",))
+    h.run()
+    json_path = tmp_path / "results" / "tiny_cpu.json"
+    json_path.parent.mkdir()
+    json_path.write_text("{not json")
+    with pytest.raises(TableError, match="tiny_cpu.json: not a results file"):
+        write_results(h, tmp_path / "results", "uhn reproduce t")
+    assert json_path.read_text() == "{not json"
 
 
 def test_a_run_folder_of_other_settings_is_refused(tmp_path: Path) -> None:

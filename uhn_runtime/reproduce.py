@@ -15,7 +15,8 @@ seed, scored on ``val``; the best lr then trains every seed. The choice is kept 
 
 At the end the results of every row whose seeds have all finished -- in this sitting or an
 earlier one -- go into a JSON list and a markdown table; rows not run yet are left out and
-counted, never filled in.
+counted, never filled in. A row whose run folders are not on this machine (a fresh clone)
+keeps its record from the results file written before, so the table fills up over sittings.
 """
 
 from __future__ import annotations
@@ -395,15 +396,20 @@ class Harness:
         return DirectLr(float(best), True, how, scores)
 
     # ------------------------------------------------------------------ results
-    def results(self) -> tuple[list[dict[str, Any]], list[str]]:
+    def results(self, earlier: dict[str, dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
         """(the JSON rows of every finished row of the table, the names of rows not run yet).
-        Every row of the table counts, not only --rows: a table fills up over sittings."""
+        Every row of the table counts, not only --rows: a table fills up over sittings. A row
+        whose run folders are not here (another clone, another machine) keeps its record from
+        ``earlier``, the results file this table wrote before, when that is of this budget."""
         rows, missing = [], []
         for row in self.table.rows:
             if not row.runnable:
                 rows.append(note_row(row))
                 continue
             record = self.row_result(row)
+            kept = (earlier or {}).get(row.name)
+            if record is None and kept is not None and kept.get("budget") == self.options.budget and kept.get("uhn"):
+                record = kept
             if record is None:
                 missing.append(row.name)
             else:
@@ -627,6 +633,19 @@ def machine_lines(rows: list[dict[str, Any]]) -> list[str]:
     return ["; ".join(parts) + ".", ""]
 
 
+def earlier_results(json_path: Path) -> dict[str, dict[str, Any]]:
+    """The rows of a results file written before, by row name (none when there is no file)."""
+    if not json_path.is_file():
+        return {}
+    try:
+        rows = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise TableError(f"{json_path}: not a results file this command wrote ({err}); move it away to start afresh") from err
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "row" in r for r in rows):
+        raise TableError(f"{json_path}: not a results file this command wrote (a list of rows); move it away to start afresh")
+    return {r["row"]: r for r in rows}
+
+
 def results_paths(results_dir: Path, table: Table, budget: Budget) -> tuple[Path, Path]:
     stem = f"{table.name}_{budget}"
     return results_dir / f"{stem}.json", results_dir / f"{stem}.md"
@@ -635,9 +654,10 @@ def results_paths(results_dir: Path, table: Table, budget: Budget) -> tuple[Path
 def write_results(
     harness: Harness, results_dir: Path, command: str, say: Callable[[str], None] | None = None
 ) -> tuple[Path, Path, list[str]]:
-    """Write ``<table>_<budget>.json`` and ``.md`` under ``results_dir``; the rows not run yet."""
-    rows, missing = harness.results()
+    """Write ``<table>_<budget>.json`` and ``.md`` under ``results_dir``; the rows not run yet.
+    Rows finished in an earlier sitting whose run folders are gone stay, from the file itself."""
     json_path, md_path = results_paths(results_dir, harness.table, harness.options.budget)
+    rows, missing = harness.results(earlier_results(json_path))
     atomic_write_text(json_path, json.dumps(rows, indent=2) + "\n")
     atomic_write_text(md_path, render_markdown(harness.table, harness.options.budget, rows, missing, command) + "\n")
     if say is not None:
