@@ -34,9 +34,10 @@ def import_module(
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     module = load_module_ref(ref)
     imported = import_model(module, input_shape=shape, graph=graph, name=name or output.stem, dataset=dataset)
-    shape_flag = " ".join(flag for flag in (graph and f"--graph {graph}", input_shape and f"--input-shape {input_shape}") if flag)
-    header = (
-        f"# {imported.spec['description']}: `uhn import {ref} {shape_flag} -o {output}`.\n"
+    given = {"--input-shape": input_shape, "--graph": graph, "--dataset": dataset, "--name": name}
+    flags = " ".join(f"{flag} {value}" for flag, value in given.items() if value is not None)
+    header = (  # the command that wrote the spec, so it can be imported again
+        f"# {imported.spec['description']}: `uhn import {ref} {flags} -o {output}`.\n"
         f"# Weights back into the module: uhn export RUN -o model.safetensors --for-module {ref}\n"
     )
     text = header + yaml.safe_dump(imported.spec, sort_keys=False)

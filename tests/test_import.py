@@ -144,6 +144,7 @@ def test_import_train_export_for_module_cli_graph_attention(tmp_path) -> None:
     result = runner.invoke(app, ["import", ref, "--graph", "synthetic", "--input-shape", "12", "-o", str(spec_path)])
     assert result.exit_code == 0, result.output
     assert f"{sum(p.numel() for p in tiny_gat().parameters())} params (as the module)" in result.output
+    assert f"`uhn import {ref} --input-shape 12 --graph synthetic -o {spec_path}`" in spec_path.read_text()  # how to redo it
     small = ["--set", "train.epochs=null", "--set", "train.steps=3", "--set", "train.warmup=0",
              "--set", "generator.index_freqs=16", "--set", "generator.hidden=8", "--set", "task.synthetic.num_examples=40"]
     result = runner.invoke(app, ["train", str(spec_path), "-o", str(run), "--mode", "uhn", "--device", "cpu", *small])
