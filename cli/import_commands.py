@@ -34,7 +34,7 @@ def import_module(
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     module = load_module_ref(ref)
     imported = import_model(module, input_shape=shape, graph=graph, name=name or output.stem, dataset=dataset)
-    given = {"--input-shape": input_shape, "--graph": graph, "--dataset": dataset, "--name": name}
+    given = {"--graph": graph, "--input-shape": input_shape, "--dataset": dataset, "--name": name}
     flags = " ".join(f"{flag} {value}" for flag, value in given.items() if value is not None)
     header = (  # the command that wrote the spec, so it can be imported again
         f"# {imported.spec['description']}: `uhn import {ref} {flags} -o {output}`.\n"

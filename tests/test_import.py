@@ -129,23 +129,41 @@ def test_import_train_export_for_module_cli(tmp_path) -> None:
     assert wrong.exit_code == 2 and "does not match the run's spec" in wrong.output
 
 
-def test_import_train_export_for_module_cli_graph_attention(tmp_path) -> None:
-    """A PyG GAT through the user's path on a synthetic graph: import, train a few steps,
-    export into the original class (strict), with the spec model's outputs."""
+def graph_inputs() -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(4)
+    x, edges = torch.randn(9, 12, generator=gen), torch.randint(0, 9, (2, 24), generator=gen)
+    return x, edges[:, edges[0] != edges[1]]
+
+
+# The other targets of the issue through the same path: (factory, import flags, model inputs).
+CLI_CASES = {
+    "gat": ("tiny_gat", ["--graph", "synthetic", "--input-shape", "12"], graph_inputs),
+    "gcn": ("tiny_gcn", ["--graph", "synthetic", "--input-shape", "12"], graph_inputs),
+    "transformer": ("TextTransformer", ["--input-shape", "7"], lambda: (torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(4)),)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
+def test_import_train_export_for_module_cli_graph_and_text(tmp_path, case: str) -> None:
+    """PyG GAT and GCN on a synthetic graph, a TransformerEncoder on synthetic text, through the
+    user's path: import, train a few steps, export into the original class (strict), with the
+    spec model's outputs."""
     from safetensors.torch import load_file
     from typer.testing import CliRunner
 
     from uhn_cli.main import app
     from uhn_runtime.export import load_exported
 
+    attr, flags, inputs = CLI_CASES[case]
+    factory = getattr(models, attr)
     runner = CliRunner()
-    ref = f"{models.__file__}:tiny_gat"
-    spec_path, run = tmp_path / "gat.yaml", tmp_path / "run"
-    result = runner.invoke(app, ["import", ref, "--graph", "synthetic", "--input-shape", "12", "-o", str(spec_path)])
+    ref = f"{models.__file__}:{attr}"
+    spec_path, run = tmp_path / "spec.yaml", tmp_path / "run"
+    result = runner.invoke(app, ["import", ref, *flags, "-o", str(spec_path)])
     assert result.exit_code == 0, result.output
-    assert f"{sum(p.numel() for p in tiny_gat().parameters())} params (as the module)" in result.output
-    assert f"`uhn import {ref} --input-shape 12 --graph synthetic -o {spec_path}`" in spec_path.read_text()  # how to redo it
-    small = ["--set", "train.epochs=null", "--set", "train.steps=3", "--set", "train.warmup=0",
+    assert f"{sum(p.numel() for p in factory().parameters())} params (as the module)" in result.output
+    assert f"`uhn import {ref} {' '.join(flags)} -o {spec_path}`" in spec_path.read_text()  # how to redo it
+    small = ["--set", "train.epochs=null", "--set", "train.steps=3", "--set", "train.warmup=0", "--set", "train.batch_size=16",
              "--set", "generator.index_freqs=16", "--set", "generator.hidden=8", "--set", "task.synthetic.num_examples=40"]
     result = runner.invoke(app, ["train", str(spec_path), "-o", str(run), "--mode", "uhn", "--device", "cpu", *small])
     assert result.exit_code == 0, result.output
@@ -154,11 +172,8 @@ def test_import_train_export_for_module_cli_graph_attention(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert runner.invoke(app, ["export", str(run), "-o", str(plain)]).exit_code == 0
 
-    module = tiny_gat().eval()
+    module = factory().eval()
     module.load_state_dict(load_file(str(module_file)), strict=True)
     _, spec_model = load_exported(plain)
-    gen = torch.Generator().manual_seed(4)
-    x, edges = torch.randn(9, 12, generator=gen), torch.randint(0, 9, (2, 24), generator=gen)
-    edges = edges[:, edges[0] != edges[1]]
     with torch.no_grad():
-        assert torch.allclose(module(x, edges), spec_model.eval()(x, edges), atol=1e-5, rtol=1e-4)
+        assert torch.allclose(module(*inputs()), spec_model.eval()(*inputs()), atol=1e-5, rtol=1e-4)

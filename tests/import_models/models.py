@@ -105,6 +105,10 @@ class GCN(nn.Module):
         return self.conv2(x, edge_index)
 
 
+def tiny_gcn() -> GCN:
+    return GCN(features=12, hidden=8, classes=3)
+
+
 class WithLSTM(nn.Module):
     def __init__(self) -> None:
         super().__init__()
