@@ -17,7 +17,7 @@ def import_module(
     input_shape: Annotated[
         str | None, typer.Option("--input-shape", help="Input without the batch: C,H,W; F; or T (token ids, for a model starting with an Embedding).", show_default=False)
     ] = None,
-    graph: Annotated[str | None, typer.Option("--graph", help="Graph models (called as model(x, edge_index)): the graph dataset, e.g. cora.", show_default=False)] = None,
+    graph: Annotated[str | None, typer.Option("--graph", help="Graph models (called as model(x, edge_index)): the graph dataset, e.g. cora; or synthetic, with --input-shape F (features per node).", show_default=False)] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Task dataset of the spec (default: synthetic data of the input shape).", show_default=False)] = None,
     name: Annotated[str | None, typer.Option("--name", help="Spec name (default: the output file's stem).", show_default=False)] = None,
 ) -> None:
@@ -34,9 +34,10 @@ def import_module(
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     module = load_module_ref(ref)
     imported = import_model(module, input_shape=shape, graph=graph, name=name or output.stem, dataset=dataset)
-    shape_flag = f"--graph {graph}" if graph else f"--input-shape {input_shape}"
-    header = (
-        f"# {imported.spec['description']}: `uhn import {ref} {shape_flag} -o {output}`.\n"
+    given = {"--graph": graph, "--input-shape": input_shape, "--dataset": dataset, "--name": name}
+    flags = " ".join(f"{flag} {value}" for flag, value in given.items() if value is not None)
+    header = (  # the command that wrote the spec, so it can be imported again
+        f"# {imported.spec['description']}: `uhn import {ref} {flags} -o {output}`.\n"
         f"# Weights back into the module: uhn export RUN -o model.safetensors --for-module {ref}\n"
     )
     text = header + yaml.safe_dump(imported.spec, sort_keys=False)

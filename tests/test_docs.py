@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 import re
+import shlex
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +20,7 @@ from uhn_spec import ExperimentSpec, enums
 from uhn_spec.descriptors import GLOBAL_FIELDS, INDEX_FIELDS, LOCAL_FIELDS, TASK_FIELDS
 from uhn_spec.layers import REGISTRY, LayerSpec
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, SHARED_DATA
 
 SPECS_DOC = REPO_ROOT / "docs" / "specs.md"
 DESCRIPTORS_DOC = REPO_ROOT / "docs" / "descriptors.md"
@@ -211,6 +216,63 @@ def test_readme_python_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["flat"].shape == (118_282,)
     assert namespace["H"].index_in.weight.grad is not None
+
+
+def readme_import_example() -> list[tuple[str, list[str]]]:
+    """The README's `uhn import` example: (command, the comment lines under it that show
+    what it prints), continuation lines joined."""
+    section = (REPO_ROOT / "README.md").read_text().split("## Import a PyTorch model", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, flags=re.S)
+    assert block is not None, "the README's import section has no sh block"
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.group(1).replace("\\\n", " ").splitlines():
+        if line.startswith("# "):
+            steps[-1][1].append(line[2:])
+        elif line.strip():
+            steps.append((" ".join(line.split()), []))
+    return steps
+
+
+def run_shell(command: str, cwd: Path) -> str:
+    """One README line, run by bash in ``cwd`` with this environment's `uhn` and `python`."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture
+def user_folder(tmp_path: Path) -> Path:
+    """A user's working folder: the example's paths (tests/import_models/...) resolve from it."""
+    (tmp_path / "tests").symlink_to(REPO_ROOT / "tests")
+    return tmp_path
+
+
+def test_readme_import_example_prints_what_it_says(user_folder: Path) -> None:
+    """Its import and inspect lines, run as written on the full ResNet-18, print the lines
+    the README shows under them (no data needed)."""
+    steps = readme_import_example()
+    assert [shlex.split(command)[:2] for command, _ in steps[:2]] == [["uhn", "import"], ["uhn", "inspect"]]
+    for command, shown in steps[:2]:
+        printed = run_shell(command, user_folder).strip()
+        assert printed == shown[0].split(" = ")[0], f"{command} printed {printed!r}"
+
+
+@pytest.mark.slow  # about 2 min on the loaded 2-core machine; skipped without CIFAR-10
+def test_readme_import_example_runs_end_to_end(user_folder: Path) -> None:
+    """All of it, as written except: the 2-stage tiny_resnet10 of the same class stands in for
+    ResNet-18 and training is a few steps of a tiny generator (the full one takes hours here)."""
+    if not (SHARED_DATA / "cifar10").is_dir():
+        pytest.skip(f"CIFAR-10 not found at {SHARED_DATA}")
+    budget = "--set train.epochs=null --set train.steps=2 --set train.warmup=0 --set train.init_steps=1 --set train.batch_size=8"
+    budget += " --set generator.index_freqs=16 --set generator.hidden=8"
+    for command, _ in readme_import_example():
+        command = command.replace(":resnet18 ", ":tiny_resnet10 ").replace("models.resnet18()", "models.tiny_resnet10()")
+        command = command.replace("../shared/data", str(SHARED_DATA))
+        if command.startswith("uhn train"):
+            command += f" {budget}"
+        run_shell(command, user_folder)
+    assert (user_folder / "resnet18_module.safetensors").is_file()
 
 
 # --------------------------------------------------------------------------- generated tables

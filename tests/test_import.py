@@ -12,13 +12,14 @@ from uhn_spec.errors import UHNError
 from uhn_spec.importer import import_model, load_module_ref, module_state_dict
 
 from .import_models import models
-from .import_models.models import GCN, TextTransformer, WithLSTM, pre_ln_transformer, tiny_resnet
+from .import_models.models import GAT, GCN, TextTransformer, WithLSTM, gat_without_input_dropout, pre_ln_transformer, tiny_gat, tiny_resnet
 
 CASES = [
     (tiny_resnet, {"input_shape": (3, 8, 8)}),
     (TextTransformer, {"input_shape": (7,)}),
     (pre_ln_transformer, {"input_shape": (5,)}),
     (lambda: GCN(features=3703, hidden=8), {"graph": "citeseer"}),
+    (lambda: GAT(features=3703, hidden=4, heads=3), {"graph": "citeseer"}),
 ]
 
 
@@ -36,7 +37,7 @@ def example(kwargs: dict, spec: ExperimentSpec) -> tuple[tuple, dict]:
     return (x,), {"x": x}
 
 
-@pytest.mark.parametrize(("factory", "kwargs"), CASES, ids=["resnet", "post_ln_transformer", "pre_ln_transformer", "gcn"])
+@pytest.mark.parametrize(("factory", "kwargs"), CASES, ids=["resnet", "post_ln_transformer", "pre_ln_transformer", "gcn", "gat"])
 def test_import_round_trips_weights_into_the_original_module(factory, kwargs: dict) -> None:
     torch.manual_seed(0)
     module = factory().eval()
@@ -71,6 +72,17 @@ def test_unsupported_op_is_one_line_naming_it_and_the_nearest_form() -> None:
     message = str(err.value)
     assert "\n" not in message
     assert message == "rnn: LSTM is not supported; nearest supported form: MultiheadAttention or TransformerEncoderLayer(batch_first=True)"
+
+
+def test_gat_takes_the_dropout_before_it_as_its_feature_dropout() -> None:
+    """The spec's gat drops features and attention at one rate, PyG's GATConv only attention:
+    F.dropout(x, p) before GATConv(dropout=p) is one gat layer; without it there is no spec form."""
+    layers = import_model(tiny_gat(), graph="synthetic", input_shape=(12,)).spec["layers"]
+    assert [layer["kind"] for layer in layers] == ["gat", "activation", "gat"]
+    assert [layers[0]["dropout"], layers[2]["dropout"]] == [0.6, 0.6]
+    with pytest.raises(UHNError) as err:
+        import_model(gat_without_input_dropout(), graph="synthetic", input_shape=(12,))
+    assert str(err.value).startswith("conv1: GATConv(dropout=0.6) without F.dropout(x, p=0.6) just before it is not supported; nearest supported form:")
 
 
 def test_module_refs_by_file_and_by_dotted_path() -> None:
@@ -115,3 +127,53 @@ def test_import_train_export_for_module_cli(tmp_path) -> None:
 
     wrong = runner.invoke(app, ["export", str(run), "-o", str(tmp_path / "w.safetensors"), "--for-module", f"{models.__file__}:wider_tiny_resnet"])
     assert wrong.exit_code == 2 and "does not match the run's spec" in wrong.output
+
+
+def graph_inputs() -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(4)
+    x, edges = torch.randn(9, 12, generator=gen), torch.randint(0, 9, (2, 24), generator=gen)
+    return x, edges[:, edges[0] != edges[1]]
+
+
+# The other targets of the issue through the same path: (factory, import flags, model inputs).
+CLI_CASES = {
+    "gat": ("tiny_gat", ["--graph", "synthetic", "--input-shape", "12"], graph_inputs),
+    "gcn": ("tiny_gcn", ["--graph", "synthetic", "--input-shape", "12"], graph_inputs),
+    "transformer": ("TextTransformer", ["--input-shape", "7"], lambda: (torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(4)),)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
+def test_import_train_export_for_module_cli_graph_and_text(tmp_path, case: str) -> None:
+    """PyG GAT and GCN on a synthetic graph, a TransformerEncoder on synthetic text, through the
+    user's path: import, train a few steps, export into the original class (strict), with the
+    spec model's outputs."""
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from uhn_cli.main import app
+    from uhn_runtime.export import load_exported
+
+    attr, flags, inputs = CLI_CASES[case]
+    factory = getattr(models, attr)
+    runner = CliRunner()
+    ref = f"{models.__file__}:{attr}"
+    spec_path, run = tmp_path / "spec.yaml", tmp_path / "run"
+    result = runner.invoke(app, ["import", ref, *flags, "-o", str(spec_path)])
+    assert result.exit_code == 0, result.output
+    assert f"{sum(p.numel() for p in factory().parameters())} params (as the module)" in result.output
+    assert f"`uhn import {ref} {' '.join(flags)} -o {spec_path}`" in spec_path.read_text()  # how to redo it
+    small = ["--set", "train.epochs=null", "--set", "train.steps=3", "--set", "train.warmup=0", "--set", "train.batch_size=16",
+             "--set", "generator.index_freqs=16", "--set", "generator.hidden=8", "--set", "task.synthetic.num_examples=40"]
+    result = runner.invoke(app, ["train", str(spec_path), "-o", str(run), "--mode", "uhn", "--device", "cpu", *small])
+    assert result.exit_code == 0, result.output
+    module_file, plain = tmp_path / "module.safetensors", tmp_path / "plain.safetensors"
+    result = runner.invoke(app, ["export", str(run), "-o", str(module_file), "--for-module", ref])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["export", str(run), "-o", str(plain)]).exit_code == 0
+
+    module = factory().eval()
+    module.load_state_dict(load_file(str(module_file)), strict=True)
+    _, spec_model = load_exported(plain)
+    with torch.no_grad():
+        assert torch.allclose(module(*inputs()), spec_model.eval()(*inputs()), atol=1e-5, rtol=1e-4)

@@ -3,6 +3,7 @@ every shipped family validates with the paper's member and unseen counts."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import cache
 from pathlib import Path
@@ -14,6 +15,7 @@ from uhn_cli.main import app
 from uhn_spec import compile_spec, load_spec
 from uhn_spec.family import Family, is_family_file, load_family
 from uhn_spec.multitask import compile_multitask, is_multitask_file, load_multitask
+from uhn_spec.plan import Plan
 from uhn_spec.recursive import compile_recursive, is_recursive_file, load_recursive
 from uhn_spec.tasks import FORMULA_FUNCTIONS
 
@@ -58,6 +60,55 @@ AUTHORS_PARAMS: dict[str, int] = {
 }
 
 
+# The descriptors of the paper's specs, pinned: a digest of each compiled plan's global, task
+# and local rows, index descriptors, normalisation ranges and parameter table. Taken from the
+# tree before the spec language grew (main at 0426c5d^1, before issue 15's new layer kinds and
+# blocks) and unchanged since: new kinds and enum ids must leave the authors' descriptors alone.
+PAPER_DESCRIPTOR_DIGESTS: dict[str, str] = {
+    "agnews_transformer2l": "2a001d511db5ed08",
+    "cifar10_cnn20": "1ae0e4f6815b56bf",
+    "cifar10_cnn32": "c4d21b0654d7e4b5",
+    "cifar10_cnn44": "6c6b5b66efda7604",
+    "cifar10_cnn56": "96230a6aea91ecde",
+    "citeseer_gat": "7ec003522f145f14",
+    "citeseer_gcn": "9a11b798e42b7069",
+    "cora_gat": "ee88fa2a8a5372e4",
+    "cora_gcn": "616a7457d54ce00d",
+    "digits_mlp": "91bb26745e761e9d",
+    "imdb_transformer1l": "69e34ad0e80b1992",
+    "kan_ellipeinc": "67c50050abc05573",
+    "kan_ellipj": "162f566b82376d70",
+    "kan_ellipkinc": "9a7086ac5653bd62",
+    "kan_iv": "3a0ce956b2aaa748",
+    "kan_jv": "d86b75fb6475d7c4",
+    "kan_kv": "a792c48d8826e6d4",
+    "kan_lpmv0": "43d1951a79aa20d1",
+    "kan_lpmv1": "d20d72a3308de8ea",
+    "kan_lpmv2": "dd25f8f3d191b221",
+    "kan_sph_harm01": "f67041eb177ea183",
+    "kan_sph_harm02": "617408ab85c9c260",
+    "kan_sph_harm11": "4eae03ca44765909",
+    "kan_sph_harm12": "b792d05bcaad6661",
+    "kan_sph_harm22": "9d68a36d58169341",
+    "kan_yv": "573401da10a6eac8",
+    "mnist_cnn8": "af6714c01af85aee",
+    "mnist_mlp": "6588b558dab7ce41",
+}
+
+
+def descriptor_digest(plan: Plan) -> str:
+    target = plan.targets[0]
+    digest = hashlib.sha256()
+    tensors = (target.global_row, target.task_row, target.local_rows, target.index.constants, target.index.dim_fields,
+               target.index.dim_sizes, plan.index_ranges.to_tensor(), plan.structure_ranges.to_tensor())
+    for tensor in tensors:
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.double().contiguous().numpy().tobytes())
+    table = [(p.name, list(p.shape), p.param_type, p.init_mean, p.init_std) for p in target.params]
+    digest.update(json.dumps(table).encode())
+    return digest.hexdigest()[:16]
+
+
 def ids(paths: list[Path]) -> list[str]:
     return [p.stem for p in paths]
 
@@ -71,12 +122,27 @@ def test_every_paper_setting_is_shipped() -> None:
 def test_shipped_spec_validates_and_compiles(path: Path) -> None:
     spec = load_spec(path)
     assert spec.name == path.stem, "a spec's name is its file name, so runs and plans are easy to trace"
-    target = compile_spec(spec).targets[0]
+    plan = compile_spec(spec)
+    target = plan.targets[0]
     assert target.num_params == spec.num_params
     if path.stem in AUTHORS_PARAMS:
         assert target.num_params == AUTHORS_PARAMS[path.stem]
+        assert descriptor_digest(plan) == PAPER_DESCRIPTOR_DIGESTS[path.stem], "the authors' descriptors changed"
     assert_ranges_of_compact_form_equal_those_of_rows(target)
 
+
+
+# The reference's verified 8-field global descriptors [model_type, task_type, dataset_type,
+# num_layers, cnn_stage_num, num_encoders, structure freqs, index freqs] (reference-facts 1.2);
+# the plan keeps the task's two fields in ``task_row``.
+REFERENCE_GLOBAL_DESCRIPTORS = {"mnist_cnn8": [1, 0, 0, 8, 4, 0, 0, 0], "kan_kv": [5, 3, 12, 2, 0, 0, 0, 0]}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_GLOBAL_DESCRIPTORS))
+def test_paper_spec_global_descriptor_is_the_references(name: str) -> None:
+    target = compile_spec(load_spec(SPECS_DIR / f"{name}.yaml")).targets[0]
+    model_type, *structure = target.global_row.tolist()
+    assert [model_type, *target.task_row.tolist(), *structure] == REFERENCE_GLOBAL_DESCRIPTORS[name]
 
 # Every layer kind: linear, conv2d, gcn, gat, kan, embedding + mha (CNN-20..56 repeat CNN-8's
 # kinds at up to 11x the rows: too slow for the default run on 2 cores).

@@ -458,10 +458,30 @@ def trace_layers(model: nn.Module, example: tuple[torch.Tensor, ...], state: Tra
         source = paths[tracked[0]]
         if node.args and node.args[0] is not tracked[0] and node.target is not operator.getitem:
             raise unsupported(f"{node.target} whose first argument is not the features", node_place(node), "layer(x)")
-        paths[node] = source + convert_node(node, tracked[0], modules, state)
+        paths[node] = with_gat_dropout_folded(source, convert_node(node, tracked[0], modules, state), str(node.target))
     if output is None:
         raise unsupported("a graph without output", "", "a module returning a tensor")
     return output
+
+
+def with_gat_dropout_folded(source: list[Imported], converted: list[Imported], where: str) -> list[Imported]:
+    """``source`` followed by ``converted``, where a gat layer absorbs the dropout before it.
+
+    The spec's ``gat`` drops its input features and its attention at one rate (the authors'
+    layer); PyG's ``GATConv(dropout=p)`` drops only attention, and models put ``F.dropout(x, p)``
+    before it. That pair is one spec layer; a GATConv with attention dropout and no dropout of
+    its rate just before it has no spec form (training would drop features it does not)."""
+    if not converted or converted[0].layer["kind"] != "gat" or converted[0].layer["dropout"] == 0:
+        return source + converted
+    rate = converted[0].layer["dropout"]
+    before = source[-1].layer if source else {}
+    if before.get("kind") != "dropout" or before["p"] != rate:
+        raise unsupported(
+            f"GATConv(dropout={rate}) without F.dropout(x, p={rate}) just before it",
+            where,
+            f"F.dropout(x, p={rate}) then GATConv(..., dropout={rate}) (the spec's gat drops features and attention at one rate), or GATConv(dropout=0)",
+        )
+    return source[:-1] + converted
 
 
 def convert_node(node: torch.fx.Node, source: torch.fx.Node, modules: dict[str, nn.Module], state: TraceState) -> list[Imported]:
@@ -553,13 +573,24 @@ def all_kinds(layers: list[Imported]) -> set[str]:
     return kinds
 
 
+def graph_features(graph: str, input_shape: tuple[int, ...] | None) -> int:
+    """Features per node: the graph dataset's, or ``input_shape`` (F,) for ``synthetic``."""
+    if graph == "synthetic":
+        if input_shape is None or len(input_shape) != 1:
+            raise UHNError("--graph synthetic: give the features per node as --input-shape F")
+        return input_shape[0]
+    if graph not in DATASETS or DATASETS[graph].input_kind != "nodes":
+        graphs = ", ".join(k for k, v in DATASETS.items() if v.input_kind == "nodes")
+        raise UHNError(f"--graph: {graph!r} is not a graph dataset; use one of: {graphs}, or synthetic with --input-shape F")
+    if input_shape is not None:
+        raise UHNError(f"uhn import: --graph {graph} fixes the input; leave out --input-shape")
+    return DATASETS[graph].input_dims[0]
+
+
 def example_input(model: nn.Module, input_shape: tuple[int, ...] | None, graph: str | None) -> tuple[tuple[torch.Tensor, ...], TraceState]:
     gen = torch.Generator().manual_seed(0)
     if graph is not None:
-        if graph not in DATASETS or DATASETS[graph].input_kind != "nodes":
-            graphs = ", ".join(k for k, v in DATASETS.items() if v.input_kind == "nodes")
-            raise UHNError(f"--graph: {graph!r} is not a graph dataset; use one of: {graphs}")
-        features = DATASETS[graph].input_dims[0]
+        features = graph_features(graph, input_shape)
         nodes = 6
         return (torch.randn(nodes, features, generator=gen), torch.randint(0, nodes, (2, 12), generator=gen)), TraceState(graph=True)
     assert input_shape is not None
@@ -580,17 +611,21 @@ def import_model(
     dataset: str | None = None,
 ) -> ImportedModel:
     """Trace ``model`` and give its spec; ``graph`` (a graph dataset) instead of ``input_shape``
-    for models called as ``model(x, edge_index)``."""
-    if (input_shape is None) == (graph is None):
-        raise UHNError("uhn import: give exactly one of --input-shape and --graph")
+    for models called as ``model(x, edge_index)``, or ``graph="synthetic"`` with
+    ``input_shape=(features per node,)`` for a synthetic graph task."""
+    if input_shape is None and graph is None:
+        raise UHNError("uhn import: give --input-shape, or --graph for a graph model")
     model = model.eval()
     example, state = example_input(model, input_shape, graph)
     with torch.no_grad():
         out = model(*example)
     layers = trace_layers(model, example, state)
     outputs = int(out.shape[-1])
-    if graph is not None:
-        task: dict[str, Any] = {"dataset": graph}
+    if graph == "synthetic":
+        shape = {"input_dims": list(input_shape or ()), "num_outputs": outputs}
+        task: dict[str, Any] = {"dataset": "synthetic", "synthetic": {"task_type": "graph_node_classification", **shape}}
+    elif graph is not None:
+        task = {"dataset": graph}
     elif dataset is not None:
         task = {"dataset": dataset}
     elif state.vocab_size is not None:
@@ -637,9 +672,8 @@ def import_for_spec(ref: str, spec: Any) -> tuple[nn.Module, ImportedModel]:
     module = load_module_ref(ref)
     info = spec.task.info
     if info.input_kind == "nodes":
-        if spec.task.dataset == "synthetic":
-            raise UHNError(f"--for-module: {spec.name} has a synthetic graph task; import needs a graph dataset")
-        imported = import_model(module, graph=spec.task.dataset)
+        synthetic = spec.task.dataset == "synthetic"
+        imported = import_model(module, input_shape=tuple(info.input_dims) if synthetic else None, graph=spec.task.dataset)
     else:
         shape = (spec.task.max_length,) if info.input_kind == "tokens" else tuple(info.input_dims)
         imported = import_model(module, input_shape=shape)

@@ -1,7 +1,7 @@
 """Small stock PyTorch models that `uhn import` must turn into specs (test fixtures).
 
 They are ordinary user code: a torchvision-style CIFAR ResNet (basic blocks, BatchNorm,
-projection shortcuts), an nn.TransformerEncoder text classifier and a PyG two-layer GCN.
+projection shortcuts), an nn.TransformerEncoder text classifier, and PyG two-layer GCN and GAT models.
 ``resnet18`` is the full CIFAR-10 ResNet-18 (11,173,962 parameters).
 """
 
@@ -68,6 +68,11 @@ def tiny_resnet() -> ResNet:
     return ResNet(blocks=(1, 1), widths=(4, 8), num_classes=3)
 
 
+def tiny_resnet10() -> ResNet:
+    """tiny_resnet with CIFAR-10's 10 classes: stands in for resnet18 in the README example's test."""
+    return ResNet(blocks=(1, 1), widths=(4, 8), num_classes=10)
+
+
 class TextTransformer(nn.Module):
     def __init__(self, vocab: int = 50, dim: int = 16, heads: int = 2, layers: int = 2, classes: int = 3, norm_first: bool = False):
         super().__init__()
@@ -100,6 +105,10 @@ class GCN(nn.Module):
         return self.conv2(x, edge_index)
 
 
+def tiny_gcn() -> GCN:
+    return GCN(features=12, hidden=8, classes=3)
+
+
 class WithLSTM(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -112,3 +121,30 @@ class WithLSTM(nn.Module):
 
 def wider_tiny_resnet() -> ResNet:
     return ResNet(blocks=(1, 1), widths=(4, 16), num_classes=3)
+
+
+class GAT(nn.Module):
+    """PyG's two-layer GAT (Velickovic et al.): dropout before each GATConv at its attention
+    dropout rate, 8 heads concatenated, ELU, then one averaged head."""
+
+    def __init__(self, features: int = 3703, hidden: int = 8, heads: int = 8, classes: int = 6, dropout: float = 0.6, input_dropout: float | None = None):
+        super().__init__()
+        from torch_geometric.nn import GATConv
+
+        self.input_dropout = dropout if input_dropout is None else input_dropout
+        self.conv1 = GATConv(features, hidden, heads=heads, dropout=dropout)
+        self.conv2 = GATConv(hidden * heads, classes, heads=1, concat=False, dropout=dropout)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        x = F.dropout(x, p=self.input_dropout, training=self.training)
+        x = F.elu(self.conv1(x, edge_index))
+        x = F.dropout(x, p=self.input_dropout, training=self.training)
+        return self.conv2(x, edge_index)
+
+
+def tiny_gat() -> GAT:
+    return GAT(features=12, hidden=4, heads=2, classes=3)
+
+
+def gat_without_input_dropout() -> GAT:
+    return GAT(features=12, hidden=4, heads=2, classes=3, input_dropout=0.0)
