@@ -17,11 +17,11 @@ from uhn_cli.main import app
 from uhn_runtime.bench import BenchOptions, run_bench
 from uhn_runtime.export import export_levels, level_path, load_exported
 from uhn_runtime.generator import GeneratedGenerator, count_generator_params
-from uhn_runtime.init_phase import stage_lr_scale, top_down_stages
+from uhn_runtime.init_phase import InitTargets, stage_lr_scale, top_down_stages
 from uhn_runtime.run_dir import RunDir
 from uhn_runtime.target import DeviceTarget
 from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
-from uhn_runtime.weights import RecursiveSource, depth_lr_scale, make_source
+from uhn_runtime.weights import RecursiveSource, depth_lr_scale, head_offset, make_source
 from uhn_spec import build_model
 from uhn_spec.errors import SpecError
 from uhn_spec.recursive import compile_recursive, load_recursive, recursive_from_text
@@ -158,6 +158,29 @@ def test_gradients_reach_h0_through_the_chain_finite_and_non_zero() -> None:
     for module in (g.index_in, *g.blocks, g.out, g.structure.head):
         for name, param in module.named_parameters():
             assert param.grad.abs().sum() > 0, name
+
+
+def test_calibrated_gain_brings_the_next_level_to_its_init_scale_through_the_head() -> None:
+    torch.manual_seed(0)
+    source = _source(depth=2)
+    targets = InitTargets(source.levels[1].plan, torch.device("cpu"))
+    with torch.no_grad():
+        before = source.level_flats(2)
+        factor = source.calibrate_gain(1, targets)
+        after = source.level_flats()
+    # H1's flat changes in its head only, by the factor, and the level it generates follows.
+    start = head_offset(source.levels[0].plan)
+    assert torch.equal(after[0][:start], before[0][:start])
+    torch.testing.assert_close(after[0][start:], before[0][start:] * factor)
+    torch.testing.assert_close(after[1], before[1] * factor)
+    _, std = targets.stats(after[1])
+    wanted = targets.std > 0
+    assert float(torch.median(std[wanted] / targets.std[wanted])) == pytest.approx(1.0, rel=1e-4)
+    # The flats are the weights that run: H1's flat as an ordinary generator gives level 2.
+    level = source.levels[1]
+    with torch.no_grad():
+        again = source.generated[0].generate(after[0], level.index, level.structure_rows)
+    torch.testing.assert_close(again, after[1])
 
 
 def naive_generated(h: GeneratedGenerator, flat: torch.Tensor, index_rows: torch.Tensor, structure_rows: torch.Tensor) -> torch.Tensor:

@@ -147,6 +147,8 @@ def run_top_down_init(
         if not len(stage):
             continue
         targets = InitTargets(source.levels[level].plan, source.target.device)
+        if level >= 1:
+            source.calibrate_gain(level, targets)
         stage_lr = lr * stage_lr_scale(depth, level)
         warmup = len(stage) // 2 if depth >= 2 else 0
 

@@ -6,16 +6,19 @@ loop, one evaluation and one export serve the UHN and its direct baseline alike.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
 from uhn_spec.model import build_model
-from uhn_spec.plan import Plan
+from uhn_spec.plan import Plan, TargetPlan
 
 from .generator import GeneratedGenerator, UHNGenerator
 from .target import DeviceTarget
+
+if TYPE_CHECKING:
+    from .init_phase import InitTargets
 
 SourceKind = Literal["uhn", "direct"]
 
@@ -71,6 +74,12 @@ class RecursiveSource(nn.Module):
         self.generator = UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=seed).to(target.device)
         self.levels = [DeviceTarget(t, target.device) for t in plan.targets[:-1]] + [target]
         self.generated = [GeneratedGenerator(level, self.generator) for level in self.levels[:-1]]
+        # A fixed output gain per generated generator, applied to its head (the last layer's
+        # weight and bias) in its flat weights, so the flats are the weights that run and
+        # export as they are. 1 until the top-down init calibrates it (``calibrate_gain``):
+        # beyond the paper, see docs/specs.md, *Recursive generation*.
+        self.register_buffer("output_gains", torch.ones(len(self.generated), device=target.device))
+        self._head_starts = [head_offset(level.plan) for level in self.levels[:-1]]
 
     @property
     def depth(self) -> int:
@@ -80,16 +89,49 @@ class RecursiveSource(nn.Module):
         """The flat weights of levels 1..``last`` (1-based; default the leaf, K + 1): H1's
         from H0, then each from the generator above it."""
         last = len(self.levels) if last is None else last
-        flats = [self.levels[0].generate(self.generator)]
+        flats = [self.with_gain(0, self.levels[0].generate(self.generator))]
         for k in range(1, last):
             below = self.levels[k]
-            flats.append(self.generated[k - 1].generate(flats[-1], below.index, below.structure_rows))
+            flat = self.generated[k - 1].generate(flats[-1], below.index, below.structure_rows)
+            flats.append(self.with_gain(k, flat) if k < self.depth else flat)
         return flats
+
+    def with_gain(self, k: int, flat: torch.Tensor) -> torch.Tensor:
+        """H_{k+1}'s flat weights with its head scaled by its output gain (so its output is)."""
+        start = self._head_starts[k]
+        return torch.cat([flat[:start], flat[start:] * self.output_gains[k]])
+
+    @torch.no_grad()
+    def calibrate_gain(self, level: int, targets: "InitTargets") -> float:
+        """Set the output gain of the generator of ``level`` (0-based, 1..K: H_level, whose
+        weights are level ``level - 1``) so that the median over that level's tensors of
+        std / target std is 1: a generated generator whose weights match their init statistics
+        still generates weights far larger than its targets' (its weights are smooth in their
+        index, so they add up coherently; docs/results.md), and the next init stage starts
+        from the right scale. Returns the factor applied."""
+        flat = self.level_flats(level + 1)[level]
+        _, std = targets.stats(flat)
+        wanted = targets.std > 0
+        if not bool(wanted.any()):
+            return 1.0
+        factor = 1.0 / max(float(torch.median(std[wanted] / targets.std[wanted])), 1e-12)
+        self.output_gains[level - 1] *= factor
+        return factor
 
     def flat(self, target: DeviceTarget | None = None) -> torch.Tensor:
         if target is not None and target is not self.target:
             raise ValueError(f"a recursive chain generates its leaf {self.target.plan.name}, not {target.plan.name}")
         return self.level_flats()[-1]
+
+
+def head_offset(plan: TargetPlan) -> int:
+    """Where a generated generator's head (its last layer's parameters) starts in its flat
+    vector; the head is the flat's tail."""
+    last = max(p.layer for p in plan.params)
+    start = min(p.offset for p in plan.params if p.layer == last)
+    if any(p.offset >= start for p in plan.params if p.layer != last):
+        raise AssertionError(f"{plan.name}: the head's parameters are not the end of the flat vector")
+    return start
 
 
 def depth_lr_scale(depth: int) -> float:
