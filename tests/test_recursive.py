@@ -21,7 +21,7 @@ from uhn_runtime.init_phase import InitTargets, stage_lr_scale, top_down_stages
 from uhn_runtime.run_dir import RunDir
 from uhn_runtime.target import DeviceTarget
 from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
-from uhn_runtime.weights import RecursiveSource, depth_lr_scale, head_offset, make_source
+from uhn_runtime.weights import RecursiveSource, depth_lr_scale, head_components, make_source
 from uhn_spec import build_model
 from uhn_spec.errors import SpecError
 from uhn_spec.recursive import compile_recursive, load_recursive, recursive_from_text
@@ -160,22 +160,27 @@ def test_gradients_reach_h0_through_the_chain_finite_and_non_zero() -> None:
             assert param.grad.abs().sum() > 0, name
 
 
-def test_calibrated_gain_brings_the_next_level_to_its_init_scale_through_the_head() -> None:
+def test_calibration_scales_each_generated_tensor_and_the_next_level_to_their_init_std() -> None:
     torch.manual_seed(0)
     source = _source(depth=2)
-    targets = InitTargets(source.levels[1].plan, torch.device("cpu"))
+    above, below = (InitTargets(source.levels[k].plan, torch.device("cpu")) for k in (0, 1))
     with torch.no_grad():
-        before = source.level_flats(2)
-        factor = source.calibrate_gain(1, targets)
+        before = source.level_flats(1)[0]
+        factor = source.calibrate(1, below)
         after = source.level_flats()
-    # H1's flat changes in its head only, by the factor, and the level it generates follows.
-    start = head_offset(source.levels[0].plan)
-    assert torch.equal(after[0][:start], before[0][:start])
-    torch.testing.assert_close(after[0][start:], before[0][start:] * factor)
-    torch.testing.assert_close(after[1], before[1] * factor)
-    _, std = targets.stats(after[1])
-    wanted = targets.std > 0
-    assert float(torch.median(std[wanted] / targets.std[wanted])) == pytest.approx(1.0, rel=1e-4)
+    # H1's tensors have their target std, but for the head, scaled by the factor.
+    _, std = above.stats(after[0])
+    head = head_components(source.levels[0].plan, above)
+    expected = above.std.clone()
+    expected[head] *= factor
+    wanted = (above.std > 0) & (above.counts > 1)
+    torch.testing.assert_close(std[wanted], expected[wanted], rtol=1e-4, atol=1e-7)
+    zero_target = above.std == 0  # tensors whose target std is 0 keep what H0 generates
+    seg = above.segment
+    torch.testing.assert_close(after[0][zero_target[seg]], before[zero_target[seg]])
+    _, std = below.stats(after[1])
+    wanted = (below.std > 0) & (below.counts > 1)
+    assert float(torch.median(std[wanted] / below.std[wanted])) == pytest.approx(1.0, rel=1e-4)
     # The flats are the weights that run: H1's flat as an ordinary generator gives level 2.
     level = source.levels[1]
     with torch.no_grad():

@@ -20,6 +20,7 @@ from .target import DeviceTarget
 if TYPE_CHECKING:
     from .init_phase import InitTargets
 
+
 SourceKind = Literal["uhn", "direct"]
 
 
@@ -74,48 +75,61 @@ class RecursiveSource(nn.Module):
         self.generator = UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=seed).to(target.device)
         self.levels = [DeviceTarget(t, target.device) for t in plan.targets[:-1]] + [target]
         self.generated = [GeneratedGenerator(level, self.generator) for level in self.levels[:-1]]
-        # A fixed output gain per generated generator, applied to its head (the last layer's
-        # weight and bias) in its flat weights, so the flats are the weights that run and
-        # export as they are. 1 until the top-down init calibrates it (``calibrate_gain``):
-        # beyond the paper, see docs/specs.md, *Recursive generation*.
-        self.register_buffer("output_gains", torch.ones(len(self.generated), device=target.device))
-        self._head_starts = [head_offset(level.plan) for level in self.levels[:-1]]
+        # Fixed per-tensor gains of each generated generator's weights (beyond the paper; see
+        # docs/specs.md, *Recursive generation*): 1 until the top-down init calibrates them
+        # (``calibrate``). They are applied in the flats, so the flats are the weights that
+        # run and export as they are; they are buffers, so checkpoints and resume keep them.
+        from .init_phase import InitTargets  # init_phase imports this module
+
+        self._stats = [InitTargets(level.plan, target.device) for level in self.levels[:-1]]
+        for k, stats in enumerate(self._stats):
+            self.register_buffer(f"gains_{k}", torch.ones(len(stats.names), device=target.device))
+        self._heads = [head_components(level.plan, stats) for level, stats in zip(self.levels, self._stats)]
 
     @property
     def depth(self) -> int:
         return len(self.generated)
 
+    def gains(self, k: int) -> torch.Tensor:
+        """Per-tensor gains of H_{k+1}'s weights (0-based level k), in plan order."""
+        return getattr(self, f"gains_{k}")
+
     def level_flats(self, last: int | None = None) -> list[torch.Tensor]:
         """The flat weights of levels 1..``last`` (1-based; default the leaf, K + 1): H1's
         from H0, then each from the generator above it."""
         last = len(self.levels) if last is None else last
-        flats = [self.with_gain(0, self.levels[0].generate(self.generator))]
+        flats = [self.with_gains(0, self.levels[0].generate(self.generator))]
         for k in range(1, last):
             below = self.levels[k]
             flat = self.generated[k - 1].generate(flats[-1], below.index, below.structure_rows)
-            flats.append(self.with_gain(k, flat) if k < self.depth else flat)
+            flats.append(self.with_gains(k, flat) if k < self.depth else flat)
         return flats
 
-    def with_gain(self, k: int, flat: torch.Tensor) -> torch.Tensor:
-        """H_{k+1}'s flat weights with its head scaled by its output gain (so its output is)."""
-        start = self._head_starts[k]
-        return torch.cat([flat[:start], flat[start:] * self.output_gains[k]])
+    def with_gains(self, k: int, flat: torch.Tensor) -> torch.Tensor:
+        """Level k's generated weights (a generator's) times their per-tensor gains."""
+        return flat * self.gains(k)[self._stats[k].segment]
 
     @torch.no_grad()
-    def calibrate_gain(self, level: int, targets: "InitTargets") -> float:
-        """Set the output gain of the generator of ``level`` (0-based, 1..K: H_level, whose
-        weights are level ``level - 1``) so that the median over that level's tensors of
-        std / target std is 1: a generated generator whose weights match their init statistics
-        still generates weights far larger than its targets' (its weights are smooth in their
-        index, so they add up coherently; docs/results.md), and the next init stage starts
-        from the right scale. Returns the factor applied."""
-        flat = self.level_flats(level + 1)[level]
-        _, std = targets.stats(flat)
-        wanted = targets.std > 0
+    def calibrate(self, level: int, targets: InitTargets) -> float:
+        """Before the init stage of ``level`` (0-based, 1..K): scale each tensor of the
+        generator above it (level - 1) to its target std, then that generator's head so
+        that the median over ``level``'s tensors of std / target std is 1. The stats loss
+        weighs every tensor's error alike, so a tensor with a small target std (the 2,048-wide
+        input Linear of H_k: 0.0128) ends its stage several times too wide, and the level it
+        generates comes out tens of times too large; every Adam step then moves it by more
+        than its own size (docs/results.md, *Recursive generation*). Returns the head factor."""
+        above, stats = level - 1, self._stats[level - 1]
+        gains = self.gains(above)
+        _, std = stats.stats(self.level_flats(level)[above])
+        # A tensor of one element has no spread to match (the head's bias): left as it is.
+        wanted = (stats.std > 0) & (stats.counts > 1)
+        gains[wanted] *= stats.std[wanted] / std[wanted].clamp_min(1e-12)
+        _, std = targets.stats(self.level_flats(level + 1)[level])
+        wanted = (targets.std > 0) & (targets.counts > 1)
         if not bool(wanted.any()):
             return 1.0
-        factor = 1.0 / max(float(torch.median(std[wanted] / targets.std[wanted])), 1e-12)
-        self.output_gains[level - 1] *= factor
+        factor = 1.0 / float(torch.median(std[wanted] / targets.std[wanted]))
+        gains[self._heads[above]] *= factor
         return factor
 
     def flat(self, target: DeviceTarget | None = None) -> torch.Tensor:
@@ -124,14 +138,12 @@ class RecursiveSource(nn.Module):
         return self.level_flats()[-1]
 
 
-def head_offset(plan: TargetPlan) -> int:
-    """Where a generated generator's head (its last layer's parameters) starts in its flat
-    vector; the head is the flat's tail."""
+def head_components(plan: TargetPlan, stats: InitTargets) -> torch.Tensor:
+    """Positions (in ``stats``' components) of a generated generator's head: its last layer's
+    weight and bias, whose scale is its output's."""
     last = max(p.layer for p in plan.params)
-    start = min(p.offset for p in plan.params if p.layer == last)
-    if any(p.offset >= start for p in plan.params if p.layer != last):
-        raise AssertionError(f"{plan.name}: the head's parameters are not the end of the flat vector")
-    return start
+    head = {p.name for p in plan.params if p.layer == last}
+    return torch.tensor([i for i, name in enumerate(stats.names) if name in head], dtype=torch.int64)
 
 
 def depth_lr_scale(depth: int) -> float:
