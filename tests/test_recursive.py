@@ -181,6 +181,8 @@ def test_calibration_scales_each_generated_tensor_and_the_next_level_to_their_in
     _, std = below.stats(after[1])
     wanted = (below.std > 0) & (below.counts > 1)
     assert float(torch.median(std[wanted] / below.std[wanted])) == pytest.approx(1.0, rel=1e-4)
+    mean, _ = below.stats(after[1])
+    assert float(torch.median(below.mean - mean)) == pytest.approx(0.0, abs=1e-6)
     # The flats are the weights that run: H1's flat as an ordinary generator gives level 2.
     level = source.levels[1]
     with torch.no_grad():

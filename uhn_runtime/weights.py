@@ -84,7 +84,9 @@ class RecursiveSource(nn.Module):
         self._stats = [InitTargets(level.plan, target.device) for level in self.levels[:-1]]
         for k, stats in enumerate(self._stats):
             self.register_buffer(f"gains_{k}", torch.ones(len(stats.names), device=target.device))
+            self.register_buffer(f"offsets_{k}", torch.zeros(len(stats.names), device=target.device))
         self._heads = [head_components(level.plan, stats) for level, stats in zip(self.levels, self._stats)]
+        self._head_biases = [head_bias_component(level.plan, stats) for level, stats in zip(self.levels, self._stats)]
 
     @property
     def depth(self) -> int:
@@ -93,6 +95,11 @@ class RecursiveSource(nn.Module):
     def gains(self, k: int) -> torch.Tensor:
         """Per-tensor gains of H_{k+1}'s weights (0-based level k), in plan order."""
         return getattr(self, f"gains_{k}")
+
+    def offsets(self, k: int) -> torch.Tensor:
+        """Per-tensor offsets of H_{k+1}'s weights, added after the gains (only its head's
+        bias gets one)."""
+        return getattr(self, f"offsets_{k}")
 
     def level_flats(self, last: int | None = None) -> list[torch.Tensor]:
         """The flat weights of levels 1..``last`` (1-based; default the leaf, K + 1): H1's
@@ -106,14 +113,17 @@ class RecursiveSource(nn.Module):
         return flats
 
     def with_gains(self, k: int, flat: torch.Tensor) -> torch.Tensor:
-        """Level k's generated weights (a generator's) times their per-tensor gains."""
-        return flat * self.gains(k)[self._stats[k].segment]
+        """Level k's generated weights (a generator's) times their per-tensor gains, plus
+        their offsets."""
+        segment = self._stats[k].segment
+        return flat * self.gains(k)[segment] + self.offsets(k)[segment]
 
     @torch.no_grad()
     def calibrate(self, level: int, targets: InitTargets) -> float:
         """Before the init stage of ``level`` (0-based, 1..K): scale each tensor of the
         generator above it (level - 1) to its target std, then that generator's head so
-        that the median over ``level``'s tensors of std / target std is 1. The stats loss
+        that the median over ``level``'s tensors of std / target std is 1 and their median
+        mean is their targets' (its bias shifts every weight it generates alike). The stats loss
         weighs every tensor's error alike, so a tensor with a small target std (the 2,048-wide
         input Linear of H_k: 0.0128) ends its stage several times too wide, and the level it
         generates comes out tens of times too large; every Adam step then moves it by more
@@ -129,7 +139,13 @@ class RecursiveSource(nn.Module):
         if not bool(wanted.any()):
             return 1.0
         factor = 1.0 / float(torch.median(std[wanted] / targets.std[wanted]))
-        gains[self._heads[above]] *= factor
+        head, offsets = self._heads[above], self.offsets(above)
+        gains[head] *= factor
+        offsets[head] *= factor
+        bias = self._head_biases[above]
+        if bias is not None:
+            mean, _ = targets.stats(self.level_flats(level + 1)[level])
+            offsets[bias] += torch.median(targets.mean - mean)
         return factor
 
     def flat(self, target: DeviceTarget | None = None) -> torch.Tensor:
@@ -144,6 +160,13 @@ def head_components(plan: TargetPlan, stats: InitTargets) -> torch.Tensor:
     last = max(p.layer for p in plan.params)
     head = {p.name for p in plan.params if p.layer == last}
     return torch.tensor([i for i, name in enumerate(stats.names) if name in head], dtype=torch.int64)
+
+
+def head_bias_component(plan: TargetPlan, stats: InitTargets) -> int | None:
+    """Position (in ``stats``' components) of a generated generator's head bias, if any."""
+    last = max(p.layer for p in plan.params)
+    name = f"layers.{last}.bias"
+    return stats.names.index(name) if name in stats.names else None
 
 
 def depth_lr_scale(depth: int) -> float:
