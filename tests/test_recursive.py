@@ -17,11 +17,11 @@ from uhn_cli.main import app
 from uhn_runtime.bench import BenchOptions, run_bench
 from uhn_runtime.export import export_levels, level_path, load_exported
 from uhn_runtime.generator import GeneratedGenerator, count_generator_params
-from uhn_runtime.init_phase import stage_lr_scale, top_down_stages
+from uhn_runtime.init_phase import InitTargets, stage_lr_scale, top_down_stages
 from uhn_runtime.run_dir import RunDir
 from uhn_runtime.target import DeviceTarget
 from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
-from uhn_runtime.weights import RecursiveSource, depth_lr_scale, make_source
+from uhn_runtime.weights import RecursiveSource, depth_lr_scale, head_components, make_source
 from uhn_spec import build_model
 from uhn_spec.errors import SpecError
 from uhn_spec.recursive import compile_recursive, load_recursive, recursive_from_text
@@ -158,6 +158,36 @@ def test_gradients_reach_h0_through_the_chain_finite_and_non_zero() -> None:
     for module in (g.index_in, *g.blocks, g.out, g.structure.head):
         for name, param in module.named_parameters():
             assert param.grad.abs().sum() > 0, name
+
+
+def test_calibration_scales_each_generated_tensor_and_the_next_level_to_their_init_std() -> None:
+    torch.manual_seed(0)
+    source = _source(depth=2)
+    above, below = (InitTargets(source.levels[k].plan, torch.device("cpu")) for k in (0, 1))
+    with torch.no_grad():
+        before = source.level_flats(1)[0]
+        factor = source.calibrate(1, below)
+        after = source.level_flats()
+    # H1's tensors have their target std, but for the head, scaled by the factor.
+    _, std = above.stats(after[0])
+    head = head_components(source.levels[0].plan, above)
+    expected = above.std.clone()
+    expected[head] *= factor
+    wanted = (above.std > 0) & (above.counts > 1)
+    torch.testing.assert_close(std[wanted], expected[wanted], rtol=1e-4, atol=1e-7)
+    zero_target = above.std == 0  # tensors whose target std is 0 keep what H0 generates
+    seg = above.segment
+    torch.testing.assert_close(after[0][zero_target[seg]], before[zero_target[seg]])
+    _, std = below.stats(after[1])
+    wanted = (below.std > 0) & (below.counts > 1)
+    assert float(torch.median(std[wanted] / below.std[wanted])) == pytest.approx(1.0, rel=1e-4)
+    mean, _ = below.stats(after[1])
+    assert float(torch.median(below.mean - mean)) == pytest.approx(0.0, abs=1e-6)
+    # The flats are the weights that run: H1's flat as an ordinary generator gives level 2.
+    level = source.levels[1]
+    with torch.no_grad():
+        again = source.generated[0].generate(after[0], level.index, level.structure_rows)
+    torch.testing.assert_close(again, after[1])
 
 
 def naive_generated(h: GeneratedGenerator, flat: torch.Tensor, index_rows: torch.Tensor, structure_rows: torch.Tensor) -> torch.Tensor:

@@ -140,13 +140,17 @@ def run_top_down_init(
     last), each stage with its own fresh AdamW and clipping at 0.01, matching only the
     active level's statistics while generating the chain down to it. Depth 1: cosine over
     each stage; deeper: linear warmup over the first half of each stage (the authors' 1,000
-    of 2,000 steps), then cosine. Returns the last loss."""
+    of 2,000 steps), then cosine. Before each stage below H1's, the chain is calibrated
+    (``RecursiveSource.calibrate``: beyond the paper) so the stage starts at its targets'
+    scale. Returns the last loss."""
     depth = source.depth
     loss_value = float("nan")
     for level, stage in enumerate(top_down_stages(steps, depth)):
         if not len(stage):
             continue
         targets = InitTargets(source.levels[level].plan, source.target.device)
+        if level >= 1:
+            source.calibrate(level, targets)
         stage_lr = lr * stage_lr_scale(depth, level)
         warmup = len(stage) // 2 if depth >= 2 else 0
 

@@ -6,16 +6,20 @@ loop, one evaluation and one export serve the UHN and its direct baseline alike.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
 from uhn_spec.model import build_model
-from uhn_spec.plan import Plan
+from uhn_spec.plan import Plan, TargetPlan
 
 from .generator import GeneratedGenerator, UHNGenerator
 from .target import DeviceTarget
+
+if TYPE_CHECKING:
+    from .init_phase import InitTargets
+
 
 SourceKind = Literal["uhn", "direct"]
 
@@ -71,25 +75,98 @@ class RecursiveSource(nn.Module):
         self.generator = UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=seed).to(target.device)
         self.levels = [DeviceTarget(t, target.device) for t in plan.targets[:-1]] + [target]
         self.generated = [GeneratedGenerator(level, self.generator) for level in self.levels[:-1]]
+        # Fixed per-tensor gains of each generated generator's weights (beyond the paper; see
+        # docs/specs.md, *Recursive generation*): 1 until the top-down init calibrates them
+        # (``calibrate``). They are applied in the flats, so the flats are the weights that
+        # run and export as they are; they are buffers, so checkpoints and resume keep them.
+        from .init_phase import InitTargets  # init_phase imports this module
+
+        self._stats = [InitTargets(level.plan, target.device) for level in self.levels[:-1]]
+        for k, stats in enumerate(self._stats):
+            self.register_buffer(f"gains_{k}", torch.ones(len(stats.names), device=target.device))
+            self.register_buffer(f"offsets_{k}", torch.zeros(len(stats.names), device=target.device))
+        self._heads = [head_components(level.plan, stats) for level, stats in zip(self.levels, self._stats)]
+        self._head_biases = [head_bias_component(level.plan, stats) for level, stats in zip(self.levels, self._stats)]
 
     @property
     def depth(self) -> int:
         return len(self.generated)
 
+    def gains(self, k: int) -> torch.Tensor:
+        """Per-tensor gains of H_{k+1}'s weights (0-based level k), in plan order."""
+        return getattr(self, f"gains_{k}")
+
+    def offsets(self, k: int) -> torch.Tensor:
+        """Per-tensor offsets of H_{k+1}'s weights, added after the gains (only its head's
+        bias gets one)."""
+        return getattr(self, f"offsets_{k}")
+
     def level_flats(self, last: int | None = None) -> list[torch.Tensor]:
         """The flat weights of levels 1..``last`` (1-based; default the leaf, K + 1): H1's
         from H0, then each from the generator above it."""
         last = len(self.levels) if last is None else last
-        flats = [self.levels[0].generate(self.generator)]
+        flats = [self.with_gains(0, self.levels[0].generate(self.generator))]
         for k in range(1, last):
             below = self.levels[k]
-            flats.append(self.generated[k - 1].generate(flats[-1], below.index, below.structure_rows))
+            flat = self.generated[k - 1].generate(flats[-1], below.index, below.structure_rows)
+            flats.append(self.with_gains(k, flat) if k < self.depth else flat)
         return flats
+
+    def with_gains(self, k: int, flat: torch.Tensor) -> torch.Tensor:
+        """Level k's generated weights (a generator's) times their per-tensor gains, plus
+        their offsets."""
+        segment = self._stats[k].segment
+        return flat * self.gains(k)[segment] + self.offsets(k)[segment]
+
+    @torch.no_grad()
+    def calibrate(self, level: int, targets: InitTargets) -> float:
+        """Before the init stage of ``level`` (0-based, 1..K): scale each tensor of the
+        generator above it (level - 1) to its target std, then that generator's head so
+        that the median over ``level``'s tensors of std / target std is 1 and their median
+        mean is their targets' (its bias shifts every weight it generates alike). The stats loss
+        weighs every tensor's error alike, so a tensor with a small target std (the 2,048-wide
+        input Linear of H_k: 0.0128) ends its stage several times too wide, and the level it
+        generates comes out tens of times too large; every Adam step then moves it by more
+        than its own size (docs/results.md, *Recursive generation*). Returns the head factor."""
+        above, stats = level - 1, self._stats[level - 1]
+        gains = self.gains(above)
+        _, std = stats.stats(self.level_flats(level)[above])
+        # A tensor of one element has no spread to match (the head's bias): left as it is.
+        wanted = (stats.std > 0) & (stats.counts > 1)
+        gains[wanted] *= stats.std[wanted] / std[wanted].clamp_min(1e-12)
+        _, std = targets.stats(self.level_flats(level + 1)[level])
+        wanted = (targets.std > 0) & (targets.counts > 1)
+        if not bool(wanted.any()):
+            return 1.0
+        factor = 1.0 / float(torch.median(std[wanted] / targets.std[wanted]))
+        head, offsets = self._heads[above], self.offsets(above)
+        gains[head] *= factor
+        offsets[head] *= factor
+        bias = self._head_biases[above]
+        if bias is not None:
+            mean, _ = targets.stats(self.level_flats(level + 1)[level])
+            offsets[bias] += torch.median(targets.mean - mean)
+        return factor
 
     def flat(self, target: DeviceTarget | None = None) -> torch.Tensor:
         if target is not None and target is not self.target:
             raise ValueError(f"a recursive chain generates its leaf {self.target.plan.name}, not {target.plan.name}")
         return self.level_flats()[-1]
+
+
+def head_components(plan: TargetPlan, stats: InitTargets) -> torch.Tensor:
+    """Positions (in ``stats``' components) of a generated generator's head: its last layer's
+    weight and bias, whose scale is its output's."""
+    last = max(p.layer for p in plan.params)
+    head = {p.name for p in plan.params if p.layer == last}
+    return torch.tensor([i for i, name in enumerate(stats.names) if name in head], dtype=torch.int64)
+
+
+def head_bias_component(plan: TargetPlan, stats: InitTargets) -> int | None:
+    """Position (in ``stats``' components) of a generated generator's head bias, if any."""
+    last = max(p.layer for p in plan.params)
+    name = f"layers.{last}.bias"
+    return stats.names.index(name) if name in stats.names else None
 
 
 def depth_lr_scale(depth: int) -> float:
