@@ -232,7 +232,7 @@ def render_spec_template(text: str, source: Path | None, variables: dict[str, An
     where = str(source) if source else None
     environment = SpecEnvironment(source.parent if source else None)
     try:
-        with RenderAlarm(RENDER_SECONDS + ALARM_GRACE_SECONDS):
+        with RenderAlarm(RENDER_SECONDS + ALARM_GRACE_SECONDS, RENDER_SECONDS):
             template = environment.from_string(text)
             rendered = []
             size = 0
@@ -275,10 +275,13 @@ def template_location(filename: str | None, line: int | None) -> str:
 
 class RenderAlarm:
     """Raise RenderLimitError after ``seconds`` (main thread only; elsewhere a no-op, where
-    the per-step checks still bound the time)."""
+    the per-step checks still bound the time). The message names ``limit``, the bound the user
+    sees: the alarm fires a grace period after it, and which of the two stops a busy machine's
+    render first must not change what the error says."""
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, limit: float):
         self.seconds = seconds
+        self.limit = limit
         self.armed = False
         self.fired = False
         self.previous: Any = None
@@ -294,7 +297,7 @@ class RenderAlarm:
     def expire(self, signum: int, frame: Any) -> None:
         if self.armed and not self.fired:
             self.fired = True
-            raise RenderLimitError(f"rendering took longer than {self.seconds:g} s; is a loop too long?")
+            raise RenderLimitError(f"rendering took longer than {self.limit:g} s; is a loop too long?")
 
     def __exit__(self, *exc: Any) -> None:
         if self.armed:
