@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import sys
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     plan = compile_spec(load_spec(args.spec))
+    load_before = os.getloadavg()  # the machine's load: the times mean little on a busy machine
     with tempfile.TemporaryDirectory() as tmp:
         plan_path = Path(tmp) / "plan.pt"
         plan.save(plan_path)
@@ -117,6 +119,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "step_time_ratio": slowest / single["step_seconds"],
         "torch": torch.__version__,
         "cpu_count": torch.multiprocessing.cpu_count(),
+        "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]},
+        # Set: glibc returns freed blocks of this size or more at once, so the peak follows
+        # the live tensors rather than the heap's high-water mark (docs/distributed.md).
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
     }
     if args.json:
         print(json.dumps(report, indent=2))

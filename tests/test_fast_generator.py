@@ -150,6 +150,18 @@ def test_both_saving_policies_give_the_same_gradients(fits: bool, policy: str) -
         torch.testing.assert_close(grads[name], grad, rtol=0, atol=1e-5 * grad.abs().max().item(), msg=name)
 
 
+def test_a_second_backward_through_the_same_graph_gives_the_same_gradients() -> None:
+    """The backward writes each unit's h0 gradient over its saved h0: a second backward
+    (retain_graph) must recompute h0, not read the gradient as h0."""
+    plan, generator = make(conv_spec())
+    flat = generator(plan.targets[0].index, chunk_rows=64)
+    probe = torch.randn(flat.shape, generator=torch.Generator().manual_seed(1))
+    first = torch.autograd.grad((flat * probe).sum(), list(generator.parameters()), retain_graph=True)
+    second = torch.autograd.grad((flat * probe).sum(), list(generator.parameters()))
+    for a, b in zip(first, second):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6 * a.abs().max().item())
+
+
 def test_layout_cache_notices_changed_descriptors_and_changed_buffers() -> None:
     plan, generator = make(conv_spec(sigma=PAPER_SIGMA))
     index = IndexDescriptors(**{name: t.clone() for name, t in plan.targets[0].index.to_dict().items()})

@@ -296,19 +296,29 @@ def gemm_dtype(device: torch.device) -> torch.dtype:
 class Workspace:
     """Buffers that the work units of one forward (and of its backward) take turns using.
     Allocating tens of MB per unit instead costs page faults on every unit and fragments
-    the heap: the resident set then grows to several times the memory actually live."""
+    the heap: the resident set then grows to several times the memory actually live.
+
+    A buffer is bytes, viewed as whatever dtype the taker asks for: uses under one name must
+    never overlap in time, whatever their dtypes (``GEMM_SCRATCH`` serves the forward's
+    modulated weight and the backward's gradient columns, one at a time)."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self._buffers: dict[str, torch.Tensor] = {}
 
     def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        numel = math.prod(shape)
+        nbytes = math.prod(shape) * dtype.itemsize
         buffer = self._buffers.get(name)
-        if buffer is None or buffer.dtype != dtype or buffer.numel() < numel:
-            buffer = torch.empty(numel, dtype=dtype, device=self.device)
+        if buffer is None or buffer.numel() < nbytes:
+            buffer = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
             self._buffers[name] = buffer
-        return buffer[:numel].view(shape)
+        return buffer[:nbytes].view(dtype).view(shape)
+
+
+# The workspace buffer of each piece's GEMM operand: the modulated weight in the forward,
+# the weight-gradient columns in the backward (same size: K_p * d x 2m floats). Within one
+# unit's backward the recomputed forward has finished with it before the gradient needs it.
+GEMM_SCRATCH = "gemm_columns"
 
 
 @dataclass(frozen=True)
@@ -365,7 +375,7 @@ def unit_forward(ctx: UnitContext, index: int, weight: torch.Tensor, bias: torch
     s_f, num_keys = features.shape[0], phasors.shape[0]
     out = ctx.h0_buffer(index, d, dtype)
     pieces = mod_pieces(num_keys, d)
-    modulated = ctx.workspace.take("modulated", (pieces[0][1], d, wx.shape[-1]), torch.complex64)
+    modulated = ctx.workspace.take(GEMM_SCRATCH, (pieces[0][1], d, wx.shape[-1]), torch.complex64)
     bias = bias.to(dtype)
     for k0, k1 in pieces:
         buf = modulated[: k1 - k0]
@@ -389,7 +399,7 @@ def unit_weight_grad(ctx: UnitContext, index: int, grad_out: torch.Tensor, hidde
     s_f, num_keys, m = features.shape[0], conj_phasors.shape[0], features.shape[1] // 2
     grad_wx = torch.zeros(d, m, dtype=torch.complex64, device=grad_out.device)
     pieces = mod_pieces(num_keys, d)
-    g_buf = ctx.workspace.take("grad_columns", (pieces[0][1] * d, 2 * m), dtype)
+    g_buf = ctx.workspace.take(GEMM_SCRATCH, (pieces[0][1] * d, 2 * m), dtype)
     for k0, k1 in pieces:
         g = grad_out[s_f * k0 : s_f * k1].view(s_f, (k1 - k0) * d)
         g_cols = ctx.fp32(torch.mm(g.t(), features, out=g_buf[: (k1 - k0) * d]), "grad_columns_fp32")

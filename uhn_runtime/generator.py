@@ -400,10 +400,13 @@ class GeneratedUnit(torch.autograd.Function):
         device_type = context.workspace.device.type
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             h0 = c.h0  # type: ignore[attr-defined]
+            # The saved h0 is overwritten by its gradient below: a second backward through
+            # this node (retain_graph) recomputes it.
+            c.h0 = None  # type: ignore[attr-defined]
             if h0 is None:
                 h0 = unit_forward(context, c.index, params[0], params[1])  # type: ignore[attr-defined]
             wanted = [bool(n) for n in needs[6:]]
-            grad_h0, grad_structure, grad_tail = _tail_backward(net, context, h0, c.structure, params[2:], wanted, grad_out)  # type: ignore[attr-defined]
+            grad_h0, grad_structure, grad_tail = _tail_backward(net, h0, c.structure, params[2:], wanted, grad_out)  # type: ignore[attr-defined]
         grad_weight, grad_bias = unit_weight_grad(context, c.index, grad_h0, net.hidden)  # type: ignore[attr-defined]
         grad_structure = grad_structure if needs[3] else None
         return (None, None, None, grad_structure, grad_weight, grad_bias, *grad_tail)
@@ -411,18 +414,22 @@ class GeneratedUnit(torch.autograd.Function):
 
 def _tail_backward(
     net: TailNetwork,
-    context: UnitContext,
     h0: torch.Tensor,
     structure: torch.Tensor | None,
     tail: Sequence[torch.Tensor],
     wanted: Sequence[bool],
     grad_out: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor | None]]:
-    """Recompute the tail pass by pass; return the gradients of h0 (in a workspace buffer),
-    of the structure embedding and of the tail's parameters (None where not ``wanted``)."""
+    """Recompute the tail pass by pass; return the gradients of h0, of the structure
+    embedding and of the tail's parameters (None where not ``wanted``).
+
+    The gradient of h0 is written over h0 itself, pass by pass (a pass's rows are not read
+    again once its gradient is formed): a unit-sized buffer (16 MiB at 32,768 rows, d = 128)
+    less at the peak of every backward, which is most of what does not shrink per rank under
+    sharded generation (docs/distributed.md)."""
     leaves = [p.detach().requires_grad_(w) for p, w in zip(tail, wanted)]
     trained = [p for p in leaves if p.requires_grad]
-    grad_h0 = context.workspace.take("grad_h0", tuple(h0.shape), h0.dtype)
+    grad_h0 = h0
     sums = [torch.zeros_like(p) for p in trained]
     grad_structure = None if structure is None else torch.zeros_like(structure)
     rows = tail_rows(net.hidden)
