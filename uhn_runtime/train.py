@@ -57,7 +57,7 @@ import torch
 
 from uhn_spec.errors import UHNError
 from uhn_spec.files import atomic_write
-from uhn_spec.multitask import is_multitask_plan
+from uhn_spec.multitask import TaskSamplingSpec, is_multitask_plan
 from uhn_spec.plan import Plan
 
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -73,6 +73,7 @@ from .schedule import set_lr, warmup_cosine_factor
 from .stop_signals import STOP_SIGNALS, RunStopped, StopSignals
 from .target import DeviceTarget, TargetCache
 from .target_segments import forward_in_segments
+from .task_sampling import TaskSampling, batch_figure
 from .tensorboard_log import TensorBoardLog, require_tensorboard
 from .weights import SourceKind, UHNSource, depth_lr_scale, make_source
 
@@ -113,6 +114,7 @@ class PhaseResult:
     value: float  # the test metric; of a family: the mean over its evaluated seen models
     seconds: float
     models: dict[str, float] | None = None  # a family: each evaluated model's test metric
+    sampling: dict[str, Any] | None = None  # a multi-task run: how its steps drew the tasks
 
 
 def resolve_device(name: str) -> torch.device:
@@ -246,6 +248,13 @@ class Phase:
         self.models_per_step = min(self.cfg.models_per_step, len(self.seen))
         self.multitask = is_multitask_plan(plan)
         self.probabilities = [float(plan.targets[i].probability or 0.0) for i in self.seen] if self.multitask else None
+        # The task phase's draw probabilities (fixed, or re-weighted by lag: task_sampling.py).
+        self.sampling = TaskSampling(
+            self.probabilities or [],
+            TaskSamplingSpec.model_validate(plan.task_sampling or {}),
+            [self.metric_of(plan.targets[i].name) for i in self.seen] if self.multitask else [],
+            [plan.targets[i].reference for i in self.seen] if self.multitask else [],
+        )
         self.source = make_source(kind, plan, self.targets[self.seen[0]], self.cfg.seed)
         if isinstance(self.source, UHNSource):  # keep a layout for every cached target
             self.source.generator.layout_cache_size = max(self.source.generator.layout_cache_size, self.targets.capacity)
@@ -286,7 +295,9 @@ class Phase:
             state = load_checkpoint(self.checkpoint_path, self.plan.source_hash, self.kind)
             if state["finished"]:
                 models = state.get("models")
-                return PhaseResult(self.kind, float(state["result"]), float(state["seconds"]), models)
+                if "sampling" in state:  # written by a uhn with adaptive sampling
+                    self.sampling.load_state_dict(state["sampling"])
+                return PhaseResult(self.kind, float(state["result"]), float(state["seconds"]), models, self.sampling_record())
             self.restore(state)
         if (self.options.tensorboard or self.cfg.tensorboard) and self.dist.is_main:
             first_unit = self.units_done + 1 if resumed else None
@@ -302,7 +313,7 @@ class Phase:
         finally:
             if self.tensorboard is not None:
                 self.tensorboard.close()
-        return PhaseResult(self.kind, value, self.elapsed(), models)
+        return PhaseResult(self.kind, value, self.elapsed(), models, self.sampling_record())
 
     def elapsed(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
@@ -318,10 +329,10 @@ class Phase:
         return [self.targets[i] for i in self.drawn_positions(step, stream)]
 
     def drawn_positions(self, step: int, stream: str = "train") -> list[int]:
-        """Plan positions of the targets step ``step`` of ``stream`` trains on this rank."""
-        draw = architecture_draw(
-            self.cfg.seed, step, len(self.seen), self.models_per_step, stream, self.probabilities, self.dist.rank
-        )
+        """Plan positions of the targets step ``step`` of ``stream`` trains on this rank (the
+        init phase draws with the spec's probabilities, the task phase as ``self.sampling``)."""
+        probabilities = self.sampling.at(step) if self.multitask and stream == "train" else self.probabilities
+        draw = architecture_draw(self.cfg.seed, step, len(self.seen), self.models_per_step, stream, probabilities, self.dist.rank)
         return [self.seen[i] for i in draw]
 
     def data_for(self, target: DeviceTarget) -> TaskData:
@@ -410,6 +421,8 @@ class Phase:
 
     def end_of_step(self, lr: float) -> bool:
         """Log, checkpoint and stop as the step just taken asks; True when the phase is done."""
+        if self.multitask and self.sampling.due(self.steps_done, self.total_units):
+            self.adapt_sampling()  # before any checkpoint of this step: it holds the re-weighting
         at_unit_end = self.steps_done % self.steps_per_unit == 0
         if at_unit_end:
             self.units_done = self.steps_done // self.steps_per_unit
@@ -428,6 +441,37 @@ class Phase:
             if limit is not None and self.units_done >= limit and not last:
                 raise RunInterrupted(f"{self.kind}: stopped after {self.unit_name} {self.units_done} (test hook)")
         return last
+
+    def adapt_sampling(self) -> None:
+        """Re-weight the task draw by each member's training error ratio (task_sampling.py)."""
+        names = [self.plan.targets[i].name for i in self.seen]
+        update = self.sampling.reweight(self.steps_done)
+        if self.dist.active:  # each rank saw its own steps: all draw with rank 0's re-weighting
+            update = self.sampling.updates[-1] = self.dist.broadcast(update)
+        record = {"phase": self.kind, "event": "sampling", "step": self.steps_done}
+        for key, values in (("train_figure", update.figures), ("error_ratio", update.ratios), ("probabilities", update.probabilities)):
+            record[key] = dict(zip(names, values))
+        self.log(record)
+        if self.dist.is_main:
+            shown = "  ".join(f"{n} x{r:.2f} p={p:.3f}" for n, r, p in zip(names, update.ratios, update.probabilities))
+            self.progress.line(f"{self.kind} step {self.steps_done}: sampling by error ratio  {shown}")
+
+    def sampling_record(self) -> dict[str, Any] | None:
+        """A multi-task run's ``task_sampling`` for summary.json: the settings, each member's
+        reference, how often the task phase drew it and the re-weightings."""
+        if not self.multitask:
+            return None
+        names = [self.plan.targets[i].name for i in self.seen]
+        draws = Counter(self.plan.targets[self.drawn_positions(step)[0]].name for step in range(self.total_units))
+        return {
+            **self.sampling.settings.model_dump(),
+            "references": {name: self.plan.target(name).reference for name in names},
+            "draws": {name: draws[name] for name in names},
+            "updates": [
+                {"step": u.step, "error_ratio": dict(zip(names, u.ratios)), "probabilities": dict(zip(names, u.probabilities))}
+                for u in self.sampling.updates
+            ],
+        }
 
     def position(self) -> str:
         """Where the task phase stands, e.g. "epoch 2/9 and 3/7 steps of epoch 3"."""
@@ -469,16 +513,20 @@ class Phase:
         step (the step under way is ``steps_done``), averaged; one architecture: its own loss.
         Under torchrun on this rank's share of the batch, whose loss is scaled so that DDP's
         gradient average is that of the global-batch mean. Returns the global batch's loss."""
-        targets = self.step_targets(self.steps_done)
+        positions = self.drawn_positions(self.steps_done)
+        targets = [self.targets[i] for i in positions]
         batch, share = shard_batch(batch, self.dist.rank, self.dist.world_size)
         batch = batch.to(self.source_device)
         losses = []
         with self.precision.autocast():
-            for target in targets:
+            for position, target in zip(positions, targets):
                 target.model.train()
                 outputs = forward_in_segments(target, self.flat(target), self.cfg.target_segments, **batch.model_kwargs())
                 # An empty share still runs forward and backward: DDP needs every rank's gradients.
                 losses.append(loss_fn(self.data_for(target).metric, *batch.select(outputs)) if share else outputs.sum() * 0.0)
+                if self.sampling.adaptive and share:
+                    figure = batch_figure(self.data_for(target).metric, *batch.select(outputs))
+                    self.sampling.observe(self.seen.index(position), figure)
             loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         value = float(loss.detach())
         if self.dist.active:
@@ -567,6 +615,7 @@ class Phase:
                 "units_done": self.units_done,
                 "steps_done": self.steps_done,
                 "interval_losses": list(self.interval_losses),
+                "sampling": self.sampling.state_dict(),
                 "metrics_bytes": self.run.metrics_size(),
                 "init_done": self.init_done,
                 "finished": result is not None,
@@ -583,6 +632,8 @@ class Phase:
         self.units_done = int(state["units_done"])
         self.steps_done = int(state.get("steps_done", self.units_done * self.steps_per_unit))
         self.interval_losses = [float(x) for x in state.get("interval_losses", [])]
+        if "sampling" in state:  # written by a uhn with adaptive sampling
+            self.sampling.load_state_dict(state["sampling"])
         self.init_done = bool(state["init_done"])
         self.seconds_before = float(state["seconds"])
         self.started = time.perf_counter()
@@ -619,6 +670,8 @@ def start_run(plan: Plan, out: Path, options: TrainOptions, source: dict[str, An
         "shard_generation": options.shard_generation,
         **(source or {}),
     }
+    if is_multitask_plan(plan):
+        info["task_sampling"] = plan.task_sampling
     with distributed_session(resolve_device(options.device).type) as dist:
         out = dist.broadcast(out)  # rank 0's: a default folder name holds the time
         # Rank 0 creates the folder; a refusal (it holds a run already) stops every rank.
@@ -849,6 +902,7 @@ def train_run(
         summary["tasks"] = tasks
         summary["task_probabilities"] = {t.name: t.probability for t in plan.targets}
         summary["target_params_by_task"] = {t.name: t.num_params for t in plan.targets}
+        summary["task_sampling"] = results["uhn"].sampling
     elif models is not None:  # a family: the seen mean above, and each group's statistics
         summary.update(split_groups(plan, models))
         summary["models_file"] = MODELS_FILE
