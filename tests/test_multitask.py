@@ -207,6 +207,12 @@ def test_summary_has_a_per_task_table(multitask_run: Path) -> None:
     records = [json.loads(line) for line in (multitask_run / "metrics.jsonl").read_text().splitlines()]
     evaluations = [r["test"] for r in records if r["event"] == "train" and "test" in r]
     assert len(evaluations) == 2 and all(set(e) == {"tiny_images", "tiny_formula"} for e in evaluations)  # steps 4, 8
+    # Each interval's step time, evaluations left out, also per task (to compare with the
+    # members' own runs: the step-time target).
+    timed = [r for r in records if r["event"] == "train"]
+    assert len(timed) == 3 and all(r["step_seconds"] > 0 for r in timed)
+    assert all(set(r["step_seconds_by_task"]) <= {"tiny_images", "tiny_formula"} for r in timed)
+    assert summary["task_sampling"]["mode"] == "fixed" and sum(summary["task_sampling"]["draws"].values()) == 12
 
 
 def test_training_draws_each_task_and_takes_its_own_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -79,6 +79,9 @@ from .weights import SourceKind, UHNSource, depth_lr_scale, make_source
 
 # Terminal lines per phase, at most about this many (metrics.jsonl keeps every interval).
 SHOWN_LINES = 100
+# The fields of metrics.jsonl records that measure time: the only ones in which a resumed
+# (or repeated) run's records differ from an uninterrupted run's.
+TIMING_FIELDS = ("seconds", "step_seconds", "step_seconds_by_task")
 
 Mode = Literal["uhn", "direct", "both"]
 MODE_PHASES: dict[str, tuple[SourceKind, ...]] = {"uhn": ("uhn",), "direct": ("direct",), "both": ("uhn", "direct")}
@@ -283,6 +286,9 @@ class Phase:
         self.units_done = 0
         self.steps_done = 0  # optimiser steps of the task phase; past units_done after a Ctrl-C
         self.interval_losses: list[float] = []  # losses of the log interval under way
+        # (task, seconds) of the interval's steps timed in this process: the batch and the
+        # step, not evaluations or checkpoints (metrics.jsonl ``step_seconds``).
+        self.step_times: list[tuple[str, float]] = []
         self.init_done = kind != "uhn" or self.cfg.init_steps == 0
         self.seconds_before = 0.0
         self.started = time.perf_counter()
@@ -407,6 +413,7 @@ class Phase:
         if self.steps_done >= total_steps:
             return  # stopped during the final evaluation: only that is left
         with self.progress.task(f"{self.kind} train", total_steps, completed=self.steps_done) as shown:
+            tick = time.perf_counter()
             for step, epoch, batch in self.batch_stream(self.steps_done):
                 unit = epoch if self.by_epoch else step
                 lr = self.lr * warmup_cosine_factor(unit, self.cfg.warmup, self.total_units)
@@ -414,10 +421,12 @@ class Phase:
                 if self.dist.active:  # each rank its own dropout draws, a function of (seed, step, rank)
                     torch.manual_seed(rank_seed(self.cfg.seed, step, self.dist.rank))
                 self.interval_losses.append(self.train_step(batch, self.where(step, epoch)))
+                self.step_times.append((self.plan.targets[self.drawn_positions(step)[0]].name, time.perf_counter() - tick))
                 self.steps_done = step + 1
                 shown.update(self.steps_done, self.status_info(epoch))
                 if self.end_of_step(lr):
                     break
+                tick = time.perf_counter()
 
     def end_of_step(self, lr: float) -> bool:
         """Log, checkpoint and stop as the step just taken asks; True when the phase is done."""
@@ -553,6 +562,7 @@ class Phase:
             "loss": mean_loss,
             "lr": lr,
             "seconds": round(self.elapsed(), 3),
+            **self.step_time_fields(),
         }
         shown = f"{self.kind} {self.unit_name} {self.units_done}/{self.total_units}  loss {mean_loss:.4f}"
         every = self.cfg.eval_every
@@ -564,6 +574,21 @@ class Phase:
             self.save()
         if last or evaluated or (self.units_done // self.interval) % self.show_every == 0:
             self.progress.line(f"{shown}  lr {lr:.3g}  ({self.elapsed():.1f} s)")
+
+    def step_time_fields(self) -> dict[str, Any]:
+        """The interval's mean seconds per step, evaluations and checkpoints left out (a
+        multi-task run: also per task, so its step time compares with the members' own runs)
+        and starts the next interval's timing."""
+        times, self.step_times = self.step_times, []
+        if not times:  # resumed at the interval's end
+            return {}
+        fields: dict[str, Any] = {"step_seconds": round(statistics.fmean(t for _, t in times), 6)}
+        if self.multitask:
+            by_task: dict[str, list[float]] = {}
+            for name, seconds in times:
+                by_task.setdefault(name, []).append(seconds)
+            fields["step_seconds_by_task"] = {name: round(statistics.fmean(ts), 6) for name, ts in by_task.items()}
+        return fields
 
     def interval_evaluation(self, record: dict[str, Any]) -> str:
         """Evaluate mid-run into ``record`` (a family: each group's mean, as
