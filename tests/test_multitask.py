@@ -334,6 +334,14 @@ def test_adapted_probabilities_move_towards_the_laggard_and_keep_the_floor() -> 
     assert all(p >= 0.5 * b for p, b in zip(moved, base))  # each keeps its floor
 
 
+def test_validate_and_inspect_show_adaptive_sampling_and_the_references(tmp_path: Path) -> None:
+    path = adaptive_file(tmp_path)
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0 and "; sampling adaptive every 3 steps" in result.output, result.output
+    result = CliRunner().invoke(app, ["inspect", str(path), "--json"])
+    assert [t["reference"] for t in json.loads(result.output)["targets"]] == [0.99, 0.001]
+
+
 def test_adaptive_sampling_needs_every_reference(tmp_path: Path) -> None:
     message = spec_error(tmp_path, sampling=ADAPTIVE)
     assert "tasks[0].reference: sampling.mode adaptive compares every member" in message, message
