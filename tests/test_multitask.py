@@ -414,3 +414,34 @@ def test_resumed_adaptive_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_
         assert torch.equal(value, resumed["source"][key]), key
     assert whole["models"] == resumed["models"]
     assert whole_summary["task_sampling"] == resumed_summary["task_sampling"]
+
+
+def fake_run(root: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> Path:
+    root.mkdir()
+    (root / "summary.json").write_text(json.dumps(summary))
+    lines = [{"phase": "uhn", "event": "train", **r} for r in records]
+    (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return root
+
+
+def test_step_time_benchmark_weighs_the_members_own_step_times(tmp_path: Path) -> None:
+    """The ratio of the step-time target, from the runs' logged step_seconds (first interval
+    left out): 0.5 s per multi-task step against 0.25 * 1.0 + 0.75 * 0.2 = 0.4 s."""
+    from benchmarks.multitask_step_time import measure
+
+    mt_summary = {"task_probabilities": {"a": 0.25, "b": 0.75}, "task_sampling": {"draws": {"a": 10, "b": 30}}}
+    multitask = fake_run(
+        tmp_path / "mt",
+        mt_summary,
+        [
+            {"step": 10, "step_seconds": 9.0, "step_seconds_by_task": {"a": 9.0, "b": 9.0}},  # left out: first interval
+            {"step": 30, "step_seconds": 0.5, "step_seconds_by_task": {"a": 1.2, "b": 0.3}},
+            {"step": 40, "step_seconds": 0.5, "step_seconds_by_task": {"a": 1.2, "b": 0.3}},
+        ],
+    )
+    single_a = fake_run(tmp_path / "a", {"spec": "a"}, [{"step": 5, "step_seconds": 7.0}, {"step": 10, "step_seconds": 1.0}])
+    single_b = fake_run(tmp_path / "b", {"spec": "b"}, [{"step": 5, "step_seconds": 7.0}, {"step": 10, "step_seconds": 0.2}])
+    report = measure(multitask, [single_a, single_b], all_intervals=False)
+    assert report["vs_probabilities"] == pytest.approx(0.5 / 0.4)
+    assert report["vs_draws"] == pytest.approx(0.5 / 0.4)  # the run drew a and b in proportion
+    assert report["member_step_vs_own_run"] == pytest.approx({"a": 1.2, "b": 1.5})
