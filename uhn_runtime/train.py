@@ -457,9 +457,9 @@ class Phase:
         update = self.sampling.reweight(self.steps_done)
         if self.dist.active:  # each rank saw its own steps: all draw with rank 0's re-weighting
             update = self.sampling.updates[-1] = self.dist.broadcast(update)
-        record = {"phase": self.kind, "event": "sampling", "step": self.steps_done}
-        for key, values in (("train_figure", update.figures), ("error_ratio", update.ratios), ("probabilities", update.probabilities)):
-            record[key] = dict(zip(names, values))
+        record: dict[str, Any] = {"phase": self.kind, "event": "sampling", "step": self.steps_done}
+        fields = {"train_figure": update.figures, "error_ratio": update.ratios, "probabilities": update.probabilities}
+        record.update({key: dict(zip(names, values)) for key, values in fields.items()})
         self.log(record)
         if self.dist.is_main:
             shown = "  ".join(f"{n} x{r:.2f} p={p:.3f}" for n, r, p in zip(names, update.ratios, update.probabilities))

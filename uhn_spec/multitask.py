@@ -70,12 +70,18 @@ class TaskSamplingSpec(StrictModel):
     """How a step picks its task: the fixed probabilities (the paper), or probabilities that
     move towards the members lagging their single-task reference (``uhn_runtime.task_sampling``)."""
 
-    mode: Literal["fixed", "adaptive"] = Field("fixed", description="fixed: the paper's i.i.d. draw; adaptive: re-weighted every `every` steps")
-    every: int = Field(100, ge=1, description="steps between re-weightings (each evaluates every member on its validation split)")
+    mode: Literal["fixed", "adaptive"] = Field(
+        "fixed", description="fixed: the paper's i.i.d. draw; adaptive: re-weighted every `every` steps"
+    )
+    every: int = Field(
+        100, ge=1, description="steps between re-weightings (each reads the members' training figures since the last)"
+    )
     floor: float = Field(
         0.5, ge=0.0, lt=1.0, description="share of each member's own probability it always keeps (the rest goes by lag)"
     )
-    strength: float = Field(1.0, gt=0.0, le=10.0, description="exponent on the lag ratio: higher moves faster towards lagging members")
+    strength: float = Field(
+        1.0, gt=0.0, le=10.0, description="exponent on the error ratio: higher moves faster towards lagging members"
+    )
 
 
 class MultiTaskSpec(StrictModel):
