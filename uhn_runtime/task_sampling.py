@@ -88,6 +88,7 @@ class TaskSampling:
         self.metrics = tuple(metrics)
         self.references = tuple(references)
         self.updates: list[SamplingUpdate] = []
+        self._update_steps: list[int] = []
         self.window = [[0.0, 0] for _ in self.base]  # per member: sum of batch figures, steps
 
     @property
@@ -96,8 +97,16 @@ class TaskSampling:
 
     def at(self, step: int) -> tuple[float, ...]:
         """The probabilities step ``step`` draws with: the latest re-weighting at or before it."""
-        i = bisect.bisect_right([u.step for u in self.updates], step)
+        i = bisect.bisect_right(self.update_steps, step)
         return self.updates[i - 1].probabilities if i else self.base
+
+    @property
+    def update_steps(self) -> list[int]:
+        """The steps of the re-weightings, kept beside them: ``at`` runs once per step, and a
+        long run's summary and resume replay every step."""
+        if len(self._update_steps) != len(self.updates):
+            self._update_steps = [u.step for u in self.updates]
+        return self._update_steps
 
     def observe(self, member: int, figure: float) -> None:
         """One training step of ``member`` (its position among the members) and its batch figure."""
@@ -143,3 +152,4 @@ class TaskSampling:
             for u in state["updates"]
         ]
         self.window = [[float(total), int(steps)] for total, steps in state["window"]]
+        self._update_steps = [u.step for u in self.updates]
