@@ -46,7 +46,9 @@ def validate(specs: SpecPaths, overrides: SetOption = None) -> None:
             for member in multitask.members:
                 fitting_budget(member, path, "compile")
             shares = ", ".join(f"{m.name} p={p:.3f}" for m, p in zip(multitask.members, multitask.probabilities))
-            typer.echo(f"ok: {multitask.spec.name}: {len(multitask.members)} tasks ({shares})")
+            sampling = multitask.spec.sampling
+            adaptive = f"; sampling adaptive every {sampling.every} steps" if sampling.mode == "adaptive" else ""
+            typer.echo(f"ok: {multitask.spec.name}: {len(multitask.members)} tasks ({shares}){adaptive}")
             continue
         if is_family_file(path):
             typer.echo(f"ok: {family_line(family_overview(load_family(path, overrides or []))['family'])}")
@@ -202,6 +204,7 @@ def target_summary(target: TargetPlan, rows_of: str | None = None) -> dict[str, 
         "num_layers": target.num_layers,
         "split": target.split,
         **({"probability": target.probability} if target.probability is not None else {}),
+        **({"reference": target.reference} if target.reference is not None else {}),
         "params": [
             {
                 "name": p.name,

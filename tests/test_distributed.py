@@ -34,7 +34,7 @@ from uhn_runtime.distributed import (
 )
 from uhn_runtime.generator import UHNGenerator
 from uhn_runtime.run_dir import RunDir
-from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
+from uhn_runtime.train import TIMING_FIELDS, RunInterrupted, TrainOptions, resume_run, start_run
 from uhn_spec import compile_spec
 
 from .tiny_specs import tiny_plan, tiny_spec_yaml
@@ -200,9 +200,9 @@ def test_a_resumed_two_process_run_ends_exactly_as_an_uninterrupted_one(two_proc
         a, b = final_weights(whole, kind), final_weights(killed, kind)
         assert all(torch.equal(a[name], b[name]) for name in a), kind
     without_resume = [
-        {k: v for k, v in r.items() if k != "seconds"} for r in records(killed) if r["event"] != "resume"
+        {k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records(killed) if r["event"] != "resume"
     ]
-    assert without_resume == [{k: v for k, v in r.items() if k != "seconds"} for r in records(whole)]
+    assert without_resume == [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records(whole)]
     assert any(r["event"] == "resume" and r["world_size"] == WORLD for r in records(killed))
 
 

@@ -20,6 +20,7 @@ from uhn_runtime.checkpoint import load_checkpoint
 from uhn_runtime.run_dir import RunDir
 from uhn_runtime.target import TargetCache
 from uhn_runtime.train import (
+    TIMING_FIELDS,
     RunInterrupted,
     TrainOptions,
     architecture_draw,
@@ -80,7 +81,7 @@ def final_source(run_root: Path) -> dict[str, torch.Tensor]:
 
 def logged(run_root: Path) -> list[tuple]:
     records = [json.loads(line) for line in (run_root / "metrics.jsonl").read_text().splitlines()]
-    return [tuple((k, v) for k, v in r.items() if k != "seconds") for r in records if r["event"] != "resume"]
+    return [tuple((k, v) for k, v in r.items() if k not in TIMING_FIELDS) for r in records if r["event"] != "resume"]
 
 
 # --------------------------------------------------------------------------- draws

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from tests.tiny_specs import TINY_GENERATOR, tiny_spec_data
 from uhn_cli.main import app
 from uhn_runtime.checkpoint import load_checkpoint
 from uhn_runtime.target import DeviceTarget
+from uhn_runtime.task_sampling import adapted_probabilities, error_ratio
 from uhn_runtime.train import RunInterrupted, TrainOptions, architecture_draw, resume_run, start_run
 from uhn_runtime.weights import UHNSource
 from uhn_spec import build_model, compile_spec
@@ -205,6 +207,12 @@ def test_summary_has_a_per_task_table(multitask_run: Path) -> None:
     records = [json.loads(line) for line in (multitask_run / "metrics.jsonl").read_text().splitlines()]
     evaluations = [r["test"] for r in records if r["event"] == "train" and "test" in r]
     assert len(evaluations) == 2 and all(set(e) == {"tiny_images", "tiny_formula"} for e in evaluations)  # steps 4, 8
+    # Each interval's step time, evaluations left out, also per task (to compare with the
+    # members' own runs: the step-time target).
+    timed = [r for r in records if r["event"] == "train"]
+    assert len(timed) == 3 and all(r["step_seconds"] > 0 for r in timed)
+    assert all(set(r["step_seconds_by_task"]) <= {"tiny_images", "tiny_formula"} for r in timed)
+    assert summary["task_sampling"]["mode"] == "fixed" and sum(summary["task_sampling"]["draws"].values()) == 12
 
 
 def test_training_draws_each_task_and_takes_its_own_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -295,3 +303,145 @@ def test_inspect_json_lists_members_with_params_and_probability(tmp_path: Path) 
     assert [(t["name"], t["probability"]) for t in targets] == [("tiny_images", 0.75), ("tiny_formula", 0.25)]
     plan = compile_multitask(load_multitask(multitask_file(tmp_path)))
     assert [t["num_params"] for t in targets] == [t.num_params for t in plan.targets]
+
+
+# --------------------------------------------------------------------------- adaptive sampling
+
+ADAPTIVE = {"mode": "adaptive", "every": 3, "floor": 0.5}
+
+
+def adaptive_file(tmp_path: Path, references: tuple[float, float] = (0.99, 0.001), **sampling: Any) -> Path:
+    """The tiny multi-task file with adaptive sampling; the formula member's reference is far
+    below what 12 steps reach, so it lags and the re-weighting moves towards it."""
+    tasks = multitask_data()["tasks"]
+    for task, reference in zip(tasks, references):
+        task["reference"] = reference
+    return multitask_file(tmp_path, tasks=tasks, sampling={**ADAPTIVE, **sampling})
+
+
+def test_error_ratio_puts_accuracy_and_rmse_on_one_scale() -> None:
+    assert error_ratio("accuracy", 0.96, 0.98) == pytest.approx(2.0)  # twice the errors
+    assert error_ratio("rmse", 0.5, 0.05) == pytest.approx(10.0)
+    assert error_ratio("accuracy", 0.99, 0.98) < 1.0  # ahead of its reference
+
+
+def test_adapted_probabilities_move_towards_the_laggard_and_keep_the_floor() -> None:
+    base = (0.4, 0.3, 0.3)
+    assert adapted_probabilities(base, (1.0, 0.5, 1.0), floor=0.5, strength=1.0) == pytest.approx(base)  # nobody lags
+    moved = adapted_probabilities(base, (3.0, 1.0, 12.0), floor=0.5, strength=1.0)
+    assert math.fsum(moved) == pytest.approx(1.0)
+    assert moved[2] > base[2] and moved[1] < base[1]
+    assert all(p >= 0.5 * b for p, b in zip(moved, base))  # each keeps its floor
+
+
+def test_validate_and_inspect_show_adaptive_sampling_and_the_references(tmp_path: Path) -> None:
+    path = adaptive_file(tmp_path)
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0 and "; sampling adaptive every 3 steps" in result.output, result.output
+    result = CliRunner().invoke(app, ["inspect", str(path), "--json"])
+    assert [t["reference"] for t in json.loads(result.output)["targets"]] == [0.99, 0.001]
+
+
+def test_adaptive_sampling_needs_every_reference(tmp_path: Path) -> None:
+    message = spec_error(tmp_path, sampling=ADAPTIVE)
+    assert "tasks[0].reference: sampling.mode adaptive compares every member" in message, message
+    assert "uhn train MULTITASK --model tiny_images" in message, message
+
+
+@pytest.mark.parametrize(
+    ("references", "sampling", "expected"),
+    [
+        ((1.0, 0.1), {}, "tasks[0].reference: 1.0 is not an accuracy in (0, 1)"),
+        ((0.9, -0.1), {}, "tasks[1].reference: -0.1 is not a positive RMSE"),
+        ((0.9, 0.1), {"every": 12}, "sampling.every: 12 is not below train.steps (12)"),
+        ((0.9, 0.1), {"floor": 1.0}, "sampling.floor"),
+        ((0.9, 0.1), {"mode": "pcgrad"}, "sampling.mode"),
+    ],
+)
+def test_sampling_settings_are_checked(
+    tmp_path: Path, references: tuple[float, float], sampling: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(SpecError) as err:
+        load_multitask(adaptive_file(tmp_path, references, **sampling))
+    assert expected in str(err.value), str(err.value)
+
+
+def test_adaptive_sampling_draws_by_the_logged_reweightings_and_is_deterministic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn: list[str] = []
+    original = train_module.Phase.train_step
+
+    def recording(self: Any, batch: Any, where: str) -> float:
+        (target,) = self.step_targets(self.steps_done)
+        drawn.append(target.plan.name)
+        return original(self, batch, where)
+
+    monkeypatch.setattr(train_module.Phase, "train_step", recording)
+    plan = compile_multitask(load_multitask(adaptive_file(tmp_path)))
+    assert plan.task_sampling is not None and plan.task_sampling["mode"] == "adaptive"
+    first = start_run(plan, tmp_path / "a", options())["task_sampling"]
+    first_drawn, drawn[:] = list(drawn), []
+    second = start_run(plan, tmp_path / "b", options())["task_sampling"]
+    assert drawn == first_drawn and first == second  # same seed: same draws, same re-weightings
+    assert [u["step"] for u in first["updates"]] == [3, 6, 9]
+    assert all(u["probabilities"]["tiny_formula"] > 0.25 for u in first["updates"])  # the laggard gains
+    # Each step drew with the probabilities of the latest re-weighting at or before it.
+    names = [t.name for t in plan.targets]
+    expected = []
+    for step in range(12):
+        current = [u for u in first["updates"] if u["step"] <= step]
+        probabilities = [current[-1]["probabilities"][n] for n in names] if current else [t.probability for t in plan.targets]
+        expected.append(names[architecture_draw(3, step, 2, probabilities=probabilities)[0]])
+    assert first_drawn == expected
+    assert first["draws"] == {name: expected.count(name) for name in names}
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["event"] == "sampling"] == [3, 6, 9]
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["task_sampling"]["mode"] == "adaptive"
+
+
+def test_resumed_adaptive_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Path) -> None:
+    """Killed at step 6 (after the re-weighting at 6), resumed from the checkpoint at step 4,
+    which holds the re-weighting at 3 and the steps of the window under way."""
+    plan = compile_multitask(load_multitask(adaptive_file(tmp_path)))
+    whole_summary = start_run(plan, tmp_path / "whole", options())
+    with pytest.raises(RunInterrupted):
+        start_run(plan, tmp_path / "killed", options(stop_after_units=6))
+    resumed_summary = resume_run(tmp_path / "killed", options())
+    whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / "uhn.pt")
+    resumed = load_checkpoint(tmp_path / "killed" / "checkpoints" / "uhn.pt")
+    for key, value in whole["source"].items():
+        assert torch.equal(value, resumed["source"][key]), key
+    assert whole["models"] == resumed["models"]
+    assert whole_summary["task_sampling"] == resumed_summary["task_sampling"]
+
+
+def fake_run(root: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> Path:
+    root.mkdir()
+    (root / "summary.json").write_text(json.dumps(summary))
+    lines = [{"phase": "uhn", "event": "train", **r} for r in records]
+    (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return root
+
+
+def test_step_time_benchmark_weighs_the_members_own_step_times(tmp_path: Path) -> None:
+    """The ratio of the step-time target, from the runs' logged step_seconds (first interval
+    left out): 0.5 s per multi-task step against 0.25 * 1.0 + 0.75 * 0.2 = 0.4 s."""
+    from benchmarks.multitask_step_time import measure
+
+    mt_summary = {"task_probabilities": {"a": 0.25, "b": 0.75}, "task_sampling": {"draws": {"a": 10, "b": 30}}}
+    multitask = fake_run(
+        tmp_path / "mt",
+        mt_summary,
+        [
+            {"step": 10, "step_seconds": 9.0, "step_seconds_by_task": {"a": 9.0, "b": 9.0}},  # left out: first interval
+            {"step": 30, "step_seconds": 0.5, "step_seconds_by_task": {"a": 1.2, "b": 0.3}},
+            {"step": 40, "step_seconds": 0.5, "step_seconds_by_task": {"a": 1.2, "b": 0.3}},
+        ],
+    )
+    single_a = fake_run(tmp_path / "a", {"spec": "a"}, [{"step": 5, "step_seconds": 7.0}, {"step": 10, "step_seconds": 1.0}])
+    single_b = fake_run(tmp_path / "b", {"spec": "b"}, [{"step": 5, "step_seconds": 7.0}, {"step": 10, "step_seconds": 0.2}])
+    report = measure(multitask, [single_a, single_b], all_intervals=False)
+    assert report["vs_probabilities"] == pytest.approx(0.5 / 0.4)
+    assert report["vs_draws"] == pytest.approx(0.5 / 0.4)  # the run drew a and b in proportion
+    assert report["member_step_vs_own_run"] == pytest.approx({"a": 1.2, "b": 1.5})

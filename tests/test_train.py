@@ -23,7 +23,7 @@ from uhn_runtime.schedule import cosine_factor, warmup_cosine_factor
 from uhn_runtime.stop_signals import RunStopped, StopSignals
 from uhn_runtime.target import DeviceTarget
 from uhn_runtime.target_segments import forward_in_segments
-from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
+from uhn_runtime.train import TIMING_FIELDS, RunInterrupted, TrainOptions, resume_run, start_run
 from uhn_runtime.weights import make_source
 from uhn_spec import compile_spec
 
@@ -42,7 +42,7 @@ def logged(run_root: Path) -> list[tuple]:
     """Every record of metrics.jsonl but resume markers, without the wall-clock time."""
     lines = (run_root / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
-    return [tuple((k, v) for k, v in r.items() if k != "seconds") for r in records if r["event"] != "resume"]
+    return [tuple((k, v) for k, v in r.items() if k not in TIMING_FIELDS) for r in records if r["event"] != "resume"]
 
 
 def with_dropout(plan):  # type: ignore[no-untyped-def]

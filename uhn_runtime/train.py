@@ -57,7 +57,7 @@ import torch
 
 from uhn_spec.errors import UHNError
 from uhn_spec.files import atomic_write
-from uhn_spec.multitask import is_multitask_plan
+from uhn_spec.multitask import TaskSamplingSpec, is_multitask_plan
 from uhn_spec.plan import Plan
 
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -73,11 +73,15 @@ from .schedule import set_lr, warmup_cosine_factor
 from .stop_signals import STOP_SIGNALS, RunStopped, StopSignals
 from .target import DeviceTarget, TargetCache
 from .target_segments import forward_in_segments
+from .task_sampling import TaskSampling, batch_figure
 from .tensorboard_log import TensorBoardLog, require_tensorboard
 from .weights import SourceKind, UHNSource, depth_lr_scale, make_source
 
 # Terminal lines per phase, at most about this many (metrics.jsonl keeps every interval).
 SHOWN_LINES = 100
+# The fields of metrics.jsonl records that measure time: the only ones in which a resumed
+# (or repeated) run's records differ from an uninterrupted run's.
+TIMING_FIELDS = ("seconds", "step_seconds", "step_seconds_by_task")
 
 Mode = Literal["uhn", "direct", "both"]
 MODE_PHASES: dict[str, tuple[SourceKind, ...]] = {"uhn": ("uhn",), "direct": ("direct",), "both": ("uhn", "direct")}
@@ -113,6 +117,7 @@ class PhaseResult:
     value: float  # the test metric; of a family: the mean over its evaluated seen models
     seconds: float
     models: dict[str, float] | None = None  # a family: each evaluated model's test metric
+    sampling: dict[str, Any] | None = None  # a multi-task run: how its steps drew the tasks
 
 
 def resolve_device(name: str) -> torch.device:
@@ -246,6 +251,13 @@ class Phase:
         self.models_per_step = min(self.cfg.models_per_step, len(self.seen))
         self.multitask = is_multitask_plan(plan)
         self.probabilities = [float(plan.targets[i].probability or 0.0) for i in self.seen] if self.multitask else None
+        # The task phase's draw probabilities (fixed, or re-weighted by lag: task_sampling.py).
+        self.sampling = TaskSampling(
+            self.probabilities or [],
+            TaskSamplingSpec.model_validate(plan.task_sampling or {}),
+            [self.metric_of(plan.targets[i].name) for i in self.seen] if self.multitask else [],
+            [plan.targets[i].reference for i in self.seen] if self.multitask else [],
+        )
         self.source = make_source(kind, plan, self.targets[self.seen[0]], self.cfg.seed)
         if isinstance(self.source, UHNSource):  # keep a layout for every cached target
             self.source.generator.layout_cache_size = max(self.source.generator.layout_cache_size, self.targets.capacity)
@@ -274,6 +286,9 @@ class Phase:
         self.units_done = 0
         self.steps_done = 0  # optimiser steps of the task phase; past units_done after a Ctrl-C
         self.interval_losses: list[float] = []  # losses of the log interval under way
+        # (task, seconds) of the interval's steps timed in this process: the batch and the
+        # step, not evaluations or checkpoints (metrics.jsonl ``step_seconds``).
+        self.step_times: list[tuple[str, float]] = []
         self.init_done = kind != "uhn" or self.cfg.init_steps == 0
         self.seconds_before = 0.0
         self.started = time.perf_counter()
@@ -286,7 +301,9 @@ class Phase:
             state = load_checkpoint(self.checkpoint_path, self.plan.source_hash, self.kind)
             if state["finished"]:
                 models = state.get("models")
-                return PhaseResult(self.kind, float(state["result"]), float(state["seconds"]), models)
+                if "sampling" in state:  # written by a uhn with adaptive sampling
+                    self.sampling.load_state_dict(state["sampling"])
+                return PhaseResult(self.kind, float(state["result"]), float(state["seconds"]), models, self.sampling_record())
             self.restore(state)
         if (self.options.tensorboard or self.cfg.tensorboard) and self.dist.is_main:
             first_unit = self.units_done + 1 if resumed else None
@@ -302,7 +319,7 @@ class Phase:
         finally:
             if self.tensorboard is not None:
                 self.tensorboard.close()
-        return PhaseResult(self.kind, value, self.elapsed(), models)
+        return PhaseResult(self.kind, value, self.elapsed(), models, self.sampling_record())
 
     def elapsed(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
@@ -318,10 +335,10 @@ class Phase:
         return [self.targets[i] for i in self.drawn_positions(step, stream)]
 
     def drawn_positions(self, step: int, stream: str = "train") -> list[int]:
-        """Plan positions of the targets step ``step`` of ``stream`` trains on this rank."""
-        draw = architecture_draw(
-            self.cfg.seed, step, len(self.seen), self.models_per_step, stream, self.probabilities, self.dist.rank
-        )
+        """Plan positions of the targets step ``step`` of ``stream`` trains on this rank (the
+        init phase draws with the spec's probabilities, the task phase as ``self.sampling``)."""
+        probabilities = self.sampling.at(step) if self.multitask and stream == "train" else self.probabilities
+        draw = architecture_draw(self.cfg.seed, step, len(self.seen), self.models_per_step, stream, probabilities, self.dist.rank)
         return [self.seen[i] for i in draw]
 
     def data_for(self, target: DeviceTarget) -> TaskData:
@@ -396,6 +413,7 @@ class Phase:
         if self.steps_done >= total_steps:
             return  # stopped during the final evaluation: only that is left
         with self.progress.task(f"{self.kind} train", total_steps, completed=self.steps_done) as shown:
+            tick = time.perf_counter()
             for step, epoch, batch in self.batch_stream(self.steps_done):
                 unit = epoch if self.by_epoch else step
                 lr = self.lr * warmup_cosine_factor(unit, self.cfg.warmup, self.total_units)
@@ -403,13 +421,17 @@ class Phase:
                 if self.dist.active:  # each rank its own dropout draws, a function of (seed, step, rank)
                     torch.manual_seed(rank_seed(self.cfg.seed, step, self.dist.rank))
                 self.interval_losses.append(self.train_step(batch, self.where(step, epoch)))
+                self.step_times.append((self.plan.targets[self.drawn_positions(step)[0]].name, time.perf_counter() - tick))
                 self.steps_done = step + 1
                 shown.update(self.steps_done, self.status_info(epoch))
                 if self.end_of_step(lr):
                     break
+                tick = time.perf_counter()
 
     def end_of_step(self, lr: float) -> bool:
         """Log, checkpoint and stop as the step just taken asks; True when the phase is done."""
+        if self.multitask and self.sampling.due(self.steps_done, self.total_units):
+            self.adapt_sampling()  # before any checkpoint of this step: it holds the re-weighting
         at_unit_end = self.steps_done % self.steps_per_unit == 0
         if at_unit_end:
             self.units_done = self.steps_done // self.steps_per_unit
@@ -428,6 +450,37 @@ class Phase:
             if limit is not None and self.units_done >= limit and not last:
                 raise RunInterrupted(f"{self.kind}: stopped after {self.unit_name} {self.units_done} (test hook)")
         return last
+
+    def adapt_sampling(self) -> None:
+        """Re-weight the task draw by each member's training error ratio (task_sampling.py)."""
+        names = [self.plan.targets[i].name for i in self.seen]
+        update = self.sampling.reweight(self.steps_done)
+        if self.dist.active:  # each rank saw its own steps: all draw with rank 0's re-weighting
+            update = self.sampling.updates[-1] = self.dist.broadcast(update)
+        record: dict[str, Any] = {"phase": self.kind, "event": "sampling", "step": self.steps_done}
+        fields = {"train_figure": update.figures, "error_ratio": update.ratios, "probabilities": update.probabilities}
+        record.update({key: dict(zip(names, values)) for key, values in fields.items()})
+        self.log(record)
+        if self.dist.is_main:
+            shown = "  ".join(f"{n} x{r:.2f} p={p:.3f}" for n, r, p in zip(names, update.ratios, update.probabilities))
+            self.progress.line(f"{self.kind} step {self.steps_done}: sampling by error ratio  {shown}")
+
+    def sampling_record(self) -> dict[str, Any] | None:
+        """A multi-task run's ``task_sampling`` for summary.json: the settings, each member's
+        reference, how often the task phase drew it and the re-weightings."""
+        if not self.multitask:
+            return None
+        names = [self.plan.targets[i].name for i in self.seen]
+        draws = Counter(self.plan.targets[self.drawn_positions(step)[0]].name for step in range(self.total_units))
+        return {
+            **self.sampling.settings.model_dump(),
+            "references": {name: self.plan.target(name).reference for name in names},
+            "draws": {name: draws[name] for name in names},
+            "updates": [
+                {"step": u.step, "error_ratio": dict(zip(names, u.ratios)), "probabilities": dict(zip(names, u.probabilities))}
+                for u in self.sampling.updates
+            ],
+        }
 
     def position(self) -> str:
         """Where the task phase stands, e.g. "epoch 2/9 and 3/7 steps of epoch 3"."""
@@ -469,16 +522,20 @@ class Phase:
         step (the step under way is ``steps_done``), averaged; one architecture: its own loss.
         Under torchrun on this rank's share of the batch, whose loss is scaled so that DDP's
         gradient average is that of the global-batch mean. Returns the global batch's loss."""
-        targets = self.step_targets(self.steps_done)
+        positions = self.drawn_positions(self.steps_done)
+        targets = [self.targets[i] for i in positions]
         batch, share = shard_batch(batch, self.dist.rank, self.dist.world_size)
         batch = batch.to(self.source_device)
         losses = []
         with self.precision.autocast():
-            for target in targets:
+            for position, target in zip(positions, targets):
                 target.model.train()
                 outputs = forward_in_segments(target, self.flat(target), self.cfg.target_segments, **batch.model_kwargs())
                 # An empty share still runs forward and backward: DDP needs every rank's gradients.
                 losses.append(loss_fn(self.data_for(target).metric, *batch.select(outputs)) if share else outputs.sum() * 0.0)
+                if self.sampling.adaptive and share:
+                    figure = batch_figure(self.data_for(target).metric, *batch.select(outputs))
+                    self.sampling.observe(self.seen.index(position), figure)
             loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         value = float(loss.detach())
         if self.dist.active:
@@ -505,6 +562,7 @@ class Phase:
             "loss": mean_loss,
             "lr": lr,
             "seconds": round(self.elapsed(), 3),
+            **self.step_time_fields(),
         }
         shown = f"{self.kind} {self.unit_name} {self.units_done}/{self.total_units}  loss {mean_loss:.4f}"
         every = self.cfg.eval_every
@@ -516,6 +574,21 @@ class Phase:
             self.save()
         if last or evaluated or (self.units_done // self.interval) % self.show_every == 0:
             self.progress.line(f"{shown}  lr {lr:.3g}  ({self.elapsed():.1f} s)")
+
+    def step_time_fields(self) -> dict[str, Any]:
+        """The interval's mean seconds per step, evaluations and checkpoints left out (a
+        multi-task run: also per task, so its step time compares with the members' own runs)
+        and starts the next interval's timing."""
+        times, self.step_times = self.step_times, []
+        if not times:  # resumed at the interval's end
+            return {}
+        fields: dict[str, Any] = {"step_seconds": round(statistics.fmean(t for _, t in times), 6)}
+        if self.multitask:
+            by_task: dict[str, list[float]] = {}
+            for name, seconds in times:
+                by_task.setdefault(name, []).append(seconds)
+            fields["step_seconds_by_task"] = {name: round(statistics.fmean(ts), 6) for name, ts in by_task.items()}
+        return fields
 
     def interval_evaluation(self, record: dict[str, Any]) -> str:
         """Evaluate mid-run into ``record`` (a family: each group's mean, as
@@ -567,6 +640,7 @@ class Phase:
                 "units_done": self.units_done,
                 "steps_done": self.steps_done,
                 "interval_losses": list(self.interval_losses),
+                "sampling": self.sampling.state_dict(),
                 "metrics_bytes": self.run.metrics_size(),
                 "init_done": self.init_done,
                 "finished": result is not None,
@@ -583,6 +657,8 @@ class Phase:
         self.units_done = int(state["units_done"])
         self.steps_done = int(state.get("steps_done", self.units_done * self.steps_per_unit))
         self.interval_losses = [float(x) for x in state.get("interval_losses", [])]
+        if "sampling" in state:  # written by a uhn with adaptive sampling
+            self.sampling.load_state_dict(state["sampling"])
         self.init_done = bool(state["init_done"])
         self.seconds_before = float(state["seconds"])
         self.started = time.perf_counter()
@@ -619,6 +695,8 @@ def start_run(plan: Plan, out: Path, options: TrainOptions, source: dict[str, An
         "shard_generation": options.shard_generation,
         **(source or {}),
     }
+    if is_multitask_plan(plan):
+        info["task_sampling"] = plan.task_sampling
     with distributed_session(resolve_device(options.device).type) as dist:
         out = dist.broadcast(out)  # rank 0's: a default folder name holds the time
         # Rank 0 creates the folder; a refusal (it holds a run already) stops every rank.
@@ -849,6 +927,7 @@ def train_run(
         summary["tasks"] = tasks
         summary["task_probabilities"] = {t.name: t.probability for t in plan.targets}
         summary["target_params_by_task"] = {t.name: t.num_params for t in plan.targets}
+        summary["task_sampling"] = results["uhn"].sampling
     elif models is not None:  # a family: the seen mean above, and each group's statistics
         summary.update(split_groups(plan, models))
         summary["models_file"] = MODELS_FILE

@@ -7,6 +7,10 @@ task (data, metric) and batch size; the run's ``generator`` (structure encoder o
 what tells the tasks' architectures apart) and its ``train`` section (in steps) replace
 theirs. Probabilities must be positive and are normalised; compiling gives one plan with
 shared (union) normalisation ranges whose targets carry their normalised probability.
+
+Beyond the paper, ``sampling: {mode: adaptive}`` shifts the probabilities during training
+towards the members whose validation metric lags their single-task ``reference`` figure
+(``uhn_runtime.task_sampling``); the default ``fixed`` is the paper's i.i.d. draw.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -47,6 +51,9 @@ class TaskEntry(StrictModel):
     probability: float = Field(description="sampling weight; all members' are normalised to sum to 1")
     batch_size: int | None = Field(None, ge=1, description="the member's batch size (default: its spec's train.batch_size)")
     set: list[str] = Field([], description="overrides of the member spec, as `--set` (e.g. task.stands_in_for=pubmed)")
+    reference: float | None = Field(
+        None, description="the member's single-task figure in its own metric (accuracy or RMSE): what adaptive sampling compares with"
+    )
 
     @field_validator("probability")
     @classmethod
@@ -59,6 +66,24 @@ class TaskEntry(StrictModel):
         return value
 
 
+class TaskSamplingSpec(StrictModel):
+    """How a step picks its task: the fixed probabilities (the paper), or probabilities that
+    move towards the members lagging their single-task reference (``uhn_runtime.task_sampling``)."""
+
+    mode: Literal["fixed", "adaptive"] = Field(
+        "fixed", description="fixed: the paper's i.i.d. draw; adaptive: re-weighted every `every` steps"
+    )
+    every: int = Field(
+        100, ge=1, description="steps between re-weightings (each reads the members' training figures since the last)"
+    )
+    floor: float = Field(
+        0.5, ge=0.0, lt=1.0, description="share of each member's own probability it always keeps (the rest goes by lag)"
+    )
+    strength: float = Field(
+        1.0, gt=0.0, le=10.0, description="exponent on the error ratio: higher moves faster towards lagging members"
+    )
+
+
 class MultiTaskSpec(StrictModel):
     """A multi-task run: its members, the one generator and the one training schedule."""
 
@@ -67,6 +92,7 @@ class MultiTaskSpec(StrictModel):
     tasks: list[TaskEntry] = Field(min_length=1)
     generator: GeneratorSpec
     train: TrainSpec
+    sampling: TaskSamplingSpec = Field(default_factory=TaskSamplingSpec)
 
     @model_validator(mode="after")
     def _run_settings(self) -> "MultiTaskSpec":
@@ -79,6 +105,11 @@ class MultiTaskSpec(StrictModel):
             raise ValueError("train.steps: a multi-task run counts steps (tasks have different epochs); give steps, not epochs")
         if self.train.models_per_step != 1:
             raise ValueError("train.models_per_step: a multi-task step trains one task; remove the field")
+        if self.sampling.mode == "adaptive" and self.sampling.every >= self.train.steps:
+            raise ValueError(
+                f"sampling.every: {self.sampling.every} is not below train.steps ({self.train.steps}), so adaptive "
+                "sampling would never re-weight; give fewer steps between re-weightings"
+            )
         return self
 
 
@@ -120,6 +151,7 @@ def multitask_from_text(text: str, source: Path | None = None, overrides: Sequen
         raise SpecError("", format_validation_error(err), where) from None
     members = tuple(member_spec(spec, i, source) for i in range(len(spec.tasks)))
     check_unique_names(members, where)
+    check_references(spec, members, where)
     total = math.fsum(entry.probability for entry in spec.tasks)
     probabilities = tuple(entry.probability / total for entry in spec.tasks)
     return MultiTask(spec, members, probabilities, text)
@@ -166,12 +198,37 @@ def check_unique_names(members: Sequence[ExperimentSpec], where: str | None) -> 
         seen[member.name] = i
 
 
+def check_references(spec: MultiTaskSpec, members: Sequence[ExperimentSpec], where: str | None) -> None:
+    """A reference is a figure in the member's own metric: an accuracy in (0, 1) (1 would
+    leave no error to compare with), an RMSE above 0; adaptive sampling needs every one."""
+    for i, (entry, member) in enumerate(zip(spec.tasks, members)):
+        field = f"tasks[{i}].reference"
+        metric = member.task.info.metric
+        value = entry.reference
+        if value is None:
+            if spec.sampling.mode == "adaptive":
+                raise SpecError(
+                    field,
+                    f"sampling.mode adaptive compares every member with its single-task figure; give {member.name}'s "
+                    f"test {metric} (e.g. from `uhn train MULTITASK --model {member.name}`)",
+                    where,
+                )
+            continue
+        if metric == "accuracy" and not (0.0 < value < 1.0):
+            raise SpecError(field, f"{value} is not an accuracy in (0, 1) ({member.name}'s metric is accuracy)", where)
+        if metric == "rmse" and not (value > 0.0 and math.isfinite(value)):
+            raise SpecError(field, f"{value} is not a positive RMSE ({member.name}'s metric is rmse)", where)
+
+
 def compile_multitask(multitask: MultiTask, source_text: str = "") -> Plan:
     """One plan over every member with shared (union) normalisation ranges, as the authors
-    normalise over all tasks; each target records its normalised sampling probability."""
+    normalise over all tasks; each target records its normalised sampling probability (and
+    its reference figure), the plan the sampling settings."""
     plan = compile_specs(list(multitask.members), source_text=source_text or multitask.source_text)
-    for target, probability in zip(plan.targets, multitask.probabilities):
+    for target, probability, entry in zip(plan.targets, multitask.probabilities, multitask.spec.tasks):
         target.probability = probability
+        target.reference = entry.reference
+    plan.task_sampling = multitask.spec.sampling.model_dump()
     return plan
 
 
@@ -183,6 +240,7 @@ __all__ = [
     "MultiTask",
     "MultiTaskSpec",
     "TaskEntry",
+    "TaskSamplingSpec",
     "compile_multitask",
     "is_multitask_file",
     "is_multitask_plan",

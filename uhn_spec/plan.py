@@ -58,6 +58,8 @@ class TargetPlan:
     split: str = "seen"  # a family member's split: "seen" (trained on) or "unseen" (held out)
     # A multi-task member's normalised sampling probability (None: not a multi-task plan).
     probability: float | None = None
+    # Its single-task figure in its own metric (multitask ``tasks[i].reference``), if given.
+    reference: float | None = None
 
     @property
     def num_params(self) -> int:
@@ -97,6 +99,7 @@ class TargetPlan:
             },
             "split": self.split,
             "probability": self.probability,
+            "reference": self.reference,
         }
 
     @staticmethod
@@ -129,6 +132,7 @@ class TargetPlan:
             params=params,
             split=d.get("split", "seen"),
             probability=d.get("probability"),
+            reference=d.get("reference"),
         )
 
 
@@ -144,6 +148,8 @@ class Plan:
     # A family plan: how many seen targets (the first ones) are evaluated beside the unseen
     # ones (the family's ``each``); None: every seen target.
     evaluated_seen: int | None = None
+    # A multi-task plan: its ``sampling`` section (uhn_spec.multitask.TaskSamplingSpec, dumped).
+    task_sampling: dict[str, Any] | None = None
 
     def target(self, name: str | None = None) -> TargetPlan:
         if name is None:
@@ -177,6 +183,7 @@ class Plan:
             "source_text": self.source_text,
             "source_hash": self.source_hash,
             "evaluated_seen": self.evaluated_seen,
+            "task_sampling": self.task_sampling,
         }
 
     @staticmethod
@@ -190,6 +197,7 @@ class Plan:
             source_hash=d["source_hash"],
             version=int(d["version"]),
             evaluated_seen=d.get("evaluated_seen"),
+            task_sampling=d.get("task_sampling"),
         )
 
     def save(self, path: str | Path) -> None:
