@@ -445,3 +445,22 @@ def test_step_time_benchmark_weighs_the_members_own_step_times(tmp_path: Path) -
     assert report["vs_probabilities"] == pytest.approx(0.5 / 0.4)
     assert report["vs_draws"] == pytest.approx(0.5 / 0.4)  # the run drew a and b in proportion
     assert report["member_step_vs_own_run"] == pytest.approx({"a": 1.2, "b": 1.5})
+
+
+def test_bench_compares_the_multitask_step_with_each_members_own_in_one_run(tmp_path: Path) -> None:
+    from uhn_runtime.bench import BenchOptions, measure_multitask_step, run_bench
+    from uhn_runtime.optim import Precision
+
+    plan = compile_multitask(load_multitask(multitask_file(tmp_path)))
+    step = measure_multitask_step(plan, BenchOptions(repeats=1, batch=8), torch.device("cpu"), Precision("cpu", None))
+    names = [t.name for t in plan.targets]
+    assert list(step["own_mean_seconds"]) == names and step["probabilities"] == {n: t.probability for n, t in zip(names, plan.targets)}
+    # The drawn steps are the ones a run takes: the same draws as `uhn train`'s task phase.
+    seed = plan.targets[0].spec.train.seed
+    expected = Counter(architecture_draw(seed, i, 2, 1, "train", [0.75, 0.25])[0] for i in range(1, step["steps"] + 1))
+    assert step["drawn"] == {names[i]: expected[i] for i in range(2)} and step["steps"] == len(step["times"])
+    weighted = sum(step["probabilities"][n] * step["own_mean_seconds"][n] for n in names)
+    assert step["weighted_own_seconds"] == pytest.approx(weighted)
+    assert step["vs_probabilities"] == pytest.approx(step["mean_seconds"] / weighted)
+    report = run_bench(plan, BenchOptions(repeats=1, batch=8, naive=False))
+    assert set(report["multitask"]) >= {"vs_probabilities", "vs_draws", "own_mean_seconds"} and "family" not in report

@@ -20,6 +20,13 @@ one JSON line back from every worker. Cases:
   ``family.vs_single`` is the family step time over that single-model step time, also per
   generated weight (the drawn members differ in size).
 
+* ``multitask_step`` (a multi-task plan): in one worker, each member's own train step (a
+  streak of that member alone, as its single-task run takes them) and then the steps a
+  multi-task run takes, each on the member drawn with the plan's probabilities; every member
+  trains on a synthetic batch of its own task. The report's ``multitask.vs_probabilities`` is
+  the multi-task step over the members' own steps weighted by the probabilities (the issue's
+  target: within 10%), ``vs_draws`` the same weighted by the members actually drawn.
+
 ``generate`` also reports ``layout_seconds``: building the work units from the plan's compact
 descriptors and their feature tables, what the first generation after loading a plan adds.
 
@@ -110,7 +117,8 @@ def run_bench(plan: Plan, options: BenchOptions, progress: Callable[[str], None]
         raise UHNError(f"--repeats: {options.repeats}; give at least 1 (the report uses the median)")
     if options.batch < 1:
         raise UHNError(f"--batch: {options.batch}; give a positive batch size")
-    family = len(plan.targets) > 1 and not plan.recursion_depth
+    multitask = any(t.probability is not None for t in plan.targets)
+    family = len(plan.targets) > 1 and not plan.recursion_depth and not multitask
     if family and options.target is None:
         options = replace(options, target=same_size_member(plan).name)
     target = plan.target(options.target) if options.target else plan.trained_target
@@ -160,7 +168,13 @@ def run_bench(plan: Plan, options: BenchOptions, progress: Callable[[str], None]
         if family:
             progress("family train steps (architecture drawn per step)")
             family_step = run("family_step")
+        multitask_step = None
+        if multitask:
+            progress("multi-task train steps (task drawn per step) against each member's own")
+            multitask_step = run("multitask_step")
     report = assemble_report(plan, target, options, matmul, generate, train, naive, skipped)
+    if multitask_step is not None:
+        report["multitask"] = multitask_step
     if recursion is not None:
         report["recursion"] = recursion
     if family_step is not None:
@@ -368,6 +382,14 @@ def render_report(report: dict[str, Any]) -> str:
                 else ")"
             )
         )
+    multitask = report.get("multitask")
+    if multitask is not None:
+        own = ", ".join(f"{name} {seconds:.3f} s" for name, seconds in multitask["own_mean_seconds"].items())
+        lines.append(
+            f"multi-task step: {multitask['mean_seconds']:.3f} s mean over {multitask['steps']} drawn steps; "
+            f"{multitask['vs_probabilities']:.2f}x the members' own steps weighted by the probabilities "
+            f"({multitask['weighted_own_seconds']:.3f} s; own: {own}), {multitask['vs_draws']:.2f}x weighted by the draws"
+        )
     return "\n".join(lines)
 
 
@@ -393,6 +415,8 @@ def worker_main(case: str, plan_path: str, options_json: str) -> dict[str, Any]:
     plan = load_plan(plan_path)
     if case == "family_step":
         return measure_family_step(plan, options, device, precision)
+    if case == "multitask_step":
+        return measure_multitask_step(plan, options, device, precision)
     target = DeviceTarget(plan.target(options.target) if options.target else plan.trained_target, device)
     torch.manual_seed(options.seed)
     if plan.recursion_depth and case in ("generate", "train_step"):  # the whole chain
@@ -531,6 +555,71 @@ def measure_family_step(plan: Plan, options: BenchOptions, device: torch.device,
         # Steps whose architectures were all cached: switching alone, no target built.
         "cached_steps": len(cached),
         "cached_seconds_per_weight": sum(t for t, _ in cached) / sum(w for _, w in cached) if cached else None,
+        "times": times,
+    }
+
+
+# Timed steps per member and --repeats: each member's own streak, then the drawn steps.
+MULTITASK_STEPS_PER_REPEAT = 4
+
+
+def measure_multitask_step(plan: Plan, options: BenchOptions, device: torch.device, precision: Precision) -> dict[str, Any]:
+    """Multi-task train steps against each member's own, in one process and one generator.
+
+    First every member alone, a streak of steps (one untimed warm-up, then
+    ``MULTITASK_STEPS_PER_REPEAT * repeats`` timed): what its single-task run's step costs.
+    Then as many steps per member drawn as ``uhn train`` draws them (``architecture_draw``
+    with the probabilities), so switching member each step is in the time. Both share the
+    targets (``TargetCache``) and the generator's layout cache, as the runs do."""
+    from .train import architecture_draw  # local: train imports most of the runtime
+
+    members = list(range(len(plan.targets)))
+    probabilities = [float(plan.targets[i].probability or 0.0) for i in members]
+    cache = TargetCache(plan, device)
+    torch.manual_seed(options.seed)
+    generator = UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=options.seed).to(device)
+    generator.layout_cache_size = max(generator.layout_cache_size, cache.capacity)
+    batches = [synthetic_batch(plan.targets[i].spec.task, options.batch, device) for i in members]
+    optimizer = make_adamw(generator.parameters(), lr=1e-4)
+
+    def step(member: int) -> float:
+        start = time.perf_counter()
+        target, batch = cache[member], batches[member]
+        with precision.autocast():
+            flat = target.generate(generator)
+            outputs = forward_in_segments(target, flat, options.target_segments, **batch.model_kwargs())
+            loss = loss_fn(target.plan.spec.task.info.metric, *batch.select(outputs))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        return time.perf_counter() - start
+
+    timed = MULTITASK_STEPS_PER_REPEAT * options.repeats
+    own: list[float] = []
+    for member in members:
+        step(member)  # warm-up: builds the member's target, layout and feature tables
+        own.append(statistics.fmean(step(member) for _ in range(timed)))
+    seed = plan.targets[0].spec.train.seed
+    drawn, times = [], []
+    for index in range(1, timed * len(members) + 1):
+        (member,) = architecture_draw(seed, index, len(members), 1, "train", probabilities)
+        drawn.append(member)
+        times.append(step(member))
+    mean = statistics.fmean(times)
+    by_probability = sum(p * t for p, t in zip(probabilities, own))
+    by_draws = statistics.fmean(own[m] for m in drawn)
+    names = [plan.targets[i].name for i in members]
+    return {
+        "steps": len(times),
+        "own_steps_per_member": timed,
+        "probabilities": dict(zip(names, probabilities)),
+        "own_mean_seconds": dict(zip(names, own)),
+        "drawn": {name: drawn.count(i) for i, name in enumerate(names)},
+        "mean_seconds": mean,
+        "weighted_own_seconds": by_probability,
+        "vs_probabilities": mean / by_probability,
+        "vs_draws": mean / by_draws,
         "times": times,
     }
 
