@@ -58,7 +58,8 @@ def load_trained_source(
     run: RunDir, kind: SourceKind, device: torch.device, target: TargetPlan | None = None
 ) -> tuple[UHNSource | RecursiveSource | DirectSource, DeviceTarget, Precision]:
     """The finished weight source of a run phase, ready to generate ``target`` (default:
-    the plan's trained target: its first, or a recursive chain's leaf) on ``device``."""
+    the plan's trained target: its first, or a recursive chain's leaf) on ``device``, and the
+    precision to generate in: the one the run trained in (``auto`` as resolved at its start)."""
     plan = run.plan()
     target = target or plan.trained_target
     if kind == "direct" and target.name != plan.trained_target.name:
@@ -75,8 +76,7 @@ def load_trained_source(
     on_device = DeviceTarget(target, device)
     source = make_source(kind, plan, on_device, plan.trained_target.spec.train.seed)
     source.load_state_dict(state["source"])
-    precision = Precision.resolve(plan.trained_target.spec.train.precision, device)
-    return source, on_device, precision
+    return source, on_device, run.precision(plan.trained_target.spec.train.precision, device)
 
 
 def zero_shot_target(plan: Plan, spec: ExperimentSpec) -> tuple[TargetPlan, list[str]]:
