@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors import safe_open
 from typer.testing import CliRunner
 
 import uhn_runtime.optim as optim
 from uhn_cli.main import app
-from uhn_runtime.export import load_trained_source
 from uhn_runtime.bench import BenchOptions, render_report, run_bench, useful_flops_per_weight
+from uhn_runtime.export import load_trained_source
 from uhn_runtime.generator import UHNGenerator
 from uhn_runtime.naive import naive_generate
 from uhn_runtime.optim import Precision
@@ -137,6 +138,10 @@ def test_export_and_evaluate_generate_in_the_precision_the_run_trained_in(monkey
     monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset())
     _, _, precision = load_trained_source(RunDir.open(root), "uhn", CPU)
     assert precision.name == "bf16" and "amx_bf16" in precision.reason
+    export = CliRunner().invoke(app, ["export", str(root), "-o", str(tmp_path / "m.safetensors")])
+    assert export.exit_code == 0, export.output
+    with safe_open(tmp_path / "m.safetensors", "pt") as handle:
+        assert handle.metadata()["precision"] == "bf16"
     result = CliRunner().invoke(app, ["evaluate", str(root)])
     assert result.exit_code == 0, result.output
     printed = float(result.output.split("uhn: test accuracy ")[1].split()[0])

@@ -203,6 +203,9 @@ def write_export(
         "zero_shot": "true" if zero_shot else "false",
         CHECKSUM_KEY: tensors_checksum(state),
     }
+    recorded = run.info().get("precision")  # what the run trained, and these weights were generated, in
+    if recorded is not None:
+        metadata["precision"] = recorded
     atomic_write(output, lambda tmp: save_file(state, str(tmp), metadata=metadata))
 
 
