@@ -4,7 +4,9 @@ The file holds the target skeleton's own parameter names (``layers.0.weight`` ..
 plain ``nn.Module`` from ``uhn_spec.build_model(spec)`` loads it with ``load_state_dict``;
 the spec travels in the file's metadata, so the file alone is enough to rebuild the model.
 The metadata also carries a SHA-256 of the tensors (names, dtypes, shapes and bytes), checked
-on load: a damaged file is refused instead of giving silently wrong outputs.
+on load: a damaged file is refused instead of giving silently wrong outputs, and the precision
+the run trained in (run.json's ``precision``: the weights are generated in it, whatever
+``auto`` means on the machine that exports).
 
 A family run exports any member (``--model``), or zero-shot an architecture that was never
 compiled into its plan (``--spec``): the new spec is compiled alone and generated with the
