@@ -21,7 +21,7 @@ from uhn_runtime.export import load_trained_source
 from uhn_runtime.generator import UHNGenerator
 from uhn_runtime.naive import naive_generate
 from uhn_runtime.optim import Precision
-from uhn_runtime.run_dir import RunDir
+from uhn_runtime.run_dir import RunDir, RunDirError
 from uhn_runtime.target import DeviceTarget
 from uhn_runtime.train import TrainOptions, start_run
 from uhn_spec import ExperimentSpec, compile_spec
@@ -160,6 +160,9 @@ def test_a_run_that_did_not_record_its_precision_resolves_auto_where_it_is_read(
     monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset())
     assert RunDir.open(root).precision("auto", CPU).name == "fp32"
     assert RunDir.open(root).precision("bf16", CPU).name == "bf16"  # an explicit choice is the spec's
+    (root / "run.json").write_text(json.dumps({**info, "precision": "bf17", "precision_reason": "typo"}))
+    with pytest.raises(RunDirError, match=r"run.json: precision: 'bf17' is not fp32, bf16 or fp16"):
+        RunDir.open(root).precision("auto", CPU)
 
 
 def test_resume_refuses_a_new_precision(tmp_path: Path) -> None:

@@ -187,6 +187,11 @@ class RunDir:
         info = self.info()
         if asked != "auto" or "precision" not in info:
             return Precision.resolve(asked, device)
+        if info["precision"] not in ("fp32", "bf16", "fp16"):
+            raise RunDirError(
+                f"{self.info_path}: precision: {info['precision']!r} is not fp32, bf16 or fp16; "
+                "restore the file, or set the precision the run trained in"
+            )
         recorded = Precision.resolve(info["precision"], device)
         return Precision(device.type, recorded.dtype, info["precision_reason"])
 
