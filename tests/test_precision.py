@@ -4,25 +4,30 @@ the generated weights and the generator's gradients from fp32 generation."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from safetensors import safe_open
 from typer.testing import CliRunner
 
 import uhn_runtime.optim as optim
 from uhn_cli.main import app
 from uhn_runtime.bench import BenchOptions, render_report, run_bench, useful_flops_per_weight
+from uhn_runtime.export import load_trained_source
 from uhn_runtime.generator import UHNGenerator
 from uhn_runtime.naive import naive_generate
 from uhn_runtime.optim import Precision
+from uhn_runtime.run_dir import RunDir, RunDirError
 from uhn_runtime.target import DeviceTarget
+from uhn_runtime.train import TrainOptions, start_run
 from uhn_spec import ExperimentSpec, compile_spec
 from uhn_spec.errors import UHNError
 
-from .tiny_specs import tiny_spec_data
+from .tiny_specs import tiny_plan, tiny_spec_data
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda", 0)
@@ -32,11 +37,12 @@ CUDA = torch.device("cuda", 0)
     ("features", "expected", "named"),
     [
         (frozenset(), torch.float32, "neither AMX nor AVX512-BF16"),
-        (frozenset({"avx512_bf16"}), torch.float32, "avx512_bf16"),  # parity not yet shown: docs/performance.md
+        (frozenset({"avx512_bf16"}), torch.bfloat16, "avx512_bf16"),  # ~2x fp32, parity within seed noise
+        (frozenset({"amx_bf16"}), torch.bfloat16, "amx_bf16"),
         (frozenset({"avx512_bf16", "amx_bf16"}), torch.bfloat16, "amx_bf16"),
     ],
 )
-def test_auto_on_the_cpu_picks_bf16_only_where_the_hardware_pays(monkeypatch, features, expected, named) -> None:
+def test_auto_on_the_cpu_picks_bf16_where_the_hardware_accelerates_it(monkeypatch, features, expected, named) -> None:
     monkeypatch.setattr(optim, "cpu_bf16_features", lambda: features)
     chosen = Precision.resolve("auto", CPU)
     assert (chosen.dtype or torch.float32) == expected
@@ -120,6 +126,43 @@ def test_train_precision_option_is_recorded_with_the_run(tmp_path: Path) -> None
     run_info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert "train.precision=bf16" in run_info["overrides"]
     assert "precision: bf16" in result.output  # the terminal line
+
+
+def test_export_and_evaluate_generate_in_the_precision_the_run_trained_in(monkeypatch, tmp_path: Path) -> None:
+    # Trained where auto means bf16, exported and evaluated where it means fp32: the weights are
+    # generated as in training, so the figures the run reported are the ones evaluate reproduces.
+    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"amx_bf16"}))
+    root = tmp_path / "run"
+    start_run(tiny_plan(epochs=1, init_steps=0), root, TrainOptions(mode="uhn", device="cpu", progress=io.StringIO()))
+    assert json.loads((root / "run.json").read_text())["precision"] == "bf16"
+    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset())
+    _, _, precision = load_trained_source(RunDir.open(root), "uhn", CPU)
+    assert precision.name == "bf16" and "amx_bf16" in precision.reason
+    export = CliRunner().invoke(app, ["export", str(root), "-o", str(tmp_path / "m.safetensors")])
+    assert export.exit_code == 0, export.output
+    with safe_open(tmp_path / "m.safetensors", "pt") as handle:
+        assert handle.metadata()["precision"] == "bf16"
+    result = CliRunner().invoke(app, ["evaluate", str(root)])
+    assert result.exit_code == 0, result.output
+    printed = float(result.output.split("uhn: test accuracy ")[1].split()[0])
+    assert printed == pytest.approx(json.loads((root / "summary.json").read_text())["uhn"], abs=5e-5)
+
+
+def test_a_run_that_did_not_record_its_precision_resolves_auto_where_it_is_read(monkeypatch, tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    start_run(tiny_plan(epochs=1, init_steps=0), root, TrainOptions(mode="uhn", device="cpu", progress=io.StringIO()))
+    info = json.loads((root / "run.json").read_text())
+    for field in ("precision", "precision_reason"):  # as uhn wrote run.json before recording it
+        info.pop(field)
+    (root / "run.json").write_text(json.dumps(info))
+    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"amx_bf16"}))
+    assert RunDir.open(root).precision("auto", CPU).name == "bf16"
+    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset())
+    assert RunDir.open(root).precision("auto", CPU).name == "fp32"
+    assert RunDir.open(root).precision("bf16", CPU).name == "bf16"  # an explicit choice is the spec's
+    (root / "run.json").write_text(json.dumps({**info, "precision": "bf17", "precision_reason": "typo"}))
+    with pytest.raises(RunDirError, match=r"run.json: precision: 'bf17' is not fp32, bf16 or fp16"):
+        RunDir.open(root).precision("auto", CPU)
 
 
 def test_resume_refuses_a_new_precision(tmp_path: Path) -> None:

@@ -86,6 +86,8 @@ def test_a_table_runs_every_row_and_writes_the_interface_json_and_markdown(tmp_p
     assert "| tiny_a | accuracy |" in markdown and "± " in markdown and "0.9000 / 0.9100" in markdown
     assert "absent: no data here" in markdown and "UHN RMSE at or below direct on" in markdown
     assert "Runs on " in markdown and "thread(s) per run; load average" in markdown
+    precision = summaries[0]["precision"]  # type: ignore[index]
+    assert f"; precision {precision}; " in markdown  # auto differs by machine: the table says which
     text = shown.getvalue()
     assert "[1/3] tiny_a seed 1" in text and "[3/3] tiny_b seed 1" in text and "ETA" in text
 

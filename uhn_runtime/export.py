@@ -4,7 +4,9 @@ The file holds the target skeleton's own parameter names (``layers.0.weight`` ..
 plain ``nn.Module`` from ``uhn_spec.build_model(spec)`` loads it with ``load_state_dict``;
 the spec travels in the file's metadata, so the file alone is enough to rebuild the model.
 The metadata also carries a SHA-256 of the tensors (names, dtypes, shapes and bytes), checked
-on load: a damaged file is refused instead of giving silently wrong outputs.
+on load: a damaged file is refused instead of giving silently wrong outputs, and the precision
+the run trained in (run.json's ``precision``: the weights are generated in it, whatever
+``auto`` means on the machine that exports).
 
 A family run exports any member (``--model``), or zero-shot an architecture that was never
 compiled into its plan (``--spec``): the new spec is compiled alone and generated with the
@@ -58,7 +60,8 @@ def load_trained_source(
     run: RunDir, kind: SourceKind, device: torch.device, target: TargetPlan | None = None
 ) -> tuple[UHNSource | RecursiveSource | DirectSource, DeviceTarget, Precision]:
     """The finished weight source of a run phase, ready to generate ``target`` (default:
-    the plan's trained target: its first, or a recursive chain's leaf) on ``device``."""
+    the plan's trained target: its first, or a recursive chain's leaf) on ``device``, and the
+    precision to generate in: the one the run trained in (``auto`` as resolved at its start)."""
     plan = run.plan()
     target = target or plan.trained_target
     if kind == "direct" and target.name != plan.trained_target.name:
@@ -75,8 +78,7 @@ def load_trained_source(
     on_device = DeviceTarget(target, device)
     source = make_source(kind, plan, on_device, plan.trained_target.spec.train.seed)
     source.load_state_dict(state["source"])
-    precision = Precision.resolve(plan.trained_target.spec.train.precision, device)
-    return source, on_device, precision
+    return source, on_device, run.precision(plan.trained_target.spec.train.precision, device)
 
 
 def zero_shot_target(plan: Plan, spec: ExperimentSpec) -> tuple[TargetPlan, list[str]]:
@@ -203,6 +205,9 @@ def write_export(
         "zero_shot": "true" if zero_shot else "false",
         CHECKSUM_KEY: tensors_checksum(state),
     }
+    recorded = run.info().get("precision")  # what the run trained, and these weights were generated, in
+    if recorded is not None:
+        metadata["precision"] = recorded
     atomic_write(output, lambda tmp: save_file(state, str(tmp), metadata=metadata))
 
 

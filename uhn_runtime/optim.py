@@ -22,12 +22,11 @@ class TrainingDiverged(UHNError):
     """The loss became NaN or inf; the run stops and keeps its last good checkpoint."""
 
 
-# What ``auto`` picks on a CPU, by its fastest bf16 matmul instructions. AMX tiles run bf16
-# matmuls ~5.6x fp32 (issue 17's Xeon). AVX512-BF16 alone (vdpbf16ps, e.g. AMD Zen 4) runs
-# them ~2.2x fp32 and bf16 generation ~1.8x faster there, with no accuracy lost, but the
-# digits demo moved by more than the issue's 0.3 points (upwards; docs/performance.md,
-# "bf16"), so auto stays fp32 on such a CPU; `train.precision: bf16` asks for bf16.
-CPU_AUTO_BF16_FEATURES = ("amx_bf16",)
+# What ``auto`` picks on a CPU, by its bf16 matmul instructions. AMX tiles run bf16 matmuls
+# ~5.6x fp32 (issue 17's Xeon); AVX512-BF16 alone (vdpbf16ps, e.g. AMD Zen 4) ~2.2x, and bf16
+# generation ~1.8x fp32's there. On both, bf16 loses no accuracy beyond seed noise
+# (docs/performance.md, "bf16": five seeds per precision of the digits demo).
+CPU_AUTO_BF16_FEATURES = ("amx_bf16", "avx512_bf16")
 
 
 def cpu_bf16_features() -> frozenset[str]:
@@ -66,11 +65,9 @@ def auto_precision(device: torch.device) -> tuple[torch.dtype | None, str]:
     features = cpu_bf16_features()
     chosen = [f for f in CPU_AUTO_BF16_FEATURES if f in features]
     if chosen:
-        return torch.bfloat16, f"the CPU has {', '.join(chosen)} (bf16 matmuls several times fp32's)"
-    if features:
-        return None, (
-            f"the CPU has only {', '.join(sorted(features))}: bf16 is faster there but not the default "
-            "until its accuracy parity is settled (docs/performance.md); ask for it with --precision bf16"
+        return torch.bfloat16, (
+            f"the CPU has {', '.join(chosen)}: bf16 matmuls run 2-6x fp32's there, accuracy within seed "
+            "noise (docs/performance.md); --precision fp32 asks for fp32"
         )
     return None, "the CPU has no bf16 matmul instructions (neither AMX nor AVX512-BF16)"
 

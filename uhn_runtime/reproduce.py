@@ -443,6 +443,7 @@ class Harness:
                     "load_average": extra.get("load_average"),
                     "threads": summary.get("threads"),
                     "device": summary.get("device"),
+                    "precision": summary.get("precision"),  # auto differs by machine (bf16 or fp32)
                     "cpu": info.get("machine", {}).get("cpu"),
                     "cpu_count": info.get("machine", {}).get("cpu_count"),
                 }
@@ -626,6 +627,9 @@ def machine_lines(rows: list[dict[str, Any]]) -> list[str]:
     threads = sorted({r["threads"] for r in runs if r.get("threads") is not None})
     loads = [load for r in runs for load in (r.get("load_average") or []) if load is not None]
     parts = [f"Runs on {'; '.join(machines) or 'an unrecorded machine'}"]
+    precisions = sorted({r["precision"] for r in runs if r.get("precision")})
+    if precisions:
+        parts.append(f"precision {', '.join(precisions)}")
     if threads:
         parts.append(f"{', '.join(map(str, threads))} thread(s) per run")
     if loads:

@@ -3,8 +3,10 @@
     DIR/plan.pt              the compiled plan (descriptors, ranges): what resume, export and
                              evaluate regenerate the weights from
     DIR/config.yaml          the resolved spec (after --set overrides)
-    DIR/run.json             seed, options, package versions, the machine (CPU, threads,
-                             OpenMP settings), world_size, git revision (from a uhn checkout)
+    DIR/run.json             seed, options, the precision the run trains in (``auto``
+                             resolved once, at the start), package versions, the machine (CPU,
+                             threads, OpenMP settings), world_size, git revision (from a uhn
+                             checkout)
     DIR/metrics.jsonl        one JSON record per log point (init, train, eval, resume)
     DIR/checkpoints/<k>.pt   the latest good checkpoint of phase k (uhn or direct)
     DIR/summary.json         the final metrics of the run
@@ -33,6 +35,7 @@ from uhn_spec.files import atomic_write_text
 from uhn_spec.plan import Plan, load_plan
 from uhn_spec.spec import spec_to_yaml
 
+from .optim import Precision, PrecisionName
 from .weights import SourceKind
 
 # Where the installed packages sit; a uhn source checkout when uhn runs from one.
@@ -175,6 +178,22 @@ class RunDir:
 
     def plan(self) -> Plan:
         return load_plan(self.plan_path)
+
+    def precision(self, asked: PrecisionName, device: torch.device) -> Precision:
+        """The precision this run trains and generates in, ``asked`` being its spec's
+        train.precision. ``auto`` is what the run resolved when it started (run.json), so a
+        resume, an export or an evaluation on another machine uses the precision the run was
+        trained and measured in; a run from before uhn recorded it resolves ``auto`` here."""
+        info = self.info()
+        if asked != "auto" or "precision" not in info:
+            return Precision.resolve(asked, device)
+        if info["precision"] not in ("fp32", "bf16", "fp16"):
+            raise RunDirError(
+                f"{self.info_path}: precision: {info['precision']!r} is not fp32, bf16 or fp16; "
+                "restore the file, or set the precision the run trained in"
+            )
+        recorded = Precision.resolve(info["precision"], device)
+        return Precision(device.type, recorded.dtype, info["precision_reason"])
 
     def log(self, record: dict[str, Any]) -> None:
         # One short line per append: a killed run leaves at most one partial last line.

@@ -687,9 +687,13 @@ def start_run(plan: Plan, out: Path, options: TrainOptions, source: dict[str, An
     check_trainable_together(plan, options.mode)
     # Every member's data before the run folder exists: a missing one is a one-line error.
     member_data = load_member_data(plan, options.data_root) if is_multitask_plan(plan) else None
+    # Resolved once, here: a resume, export or evaluation elsewhere keeps it (RunDir.precision).
+    precision = Precision.resolve(plan.trained_target.spec.train.precision, resolve_device(options.device))
     info = {
         "mode": options.mode,
         "device": options.device,
+        "precision": precision.name,
+        "precision_reason": precision.reason,
         "data_root": options.data_root,
         "tensorboard": options.tensorboard,
         "shard_generation": options.shard_generation,
@@ -862,7 +866,7 @@ def train_run(
     check_trainable_together(plan, options.mode)
     target = plan.targets[seen_positions(plan)[0]]  # task and train of every target
     device = resolve_device(options.device)
-    precision = Precision.resolve(target.spec.train.precision, device)
+    precision = run.precision(target.spec.train.precision, device)
     multitask = is_multitask_plan(plan)
     if multitask and member_data is None:
         member_data = load_member_data(plan, options.data_root)
