@@ -80,7 +80,8 @@ def test_template_time_is_bounded(template: str, monkeypatch: pytest.MonkeyPatch
     ],
 )
 def test_template_runtime_error_names_its_line(template: str, expected: str) -> None:
-    assert render_error(template) == expected
+    # Python may add where the recursion limit hit ("... while calling a Python object").
+    assert render_error(template).startswith(expected)
 
 
 def test_includes_stay_inside_the_spec_folder(tmp_path: Path) -> None:
