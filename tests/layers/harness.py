@@ -132,6 +132,16 @@ def check_layer_properties(spec: ExperimentSpec) -> None:
         elif p.numel:
             assert float(grad.abs().sum()) > 0, p.name
 
+    # Under bf16 autocast (what `precision: auto` gives on bf16 hardware) the forward and
+    # backward run, stay finite and stay near the fp32 output.
+    low = flat.detach().clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_bf16 = functional_call(model, flat_to_params(target, low), args=(), kwargs=inputs)
+    (out_bf16.float() * weights).sum().backward()
+    assert bool(torch.isfinite(out_bf16).all()) and low.grad is not None and bool(torch.isfinite(low.grad).all())
+    scale = float(out_functional.detach().abs().max()) + 1e-6
+    assert float((out_bf16.detach().float() - out_functional.detach()).abs().max()) <= 0.1 * scale
+
     # spec -> YAML -> spec round-trips.
     assert spec_from_text(spec_to_yaml(spec)) == spec
 

@@ -136,7 +136,10 @@ class GATLayer(nn.Module):
         if spec.norm:
             x = feature_norm(x)
         x = F.dropout(x, spec.dropout, self.training)
-        h = F.linear(x, self.weight).view(num_nodes, spec.heads, spec.out_features)
+        # Attention scores, their softmax over each node's edges and the sum of the messages in
+        # fp32: under bf16 autocast the Linear gives bf16, and a softmax over a node's edges is
+        # one of the ops autocast users expect in fp32 (a no-op in an fp32 run).
+        h = F.linear(x, self.weight).view(num_nodes, spec.heads, spec.out_features).float()
         score_src = (h * self.att_src).sum(dim=-1)  # (nodes, heads)
         score_dst = (h * self.att_dst).sum(dim=-1)
         source, target = edges_with_self_loops(ctx, num_nodes)
