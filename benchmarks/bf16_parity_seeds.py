@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -28,21 +27,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from uhn_runtime.run_dir import cpu_model
 from uhn_spec.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = REPO / "specs" / "digits_mlp.yaml"
 PHASES = ("uhn", "direct")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def train_summary(spec: Path, precision: str, seed: int, timeout: float) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from uhn_runtime.run_dir import cpu_model
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = REPO / "specs" / "digits_mlp.yaml"
@@ -49,16 +50,6 @@ def busy_processes(count: int, seconds: float) -> Iterator[None]:
         for spinner in spinners:
             spinner.kill()
             spinner.wait()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def train_seconds(spec: Path, policy: str, epochs: int | None, timeout: float) -> dict[str, Any]:

@@ -40,7 +40,6 @@ import functools
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -64,6 +63,7 @@ from .fast_features import build_layout
 from .generator import UHNGenerator
 from .naive import naive_bytes_estimate, naive_generate
 from .optim import Precision, make_adamw
+from .run_dir import cpu_model
 from .target import DeviceTarget, TargetCache
 from .target_segments import forward_in_segments
 from .weights import RecursiveSource
@@ -701,15 +701,7 @@ def measure_matmul(device: torch.device, precision: Precision, spec: GeneratorSp
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {cpu} ({os.cpu_count()} cores)"
+    return f"cpu: {cpu_model()} ({os.cpu_count()} cores)"
 
 
 def _sync(device: torch.device) -> None:
