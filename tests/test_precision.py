@@ -155,6 +155,7 @@ def test_a_run_that_did_not_record_its_precision_resolves_auto_where_it_is_read(
     for field in ("precision", "precision_reason"):  # as uhn wrote run.json before recording it
         info.pop(field)
     (root / "run.json").write_text(json.dumps(info))
+    (root / "summary.json").unlink()  # nor its summary (a run stopped before its end)
     monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"amx_bf16"}))
     assert RunDir.open(root).precision("auto", CPU).name == "bf16"
     monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset())
@@ -162,6 +163,26 @@ def test_a_run_that_did_not_record_its_precision_resolves_auto_where_it_is_read(
     assert RunDir.open(root).precision("bf16", CPU).name == "bf16"  # an explicit choice is the spec's
     (root / "run.json").write_text(json.dumps({**info, "precision": "bf17", "precision_reason": "typo"}))
     with pytest.raises(RunDirError, match=r"run.json: precision: 'bf17' is not fp32, bf16 or fp16"):
+        RunDir.open(root).precision("auto", CPU)
+
+
+def test_a_run_whose_run_json_lacks_the_precision_uses_the_one_its_summary_records(monkeypatch, tmp_path: Path) -> None:
+    # Runs from before run.json recorded it wrote it to summary.json; auto meant fp32 on this
+    # CPU then and bf16 now, and evaluating such a run in bf16 changed its figure (kv KAN:
+    # 0.0112 trained and reported, 0.0154 re-evaluated).
+    root = tmp_path / "run"
+    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset())  # auto: fp32 when it trained
+    start_run(tiny_plan(epochs=1, init_steps=0), root, TrainOptions(mode="uhn", device="cpu", progress=io.StringIO()))
+    info = json.loads((root / "run.json").read_text())
+    assert json.loads((root / "summary.json").read_text())["precision"] == "fp32"
+    for field in ("precision", "precision_reason"):
+        info.pop(field)
+    (root / "run.json").write_text(json.dumps(info))
+    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"amx_bf16"}))
+    assert RunDir.open(root).precision("auto", CPU).name == "fp32"
+    summary = json.loads((root / "summary.json").read_text())
+    (root / "summary.json").write_text(json.dumps({**summary, "precision": "bf17"}))
+    with pytest.raises(RunDirError, match=r"summary.json: precision: 'bf17' is not fp32, bf16 or fp16"):
         RunDir.open(root).precision("auto", CPU)
 
 

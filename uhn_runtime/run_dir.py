@@ -183,17 +183,23 @@ class RunDir:
         """The precision this run trains and generates in, ``asked`` being its spec's
         train.precision. ``auto`` is what the run resolved when it started (run.json), so a
         resume, an export or an evaluation on another machine uses the precision the run was
-        trained and measured in; a run from before uhn recorded it resolves ``auto`` here."""
-        info = self.info()
-        if asked != "auto" or "precision" not in info:
+        trained and measured in. A run from before run.json recorded it falls back to its
+        summary.json, which did (``auto`` has changed meaning since: it is bf16 on more CPUs),
+        and only a run with neither resolves ``auto`` here."""
+        if asked != "auto":
             return Precision.resolve(asked, device)
-        if info["precision"] not in ("fp32", "bf16", "fp16"):
+        record, source = self.info(), self.info_path
+        if "precision" not in record:
+            record, source = self.summary() or {}, self.summary_path
+        if "precision" not in record:
+            return Precision.resolve(asked, device)
+        if record["precision"] not in ("fp32", "bf16", "fp16"):
             raise RunDirError(
-                f"{self.info_path}: precision: {info['precision']!r} is not fp32, bf16 or fp16; "
+                f"{source}: precision: {record['precision']!r} is not fp32, bf16 or fp16; "
                 "restore the file, or set the precision the run trained in"
             )
-        recorded = Precision.resolve(info["precision"], device)
-        return Precision(device.type, recorded.dtype, info["precision_reason"])
+        recorded = Precision.resolve(record["precision"], device)
+        return Precision(device.type, recorded.dtype, record.get("precision_reason", recorded.reason))
 
     def log(self, record: dict[str, Any]) -> None:
         # One short line per append: a killed run leaves at most one partial last line.
