@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from uhn_runtime.cpu_policy import choose_threads
+from uhn_runtime.distributed import DEFAULT_MICRO_SHARDS
 from uhn_runtime.stop_signals import RunStopped
 from uhn_spec.errors import UHNError
 
@@ -81,6 +82,15 @@ def train(
             help="Under torchrun: each process generates a share of the weights (generator memory / N); docs/distributed.md.",
         ),
     ] = False,
+    micro_shards: Annotated[
+        int,
+        typer.Option(
+            "--micro-shards",
+            min=0,
+            help="Exact data parallel: each batch's gradient summed over this many fixed micro-shards, so any number of "
+            "processes (up to this many) takes the one-process steps bit for bit; 0: DDP's gradient average. docs/distributed.md.",
+        ),
+    ] = DEFAULT_MICRO_SHARDS,
     precision: Annotated[
         Precision | None,
         typer.Option(
@@ -110,7 +120,7 @@ def train(
             raise UHNError(
                 "--resume DIR continues a run as it was started; give no SOURCE, --out, --set, --mode, --model or --precision"
             )
-        options = TrainOptions(device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation)
+        options = TrainOptions(device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation, micro_shards=micro_shards)
         echo(cpu.line(), err=True)
         run_root = resume
         summary = _stoppable(lambda: resume_run(resume, options), resume)
@@ -131,7 +141,7 @@ def train(
         compare = spec.train.compare_direct and not is_multi_model(plan)  # a family trains no direct baseline
         chosen = mode.value if mode is not None else ("both" if compare else "uhn")
         run_root = out if out is not None else default_run_dir(plan_label(plan))
-        options = TrainOptions(mode=chosen, device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation)  # type: ignore[arg-type]
+        options = TrainOptions(mode=chosen, device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation, micro_shards=micro_shards)  # type: ignore[arg-type]
         recorded = {"source": str(source), "overrides": list(overrides or []), "model": model, "cpu": cpu.record()}
         echo(cpu.line(), err=True)
         summary = _stoppable(lambda: start_run(plan, run_root, options, recorded), run_root)

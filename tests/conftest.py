@@ -9,7 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+from uhn_runtime.cpu_policy import set_reproducible_env
+
+set_reproducible_env()  # as the CLI does, before torch loads MKL (tests compare thread counts)
+
+import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -216,6 +216,60 @@ def agree_on_step(context: DistContext, loss_share: float, signal: int | None, s
     return StepReport(float(values[0]), max(raised) if raised else None)
 
 
+# --------------------------------------------------------------------------- exact data parallel
+
+# Micro-shards per global batch on the exact path. A fixed count, not a function of the world
+# size: 1, 2, 4 or 8 processes then add the same per-micro-shard gradients in the same order.
+DEFAULT_MICRO_SHARDS = 8
+
+
+def owned_micro_shards(count: int, rank: int, world: int) -> range:
+    """The micro-shards (of ``count`` per batch) whose gradients rank ``rank`` computes: a
+    contiguous range (none for ranks past ``count``)."""
+    return range(*share_bounds(count, rank, world))
+
+
+def micro_shard(batch: Batch, index: int, count: int) -> tuple[Batch, float]:
+    """Micro-shard ``index`` of ``count`` of one global batch and its share of the examples
+    (the examples of a batch, contiguous, sizes differing by at most one)."""
+    return shard_batch(batch, index, count) if count > 1 else (batch, 1.0)
+
+
+def exchange_micro_shards(
+    context: DistContext, own: Sequence[torch.Tensor], count: int, width: int, device: torch.device
+) -> list[torch.Tensor]:
+    """Every micro-shard's ``width``-float vector, on every rank, in micro-shard order (rank r
+    computed those ``owned_micro_shards`` gives it, in ``own``): one all-gather, padded to the
+    longest share (gloo gathers equal sizes only)."""
+    if not context.active:
+        return list(own)
+    shares = [len(owned_micro_shards(count, r, context.world_size)) for r in range(context.world_size)]
+    padded = torch.zeros(max(shares), width, device=device)
+    for row, vector in zip(padded, own):
+        row.copy_(vector)
+    pieces = [torch.empty_like(padded) for _ in shares]
+    dist.all_gather(pieces, padded)
+    return [row for piece, share in zip(pieces, shares) for row in piece[:share]]
+
+
+def ordered_sum(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``vectors[0] + vectors[1] + ...``, left to right: the same bits on every rank and on
+    any thread count (elementwise adds, one order)."""
+    total = vectors[0].clone()
+    for vector in vectors[1:]:
+        total += vector
+    return total
+
+
+def broadcast_parameters(module: nn.Module, context: DistContext) -> None:
+    """Rank 0's parameters on every rank (what DistributedDataParallel does as it wraps a
+    module; the exact path, which needs no DDP, does it itself)."""
+    if context.active:
+        with torch.no_grad():
+            for p in module.parameters():
+                dist.broadcast(p.data, src=0)
+
+
 # --------------------------------------------------------------------------- sharded generation
 
 
