@@ -260,7 +260,7 @@ def test_torchrun_writes_the_run_folder_of_one_process(tmp_path: Path) -> None:
         pytest.skip("uhn or torchrun is not on PATH (install the package)")
     spec = tmp_path / "tiny.yaml"
     spec.write_text(tiny_spec_yaml(epochs=2))
-    user_env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_CBWR")}
+    user_env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_CBWR", "OMP_WAIT_POLICY")}
     runs = (
         ("one", [], {**user_env, "OMP_NUM_THREADS": str(ONE_PROCESS_THREADS)}),
         ("two", [torchrun, "--standalone", "--nproc-per-node", "2"], user_env),
