@@ -39,10 +39,11 @@ from uhn_runtime.distributed import (
 )
 from uhn_runtime.generator import UHNGenerator
 from uhn_runtime.run_dir import RunDir
-from uhn_runtime.train import TIMING_FIELDS, RunInterrupted, TrainOptions, resume_run, start_run
-from uhn_spec import compile_spec
+from uhn_runtime.target import DeviceTarget
+from uhn_runtime.train import TIMING_FIELDS, RunInterrupted, TrainOptions, exact_micro_shards, resume_run, start_run
+from uhn_spec import ExperimentSpec, compile_spec
 
-from .tiny_specs import tiny_plan, tiny_spec_yaml
+from .tiny_specs import tiny_plan, tiny_spec_data, tiny_spec_yaml
 
 WORLD = 2
 # The one-process runs compared with the 2-process ones use this many threads (an idle 2-core
@@ -304,6 +305,19 @@ def test_micro_shards_cover_the_batch_and_ranks_own_contiguous_runs_of_them() ->
     assert micro_shard(batch, 0, 1)[0] is batch
     vectors = [torch.tensor([1e8, 1.0]), torch.tensor([-1e8, 1.0]), torch.tensor([1.0, 1.0])]
     assert ordered_sum(vectors).tolist() == [1.0, 3.0]  # left to right: (1e8 - 1e8) + 1
+
+
+def test_exact_path_leaves_batch_norm_and_sharded_generation_to_ddp() -> None:
+    plan = tiny_plan()
+    target = DeviceTarget(plan.targets[0])
+    assert exact_micro_shards(plan, TrainOptions(), False, target) == 8
+    assert exact_micro_shards(plan, TrainOptions(micro_shards=3), False, target) == 3
+    assert exact_micro_shards(plan, TrainOptions(micro_shards=0), False, target) == 0
+    assert exact_micro_shards(plan, TrainOptions(), True, target) == 0  # sharded generation
+    data = tiny_spec_data()
+    data["layers"] = [data["layers"][0], {"kind": "norm", "type": "batch", "features": 12}, data["layers"][1]]
+    with_batch_norm = compile_spec(ExperimentSpec.model_validate(data))
+    assert exact_micro_shards(with_batch_norm, TrainOptions(), False, DeviceTarget(with_batch_norm.targets[0])) == 0
 
 
 def test_graph_shares_split_the_counted_nodes_and_keep_the_graph() -> None:
