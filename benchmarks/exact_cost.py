@@ -2,7 +2,7 @@
 (and against the generator as it was before, with fused LayerNorm and bf16 weight gradients),
 measured in one process, the variants' steps interleaved.
 
-    python benchmarks/exact_cost.py specs/digits_mlp.yaml [--rounds 30] [--micro-shards 8] [--json]
+    python benchmarks/exact_cost.py specs/digits_mlp.yaml [--rounds 30] [--micro-shards 8] [--data-root DIR] [--json]
     torchrun --standalone --nproc-per-node 2 benchmarks/exact_cost.py specs/digits_mlp.yaml
 
 Each variant is a training phase of its own (``uhn_runtime.train.Phase``, the uhn source, the
@@ -75,13 +75,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3, help="rounds left out of the figures")
     parser.add_argument("--micro-shards", type=int, default=DEFAULT_MICRO_SHARDS)
+    parser.add_argument("--data-root", default=None, help="where the real datasets are (as uhn train --data-root)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     plan = compile_spec(load_spec(args.spec))
     target = plan.targets[0]
     cfg = target.spec.train
-    data = load_task_data(target.spec.task, None)
+    data = load_task_data(target.spec.task, args.data_root)
     precision = Precision.resolve(cfg.precision, CPU)
     variants = {"exact": args.micro_shards, "ddp": 0, "ddp_fused_layer_norm": 0}
     times: dict[str, list[float]] = {name: [] for name in variants}
