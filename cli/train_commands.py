@@ -10,7 +10,6 @@ from typing import Annotated, Any
 import typer
 
 from uhn_runtime.cpu_policy import choose_threads
-from uhn_runtime.distributed import DEFAULT_MICRO_SHARDS
 from uhn_runtime.stop_signals import RunStopped
 from uhn_spec.errors import UHNError
 
@@ -87,8 +86,9 @@ def train(
         typer.Option(
             "--micro-shards",
             min=0,
-            help=f"Exact data parallel: each batch's gradient summed over this many fixed micro-shards (default {DEFAULT_MICRO_SHARDS}), "
-            "so 1 process and torchrun's N (up to this many) take the same steps; 0: DDP's gradient average. docs/distributed.md.",
+            help="Exact data parallel: each batch's gradient summed over this many fixed micro-shards (default: "
+            "uhn_runtime.distributed.DEFAULT_MICRO_SHARDS), so 1 process and torchrun's N (up to this many) take the same "
+            "steps; 0: DDP's gradient average. docs/distributed.md.",
             show_default=False,
         ),
     ] = None,
@@ -142,7 +142,7 @@ def train(
         compare = spec.train.compare_direct and not is_multi_model(plan)  # a family trains no direct baseline
         chosen = mode.value if mode is not None else ("both" if compare else "uhn")
         run_root = out if out is not None else default_run_dir(plan_label(plan))
-        options = TrainOptions(mode=chosen, device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation, micro_shards=DEFAULT_MICRO_SHARDS if micro_shards is None else micro_shards)  # type: ignore[arg-type]
+        options = TrainOptions(mode=chosen, device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation, **({} if micro_shards is None else {"micro_shards": micro_shards}))  # type: ignore[arg-type]
         recorded = {"source": str(source), "overrides": list(overrides or []), "model": model, "cpu": cpu.record()}
         echo(cpu.line(), err=True)
         summary = _stoppable(lambda: start_run(plan, run_root, options, recorded), run_root)
