@@ -5,12 +5,21 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK (and the rendezvous address), and
 ``distributed_session`` joins them into one process group (gloo on the CPU, NCCL on CUDA).
 Without those variables everything here is the identity: one process, rank 0 of 1.
 
-Data parallel: every rank holds the whole weight source, wrapped in DistributedDataParallel
-(``synced_flat``), and takes a contiguous share of each global batch (``shard_batch``). Its
-loss is scaled by ``world * local / global`` examples, so DDP's gradient average is the
-gradient of the global-batch mean: N processes take the steps of one, to float rounding.
-Graph tasks (one full-graph batch) split the counted nodes instead: every rank runs the whole
-graph and takes the loss of its share of the training nodes.
+Exact data parallel (the default where it applies; ``Phase.exact_train_step``): every batch
+is cut into a fixed number of micro-shards (``micro_shard``), whatever the world size; each
+rank computes the generated weights' gradient of its own micro-shards
+(``owned_micro_shards``), ``exchange_micro_shards`` all-gathers them and every rank adds them
+in micro-shard order (``ordered_sum``), then runs one identical backward through its whole
+weight source: N processes take the steps of one, bit for bit where the operations do not
+depend on the thread count (docs/distributed.md).
+
+DDP's data parallel (families, multi-task, sharded generation, BatchNorm targets, or
+``micro_shards=0``): every rank holds the whole weight source, wrapped in
+DistributedDataParallel (``synced_flat``), and takes a contiguous share of each global batch
+(``shard_batch``). Its loss is scaled by ``world * local / global`` examples, so DDP's
+gradient average is the gradient of the global-batch mean: N processes take the steps of
+one, to float rounding. Graph tasks (one full-graph batch) split the counted nodes instead:
+every rank runs the whole graph and takes the loss of its share of the training nodes.
 
 Sharded generation: each rank generates a contiguous share of the generator's work units
 (``unit_share``) and ``GatheredShares`` all-gathers the shares into the full weight vector.
