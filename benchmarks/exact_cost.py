@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3, help="rounds left out of the figures")
     parser.add_argument("--micro-shards", type=int, default=DEFAULT_MICRO_SHARDS)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None, help="instead of the spec's train.precision")
     parser.add_argument("--data-root", default=None, help="where the real datasets are (as uhn train --data-root)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -83,7 +84,7 @@ def main() -> None:
     target = plan.targets[0]
     cfg = target.spec.train
     data = load_task_data(target.spec.task, args.data_root)
-    precision = Precision.resolve(cfg.precision, CPU)
+    precision = Precision.resolve(args.precision or cfg.precision, CPU)
     variants = {"exact": args.micro_shards, "ddp": 0, "ddp_fused_layer_norm": 0}
     times: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp, distributed_session("cpu") as dist:
