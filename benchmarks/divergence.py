@@ -11,6 +11,9 @@ parameters and generated weights, and the generator's ReLU units that switch sid
 gradient (after backward: under torchrun after DDP's average) and the parameters (after the
 step) of every optimiser step, init phase included, in memory; the file is written at the end.
 It suits small runs (the digits MLP: 32 steps of 148,353 parameters, about 40 MB).
+On the exact data-parallel path (the default; docs/distributed.md) the recorded "loss" is the
+step's surrogate sum(flat * gradient), not the task loss; add ``--micro-shards 0`` to the
+``uhn train`` arguments to study DDP's path, as the figures in docs/distributed.md do.
 ``compare`` reports, per step: the loss (under torchrun rank 0's share of it), the norm-relative difference of the gradients, of
 the generator's parameters and of the generated weights, and how many of the generator's
 ReLU inputs (every index row x hidden unit x ReLU site) have opposite signs in the two runs.

@@ -81,6 +81,17 @@ def train(
             help="Under torchrun: each process generates a share of the weights (generator memory / N); docs/distributed.md.",
         ),
     ] = False,
+    micro_shards: Annotated[
+        int | None,
+        typer.Option(
+            "--micro-shards",
+            min=0,
+            help="Exact data parallel: each batch's gradient summed over this many fixed micro-shards (default: "
+            "uhn_runtime.distributed.DEFAULT_MICRO_SHARDS), so 1 process and torchrun's N (up to this many) take the same "
+            "steps; 0: DDP's gradient average. docs/distributed.md.",
+            show_default=False,
+        ),
+    ] = None,
     precision: Annotated[
         Precision | None,
         typer.Option(
@@ -105,10 +116,10 @@ def train(
     cpu = choose_threads()
     echo = typer.echo if environment_context().is_main else (lambda *_, **__: None)
     if resume is not None:
-        given = (source, out, mode, model, precision)
+        given = (source, out, mode, model, precision, micro_shards)
         if overrides or any(option is not None for option in given):
             raise UHNError(
-                "--resume DIR continues a run as it was started; give no SOURCE, --out, --set, --mode, --model or --precision"
+                "--resume DIR continues a run as it was started; give no SOURCE, --out, --set, --mode, --model, --precision or --micro-shards"
             )
         options = TrainOptions(device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation)
         echo(cpu.line(), err=True)
@@ -131,7 +142,7 @@ def train(
         compare = spec.train.compare_direct and not is_multi_model(plan)  # a family trains no direct baseline
         chosen = mode.value if mode is not None else ("both" if compare else "uhn")
         run_root = out if out is not None else default_run_dir(plan_label(plan))
-        options = TrainOptions(mode=chosen, device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation)  # type: ignore[arg-type]
+        options = TrainOptions(mode=chosen, device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation, **({} if micro_shards is None else {"micro_shards": micro_shards}))  # type: ignore[arg-type]
         recorded = {"source": str(source), "overrides": list(overrides or []), "model": model, "cpu": cpu.record()}
         echo(cpu.line(), err=True)
         summary = _stoppable(lambda: start_run(plan, run_root, options, recorded), run_root)

@@ -9,7 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+from uhn_runtime.cpu_policy import set_reproducible_env
+
+set_reproducible_env()  # as the CLI does, before torch loads MKL (tests compare thread counts)
+# Tests that take 2 threads (tests/test_distributed.py) on a machine other jobs load: spinning
+# OpenMP threads cost them 10x there (uhn_runtime/cpu_policy.py); OpenMP reads this once.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

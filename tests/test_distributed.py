@@ -1,6 +1,7 @@
-"""Distributed training (torchrun, gloo on the CPU): 2 processes reach the weights of 1,
-sharded generation gives the weights and gradients of unsharded generation, a 2-process run
-resumes exactly, and the torchrun command line writes the run folder a 1-process run does.
+"""Distributed training (torchrun, gloo on the CPU): 2 processes (1 thread each) take the steps
+of 1 process on 2 threads (exact data parallel; DDP's average to float rounding), sharded
+generation gives the weights and gradients of unsharded generation, a 2-process run resumes
+exactly, and the torchrun command line writes the run folder a 1-process run does.
 
 The 2-process runs happen once per module (``two_process_runs``: one spawn, tiny specs, a
 few steps each) and the tests compare what they wrote with 1-process runs made here.
@@ -8,6 +9,7 @@ few steps each) and the tests compare what they wrote with 1-process runs made h
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -28,28 +30,52 @@ from uhn_runtime.distributed import (
     DistributedError,
     GenerationShard,
     environment_context,
+    micro_shard,
+    ordered_sum,
+    owned_micro_shards,
     share_bounds,
     shard_batch,
     unit_cuts,
 )
 from uhn_runtime.generator import UHNGenerator
 from uhn_runtime.run_dir import RunDir
-from uhn_runtime.train import TIMING_FIELDS, RunInterrupted, TrainOptions, resume_run, start_run
-from uhn_spec import compile_spec
+from uhn_runtime.target import DeviceTarget
+from uhn_runtime.train import TIMING_FIELDS, RunInterrupted, TrainOptions, exact_micro_shards, resume_run, start_run
+from uhn_spec import ExperimentSpec, compile_spec
 
-from .tiny_specs import tiny_plan, tiny_spec_yaml
+from .tiny_specs import tiny_plan, tiny_spec_data, tiny_spec_yaml
 
 WORLD = 2
+# The one-process runs compared with the 2-process ones use this many threads (an idle 2-core
+# machine's default), each rank of a 2-process run one (torchrun's default).
+ONE_PROCESS_THREADS = 2
 TASKS = ("image_classification", "graph_node_classification", "text_classification")
-# 1-process vs 2-process weights: the same steps, sums taken in another order.
+# The exact path's runs: every task in fp32, and under bf16 autocast (what ``auto`` picks on a
+# CPU with bf16 instructions), where DDP's average ends 0.2-3 % away from one process.
+EXACT_RUNS = {**{task: (task, "fp32") for task in TASKS}, "image_bf16": ("image_classification", "bf16")}
+# 1-process vs 2-process weights: the issue's bound (the exact path gives the same bits here).
 RELATIVE = 1e-5
 
 
 def fp32_plan(task_type: str = "image_classification", **train):  # type: ignore[no-untyped-def]
-    """A tiny plan pinned to fp32: the runs compared at RELATIVE. Under bf16 autocast (what
-    ``auto`` picks on a CPU with bf16 instructions) the two orders of summation round ~1e-2
-    apart, which says nothing about the distribution."""
+    """A tiny plan pinned to fp32: DDP's average and sharded generation sum in another order
+    than one process, which fp32 keeps within RELATIVE over a few steps and bf16 does not."""
     return tiny_plan(task_type, precision="fp32", **train)
+
+
+def exact_plan(run: str):  # type: ignore[no-untyped-def]
+    task, precision = EXACT_RUNS[run]
+    return tiny_plan(task, precision=precision, epochs=2)
+
+
+@contextlib.contextmanager
+def intra_op_threads(count: int):  # type: ignore[no-untyped-def]
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def options(mode: str = "both", **kw) -> TrainOptions:
@@ -71,25 +97,13 @@ def final_weights(run_root: Path, kind: str = "uhn") -> dict[str, torch.Tensor]:
     return state["source"]
 
 
-def assert_close_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], ignore: torch.Tensor | None = None) -> None:
-    """Every tensor within RELATIVE of its largest value; ``ignore``: flat positions left out."""
+def assert_close_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    """Every tensor within RELATIVE of its largest value."""
     assert got.keys() == want.keys()
     for name in want:
-        keep = slice(None) if ignore is None or want[name].shape != ignore.shape else ~ignore
-        scale = want[name][keep].abs().max().clamp_min(1e-12)
-        difference = float((got[name][keep] - want[name][keep]).abs().max() / scale)
+        scale = want[name].abs().max().clamp_min(1e-12)
+        difference = float((got[name] - want[name]).abs().max() / scale)
         assert difference <= RELATIVE, (name, difference)
-
-
-def zero_gradient_positions(plan) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """Flat positions of the attention key biases. Their true gradient is 0 (softmax ignores a
-    shift shared by a query's logits), so AdamW turns rounding noise into full-size steps: their
-    trained values are noise in any run and differ between 1 and 2 processes."""
-    mask = torch.zeros(plan.targets[0].num_params, dtype=torch.bool)
-    for p in plan.targets[0].params:
-        if p.name.endswith("k_bias"):
-            mask[p.offset : p.offset + p.numel] = True
-    return mask
 
 
 def records(run_root: Path) -> list[dict]:
@@ -128,8 +142,9 @@ def worker(rank: int, port: int, root: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     out = Path(root)
     try:
-        for task in TASKS:
-            start_run(fp32_plan(task, epochs=2), out / f"dp_{task}", options())
+        for run in EXACT_RUNS:
+            start_run(exact_plan(run), out / f"exact_{run}", options())
+        start_run(fp32_plan(epochs=2), out / "ddp_run", options(micro_shards=0))
         start_run(fp32_plan(epochs=2), out / "sharded_run", options("uhn", shard_generation=True))
         plan = resume_plan()
         start_run(plan, out / "whole", options())
@@ -159,19 +174,43 @@ def two_process_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("task", TASKS)
-def test_two_processes_reach_the_weights_and_losses_of_one(two_process_runs: Path, tmp_path: Path, task: str) -> None:
-    plan = fp32_plan(task, epochs=2)
-    start_run(plan, tmp_path / "one", options())
-    two = two_process_runs / f"dp_{task}"
+def logged_losses(run_root: Path) -> list[float]:
+    return [r["loss"] for r in records(run_root) if r["event"] in ("train", "init")]
+
+
+@pytest.mark.parametrize("run", EXACT_RUNS)
+def test_two_processes_take_the_steps_of_one_on_another_thread_count(two_process_runs: Path, tmp_path: Path, run: str) -> None:
+    """Exact data parallel (the default): 2 processes of 1 thread end where 1 process of 2
+    threads ends, every weight (the attention key bias, whose gradient is rounding noise,
+    included) and every logged loss."""
+    with intra_op_threads(ONE_PROCESS_THREADS):
+        start_run(exact_plan(run), tmp_path / "one", options())
+    two = two_process_runs / f"exact_{run}"
     for kind in ("uhn", "direct"):
-        assert_close_weights(final_weights(two, kind), final_weights(tmp_path / "one", kind), zero_gradient_positions(plan))
+        assert_close_weights(final_weights(two, kind), final_weights(tmp_path / "one", kind))
     # The logged loss is the global batch's, as one process logs it.
-    one_losses = [r["loss"] for r in records(tmp_path / "one") if r["event"] in ("train", "init")]
-    two_losses = [r["loss"] for r in records(two) if r["event"] in ("train", "init")]
-    assert two_losses == pytest.approx(one_losses, rel=RELATIVE)
+    assert logged_losses(two) == pytest.approx(logged_losses(tmp_path / "one"), rel=RELATIVE)
     assert json.loads((two / "run.json").read_text())["world_size"] == WORLD
     assert json.loads((tmp_path / "one" / "run.json").read_text())["world_size"] == 1
+
+
+def test_ddp_average_reaches_the_weights_of_one_process_to_rounding(two_process_runs: Path, tmp_path: Path) -> None:
+    """``micro_shards=0`` (and the paths exact data parallel leaves to DDP): the same steps,
+    sums in another order; fp32 over a few steps stays within RELATIVE."""
+    plan = fp32_plan(epochs=2)
+    start_run(plan, tmp_path / "one", options(micro_shards=0))
+    for kind in ("uhn", "direct"):
+        assert_close_weights(final_weights(two_process_runs / "ddp_run", kind), final_weights(tmp_path / "one", kind))
+    assert logged_losses(two_process_runs / "ddp_run") == pytest.approx(logged_losses(tmp_path / "one"), rel=RELATIVE)
+
+
+def test_dropout_draws_follow_the_micro_shards_not_the_ranks(two_process_runs: Path, tmp_path: Path) -> None:
+    """On the exact path each micro-shard draws its dropout masks from (seed, step, micro-shard),
+    so a run with dropout on 2 processes is the one-process run."""
+    with intra_op_threads(ONE_PROCESS_THREADS):
+        start_run(resume_plan(), tmp_path / "one", options())
+    for kind in ("uhn", "direct"):
+        assert_close_weights(final_weights(two_process_runs / "whole", kind), final_weights(tmp_path / "one", kind))
 
 
 def test_sharded_generation_gives_the_weights_and_gradients_of_unsharded(two_process_runs: Path) -> None:
@@ -214,15 +253,20 @@ def test_a_resumed_two_process_run_ends_exactly_as_an_uninterrupted_one(two_proc
 
 
 def test_torchrun_writes_the_run_folder_of_one_process(tmp_path: Path) -> None:
-    """The documented command: torchrun starts `uhn train` twice; both exports agree."""
+    """The documented command, as a user runs it (the spec's precision: auto): torchrun starts
+    `uhn train` twice, one thread each; the one-process run takes 2 threads; the exports agree."""
     uhn = shutil.which("uhn")
     torchrun = shutil.which("torchrun")
     if uhn is None or torchrun is None:
         pytest.skip("uhn or torchrun is not on PATH (install the package)")
     spec = tmp_path / "tiny.yaml"
-    spec.write_text(tiny_spec_yaml(epochs=2, precision="fp32"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name, launcher in (("one", []), ("two", [torchrun, "--standalone", "--nproc-per-node", "2"])):
+    spec.write_text(tiny_spec_yaml(epochs=2))
+    user_env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_CBWR", "OMP_WAIT_POLICY")}
+    runs = (
+        ("one", [], {**user_env, "OMP_NUM_THREADS": str(ONE_PROCESS_THREADS)}),
+        ("two", [torchrun, "--standalone", "--nproc-per-node", "2"], user_env),
+    )
+    for name, launcher, env in runs:
         command = [*launcher, uhn, "train", str(spec), "-o", str(tmp_path / name), "--device", "cpu", "--mode", "uhn"]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -234,7 +278,9 @@ def test_torchrun_writes_the_run_folder_of_one_process(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     assert_close_weights(load_file(tmp_path / "two.safetensors"), load_file(tmp_path / "one.safetensors"))
-    assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
+    for name, world in (("one", 1), ("two", 2)):
+        info = json.loads((tmp_path / name / "run.json").read_text())
+        assert (info["world_size"], info["micro_shards"]) == (world, 8)
 
 
 # --------------------------------------------------------------------------- pieces
@@ -246,6 +292,32 @@ def test_batch_shares_are_contiguous_and_cover_the_batch() -> None:
     assert [s.targets.tolist() for s, _ in shares] == [[0, 1], [2, 3, 4]]
     assert [w for _, w in shares] == [0.4, 0.6]
     assert [share_bounds(1, rank, 2) for rank in range(2)] == [(0, 0), (0, 1)]
+
+
+def test_micro_shards_cover_the_batch_and_ranks_own_contiguous_runs_of_them() -> None:
+    owned = [list(owned_micro_shards(8, rank, 3)) for rank in range(3)]
+    assert owned == [[0, 1], [2, 3, 4], [5, 6, 7]]
+    assert [list(owned_micro_shards(2, rank, 3)) for rank in range(3)] == [[], [0], [1]]
+    batch = Batch(torch.arange(10).view(5, 2), torch.arange(5))
+    parts = [micro_shard(batch, i, 4) for i in range(4)]
+    assert [p.targets.tolist() for p, _ in parts] == [[0], [1], [2], [3, 4]]
+    assert sum(share for _, share in parts) == pytest.approx(1.0)
+    assert micro_shard(batch, 0, 1)[0] is batch
+    vectors = [torch.tensor([1e8, 1.0]), torch.tensor([-1e8, 1.0]), torch.tensor([1.0, 1.0])]
+    assert ordered_sum(vectors).tolist() == [1.0, 3.0]  # left to right: (1e8 - 1e8) + 1
+
+
+def test_exact_path_leaves_batch_norm_and_sharded_generation_to_ddp() -> None:
+    plan = tiny_plan()
+    target = DeviceTarget(plan.targets[0])
+    assert exact_micro_shards(plan, TrainOptions(), False, target) == 8
+    assert exact_micro_shards(plan, TrainOptions(micro_shards=3), False, target) == 3
+    assert exact_micro_shards(plan, TrainOptions(micro_shards=0), False, target) == 0
+    assert exact_micro_shards(plan, TrainOptions(), True, target) == 0  # sharded generation
+    data = tiny_spec_data()
+    data["layers"] = [data["layers"][0], {"kind": "norm", "type": "batch", "features": 12}, data["layers"][1]]
+    with_batch_norm = compile_spec(ExperimentSpec.model_validate(data))
+    assert exact_micro_shards(with_batch_norm, TrainOptions(), False, DeviceTarget(with_batch_norm.targets[0])) == 0
 
 
 def test_graph_shares_split_the_counted_nodes_and_keep_the_graph() -> None:

@@ -16,6 +16,7 @@ import torch
 import uhn_runtime.train as train_module
 from uhn_runtime.checkpoint import load_checkpoint
 from uhn_runtime.data import load_task_data
+from uhn_runtime.distributed import DEFAULT_MICRO_SHARDS
 from uhn_runtime.init_phase import InitTargets, run_init_phase
 from uhn_runtime.optim import Precision, TrainingDiverged
 from uhn_runtime.run_dir import RunDir
@@ -328,7 +329,8 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoi
     def loss_turning_nan(metric, outputs, targets):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         loss = real_loss(metric, outputs, targets)
-        return loss * float("nan") if calls["n"] == 8 else loss
+        # Step 8's first micro-shard (each step takes one loss per micro-shard).
+        return loss * float("nan") if calls["n"] == 7 * DEFAULT_MICRO_SHARDS + 1 else loss
 
     monkeypatch.setattr(train_module, "loss_fn", loss_turning_nan)
     plan = tiny_plan(epochs=4)  # 192 training examples / batch 64: 3 steps per epoch

@@ -44,6 +44,20 @@ def set_openmp_env() -> None:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
+# MKL's strict conditional numerical reproducibility: its fp32 GEMMs give the same bits on any
+# thread count (without it, 1 and 2 threads differ by ~4e-7 in the digits generator's
+# forward), which exact data parallel needs: a process of a torchrun job has 1 thread where a
+# one-process run has all the cores (docs/distributed.md). Read when MKL initialises.
+MKL_REPRODUCIBLE = ("MKL_CBWR", "AUTO,STRICT")
+
+
+def set_reproducible_env() -> None:
+    """Thread-count independent MKL GEMMs unless the user chose an MKL_CBWR; call before
+    importing torch."""
+    name, value = MKL_REPRODUCIBLE
+    os.environ.setdefault(name, value)
+
+
 _busy_at_start: list[int | None] = []  # measured once per process: set_openmp_env and choose_threads agree
 
 

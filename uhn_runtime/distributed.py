@@ -5,12 +5,21 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK (and the rendezvous address), and
 ``distributed_session`` joins them into one process group (gloo on the CPU, NCCL on CUDA).
 Without those variables everything here is the identity: one process, rank 0 of 1.
 
-Data parallel: every rank holds the whole weight source, wrapped in DistributedDataParallel
-(``synced_flat``), and takes a contiguous share of each global batch (``shard_batch``). Its
-loss is scaled by ``world * local / global`` examples, so DDP's gradient average is the
-gradient of the global-batch mean: N processes take the steps of one, to float rounding.
-Graph tasks (one full-graph batch) split the counted nodes instead: every rank runs the whole
-graph and takes the loss of its share of the training nodes.
+Exact data parallel (the default where it applies; ``Phase.exact_train_step``): every batch
+is cut into a fixed number of micro-shards (``micro_shard``), whatever the world size; each
+rank computes the generated weights' gradient of its own micro-shards
+(``owned_micro_shards``), ``exchange_micro_shards`` all-gathers them and every rank adds them
+in micro-shard order (``ordered_sum``), then runs one identical backward through its whole
+weight source: N processes take the steps of one, bit for bit where the operations do not
+depend on the thread count (docs/distributed.md).
+
+DDP's data parallel (families, multi-task, sharded generation, BatchNorm targets, or
+``micro_shards=0``): every rank holds the whole weight source, wrapped in
+DistributedDataParallel (``synced_flat``), and takes a contiguous share of each global batch
+(``shard_batch``). Its loss is scaled by ``world * local / global`` examples, so DDP's
+gradient average is the gradient of the global-batch mean: N processes take the steps of
+one, to float rounding. Graph tasks (one full-graph batch) split the counted nodes instead:
+every rank runs the whole graph and takes the loss of its share of the training nodes.
 
 Sharded generation: each rank generates a contiguous share of the generator's work units
 (``unit_share``) and ``GatheredShares`` all-gathers the shares into the full weight vector.
@@ -214,6 +223,60 @@ def agree_on_step(context: DistContext, loss_share: float, signal: int | None, s
     dist.all_reduce(values)
     raised = [s for s, flag in zip(stop_signals, values[1:].tolist()) if flag > 0]
     return StepReport(float(values[0]), max(raised) if raised else None)
+
+
+# --------------------------------------------------------------------------- exact data parallel
+
+# Micro-shards per global batch on the exact path. A fixed count, not a function of the world
+# size: 1, 2, 4 or 8 processes then add the same per-micro-shard gradients in the same order.
+DEFAULT_MICRO_SHARDS = 8
+
+
+def owned_micro_shards(count: int, rank: int, world: int) -> range:
+    """The micro-shards (of ``count`` per batch) whose gradients rank ``rank`` computes: a
+    contiguous range (none for ranks past ``count``)."""
+    return range(*share_bounds(count, rank, world))
+
+
+def micro_shard(batch: Batch, index: int, count: int) -> tuple[Batch, float]:
+    """Micro-shard ``index`` of ``count`` of one global batch and its share of the examples
+    (the examples of a batch, contiguous, sizes differing by at most one)."""
+    return shard_batch(batch, index, count) if count > 1 else (batch, 1.0)
+
+
+def exchange_micro_shards(
+    context: DistContext, own: Sequence[torch.Tensor], count: int, width: int, device: torch.device
+) -> list[torch.Tensor]:
+    """Every micro-shard's ``width``-float vector, on every rank, in micro-shard order (rank r
+    computed those ``owned_micro_shards`` gives it, in ``own``): one all-gather, padded to the
+    longest share (gloo gathers equal sizes only)."""
+    if not context.active:
+        return list(own)
+    shares = [len(owned_micro_shards(count, r, context.world_size)) for r in range(context.world_size)]
+    padded = torch.zeros(max(shares), width, device=device)
+    for row, vector in zip(padded, own):
+        row.copy_(vector)
+    pieces = [torch.empty_like(padded) for _ in shares]
+    dist.all_gather(pieces, padded)
+    return [row for piece, share in zip(pieces, shares) for row in piece[:share]]
+
+
+def ordered_sum(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``vectors[0] + vectors[1] + ...``, left to right: the same bits on every rank and on
+    any thread count (elementwise adds, one order)."""
+    total = vectors[0].clone()
+    for vector in vectors[1:]:
+        total += vector
+    return total
+
+
+def broadcast_parameters(module: nn.Module, context: DistContext) -> None:
+    """Rank 0's parameters on every rank (what DistributedDataParallel does as it wraps a
+    module; the exact path, which needs no DDP, does it itself)."""
+    if context.active:
+        with torch.no_grad():
+            for p in module.parameters():
+                dist.broadcast(p.data, src=0)
 
 
 # --------------------------------------------------------------------------- sharded generation

@@ -117,9 +117,60 @@ def residual_block(x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
     """``ResidualBlock`` with its parameters as arguments (in ``parameters()`` order: norm1
     weight and bias, linear1 weight and bias, norm2 ..., linear2 ...)."""
     n1w, n1b, l1w, l1b, n2w, n2b, l2w, l2b = params
-    h = F.linear(F.layer_norm(torch.relu(x), n1w.shape, n1w, n1b, LAYER_NORM_EPS), l1w, l1b)
-    h = F.linear(F.layer_norm(torch.relu(h), n2w.shape, n2w, n2b, LAYER_NORM_EPS), l2w, l2b)
+    h = linear(layer_norm(torch.relu(x), n1w, n1b), l1w, l1b)
+    h = linear(layer_norm(torch.relu(h), n2w, n2b), l2w, l2b)
     return x + h
+
+
+class _Linear(torch.autograd.Function):
+    """``F.linear`` in the GEMM dtype (autocast's, else fp32) whose weight and bias
+    gradients, sums over every row, are formed in fp32. A low-precision GEMM with a long
+    reduction and a small output (64 x 64 from 8,192 rows) is split along the rows when
+    there are several threads (oneDNN bf16, measured), so its sum changed with the thread
+    count; fp32 GEMMs follow MKL's strict reproducibility mode (``MKL_CBWR``, set by the CLI:
+    ``cpu_policy.set_reproducible_env``), the same on any thread count. Exact data parallel
+    needs that (docs/distributed.md). Rows are independent in the forward and in the input's
+    gradient: those stay in the GEMM dtype."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        dtype = gemm_dtype(x.device)
+        x_low = x.to(dtype)
+        ctx.save_for_backward(x_low, weight)
+        ctx.x_dtype = x.dtype  # type: ignore[attr-defined]
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x_low, weight.to(dtype), bias.to(dtype))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: torch.Tensor):  # type: ignore[override]
+        x_low, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        needs = ctx.needs_input_grad  # type: ignore[attr-defined]
+        # The tail's backward runs under autocast (generator.py, GeneratedUnit): without this
+        # the fp32 GEMM below would be cast back to bf16.
+        with torch.autocast(x_low.device.type, enabled=False):
+            grad_x = (grad.to(x_low.dtype) @ weight.to(x_low.dtype)).to(ctx.x_dtype) if needs[0] else None  # type: ignore[attr-defined]
+            grad_fp32 = grad.float()
+            grad_weight = (grad_fp32.t() @ x_low.float()).to(weight.dtype) if needs[1] else None
+            grad_bias = grad_fp32.sum(dim=0) if needs[2] else None
+        return grad_x, grad_weight, grad_bias
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The residual blocks' Linear: see ``_Linear``."""
+    return _Linear.apply(x, weight, bias)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """LayerNorm over the last dimension, its affine part as ops of their own. The fused
+    kernel's backward sums the weight and bias gradients over rows in per-thread buffers, so
+    they change with the thread count (by 10 % of their scale under bf16); the gradients of
+    ``addcmul`` are sums over rows split by column, the same on any thread count, which
+    exact data parallel needs (docs/distributed.md). The affine part runs in the normalised
+    values' dtype (bf16 under autocast, as the fused kernel's output was): in fp32 it cost
+    another ~8 % of a digits generator step."""
+    normalised = F.layer_norm(x, weight.shape, eps=LAYER_NORM_EPS)
+    return torch.addcmul(bias.to(normalised.dtype), normalised, weight.to(normalised.dtype))
 
 
 class StructureEncoder(nn.Module):

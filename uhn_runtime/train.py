@@ -62,7 +62,22 @@ from uhn_spec.plan import Plan
 
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .data import Batch, TaskData, load_task_data, loss_fn
-from .distributed import DistContext, GenerationShard, agree_on_step, distributed_session, rank_seed, shard_batch, synced_flat
+from .batch_norm import batch_norm_layers
+from .distributed import (
+    DEFAULT_MICRO_SHARDS,
+    DistContext,
+    GenerationShard,
+    agree_on_step,
+    broadcast_parameters,
+    distributed_session,
+    exchange_micro_shards,
+    micro_shard,
+    ordered_sum,
+    owned_micro_shards,
+    rank_seed,
+    shard_batch,
+    synced_flat,
+)
 from .evaluate import evaluate_source
 from .generator import count_generator_params
 from .init_phase import run_init_phase
@@ -102,6 +117,10 @@ class TrainOptions:
     checkpoint_seconds: float = 60.0
     # Under torchrun: each rank generates a share of the work units (docs/distributed.md).
     shard_generation: bool = False
+    # Exact data parallel: each batch's gradient as the ordered sum of this many micro-shards'
+    # gradients, the same bits on any number of processes; 0: DistributedDataParallel's
+    # average (docs/distributed.md). Where it does not apply the run takes DDP's path.
+    micro_shards: int = DEFAULT_MICRO_SHARDS
 
 
 class RunInterrupted(Exception):
@@ -265,9 +284,15 @@ class Phase:
         self.sharded = kind == "uhn" and options.shard_generation and dist.active
         if self.sharded:
             self.source.generator.shard = GenerationShard.for_context(dist)  # type: ignore[union-attr]
+        # The exact path's micro-shards per batch, or 0: DistributedDataParallel's average.
+        self.micro_shards = exact_micro_shards(plan, options, self.sharded, self.targets[self.seen[0]])
         # The weights as training takes them, ``flat(target)``: through DistributedDataParallel
-        # under torchrun.
-        self.flat = synced_flat(self.source, dist, device)
+        # under torchrun, unless the exact path sums the gradients itself.
+        if self.micro_shards:
+            broadcast_parameters(self.source, dist)
+            self.flat = self.source.flat
+        else:
+            self.flat = synced_flat(self.source, dist, device)
         self.stepper = Stepper(make_adamw(self.source.parameters(), self.lr), precision, self.cfg.grad_clip)
         self.by_epoch = self.cfg.epochs is not None
         self.unit_name = "epoch" if self.by_epoch else "step"
@@ -418,7 +443,7 @@ class Phase:
                 unit = epoch if self.by_epoch else step
                 lr = self.lr * warmup_cosine_factor(unit, self.cfg.warmup, self.total_units)
                 set_lr(self.stepper.optimizer, lr)
-                if self.dist.active:  # each rank its own dropout draws, a function of (seed, step, rank)
+                if self.dist.active and not self.micro_shards:  # each rank its own dropout draws, a function of (seed, step, rank)
                     torch.manual_seed(rank_seed(self.cfg.seed, step, self.dist.rank))
                 self.interval_losses.append(self.train_step(batch, self.where(step, epoch)))
                 self.step_times.append((self.plan.targets[self.drawn_positions(step)[0]].name, time.perf_counter() - tick))
@@ -518,6 +543,57 @@ class Phase:
             step += 1
 
     def train_step(self, batch: Batch, where: str) -> float:
+        """One optimiser step on the global batch; returns its loss."""
+        if self.micro_shards:
+            return self.exact_train_step(batch, where)
+        return self.ddp_train_step(batch, where)
+
+    def exact_train_step(self, batch: Batch, where: str) -> float:
+        """One optimiser step whose arithmetic does not depend on the number of processes
+        (docs/distributed.md, "Exact data parallel"): the generated weights' gradient of each
+        of ``micro_shards`` fixed micro-shards of the batch, computed by the rank that owns it,
+        exchanged, and summed in micro-shard order on every rank; then one backward through
+        the weight source, identical on every rank, so no gradient average is needed. A graph
+        batch (one graph, every node needed) is one micro-shard that every rank computes."""
+        target = self.targets[self.drawn_positions(self.steps_done)[0]]
+        metric = self.data_for(target).metric
+        with self.precision.autocast():
+            flat = self.flat(target)
+        weights = flat.detach().requires_grad_()
+        target.model.train()
+
+        def loss_and_gradient(index: int, count: int) -> torch.Tensor:
+            """[gradient of the generated weights, loss] of micro-shard ``index``, the loss
+            weighted by its share of the batch's examples; dropout drawn from (seed, step, index)."""
+            part, share = micro_shard(batch, index, count)
+            if not share:  # a batch of fewer examples than micro-shards
+                return torch.zeros(weights.numel() + 1, device=weights.device)
+            torch.manual_seed(rank_seed(self.cfg.seed, self.steps_done, index))
+            part = part.to(self.source_device)
+            with self.precision.autocast():
+                outputs = forward_in_segments(target, weights, self.cfg.target_segments, **part.model_kwargs())
+                loss = loss_fn(metric, *part.select(outputs)) * share
+            (gradient,) = torch.autograd.grad(loss, weights)
+            return torch.cat([gradient.float(), loss.detach().float().view(1)])
+
+        if batch.node_mask is not None:
+            rows = [loss_and_gradient(0, 1)]
+        else:
+            count = self.micro_shards
+            own = [loss_and_gradient(i, count) for i in owned_micro_shards(count, self.dist.rank, self.dist.world_size)]
+            rows = exchange_micro_shards(self.dist, own, count, weights.numel() + 1, weights.device)
+        total = ordered_sum(rows)
+        gradient, value = total[:-1], float(total[-1])
+        if self.dist.active:  # rank 0's value, unchanged (+ 0.0): the stop requests are what it collects
+            report = agree_on_step(self.dist, value if self.dist.is_main else 0.0, self.stop.requested, STOP_SIGNALS)
+            if report.signal is not None and self.stop.requested is None:  # another rank got it
+                self.stop.requested = Signals(report.signal)
+        check_finite(value, where, self.last_good)
+        # d/dflat of sum(flat * gradient) is ``gradient``, exactly: the source's backward.
+        self.stepper.step((flat * gradient.to(flat.dtype)).sum())
+        return value
+
+    def ddp_train_step(self, batch: Batch, where: str) -> float:
         """One optimiser step on the global batch: the loss of each architecture drawn for this
         step (the step under way is ``steps_done``), averaged; one architecture: its own loss.
         Under torchrun on this rank's share of the batch, whose loss is scaled so that DDP's
@@ -697,6 +773,7 @@ def start_run(plan: Plan, out: Path, options: TrainOptions, source: dict[str, An
         "data_root": options.data_root,
         "tensorboard": options.tensorboard,
         "shard_generation": options.shard_generation,
+        "micro_shards": options.micro_shards,
         **(source or {}),
     }
     if is_multitask_plan(plan):
@@ -718,6 +795,8 @@ def resume_run(out: Path, options: TrainOptions) -> dict[str, Any]:
         data_root=options.data_root or info.get("data_root"),
         tensorboard=options.tensorboard or bool(info.get("tensorboard")),
         shard_generation=options.shard_generation or bool(info.get("shard_generation")),
+        # A run keeps its arithmetic; folders from before the exact path used DDP's (0).
+        micro_shards=int(info.get("micro_shards", 0)),
     )
     # Every rank reads the run folder (multi-node: a shared file system); rank 0 alone writes.
     # Another world size than the run started with works: the checkpoint holds no per-rank
@@ -727,6 +806,16 @@ def resume_run(out: Path, options: TrainOptions) -> dict[str, Any]:
         if dist.is_main:
             cut_metrics_to_last_checkpoint(run)
         return train_run(run, run.plan(), options, dist)
+
+
+def exact_micro_shards(plan: Plan, options: TrainOptions, sharded: bool, target: DeviceTarget) -> int:
+    """Micro-shards per batch of the exact data-parallel path, or 0 where DDP's average
+    stays: a family or a multi-task plan (each rank trains its own target), sharded generation
+    (each rank's generator backward covers its own share) and a target with BatchNorm (its
+    statistics would be a micro-shard's, not the batch's)."""
+    if options.micro_shards <= 0 or sharded or is_multi_model(plan) or is_multitask_plan(plan):
+        return 0
+    return 0 if batch_norm_layers(target.model) else options.micro_shards
 
 
 def check_trainable_together(plan: Plan, mode: Mode) -> None:
