@@ -105,7 +105,7 @@ def main() -> None:
             for name, phase in phases.items():
                 with generator_blocks(name):
                     start = time.perf_counter()
-                    phase.train_step(batch, name)
+                    phase.train_step([batch], name)
                     times[name].append(time.perf_counter() - start)
                 phase.steps_done += 1
         medians = {name: statistics.median(t[args.warmup :]) for name, t in times.items()}

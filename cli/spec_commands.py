@@ -47,8 +47,11 @@ def validate(specs: SpecPaths, overrides: SetOption = None) -> None:
                 fitting_budget(member, path, "compile")
             shares = ", ".join(f"{m.name} p={p:.3f}" for m, p in zip(multitask.members, multitask.probabilities))
             sampling = multitask.spec.sampling
-            adaptive = f"; sampling adaptive every {sampling.every} steps" if sampling.mode == "adaptive" else ""
-            typer.echo(f"ok: {multitask.spec.name}: {len(multitask.members)} tasks ({shares}){adaptive}")
+            extra = f"; sampling adaptive every {sampling.every} steps" if sampling.mode == "adaptive" else ""
+            train = multitask.spec.train
+            if train.tasks_per_step > 1:
+                extra += f"; {train.tasks_per_step} tasks a step, gradient surgery {train.gradient_surgery}"
+            typer.echo(f"ok: {multitask.spec.name}: {len(multitask.members)} tasks ({shares}){extra}")
             continue
         if is_family_file(path):
             typer.echo(f"ok: {family_line(family_overview(load_family(path, overrides or []))['family'])}")

@@ -219,10 +219,11 @@ def test_training_draws_each_task_and_takes_its_own_batches(tmp_path: Path, monk
     seen: list[tuple[str, int]] = []
     original = train_module.Phase.train_step
 
-    def recording(self: Any, batch: Any, where: str) -> float:
+    def recording(self: Any, batches: Any, where: str) -> float:
         (target,) = self.step_targets(self.steps_done)
+        (batch,) = batches
         seen.append((target.plan.name, batch.targets.shape[0]))
-        return original(self, batch, where)
+        return original(self, batches, where)
 
     monkeypatch.setattr(train_module.Phase, "train_step", recording)
     plan = compile_multitask(load_multitask(multitask_file(tmp_path)))

@@ -136,6 +136,28 @@ class Stepper:
 
     def step(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
+        self.apply()
+
+    def gradients(self, loss: torch.Tensor) -> list[torch.Tensor]:
+        """The (scaled) gradient of ``loss`` for every trainable parameter, zeros where it
+        does not reach, leaving ``.grad`` alone: one task's gradient for gradient surgery."""
+        params = [p for p in self.params() if p.requires_grad]
+        grads = torch.autograd.grad(self.scaler.scale(loss), params, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+    def step_on(self, grads: list[torch.Tensor]) -> None:
+        """One step on given (scaled) gradients, in the order ``gradients`` returns them."""
+        for param, grad in zip([p for p in self.params() if p.requires_grad], grads, strict=True):
+            param.grad = grad
+        self.apply()
+
+    @property
+    def loss_scale(self) -> float:
+        """What the gradients are scaled by (fp16's GradScaler; 1 otherwise)."""
+        return float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+
+    def apply(self) -> None:
+        """(unscale, clip) -> step -> zero_grad on the gradients in ``.grad``."""
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params(), self.grad_clip)

@@ -24,6 +24,9 @@ epochs in the single-task order; graphs: the whole graph) and takes one AdamW st
 loss. A member's stream position is the number of earlier steps that drew it, recomputed
 from the pure draw on resume, so a resumed run sees exactly the batches an uninterrupted one
 does. Every member is evaluated, each with its own metric; ``summary.json`` has ``tasks``.
+Beyond the paper, ``train.tasks_per_step: k`` draws k distinct members a step (each on its own
+next batch), one AdamW step on their mean loss, or with ``gradient_surgery: pcgrad`` on the
+mean of their gradients after PCGrad's projections (``gradient_surgery.py``).
 
 Resumable by construction: the data order is a function of (seed, epoch), the schedule a
 function of the unit counter, and a checkpoint at the end of a log interval (an epoch, or
@@ -80,6 +83,7 @@ from .distributed import (
 )
 from .evaluate import evaluate_source
 from .generator import count_generator_params
+from .gradient_surgery import SurgeryLog, project_conflicts, projection_orders
 from .init_phase import run_init_phase
 from .optim import Precision, Stepper, check_finite, make_adamw
 from .progress import Progress
@@ -137,6 +141,7 @@ class PhaseResult:
     seconds: float
     models: dict[str, float] | None = None  # a family: each evaluated model's test metric
     sampling: dict[str, Any] | None = None  # a multi-task run: how its steps drew the tasks
+    surgery: dict[str, Any] | None = None  # a PCGrad run: what its projections saw (SurgeryLog)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -165,7 +170,8 @@ def architecture_draw(
 ) -> list[int]:
     """Which of ``count`` seen architectures step ``step`` of ``stream`` ("train" or "init")
     trains on process ``rank``: ``min(k, count)`` distinct positions, uniformly, or with
-    ``probabilities`` (a multi-task run: one position, drawn with them, i.i.d. over steps).
+    ``probabilities`` (a multi-task run, i.i.d. over steps: each position drawn with them
+    among those not yet drawn, renormalised, so one position is the plain weighted draw).
     A pure function of its arguments (a private ``random.Random`` seeded with a string, of
     which only ``random()`` is used: the stream Python keeps across versions), so a resumed
     run draws what an uninterrupted one does. Under torchrun each rank draws its own (rank 0
@@ -177,9 +183,14 @@ def architecture_draw(
     key = f"uhn-architectures:{stream}:{seed}:{step}" + (f":rank{rank}" if rank else "")
     rng = random.Random(key)
     if probabilities is not None:
-        if k != 1 or len(probabilities) != count:
-            raise ValueError(f"a weighted draw takes one of {count} positions with {len(probabilities)} probabilities")
-        return [weighted_position(rng.random(), probabilities)]
+        if len(probabilities) != count:
+            raise ValueError(f"a weighted draw over {count} positions got {len(probabilities)} probabilities")
+        left, drawn = list(probabilities), []
+        for _ in range(k):  # without replacement: a drawn position's weight drops to 0
+            position = weighted_position(rng.random(), left)
+            drawn.append(position)
+            left[position] = 0.0
+        return drawn
     pool = list(range(count))
     for i in range(k):  # partial Fisher-Yates: k distinct positions
         j = i + int(rng.random() * (count - i))
@@ -270,6 +281,10 @@ class Phase:
         self.models_per_step = min(self.cfg.models_per_step, len(self.seen))
         self.multitask = is_multitask_plan(plan)
         self.probabilities = [float(plan.targets[i].probability or 0.0) for i in self.seen] if self.multitask else None
+        # A multi-task step: this many distinct tasks (init steps: one), PCGrad over their gradients.
+        self.tasks_per_step = self.cfg.tasks_per_step if self.multitask else 1
+        self.pcgrad = self.multitask and self.cfg.gradient_surgery == "pcgrad"
+        self.surgery_interval, self.surgery_total = SurgeryLog(), SurgeryLog()  # this log interval's, the run's
         # The task phase's draw probabilities (fixed, or re-weighted by lag: task_sampling.py).
         self.sampling = TaskSampling(
             self.probabilities or [],
@@ -328,7 +343,9 @@ class Phase:
                 models = state.get("models")
                 if "sampling" in state:  # written by a uhn with adaptive sampling
                     self.sampling.load_state_dict(state["sampling"])
-                return PhaseResult(self.kind, float(state["result"]), float(state["seconds"]), models, self.sampling_record())
+                self.load_surgery(state)
+                seconds = float(state["seconds"])
+                return PhaseResult(self.kind, float(state["result"]), seconds, models, self.sampling_record(), self.surgery_record())
             self.restore(state)
         if (self.options.tensorboard or self.cfg.tensorboard) and self.dist.is_main:
             first_unit = self.units_done + 1 if resumed else None
@@ -344,7 +361,16 @@ class Phase:
         finally:
             if self.tensorboard is not None:
                 self.tensorboard.close()
-        return PhaseResult(self.kind, value, self.elapsed(), models, self.sampling_record())
+        return PhaseResult(self.kind, value, self.elapsed(), models, self.sampling_record(), self.surgery_record())
+
+    def surgery_record(self) -> dict[str, Any] | None:
+        """A PCGrad run's summary.json ``pcgrad``: what every projection of the run saw."""
+        return self.surgery_total.record() if self.pcgrad else None
+
+    def load_surgery(self, state: dict[str, Any]) -> None:
+        if "surgery" in state:  # written by a uhn with gradient surgery
+            self.surgery_interval.load_state_dict(state["surgery"]["interval"])
+            self.surgery_total.load_state_dict(state["surgery"]["total"])
 
     def elapsed(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
@@ -363,8 +389,13 @@ class Phase:
         """Plan positions of the targets step ``step`` of ``stream`` trains on this rank (the
         init phase draws with the spec's probabilities, the task phase as ``self.sampling``)."""
         probabilities = self.sampling.at(step) if self.multitask and stream == "train" else self.probabilities
-        draw = architecture_draw(self.cfg.seed, step, len(self.seen), self.models_per_step, stream, probabilities, self.dist.rank)
+        k = self.tasks_per_step if self.multitask and stream == "train" else self.models_per_step
+        draw = architecture_draw(self.cfg.seed, step, len(self.seen), k, stream, probabilities, self.dist.rank)
         return [self.seen[i] for i in draw]
+
+    def step_label(self, step: int) -> str:
+        """The task(s) step ``step`` trains, for its time: "cora_gcn", or "digits_mlp+kan_kv"."""
+        return "+".join(self.plan.targets[i].name for i in sorted(self.drawn_positions(step)))
 
     def data_for(self, target: DeviceTarget) -> TaskData:
         """The data ``target`` trains and is evaluated on: the run's one task, or in a
@@ -439,14 +470,14 @@ class Phase:
             return  # stopped during the final evaluation: only that is left
         with self.progress.task(f"{self.kind} train", total_steps, completed=self.steps_done) as shown:
             tick = time.perf_counter()
-            for step, epoch, batch in self.batch_stream(self.steps_done):
+            for step, epoch, batches in self.batch_stream(self.steps_done):
                 unit = epoch if self.by_epoch else step
                 lr = self.lr * warmup_cosine_factor(unit, self.cfg.warmup, self.total_units)
                 set_lr(self.stepper.optimizer, lr)
                 if self.dist.active and not self.micro_shards:  # each rank its own dropout draws, a function of (seed, step, rank)
                     torch.manual_seed(rank_seed(self.cfg.seed, step, self.dist.rank))
-                self.interval_losses.append(self.train_step(batch, self.where(step, epoch)))
-                self.step_times.append((self.plan.targets[self.drawn_positions(step)[0]].name, time.perf_counter() - tick))
+                self.interval_losses.append(self.train_step(batches, self.where(step, epoch)))
+                self.step_times.append((self.step_label(step), time.perf_counter() - tick))
                 self.steps_done = step + 1
                 shown.update(self.steps_done, self.status_info(epoch))
                 if self.end_of_step(lr):
@@ -496,7 +527,7 @@ class Phase:
         if not self.multitask:
             return None
         names = [self.plan.targets[i].name for i in self.seen]
-        draws = Counter(self.plan.targets[self.drawn_positions(step)[0]].name for step in range(self.total_units))
+        draws = Counter(self.plan.targets[i].name for step in range(self.total_units) for i in self.drawn_positions(step))
         return {
             **self.sampling.settings.model_dump(),
             "references": {name: self.plan.target(name).reference for name in names},
@@ -513,8 +544,9 @@ class Phase:
         where = f"{self.unit_name} {self.units_done}/{self.total_units}"
         return f"{where} and {within}/{self.steps_per_unit} steps of epoch {self.units_done + 1}" if within else where
 
-    def batch_stream(self, start_step: int) -> Iterator[tuple[int, int, Batch]]:
-        """(global step, epoch, batch) from ``start_step`` on, over as many epochs as asked."""
+    def batch_stream(self, start_step: int) -> Iterator[tuple[int, int, list[Batch]]]:
+        """(global step, epoch, batches) from ``start_step`` on, over as many epochs as asked:
+        one batch (a family's architectures share it), or in a multi-task run one per drawn task."""
         if self.multitask:
             yield from self.multitask_stream(start_step)
             return
@@ -523,30 +555,32 @@ class Phase:
         while True:
             batches = self.data.train_batches(self.cfg.batch_size, epoch_seed(self.cfg.seed, epoch))
             for batch in itertools.islice(batches, skip, None):
-                yield step, epoch, batch
+                yield step, epoch, [batch]
                 step += 1
             epoch, skip = epoch + 1, 0
 
-    def multitask_stream(self, start_step: int) -> Iterator[tuple[int, int, Batch]]:
-        """(global step, 0, batch) from ``start_step`` on: each step's batch is the next of
-        its drawn member's own stream, which the earlier steps that drew it have advanced."""
-        taken = Counter(self.drawn_positions(step)[0] for step in range(start_step))
+    def multitask_stream(self, start_step: int) -> Iterator[tuple[int, int, list[Batch]]]:
+        """(global step, 0, batches) from ``start_step`` on: one batch per drawn member, the
+        next of its own stream, which the earlier steps that drew it have advanced."""
+        taken = Counter(i for step in range(start_step) for i in self.drawn_positions(step))
         streams: dict[int, Iterator[Batch]] = {}
         step = start_step
         while True:
-            position = self.drawn_positions(step)[0]
-            if position not in streams:
-                target = self.plan.targets[position]
-                data = self.member_data[target.name]
-                streams[position] = endless_batches(data, target.spec.train.batch_size, self.cfg.seed, taken[position])
-            yield step, 0, next(streams[position])
+            positions = self.drawn_positions(step)
+            for position in positions:
+                if position not in streams:
+                    target = self.plan.targets[position]
+                    data = self.member_data[target.name]
+                    streams[position] = endless_batches(data, target.spec.train.batch_size, self.cfg.seed, taken[position])
+            yield step, 0, [next(streams[position]) for position in positions]
             step += 1
 
-    def train_step(self, batch: Batch, where: str) -> float:
-        """One optimiser step on the global batch; returns its loss."""
-        if self.micro_shards:
+    def train_step(self, batches: list[Batch], where: str) -> float:
+        """One optimiser step on the step's batches (one, or one per drawn task); returns its loss."""
+        if self.micro_shards:  # one target, one batch: exact_micro_shards
+            (batch,) = batches
             return self.exact_train_step(batch, where)
-        return self.ddp_train_step(batch, where)
+        return self.ddp_train_step(batches, where)
 
     def exact_train_step(self, batch: Batch, where: str) -> float:
         """One optimiser step whose arithmetic does not depend on the number of processes
@@ -593,25 +627,25 @@ class Phase:
         self.stepper.step((flat * gradient.to(flat.dtype)).sum())
         return value
 
-    def ddp_train_step(self, batch: Batch, where: str) -> float:
-        """One optimiser step on the global batch: the loss of each architecture drawn for this
-        step (the step under way is ``steps_done``), averaged; one architecture: its own loss.
-        Under torchrun on this rank's share of the batch, whose loss is scaled so that DDP's
-        gradient average is that of the global-batch mean. Returns the global batch's loss."""
+    def ddp_train_step(self, batches: list[Batch], where: str) -> float:
+        """One optimiser step on the global batch: the loss of each architecture (or task)
+        drawn for this step (the step under way is ``steps_done``), averaged; one: its own
+        loss. A family's architectures share the step's one batch; each drawn task of a
+        multi-task run has its own. Under torchrun on this rank's share of the batch, whose
+        loss is scaled so that DDP's gradient average is that of the global-batch mean (one
+        batch a step there: ``check_tasks_per_step``). With PCGrad each task's gradient is
+        taken alone and projected (``surgery_step``). Returns the global batch's loss."""
         positions = self.drawn_positions(self.steps_done)
         targets = [self.targets[i] for i in positions]
-        batch, share = shard_batch(batch, self.dist.rank, self.dist.world_size)
-        batch = batch.to(self.source_device)
-        losses = []
+        if not self.multitask:
+            batches = batches * len(targets)
+        shared = [shard_batch(batch, self.dist.rank, self.dist.world_size) for batch in batches]
+        share = shared[0][1]
+        work = [(position, target, batch.to(self.source_device), part) for position, target, (batch, part) in zip(positions, targets, shared)]
+        if self.pcgrad:
+            return self.surgery_step(work, where)
         with self.precision.autocast():
-            for position, target in zip(positions, targets):
-                target.model.train()
-                outputs = forward_in_segments(target, self.flat(target), self.cfg.target_segments, **batch.model_kwargs())
-                # An empty share still runs forward and backward: DDP needs every rank's gradients.
-                losses.append(loss_fn(self.data_for(target).metric, *batch.select(outputs)) if share else outputs.sum() * 0.0)
-                if self.sampling.adaptive and share:
-                    figure = batch_figure(self.data_for(target).metric, *batch.select(outputs))
-                    self.sampling.observe(self.seen.index(position), figure)
+            losses = [self.task_loss(*item) for item in work]
             loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         value = float(loss.detach())
         if self.dist.active:
@@ -624,6 +658,42 @@ class Phase:
             where += f" ({', '.join(t.plan.name for t in targets)})"
         check_finite(value, where, self.last_good)
         self.stepper.step(loss)
+        return value
+
+    def task_loss(self, position: int, target: DeviceTarget, batch: Batch, share: float) -> torch.Tensor:
+        """The loss of one drawn target on its batch (in autocast); adaptive sampling also
+        records the batch's figure for its member."""
+        target.model.train()
+        outputs = forward_in_segments(target, self.flat(target), self.cfg.target_segments, **batch.model_kwargs())
+        if not share:  # an empty share still runs forward and backward: DDP needs every rank's gradients
+            return outputs.sum() * 0.0
+        metric = self.data_for(target).metric
+        if self.sampling.adaptive:
+            self.sampling.observe(self.seen.index(position), batch_figure(metric, *batch.select(outputs)))
+        return loss_fn(metric, *batch.select(outputs))
+
+    def surgery_step(self, work: list[tuple[int, DeviceTarget, Batch, float]], where: str) -> float:
+        """PCGrad (gradient_surgery.py): each drawn task's loss and gradient alone (one graph
+        at a time), the conflicting components projected away in the step's seeded order,
+        one AdamW step on the mean of the projected gradients (clipped as any step)."""
+        values, rows = [], []
+        for item in work:
+            with self.precision.autocast():
+                loss = self.task_loss(*item)
+            values.append(float(loss.detach()))
+            rows.append(torch.cat([g.reshape(-1).float() for g in self.stepper.gradients(loss)]))
+        value = math.fsum(values) / len(values)
+        names = [target.plan.name for _, target, _, _ in work]
+        check_finite(value, f"{where} ({', '.join(names)})", self.last_good)
+        projection = project_conflicts(torch.stack(rows), projection_orders(self.cfg.seed, self.steps_done, len(rows)))
+        for log in (self.surgery_interval, self.surgery_total):
+            log.add(names, projection, self.stepper.loss_scale)
+        mean = projection.mean_gradient
+        grads, offset = [], 0
+        for param in (p for p in self.stepper.params() if p.requires_grad):
+            grads.append(mean[offset : offset + param.numel()].view_as(param).to(param.dtype))
+            offset += param.numel()
+        self.stepper.step_on(grads)
         return value
 
     @property
@@ -640,6 +710,9 @@ class Phase:
             "seconds": round(self.elapsed(), 3),
             **self.step_time_fields(),
         }
+        if self.pcgrad:  # what this interval's projections saw; a new interval starts
+            record["pcgrad"] = self.surgery_interval.record()
+            self.surgery_interval = SurgeryLog()
         shown = f"{self.kind} {self.unit_name} {self.units_done}/{self.total_units}  loss {mean_loss:.4f}"
         every = self.cfg.eval_every
         evaluated = bool(every and self.units_done % every == 0 and not last)
@@ -717,6 +790,7 @@ class Phase:
                 "steps_done": self.steps_done,
                 "interval_losses": list(self.interval_losses),
                 "sampling": self.sampling.state_dict(),
+                "surgery": {"interval": self.surgery_interval.state_dict(), "total": self.surgery_total.state_dict()},
                 "metrics_bytes": self.run.metrics_size(),
                 "init_done": self.init_done,
                 "finished": result is not None,
@@ -735,6 +809,7 @@ class Phase:
         self.interval_losses = [float(x) for x in state.get("interval_losses", [])]
         if "sampling" in state:  # written by a uhn with adaptive sampling
             self.sampling.load_state_dict(state["sampling"])
+        self.load_surgery(state)
         self.init_done = bool(state["init_done"])
         self.seconds_before = float(state["seconds"])
         self.started = time.perf_counter()
@@ -778,7 +853,9 @@ def start_run(plan: Plan, out: Path, options: TrainOptions, source: dict[str, An
     }
     if is_multitask_plan(plan):
         info["task_sampling"] = plan.task_sampling
+        info.update(multitask_step_settings(plan))
     with distributed_session(resolve_device(options.device).type) as dist:
+        check_tasks_per_step(plan, dist.world_size)
         out = dist.broadcast(out)  # rank 0's: a default folder name holds the time
         # Rank 0 creates the folder; a refusal (it holds a run already) stops every rank.
         dist.on_main(lambda: RunDir.create(out, plan, info, world_size=dist.world_size))
@@ -803,9 +880,31 @@ def resume_run(out: Path, options: TrainOptions) -> dict[str, Any]:
     # state and the global batch stays the spec's (docs/distributed.md).
     with distributed_session(resolve_device(options.device).type) as dist:
         run = RunDir.open(out, writes=dist.is_main)
+        plan = run.plan()
+        check_tasks_per_step(plan, dist.world_size)
         if dist.is_main:
             cut_metrics_to_last_checkpoint(run)
-        return train_run(run, run.plan(), options, dist)
+        return train_run(run, plan, options, dist)
+
+
+def multitask_step_settings(plan: Plan) -> dict[str, Any]:
+    """How a multi-task step trains, for run.json and summary.json."""
+    train = plan.targets[0].spec.train
+    return {"tasks_per_step": train.tasks_per_step, "gradient_surgery": train.gradient_surgery}
+
+
+def check_tasks_per_step(plan: Plan, world_size: int) -> None:
+    """Several tasks a step is a single-process setting: under torchrun each rank already
+    draws its own task, so N ranks train N tasks a step, and PCGrad would need every
+    rank's per-task gradients, which DDP's one all-reduce of the summed gradient does not give."""
+    train = plan.targets[0].spec.train
+    if is_multitask_plan(plan) and train.tasks_per_step > 1 and world_size > 1:
+        surgery = f" with gradient_surgery {train.gradient_surgery}" if train.gradient_surgery != "none" else ""
+        raise UHNError(
+            f"train.tasks_per_step: {train.tasks_per_step}{surgery} runs in one process, not under torchrun "
+            f"(world size {world_size}: each rank already draws its own task a step); set tasks_per_step 1 or run "
+            "without torchrun"
+        )
 
 
 def exact_micro_shards(plan: Plan, options: TrainOptions, sharded: bool, target: DeviceTarget) -> int:
@@ -1021,6 +1120,9 @@ def train_run(
         summary["task_probabilities"] = {t.name: t.probability for t in plan.targets}
         summary["target_params_by_task"] = {t.name: t.num_params for t in plan.targets}
         summary["task_sampling"] = results["uhn"].sampling
+        summary.update(multitask_step_settings(plan))
+        if results["uhn"].surgery is not None:
+            summary["pcgrad"] = results["uhn"].surgery
     elif models is not None:  # a family: the seen mean above, and each group's statistics
         summary.update(split_groups(plan, models))
         summary["models_file"] = MODELS_FILE

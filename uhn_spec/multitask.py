@@ -11,6 +11,8 @@ shared (union) normalisation ranges whose targets carry their normalised probabi
 Beyond the paper, ``sampling: {mode: adaptive}`` shifts the probabilities during training
 towards the members whose validation metric lags their single-task ``reference`` figure
 (``uhn_runtime.task_sampling``); the default ``fixed`` is the paper's i.i.d. draw.
+``train.tasks_per_step`` (at most the number of members) draws several distinct members a
+step, optionally with ``train.gradient_surgery: pcgrad`` (``uhn_runtime.gradient_surgery``).
 """
 
 from __future__ import annotations
@@ -105,6 +107,11 @@ class MultiTaskSpec(StrictModel):
             raise ValueError("train.steps: a multi-task run counts steps (tasks have different epochs); give steps, not epochs")
         if self.train.models_per_step != 1:
             raise ValueError("train.models_per_step: a multi-task step trains one task; remove the field")
+        if self.train.tasks_per_step > len(self.tasks):
+            raise ValueError(
+                f"train.tasks_per_step: {self.train.tasks_per_step} exceeds the {len(self.tasks)} tasks (a step draws "
+                f"distinct tasks); give at most {len(self.tasks)}"
+            )
         if self.sampling.mode == "adaptive" and self.sampling.every >= self.train.steps:
             raise ValueError(
                 f"sampling.every: {self.sampling.every} is not below train.steps ({self.train.steps}), so adaptive "

@@ -184,6 +184,12 @@ class TrainSpec(StrictModel):
     models_per_step: int = Field(
         1, ge=1, description="family runs: architectures drawn per step, their losses averaged (1: the paper's)"
     )
+    tasks_per_step: int = Field(
+        1, ge=1, description="multi-task runs: distinct tasks drawn per step, one AdamW step on their mean loss (1: the paper's)"
+    )
+    gradient_surgery: Literal["none", "pcgrad"] = Field(
+        "none", description="multi-task runs with tasks_per_step >= 2: pcgrad projects conflicting task gradients"
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> "TrainSpec":
@@ -192,6 +198,11 @@ class TrainSpec(StrictModel):
         total = self.epochs if self.epochs is not None else self.steps
         if self.warmup > total:  # type: ignore[operator]
             raise ValueError(f"train.warmup: {self.warmup} exceeds the training length ({total})")
+        if self.gradient_surgery != "none" and self.tasks_per_step < 2:
+            raise ValueError(
+                f"train.gradient_surgery: {self.gradient_surgery} projects the gradients of several tasks against "
+                "each other; set train.tasks_per_step to 2 or more (a multi-task run), or gradient_surgery: none"
+            )
         return self
 
 
