@@ -18,7 +18,9 @@ from uhn_runtime.bench import BenchOptions, run_bench
 from uhn_runtime.export import export_levels, level_path, load_exported
 from uhn_runtime.generator import GeneratedGenerator, count_generator_params
 from uhn_runtime.init_phase import InitTargets, stage_lr_scale, top_down_stages
+from uhn_runtime.optim import Precision, Stepper, make_adamw
 from uhn_runtime.run_dir import RunDir
+from uhn_runtime.step_bound import LevelChangeBound, relative_changes
 from uhn_runtime.target import DeviceTarget
 from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
 from uhn_runtime.weights import RecursiveSource, depth_lr_scale, head_components, make_source
@@ -293,3 +295,54 @@ def test_bench_compares_the_recursive_train_step_with_k0_in_the_same_run() -> No
     assert recursion["bound"] == pytest.approx((1 + plan.targets[0].num_params / plan.targets[1].num_params) * 1.3)
     assert recursion["train_step_vs_k0"] == pytest.approx(report["train_step"]["seconds"] / recursion["k0_train_step_seconds"])
     assert report["naive"] is None and "recursive" in report["naive_skipped"]
+
+
+# --------------------------------------------------------------------------- the bounded step
+
+
+def test_level_change_bound_keeps_every_level_within_it_and_keeps_adams_direction() -> None:
+    """A plain Adam step at a large lr moves the generated levels by more than the bound; the
+    bounded step shortens it (along the same direction) until each level's relative change
+    is within the bound, measured on the levels generated afterwards."""
+    torch.manual_seed(0)
+    bound = 0.01
+    changes, moves = {}, {}
+    for bounded in (False, True):
+        source = _source(depth=2)
+        start = [p.detach().clone() for p in source.parameters()]
+        limit = LevelChangeBound(source, bound, Precision("cpu", None))
+        before = limit.measure()
+        stepper = Stepper(make_adamw(source.parameters(), 0.05), Precision("cpu", None), bound=limit if bounded else None)
+        flat = source.flat()
+        stepper.step((flat * torch.randn(flat.shape, generator=torch.Generator().manual_seed(1))).sum())
+        changes[bounded] = relative_changes(before, limit.measure())
+        moves[bounded] = torch.cat([(p.detach() - s).reshape(-1) for p, s in zip(source.parameters(), start)])
+        if bounded:
+            assert 0 < limit.last_scale < 1 and limit.last_change == pytest.approx(max(changes[True]), rel=1e-5)
+    assert len(changes[True]) == 3  # H1, H2 and the leaf
+    assert max(changes[False]) > bound
+    assert max(changes[True]) <= bound
+    cosine = torch.nn.functional.cosine_similarity(moves[True], moves[False], dim=0)
+    assert float(cosine) > 0.9999
+
+
+def test_a_run_with_the_bound_resumes_exactly_and_differs_from_the_plain_step(tmp_path: Path) -> None:
+    plan = tiny_recursive_plan(1, steps=6, eval_every=2, lr=1e-2, init_lr=1e-2, level_change_bound=0.002)
+    whole = start_run(plan, tmp_path / "whole", options())
+    with pytest.raises(RunInterrupted):
+        start_run(plan, tmp_path / "killed", options(stop_after_units=3))
+    resumed = resume_run(tmp_path / "killed", options())
+    start_run(tiny_recursive_plan(1, steps=6, eval_every=2, lr=1e-2, init_lr=1e-2), tmp_path / "plain", options())
+    a, b, plain = (torch.load(tmp_path / run / "checkpoints" / "uhn.pt", weights_only=True)["source"] for run in ("whole", "killed", "plain"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["uhn"] == whole["uhn"]
+    assert not all(torch.equal(a[k], plain[k]) for k in a)
+
+
+def test_the_bound_is_refused_for_a_run_that_generates_several_targets(tmp_path: Path) -> None:
+    spec = tmp_path / "family.yaml"
+    text = (SPECS / "digits_mlp_family.yaml").read_text()
+    spec.write_text(text)
+    result = CliRunner().invoke(app, ["train", str(spec), "-o", str(tmp_path / "run"), "--device", "cpu", "--set", "train.level_change_bound=0.01"])
+    assert result.exit_code == 2
+    assert "train.level_change_bound" in result.output and "family" in result.output
