@@ -346,3 +346,29 @@ def test_the_bound_is_refused_for_a_run_that_generates_several_targets(tmp_path:
     result = CliRunner().invoke(app, ["train", str(spec), "-o", str(tmp_path / "run"), "--device", "cpu", "--set", "train.level_change_bound=0.01"])
     assert result.exit_code == 2
     assert "train.level_change_bound" in result.output and "family" in result.output
+
+
+def test_standardized_levels_have_their_init_statistics_whatever_h0_generates() -> None:
+    """train.level_norm: standardize pins every generated generator tensor to its init mean
+    and std (zero-initialised and one-element tensors left as generated), so a level's scale
+    cannot run away however H0 moves; gradients still reach H0."""
+    torch.manual_seed(0)
+    plan = tiny_recursive_plan(2, level_norm="standardize")
+    source = make_source("uhn", plan, DeviceTarget(plan.trained_target), seed=0)
+    with torch.no_grad():
+        for p in source.generator.out.parameters():
+            p.mul_(37.0)  # H0's output far from any init scale
+    flats = source.level_flats()
+    for k in range(2):
+        stats = InitTargets(source.levels[k].plan, torch.device("cpu"))
+        mean, std = stats.stats(flats[k])
+        kept = (stats.std > 0) & (stats.counts > 1)
+        torch.testing.assert_close(std[kept], stats.std[kept], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(mean[kept], stats.mean[kept], rtol=1e-4, atol=1e-4)
+    raw = source.levels[0].generate(source.generator)
+    left = ~((InitTargets(source.levels[0].plan, torch.device("cpu")).std > 0))
+    seg = InitTargets(source.levels[0].plan, torch.device("cpu")).segment
+    torch.testing.assert_close(flats[0][left[seg]], raw[left[seg]].float())
+    (flats[-1] * torch.randn_like(flats[-1])).sum().backward()
+    grads = [p.grad for p in source.generator.out.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)

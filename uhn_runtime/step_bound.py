@@ -28,13 +28,16 @@ from .weights import RecursiveSource, UHNSource
 MAX_SHORTENINGS = 10
 # Aim a little inside the bound when shortening, as the change is not exactly linear.
 SHORTEN_MARGIN = 0.9
-# The shortening when a level overflowed (its change is not finite): no estimate to aim with.
-OVERFLOW_SHORTENING = 1e-3
+# The most one try shortens the step by: far outside the bound the change is not linear in
+# the step (a level can overflow), and a linear estimate made there shortens it to nothing.
+MIN_SHORTENING = 0.01
 
 
 def relative_changes(before: list[torch.Tensor], after: list[torch.Tensor]) -> list[float]:
-    """|after - before| / |before| of each level (flat weight vectors, in fp32)."""
-    return [float((a - b).norm() / b.norm().clamp_min(1e-30)) for b, a in zip(before, after)]
+    """|after - before| / |before| of each level (flat weight vectors, in fp32); inf where a
+    level overflowed (so that ``max`` sees it: a NaN compares as neither larger nor smaller)."""
+    changes = [float((a - b).norm() / b.norm().clamp_min(1e-30)) for b, a in zip(before, after)]
+    return [c if math.isfinite(c) else math.inf for c in changes]
 
 
 class LevelChangeBound:
@@ -75,7 +78,7 @@ class LevelChangeBound:
             change = max(relative_changes(self._reference, levels))
             if change <= self.bound:
                 break
-            scale *= SHORTEN_MARGIN * self.bound / change if math.isfinite(change) else OVERFLOW_SHORTENING
+            scale *= max(MIN_SHORTENING, SHORTEN_MARGIN * self.bound / change)
             for p, s, m in zip(self.params, start, moves):
                 p.copy_(s + scale * m)
         else:  # still too far after every shortening: no step at all

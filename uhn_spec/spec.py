@@ -179,6 +179,11 @@ class TrainSpec(StrictModel):
         "weights (each H_k of a recursive chain, and the target) change by more than this fraction of their "
         "norm; null: the paper's plain step",
     )
+    level_norm: Literal["none", "standardize"] = Field(
+        "none",
+        description="recursive runs: `none` (the paper's); `standardize` (beyond the paper): every tensor of each "
+        "generated generator H_k is re-normalised to its init mean and std at every forward",
+    )
     init_deep_levels: Literal["train", "calibrate"] = Field(
         "train",
         description="recursive runs: `train` (the paper's): every level of the chain gets its init stage; "
