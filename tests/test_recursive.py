@@ -17,7 +17,7 @@ from uhn_cli.main import app
 from uhn_runtime.bench import BenchOptions, run_bench
 from uhn_runtime.export import export_levels, level_path, load_exported
 from uhn_runtime.generator import GeneratedGenerator, count_generator_params
-from uhn_runtime.init_phase import InitTargets, stage_lr_scale, top_down_stages
+from uhn_runtime.init_phase import InitTargets, run_top_down_init, stage_lr_scale, top_down_stages
 from uhn_runtime.optim import Precision, Stepper, make_adamw
 from uhn_runtime.run_dir import RunDir
 from uhn_runtime.step_bound import LevelChangeBound, relative_changes
@@ -372,3 +372,30 @@ def test_standardized_levels_have_their_init_statistics_whatever_h0_generates() 
     (flats[-1] * torch.randn_like(flats[-1])).sum().backward()
     grads = [p.grad for p in source.generator.out.parameters()]
     assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+def test_calibrate_only_init_gives_h1_every_step_and_starts_the_leaf_at_its_init_scale() -> None:
+    """train.init_deep_levels: calibrate: every init step matches H1's statistics, and each
+    level below is only calibrated (the leaf's median std / target std is then 1)."""
+    torch.manual_seed(0)
+    source = _source(depth=2)
+    steps_seen: list[int] = []
+    h1_losses: list[float] = []
+    h1 = InitTargets(source.levels[0].plan, torch.device("cpu"))
+
+    def on_step(step: int, loss: float, lr: float) -> None:
+        steps_seen.append(step)
+        with torch.no_grad():
+            h1_losses.append(float(h1.loss(source.level_flats(1)[0])))
+
+    gains_before = source.gains(1).clone()
+    final = run_top_down_init(source, 5, 1e-3, Precision("cpu", None), "none", on_step, deep_levels="calibrate")
+    assert steps_seen == [0, 1, 2, 3, 4]
+    assert h1_losses[-1] < h1_losses[0]  # the steps went to H1's statistics
+    assert not torch.equal(source.gains(1), gains_before)  # H2 calibrated before the leaf
+    leaf = InitTargets(source.levels[-1].plan, torch.device("cpu"))
+    with torch.no_grad():
+        _, std = leaf.stats(source.flat())
+        assert final == pytest.approx(float(leaf.loss(source.flat())), rel=1e-5)
+    wanted = (leaf.std > 0) & (leaf.counts > 1)
+    assert float(torch.median(std[wanted] / leaf.std[wanted])) == pytest.approx(1.0, rel=1e-4)
