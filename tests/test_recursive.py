@@ -17,8 +17,10 @@ from uhn_cli.main import app
 from uhn_runtime.bench import BenchOptions, run_bench
 from uhn_runtime.export import export_levels, level_path, load_exported
 from uhn_runtime.generator import GeneratedGenerator, count_generator_params
-from uhn_runtime.init_phase import InitTargets, stage_lr_scale, top_down_stages
+from uhn_runtime.init_phase import InitTargets, run_top_down_init, stage_lr_scale, top_down_stages
+from uhn_runtime.optim import Precision, Stepper, make_adamw
 from uhn_runtime.run_dir import RunDir
+from uhn_runtime.step_bound import LevelChangeBound, relative_changes
 from uhn_runtime.target import DeviceTarget
 from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
 from uhn_runtime.weights import RecursiveSource, depth_lr_scale, head_components, make_source
@@ -293,3 +295,107 @@ def test_bench_compares_the_recursive_train_step_with_k0_in_the_same_run() -> No
     assert recursion["bound"] == pytest.approx((1 + plan.targets[0].num_params / plan.targets[1].num_params) * 1.3)
     assert recursion["train_step_vs_k0"] == pytest.approx(report["train_step"]["seconds"] / recursion["k0_train_step_seconds"])
     assert report["naive"] is None and "recursive" in report["naive_skipped"]
+
+
+# --------------------------------------------------------------------------- the bounded step
+
+
+def test_level_change_bound_keeps_every_level_within_it_and_keeps_adams_direction() -> None:
+    """A plain Adam step at a large lr moves the generated levels by more than the bound; the
+    bounded step shortens it (along the same direction) until each level's relative change
+    is within the bound, measured on the levels generated afterwards."""
+    torch.manual_seed(0)
+    bound = 0.01
+    changes, moves = {}, {}
+    for bounded in (False, True):
+        source = _source(depth=2)
+        start = [p.detach().clone() for p in source.parameters()]
+        limit = LevelChangeBound(source, bound, Precision("cpu", None))
+        before = limit.measure()
+        stepper = Stepper(make_adamw(source.parameters(), 0.05), Precision("cpu", None), bound=limit if bounded else None)
+        flat = source.flat()
+        stepper.step((flat * torch.randn(flat.shape, generator=torch.Generator().manual_seed(1))).sum())
+        changes[bounded] = relative_changes(before, limit.measure())
+        moves[bounded] = torch.cat([(p.detach() - s).reshape(-1) for p, s in zip(source.parameters(), start)])
+        if bounded:
+            assert 0 < limit.last_scale < 1 and limit.last_change == pytest.approx(max(changes[True]), rel=1e-5)
+    assert len(changes[True]) == 3  # H1, H2 and the leaf
+    assert max(changes[False]) > bound
+    assert max(changes[True]) <= bound
+    cosine = torch.nn.functional.cosine_similarity(moves[True], moves[False], dim=0)
+    assert float(cosine) > 0.9999
+
+
+def test_a_run_with_the_bound_resumes_exactly_and_differs_from_the_plain_step(tmp_path: Path) -> None:
+    plan = tiny_recursive_plan(1, steps=6, eval_every=2, lr=1e-2, init_lr=1e-2, level_change_bound=0.002)
+    whole = start_run(plan, tmp_path / "whole", options())
+    with pytest.raises(RunInterrupted):
+        start_run(plan, tmp_path / "killed", options(stop_after_units=3))
+    resumed = resume_run(tmp_path / "killed", options())
+    start_run(tiny_recursive_plan(1, steps=6, eval_every=2, lr=1e-2, init_lr=1e-2), tmp_path / "plain", options())
+    a, b, plain = (torch.load(tmp_path / run / "checkpoints" / "uhn.pt", weights_only=True)["source"] for run in ("whole", "killed", "plain"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["uhn"] == whole["uhn"]
+    assert not all(torch.equal(a[k], plain[k]) for k in a)
+
+
+def test_the_bound_is_refused_for_a_run_that_generates_several_targets(tmp_path: Path) -> None:
+    spec = tmp_path / "family.yaml"
+    text = (SPECS / "digits_mlp_family.yaml").read_text()
+    spec.write_text(text)
+    result = CliRunner().invoke(app, ["train", str(spec), "-o", str(tmp_path / "run"), "--device", "cpu", "--set", "train.level_change_bound=0.01"])
+    assert result.exit_code == 2
+    assert "train.level_change_bound" in result.output and "family" in result.output
+
+
+def test_standardized_levels_have_their_init_statistics_whatever_h0_generates() -> None:
+    """train.level_norm: standardize pins every generated generator tensor to its init mean
+    and std (zero-initialised and one-element tensors left as generated), so a level's scale
+    cannot run away however H0 moves; gradients still reach H0."""
+    torch.manual_seed(0)
+    plan = tiny_recursive_plan(2, level_norm="standardize")
+    source = make_source("uhn", plan, DeviceTarget(plan.trained_target), seed=0)
+    with torch.no_grad():
+        for p in source.generator.out.parameters():
+            p.mul_(37.0)  # H0's output far from any init scale
+    flats = source.level_flats()
+    for k in range(2):
+        stats = InitTargets(source.levels[k].plan, torch.device("cpu"))
+        mean, std = stats.stats(flats[k])
+        kept = (stats.std > 0) & (stats.counts > 1)
+        torch.testing.assert_close(std[kept], stats.std[kept], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(mean[kept], stats.mean[kept], rtol=1e-4, atol=1e-4)
+    raw = source.levels[0].generate(source.generator)
+    left = ~((InitTargets(source.levels[0].plan, torch.device("cpu")).std > 0))
+    seg = InitTargets(source.levels[0].plan, torch.device("cpu")).segment
+    torch.testing.assert_close(flats[0][left[seg]], raw[left[seg]].float())
+    (flats[-1] * torch.randn_like(flats[-1])).sum().backward()
+    grads = [p.grad for p in source.generator.out.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+def test_calibrate_only_init_gives_h1_every_step_and_starts_the_leaf_at_its_init_scale() -> None:
+    """train.init_deep_levels: calibrate: every init step matches H1's statistics, and each
+    level below is only calibrated (the leaf's median std / target std is then 1)."""
+    torch.manual_seed(0)
+    source = _source(depth=2)
+    steps_seen: list[int] = []
+    h1_losses: list[float] = []
+    h1 = InitTargets(source.levels[0].plan, torch.device("cpu"))
+
+    def on_step(step: int, loss: float, lr: float) -> None:
+        steps_seen.append(step)
+        with torch.no_grad():
+            h1_losses.append(float(h1.loss(source.level_flats(1)[0])))
+
+    gains_before = source.gains(1).clone()
+    final = run_top_down_init(source, 5, 1e-3, Precision("cpu", None), "none", on_step, deep_levels="calibrate")
+    assert steps_seen == [0, 1, 2, 3, 4]
+    assert h1_losses[-1] < h1_losses[0]  # the steps went to H1's statistics
+    assert not torch.equal(source.gains(1), gains_before)  # H2 calibrated before the leaf
+    leaf = InitTargets(source.levels[-1].plan, torch.device("cpu"))
+    with torch.no_grad():
+        _, std = leaf.stats(source.flat())
+        assert final == pytest.approx(float(leaf.loss(source.flat())), rel=1e-5)
+    wanted = (leaf.std > 0) & (leaf.counts > 1)
+    assert float(torch.median(std[wanted] / leaf.std[wanted])) == pytest.approx(1.0, rel=1e-4)

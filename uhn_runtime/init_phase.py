@@ -8,6 +8,7 @@ Python loop over parameter tensors, and the targets are built once per target.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
@@ -15,7 +16,11 @@ from uhn_spec.plan import TargetPlan
 
 from .optim import Precision, Stepper, check_finite, make_adamw
 from .schedule import cosine_factor, set_lr, warmup_cosine_factor
+from .step_bound import LevelChangeBound
 from .weights import RecursiveSource, UHNSource
+
+# What the init phase does below H1's level (``train.init_deep_levels``).
+DeepLevels = Literal["train", "calibrate"]
 
 # Keeps sqrt differentiable where a target std is 0 (zero-initialised tensors).
 VAR_EPS = 1e-12
@@ -67,18 +72,23 @@ def run_init_phase(
     last_good: str,
     on_step: Callable[[int, float, float], None] | None = None,
     flat: Callable[[], torch.Tensor] | None = None,
+    change_bound: float | None = None,
+    deep_levels: DeepLevels = "train",
 ) -> float:
     """Match the init statistics with a fresh AdamW and a per-step cosine schedule; the
     optimiser is discarded afterwards (the task phase builds its own). Returns the last loss.
     ``targets`` are one target's statistics, or a function giving step i's loss (a family
     run: the architectures drawn for that step); ``flat`` generates the weights otherwise
     (default ``source.flat``; under torchrun through DDP). A recursive source takes the
-    top-down schedule instead (``run_top_down_init``)."""
+    top-down schedule instead (``run_top_down_init``). ``change_bound``: every step kept
+    within that relative change of the generated weights (``LevelChangeBound``);
+    ``deep_levels``: see ``run_top_down_init``."""
     if isinstance(source, RecursiveSource):
-        return run_top_down_init(source, steps, lr, precision, last_good, on_step)
+        return run_top_down_init(source, steps, lr, precision, last_good, on_step, change_bound, deep_levels)
     generate = flat or source.flat
     loss_at = targets if callable(targets) else lambda _: targets.loss(generate())
-    return _match_stats(source, loss_at, range(steps), lambda step: lr * cosine_factor(step, steps), precision, None, last_good, on_step)
+    bound = LevelChangeBound(source, change_bound, precision) if change_bound else None
+    return _match_stats(source, loss_at, range(steps), lambda step: lr * cosine_factor(step, steps), precision, None, last_good, on_step, bound)
 
 
 def _match_stats(
@@ -90,9 +100,10 @@ def _match_stats(
     grad_clip: float | None,
     last_good: str,
     on_step: Callable[[int, float, float], None] | None,
+    bound: LevelChangeBound | None = None,
 ) -> float:
     """One optimiser (fresh AdamW) over ``steps`` (global step numbers) of ``loss_at(step)``."""
-    stepper = Stepper(make_adamw(source.parameters(), lr_at(steps.start)), precision, grad_clip)
+    stepper = Stepper(make_adamw(source.parameters(), lr_at(steps.start)), precision, grad_clip, bound)
     loss_value = float("nan")
     for step in steps:
         step_lr = lr_at(step)
@@ -135,6 +146,8 @@ def run_top_down_init(
     precision: Precision,
     last_good: str,
     on_step: Callable[[int, float, float], None] | None = None,
+    change_bound: float | None = None,
+    deep_levels: DeepLevels = "train",
 ) -> float:
     """The recursive init phase: level by level from the top (H1's weights first, the leaf
     last), each stage with its own fresh AdamW and clipping at 0.01, matching only the
@@ -142,15 +155,23 @@ def run_top_down_init(
     each stage; deeper: linear warmup over the first half of each stage (the authors' 1,000
     of 2,000 steps), then cosine. Before each stage below H1's, the chain is calibrated
     (``RecursiveSource.calibrate``: beyond the paper) so the stage starts at its targets'
-    scale. Returns the last loss."""
+    scale. ``change_bound``: each stage's steps kept within that relative change of the levels
+    it generates (H1 down to the active level). ``deep_levels="calibrate"`` (beyond the
+    paper): H1's stage takes every step and the levels below it are calibrated only, as the
+    calibration alone starts them at stats loss 1e-4..1e-3 and Adam steps on H0 there move
+    them more than they gain (docs/results.md). Returns the last stage's last loss, or the
+    leaf's stats loss when its stage has no steps."""
     depth = source.depth
+    stages = top_down_stages(steps, depth) if deep_levels == "train" else [range(steps)] + [range(steps, steps)] * depth
     loss_value = float("nan")
-    for level, stage in enumerate(top_down_stages(steps, depth)):
-        if not len(stage):
-            continue
+    for level, stage in enumerate(stages):
         targets = InitTargets(source.levels[level].plan, source.target.device)
         if level >= 1:
             source.calibrate(level, targets)
+        if not len(stage):
+            with torch.no_grad(), precision.autocast():
+                loss_value = float(targets.loss(source.level_flats(level + 1)[level]))
+            continue
         stage_lr = lr * stage_lr_scale(depth, level)
         warmup = len(stage) // 2 if depth >= 2 else 0
 
@@ -160,5 +181,6 @@ def run_top_down_init(
         def loss_of_step(step: int, level: int = level, targets: InitTargets = targets) -> torch.Tensor:
             return targets.loss(source.level_flats(level + 1)[level])
 
-        loss_value = _match_stats(source, loss_of_step, stage, lr_at, precision, TOP_DOWN_GRAD_CLIP, last_good, on_step)
+        bound = LevelChangeBound(source, change_bound, precision, levels=level + 1) if change_bound else None
+        loss_value = _match_stats(source, loss_of_step, stage, lr_at, precision, TOP_DOWN_GRAD_CLIP, last_good, on_step, bound)
     return loss_value

@@ -9,11 +9,14 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from uhn_spec.errors import UHNError
+
+if TYPE_CHECKING:
+    from .step_bound import LevelChangeBound
 
 PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -119,17 +122,20 @@ def check_finite(loss_value: float, where: str, last_good: str) -> None:
 
 
 class Stepper:
-    """backward -> (unscale, clip) -> step -> zero_grad, with the GradScaler when fp16."""
+    """backward -> (unscale, clip) -> step -> zero_grad, with the GradScaler when fp16; the
+    step shortened to keep the generated weights' change within ``bound`` where given."""
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
         precision: Precision,
         grad_clip: float | None = None,
+        bound: LevelChangeBound | None = None,
     ):
         self.optimizer = optimizer
         self.scaler = precision.grad_scaler()
         self.grad_clip = grad_clip
+        self.bound = bound
 
     def params(self) -> list[torch.Tensor]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -161,7 +167,10 @@ class Stepper:
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params(), self.grad_clip)
-        self.scaler.step(self.optimizer)
+        if self.bound is None:
+            self.scaler.step(self.optimizer)
+        else:
+            self.bound.step(lambda: self.scaler.step(self.optimizer))
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
 

@@ -89,6 +89,7 @@ from .optim import Precision, Stepper, check_finite, make_adamw
 from .progress import Progress
 from .run_dir import RunDir
 from .schedule import set_lr, warmup_cosine_factor
+from .step_bound import LevelChangeBound
 from .stop_signals import STOP_SIGNALS, RunStopped, StopSignals
 from .target import DeviceTarget, TargetCache
 from .target_segments import forward_in_segments
@@ -308,7 +309,14 @@ class Phase:
             self.flat = self.source.flat
         else:
             self.flat = synced_flat(self.source, dist, device)
-        self.stepper = Stepper(make_adamw(self.source.parameters(), self.lr), precision, self.cfg.grad_clip)
+        self.change_bound = self.cfg.level_change_bound if kind == "uhn" else None
+        if self.change_bound and is_multi_model(plan):
+            raise UHNError(
+                "train.level_change_bound: bounds one target's generated weights; a family or multi-task "
+                "run generates several (remove it)"
+            )
+        bound = LevelChangeBound(self.source, self.change_bound, precision) if self.change_bound else None  # type: ignore[arg-type]
+        self.stepper = Stepper(make_adamw(self.source.parameters(), self.lr), precision, self.cfg.grad_clip, bound)
         self.by_epoch = self.cfg.epochs is not None
         self.unit_name = "epoch" if self.by_epoch else "step"
         self.total_units = int(self.cfg.epochs or self.cfg.steps)  # type: ignore[arg-type]
@@ -459,7 +467,10 @@ class Phase:
             return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
         with shown:
-            final = run_init_phase(self.source, loss_at, steps, self.cfg.init_lr, self.precision, self.last_good, on_step)
+            final = run_init_phase(
+                self.source, loss_at, steps, self.cfg.init_lr, self.precision, self.last_good, on_step,
+                change_bound=self.change_bound, deep_levels=self.cfg.init_deep_levels,
+            )
         self.progress.line(f"{self.kind} init: {steps} steps, stats loss {final:.4g}  ({self.elapsed():.1f} s)")
 
     # ------------------------------------------------------------------ task phase
@@ -713,6 +724,8 @@ class Phase:
         if self.pcgrad:  # what this interval's projections saw; a new interval starts
             record["pcgrad"] = self.surgery_interval.record()
             self.surgery_interval = SurgeryLog()
+        if self.stepper.bound is not None:  # how much of the last Adam step the bound kept
+            record["step_scale"] = self.stepper.bound.last_scale
         shown = f"{self.kind} {self.unit_name} {self.units_done}/{self.total_units}  loss {mean_loss:.4f}"
         every = self.cfg.eval_every
         evaluated = bool(every and self.units_done % every == 0 and not last)

@@ -85,6 +85,9 @@ class RecursiveSource(nn.Module):
         for k, stats in enumerate(self._stats):
             self.register_buffer(f"gains_{k}", torch.ones(len(stats.names), device=target.device))
             self.register_buffer(f"offsets_{k}", torch.zeros(len(stats.names), device=target.device))
+        # Beyond the paper (``train.level_norm``): each tensor of every H_k standardised to its
+        # init mean and std at every forward, so no level's scale can run away.
+        self.standardize = plan.trained_target.spec.train.level_norm == "standardize"
         self._heads = [head_components(level.plan, stats) for level, stats in zip(self.levels, self._stats)]
         self._head_biases = [head_bias_component(level.plan, stats) for level, stats in zip(self.levels, self._stats)]
 
@@ -113,10 +116,12 @@ class RecursiveSource(nn.Module):
         return flats
 
     def with_gains(self, k: int, flat: torch.Tensor) -> torch.Tensor:
-        """Level k's generated weights (a generator's) times their per-tensor gains, plus
-        their offsets."""
-        segment = self._stats[k].segment
-        return flat * self.gains(k)[segment] + self.offsets(k)[segment]
+        """Level k's generated weights (a generator's), standardised per tensor where
+        ``standardize``, times their per-tensor gains, plus their offsets."""
+        stats = self._stats[k]
+        if self.standardize:
+            flat = standardized(flat, stats)
+        return flat * self.gains(k)[stats.segment] + self.offsets(k)[stats.segment]
 
     @torch.no_grad()
     def calibrate(self, level: int, targets: InitTargets) -> float:
@@ -152,6 +157,17 @@ class RecursiveSource(nn.Module):
         if target is not None and target is not self.target:
             raise ValueError(f"a recursive chain generates its leaf {self.target.plan.name}, not {target.plan.name}")
         return self.level_flats()[-1]
+
+
+def standardized(flat: torch.Tensor, stats: InitTargets) -> torch.Tensor:
+    """``flat`` with each tensor shifted and scaled to its init mean and std (differentiable);
+    a tensor whose target std is 0 (zero-initialised) or that has one element is left as
+    it is, as it has no spread to match."""
+    mean, std = stats.stats(flat)
+    kept = ((stats.std > 0) & (stats.counts > 1))[stats.segment]
+    segment = stats.segment
+    moved = (flat.float() - mean[segment]) / std[segment] * stats.std[segment] + stats.mean[segment]
+    return torch.where(kept, moved, flat.float())
 
 
 def head_components(plan: TargetPlan, stats: InitTargets) -> torch.Tensor:

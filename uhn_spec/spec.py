@@ -171,6 +171,25 @@ class TrainSpec(StrictModel):
     seed: int = Field(0, ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     grad_clip: float | None = Field(None, gt=0)
+    level_change_bound: float | None = Field(
+        None,
+        gt=0,
+        le=1.0,
+        description="UHN runs (beyond the paper): shorten every optimiser step until no generated level's "
+        "weights (each H_k of a recursive chain, and the target) change by more than this fraction of their "
+        "norm; null: the paper's plain step",
+    )
+    level_norm: Literal["none", "standardize"] = Field(
+        "none",
+        description="recursive runs: `none` (the paper's); `standardize` (beyond the paper): every tensor of each "
+        "generated generator H_k is re-normalised to its init mean and std at every forward",
+    )
+    init_deep_levels: Literal["train", "calibrate"] = Field(
+        "train",
+        description="recursive runs: `train` (the paper's): every level of the chain gets its init stage; "
+        "`calibrate` (beyond the paper): H1's stage takes all init_steps and each level below it is only "
+        "calibrated to its init statistics",
+    )
     direct_lr: float | None = Field(None, gt=0, le=1.0, description="lr of the direct baseline (default: lr)")
     eval_every: int | None = Field(None, ge=1, description="evaluate every this many epochs/steps")
     compare_direct: bool = Field(
