@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import uhn_runtime.train as train_module
-from tests.test_multitask import TRAIN, multitask_data, multitask_file, options, spec_error
+from tests.test_multitask import TRAIN, multitask_data, multitask_file, options, run_whole_and_resumed, spec_error
 from uhn_runtime.checkpoint import load_checkpoint
 from uhn_runtime.gradient_surgery import project_conflicts, projection_orders
 from uhn_runtime.optim import Precision, Stepper, make_adamw
-from uhn_runtime.train import TIMING_FIELDS, RunInterrupted, architecture_draw, check_tasks_per_step, resume_run, start_run
+from uhn_runtime.train import TIMING_FIELDS, architecture_draw, check_tasks_per_step, start_run
 from uhn_spec.errors import UHNError
 from uhn_spec.multitask import compile_multitask, load_multitask
 
@@ -159,15 +159,7 @@ def test_resumed_pcgrad_run_ends_with_the_weights_and_records_of_an_uninterrupte
     """bf16 autocast and clipping on; killed at step 6, resumed from the checkpoint at 4."""
     train = {**TRAIN, **PCGRAD, "precision": "bf16", "grad_clip": 0.5}
     plan = compile_multitask(load_multitask(multitask_file(tmp_path, train=train)))
-    whole_summary = start_run(plan, tmp_path / "whole", options())
-    with pytest.raises(RunInterrupted):
-        start_run(plan, tmp_path / "killed", options(stop_after_units=6))
-    resumed_summary = resume_run(tmp_path / "killed", options())
-    whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / "uhn.pt")
-    resumed = load_checkpoint(tmp_path / "killed" / "checkpoints" / "uhn.pt")
-    for key, value in whole["source"].items():
-        assert torch.equal(value, resumed["source"][key]), key
-    assert whole["models"] == resumed["models"]
+    whole_summary, resumed_summary = run_whole_and_resumed(plan, tmp_path)
     assert whole_summary["pcgrad"] == resumed_summary["pcgrad"]
 
     def records(run: str) -> list[dict[str, Any]]:

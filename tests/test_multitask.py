@@ -401,10 +401,9 @@ def test_adaptive_sampling_draws_by_the_logged_reweightings_and_is_deterministic
     assert json.loads((tmp_path / "a" / "run.json").read_text())["task_sampling"]["mode"] == "adaptive"
 
 
-def test_resumed_adaptive_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Path) -> None:
-    """Killed at step 6 (after the re-weighting at 6), resumed from the checkpoint at step 4,
-    which holds the re-weighting at 3 and the steps of the window under way."""
-    plan = compile_multitask(load_multitask(adaptive_file(tmp_path)))
+def run_whole_and_resumed(plan: Any, tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train ``plan`` uninterrupted ("whole") and killed at step 6 then resumed ("killed");
+    assert both end with the same generator and models; return both summaries."""
     whole_summary = start_run(plan, tmp_path / "whole", options())
     with pytest.raises(RunInterrupted):
         start_run(plan, tmp_path / "killed", options(stop_after_units=6))
@@ -414,6 +413,13 @@ def test_resumed_adaptive_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_
     for key, value in whole["source"].items():
         assert torch.equal(value, resumed["source"][key]), key
     assert whole["models"] == resumed["models"]
+    return whole_summary, resumed_summary
+
+
+def test_resumed_adaptive_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Path) -> None:
+    """Killed at step 6 (after the re-weighting at 6), resumed from the checkpoint at step 4,
+    which holds the re-weighting at 3 and the steps of the window under way."""
+    whole_summary, resumed_summary = run_whole_and_resumed(compile_multitask(load_multitask(adaptive_file(tmp_path))), tmp_path)
     assert whole_summary["task_sampling"] == resumed_summary["task_sampling"]
 
 
