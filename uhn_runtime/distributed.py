@@ -250,8 +250,6 @@ def exchange_micro_shards(
     """Every micro-shard's ``width``-float vector, on every rank, in micro-shard order (rank r
     computed those ``owned_micro_shards`` gives it, in ``own``): one all-gather, padded to the
     longest share (gloo gathers equal sizes only)."""
-    if not context.active:
-        return list(own)
     shares = [len(owned_micro_shards(count, r, context.world_size)) for r in range(context.world_size)]
     padded = torch.zeros(max(shares), width, device=device)
     for row, vector in zip(padded, own):

@@ -621,13 +621,16 @@ class Phase:
             (gradient,) = torch.autograd.grad(loss, weights)
             return torch.cat([gradient.float(), loss.detach().float().view(1)])
 
+        count = self.micro_shards
         if batch.node_mask is not None:
-            rows = [loss_and_gradient(0, 1)]
-        else:
-            count = self.micro_shards
+            total = loss_and_gradient(0, 1)
+        elif self.dist.active:
             own = [loss_and_gradient(i, count) for i in owned_micro_shards(count, self.dist.rank, self.dist.world_size)]
-            rows = exchange_micro_shards(self.dist, own, count, weights.numel() + 1, weights.device)
-        total = ordered_sum(rows)
+            total = ordered_sum(exchange_micro_shards(self.dist, own, count, weights.numel() + 1, weights.device))
+        else:  # the same left-to-right sum, without holding every micro-shard's row at once
+            total = loss_and_gradient(0, count)
+            for index in range(1, count):
+                total += loss_and_gradient(index, count)
         gradient, value = total[:-1], float(total[-1])
         if self.dist.active:  # rank 0's value, unchanged (+ 0.0): the stop requests are what it collects
             report = agree_on_step(self.dist, value if self.dist.is_main else 0.0, self.stop.requested, STOP_SIGNALS)
