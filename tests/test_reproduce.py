@@ -173,6 +173,26 @@ def test_a_run_folder_of_other_settings_is_refused(tmp_path: Path) -> None:
         other.run()
 
 
+def edit_spec(path: Path, **train: object) -> None:
+    spec = yaml.safe_load(path.read_text())
+    spec["train"].update(train)
+    path.write_text(yaml.safe_dump(spec))
+
+
+def test_a_run_of_an_edited_spec_is_refused_but_pinning_its_precision_is_not(tmp_path: Path) -> None:
+    h, _ = harness(tmp_path, rows=("tiny_b",))
+    h.run()
+    trained_in = RunDir(tmp_path / "out/tiny/cpu/tiny_b/seed_1").summary()["precision"]  # type: ignore[index]
+    again, shown = harness(tmp_path, rows=("tiny_b",))
+    edit_spec(tmp_path / "b.yaml", precision=trained_in)  # what auto gave the run: the same run
+    again.run()
+    assert "tiny_b seed 1: finished earlier, skipped" in shown.getvalue()
+    edited, _ = harness(tmp_path, rows=("tiny_b",))
+    edit_spec(tmp_path / "b.yaml", lr=0.123)
+    with pytest.raises(TableError, match=r"trained from another version of .*b\.yaml \(train\.lr: .* in the run, 0\.123 now\)"):
+        edited.run()
+
+
 def test_eta_scales_the_estimates_by_the_measured_pace() -> None:
     eta = Eta()
     for estimate in (10.0, 20.0, None):

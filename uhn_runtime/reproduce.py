@@ -4,7 +4,9 @@ A table (``reproduce_tables.py``, or a YAML file of the same shape) lists rows; 
 seed is one run folder ``OUT/<table>/<budget>/<row>/seed_<seed>`` trained in-process through
 ``start_run`` exactly as ``uhn train SPEC --mode both --set ... -o FOLDER`` would. Resumable by
 the run folders themselves: a folder with a summary.json is finished and skipped, one with a
-run.json but no summary is a killed run and continues with ``resume_run``.
+run.json but no summary is a killed run and continues with ``resume_run``. A folder whose run
+was started with other overrides, or from a spec file edited since, is refused, never silently
+reported as that row's result.
 
 The direct baseline's learning rate is chosen per row on a validation split, never on the
 test split (``select_direct_lr``): for each lr of the row's grid, a `--mode direct` run of the
@@ -43,6 +45,7 @@ from uhn_spec.files import atomic_write_text
 from uhn_spec.spec import ExperimentSpec, StrictModel, load_spec
 
 from .reproduce_tables import BUILTIN_TABLES
+from .optim import Precision
 from .run_dir import PACKAGE_PARENT, RunDir, is_uhn_checkout
 
 Budget = Literal["cpu", "paper"]
@@ -185,9 +188,6 @@ class SeedRun:
     def command(self) -> str:
         return train_command(self.shown_spec, "both", self.data_root, self.overrides, self.folder)
 
-    def summary(self) -> dict[str, Any] | None:
-        """The finished run's summary; None if it has not finished; refuses other settings."""
-        return Harness.finished_summary(self.folder, self.overrides, "both")
 
 
 def train_command(spec: str, mode: str, data_root: str | None, overrides: list[str], folder: Path) -> str:
@@ -278,7 +278,7 @@ class Harness:
         for row in runnable:
             direct_lr = self.direct_lr(row)
             for run in self.seed_runs(row, direct_lr.value if direct_lr.chosen else None):
-                if run.summary() is not None:
+                if self.finished_summary(run.folder, run.spec_path, run.overrides, "both") is not None:
                     self.say(f"{row.name} seed {run.seed}: finished earlier, skipped ({run.folder})")
                     continue
                 done += 1
@@ -317,7 +317,7 @@ class Harness:
             stop_after_units=self.options.stop_after_units,
         )
         if run.info_path.is_file():
-            summary = self.finished_summary(folder, overrides, mode)
+            summary = self.finished_summary(folder, spec_path, overrides, mode)
             if summary is not None:
                 return summary
             self.say(f"resuming the killed run in {folder}")
@@ -327,20 +327,49 @@ class Harness:
         source = {"source": str(spec_path), "overrides": list(overrides), "reproduce": self.table.name}
         return start_run(plan, folder, options, source)
 
-    @staticmethod
-    def finished_summary(folder: Path, overrides: list[str], mode: str) -> dict[str, Any] | None:
+    def finished_summary(self, folder: Path, spec_path: Path, overrides: list[str], mode: str) -> dict[str, Any] | None:
         """The summary of the finished run in ``folder`` (None: not finished or not started);
-        refuses a run of other settings (e.g. a table whose budget changed since)."""
+        refuses a run of other settings: other overrides or mode (a table whose budget changed
+        since), or a spec file edited since the run started (its plan holds the spec it trains)."""
         run = RunDir(folder)
         if not run.info_path.is_file():
             return None
         recorded = run.info()
+        fix = "remove the folder to retrain it, or pick another --out"
         if recorded.get("overrides") != overrides or recorded.get("mode") != mode:
             raise TableError(
                 f"{folder}: holds a run of other settings (--set {recorded.get('overrides')}, mode "
-                f"{recorded.get('mode')}; this table asks for --set {overrides}, mode {mode}); remove the folder or pick another --out"
+                f"{recorded.get('mode')}; this table asks for --set {overrides}, mode {mode}); {fix}"
             )
+        drift = self.spec_drift(run, self.load_spec(spec_path, overrides))
+        if drift is not None:
+            raise TableError(f"{folder}: trained from another version of {self.shown(spec_path)} ({drift}); {fix}")
         return run.summary()
+
+    def spec_drift(self, run: RunDir, current: ExperimentSpec) -> str | None:
+        """The first field where the run's spec differs from ``current`` ("train.lr: 0.001 in the
+        run, 0.002 now"); None if they agree. Precision compares what the run trains in (``auto``
+        as resolved when it started) with what ``current`` asks for on this device, so a spec that
+        pins the precision ``auto`` gave the run does not count as changed."""
+        from .train import resolve_device
+
+        trained = run.plan().trained_target.spec
+        device = resolve_device(self.options.device)
+        then = run.precision(trained.train.precision, device).name
+        now = Precision.resolve(current.train.precision, device).name
+        if then != now:
+            return f"train.precision: {then} in the run, {now} now"
+        fields_then = flat_fields(trained.model_dump(mode="json"))
+        fields_now = flat_fields(current.model_dump(mode="json"))
+        changed = sorted(
+            path
+            for path in fields_then.keys() | fields_now.keys()
+            if path != "train.precision" and fields_then.get(path, ABSENT) != fields_now.get(path, ABSENT)
+        )
+        if not changed:
+            return None
+        path = changed[0]
+        return f"{path}: {fields_then.get(path, ABSENT)!r} in the run, {fields_now.get(path, ABSENT)!r} now"
 
     @staticmethod
     def load_spec(spec_path: Path, overrides: list[str]) -> ExperimentSpec:
@@ -423,7 +452,7 @@ class Harness:
         runs = []
         for seed_run in self.seed_runs(row, chosen_lr):
             seed, folder = seed_run.seed, seed_run.folder
-            summary = seed_run.summary()
+            summary = self.finished_summary(folder, seed_run.spec_path, seed_run.overrides, "both")
             if summary is None:
                 return None
             run = RunDir(folder)
@@ -484,6 +513,23 @@ class DirectLr:
     chosen: bool  # on the validation split (else the row's rule)
     how: str
     val: dict[str, float]
+
+
+ABSENT = "absent"  # a field one of two specs lacks (a list of layers grew or shrank)
+
+
+def flat_fields(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A JSON-like value as {"dotted.path": scalar}: "layers.0.kind", "train.lr"."""
+    if isinstance(data, dict):
+        items = data.items()
+    elif isinstance(data, list):
+        items = ((str(i), value) for i, value in enumerate(data))
+    else:
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        flat.update(flat_fields(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
 
 def note_row(row: TableRow) -> dict[str, Any]:
