@@ -13,7 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 from uhn_cli.main import app
-from uhn_runtime.reproduce import Eta, Harness, ReproduceOptions, TableError, load_table, write_results
+from uhn_runtime.optim import TrainingDiverged
+from uhn_runtime.reproduce import EDGE_STEPS, Eta, Harness, ReproduceOptions, TableError, load_table, past_the_edge, write_results
 from uhn_runtime.reproduce_tables import BUILTIN_TABLES
 from uhn_runtime.run_dir import RunDir
 from uhn_runtime.train import RunInterrupted
@@ -78,7 +79,7 @@ def test_a_table_runs_every_row_and_writes_the_interface_json_and_markdown(tmp_p
     assert absent["uhn"] is None and absent["direct"] is None and absent["note"] == "no data here"
     # The row's command is the `uhn train` line of its first seed, with the lr chosen on val.
     lr = a["direct_lr"]
-    assert set(lr["val"]) == {"0.001", "0.01"} and lr["value"] in (1e-3, 1e-2)
+    assert {"0.001", "0.01"} <= set(lr["val"]) and lr["value"] == float(max(lr["val"], key=lr["val"].get))
     assert a["command"].startswith("uhn train ") and f"train.direct_lr={lr['value']!r}" in a["command"]
     assert "--mode both" in a["command"] and "train.seed=1" in a["command"]
     assert b["direct_lr"]["val"] is None  # no grid: the row's rule
@@ -90,6 +91,37 @@ def test_a_table_runs_every_row_and_writes_the_interface_json_and_markdown(tmp_p
     assert f"; precision {precision}; " in markdown  # auto differs by machine: the table says which
     text = shown.getvalue()
     assert "[1/3] tiny_a seed 1" in text and "[3/3] tiny_b seed 1" in text and "ETA" in text
+
+
+def test_a_best_lr_on_the_grid_edge_is_followed_past_it() -> None:
+    grid = [1e-3, 3e-3, 1e-2]
+    assert past_the_edge(grid, {"0.001": 0.90, "0.003": 0.95, "0.01": 0.93}, "accuracy") == []  # inside: done
+    assert past_the_edge(grid, {"0.001": 0.90, "0.003": 0.92, "0.01": 0.95}, "accuracy") == [0.0333]
+    assert past_the_edge(grid, {"0.001": 0.01, "0.003": 0.02, "0.01": 0.03}, "rmse") == [0.000333]
+    # Past the edge the search goes on while it improves, at most EDGE_STEPS lrs per side.
+    further = {"0.001": 0.90, "0.003": 0.92, "0.01": 0.95, "0.0333": 0.96}
+    assert past_the_edge(grid, further, "accuracy") == [0.111]
+    assert EDGE_STEPS == 2 and past_the_edge(grid, {**further, "0.111": 0.97}, "accuracy") == []
+    # A diverged lr (None) closes its side: the best below it is inside what was tried.
+    assert past_the_edge(grid, {"0.001": 0.90, "0.003": 0.92, "0.01": 0.95, "0.0333": None}, "accuracy") == []
+
+
+def test_a_diverging_lr_is_recorded_and_the_sweep_chooses_among_the_others(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    h, shown = harness(tmp_path, rows=("tiny_b",))
+    train_folder = h.train_folder
+
+    def diverges_at_lr_one(spec_path, overrides, folder, mode):  # type: ignore[no-untyped-def]
+        if "train.direct_lr=1.0" in overrides:
+            raise TrainingDiverged("loss became nan at step 3")
+        return train_folder(spec_path, overrides, folder, mode)
+
+    monkeypatch.setattr(h, "train_folder", diverges_at_lr_one)
+    chosen = h.direct_lr(h.table.row("tiny_b").model_copy(update={"direct_lr_grid": [1e-2, 1.0]}))
+    assert chosen.val["1.0"] is None and "direct lr 1.0: diverged (loss became nan at step 3)" in shown.getvalue()
+    assert chosen.value < 1.0 and chosen.val[repr(chosen.value)] is not None
+    # The spec's bound caps the search past the top edge.
+    assert past_the_edge([0.1, 0.5], {"0.1": 0.5, "0.5": 0.9}, "accuracy") == [1.0]
+    assert past_the_edge([0.1, 0.5], {"0.1": 0.5, "0.5": 0.8, "1.0": 0.9}, "accuracy") == []
 
 
 def test_the_direct_lr_is_chosen_on_the_validation_split_once(tmp_path: Path) -> None:
@@ -182,6 +214,7 @@ def edit_spec(path: Path, **train: object) -> None:
 def test_a_run_of_an_edited_spec_is_refused_but_pinning_its_precision_is_not(tmp_path: Path) -> None:
     h, _ = harness(tmp_path, rows=("tiny_b",))
     h.run()
+    write_results(h, tmp_path / "results", "uhn reproduce t")  # the earlier file holds tiny_b
     trained_in = RunDir(tmp_path / "out/tiny/cpu/tiny_b/seed_1").summary()["precision"]  # type: ignore[index]
     again, shown = harness(tmp_path, rows=("tiny_b",))
     edit_spec(tmp_path / "b.yaml", precision=trained_in)  # what auto gave the run: the same run
@@ -191,6 +224,11 @@ def test_a_run_of_an_edited_spec_is_refused_but_pinning_its_precision_is_not(tmp
     edit_spec(tmp_path / "b.yaml", lr=0.123)
     with pytest.raises(TableError, match=r"trained from another version of .*b\.yaml \(train\.lr: .* in the run, 0\.123 now\)"):
         edited.run()
+    # The results leave the row out, say why, and do not fall back to an earlier file's figures.
+    json_path, md_path, missing = write_results(edited, tmp_path / "results", "uhn reproduce t")
+    assert "tiny_b" in missing and "tiny_b" not in [r["row"] for r in json.loads(json_path.read_text())]
+    assert "Out of date (1 rows, left out above until retrained):" in md_path.read_text()
+    assert "* tiny_b: " in md_path.read_text() and "train.lr" in md_path.read_text()
 
 
 def test_eta_scales_the_estimates_by_the_measured_pace() -> None:

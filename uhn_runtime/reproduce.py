@@ -42,10 +42,10 @@ from uhn_spec.budget import check_fits, estimate_budget
 from uhn_spec.compiler import compile_spec
 from uhn_spec.errors import UHNError
 from uhn_spec.files import atomic_write_text
-from uhn_spec.spec import ExperimentSpec, StrictModel, load_spec
+from uhn_spec.spec import MAX_LR, ExperimentSpec, StrictModel, load_spec
 
 from .reproduce_tables import BUILTIN_TABLES
-from .optim import Precision
+from .optim import Precision, TrainingDiverged
 from .run_dir import PACKAGE_PARENT, RunDir, is_uhn_checkout
 
 Budget = Literal["cpu", "paper"]
@@ -388,12 +388,46 @@ class Harness:
         seed = self.seeds(row)[0]
         if path.is_file():
             saved = json.loads(path.read_text(encoding="utf-8"))
-            same_sweep = sorted(map(float, saved.get("grid", []))) == sorted(row.direct_lr_grid) and saved.get("seed") == seed
-            if same_sweep:  # else the grid or seed changed since: sweep again
+            same_sweep = (
+                sorted(map(float, saved.get("grid", []))) == sorted(row.direct_lr_grid)
+                and saved.get("seed") == seed
+                and saved.get("edge_steps") == EDGE_STEPS
+            )
+            # Else the grid, the seed or the protocol changed since: sweep again (the lrs
+            # trained before are read back from their folders, not retrained).
+            if same_sweep:
                 return DirectLr(float(saved["value"]), True, saved["how"], saved["val"])
         return self.sweep_direct_lr(row, seed, path)
 
     def sweep_direct_lr(self, row: TableRow, seed: int, path: Path) -> "DirectLr":
+        """Score each lr of the row's grid on val; while the best lies on an edge of what was
+        tried, try the next lr past it (the grid's own ratio, at most EDGE_STEPS per side), so
+        the chosen lr is never one the grid merely cut off."""
+        grid = sorted(row.direct_lr_grid)
+        scores: dict[str, float | None] = {}
+        pending = list(grid)
+        while pending:
+            lr = pending.pop(0)
+            scores[lr_text(lr)] = self.score_direct_lr(row, seed, lr)
+            if not pending:
+                pending = past_the_edge(grid, scores, row.metric)
+        valid = {lr: score for lr, score in scores.items() if score is not None}
+        if not valid:
+            raise TableError(f"{row.name}: the direct baseline diverged at every lr tried ({', '.join(scores)}); give the row a lower direct_lr_grid")
+        best = pick_best(valid, row.metric)
+        how = (
+            f"chosen from {', '.join(sorted(scores, key=float))} by val {row.metric} (task.validate_split: the training "
+            f"data less a seeded held-out part; Planetoid: its public val nodes), seed {seed}, same budget"
+        )
+        record = {
+            "value": float(best), "how": how, "val": scores, "seed": seed, "grid": row.direct_lr_grid, "edge_steps": EDGE_STEPS,
+        }  # fmt: skip
+        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+        self.say(f"{row.name}: direct lr {best} (val {row.metric} {valid[best]:.4f})")
+        return DirectLr(float(best), True, how, scores)
+
+    def score_direct_lr(self, row: TableRow, seed: int, lr: float) -> float | None:
+        """The val metric of a `--mode direct` run of the row's budget at ``lr``; None if it diverged."""
         from .data import load_task_data
         from .evaluate import evaluate_source
         from .export import load_trained_source
@@ -401,41 +435,41 @@ class Harness:
 
         plan = row.budgets[self.options.budget]
         spec_path = self.spec_path(row)
-        scores: dict[str, float] = {}
-        data = None
-        for lr in row.direct_lr_grid:
-            folder = self.row_folder(row) / "direct_lr" / f"lr_{lr_text(lr)}"
-            overrides = [*plan.set, f"train.seed={seed}", "task.validate_split=true", f"train.direct_lr={lr_text(lr)}"]
-            command = train_command(self.shown(spec_path), "direct", self.options.data_root, overrides, folder)
-            self.say(f"{row.name}: direct lr {lr_text(lr)} on the validation split: {command}")
+        folder = self.row_folder(row) / "direct_lr" / f"lr_{lr_text(lr)}"
+        overrides = [*plan.set, f"train.seed={seed}", "task.validate_split=true", f"train.direct_lr={lr_text(lr)}"]
+        command = train_command(self.shown(spec_path), "direct", self.options.data_root, overrides, folder)
+        self.say(f"{row.name}: direct lr {lr_text(lr)} on the validation split: {command}")
+        try:
             self.train_folder(spec_path, overrides, folder, "direct")
-            source, target, precision = load_trained_source(RunDir(folder), "direct", resolve_device(self.options.device))
-            data = data or load_task_data(target.plan.spec.task, self.options.data_root)
-            scores[lr_text(lr)] = evaluate_source(source, target, data, "val", precision)
-            self.say(f"{row.name}: direct lr {lr_text(lr)}: val {row.metric} {scores[lr_text(lr)]:.4f}")
-        better = max if row.metric == "accuracy" else min
-        best = better(scores, key=lambda k: scores[k])
-        how = (
-            f"chosen from {', '.join(scores)} by val {row.metric} (task.validate_split: the training data "
-            f"less a seeded held-out part; Planetoid: its public val nodes), seed {seed}, same budget"
-        )
-        record = {"value": float(best), "how": how, "val": scores, "seed": seed, "grid": row.direct_lr_grid}
-        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
-        self.say(f"{row.name}: direct lr {best} (val {row.metric} {scores[best]:.4f})")
-        return DirectLr(float(best), True, how, scores)
+        except TrainingDiverged as err:  # past an edge, a too-high lr is an answer, not a failure
+            self.say(f"{row.name}: direct lr {lr_text(lr)}: diverged ({err})")
+            return None
+        source, target, precision = load_trained_source(RunDir(folder), "direct", resolve_device(self.options.device))
+        data = load_task_data(target.plan.spec.task, self.options.data_root)
+        score = evaluate_source(source, target, data, "val", precision)
+        self.say(f"{row.name}: direct lr {lr_text(lr)}: val {row.metric} {score:.4f}")
+        return score
 
     # ------------------------------------------------------------------ results
-    def results(self, earlier: dict[str, dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-        """(the JSON rows of every finished row of the table, the names of rows not run yet).
-        Every row of the table counts, not only --rows: a table fills up over sittings. A row
-        whose run folders are not here (another clone, another machine) keeps its record from
-        ``earlier``, the results file this table wrote before, when that is of this budget."""
-        rows, missing = [], []
+    def results(
+        self, earlier: dict[str, dict[str, Any]] | None = None
+    ) -> tuple[list[dict[str, Any]], list[str], dict[str, str]]:
+        """(the JSON rows of every finished row of the table, the names of rows not run yet,
+        {row: why} for rows whose run folders are refused, e.g. trained at a direct lr the
+        sweep no longer chooses). Every row of the table counts, not only --rows: a table fills
+        up over sittings. A row whose run folders are not here (another clone, another machine)
+        keeps its record from ``earlier``, the results file this table wrote before, when that
+        is of this budget."""
+        rows, missing, refused = [], [], {}
         for row in self.table.rows:
             if not row.runnable:
                 rows.append(note_row(row))
                 continue
-            record = self.row_result(row)
+            try:
+                record = self.row_result(row)
+            except TableError as err:  # out of date: neither its figures nor the earlier file's
+                refused[row.name] = str(err)
+                continue
             kept = (earlier or {}).get(row.name)
             if record is None and kept is not None and kept.get("budget") == self.options.budget and kept.get("uhn"):
                 record = kept
@@ -443,7 +477,7 @@ class Harness:
                 missing.append(row.name)
             else:
                 rows.append(record)
-        return rows, missing
+        return rows, missing, refused
 
     def row_result(self, row: TableRow) -> dict[str, Any] | None:
         saved = self.row_folder(row) / "direct_lr.json"
@@ -482,6 +516,11 @@ class Harness:
         if selected:
             chosen = json.loads(saved.read_text(encoding="utf-8"))
             direct_lr = {"value": chosen["value"], "how": chosen["how"], "val": chosen["val"]}
+            grid = sorted(row.direct_lr_grid)
+            if chosen.get("edge_steps") != EDGE_STEPS and chosen["value"] in (grid[0], grid[-1]):
+                # A sweep from before the search past the grid's edges: the next `uhn reproduce`
+                # of this row sweeps on and retrains the row if the choice moves.
+                direct_lr["edge"] = "on the grid's edge, not searched past it"
         else:
             config = yaml.safe_load((self.row_folder(row) / f"seed_{runs[0]['seed']}" / "config.yaml").read_text())
             train = config["train"]
@@ -512,7 +551,33 @@ class DirectLr:
     value: float
     chosen: bool  # on the validation split (else the row's rule)
     how: str
-    val: dict[str, float]
+    val: dict[str, float | None]  # None: diverged
+
+
+# How many lrs past an edge of a row's direct-lr grid the sweep may try (see past_the_edge).
+EDGE_STEPS = 2
+
+
+def pick_best(scores: dict[str, float], metric: str) -> str:
+    better = max if metric == "accuracy" else min
+    return better(scores, key=lambda lr: scores[lr])
+
+
+def past_the_edge(grid: list[float], scores: dict[str, float | None], metric: str) -> list[float]:
+    """The next lr to try when the best val score so far sits on an edge of the lrs tried
+    ([] when it is inside them, or EDGE_STEPS lrs past that edge were tried already): one grid
+    step further, by the ratio of the grid's two outermost lrs on that side, never above the
+    spec's MAX_LR. A diverged lr (score None) closes its side."""
+    valid = {float(lr): score for lr, score in scores.items() if score is not None}
+    if len(grid) < 2 or not valid:
+        return []
+    tried = sorted(float(lr) for lr in scores)
+    best = float(pick_best({lr_text(lr): score for lr, score in valid.items()}, metric))
+    if best == tried[-1] and sum(lr > grid[-1] for lr in tried) < EDGE_STEPS and best < MAX_LR:
+        return [min(MAX_LR, float(f"{best * grid[-1] / grid[-2]:.3g}"))]
+    if best == tried[0] and sum(lr < grid[0] for lr in tried) < EDGE_STEPS:
+        return [float(f"{best * grid[0] / grid[1]:.3g}")]
+    return []
 
 
 ABSENT = "absent"  # a field one of two specs lacks (a list of layers grew or shrank)
@@ -623,7 +688,14 @@ def format_paper(paper: dict[str, float | None]) -> str:
     return " / ".join(parts) if any(paper.get(k) is not None for k in ("uhn", "direct")) else "not given"
 
 
-def render_markdown(table: Table, budget: Budget, rows: list[dict[str, Any]], missing: list[str], command: str) -> str:
+def render_markdown(
+    table: Table,
+    budget: Budget,
+    rows: list[dict[str, Any]],
+    missing: list[str],
+    command: str,
+    refused: dict[str, str] | None = None,
+) -> str:
     """The table as docs/results.md includes it: one line per finished row, then the rows
     that cannot run or have not run, the budget per row and the command that made it."""
     lines = [
@@ -641,7 +713,7 @@ def render_markdown(table: Table, budget: Budget, rows: list[dict[str, Any]], mi
             notes.append(f"* {record['row']}: {record['note']} (paper UHN / direct: {format_paper(record['paper'])})")
             continue
         lr = record["direct_lr"]
-        lr_cell = f"{lr['value']:g}" + (" (val)" if lr.get("val") else " (rule)")
+        lr_cell = f"{lr['value']:g}" + (" (val)" if lr.get("val") else " (rule)") + (f" ({lr['edge']})" if lr.get("edge") else "")
         seconds = record["seconds"]
         seeds = f" (seeds {', '.join(str(r['seed']) for r in record['runs'])})" if len(record["runs"]) > 1 else ""
         lines.append(
@@ -659,6 +731,9 @@ def render_markdown(table: Table, budget: Budget, rows: list[dict[str, Any]], mi
         lines += ["Rows without data here:", "", *notes, ""]
     if missing:
         lines += [f"Not run yet ({len(missing)} rows, left out above): {', '.join(missing)}.", ""]
+    if refused:
+        lines += [f"Out of date ({len(refused)} rows, left out above until retrained):", ""]
+        lines += [*(f"* {name}: {why}" for name, why in refused.items()), ""]
     if changes:
         lines += [f"What the {budget} budget changes per row:", "", *changes, ""]
     return "\n".join(lines)
@@ -707,11 +782,13 @@ def write_results(
     """Write ``<table>_<budget>.json`` and ``.md`` under ``results_dir``; the rows not run yet.
     Rows finished in an earlier sitting whose run folders are gone stay, from the file itself."""
     json_path, md_path = results_paths(results_dir, harness.table, harness.options.budget)
-    rows, missing = harness.results(earlier_results(json_path))
+    rows, missing, refused = harness.results(earlier_results(json_path))
     atomic_write_text(json_path, json.dumps(rows, indent=2) + "\n")
-    atomic_write_text(md_path, render_markdown(harness.table, harness.options.budget, rows, missing, command) + "\n")
+    markdown = render_markdown(harness.table, harness.options.budget, rows, missing, command, refused)
+    atomic_write_text(md_path, markdown + "\n")
     if say is not None:
         finished = sum(r["uhn"] is not None for r in rows)
         say(f"wrote {json_path} and {md_path}: {finished} rows with results, {len(missing)} rows missing"
-            + (f" ({', '.join(missing)})" if missing else ""))
-    return json_path, md_path, missing
+            + (f" ({', '.join(missing)})" if missing else "")
+            + (f", {len(refused)} out of date ({', '.join(refused)})" if refused else ""))
+    return json_path, md_path, [*missing, *refused]

@@ -157,6 +157,10 @@ class GeneratorSpec(StrictModel):
         return self
 
 
+# The largest learning rate a spec accepts (lr, init_lr, direct_lr): a larger one is a typo.
+MAX_LR = 1.0
+
+
 class TrainSpec(StrictModel):
     """Training schedule. Exactly one of ``epochs`` and ``steps``; ``warmup`` is in the
     same unit."""
@@ -164,9 +168,9 @@ class TrainSpec(StrictModel):
     epochs: int | None = Field(None, ge=1)
     steps: int | None = Field(None, ge=1)
     warmup: int = Field(5, ge=0)
-    lr: float = Field(1e-4, gt=0, le=1.0)
+    lr: float = Field(1e-4, gt=0, le=MAX_LR)
     init_steps: int = Field(0, ge=0, description="steps of the init (statistics-matching) phase")
-    init_lr: float = Field(1e-4, gt=0, le=1.0)
+    init_lr: float = Field(1e-4, gt=0, le=MAX_LR)
     batch_size: int = Field(256, ge=1)
     seed: int = Field(0, ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -190,7 +194,7 @@ class TrainSpec(StrictModel):
         "`calibrate` (beyond the paper): H1's stage takes all init_steps and each level below it is only "
         "calibrated to its init statistics",
     )
-    direct_lr: float | None = Field(None, gt=0, le=1.0, description="lr of the direct baseline (default: lr)")
+    direct_lr: float | None = Field(None, gt=0, le=MAX_LR, description="lr of the direct baseline (default: lr)")
     eval_every: int | None = Field(None, ge=1, description="evaluate every this many epochs/steps")
     compare_direct: bool = Field(
         False,
