@@ -185,6 +185,19 @@ def test_rows_of_an_earlier_sitting_stay_when_their_run_folders_are_gone(tmp_pat
     assert "| tiny_b | rmse |" in md_path.read_text()
 
 
+def test_an_earlier_record_at_a_direct_lr_the_sweep_no_longer_chooses_does_not_stand_in(tmp_path: Path) -> None:
+    h, _ = harness(tmp_path, rows=("tiny_a",), seeds=(1,))
+    h.run()
+    write_results(h, tmp_path / "results", "uhn reproduce t")
+    chosen_path = tmp_path / "out/tiny/cpu/tiny_a/direct_lr.json"
+    chosen = json.loads(chosen_path.read_text())
+    chosen_path.write_text(json.dumps({**chosen, "value": chosen["value"] / 10}))  # a newer sweep's choice
+    shutil.rmtree(tmp_path / "out/tiny/cpu/tiny_a/seed_1")  # the stale run, moved away to retrain
+    again, _ = harness(tmp_path, rows=("tiny_a",), seeds=(1,))
+    json_path, _, missing = write_results(again, tmp_path / "results", "uhn reproduce t")
+    assert "tiny_a" in missing and "tiny_a" not in [r["row"] for r in json.loads(json_path.read_text())]
+
+
 def test_a_damaged_results_file_is_named_not_overwritten(tmp_path: Path) -> None:
     h, _ = harness(tmp_path, rows=("tiny_b",))
     h.run()

@@ -471,13 +471,24 @@ class Harness:
                 refused[row.name] = str(err)
                 continue
             kept = (earlier or {}).get(row.name)
-            if record is None and kept is not None and kept.get("budget") == self.options.budget and kept.get("uhn"):
+            if record is None and kept is not None and self.still_holds(row, kept):
                 record = kept
             if record is None:
                 missing.append(row.name)
             else:
                 rows.append(record)
         return rows, missing, refused
+
+    def still_holds(self, row: TableRow, kept: dict[str, Any]) -> bool:
+        """Whether an earlier results file's record of ``row`` may stand in for its absent run
+        folders: of this budget, with results, and trained at the direct lr this machine's
+        sweep chose (a retrain after a new choice moves the stale folders away)."""
+        if kept.get("budget") != self.options.budget or not kept.get("uhn"):
+            return False
+        saved = self.row_folder(row) / "direct_lr.json"
+        if not (self.options.select_direct_lr and row.direct_lr_grid and saved.is_file()):
+            return True
+        return float(json.loads(saved.read_text(encoding="utf-8"))["value"]) == float(kept["direct_lr"]["value"])
 
     def row_result(self, row: TableRow) -> dict[str, Any] | None:
         saved = self.row_folder(row) / "direct_lr.json"
