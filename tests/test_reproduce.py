@@ -101,7 +101,9 @@ def test_a_best_lr_on_the_grid_edge_is_followed_past_it() -> None:
     # Past the edge the search goes on while it improves, at most EDGE_STEPS lrs per side.
     further = {"0.001": 0.90, "0.003": 0.92, "0.01": 0.95, "0.0333": 0.96}
     assert past_the_edge(grid, further, "accuracy") == [0.111]
-    assert EDGE_STEPS == 2 and past_the_edge(grid, {**further, "0.111": 0.97}, "accuracy") == []
+    rising = {"1e-06": 0.1, "1e-05": 0.2, "0.0001": 0.3, "0.001": 0.4, "0.01": 0.5}
+    assert past_the_edge([1e-6, 1e-5], rising, "accuracy") == [0.1]
+    assert EDGE_STEPS == 4 and past_the_edge([1e-6, 1e-5], {**rising, "0.1": 0.6}, "accuracy") == []
     # A diverged lr (None) closes its side: the best below it is inside what was tried.
     assert past_the_edge(grid, {"0.001": 0.90, "0.003": 0.92, "0.01": 0.95, "0.0333": None}, "accuracy") == []
 

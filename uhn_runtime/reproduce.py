@@ -527,11 +527,12 @@ class Harness:
         if selected:
             chosen = json.loads(saved.read_text(encoding="utf-8"))
             direct_lr = {"value": chosen["value"], "how": chosen["how"], "val": chosen["val"]}
-            grid = sorted(row.direct_lr_grid)
-            if chosen.get("edge_steps") != EDGE_STEPS and chosen["value"] in (grid[0], grid[-1]):
-                # A sweep from before the search past the grid's edges: the next `uhn reproduce`
-                # of this row sweeps on and retrains the row if the choice moves.
-                direct_lr["edge"] = "on the grid's edge, not searched past it"
+            tried = sorted(float(lr) for lr in chosen["val"])
+            if chosen["value"] in (tried[0], tried[-1]) and chosen["value"] < MAX_LR:
+                # The best val score lay on the edge of what was tried: the search stopped at
+                # its limit, or the sweep predates it (the next `uhn reproduce` of the row
+                # sweeps on, and retrains the row if the choice moves).
+                direct_lr["edge"] = "edge of the lrs tried"
         else:
             config = yaml.safe_load((self.row_folder(row) / f"seed_{runs[0]['seed']}" / "config.yaml").read_text())
             train = config["train"]
@@ -566,7 +567,7 @@ class DirectLr:
 
 
 # How many lrs past an edge of a row's direct-lr grid the sweep may try (see past_the_edge).
-EDGE_STEPS = 2
+EDGE_STEPS = 4
 
 
 def pick_best(scores: dict[str, float], metric: str) -> str:
