@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, TypeVar
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -44,8 +44,8 @@ from uhn_spec.errors import UHNError
 from uhn_spec.files import atomic_write_text
 from uhn_spec.spec import MAX_LR, ExperimentSpec, StrictModel, load_spec
 
-from .reproduce_tables import BUILTIN_TABLES
 from .optim import Precision, TrainingDiverged
+from .reproduce_tables import BUILTIN_TABLES
 from .run_dir import PACKAGE_PARENT, RunDir, is_uhn_checkout
 
 Budget = Literal["cpu", "paper"]
@@ -187,7 +187,6 @@ class SeedRun:
 
     def command(self) -> str:
         return train_command(self.shown_spec, "both", self.data_root, self.overrides, self.folder)
-
 
 
 def train_command(spec: str, mode: str, data_root: str | None, overrides: list[str], folder: Path) -> str:
@@ -566,11 +565,14 @@ class DirectLr:
     val: dict[str, float | None]  # None: diverged
 
 
+LrKey = TypeVar("LrKey", str, float)  # an lr as direct_lr.json's keys write it, or as a number
+
 # How many lrs past an edge of a row's direct-lr grid the sweep may try (see past_the_edge).
 EDGE_STEPS = 4
 
 
-def pick_best(scores: dict[str, float], metric: str) -> str:
+def pick_best(scores: dict[LrKey, float], metric: str) -> LrKey:
+    """The lr with the best score: the highest accuracy, the lowest RMSE."""
     better = max if metric == "accuracy" else min
     return better(scores, key=lambda lr: scores[lr])
 
@@ -584,7 +586,7 @@ def past_the_edge(grid: list[float], scores: dict[str, float | None], metric: st
     if len(grid) < 2 or not valid:
         return []
     tried = sorted(float(lr) for lr in scores)
-    best = float(pick_best({lr_text(lr): score for lr, score in valid.items()}, metric))
+    best = pick_best(valid, metric)
     if best == tried[-1] and sum(lr > grid[-1] for lr in tried) < EDGE_STEPS and best < MAX_LR:
         return [min(MAX_LR, float(f"{best * grid[-1] / grid[-2]:.3g}"))]
     if best == tried[0] and sum(lr < grid[0] for lr in tried) < EDGE_STEPS:
@@ -791,8 +793,9 @@ def results_paths(results_dir: Path, table: Table, budget: Budget) -> tuple[Path
 def write_results(
     harness: Harness, results_dir: Path, command: str, say: Callable[[str], None] | None = None
 ) -> tuple[Path, Path, list[str]]:
-    """Write ``<table>_<budget>.json`` and ``.md`` under ``results_dir``; the rows not run yet.
-    Rows finished in an earlier sitting whose run folders are gone stay, from the file itself."""
+    """Write ``<table>_<budget>.json`` and ``.md`` under ``results_dir``; the rows left out (not
+    run yet, or out of date). Rows finished in an earlier sitting whose run folders are gone
+    stay, from the file itself."""
     json_path, md_path = results_paths(results_dir, harness.table, harness.options.budget)
     rows, missing, refused = harness.results(earlier_results(json_path))
     atomic_write_text(json_path, json.dumps(rows, indent=2) + "\n")
