@@ -383,10 +383,9 @@ class Harness:
             reason = "--no-select-direct-lr" if row.direct_lr_grid else "the row has no grid"
             spec = self.load_spec(self.spec_path(row), row.budgets[self.options.budget].set)
             return DirectLr(spec.train.direct_lr or spec.train.lr, False, f"{row.direct_lr_rule} ({reason})", {})
-        path = self.row_folder(row) / "direct_lr.json"
         seed = self.seeds(row)[0]
-        if path.is_file():
-            saved = json.loads(path.read_text(encoding="utf-8"))
+        saved = self.chosen_direct_lr(row)
+        if saved is not None:
             same_sweep = (
                 sorted(map(float, saved.get("grid", []))) == sorted(row.direct_lr_grid)
                 and saved.get("seed") == seed
@@ -396,7 +395,7 @@ class Harness:
             # trained before are read back from their folders, not retrained).
             if same_sweep:
                 return DirectLr(float(saved["value"]), True, saved["how"], saved["val"])
-        return self.sweep_direct_lr(row, seed, path)
+        return self.sweep_direct_lr(row, seed, self.row_folder(row) / "direct_lr.json")
 
     def sweep_direct_lr(self, row: TableRow, seed: int, path: Path) -> "DirectLr":
         """Score each lr of the row's grid on val; while the best lies on an edge of what was
@@ -484,15 +483,20 @@ class Harness:
         sweep chose (a retrain after a new choice moves the stale folders away)."""
         if kept.get("budget") != self.options.budget or not kept.get("uhn"):
             return False
-        saved = self.row_folder(row) / "direct_lr.json"
-        if not (self.options.select_direct_lr and row.direct_lr_grid and saved.is_file()):
-            return True
-        return float(json.loads(saved.read_text(encoding="utf-8"))["value"]) == float(kept["direct_lr"]["value"])
+        chosen = self.chosen_direct_lr(row)
+        return chosen is None or float(chosen["value"]) == float(kept["direct_lr"]["value"])
+
+    def chosen_direct_lr(self, row: TableRow) -> dict[str, Any] | None:
+        """The row's direct_lr.json (its sweep's choice), when the table selects the direct lr
+        on val and the row has been swept; else None."""
+        path = self.row_folder(row) / "direct_lr.json"
+        if not (self.options.select_direct_lr and row.direct_lr_grid and path.is_file()):
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
 
     def row_result(self, row: TableRow) -> dict[str, Any] | None:
-        saved = self.row_folder(row) / "direct_lr.json"
-        selected = self.options.select_direct_lr and bool(row.direct_lr_grid) and saved.is_file()
-        chosen_lr = json.loads(saved.read_text(encoding="utf-8"))["value"] if selected else None
+        chosen = self.chosen_direct_lr(row)
+        chosen_lr = chosen["value"] if chosen is not None else None
         runs = []
         for seed_run in self.seed_runs(row, chosen_lr):
             seed, folder = seed_run.seed, seed_run.folder
@@ -523,8 +527,7 @@ class Harness:
             )
         plan = row.budgets[self.options.budget]
         direct_lr: dict[str, Any]
-        if selected:
-            chosen = json.loads(saved.read_text(encoding="utf-8"))
+        if chosen is not None:
             direct_lr = {"value": chosen["value"], "how": chosen["how"], "val": chosen["val"]}
             tried = sorted(float(lr) for lr in chosen["val"])
             if chosen["value"] in (tried[0], tried[-1]) and chosen["value"] < MAX_LR:
