@@ -374,6 +374,32 @@ def test_standardized_levels_have_their_init_statistics_whatever_h0_generates() 
     assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
 
 
+def test_centered_standardization_also_holds_unspread_tensors_at_their_init_mean() -> None:
+    """train.level_norm: standardize_centered pins what `standardize` pins, and shifts every
+    zero-initialised tensor to its init mean (its spread still free) and holds every
+    one-element tensor (a generator's head bias, which moves the whole level below it) at
+    its init value, whatever H0 generates."""
+    torch.manual_seed(0)
+    plan = tiny_recursive_plan(2, level_norm="standardize_centered")
+    source = make_source("uhn", plan, DeviceTarget(plan.trained_target), seed=0)
+    with torch.no_grad():
+        for p in source.generator.out.parameters():
+            p.add_(0.5).mul_(4.0)  # H0's output far from any init mean or scale
+    flats = source.level_flats()
+    for k in range(2):
+        stats = InitTargets(source.levels[k].plan, torch.device("cpu"))
+        mean, std = stats.stats(flats[k])
+        spread = (stats.std > 0) & (stats.counts > 1)
+        assert bool((~spread).any()), "the tiny generator should have unspread tensors to pin"
+        torch.testing.assert_close(mean, stats.mean, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(std[spread], stats.std[spread], rtol=1e-4, atol=1e-6)
+        zero_init = (stats.std == 0) & (stats.counts > 1)
+        assert bool((std[zero_init] > 1e-3).all()), "a zero-initialised tensor keeps its spread"
+    (flats[-1] * torch.randn_like(flats[-1])).sum().backward()
+    grads = [p.grad for p in source.generator.out.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
 def test_calibrate_only_init_gives_h1_every_step_and_starts_the_leaf_at_its_init_scale() -> None:
     """train.init_deep_levels: calibrate: every init step matches H1's statistics, and each
     level below is only calibrated (the leaf's median std / target std is then 1)."""

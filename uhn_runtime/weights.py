@@ -87,7 +87,9 @@ class RecursiveSource(nn.Module):
             self.register_buffer(f"offsets_{k}", torch.zeros(len(stats.names), device=target.device))
         # Beyond the paper (``train.level_norm``): each tensor of every H_k standardised to its
         # init mean and std at every forward, so no level's scale can run away.
-        self.standardize = plan.trained_target.spec.train.level_norm == "standardize"
+        level_norm = plan.trained_target.spec.train.level_norm
+        self.standardize = level_norm in ("standardize", "standardize_centered")
+        self.center_rest = level_norm == "standardize_centered"
         self._heads = [head_components(level.plan, stats) for level, stats in zip(self.levels, self._stats)]
         self._head_biases = [head_bias_component(level.plan, stats) for level, stats in zip(self.levels, self._stats)]
 
@@ -120,7 +122,7 @@ class RecursiveSource(nn.Module):
         ``standardize``, times their per-tensor gains, plus their offsets."""
         stats = self._stats[k]
         if self.standardize:
-            flat = standardized(flat, stats)
+            flat = standardized(flat, stats, self.center_rest)
         return flat * self.gains(k)[stats.segment] + self.offsets(k)[stats.segment]
 
     @torch.no_grad()
@@ -159,15 +161,19 @@ class RecursiveSource(nn.Module):
         return self.level_flats()[-1]
 
 
-def standardized(flat: torch.Tensor, stats: InitTargets) -> torch.Tensor:
-    """``flat`` with each tensor shifted and scaled to its init mean and std (differentiable);
-    a tensor whose target std is 0 (zero-initialised) or that has one element is left as
-    it is, as it has no spread to match."""
+def standardized(flat: torch.Tensor, stats: InitTargets, center_rest: bool = False) -> torch.Tensor:
+    """``flat`` with each tensor shifted and scaled to its init mean and std (differentiable).
+    A tensor whose target std is 0 (zero-initialised) or that has one element has no spread
+    to match: it is left as it is, or with ``center_rest`` only shifted to its init mean (a
+    one-element tensor, such as a generator's head bias, is then held at it). Unpinned, such
+    tensors drift: in a K = 2 digits chain (docs/results.md) H2's zero-initialised structure
+    projection reached mean -18.5 and its head bias -10.9."""
     mean, std = stats.stats(flat)
-    kept = ((stats.std > 0) & (stats.counts > 1))[stats.segment]
+    spread = ((stats.std > 0) & (stats.counts > 1))[stats.segment]
     segment = stats.segment
-    moved = (flat.float() - mean[segment]) / std[segment] * stats.std[segment] + stats.mean[segment]
-    return torch.where(kept, moved, flat.float())
+    centred = flat.float() - mean[segment]
+    moved = torch.where(spread, centred / std[segment] * stats.std[segment], centred) + stats.mean[segment]
+    return moved if center_rest else torch.where(spread, moved, flat.float())
 
 
 def head_components(plan: TargetPlan, stats: InitTargets) -> torch.Tensor:

@@ -183,10 +183,12 @@ class TrainSpec(StrictModel):
         "weights (each H_k of a recursive chain, and the target) change by more than this fraction of their "
         "norm; null: the paper's plain step",
     )
-    level_norm: Literal["none", "standardize"] = Field(
+    level_norm: Literal["none", "standardize", "standardize_centered"] = Field(
         "none",
         description="recursive runs: `none` (the paper's); `standardize` (beyond the paper): every tensor of each "
-        "generated generator H_k is re-normalised to its init mean and std at every forward",
+        "generated generator H_k with an init spread is re-normalised to its init mean and std at every forward; "
+        "`standardize_centered`: also every other tensor (zero-initialised, or of one element) is shifted to its "
+        "init mean (a one-element tensor, such as a generator's head bias, is held at its init value)",
     )
     init_deep_levels: Literal["train", "calibrate"] = Field(
         "train",
