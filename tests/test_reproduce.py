@@ -91,6 +91,7 @@ def test_a_table_runs_every_row_and_writes_the_interface_json_and_markdown(tmp_p
     assert f"; precision {precision}; " in markdown  # auto differs by machine: the table says which
     text = shown.getvalue()
     assert "[1/3] tiny_a seed 1" in text and "[3/3] tiny_b seed 1" in text and "ETA" in text
+    assert "3 runs to train and 2 direct-lr sweep runs (not in the ETA)" in text  # tiny_a's grid
 
 
 def test_a_best_lr_on_the_grid_edge_is_followed_past_it() -> None:
@@ -254,6 +255,22 @@ def test_eta_scales_the_estimates_by_the_measured_pace() -> None:
     eta.finish(30.0)  # three times slower than estimated
     assert eta.seconds_left() == pytest.approx(20.0 * 3 + 30.0)
     assert "2 runs left" in eta.line() and "measured pace" in eta.line()
+
+
+def test_a_resumed_run_sets_the_pace_by_its_whole_training_time(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    h, shown = harness(tmp_path, rows=("tiny_b",), seeds=(1, 2))
+    train_folder = h.train_folder
+
+    def resumed_after_1000_s(spec_path, overrides, folder, mode):  # type: ignore[no-untyped-def]
+        summary = train_folder(spec_path, overrides, folder, mode)
+        return {**summary, "seconds": 1000.0} if "train.seed=1" in overrides else summary
+
+    monkeypatch.setattr(h, "train_folder", resumed_after_1000_s)
+    h.run()
+    # Seed 1 took a second here (its remainder) but 1,000 s in all: seed 2 is expected to take
+    # as long (the row has no estimate, so the mean measured time is the guess).
+    assert "[1/2] tiny_b seed 1: uhn" in shown.getvalue()
+    assert "(1000 s); ETA 17 min for 1 run left (measured pace)" in shown.getvalue()
 
 
 def test_the_cli_runs_a_table_file_and_reports_bad_input_in_one_line(tmp_path: Path) -> None:

@@ -272,7 +272,10 @@ class Harness:
                 if RunDir(self.row_folder(row) / f"seed_{seed}").summary() is None:
                     eta.add(plan.estimate_seconds)
         total = len(eta.pending)
-        self.say(f"{self.table.name} at the {self.options.budget} budget: {total} runs to train; {eta.line()}")
+        sweeps = sum(self.sweep_runs_left(row) for row in runnable)
+        # A sweep run trains the direct baseline alone, on less data: no row estimate fits it.
+        also = f" and {sweeps} direct-lr sweep runs (not in the ETA)" if sweeps else ""
+        self.say(f"{self.table.name} at the {self.options.budget} budget: {total} runs to train{also}; {eta.line()}")
         done = 0
         for row in runnable:
             direct_lr = self.direct_lr(row)
@@ -284,7 +287,9 @@ class Harness:
                 self.say(f"[{done}/{total}] {row.name} seed {run.seed}: {run.command()}")
                 started = time.monotonic()
                 summary = self.train(run)
-                seconds = time.monotonic() - started
+                # A resumed run's wall time is only what was left of it; its summary's seconds
+                # (every phase, every sitting) are the pace the runs still to train will keep.
+                seconds = max(time.monotonic() - started, float(summary["seconds"]))
                 eta.finish(seconds)
                 self.say(
                     f"[{done}/{total}] {row.name} seed {run.seed}: uhn {summary['uhn']:.4f}  direct {summary['direct']:.4f} "
@@ -383,19 +388,33 @@ class Harness:
             reason = "--no-select-direct-lr" if row.direct_lr_grid else "the row has no grid"
             spec = self.load_spec(self.spec_path(row), row.budgets[self.options.budget].set)
             return DirectLr(spec.train.direct_lr or spec.train.lr, False, f"{row.direct_lr_rule} ({reason})", {})
-        seed = self.seeds(row)[0]
-        saved = self.chosen_direct_lr(row)
+        saved = self.current_choice(row)
         if saved is not None:
-            same_sweep = (
-                sorted(map(float, saved.get("grid", []))) == sorted(row.direct_lr_grid)
-                and saved.get("seed") == seed
-                and saved.get("edge_steps") == EDGE_STEPS
-            )
-            # Else the grid, the seed or the protocol changed since: sweep again (the lrs
-            # trained before are read back from their folders, not retrained).
-            if same_sweep:
-                return DirectLr(float(saved["value"]), True, saved["how"], saved["val"])
-        return self.sweep_direct_lr(row, seed, self.row_folder(row) / "direct_lr.json")
+            return DirectLr(float(saved["value"]), True, saved["how"], saved["val"])
+        return self.sweep_direct_lr(row, self.seeds(row)[0], self.row_folder(row) / "direct_lr.json")
+
+    def current_choice(self, row: TableRow) -> dict[str, Any] | None:
+        """The row's direct_lr.json when its sweep is the one the table runs now (grid, seed and
+        protocol); else None: the row sweeps (again), reading back the lrs trained before."""
+        saved = self.chosen_direct_lr(row)
+        if saved is None:
+            return None
+        same_sweep = (
+            sorted(map(float, saved.get("grid", []))) == sorted(row.direct_lr_grid)
+            and saved.get("seed") == self.seeds(row)[0]
+            and saved.get("edge_steps") == EDGE_STEPS
+        )
+        return saved if same_sweep else None
+
+    def sweep_runs_left(self, row: TableRow) -> int:
+        """The `--mode direct` runs of the row's grid its lr sweep has still to train (steps past
+        an edge of the grid may add more)."""
+        if not (self.options.select_direct_lr and row.direct_lr_grid) or self.current_choice(row) is not None:
+            return 0
+        return sum(RunDir(self.sweep_folder(row, lr)).summary() is None for lr in row.direct_lr_grid)
+
+    def sweep_folder(self, row: TableRow, lr: float) -> Path:
+        return self.row_folder(row) / "direct_lr" / f"lr_{lr_text(lr)}"
 
     def sweep_direct_lr(self, row: TableRow, seed: int, path: Path) -> "DirectLr":
         """Score each lr of the row's grid on val; while the best lies on an edge of what was
@@ -433,7 +452,7 @@ class Harness:
 
         plan = row.budgets[self.options.budget]
         spec_path = self.spec_path(row)
-        folder = self.row_folder(row) / "direct_lr" / f"lr_{lr_text(lr)}"
+        folder = self.sweep_folder(row, lr)
         overrides = [*plan.set, f"train.seed={seed}", "task.validate_split=true", f"train.direct_lr={lr_text(lr)}"]
         command = train_command(self.shown(spec_path), "direct", self.options.data_root, overrides, folder)
         self.say(f"{row.name}: direct lr {lr_text(lr)} on the validation split: {command}")
