@@ -17,6 +17,8 @@ from .main import command
 from .options import DEFAULT_DEVICE, DataRootOption, DeviceOption
 
 DEFAULT_OUT = Path("runs/reproduce")
+# Where the results files are written, relative to the working directory (the interface
+# names benchmarks/results/TABLE_BUDGET.json); nothing is read or imported from there.
 DEFAULT_RESULTS = Path("benchmarks/results")
 
 
