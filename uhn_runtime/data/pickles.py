@@ -96,7 +96,8 @@ class ArrayRecord:
         element = dtype.resolve()
         count = math.prod(shape)
         if len(raw) != count * element.itemsize:
-            raise DataError(f"{where}: an array of shape {shape} {element} holds {len(raw)} bytes, not {count * element.itemsize}")
+            expected = count * element.itemsize
+            raise DataError(f"{where}: an array of shape {shape} {element} holds {len(raw)} bytes, not {expected}")
         flat = np.frombuffer(raw, dtype=element, count=count)
         return np.array(flat.reshape(shape, order="F" if fortran else "C"))  # a writable copy
 
@@ -123,7 +124,7 @@ class SparseRecord:
             raise DataError(f"{where}: a sparse matrix that is not a 2-d CSR matrix")
         rows, cols = shape
         if not all(type(n) is int and n >= 0 for n in shape) or rows * cols > MAX_DENSE_ELEMENTS:
-            raise DataError(f"{where}: a sparse matrix of shape {shape!r}, more than {MAX_DENSE_ELEMENTS:,} entries dense")
+            raise DataError(f"{where}: a sparse matrix of shape {shape!r}, over {MAX_DENSE_ELEMENTS:,} entries dense")
         data, indices, indptr = (_part(fields.get(name), f"{where}: {name}") for name in ("data", "indices", "indptr"))
         if indices.dtype.kind not in "iu" or indptr.dtype.kind not in "iu" or data.dtype.kind not in "biuf":
             raise DataError(f"{where}: a sparse matrix whose index arrays are not integers")
@@ -213,7 +214,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent references are not allowed")
 
 
-def load_pickle(stream: BinaryIO, where: str, what: str, allowed: Mapping[tuple[str, str], object], encoding: str) -> Any:
+def load_pickle(
+    stream: BinaryIO, where: str, what: str, allowed: Mapping[tuple[str, str], object], encoding: str
+) -> Any:
     """The object pickled in ``stream``, built from plain containers and records only.
 
     ``what`` names the expected content for the error (``a CIFAR-10 python batch``); files

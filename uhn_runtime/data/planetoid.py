@@ -24,7 +24,6 @@ have PubMed's 500 features and 3 classes, so CiteSeer cannot silently take their
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import torch
 from uhn_spec.spec import TaskSpec
 
 from . import DataError, TaskData, register_loader
-from .files import PLANETOID_NAMES, PLANETOID_SUFFIXES, atomic_copy, cache_root, missing_error, source_key
+from .files import PLANETOID_NAMES, PLANETOID_SUFFIXES, missing_error
 from .pickles import DICTS_OF_LISTS, NUMPY_ARRAYS, SPARSE_MATRICES, as_array, load_pickle
 from .synthetic import GraphData
 
@@ -146,7 +145,8 @@ def read_planetoid(root: Path, name: str) -> PlanetoidGraph:
     _check(y.shape[1] == ty.shape[1] == ally.shape[1], paths["ty"], "y, ty and ally have different class counts")
     _check(len(allx) == len(ally) and len(x) == len(y), paths["ally"], "features and labels have different row counts")
     _check(len(tx) == len(ty) == len(test_index), paths["test.index"], "tx, ty and the test ids differ in count")
-    _check(int(test_index.min()) == len(allx), paths["test.index"], f"the first test id is not {len(allx)} (after allx)")
+    lowest_test_id = int(test_index.min())
+    _check(lowest_test_id == len(allx), paths["test.index"], f"the lowest test id is {lowest_test_id}, not {len(allx)}")
 
     sorted_test_index = test_index.sort()[0]
     span = int(test_index.max() - test_index.min()) + 1
@@ -185,53 +185,17 @@ def normalize_features(x: torch.Tensor) -> torch.Tensor:
     return x.div_(x.sum(dim=-1, keepdim=True).clamp_(min=1.0))
 
 
-def planetoid_base(root: Path, name: str) -> Path:
-    """The folder to hand torch_geometric: a copy of the raw files in the cache, never the
-    data root itself (torch_geometric writes ``processed/`` beside ``raw/``). The copy's
-    folder is named by the raw files' paths, sizes and times, so replaced files get a new
-    copy and a fresh ``processed/``."""
-    expected = raw_files(name)
-    missing = [rel for rel in expected if not (root / rel).is_file()]
-    if missing:
-        err = missing_error(name, root, missing[:1], f"{len(missing)} of its 8 raw Planetoid files")
-        if name == "pubmed":
-            raise DataError(f"{err}. {PUBMED_STAND_IN}")
-        raise err
-    version = hashlib.sha256("\n".join(source_key(root / rel) for rel in expected).encode()).hexdigest()[:20]
-    base = cache_root() / "planetoid" / version
-    try:
-        for rel in expected:
-            dst = base / Path(rel).relative_to("planetoid")
-            if not dst.is_file():
-                atomic_copy(root / rel, dst)
-    except OSError as err:
-        raise DataError(
-            f"{name}: copying its raw files from {root / 'planetoid'} to the cache {base} failed ({err}); "
-            "set UHN_CACHE to a writable folder"
-        ) from None
-    return base
-
-
 @register_loader("cora", "citeseer", "pubmed")
 def load_planetoid(task: TaskSpec, root: Path) -> TaskData:
-    from torch_geometric.datasets import Planetoid  # local: heavy import, graphs only
-    from torch_geometric.transforms import NormalizeFeatures
-
     name = task.dataset
-    base = planetoid_base(root, name)
-    dataset = Planetoid(str(base), PLANETOID_NAMES[name], split="public", transform=NormalizeFeatures())
-    graph = dataset[0]
+    graph = read_planetoid(root, name)
+    features, classes = graph.x.shape[1], int(graph.y.max()) + 1
     info = task.info
-    if graph.num_features != info.input_dims[0] or dataset.num_classes != info.num_outputs:
+    if features != info.input_dims[0] or classes != info.num_outputs:
         raise DataError(
-            f"{name}: the files under {base / PLANETOID_NAMES[name]} have {graph.num_features} features and "
-            f"{dataset.num_classes} classes; {name} has {info.input_dims[0]} and {info.num_outputs}"
+            f"{name}: the files under {root / 'planetoid' / PLANETOID_NAMES[name] / 'raw'} have {features} features "
+            f"and {classes} classes; {name} has {info.input_dims[0]} and {info.num_outputs}"
         )
-    data = GraphData(
-        metric="accuracy",
-        x=graph.x,
-        y=graph.y,
-        edge_index=graph.edge_index,
-        masks={"train": graph.train_mask, "val": graph.val_mask, "test": graph.test_mask},
+    return GraphData(
+        metric="accuracy", x=normalize_features(graph.x), y=graph.y, edge_index=graph.edge_index, masks=graph.masks
     )
-    return data
