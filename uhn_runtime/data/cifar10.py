@@ -6,9 +6,9 @@
   numpy arrays from raw bytes.
 * An image-folder tar (``*.tar``/``*.tar.gz``, e.g. ``cifar10-jpeg.tar.gz`` of
   ../shared/data): ``train/<class>/<name>.jpg|png`` and ``test/<class>/...``. Decoding the
-  60,000 images takes 10-30 s, so the decoded uint8 arrays are cached (safetensors, in the
-  writable cache folder) under the archive's path, size and mtime; later runs load them in
-  about a second.
+  60,000 images takes 10-30 s, so the decoded uint8 arrays are cached (safetensors with a
+  checksum checked at load, in the writable cache folder) under the archive's path, size
+  and mtime; later runs load them in about a second.
 
 Preprocessing (reference-facts §7): per-channel normalisation with mean
 (125.3, 123.0, 113.9)/255 and std (63.0, 62.1, 66.7)/255; training batches are augmented
@@ -158,7 +158,8 @@ def cached_image_tar(archive: Path) -> tuple[Arrays, Arrays]:
             for part, array in zip(("x", "y"), arrays)
         }
 
-    saved = cached_tensors("cifar10", [source_key(archive), f"v{CACHE_VERSION}"], decode)
+    names = ("train_x", "train_y", "test_x", "test_y")
+    saved = cached_tensors("cifar10", [source_key(archive), f"v{CACHE_VERSION}"], names, decode)
     return (
         (saved["train_x"].numpy(), saved["train_y"].numpy()),
         (saved["test_x"].numpy(), saved["test_y"].numpy()),
