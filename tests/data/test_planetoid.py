@@ -190,8 +190,9 @@ def _sparse_with_bad_index() -> bytes:
         (lambda: pickle.dumps(collections.defaultdict(list), protocol=4), "expected an array, found dict"),
         (lambda: pickle.dumps(np.zeros((2, 2), np.float32), protocol=4)[:-30], "nothing in it was run"),
         (lambda: b"", "nothing in it was run"),
+        (lambda: b"\x80\x04\x8e" + (1 << 62).to_bytes(8, "little") + b"abc", r"\(MemoryError\); nothing in it was run"),
     ],
-    ids=["object-array", "index-out-of-range", "huge-sparse", "vector", "dict", "truncated", "empty"],
+    ids=["object-array", "index-out-of-range", "huge-sparse", "vector", "dict", "truncated", "empty", "2^62-bytes"],
 )
 def test_malformed_contents_are_refused_in_one_line(tmp_path: Path, payload: Callable[[], bytes], reason: str) -> None:
     folder = write_planetoid(tmp_path, "cora", gaps=False)

@@ -224,7 +224,8 @@ def load_pickle(
     try:
         return RestrictedUnpickler(stream, allowed, encoding).load()
     except UNPICKLING_ERRORS as err:
-        raise DataError(f"{where}: not {what} ({err}); nothing in it was run") from None
+        reason = str(err) or type(err).__name__  # MemoryError: a size field claims more than there is
+        raise DataError(f"{where}: not {what} ({reason}); nothing in it was run") from None
 
 
 def as_array(value: object, where: str) -> np.ndarray:
