@@ -1,13 +1,14 @@
 """CIFAR-10 from ``<root>/cifar10/``, in either of two forms.
 
 * The official python batches: ``cifar-10-batches-py/`` or ``cifar-10-python.tar.gz``
-  (read straight from the archive). The batches are pickles; they are read with an
-  unpickler that can build nothing but plain containers and numpy uint8 arrays.
+  (read straight from the archive). The batches are pickles; they are read with the
+  restricted unpickler of ``pickles.py``, which builds nothing but plain containers and
+  numpy arrays from raw bytes.
 * An image-folder tar (``*.tar``/``*.tar.gz``, e.g. ``cifar10-jpeg.tar.gz`` of
   ../shared/data): ``train/<class>/<name>.jpg|png`` and ``test/<class>/...``. Decoding the
-  60,000 images takes 10-30 s, so the decoded uint8 arrays are cached (safetensors, in the
-  writable cache folder) under the archive's path, size and mtime; later runs load them in
-  about a second.
+  60,000 images takes 10-30 s, so the decoded uint8 arrays are cached (safetensors with a
+  checksum checked at load, in the writable cache folder) under the archive's path, size
+  and mtime; later runs load them in about a second.
 
 Preprocessing (reference-facts §7): per-channel normalisation with mean
 (125.3, 123.0, 113.9)/255 and std (63.0, 62.1, 66.7)/255; training batches are augmented
@@ -17,11 +18,10 @@ Preprocessing (reference-facts §7): per-channel normalisation with mean
 from __future__ import annotations
 
 import io
-import pickle
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from uhn_spec.spec import TaskSpec
 from . import DataError, TaskData, register_loader
 from .files import cached_tensors, missing_error, source_key
 from .images import ImageData
+from .pickles import NUMPY_ARRAYS, as_array, load_pickle
 from .splits import train_val_test
 
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
@@ -51,42 +52,15 @@ Arrays = tuple[np.ndarray, np.ndarray]  # uint8 (N, 3, 32, 32), int64 (N,)
 # --------------------------------------------------------------------------- official batches
 
 
-def _numpy_reconstruct() -> Any:
-    # numpy pickles arrays as a call to this function followed by __setstate__.
-    return np.ndarray.__reduce__(np.zeros(1))[0]
-
-
-class BatchUnpickler(pickle.Unpickler):
-    """Builds only what a CIFAR batch holds: dicts, lists, bytes, str, int and numpy arrays.
-
-    Allowing numpy's array reconstructor, ``ndarray`` and ``dtype`` is safe: they create an
-    array and fill it from raw bytes, and call nothing else. Any other global -- the way a
-    malicious pickle runs code -- is refused.
-    """
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
-        if name == "_reconstruct":
-            return _numpy_reconstruct()
-        return getattr(np, name)
-
-
 def read_batch(stream: BinaryIO, where: str) -> Arrays:
-    try:
-        # The batches were pickled by Python 2: their str keys arrive as bytes.
-        batch = BatchUnpickler(stream, encoding="bytes").load()
-        data = np.asarray(batch[b"data"])
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
-        raise DataError(f"{where}: not a CIFAR-10 python batch ({err})") from None
+    # The batches were pickled by Python 2: their str keys arrive as bytes.
+    batch = load_pickle(stream, where, "a CIFAR-10 python batch", NUMPY_ARRAYS, encoding="bytes")
+    if not isinstance(batch, dict) or b"data" not in batch or not isinstance(batch.get(b"labels"), list):
+        raise DataError(f"{where}: not a CIFAR-10 python batch (a dict with b'data' and b'labels')")
+    data = as_array(batch[b"data"], f"{where}: data")
+    if not all(type(label) is int and 0 <= label < len(CLASSES) for label in batch[b"labels"]):
+        raise DataError(f"{where}: labels are not whole numbers in 0..9")
+    labels = np.array(batch[b"labels"], dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != int(np.prod(IMAGE_SHAPE)):
         raise DataError(f"{where}: expected uint8 rows of 3072 pixels, got {data.dtype} {data.shape}")
     if labels.shape != (len(data),) or labels.min(initial=0) < 0 or labels.max(initial=0) >= len(CLASSES):
@@ -184,7 +158,8 @@ def cached_image_tar(archive: Path) -> tuple[Arrays, Arrays]:
             for part, array in zip(("x", "y"), arrays)
         }
 
-    saved = cached_tensors("cifar10", [source_key(archive), f"v{CACHE_VERSION}"], decode)
+    names = ("train_x", "train_y", "test_x", "test_y")
+    saved = cached_tensors("cifar10", [source_key(archive), f"v{CACHE_VERSION}"], names, decode)
     return (
         (saved["train_x"].numpy(), saved["train_y"].numpy()),
         (saved["test_x"].numpy(), saved["test_y"].numpy()),

@@ -6,15 +6,15 @@ whose layout is that of ``../shared/data`` (``mnist/``, ``cifar10/``,
 ``planetoid/<Name>/raw``, ``ag_news/``, ``imdb/``).
 
 uhn never writes into a data root (it may be a shared mount, and is the user's): anything
-derived from it -- decoded CIFAR images, encoded text, Planetoid's ``processed/`` files --
-goes to a per-user cache folder instead.
+derived from it -- decoded CIFAR images, encoded text -- goes to a per-user cache folder
+instead, as safetensors files verified by a checksum at every load (``cached_tensors``).
+Planetoid graphs are built from their raw files at every load and are not cached.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +28,7 @@ from . import DataError
 
 PLANETOID_URL = "https://github.com/kimiyoung/planetoid/raw/master/data"
 PLANETOID_SUFFIXES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
-# The Planetoid folder names torch_geometric expects, by dataset name.
+# The Planetoid folder names (as torch_geometric spells them), by dataset name.
 PLANETOID_NAMES = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
 
 
@@ -136,7 +136,7 @@ SOURCES: dict[str, DatasetSource] = {
             "https://github.com/kimiyoung/planetoid",
             unavailable=(
                 "no checksums of the PubMed files could be verified here, so uhn does not "
-                "download them (they are pickles, read by torch_geometric); place "
+                "download them; place "
                 f"ind.pubmed.{{{','.join(PLANETOID_SUFFIXES)}}} from {PLANETOID_URL} under "
                 "planetoid/PubMed/raw/ yourself"
             ),
@@ -220,29 +220,56 @@ def source_key(path: Path) -> str:
     return f"{path.resolve()}:{stat.st_size}-{stat.st_mtime_ns}"
 
 
+CACHE_FORMAT = 2  # 2: every file carries the checksum of its tensors
+CACHE_CHECKSUM_KEY = "tensors_sha256"
+
+
 def cached_tensors(
-    kind: str, key_parts: list[str], build: Callable[[], dict[str, torch.Tensor]]
+    kind: str, key_parts: list[str], names: tuple[str, ...], build: Callable[[], dict[str, torch.Tensor]]
 ) -> dict[str, torch.Tensor]:
     """Tensors derived from source files (decoded images, encoded text), built once per
-    version of the sources and of the settings in ``key_parts``, then loaded from the cache
-    (safetensors: loading runs no code)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
+    version of the sources and of the settings in ``key_parts``, then loaded from the cache.
 
-    digest = hashlib.sha256("\n".join(key_parts).encode()).hexdigest()[:20]
+    Loading runs no code (safetensors) and is verified: the file's metadata holds a SHA-256
+    of its tensors (names, dtypes, shapes, bytes), written with it and checked at every load,
+    and it must hold exactly ``names``. A file that fails (a flipped bit, a truncated write,
+    another file put in its place) is rebuilt, with a warning naming it."""
+    digest = hashlib.sha256("\n".join([*key_parts, f"cache format {CACHE_FORMAT}"]).encode()).hexdigest()[:20]
     path = cache_root() / kind / f"{digest}.safetensors"
     if path.is_file():
-        try:
-            return load_file(path)
-        except (OSError, SafetensorError):
-            pass  # damaged (e.g. a full disk): rebuilt below
+        saved = load_verified(path)
+        if saved is not None and set(saved) == set(names):
+            return saved
+        warnings.warn(f"{path}: the cached {kind} data is damaged (it does not match its checksum); rebuilding it")
     tensors = build()
     try:
-        atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
+        atomic_write(path, lambda tmp: save_verified(tensors, tmp))
     except OSError as err:  # the cache only saves time: a run goes on without it
         warnings.warn(f"could not cache {kind} data in {path.parent} ({err}); set UHN_CACHE to a writable folder")
     return tensors
 
 
-def atomic_copy(src: Path, dst: Path) -> Path:
-    return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+def save_verified(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """A safetensors file whose metadata holds the checksum ``load_verified`` checks."""
+    from safetensors.torch import save_file
+
+    from uhn_runtime.export import tensors_checksum  # local: the one tensor checksum of uhn
+
+    contiguous = {name: tensor.contiguous() for name, tensor in tensors.items()}
+    save_file(contiguous, str(path), metadata={CACHE_CHECKSUM_KEY: tensors_checksum(contiguous)})
+
+
+def load_verified(path: Path) -> dict[str, torch.Tensor] | None:
+    """The tensors of a file ``save_verified`` wrote; None when it cannot be read or its
+    tensors do not match the checksum in its metadata."""
+    from safetensors import SafetensorError, safe_open
+
+    from uhn_runtime.export import tensors_checksum
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            recorded = (handle.metadata() or {}).get(CACHE_CHECKSUM_KEY)
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (OSError, SafetensorError):
+        return None
+    return tensors if recorded == tensors_checksum(tensors) else None

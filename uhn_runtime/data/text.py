@@ -117,7 +117,8 @@ def text_task(
         f"version={TEXT_CACHE_VERSION}",
         *key_extras,
     ]
-    saved = cached_tensors("text", key, lambda: encode_texts(*read(), task.vocab_size, max_length))
+    names = tuple(f"{split}_{part}" for split in ("train", "test") for part in ("ids", "lengths", "labels"))
+    saved = cached_tensors("text", key, names, lambda: encode_texts(*read(), task.vocab_size, max_length))
 
     def split(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return pad_sequences(saved[f"{name}_ids"], saved[f"{name}_lengths"]), saved[f"{name}_labels"]
