@@ -7,17 +7,21 @@ facts and git revision recorded in run.json.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import resource
 import shutil
+import signal
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -192,3 +196,116 @@ def test_a_broken_embedded_spec_names_the_file_and_field(exported: Path, tmp_pat
 
     broken = rewrite_export(exported, tmp_path / "spec.safetensors", edit_metadata=break_spec)
     assert f"{broken}: metadata spec_json: layers[0].out_features:" in one_error(["evaluate", str(broken)])
+
+
+# --------------------------------------------------------------------------- refused writes
+
+
+def run_python(code: str, *args: str, file_size_limit: int | None = None) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter; ``file_size_limit``: under RLIMIT_FSIZE of that many
+    bytes (SIGXFSZ ignored, as Python does, so a write past it fails with EFBIG)."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=120,
+        preexec_fn=limit if file_size_limit is not None else None,
+    )
+
+
+def test_past_the_file_size_limit_an_export_and_a_checkpoint_are_one_line_and_keep_the_old_files(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    # torch.save's own failure is a RuntimeError "unexpected pos" and safetensors' a
+    # SafetensorError; the OSError behind each is what the line names.
+    code = (
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from uhn_cli.main import app\n"
+        "from uhn_runtime.checkpoint import save_checkpoint\n"
+        "from uhn_spec.errors import UHNError\n"
+        "try:\n    save_checkpoint(Path(sys.argv[1]), {'x': torch.zeros(10_000)})\n"
+        "except UHNError as err:\n    print(err, flush=True)\n"
+        "app(sys.argv[2:])\n"
+    )
+    checkpoint = tmp_path / "checkpoints" / "uhn.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"the checkpoint from before")
+    export = tmp_path / "model.safetensors"
+    export.write_bytes(b"the export from before")
+    args = (str(checkpoint), "export", str(finished_run), "-o", str(export))
+    done = run_python(code, *args, file_size_limit=1024)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    limit = "cannot write: the file would pass the file-size limit (ulimit -f)"
+    assert done.stdout.strip() == f"{checkpoint}: {limit}"
+    assert done.stderr.strip().splitlines()[-1] == f"error: {export}: {limit}"
+    assert checkpoint.read_bytes() == b"the checkpoint from before" and os.listdir(checkpoint.parent) == ["uhn.pt"]
+    assert export.read_bytes() == b"the export from before"
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "model.safetensors"]
+
+
+def fails_like(kind: str) -> None:
+    """How writers fail on a full disk: an OSError, torch.save's RuntimeError raised while
+    handling one, safetensors' error that carries the errno in its message."""
+    if kind == "oserror":
+        raise OSError(errno.ENOSPC, "No space left on device")
+    if kind == "torch":
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534") from None
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+@pytest.mark.parametrize("kind", ["oserror", "torch", "safetensors"])
+def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_old_one(tmp_path: Path, kind: str) -> None:
+    from uhn_spec.files import WriteError
+
+    path = atomic_write_text(tmp_path / "f.txt", "old")
+
+    def write(tmp: Path) -> None:
+        tmp.write_text("half")
+        fails_like(kind)
+
+    with pytest.raises(WriteError) as refused:
+        atomic_write(path, write)
+    assert str(refused.value) == f"{path}: cannot write: no space left on the device"
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_a_bug_in_a_writer_is_not_taken_for_a_write_error(tmp_path: Path) -> None:
+    def write(tmp: Path) -> None:
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError, match="a bug"):
+        atomic_write(tmp_path / "f.txt", write)
+
+
+# --------------------------------------------------------------------------- temporary files
+
+
+def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    path = tmp_path / "uhn.pt"
+    code = (
+        "import sys, time\n"
+        "from uhn_spec.files import atomic_write\n"
+        "def write(tmp):\n    tmp.write_text('half')\n    print('writing', flush=True)\n    time.sleep(120)\n"
+        "atomic_write(sys.argv[1], write)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
+    finally:
+        writer.kill()  # SIGKILL: no finally block of the writer runs
+        writer.wait()
+    left = [name for name in os.listdir(tmp_path) if name.startswith(f".uhn.pt.{writer.pid}.")]
+    assert len(left) == 1 and left[0].endswith(".tmp")
+    live = tmp_path / f".uhn.pt.{os.getppid()}.0123abcd.tmp"  # a writer still running keeps its file
+    other = tmp_path / ".other.pt.1.0123abcd.tmp"  # another file's
+    live.write_text("x")
+    other.write_text("x")
+    atomic_write_text(path, "new")
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, other.name, "uhn.pt"]) and path.read_text() == "new"
