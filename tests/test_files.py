@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -32,7 +33,7 @@ from uhn_runtime.train import TrainOptions, start_run
 from uhn_spec.files import atomic_write, atomic_write_text
 
 from .conftest import REPO_ROOT
-from .tiny_specs import tiny_plan
+from .tiny_specs import tiny_plan, tiny_spec_yaml
 
 runner = CliRunner()
 
@@ -282,6 +283,91 @@ def test_a_bug_in_a_writer_is_not_taken_for_a_write_error(tmp_path: Path) -> Non
 
     with pytest.raises(ValueError, match="a bug"):
         atomic_write(tmp_path / "f.txt", write)
+
+
+def read_only_under(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every write under ``root`` fail as on a read-only mount (EROFS): tests run as root,
+    which ignores permission bits, so chmod cannot make a folder read-only for them."""
+    inside = lambda path: Path(os.path.abspath(os.fsdecode(path))).is_relative_to(root)  # noqa: E731
+    real_open, real_mkdir, real_replace = os.open, os.mkdir, os.replace
+    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+    def refuse(path: Any) -> OSError:
+        return OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+
+    def fake_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & writes and inside(path):
+            raise refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def fake_mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+        if inside(path) and not os.path.isdir(path):
+            raise refuse(path)
+        real_mkdir(path, *args, **kwargs)
+
+    def fake_replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if inside(dst):
+            raise refuse(src)
+        real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "mkdir", fake_mkdir)
+    monkeypatch.setattr(os, "replace", fake_replace)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_read_only_run_folder_is_one_line_and_stays_as_it_was(
+    run_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (run_copy / ".uhn-lock").unlink(missing_ok=True)
+    before = snapshot(run_copy)
+    read_only_under(run_copy, monkeypatch)
+    line = one_error(["train", "--resume", str(run_copy)])
+    assert line == f"error: {run_copy / '.uhn-lock'}: cannot write: the file system is read-only"
+    read_only = "cannot write: the file system is read-only"
+    assert one_error(["plot", str(run_copy)]) == f"error: {run_copy / 'curves.png'}: {read_only}"
+    target = run_copy / "m.safetensors"
+    assert one_error(["export", str(run_copy), "-o", str(target)]) == f"error: {target}: {read_only}"
+    assert snapshot(run_copy) == before
+
+
+def test_a_new_run_in_a_read_only_folder_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(tiny_spec_yaml(epochs=1, init_steps=0))
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    read_only_under(mount, monkeypatch)
+    line = one_error(["train", str(spec), "-o", str(mount / "run"), "--device", "cpu"])
+    assert line == f"error: {mount / 'run'}: cannot write: the file system is read-only"
+    assert os.listdir(mount) == []
+
+
+NOWHERE = "a symbolic link that leads nowhere (dangling or a loop)"
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda tmp: os.symlink(tmp / "nowhere", tmp / "out"), NOWHERE),
+        (lambda tmp: os.symlink(tmp / "out", tmp / "out"), NOWHERE),
+        (lambda tmp: (tmp / "out").write_text("a file"), "a file or a symbolic link is in the way of the folder"),
+    ],
+    ids=["dangling-link", "link-loop", "a-file"],
+)
+def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path: Path, make: Any, problem: str) -> None:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(tiny_spec_yaml(epochs=1, init_steps=0))
+    make(tmp_path)
+    assert one_error(["train", str(spec), "-o", str(tmp_path / "out"), "--device", "cpu"]) == (
+        f"error: {tmp_path / 'out'}: cannot write: {problem}"
+    )
+    under_a_file = tmp_path / "tiny.yaml" / "run"
+    assert one_error(["train", str(spec), "-o", str(under_a_file), "--device", "cpu"]) == (
+        f"error: {under_a_file}: cannot write: a part of the path is a file, not a folder"
+    )
 
 
 # --------------------------------------------------------------------------- temporary files
