@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -23,3 +24,11 @@ DataRootOption = Annotated[
     str | None,
     typer.Option("--data-root", help="Folder with the datasets (default: $UHN_DATA, else ~/.cache/uhn/data)."),
 ]
+
+
+def nonempty_path(text: str) -> Path:
+    """An output path option's value (``parser=``): an empty one is refused, as ``Path("")``
+    would make it ``.`` and write into the current folder."""
+    if not text:
+        raise typer.BadParameter("an empty path; name the folder or file to write")
+    return Path(text)

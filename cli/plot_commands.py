@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from .main import command
+from .options import nonempty_path
 
 DEFAULT_NAME = "curves.png"
 
@@ -16,7 +17,11 @@ DEFAULT_NAME = "curves.png"
 def plot(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (finished or not).", show_default=False)],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help=f"PNG to write (default: RUN/{DEFAULT_NAME}).", show_default=False)
+        Path | None,
+        typer.Option(
+            "--output", "-o", parser=nonempty_path, metavar="PNG",
+            help=f"PNG to write (default: RUN/{DEFAULT_NAME}).", show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Plot a run's loss, learning rate and test metric (from metrics.jsonl) to a PNG; needs uhn[plot]."""

@@ -14,7 +14,7 @@ from uhn_runtime.stop_signals import RunStopped
 from uhn_spec.errors import UHNError
 
 from .main import SetOption, command, fitting_budget, human_bytes, is_plan_path, load_target_source
-from .options import DEFAULT_DEVICE, DataRootOption, DeviceOption
+from .options import DEFAULT_DEVICE, DataRootOption, DeviceOption, nonempty_path
 
 EXPORT_SUFFIX = ".safetensors"
 ONNX_SUFFIX = ".onnx"
@@ -45,7 +45,11 @@ def train(
         Path | None, typer.Argument(help="A spec YAML or a compiled plan (*.pt); omit with --resume.", show_default=False)
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/<spec name>/<timestamp>).", show_default=False)
+        Path | None,
+        typer.Option(
+            "--out", "-o", parser=nonempty_path, metavar="DIR",
+            help="Run folder, missing or empty (default: runs/<spec name>/<timestamp>).", show_default=False,
+        ),
     ] = None,
     data_root: DataRootOption = None,
     overrides: SetOption = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -211,3 +212,23 @@ def test_export_onnx_without_the_extra_says_how_to_install_it(
     result = runner.invoke(app, ["export", str(trained_run.root), "--onnx", "-o", str(tmp_path / "m.onnx")])
     assert result.exit_code == 2 and "pip install 'uhn[onnx]'" in result.output
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_failed_onnx_check_leaves_the_file_already_there(tmp_path: Path) -> None:
+    from uhn_runtime.export import ExportError, export_onnx
+    from uhn_spec import build_model
+
+    from .tiny_specs import tiny_spec
+
+    model = build_model(tiny_spec()).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(float("nan"))  # onnxruntime's outputs cannot match: the check fails
+    existing = tmp_path / "model.onnx"
+    existing.write_bytes(b"the model exported before")
+    with pytest.raises(ExportError, match="more than 0.0001\\); the file already there is kept"):
+        export_onnx(model, existing)
+    assert existing.read_bytes() == b"the model exported before" and os.listdir(tmp_path) == ["model.onnx"]
+    with pytest.raises(ExportError, match="nothing was written"):
+        export_onnx(model, tmp_path / "new.onnx")
+    assert os.listdir(tmp_path) == ["model.onnx"]

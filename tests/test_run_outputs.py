@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from uhn_cli.main import app
 from uhn_runtime.plot import curves, read_metrics
 from uhn_runtime.run_dir import RunDir
 from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
+from uhn_spec.errors import UHNError
 
 from .tiny_specs import tiny_plan, tiny_spec_yaml
 
@@ -125,3 +129,136 @@ def test_missing_matplotlib_is_one_line_naming_the_extra(tmp_path: Path, monkeyp
     result = runner.invoke(app, ["plot", str(tmp_path / "run")])
     assert result.exit_code == 2
     assert result.output.strip() == "error: uhn plot needs matplotlib; install it with pip install 'uhn[plot]'"
+
+
+# --------------------------------------------------------------------------- writing only inside the run folder
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("outputs") / "run"
+    start_run(tiny_plan(epochs=1, init_steps=0), root, TrainOptions(device="cpu", progress=io.StringIO()))
+    return root
+
+
+@pytest.fixture
+def run_copy(finished_run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+def one_error(args: list[str]) -> str:
+    """Run the CLI, expecting exit 2 with exactly one `error:` line and no traceback."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    return errors[0]
+
+
+def link_outside(run: Path, name: str, outside: Path) -> None:
+    """Move the run's ``name`` to ``outside`` and leave a symbolic link to it in its place."""
+    shutil.move(run / name, outside)
+    os.symlink(outside, run / name)
+
+
+def contents(path: Path) -> dict[str, bytes]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p): p.read_bytes() for p in files}
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "checkpoints", "checkpoints/uhn.pt", "run.json"])
+def test_resume_refuses_a_run_folder_with_a_linked_file(run_copy: Path, tmp_path: Path, name: str) -> None:
+    outside = tmp_path / "outside"
+    link_outside(run_copy, name, outside)
+    if name != "checkpoints/uhn.pt":
+        (run_copy / "checkpoints" / "uhn.pt").unlink()  # the resume would train (and write) again
+    before = contents(outside)
+    line = one_error(["train", "--resume", str(run_copy)])
+    refused = f"error: {run_copy / name}: a symbolic link in the run folder; uhn never writes through links"
+    assert line.startswith(refused)
+    assert contents(outside) == before
+
+
+def test_a_new_run_refuses_a_folder_that_holds_other_files(tmp_path: Path) -> None:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(tiny_spec_yaml(epochs=1, init_steps=0))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not uhn's")
+    for folder, entry in (("notes", "notes.txt"), ("linked", "metrics.jsonl")):
+        (tmp_path / folder).mkdir()
+        if entry == "notes.txt":
+            (tmp_path / folder / entry).write_text("the user's")
+        else:
+            os.symlink(victim, tmp_path / folder / entry)
+        line = one_error(["train", str(spec), "-o", str(tmp_path / folder), "--device", "cpu"])
+        assert line == (
+            f"error: {tmp_path / folder}: not empty and not a uhn run (no run.json; it holds {entry!r}); "
+            "give a new or empty folder with --out"
+        )
+        assert os.listdir(tmp_path / folder) == [entry]
+    assert victim.read_text() == "not uhn's"
+
+
+def test_an_empty_out_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(tiny_spec_yaml(epochs=1, init_steps=0))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", str(spec), "-o", "", "--device", "cpu"], env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and "an empty path" in result.output
+    assert os.listdir(tmp_path) == ["tiny.yaml"]
+
+
+def test_metrics_are_never_appended_or_cut_through_a_link(run_copy: Path, tmp_path: Path) -> None:
+    from uhn_spec.errors import UHNError
+
+    victim = tmp_path / "victim.jsonl"
+    victim.write_text("the user's\n")
+    (run_copy / "metrics.jsonl").unlink()
+    os.symlink(victim, run_copy / "metrics.jsonl")
+    run = RunDir(run_copy)
+    with pytest.raises(UHNError, match="metrics.jsonl: cannot write: a symbolic link"):
+        run.log({"event": "train"})
+    with pytest.raises(UHNError, match="metrics.jsonl: cannot write: a symbolic link"):
+        run.truncate_metrics(0)
+    assert victim.read_text() == "the user's\n"
+
+
+# --------------------------------------------------------------------------- one writer at a time
+
+
+def test_a_run_folder_in_use_is_refused_with_the_pid(run_copy: Path, tmp_path: Path) -> None:
+    from uhn_runtime.run_dir import run_folder_lock
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(tiny_spec_yaml(epochs=1, init_steps=0))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    new_run, resume = ["train", str(spec), "-o", str(empty)], ["train", "--resume", str(run_copy)]
+    for root, args in ((empty, new_run), (run_copy, resume)):
+        with run_folder_lock(root):
+            line = one_error([*args, "--device", "cpu"])
+        in_use = f"run folder {root} is in use by pid {os.getpid()}"
+        assert line == f"error: {in_use}; wait for it to end, or train into another --out"
+    assert os.listdir(empty) == [".uhn-lock"]
+
+
+def test_a_killed_holder_does_not_keep_the_run_folder_locked(tmp_path: Path) -> None:
+    from uhn_runtime.run_dir import run_folder_lock
+
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from uhn_runtime.run_dir import run_folder_lock\n"
+        "with run_folder_lock(Path(sys.argv[1])):\n    print('locked', flush=True)\n    time.sleep(120)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with pytest.raises(UHNError, match=f"in use by pid {holder.pid}"):
+            with run_folder_lock(tmp_path):
+                pass
+    finally:
+        holder.kill()  # SIGKILL: the lock file stays, with the dead holder's pid in it
+        holder.wait()
+    with run_folder_lock(tmp_path):
+        assert (tmp_path / ".uhn-lock").read_text() == f"{os.getpid()}\n"

@@ -296,7 +296,8 @@ def export_onnx(model: TargetModel, output: Path) -> float:
     """Write ``model`` as ONNX (input ``input``, plus ``edge_index`` for graphs and
     ``padding_mask`` for text; output ``output``; the batch axis dynamic, for graphs the node
     and edge counts). The file is checked against PyTorch with onnxruntime on an example
-    batch; returns the largest absolute difference of the outputs."""
+    batch before it replaces ``output`` (a failed check leaves ``output`` as it was); returns
+    the largest absolute difference of the outputs."""
     try:
         import onnxruntime  # noqa: F401  (checked here so a missing extra fails before exporting)
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
@@ -309,15 +310,21 @@ def export_onnx(model: TargetModel, output: Path) -> float:
     kwargs = synthetic_batch(spec.task, ONNX_EXAMPLE_BATCH, torch.device("cpu")).model_kwargs()
     names = {key: "input" if key == "x" else key for key in kwargs}
     program = _onnx_program(model, kwargs, names, spec)
-    atomic_write(output, lambda tmp: program.save(str(tmp)))
-    difference = _onnxruntime_difference(output, model, kwargs, names)
-    if not difference <= ONNX_TOLERANCE:  # also catches nan
-        output.unlink(missing_ok=True)
-        raise ExportError(
-            f"{output}: the ONNX model's outputs differ from PyTorch's by {difference:.3g} "
-            f"(more than {ONNX_TOLERANCE}); the file was removed"
-        )
-    return difference
+    checked: list[float] = []
+
+    def write_and_check(tmp: Path) -> None:  # a file that fails the check never replaces ``output``
+        program.save(str(tmp))
+        difference = _onnxruntime_difference(tmp, model, kwargs, names)
+        if not difference <= ONNX_TOLERANCE:  # also catches nan
+            kept = "the file already there is kept" if output.exists() else "nothing was written"
+            raise ExportError(
+                f"{output}: the ONNX model's outputs differ from PyTorch's by {difference:.3g} "
+                f"(more than {ONNX_TOLERANCE}); {kept}"
+            )
+        checked.append(difference)
+
+    atomic_write(output, write_and_check)
+    return checked[0]
 
 
 def _dynamic_shapes(kwargs: dict[str, torch.Tensor], spec: ExperimentSpec) -> dict[str, dict[int, object]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from uhn_spec.errors import UHNError
+from uhn_spec.files import atomic_write
 
 from .run_dir import RunDir
 
@@ -88,12 +89,8 @@ def plot_run(run_root: Path, output: Path) -> Path:
         axis.legend()
     figure.suptitle(str(run.root))
     figure.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temp = output.with_name(f".{output.name}.tmp")
     try:
-        figure.savefig(temp, format="png", dpi=100)
-        temp.replace(output)
+        atomic_write(output, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
     finally:
         plt.close(figure)
-        temp.unlink(missing_ok=True)
     return output

@@ -10,28 +10,40 @@
     DIR/metrics.jsonl        one JSON record per log point (init, train, eval, resume)
     DIR/checkpoints/<k>.pt   the latest good checkpoint of phase k (uhn or direct)
     DIR/summary.json         the final metrics of the run
+    DIR/.uhn-lock            the pid of the process training in the folder (see below)
 
 Every file is written through ``uhn_spec.files.atomic_write`` (complete or absent, with the
 umask's mode); metrics.jsonl is appended line by line. In a distributed run (torchrun) every
 rank opens the folder and rank 0 alone writes it: the others' ``RunDir`` has ``writes`` off.
+
+A run folder is written by one process at a time: ``claimed_run_folder`` holds an flock on
+``.uhn-lock`` for the whole of a training or a resume (the kernel drops it when the process
+ends, however it ends, so a killed run never blocks the next). Nothing is written through a
+symbolic link: a run folder where one of uhn's files or folders is a link (which would make
+uhn write outside it) is refused, appends and truncation open with O_NOFOLLOW, and
+``atomic_write`` replaces a link rather than following it. A new run goes only into a missing
+or empty folder.
 """
 
 from __future__ import annotations
 
 import datetime
+import fcntl
 import importlib.metadata
 import json
 import os
 import platform
 import subprocess
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, get_args
 
 import torch
 
 from uhn_spec.errors import UHNError
-from uhn_spec.files import atomic_write_text
+from uhn_spec.files import append_text, atomic_write_text, ensure_folder, temp_name_pattern, truncate_file, writing
 from uhn_spec.plan import Plan, load_plan
 from uhn_spec.spec import spec_to_yaml
 
@@ -45,6 +57,14 @@ THREAD_ENV_PREFIXES = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_")
 REQUIRED_INFO_FIELDS = ("mode", "seed")
 # A run trains one weight source or both (uhn, then the direct baseline).
 RUN_MODES = (*get_args(SourceKind), "both")
+LOCK_FILE = ".uhn-lock"
+# What uhn (train, plot, reproduce) writes at a run folder's top level, and its folders, which
+# hold only uhn's files: none of them may be a symbolic link.
+RUN_FILES = (
+    "plan.pt", "config.yaml", "run.json", "metrics.jsonl", "summary.json", "models.csv", "curves.png",
+    "reproduce.json", LOCK_FILE,
+)
+RUN_FOLDERS = ("checkpoints", "tensorboard")
 
 
 class RunDirError(UHNError):
@@ -134,10 +154,10 @@ class RunDir:
 
     @staticmethod
     def create(root: Path, plan: Plan, info: dict[str, Any], world_size: int = 1) -> "RunDir":
+        """A new run in ``root``, which must be missing or empty (see ``check_new_run_folder``)."""
         run = RunDir(root)
-        if run.info_path.exists():
-            raise RunDirError(f"{root} already holds a run; continue it with `uhn train --resume {root}` or pick another --out")
-        root.mkdir(parents=True, exist_ok=True)
+        check_new_run_folder(root)
+        ensure_folder(root)
         plan.save(run.plan_path)
         atomic_write_text(run.config_path, spec_to_yaml(plan.trained_target.spec))
         record = {
@@ -203,10 +223,8 @@ class RunDir:
 
     def log(self, record: dict[str, Any]) -> None:
         # One short line per append: a killed run leaves at most one partial last line.
-        if not self.writes:
-            return
-        with self.metrics_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        if self.writes:
+            append_text(self.metrics_path, json.dumps(record) + "\n")
 
     def metrics_size(self) -> int:
         """Bytes of metrics.jsonl so far: a checkpoint records it (see ``truncate_metrics``)."""
@@ -215,7 +233,7 @@ class RunDir:
     def truncate_metrics(self, size: int) -> None:
         """Cut metrics.jsonl back to ``size`` bytes: a resumed run drops what it will log again."""
         if self.writes and self.metrics_size() > size:
-            os.truncate(self.metrics_path, size)
+            truncate_file(self.metrics_path, size)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         if self.writes:
@@ -223,3 +241,92 @@ class RunDir:
 
     def summary(self) -> dict[str, Any] | None:
         return json.loads(self.summary_path.read_text()) if self.summary_path.is_file() else None
+
+
+# --------------------------------------------------------------------------- one writer, no links
+
+
+def check_new_run_folder(root: Path) -> None:
+    """A new run goes into a missing or empty folder: one that holds a run, or anything but
+    uhn's lock and temporary files, is refused (uhn would mix its files with others')."""
+    if (root / "run.json").exists() or (root / "run.json").is_symlink():
+        raise RunDirError(
+            f"{root} already holds a run; continue it with `uhn train --resume {root}` or pick another --out"
+        )
+    if not root.is_dir():
+        return
+    with writing(root):
+        names = sorted(os.listdir(root))
+    leftovers = [temp_name_pattern(root / name) for name in RUN_FILES]
+    others = [n for n in names if n != LOCK_FILE and not any(p.fullmatch(n) for p in leftovers)]
+    if others:
+        raise RunDirError(
+            f"{root}: not empty and not a uhn run (no run.json; it holds {others[0]!r}"
+            f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}); give a new or empty folder with --out"
+        )
+
+
+def linked_run_files(root: Path) -> list[Path]:
+    """uhn's files and folders in the run folder ``root`` that are symbolic links."""
+    found = [root / name for name in (*RUN_FILES, *RUN_FOLDERS) if (root / name).is_symlink()]
+    for name in RUN_FOLDERS:
+        folder = root / name
+        if folder.is_dir() and not folder.is_symlink():
+            for parent, folders, files in os.walk(folder):  # does not descend into linked folders
+                found += [Path(parent) / n for n in (*folders, *files) if (Path(parent) / n).is_symlink()]
+    return found
+
+
+def check_no_links(root: Path) -> None:
+    """Refuse a run folder where uhn would write through a symbolic link (and so outside it)."""
+    linked = linked_run_files(root)
+    if linked:
+        more = f" (and {len(linked) - 1} more)" if len(linked) > 1 else ""
+        raise RunDirError(
+            f"{linked[0]}: a symbolic link{more} in the run folder; uhn never writes through links (it would write "
+            f"outside {root}): replace it with the file or folder itself"
+        )
+
+
+@contextmanager
+def run_folder_lock(root: Path) -> Iterator[None]:
+    """Hold ``root`` (an existing folder) for this process while the block runs: an flock on
+    ``root/.uhn-lock``, which records the holder's pid. A second holder is refused with one
+    line naming that pid; the kernel releases the lock when its process ends, however it ends."""
+    path = root / LOCK_FILE
+    with writing(path):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(
+                f"run folder {root} is in use by {_lock_holder(fd)}; wait for it to end, or train into another --out"
+            ) from None
+        with writing(path):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _lock_holder(fd: int) -> str:
+    """"pid N" from a held lock file; the holder may not have written it yet."""
+    text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return f"pid {text}" if text.isdigit() else "another process"
+
+
+@contextmanager
+def claimed_run_folder(root: Path, new: bool) -> Iterator[None]:
+    """``root`` held for this process's writes while the block runs (``run_folder_lock``), with
+    no symbolic link among uhn's files. ``new``: made if missing, and refused (before anything
+    is written into it) when it holds a run or other files."""
+    if new:
+        check_new_run_folder(root)
+        ensure_folder(root)
+    with run_folder_lock(root):
+        if new:
+            check_new_run_folder(root)  # again, now that no other uhn can start a run in it
+        check_no_links(root)
+        yield

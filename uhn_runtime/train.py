@@ -51,6 +51,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from signal import Signals
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -87,7 +88,7 @@ from .gradient_surgery import SurgeryLog, project_conflicts, projection_orders
 from .init_phase import run_init_phase
 from .optim import Precision, Stepper, check_finite, make_adamw
 from .progress import Progress
-from .run_dir import RunDir
+from .run_dir import RunDir, claimed_run_folder
 from .schedule import set_lr, warmup_cosine_factor
 from .step_bound import LevelChangeBound
 from .stop_signals import STOP_SIGNALS, RunStopped, StopSignals
@@ -870,10 +871,12 @@ def start_run(plan: Plan, out: Path, options: TrainOptions, source: dict[str, An
     if is_multitask_plan(plan):
         info["task_sampling"] = plan.task_sampling
         info.update(multitask_step_settings(plan))
-    with distributed_session(resolve_device(options.device).type) as dist:
+    with distributed_session(resolve_device(options.device).type) as dist, ExitStack() as held:
         check_tasks_per_step(plan, dist.world_size)
         out = dist.broadcast(out)  # rank 0's: a default folder name holds the time
-        # Rank 0 creates the folder; a refusal (it holds a run already) stops every rank.
+        # Rank 0 claims (locks) and creates the folder, holding it to the end; a refusal (it
+        # holds a run or other files already, another uhn trains in it) stops every rank.
+        dist.on_main(lambda: held.enter_context(claimed_run_folder(out, new=True)))
         dist.on_main(lambda: RunDir.create(out, plan, info, world_size=dist.world_size))
         return train_run(RunDir.open(out, writes=dist.is_main), plan, options, dist, member_data)
 
@@ -894,7 +897,8 @@ def resume_run(out: Path, options: TrainOptions) -> dict[str, Any]:
     # Every rank reads the run folder (multi-node: a shared file system); rank 0 alone writes.
     # Another world size than the run started with works: the checkpoint holds no per-rank
     # state and the global batch stays the spec's (docs/distributed.md).
-    with distributed_session(resolve_device(options.device).type) as dist:
+    with distributed_session(resolve_device(options.device).type) as dist, ExitStack() as held:
+        dist.on_main(lambda: held.enter_context(claimed_run_folder(out, new=False)))  # as start_run
         run = RunDir.open(out, writes=dist.is_main)
         plan = run.plan()
         check_tasks_per_step(plan, dist.world_size)

@@ -205,8 +205,15 @@ class Plan:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through the one atomic writer: never a half-written file."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` through the one atomic writer: never a half-written file. It writes to a
+    Python file object, so a full disk or a file-size limit surfaces as the OSError behind
+    torch's "unexpected pos" (which ``atomic_write`` reports as one line)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+
+    atomic_write(path, write)
 
 
 def load_plan(path: str | Path) -> Plan:
