@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from uhn_spec.budget import Budget, Purpose, check_fits, estimate_budget, format_bytes
-from uhn_spec.errors import SpecError, UHNError
+from uhn_spec.budget import Budget, Purpose, check_spec_fits, format_bytes
+from uhn_spec.errors import UHNError
 
 if TYPE_CHECKING:
     from uhn_spec import ExperimentSpec, Plan
@@ -163,13 +163,7 @@ def _family_file(path: Path, overrides: list[str]) -> WholeFile:
 def fitting_budget(spec: ExperimentSpec, path: Path, *purposes: Purpose) -> Budget:
     """The spec's memory budget; refuses (naming ``path``) a target that does not fit this
     machine for any of ``purposes``, before anything is allocated."""
-    try:
-        budget = estimate_budget(spec)
-    except SpecError as err:
-        raise SpecError(err.path, err.message, str(path)) from None
-    for purpose in purposes:
-        check_fits(budget, purpose, str(path))
-    return budget
+    return check_spec_fits(spec, str(path), *purposes)
 
 
 def source_text(paths: list[Path], overrides: list[str]) -> str:

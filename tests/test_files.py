@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from uhn_cli.main import app
-from uhn_runtime.export import CHECKSUM_KEY, export_run
+from uhn_runtime.export import export_run
 from uhn_runtime.run_dir import RunDir, git_revision
 from uhn_runtime.train import TrainOptions, start_run
 from uhn_spec.files import atomic_write, atomic_write_text
@@ -174,7 +174,7 @@ def test_flipped_bytes_in_an_export_are_refused(exported: Path, tmp_path: Path) 
         data[offset] ^= 0xFF
     damaged.write_bytes(bytes(data))
     line = one_error(["evaluate", str(damaged)])
-    assert f"{damaged}: metadata {CHECKSUM_KEY}: the tensors do not match their checksum" in line
+    assert f"{damaged} is corrupt or was edited: checksum mismatch" in line
 
 
 def test_an_export_must_fit_its_spec(exported: Path, tmp_path: Path) -> None:

@@ -1,5 +1,9 @@
 """Phase checkpoints: written atomically, loaded with ``weights_only=True`` (plain data only).
 
+A checkpoint records a checksum of its whole content (``uhn_spec.received``), checked on load
+with the archive's and tensors' bounds: a flipped bit is refused, not trained on. Checkpoints
+written before uhn recorded one load as they are.
+
 A checkpoint holds everything a resumed run needs to continue exactly where an
 uninterrupted one would be: the weight source (generator or direct weights), the optimiser
 and GradScaler, the number of finished epochs/steps, whether the init phase is done, and the
@@ -9,7 +13,6 @@ and needs no state.
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import torch
 
 from uhn_spec.errors import UHNError
 from uhn_spec.plan import atomic_torch_save
+from uhn_spec.received import ReceivedFileError, check_checksum, load_torch_file, with_checksum
 
 from .weights import SourceKind
 
@@ -42,7 +46,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_torch_save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, path)
+    atomic_torch_save(with_checksum({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}), path)
 
 
 def load_checkpoint(path: Path, plan_hash: str | None = None, kind: SourceKind | None = None) -> dict[str, Any]:
@@ -52,12 +56,9 @@ def load_checkpoint(path: Path, plan_hash: str | None = None, kind: SourceKind |
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {reason}") from None
-    except Exception as err:  # weights_only refuses anything that is not plain data
-        raise CheckpointError(f"{path}: not a uhn checkpoint: {type(err).__name__}") from None
+        state = load_torch_file(path, "checkpoint")
+    except ReceivedFileError as err:
+        raise CheckpointError(str(err)) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a uhn checkpoint (no '{CHECKPOINT_FORMAT}' header)")
     if state.get("version") != CHECKPOINT_VERSION:
@@ -71,4 +72,8 @@ def load_checkpoint(path: Path, plan_hash: str | None = None, kind: SourceKind |
             f"{path}: kind: the file holds a {state.get('kind')!r} checkpoint where the {kind!r} phase's "
             f"belongs; put the {kind} checkpoint back, or remove the file to retrain that phase"
         )
+    try:
+        check_checksum(path, state, "restore it, or remove it to retrain that phase")
+    except ReceivedFileError as err:
+        raise CheckpointError(str(err)) from None
     return state

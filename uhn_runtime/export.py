@@ -3,10 +3,13 @@
 The file holds the target skeleton's own parameter names (``layers.0.weight`` ...), so the
 plain ``nn.Module`` from ``uhn_spec.build_model(spec)`` loads it with ``load_state_dict``;
 the spec travels in the file's metadata, so the file alone is enough to rebuild the model.
-The metadata also carries a SHA-256 of the tensors (names, dtypes, shapes and bytes), checked
-on load: a damaged file is refused instead of giving silently wrong outputs, and the precision
-the run trained in (run.json's ``precision``: the weights are generated in it, whatever
-``auto`` means on the machine that exports).
+The metadata also carries a SHA-256 of everything else in the file (``CONTENT_CHECKSUM_KEY``:
+every other metadata field -- the spec above all -- and every tensor's name, dtype, shape and
+bytes), checked on load: a damaged or edited file is refused instead of giving silently wrong
+outputs; and the precision the run trained in (run.json's ``precision``: the weights are
+generated in it, whatever ``auto`` means on the machine that exports). Exports from before the
+content checksum carry only a SHA-256 of the tensors (``CHECKSUM_KEY``), which they are checked
+against. A spec whose model would not fit this machine is refused before it is built.
 
 A family run exports any member (``--model``), or zero-shot an architecture that was never
 compiled into its plan (``--spec``): the new spec is compiled alone and generated with the
@@ -27,12 +30,14 @@ from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from uhn_spec.budget import check_spec_fits
 from uhn_spec.compiler import compile_target, target_ranges
 from uhn_spec.descriptors import INDEX_FIELDS, STRUCTURE_FIELDS, Ranges
 from uhn_spec.errors import UHNError
 from uhn_spec.files import atomic_write
 from uhn_spec.model import TargetModel, build_model
 from uhn_spec.plan import Plan, TargetPlan
+from uhn_spec.received import ReceivedFileError, check_file_size, check_recorded_checksum, content_checksum
 from uhn_spec.spec import ExperimentSpec, format_validation_error
 
 from .batch_norm import DEFAULT_CALIBRATION_BATCHES, batch_norm_layers, recalibrate_batch_norm
@@ -44,7 +49,8 @@ from .target import DeviceTarget
 from .weights import DirectSource, RecursiveSource, SourceKind, UHNSource, make_source
 
 EXPORT_FORMAT = "uhn-export"
-CHECKSUM_KEY = "tensors_sha256"
+CHECKSUM_KEY = "tensors_sha256"  # the tensors alone: all an export before CONTENT_CHECKSUM_KEY has
+CONTENT_CHECKSUM_KEY = "content_sha256"  # every other metadata field and every tensor
 # The torch 2.13 ONNX exporter (torch.export based) writes opset 18; the authors' exporter used
 # 17, but ONNX's version converter cannot take GAT's scatter-max or ReduceMean down to it.
 ONNX_OPSET = 18
@@ -148,6 +154,19 @@ def generated_levels(run: RunDir, device: torch.device) -> list[tuple[TargetPlan
     return [(level.plan, own_tensors(level.params_from_flat(flat))) for level, flat in zip(source.levels, flats)]
 
 
+def export_checksum(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 over every metadata field but the content checksum itself and every tensor
+    (name, dtype, shape, bytes), each in name order: what the file means, all of it."""
+    fields = {key: metadata[key] for key in sorted(metadata) if key != CONTENT_CHECKSUM_KEY}
+    return content_checksum({"metadata": fields, "tensors": {name: state[name] for name in sorted(state)}})
+
+
+def sealed_metadata(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
+    """``metadata`` with both checksums: what every export writes."""
+    metadata = {**metadata, CHECKSUM_KEY: tensors_checksum(state)}
+    return {**metadata, CONTENT_CHECKSUM_KEY: export_checksum(state, metadata)}
+
+
 def tensors_checksum(state: dict[str, torch.Tensor]) -> str:
     """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
     digest = hashlib.sha256()
@@ -203,11 +222,11 @@ def write_export(
         "run": str(run.root),
         "model": target.name,
         "zero_shot": "true" if zero_shot else "false",
-        CHECKSUM_KEY: tensors_checksum(state),
     }
     recorded = run.info().get("precision")  # what the run trained, and these weights were generated, in
     if recorded is not None:
         metadata["precision"] = recorded
+    metadata = sealed_metadata(state, metadata)
     atomic_write(output, lambda tmp: save_file(state, str(tmp), metadata=metadata))
 
 
@@ -232,16 +251,24 @@ def export_for_module(
     state = generated_state_dict(run, kind, device, recalibrate_bn=recalibrate_bn, data_root=data_root)
     module_state = {k: v.contiguous() for k, v in module_state_dict(imported, state).items()}
     module.load_state_dict(module_state, strict=True)
-    metadata = {"format": MODULE_EXPORT_FORMAT, "module": module_ref, "spec_json": spec.model_dump_json(), "source": kind, CHECKSUM_KEY: tensors_checksum(module_state)}
+    metadata = sealed_metadata(
+        module_state,
+        {"format": MODULE_EXPORT_FORMAT, "module": module_ref, "spec_json": spec.model_dump_json(), "source": kind},
+    )
     atomic_write(output, lambda tmp: save_file(module_state, str(tmp), metadata=metadata))
     return module_state
 
 
 def load_exported(path: Path, device: torch.device | str = "cpu") -> tuple[ExperimentSpec, TargetModel]:
     """The spec and the plain target module with the exported weights loaded; a file that is
-    damaged or does not fit its spec is refused with one line naming the file."""
+    damaged, edited, too large for this machine or does not fit its spec is refused with one
+    line naming the file."""
     if not path.is_file():
         raise ExportError(f"export file not found: {path}")
+    try:
+        check_file_size(path, "uhn export")
+    except ReceivedFileError as err:
+        raise ExportError(str(err)) from None
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
@@ -254,17 +281,29 @@ def load_exported(path: Path, device: torch.device | str = "cpu") -> tuple[Exper
         spec = ExperimentSpec.model_validate_json(metadata["spec_json"])
     except ValidationError as err:
         raise ExportError(f"{path}: metadata spec_json: {format_validation_error(err)}") from None
+    check_spec_fits(spec, f"{path}: metadata spec_json", "compile")
     model = build_model(spec)
     check_tensors_fit(path, state, model)
-    if CHECKSUM_KEY not in metadata:
-        raise ExportError(f"{path}: metadata {CHECKSUM_KEY}: missing; export the run again with `uhn export`")
-    if tensors_checksum(state) != metadata[CHECKSUM_KEY]:
-        raise ExportError(
-            f"{path}: metadata {CHECKSUM_KEY}: the tensors do not match their checksum (the file is "
-            "damaged); export the run again with `uhn export`"
-        )
+    check_export_checksums(path, state, metadata)
     model.load_state_dict(state, strict=True)
     return spec, model.to(device)
+
+
+def check_export_checksums(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """The content checksum where the file has one; an export from before it, its tensors'."""
+    fix = "export the run again with `uhn export`"
+    if CONTENT_CHECKSUM_KEY in metadata:
+        try:
+            check_recorded_checksum(path, metadata[CONTENT_CHECKSUM_KEY], export_checksum(state, metadata), fix)
+        except ReceivedFileError as err:
+            raise ExportError(str(err)) from None
+        return
+    if CHECKSUM_KEY not in metadata:
+        raise ExportError(f"{path}: metadata {CHECKSUM_KEY}: missing; {fix}")
+    if tensors_checksum(state) != metadata[CHECKSUM_KEY]:
+        raise ExportError(
+            f"{path}: metadata {CHECKSUM_KEY}: the tensors do not match their checksum (the file is damaged); {fix}"
+        )
 
 
 def check_tensors_fit(path: Path, state: dict[str, torch.Tensor], model: TargetModel) -> None:

@@ -6,13 +6,13 @@ plotting works without a display. One panel per quantity, one line per phase (uh
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from uhn_spec.errors import UHNError
 from uhn_spec.files import atomic_write
+from uhn_spec.received import MAX_METRICS_BYTES, ReceivedFileError, parse_received_json, read_received_text
 
 from .run_dir import RunDir
 
@@ -21,18 +21,35 @@ Curve = tuple[list[float], list[float]]
 
 
 def read_metrics(run: RunDir) -> list[dict[str, Any]]:
-    """The run's records; a last line cut short by a kill is left out."""
-    if not run.metrics_path.is_file():
-        raise UHNError(f"{run.metrics_path}: no metrics yet; the run has not logged an epoch or step")
+    """The run's records (read within MAX_METRICS_BYTES); a last line cut short by a kill is
+    left out, any other line that is not a record of numbers is one line naming it."""
+    path = run.metrics_path
+    if not path.is_file():
+        raise UHNError(f"{path}: no metrics yet; the run has not logged an epoch or step")
     records = []
-    lines = run.metrics_path.read_text().splitlines()
+    lines = read_received_text(path, MAX_METRICS_BYTES, "metrics file").splitlines()
     for number, line in enumerate(lines, 1):
+        where = f"{path}: line {number}"
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = parse_received_json(line, where)
+        except ReceivedFileError:
             if number < len(lines):
-                raise UHNError(f"{run.metrics_path}: line {number}: not a JSON record") from None
+                raise UHNError(f"{where}: not a JSON record") from None
+            continue
+        records.append(checked_record(record, where))
     return records
+
+
+def checked_record(record: Any, where: str) -> dict[str, Any]:
+    """A metrics record whose fields the curves read are numbers (an edited file names the line)."""
+    if not isinstance(record, dict):
+        raise UHNError(f"{where}: a JSON {type(record).__name__}, not a record")
+    needed = ("loss", "lr") if record.get("event") == "train" else ()
+    for key in (*needed, "epoch", "step", "accuracy", "rmse", *(k for k in record if str(k).startswith("test_"))):
+        value = record.get(key)
+        if (key in needed or value is not None) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UHNError(f"{where}: {key}: {value!r} is not a number")
+    return record
 
 
 def curves(records: list[dict[str, Any]]) -> tuple[str, dict[str, dict[str, Curve]]]:

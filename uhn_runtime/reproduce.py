@@ -35,13 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO, TypeVar
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from uhn_spec.budget import check_fits, estimate_budget
 from uhn_spec.compiler import compile_spec
 from uhn_spec.errors import UHNError
 from uhn_spec.files import atomic_write_text
+from uhn_spec.received import ReceivedFileError, load_received_json, load_received_yaml
 from uhn_spec.spec import MAX_LR, ExperimentSpec, StrictModel, load_spec
 
 from .optim import Precision, TrainingDiverged
@@ -148,9 +148,9 @@ def load_table(name_or_path: str) -> tuple[Table, Path]:
         known = ", ".join(BUILTIN_TABLES)
         raise TableError(f"{name_or_path}: neither a built-in table ({known}) nor a table file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as err:
-        raise TableError(f"{path}: not readable YAML ({err.__class__.__name__}); a table is a YAML mapping") from None
+        data = load_received_yaml(path, "table file")
+    except ReceivedFileError as err:
+        raise TableError(f"{err}; a table is a YAML mapping") from None
     return table_from_data(data, str(path)), path.resolve().parent
 
 
@@ -511,7 +511,7 @@ class Harness:
         path = self.row_folder(row) / "direct_lr.json"
         if not (self.options.select_direct_lr and row.direct_lr_grid and path.is_file()):
             return None
-        return json.loads(path.read_text(encoding="utf-8"))
+        return load_received_json(path, "direct-lr record")
 
     def row_result(self, row: TableRow) -> dict[str, Any] | None:
         chosen = self.chosen_direct_lr(row)
@@ -523,7 +523,8 @@ class Harness:
             if summary is None:
                 return None
             run = RunDir(folder)
-            extra = json.loads((folder / "reproduce.json").read_text()) if (folder / "reproduce.json").is_file() else {}
+            extra_path = folder / "reproduce.json"
+            extra = load_received_json(extra_path, "reproduce record") if extra_path.is_file() else {}
             info = run.info()
             command = extra.get("command") or train_command(
                 self.shown(Path(info["source"])), "both", info.get("data_root"), info.get("overrides", []), folder
@@ -555,7 +556,7 @@ class Harness:
                 # sweeps on, and retrains the row if the choice moves).
                 direct_lr["edge"] = "edge of the lrs tried"
         else:
-            config = yaml.safe_load((self.row_folder(row) / f"seed_{runs[0]['seed']}" / "config.yaml").read_text())
+            config = load_received_yaml(self.row_folder(row) / f"seed_{runs[0]['seed']}" / "config.yaml", "run config")
             train = config["train"]
             direct_lr = {"value": train.get("direct_lr") or train["lr"], "how": row.direct_lr_rule, "val": None}
         return {
@@ -799,9 +800,11 @@ def earlier_results(json_path: Path) -> dict[str, dict[str, Any]]:
     if not json_path.is_file():
         return {}
     try:
-        rows = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise TableError(f"{json_path}: not a results file this command wrote ({err}); move it away to start afresh") from err
+        rows = load_received_json(json_path, "results file")
+    except ReceivedFileError as err:
+        raise TableError(
+            f"{json_path}: not a results file this command wrote ({err}); move it away to start afresh"
+        ) from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "row" in r for r in rows):
         raise TableError(f"{json_path}: not a results file this command wrote (a list of rows); move it away to start afresh")
     return {r["row"]: r for r in rows}

@@ -38,7 +38,7 @@ import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import torch
 
@@ -48,15 +48,12 @@ from uhn_spec.plan import Plan, load_plan
 from uhn_spec.spec import spec_to_yaml
 
 from .optim import Precision, PrecisionName
-from .weights import SourceKind
+from .run_record import RunRecord, SummaryRecord, load_record
 
 # Where the installed packages sit; a uhn source checkout when uhn runs from one.
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 # Environment variables that set how many threads the OpenMP/BLAS runtimes use and how they wait.
 THREAD_ENV_PREFIXES = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_")
-REQUIRED_INFO_FIELDS = ("mode", "seed")
-# A run trains one weight source or both (uhn, then the direct baseline).
-RUN_MODES = (*get_args(SourceKind), "both")
 LOCK_FILE = ".uhn-lock"
 # What uhn (train, plot, reproduce) writes at a run folder's top level, and its folders, which
 # hold only uhn's files: none of them may be a symbolic link.
@@ -180,22 +177,10 @@ class RunDir:
         return run
 
     def info(self) -> dict[str, Any]:
-        """run.json, checked: a damaged file is named, not a KeyError later."""
-        path = self.info_path
+        """run.json, checked field by field (``run_record.RunRecord``): a damaged or edited
+        file is named with its field, not a KeyError or a wrong setting later."""
         fix = f"restore it, or start a new run with `uhn train SPEC --out DIR` (the plan is in {self.plan_path})"
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise RunDirError(f"{path}: not readable JSON ({err}); {fix}") from None
-        if not isinstance(record, dict):
-            raise RunDirError(f"{path}: holds a JSON {type(record).__name__}, not the run's record (an object); {fix}")
-        for field in REQUIRED_INFO_FIELDS:
-            if field not in record:
-                raise RunDirError(f"{path}: {field}: missing; {fix}")
-        if record["mode"] not in RUN_MODES:
-            raise RunDirError(f"{path}: mode: {record['mode']!r} is not one of {', '.join(RUN_MODES)}; {fix}")
-        return record
-
+        return load_record(self.info_path, RunRecord, fix)[1]
     def plan(self) -> Plan:
         return load_plan(self.plan_path)
 
@@ -211,13 +196,8 @@ class RunDir:
         record, source = self.info(), self.info_path
         if "precision" not in record:
             record, source = self.summary() or {}, self.summary_path
-        if "precision" not in record:
+        if record.get("precision") is None:
             return Precision.resolve(asked, device)
-        if record["precision"] not in ("fp32", "bf16", "fp16"):
-            raise RunDirError(
-                f"{source}: precision: {record['precision']!r} is not fp32, bf16 or fp16; "
-                "restore the file, or set the precision the run trained in"
-            )
         recorded = Precision.resolve(record["precision"], device)
         return Precision(device.type, recorded.dtype, record.get("precision_reason", recorded.reason))
 
@@ -240,7 +220,10 @@ class RunDir:
             atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n")
 
     def summary(self) -> dict[str, Any] | None:
-        return json.loads(self.summary_path.read_text()) if self.summary_path.is_file() else None
+        """summary.json, checked (``run_record.SummaryRecord``); None before the run finished."""
+        if not self.summary_path.is_file():
+            return None
+        return load_record(self.summary_path, SummaryRecord, "restore it, or remove it to evaluate the run again")[1]
 
 
 # --------------------------------------------------------------------------- one writer, no links

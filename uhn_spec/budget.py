@@ -59,7 +59,7 @@ def estimate_budget(spec: ExperimentSpec) -> Budget:
     counts = layer_param_counts(spec)
     n = sum(counts)
     g = spec.generator
-    floor = n * GENERATION_FLOOR_BYTES
+    floor = compile_bytes(n)
     generator_params = (2 * g.index_freqs + 2 * g.blocks * g.hidden + 2) * g.hidden
     activations = spec.train.batch_size * activation_values(spec) * FP32 * ACTIVATION_COPIES
     generated = (
@@ -71,6 +71,12 @@ def estimate_budget(spec: ExperimentSpec) -> Budget:
     )
     direct = n * DIRECT_BYTES_PER_PARAM
     return Budget(tuple(counts), compile_bytes=floor, train_bytes=max(generated, direct) + activations)
+
+
+def compile_bytes(num_params: int) -> int:
+    """What a target of ``num_params`` weights needs before anything else: what compile checks
+    (and what loading a plan checks its targets against)."""
+    return num_params * GENERATION_FLOOR_BYTES
 
 
 def layer_param_counts(spec: ExperimentSpec) -> list[int]:
@@ -151,6 +157,18 @@ def check_fits(budget: Budget, purpose: Purpose, source: str | None = None) -> N
     )
 
 
+def check_spec_fits(spec: ExperimentSpec, source: str, *purposes: Purpose) -> Budget:
+    """The spec's budget; refuses (naming the file ``source``) a target that does not fit this
+    machine for any of ``purposes``, before anything is allocated."""
+    try:
+        budget = estimate_budget(spec)
+    except SpecError as err:
+        raise SpecError(err.path, err.message, source) from None
+    for purpose in purposes:
+        check_fits(budget, purpose, source)
+    return budget
+
+
 def format_bytes(size: int) -> str:
     for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
         if size >= scale:
@@ -158,4 +176,12 @@ def format_bytes(size: int) -> str:
     return f"{size / 2**10:.1f} KiB"
 
 
-__all__ = ["Budget", "check_fits", "estimate_budget", "format_bytes", "memory_limit"]
+__all__ = [
+    "Budget",
+    "check_fits",
+    "check_spec_fits",
+    "compile_bytes",
+    "estimate_budget",
+    "format_bytes",
+    "memory_limit",
+]

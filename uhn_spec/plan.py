@@ -8,21 +8,39 @@ and one generator spec.
 Version 2 stores each target's index descriptors compactly (``IndexDescriptors``: a few
 numbers per parameter tensor), not one row per weight: a plan grows with the number of
 tensors, not of weights.
+
+A plan is a file uhn may receive from elsewhere: ``load_plan`` checks it before anything uses
+it (``uhn_spec.received``: the archive and its tensors fit the file; then every field's type,
+dtype and shape, the tables' consistency with each other and with each target's spec, the
+memory guard compile uses, and the checksum written with the plan). Each refusal is one line.
 """
 
 from __future__ import annotations
 
-import zipfile
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .descriptors import IndexDescriptors, Ranges
-from .errors import PlanError
+from pydantic import ValidationError
+
+from .budget import Budget, check_fits, compile_bytes
+from .descriptors import (
+    GLOBAL_FIELDS,
+    INDEX_FIELDS,
+    LOCAL_FIELDS,
+    NO_DIM,
+    STRUCTURE_FIELDS,
+    TASK_FIELDS,
+    IndexDescriptors,
+    Ranges,
+)
+from .errors import PlanError, SpecError
 from .files import atomic_write
-from .spec import ExperimentSpec, GeneratorSpec
+from .received import ReceivedFileError, check_checksum, load_torch_file, with_checksum
+from .spec import ExperimentSpec, GeneratorSpec, format_validation_error
 
 PLAN_FORMAT = "uhn-plan"
 PLAN_VERSION = 2
@@ -103,36 +121,50 @@ class TargetPlan:
         }
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "TargetPlan":
-        t = d["params"]
+    def from_dict(d: dict[str, Any], where: str = "target") -> "TargetPlan":
+        """A target as ``to_dict`` wrote it; ``PlanFieldError`` names the first field (under
+        ``where``) whose type, dtype, shape or values do not fit the rest."""
+        table = _field(d, "params", where)
+        at = f"{where}.params"
+        names = _string_list(table, "name", at)
+        count = len(names)
+        shapes = [tuple(shape) for shape in _int_lists(table, "shape", at, count)]
+        fields = _string_lists(table, "index_fields", at, count)
+        columns = {name: _tensor(table, name, at, torch.int64, (count,)).tolist() for name in _TABLE_INTS}
+        floats = {name: _tensor(table, name, at, torch.float64, (count,)).tolist() for name in _TABLE_FLOATS}
+        local_rows = _tensor(d, "local_rows", where, torch.float32, (None, len(LOCAL_FIELDS)))
         params = [
             ParamEntry(
-                name=t["name"][i],
-                shape=tuple(int(s) for s in t["shape"][i]),
-                offset=int(t["offset"][i]),
-                numel=int(t["numel"][i]),
-                layer=int(t["layer"][i]),
-                param_type=int(t["param_type"][i]),
-                init_mean=float(t["init_mean"][i]),
-                init_std=float(t["init_std"][i]),
-                index_fields=tuple(t["index_fields"][i]),
+                name=names[i],
+                shape=shapes[i],
+                offset=columns["offset"][i],
+                numel=columns["numel"][i],
+                layer=columns["layer"][i],
+                param_type=columns["param_type"][i],
+                init_mean=floats["init_mean"][i],
+                init_std=floats["init_std"][i],
+                index_fields=tuple(fields[i]),
             )
-            for i in range(len(t["name"]))
+            for i in range(count)
         ]
-        index = IndexDescriptors.from_dict(d["index"])
+        _check_table(params, int(local_rows.shape[0]), at)
+        index = _index_descriptors(_field(d, "index", where), f"{where}.index", count)
         if index.numels().tolist() != [p.numel for p in params]:
-            raise ValueError(f"target {d['name']!r}: index descriptors do not match its parameter table")
+            raise PlanFieldError(f"{where}.index: index descriptors do not match its parameter table")
+        split = d.get("split", "seen")
+        if split not in ("seen", "unseen"):
+            raise PlanFieldError(f"{where}.split: {split!r} is not seen or unseen")
         return TargetPlan(
-            name=d["name"],
-            spec=ExperimentSpec.model_validate_json(d["spec_json"]),
+            name=_string(d, "name", where),
+            spec=_spec(d, where),
             index=index,
-            global_row=d["global_row"],
-            task_row=d["task_row"],
-            local_rows=d["local_rows"],
+            global_row=_tensor(d, "global_row", where, torch.float32, (len(GLOBAL_FIELDS),)),
+            task_row=_tensor(d, "task_row", where, torch.float32, (len(TASK_FIELDS),)),
+            local_rows=local_rows,
             params=params,
-            split=d.get("split", "seen"),
-            probability=d.get("probability"),
-            reference=d.get("reference"),
+            split=split,
+            probability=_optional_number(d, "probability", where, 0.0, 1.0),
+            reference=_optional_number(d, "reference", where, -math.inf, math.inf),
         )
 
 
@@ -188,20 +220,33 @@ class Plan:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Plan":
+        targets = d.get("targets")
+        if not isinstance(targets, list) or not targets:
+            raise PlanFieldError("targets: missing, or not a non-empty list of targets")
+        evaluated_seen = d.get("evaluated_seen")
+        if evaluated_seen is not None and (type(evaluated_seen) is not int or not 0 <= evaluated_seen <= len(targets)):
+            raise PlanFieldError(f"evaluated_seen: {evaluated_seen!r} is not a count of at most {len(targets)} targets")
+        task_sampling = d.get("task_sampling")
+        if task_sampling is not None and not isinstance(task_sampling, dict):
+            raise PlanFieldError(f"task_sampling: a {type(task_sampling).__name__}, not a mapping")
+        try:
+            generator = GeneratorSpec.model_validate_json(_string(d, "generator_json", ""))
+        except ValidationError as err:
+            raise PlanFieldError(f"generator_json: {format_validation_error(err)}") from None
         return Plan(
-            targets=[TargetPlan.from_dict(t) for t in d["targets"]],
-            index_ranges=Ranges.from_tensor(d["index_ranges"]),
-            structure_ranges=Ranges.from_tensor(d["structure_ranges"]),
-            generator=GeneratorSpec.model_validate_json(d["generator_json"]),
-            source_text=d["source_text"],
-            source_hash=d["source_hash"],
+            targets=[TargetPlan.from_dict(t, f"targets[{i}]") for i, t in enumerate(targets)],
+            index_ranges=Ranges.from_tensor(_ranges(d, "index_ranges", len(INDEX_FIELDS))),
+            structure_ranges=Ranges.from_tensor(_ranges(d, "structure_ranges", len(STRUCTURE_FIELDS))),
+            generator=generator,
+            source_text=_string(d, "source_text", ""),
+            source_hash=_string(d, "source_hash", ""),
             version=int(d["version"]),
-            evaluated_seen=d.get("evaluated_seen"),
-            task_sampling=d.get("task_sampling"),
+            evaluated_seen=evaluated_seen,
+            task_sampling=task_sampling,
         )
 
     def save(self, path: str | Path) -> None:
-        atomic_torch_save(self.to_dict(), Path(path))
+        atomic_torch_save(with_checksum(self.to_dict()), Path(path))
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -217,16 +262,15 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def load_plan(path: str | Path) -> Plan:
+    """The plan in ``path``, checked before use (see the module's docstring); anything that
+    does not fit is one PlanError (or, over the memory guard, SpecError) line naming the file."""
     path = Path(path)
     if not path.is_file():
         raise PlanError(f"plan file not found: {path}")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise PlanError(f"{path}: not a readable uhn plan (corrupt or truncated?): {reason}") from None
-    except Exception as err:  # weights_only refuses anything that is not plain data
-        raise PlanError(f"{path}: not a uhn plan: {type(err).__name__}") from None
+        raw = load_torch_file(path, "uhn plan")
+    except ReceivedFileError as err:
+        raise PlanError(str(err)) from None
     if not isinstance(raw, dict) or raw.get("format") != PLAN_FORMAT:
         raise PlanError(f"{path}: not a uhn plan (no '{PLAN_FORMAT}' header); compile one with `uhn compile SPEC`")
     if raw.get("version") != PLAN_VERSION:
@@ -235,6 +279,189 @@ def load_plan(path: str | Path) -> Plan:
             f"{PLAN_VERSION}; recompile it with `uhn compile SPEC -o {path}`"
         )
     try:
-        return Plan.from_dict(raw)
-    except (KeyError, TypeError, IndexError, ValueError) as err:
-        raise PlanError(f"{path}: plan is missing or has malformed field: {err}") from None
+        plan = Plan.from_dict(raw)
+        layer_parameters: dict[str, LayerParameters] = {}  # a family's members share layers
+        for i, target in enumerate(plan.targets):
+            check_target_fits_spec(target, f"targets[{i}]", str(path), layer_parameters)
+    except PlanFieldError as err:
+        raise PlanError(
+            f"{path}: plan is missing or has malformed field {err}; recompile it with `uhn compile SPEC`"
+        ) from None
+    try:
+        check_checksum(path, raw)
+    except ReceivedFileError as err:
+        raise PlanError(str(err)) from None
+    return plan
+
+
+# ------------------------------------------------------------------ checking a loaded plan
+
+
+class PlanFieldError(ValueError):
+    """A plan field that does not fit: ``"WHERE: what is wrong"`` (WHERE as ``targets[0].index``)."""
+
+
+_TABLE_INTS = ("offset", "numel", "layer", "param_type")
+_TABLE_FLOATS = ("init_mean", "init_std")
+
+
+def _field(d: Any, key: str, where: str) -> Any:
+    name = f"{where}.{key}" if where else key
+    if not isinstance(d, dict):
+        raise PlanFieldError(f"{where or 'plan'}: a {type(d).__name__}, not a mapping")
+    if key not in d:
+        raise PlanFieldError(f"{name}: missing")
+    return d[key]
+
+
+def _string(d: Any, key: str, where: str) -> str:
+    value = _field(d, key, where)
+    if not isinstance(value, str):
+        raise PlanFieldError(f"{where + '.' if where else ''}{key}: a {type(value).__name__}, not a string")
+    return value
+
+
+def _tensor(d: Any, key: str, where: str, dtype: torch.dtype, shape: tuple[int | None, ...]) -> torch.Tensor:
+    """Field ``key``: a contiguous, finite tensor of ``dtype`` and ``shape`` (None: any size)."""
+    value, name = _field(d, key, where), f"{where}.{key}" if where else key
+    if not isinstance(value, torch.Tensor):
+        raise PlanFieldError(f"{name}: a {type(value).__name__}, not a tensor")
+    wanted = "[" + ", ".join("*" if size is None else str(size) for size in shape) + "]"
+    if value.dtype != dtype or value.dim() != len(shape):
+        raise PlanFieldError(
+            f"{name}: {value.dtype} of shape {list(value.shape)}; a plan holds {dtype} of shape {wanted}"
+        )
+    if any(size is not None and size != actual for size, actual in zip(shape, value.shape)):
+        raise PlanFieldError(f"{name}: shape {list(value.shape)}, expected {wanted}")
+    if not value.is_contiguous():
+        raise PlanFieldError(f"{name}: a view with strides {list(value.stride())}, not a contiguous tensor")
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise PlanFieldError(f"{name}: holds nan or inf")
+    return value
+
+
+def _string_list(d: Any, key: str, where: str) -> list[str]:
+    value = _field(d, key, where)
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise PlanFieldError(f"{where}.{key}: not a list of strings")
+    return value
+
+
+def _int_lists(d: Any, key: str, where: str, count: int) -> list[list[int]]:
+    value = _field(d, key, where)
+    if not isinstance(value, list) or len(value) != count:
+        raise PlanFieldError(f"{where}.{key}: not a list of {count} entries (one per parameter tensor)")
+    for i, item in enumerate(value):
+        if not isinstance(item, list) or not all(type(size) is int and size >= 0 for size in item):
+            raise PlanFieldError(f"{where}.{key}[{i}]: {item!r} is not a list of sizes")
+    return value
+
+
+def _string_lists(d: Any, key: str, where: str, count: int) -> list[list[str]]:
+    value = _field(d, key, where)
+    if not isinstance(value, list) or len(value) != count:
+        raise PlanFieldError(f"{where}.{key}: not a list of {count} entries (one per parameter tensor)")
+    for i, item in enumerate(value):
+        if not isinstance(item, list) or not all(isinstance(name, str) and name in INDEX_FIELDS for name in item):
+            raise PlanFieldError(f"{where}.{key}[{i}]: {item!r} is not a list of index fields")
+    return value
+
+
+def _optional_number(d: dict[str, Any], key: str, where: str, lo: float, hi: float) -> float | None:
+    value = d.get(key)
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not (math.isfinite(value) and lo <= value <= hi):
+        raise PlanFieldError(f"{where}.{key}: {value!r} is not a number in [{lo}, {hi}]")
+    return float(value)
+
+
+def _spec(d: Any, where: str) -> ExperimentSpec:
+    try:
+        return ExperimentSpec.model_validate_json(_string(d, "spec_json", where))
+    except ValidationError as err:
+        raise PlanFieldError(f"{where}.spec_json: {format_validation_error(err)}") from None
+
+
+def _ranges(d: Any, key: str, fields: int) -> torch.Tensor:
+    ranges = _tensor(d, key, "", torch.float64, (fields, 2))
+    if bool((ranges[:, 0] > ranges[:, 1]).any()):
+        raise PlanFieldError(f"{key}: a range whose low end is above its high end")
+    return ranges
+
+
+def _check_table(params: list[ParamEntry], num_layers: int, where: str) -> None:
+    """Each tensor's numel is its shape's product, the tensors tile the flat vector in order,
+    each has one index field per dimension and belongs to one of the target's layers."""
+    offset = 0
+    for i, p in enumerate(params):
+        if p.numel != math.prod(p.shape) or p.offset != offset:
+            raise PlanFieldError(
+                f"{where}: tensor {i} ({p.name}): numel {p.numel} at offset {p.offset}, where shape "
+                f"{list(p.shape)} after the tensors before it gives {math.prod(p.shape)} at offset {offset}"
+            )
+        if len(p.index_fields) != len(p.shape):
+            fields, dims = len(p.index_fields), len(p.shape)
+            raise PlanFieldError(f"{where}.index_fields[{i}]: {fields} fields for {dims} dimensions")
+        if not 0 <= p.layer < num_layers:
+            raise PlanFieldError(f"{where}.layer[{i}]: {p.layer} is not one of the target's {num_layers} layers")
+        offset += p.numel
+
+
+def _index_descriptors(d: Any, where: str, count: int) -> IndexDescriptors:
+    constants = _tensor(d, "constants", where, torch.int64, (count, len(INDEX_FIELDS)))
+    fields = _tensor(d, "dim_fields", where, torch.int64, (count, None))
+    sizes = _tensor(d, "dim_sizes", where, torch.int64, tuple(fields.shape))
+    if bool(((fields < NO_DIM) | (fields >= len(INDEX_FIELDS))).any()):
+        raise PlanFieldError(f"{where}.dim_fields: a value outside {NO_DIM}..{len(INDEX_FIELDS) - 1}")
+    if bool((sizes < 0).any()) or bool(((fields == NO_DIM) & (sizes != 1)).any()):
+        raise PlanFieldError(f"{where}.dim_sizes: a negative size, or a padding dimension whose size is not 1")
+    index = IndexDescriptors(constants, fields, sizes)
+    # Products in Python ints: an int64 product could wrap around to the table's numel.
+    numels = [math.prod(row) for row in sizes.tolist()]
+    if numels != index.numels().tolist():
+        raise PlanFieldError(f"{where}: index descriptors do not match its parameter table (their sizes overflow)")
+    return index
+
+
+# Names (local to the layer's module) and shapes of one spec layer's parameter tensors.
+LayerParameters = list[tuple[str, tuple[int, ...]]]
+
+
+def check_target_fits_spec(target: TargetPlan, where: str, source: str, cache: dict[str, LayerParameters]) -> None:
+    """The target's table names exactly the parameter tensors, with their shapes, of the model
+    its spec builds (layer by layer on the meta device: nothing is allocated; ``cache`` keeps
+    each distinct layer's), and those are within compile's memory guard (``uhn_spec.budget``;
+    a SpecError naming ``source``)."""
+    expected: LayerParameters = []
+    counts = []
+    for i, layer in enumerate(target.spec.layers):
+        local = _layer_parameters(layer, f"{where}.spec_json.layers[{i}]", cache)
+        expected += [(f"layers.{i}.{name}", shape) for name, shape in local]
+        counts.append(sum(math.prod(shape) for _, shape in local))
+    needed = compile_bytes(sum(counts))
+    check_fits(Budget(tuple(counts), needed, needed), "compile", source)
+    if target.num_layers != len(target.spec.flat_layers):
+        layers = len(target.spec.flat_layers)
+        raise PlanFieldError(f"{where}.local_rows: {target.num_layers} rows for the spec's {layers} layers")
+    actual = [(p.name, p.shape) for p in target.params]
+    if actual != expected:
+        shorter = min(len(actual), len(expected))
+        i = next((k for k, pair in enumerate(zip(actual, expected)) if pair[0] != pair[1]), shorter)
+        have = f"{actual[i][0]} {list(actual[i][1])}" if i < len(actual) else "nothing"
+        want = f"{expected[i][0]} {list(expected[i][1])}" if i < len(expected) else "nothing"
+        raise PlanFieldError(f"{where}.params: tensor {i} is {have} where the target's spec has {want}")
+
+
+def _layer_parameters(layer: Any, where: str, cache: dict[str, LayerParameters]) -> LayerParameters:
+    key = f"{type(layer).__name__}:{layer.model_dump_json()}"
+    if key not in cache:
+        try:
+            with torch.device("meta"):
+                module = layer.build_module()
+        except RuntimeError as err:
+            if "overflow" not in str(err).lower():
+                raise
+            raise PlanFieldError(f"{where}: its sizes give a tensor of more than 2**63 elements") from None
+        cache[key] = [(name, tuple(tensor.shape)) for name, tensor in module.named_parameters()]
+    return cache[key]
