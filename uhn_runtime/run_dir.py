@@ -193,9 +193,9 @@ class RunDir:
         and only a run with neither resolves ``auto`` here."""
         if asked != "auto":
             return Precision.resolve(asked, device)
-        record, source = self.info(), self.info_path
+        record = self.info()
         if "precision" not in record:
-            record, source = self.summary() or {}, self.summary_path
+            record = self.summary() or {}
         if record.get("precision") is None:
             return Precision.resolve(asked, device)
         recorded = Precision.resolve(record["precision"], device)
