@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 import signal
+import stat
 import threading
 import time
 import traceback
@@ -80,12 +82,44 @@ class ConfinedLoader(jinja2.BaseLoader):
 
 
 def read_template(path: Path, name: str) -> str:
-    if path.stat().st_size > MAX_RENDERED_CHARS:
-        raise RenderLimitError(f"{name!r} is larger than {MAX_RENDERED_CHARS} bytes")
+    """An included or imported template's text, read as a spec is (``read_spec_file``)."""
     try:
-        return path.read_text(encoding="utf-8")
+        return read_spec_file(path, encoding="utf-8")
+    except SpecError as err:
+        raise RenderLimitError(f"{name!r}: {err.message}") from None
+
+
+def read_spec_file(path: Path, encoding: str = "utf-8-sig") -> str:
+    """The text of a spec, template, include or overlay file: the one way uhn reads them.
+
+    Only a regular file is read (a FIFO, device or socket could block or never end: it is
+    opened without blocking and refused), and at most MAX_RENDERED_CHARS bytes of it, so
+    neither ``/dev/zero`` nor a huge file exhausts memory. Raises a one-line SpecError
+    naming the file."""
+    where = str(path)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise SpecError("", f"spec file not found: {path}") from None
+    except OSError as err:
+        raise SpecError("", f"cannot read spec {path}: {err.strerror or err}") from None
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, device or socket)"
+            raise SpecError("", f"{kind}; give a spec file", where)
+        with os.fdopen(os.dup(descriptor), "rb") as handle:
+            data = handle.read(MAX_RENDERED_CHARS + 1)
+    except OSError as err:
+        raise SpecError("", f"cannot read it: {err.strerror or err}", where) from None
+    finally:
+        os.close(descriptor)
+    if len(data) > MAX_RENDERED_CHARS:
+        raise SpecError("", f"the file is larger than {MAX_RENDERED_CHARS} bytes; is it a spec?", where)
+    try:
+        return data.decode(encoding)
     except UnicodeDecodeError as err:
-        raise RenderLimitError(f"{name!r} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+        raise SpecError(f"byte {err.start}", f"not UTF-8 text ({err.reason}); save it as UTF-8", where) from None
 
 
 class BoundedCodeGenerator(CodeGenerator):
@@ -233,7 +267,7 @@ def render_spec_template(text: str, source: Path | None, variables: dict[str, An
     environment = SpecEnvironment(source.parent if source else None)
     try:
         with RenderAlarm(RENDER_SECONDS + ALARM_GRACE_SECONDS, RENDER_SECONDS):
-            template = environment.from_string(text)
+            template = compile_template(environment, text)
             rendered = []
             size = 0
             for chunk in template.generate(**(variables or {})):
@@ -244,8 +278,23 @@ def render_spec_template(text: str, source: Path | None, variables: dict[str, An
     except jinja2.TemplateSyntaxError as err:
         location = template_location(err.filename, err.lineno)
         raise SpecError(location, f"template syntax error: {err.message}", where) from None
+    except SyntaxError as err:  # Python's compiler refusing the code jinja2 made of a template
+        raise SpecError("", f"template error: {TOO_DEEP_TO_COMPILE} ({err.msg})", where) from None
     except RENDER_ERRORS as err:
         raise SpecError(error_location(err), f"template error: {describe(err)}", where) from None
+
+
+TOO_DEEP_TO_COMPILE = "the template nests blocks or expressions too deeply to compile; nest fewer for/if/macro blocks"
+
+
+def compile_template(environment: "SpecEnvironment", text: str) -> jinja2.Template:
+    """``text`` compiled; Python's own limits on nesting (``too many statically nested
+    blocks``, the recursion limit of its compiler) become a TemplateError."""
+    try:
+        return environment.from_string(text)
+    except (SyntaxError, RecursionError) as err:
+        detail = err.msg if isinstance(err, SyntaxError) else "maximum recursion depth exceeded"
+        raise jinja2.TemplateError(f"{TOO_DEEP_TO_COMPILE} ({detail})") from None
 
 
 # Everything rendering a user's template can raise: its own errors (undefined names, bad macro
