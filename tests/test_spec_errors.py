@@ -400,3 +400,19 @@ def test_every_spec_reader_is_bounded(tmp_path: Path) -> None:
         path = tmp_path / name
         path.write_text(text + padding)
         assert_one_line_error(run_cli("validate", str(path)), f"{path}: the file is larger than 4194304 bytes")
+
+
+@pytest.mark.parametrize("label", ["..", ".", "../x", "a/b", ".hidden", "a\\b", "a\x00b", ""])
+def test_a_plan_name_that_is_no_folder_name_is_refused_for_the_default_run_folder(label: str) -> None:
+    from uhn_runtime.run_dir import default_run_dir
+    from uhn_spec.errors import UHNError
+
+    with pytest.raises(UHNError, match="cannot name a folder under runs/; give the run folder with -o"):
+        default_run_dir(label)
+
+
+def test_a_long_multitask_label_is_shortened_to_one_folder_name() -> None:
+    from uhn_runtime.run_dir import default_run_dir
+
+    folder = default_run_dir("+".join(["m" * 100] * 5))
+    assert folder.parent == Path("runs") / ("m" * 100)
