@@ -169,7 +169,9 @@ def fitting_budget(spec: ExperimentSpec, path: Path, *purposes: Purpose) -> Budg
 def source_text(paths: list[Path], overrides: list[str]) -> str:
     """What a plan records as its source: the spec files as written, then the overrides
     (as YAML comments), so the plan's hash changes with either."""
-    parts = [p.read_text() for p in paths]
+    from uhn_spec.spec import read_spec_text
+
+    parts = [read_spec_text(p) for p in paths]
     text = "---\n".join(part if part.endswith("\n") else part + "\n" for part in parts)
     return text + "".join(f"# --set {item}\n" for item in overrides)
 

@@ -168,6 +168,10 @@ def test_listed_members(tmp_path: Path) -> None:
     ("changes", "message"),
     [
         ({"count": 11}, "count: 11 distinct architectures asked, but the sample can give at most 10"),
+        ({"count": 10**6}, "count: Input should be less than or equal to 10000 (got 1000000)"),
+        ({"name": "f" * 96}, "name: must be 1 to 95 letters, digits, '_', '.' and '-', starting with a letter; members are named"),
+        ({"name": ".."}, "name: must be 1 to 95 letters"),
+        ({"name": "1abc"}, "name: must be 1 to 95 letters"),
         (
             {"sample": {"width": {"min": 4, "max": 8, "divisible_by": "act"}, "act": {"choice": ["elu"]}}},
             "sample.width.divisible_by: 'act' is not an integer variable listed before 'width'",
@@ -188,6 +192,11 @@ def test_errors_name_the_field_and_value(tmp_path: Path, changes: dict[str, Any]
         load_family(path)
     assert str(caught.value).startswith(f"{path}: ")
     assert message in str(caught.value)
+
+
+def test_the_longest_family_name_gives_valid_member_names(tmp_path: Path) -> None:
+    members = load_family(write_family(tmp_path, name="f" * 95, count=2, unseen=0)).members
+    assert [len(m.name) for m in members] == [100, 100]
 
 
 def test_cli_reports_a_bad_family_in_one_line(tmp_path: Path) -> None:

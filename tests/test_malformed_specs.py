@@ -83,7 +83,7 @@ CASES: dict[str, Case] = {
     "fractional width": Case(edit("out_features: 16", "out_features: 16.5"), "layers[0].out_features", "valid integer"),
     "list where a number goes": Case(edit("lr: 1.0e-3", "lr: [1, 2]"), "train.lr", "valid number"),
     "mapping where a name goes": Case(edit("name: corpus_mlp", "name: {a: 1}"), "name", "valid string"),
-    "bad name characters": Case(edit("name: corpus_mlp", "name: corpus mlp"), "name", "should match pattern"),
+    "bad name characters": Case(edit("name: corpus_mlp", "name: corpus mlp"), "name", "letters, digits"),
     "task is a string": Case(edit("task:\n  dataset: digits", "task: digits"), "task", "valid dictionary"),
     "missing task": Case(edit("task:\n  dataset: digits\n", ""), "task", "Field required"),
     "epochs and steps": Case(edit("  warmup: 1", "  warmup: 1\n  steps: 5"), "train", "exactly one of epochs and steps"),

@@ -147,7 +147,7 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "bad name": (
         edited(MLP, "name: tiny_mlp", "name: tiny mlp"),
-        "name: String should match pattern '^[A-Za-z0-9_.-]+$' (got 'tiny mlp')",
+        "name: must be 1 to 100 letters, digits, '_', '.' and '-', starting with a letter or digit; it names the run folder (got 'tiny mlp')",
     ),
     "a list instead of a mapping": ("- a\n- b\n", "the spec is a YAML list; a spec is a YAML mapping with name, family, task and layers"),
     "undefined template variable": ("name: {{ depth }}\n", "line 1: template error: 'depth' is undefined"),
@@ -314,3 +314,105 @@ def test_installed_command_reports_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr == f"error: {bad}: train.warmup: 5 exceeds the training length (2)\n"
+
+
+# --------------------------------------------------------------------------- round 2 (issue 26)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["..", ".", ".hidden", "a/b", "a\\\\b", "-x", "x" * 101, "x" * 300, "a\\x00b", "tiny mlp"],
+)
+def test_names_that_would_leave_the_runs_folder_are_refused(name: str) -> None:
+    text = edited(MLP, "name: tiny_mlp", f'name: "{name}"')
+    message = spec_error(text)
+    assert message.startswith("name: must be 1 to 100 letters, digits, '_', '.' and '-'"), message
+    assert "(got " in message and len(message) < 300
+
+
+def test_the_longest_name_is_accepted() -> None:
+    assert spec_from_text(edited(MLP, "name: tiny_mlp", "name: " + "x" * 100)).name == "x" * 100
+
+
+def test_recursive_names_leave_room_for_the_levels() -> None:
+    from uhn_spec.recursive import recursive_from_text
+
+    text = "name: {name}\nleaf: {{}}\ndepth: 16\ntrain: {{steps: 2, warmup: 0}}\n"
+    with pytest.raises(SpecError, match=r"name: must be 1 to 96 letters.*each H_k is named <name>_h<k>"):
+        recursive_from_text(text.format(name="r" * 97))
+
+
+def test_a_self_referencing_yaml_alias_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uhn_spec.spec
+
+    monkeypatch.setattr(uhn_spec.spec, "MAX_YAML_NODES", 10_000)  # without the check: the count error
+    for text, path, line in (("a: &a [*a]\n", "a[0]", 1), ("b:\n  c: &x {d: [1, *x]}\n", "b.c.d[1]", 2)):
+        assert spec_error(text) == f"{path}: a YAML alias refers to the node (line {line}) that contains it; it would never end"
+
+
+def test_an_alias_used_twice_is_not_recursive() -> None:
+    text = MLP.replace("train:\n", "x-shared: &w {epochs: 2, warmup: 1}\ntrain: *w\n").replace("  epochs: 2\n  warmup: 1\n", "")
+    assert "unknown field" in spec_error(text)  # reached validation: the aliases themselves were fine
+
+
+@pytest.mark.parametrize("depth", [25, 120, 400])
+def test_deeply_nested_blocks_give_one_line(depth: int) -> None:
+    loops = "".join(f"{{% for i{k} in [1] %}}" for k in range(depth)) + "x" + "{% endfor %}" * depth
+    message = spec_error(f"name: {loops}\n")
+    assert "template error: the template nests blocks or expressions too deeply to compile" in message
+
+
+def cli_validate(path: Path) -> subprocess.CompletedProcess[str]:
+    """``uhn validate PATH`` in a real process (a hang fails the test at the timeout, not the suite)."""
+    return subprocess.run(
+        [sys.executable, "-m", "uhn_cli", "validate", str(path)], capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_given_as_a_spec_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "spec.yaml"
+    __import__("os").mkfifo(fifo)
+    done = cli_validate(fifo)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"error: {fifo}: not a regular file (a FIFO, device or socket); give a spec file\n"
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero here")
+def test_a_device_given_as_a_spec_is_refused_without_reading_it() -> None:
+    done = cli_validate(Path("/dev/zero"))
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "error: /dev/zero: not a regular file (a FIFO, device or socket); give a spec file\n"
+
+
+def test_a_folder_given_as_a_spec_gives_one_line(tmp_path: Path) -> None:
+    assert_one_line_error(run_cli("validate", str(tmp_path)), f"{tmp_path}: a folder; give a spec file")
+
+
+def test_every_spec_reader_is_bounded(tmp_path: Path) -> None:
+    """Family, multi-task and recursive files are read as specs are: at most 4 MiB."""
+    padding = "#" * (4 * 2**20) + "\n"
+    for name, text in (
+        ("family.yaml", "name: f\nmembers: [member.yaml]\n"),
+        ("multitask.yaml", "name: m\ntasks: [{spec: member.yaml, probability: 1}]\n"),
+        ("recursive.yaml", "name: r\nleaf: member.yaml\ndepth: 0\ntrain: {steps: 2, warmup: 0}\n"),
+    ):
+        path = tmp_path / name
+        path.write_text(text + padding)
+        assert_one_line_error(run_cli("validate", str(path)), f"{path}: the file is larger than 4194304 bytes")
+
+
+@pytest.mark.parametrize("label", ["..", ".", "../x", "a/b", ".hidden", "a\\b", "a\x00b", ""])
+def test_a_plan_name_that_is_no_folder_name_is_refused_for_the_default_run_folder(label: str) -> None:
+    from uhn_runtime.run_dir import default_run_dir
+    from uhn_spec.errors import UHNError
+
+    with pytest.raises(UHNError, match="cannot name a folder under runs/; give the run folder with -o"):
+        default_run_dir(label)
+
+
+def test_a_long_multitask_label_is_shortened_to_one_folder_name() -> None:
+    from uhn_runtime.run_dir import default_run_dir
+
+    folder = default_run_dir("+".join(["m" * 100] * 5))
+    assert folder.parent == Path("runs") / ("m" * 100)

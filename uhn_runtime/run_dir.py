@@ -45,7 +45,7 @@ import torch
 from uhn_spec.errors import UHNError
 from uhn_spec.files import append_text, atomic_write_text, ensure_folder, temp_name_pattern, truncate_file, writing
 from uhn_spec.plan import Plan, load_plan
-from uhn_spec.spec import spec_to_yaml
+from uhn_spec.spec import MAX_NAME_LENGTH, spec_to_yaml
 
 from .optim import Precision, PrecisionName
 from .run_record import RunRecord, SummaryRecord, load_record
@@ -131,8 +131,14 @@ def machine_info(with_gpus: bool = True) -> dict[str, Any]:
 
 
 def default_run_dir(spec_name: str) -> Path:
+    """``runs/<name>/<timestamp>``. Spec names are validated (``SpecName``), but a plan file's
+    target names are only as safe as the file, and a multi-task label joins many: a name that
+    is not one ordinary path component is refused, a long one shortened to MAX_NAME_LENGTH."""
+    folder = spec_name[:MAX_NAME_LENGTH]
+    if not folder or folder.startswith(".") or any(c in folder for c in "/\\\0"):
+        raise UHNError(f"the run's name {spec_name[:40]!r} cannot name a folder under runs/; give the run folder with -o")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / spec_name / stamp
+    return Path("runs") / folder / stamp
 
 
 class RunDir:

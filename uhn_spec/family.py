@@ -27,6 +27,7 @@ from .compiler import compile_specs
 from .errors import SpecError
 from .plan import Plan
 from .spec import (
+    MAX_NAME_LENGTH,
     ExperimentSpec,
     StrictModel,
     apply_overrides,
@@ -34,7 +35,9 @@ from .spec import (
     has_top_level_key,
     load_spec,
     load_yaml,
+    name_field,
     parse_override,
+    read_spec_text,
     spec_from_text,
     spec_hash,
 )
@@ -47,9 +50,22 @@ MAX_DRAWS = 50_000
 # Counting a sample space branches on every value of a variable that later ones refer to;
 # past this many branches the space is called uncountable and only sampling can tell.
 MAX_COUNT_BRANCHES = 100_000
+# The most members a family may ask for: each is rendered and validated (about 20 ms each on
+# one core), so 10,000 take a few minutes; the paper's largest families have 1,000.
+MAX_FAMILY_COUNT = 10_000
 FLOAT_DECIMALS = 3  # floats are rounded half up to 3 decimals, as the authors do
 # Top-level keys that make a YAML file a family rather than a single spec.
 FAMILY_KEYS = ("template", "sample", "members")
+
+def member_name(family: str, index: int) -> str:
+    """The name of member ``index`` of family ``family``."""
+    return f"{family}_{index:04d}"
+
+
+# Members are named <name>_0000: the family's name leaves room for the suffix.
+FamilyName = name_field(
+    MAX_NAME_LENGTH - len(member_name("", MAX_FAMILY_COUNT - 1)), "members are named <name>_0000", letter_first=True
+)
 
 IntOrVariable = Union[int, str]  # a number, or the name of an integer variable drawn earlier
 Scalar = Union[bool, int, float, str]
@@ -177,11 +193,11 @@ Draw = Annotated[
 class FamilySpec(StrictModel):
     """A family file: how its members are produced, how many, and how they are split."""
 
-    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$")
+    name: FamilyName  # type: ignore[valid-type]
     description: str = ""
     template: str | None = Field(None, description="jinja2 template of a spec, rendered with the sampled variables")
     sample: dict[str, Draw] = Field({}, description="how each template variable is drawn, in order")
-    count: int | None = Field(None, ge=1, description="distinct architectures to sample")
+    count: int | None = Field(None, ge=1, le=MAX_FAMILY_COUNT, description="distinct architectures to sample")
     members: list[str | dict[str, Any]] | None = Field(None, description="spec files or inline specs")
     unseen: int = Field(0, ge=0, description="held-out members: the last `unseen`")
     each: int | None = Field(None, ge=1, description="seen members evaluated: the first `each` (default: unseen)")
@@ -436,12 +452,7 @@ def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def load_family(path: str | Path, overrides: Sequence[str] = ()) -> Family:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError("", f"family file not found: {path}") from None
-    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as err:
-        raise SpecError("", f"cannot read family file {path}: {err}") from None
+    text = read_spec_text(path)
     return family_from_text(text, path, overrides)
 
 
@@ -486,10 +497,6 @@ def _checked(job: Callable[[], Any], where: str | None) -> Any:
         if err.source:
             raise
         raise SpecError(err.path, err.message, where) from None
-
-
-def member_name(family: str, index: int) -> str:
-    return f"{family}_{index:04d}"
 
 
 def sample_members(

@@ -32,6 +32,7 @@ from .plan import Plan
 from .spec import (
     ExperimentSpec,
     GeneratorSpec,
+    SpecName,
     StrictModel,
     TrainSpec,
     apply_overrides,
@@ -89,7 +90,7 @@ class TaskSamplingSpec(StrictModel):
 class MultiTaskSpec(StrictModel):
     """A multi-task run: its members, the one generator and the one training schedule."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: SpecName  # type: ignore[valid-type]
     description: str = ""
     tasks: list[TaskEntry] = Field(min_length=1)
     generator: GeneratorSpec

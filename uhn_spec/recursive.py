@@ -22,6 +22,7 @@ from .compiler import compile_specs
 from .errors import SpecError
 from .plan import Plan
 from .spec import (
+    MAX_NAME_LENGTH,
     ExperimentSpec,
     GeneratorSpec,
     StrictModel,
@@ -31,9 +32,22 @@ from .spec import (
     has_top_level_key,
     load_spec,
     load_yaml,
+    name_field,
     read_spec_text,
 )
 from .tasks import RECURSIVE_DATASETS
+
+# The deepest chain a recursive spec may ask for (H1..H16).
+MAX_DEPTH = 16
+
+
+def level_name(name: str, k: int) -> str:
+    """The name of H_k in the chain of recursive spec ``name``."""
+    return f"{name}_h{k}"
+
+
+# Each H_k is named <name>_h<k>: the recursive spec's name leaves room for the suffix.
+RecursiveName = name_field(MAX_NAME_LENGTH - len(level_name("", MAX_DEPTH)), "each H_k is named <name>_h<k>")
 
 # The top-level key that makes a YAML file a recursive spec rather than a single spec.
 RECURSIVE_KEY = "leaf"
@@ -54,10 +68,10 @@ class GeneratedLayout(StrictModel):
 class RecursiveSpec(StrictModel):
     """A recursive run: the leaf model, the depth and H0."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: RecursiveName  # type: ignore[valid-type]
     description: str = ""
     leaf: str | dict[str, Any] = Field(description="the leaf spec: a path (relative to this file) or an inline spec")
-    depth: int = Field(ge=0, le=16, description="K: generated generators between H0 and the leaf (0: none)")
+    depth: int = Field(ge=0, le=MAX_DEPTH, description="K: generated generators between H0 and the leaf (0: none)")
     generated: GeneratedLayout = GeneratedLayout()
     generator: GeneratorSpec = PAPER_ROOT
     train: TrainSpec
@@ -129,7 +143,7 @@ def recursive_from_text(
         raise SpecError("", _format_error(err), where) from None
     leaf = _leaf_spec(spec, source, where)
     chain = [
-        generated_generator_spec(f"{spec.name}_h{k}", spec.generator, spec.generated, leaf, spec.train)
+        generated_generator_spec(level_name(spec.name, k), spec.generator, spec.generated, leaf, spec.train)
         for k in range(1, spec.depth + 1)
     ]
     return spec, [*chain, leaf]

@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .enums import ModelType, TaskType
 from .errors import SpecError
 from .layers import REGISTRY
 from .layers.base import FeatureShape
 from .tasks import DATASETS, DatasetInfo, DatasetName, input_shape, synthetic_info
-from .template import MAX_RENDERED_CHARS, render_spec_template
+from .template import read_spec_file, render_spec_template
 
 LayerUnion = Annotated[Union[tuple(REGISTRY.values())], Field(discriminator="kind")]  # type: ignore[valid-type]
 
@@ -43,6 +43,31 @@ FAMILY_MODEL_TYPE: dict[str, ModelType] = {
     "kan": ModelType.KAN,
     "uhn": ModelType.RECURSIVE,  # a generated generator (recursive generation)
 }
+
+
+# A spec's name names its default run folder (runs/<name>/...) and files: one path component
+# of portable characters, never "." or "..", hidden, or longer than any file system takes.
+MAX_NAME_LENGTH = 100
+NAME_CHARACTERS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+NAME_RULE = "letters, digits, '_', '.' and '-', starting with a letter or digit"
+
+
+def name_field(max_length: int = MAX_NAME_LENGTH, why: str = "it names the run folder", letter_first: bool = False) -> Any:
+    """The type of a ``name`` field: a str of at most ``max_length`` characters of NAME_RULE
+    (shorter where uhn appends to it, as a family's members ``<name>_0000``; ``letter_first``
+    where the name goes through YAML again, where ``1_0000`` would read as a number)."""
+    rule = NAME_RULE.replace("letter or digit", "letter") if letter_first else NAME_RULE
+
+    def check(name: str) -> str:
+        if NAME_CHARACTERS.fullmatch(name) and len(name) <= max_length and (name[0].isalpha() or not letter_first):
+            return name
+        shown = repr(name) if len(name) <= 40 else f"{name[:40]!r}... ({len(name)} characters)"
+        raise ValueError(f"must be 1 to {max_length} {rule}; {why} (got {shown})")
+
+    return Annotated[str, AfterValidator(check)]
+
+
+SpecName = name_field()
 
 
 class StrictModel(BaseModel):
@@ -247,7 +272,7 @@ class GeneratedShape(StrictModel):
 class ExperimentSpec(StrictModel):
     """One target model on one task, with the generator that produces it and its training."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: SpecName  # type: ignore[valid-type]
     description: str = ""
     family: Family
     cnn_stage_num: int = Field(0, ge=0, description="CNN stages (stem + stages); 0 for MLPs")
@@ -455,8 +480,9 @@ MAX_YAML_NODES = 1_000_000
 
 
 class CheckedConstruction:
-    """Refuses duplicate keys (naming the key and both lines) and documents that
-    alias-expand into more than MAX_YAML_NODES values, before constructing anything."""
+    """Refuses duplicate keys (naming the key and both lines), recursive aliases and
+    documents that alias-expand into more than MAX_YAML_NODES values, before constructing
+    anything."""
 
     def construct_document(self, node: yaml.Node) -> Any:
         check_yaml_nodes(node)
@@ -472,29 +498,62 @@ class FastSpecLoader(CheckedConstruction, getattr(yaml, "CSafeLoader", yaml.Safe
     and reads hundreds of member specs)."""
 
 
+# Where a node sits: (where its parent sits, its key or index), None for the root. Built as a
+# chain so that walking a deep document costs no path string per node.
+NodePlace = Union[tuple["NodePlace", str], None]
+
+
+def yaml_path(place: NodePlace) -> str:
+    parts: list[str] = []
+    while place is not None:
+        place, part = place
+        parts.append(part)
+    return "".join(reversed(parts)).lstrip(".")
+
+
 def check_yaml_nodes(root: yaml.Node) -> None:
+    """Walk the node graph depth first: count the values it expands to, refuse a node that
+    contains itself (``a: &a [*a]`` would expand forever) and duplicate keys."""
     count = 0
-    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    open_nodes: set[int] = set()  # the collections on the way down to the current node
+    stack: list[tuple[yaml.Node, NodePlace, bool]] = [(root, None, False)]
     while stack:
-        node, path = stack.pop()
+        node, place, leaving = stack.pop()
+        if leaving:
+            open_nodes.discard(id(node))
+            continue
         count += 1
         if count > MAX_YAML_NODES:
-            raise SpecError(path, f"the document expands to more than {MAX_YAML_NODES} values (YAML aliases?)")
+            raise SpecError(yaml_path(place), f"the document expands to more than {MAX_YAML_NODES} values (YAML aliases?)")
+        if not isinstance(node, yaml.CollectionNode):
+            continue
+        if id(node) in open_nodes:
+            line = node.start_mark.line + 1
+            raise SpecError(yaml_path(place), f"a YAML alias refers to the node (line {line}) that contains it; it would never end")
+        open_nodes.add(id(node))
+        stack.append((node, place, True))
         if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, int] = {}
-            for key, value in node.value:
-                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
-                    stack.append((value, path))
-                    continue
-                child = f"{path}.{key.value}" if path else str(key.value)
-                line = key.start_mark.line + 1
-                if (key.tag, key.value) in seen:
-                    first = seen[(key.tag, key.value)]
-                    raise SpecError(child, f"duplicate key at lines {first} and {line}; keep one of them")
-                seen[(key.tag, key.value)] = line
-                stack.append((value, child))
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
+            stack.extend(reversed(mapping_children(node, place)))
+        else:
+            stack.extend((item, (place, f"[{i}]"), False) for i, item in reversed(list(enumerate(node.value))))
+
+
+def mapping_children(node: yaml.MappingNode, place: NodePlace) -> list[tuple[yaml.Node, NodePlace, bool]]:
+    """The values of a mapping with their places; a key given twice is refused."""
+    children: list[tuple[yaml.Node, NodePlace, bool]] = []
+    seen: dict[Any, int] = {}
+    for key, value in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            children.append((value, place, False))
+            continue
+        child: NodePlace = (place, f".{key.value}")
+        line = key.start_mark.line + 1
+        if (key.tag, key.value) in seen:
+            first = seen[(key.tag, key.value)]
+            raise SpecError(yaml_path(child), f"duplicate key at lines {first} and {line}; keep one of them")
+        seen[(key.tag, key.value)] = line
+        children.append((value, child, False))
+    return children
 
 
 def parse_yaml(text: str) -> Any:
@@ -587,8 +646,8 @@ def has_top_level_key(path: str | Path, keys: Sequence[str]) -> bool:
     which need not parse as YAML before rendering). An unreadable file is none of them:
     ``load_spec`` then reports it."""
     try:
-        data = load_yaml(Path(path).read_text())
-    except (SpecError, OSError, UnicodeDecodeError):
+        data = load_yaml(read_spec_text(Path(path)))
+    except SpecError:
         return False
     return isinstance(data, dict) and any(key in data for key in keys)
 
@@ -615,17 +674,9 @@ def spec_from_text(
 
 
 def read_spec_text(path: Path) -> str:
-    """A spec file's text: UTF-8 (a BOM is fine), at most MAX_RENDERED_CHARS bytes."""
-    try:
-        if path.stat().st_size > MAX_RENDERED_CHARS:
-            raise SpecError("", f"the file is larger than {MAX_RENDERED_CHARS} bytes; is it a spec?", str(path))
-        return path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise SpecError("", f"spec file not found: {path}") from None
-    except UnicodeDecodeError as err:
-        raise SpecError(f"byte {err.start}", f"not UTF-8 text ({err.reason}); save the spec as UTF-8", str(path)) from None
-    except OSError as err:
-        raise SpecError("", f"cannot read spec {path}: {err.strerror or err}") from None
+    """A spec file's text: UTF-8 (a BOM is fine), at most MAX_RENDERED_CHARS bytes of a
+    regular file (``read_spec_file``)."""
+    return read_spec_file(Path(path))
 
 
 def load_spec(
