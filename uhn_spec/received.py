@@ -48,23 +48,28 @@ class ReceivedFileError(UHNError):
 
 
 def read_received_bytes(path: Path, max_bytes: int, what: str) -> bytes:
-    """At most ``max_bytes`` of the regular file ``path`` (a FIFO or device is refused before
-    it is opened for reading, so nothing blocks or streams without end)."""
+    """At most ``max_bytes`` of the regular file ``path``: the one way uhn reads a file it is
+    handed (specs, templates, records). It is opened without blocking and checked before any
+    byte is read, so a FIFO or device neither blocks nor streams without end."""
     try:
-        info = os.stat(path)
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
-        raise ReceivedFileError(f"{path}: not found; is it a {what}?") from None
+        raise ReceivedFileError(f"{path}: {what} not found") from None
     except OSError as err:
         raise ReceivedFileError(f"{path}: cannot read it: {err.strerror or err}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ReceivedFileError(f"{path}: not a regular file; a {what} is a regular file")
-    if info.st_size > max_bytes:
-        raise ReceivedFileError(f"{path}: {info.st_size} bytes, more than a {what} holds (at most {max_bytes})")
     try:
-        with open(path, "rb") as handle:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, device or socket)"
+            raise ReceivedFileError(f"{path}: {kind}; a {what} is a regular file")
+        if info.st_size > max_bytes:
+            raise ReceivedFileError(f"{path}: {info.st_size} bytes, more than a {what} holds (at most {max_bytes})")
+        with os.fdopen(os.dup(descriptor), "rb") as handle:
             data = handle.read(max_bytes + 1)
     except OSError as err:
         raise ReceivedFileError(f"{path}: cannot read it: {err.strerror or err}") from None
+    finally:
+        os.close(descriptor)
     if len(data) > max_bytes:
         raise ReceivedFileError(f"{path}: grew past {max_bytes} bytes while read; is something writing it?")
     return data

@@ -20,10 +20,8 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import os
 import re
 import signal
-import stat
 import threading
 import time
 import traceback
@@ -38,6 +36,7 @@ from jinja2.runtime import Context, Macro
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 from .errors import SpecError
+from .received import ReceivedFileError, read_received_bytes
 from .sandbox import (
     REMOVED_FILTERS,
     DeadlineRange,
@@ -102,36 +101,16 @@ def read_template(path: Path, name: str) -> str:
 
 
 def read_spec_file(path: Path, encoding: str = "utf-8-sig") -> str:
-    """The text of a spec, template, include or overlay file: the one way uhn reads them.
-
-    Only a regular file is read (a FIFO, device or socket could block or never end: it is
-    opened without blocking and refused), and at most MAX_RENDERED_CHARS bytes of it, so
-    neither ``/dev/zero`` nor a huge file exhausts memory. Raises a one-line SpecError
-    naming the file."""
-    where = str(path)
+    """The text of a spec, template, include or overlay file: at most MAX_RENDERED_CHARS bytes
+    of a regular file (``read_received_bytes``), or a one-line SpecError naming the file."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-    except FileNotFoundError:
-        raise SpecError("", f"spec file not found: {path}") from None
-    except OSError as err:
-        raise SpecError("", f"cannot read spec {path}: {err.strerror or err}") from None
-    try:
-        mode = os.fstat(descriptor).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, device or socket)"
-            raise SpecError("", f"{kind}; give a spec file", where)
-        with os.fdopen(os.dup(descriptor), "rb") as handle:
-            data = handle.read(MAX_RENDERED_CHARS + 1)
-    except OSError as err:
-        raise SpecError("", f"cannot read it: {err.strerror or err}", where) from None
-    finally:
-        os.close(descriptor)
-    if len(data) > MAX_RENDERED_CHARS:
-        raise SpecError("", f"the file is larger than {MAX_RENDERED_CHARS} bytes; is it a spec?", where)
+        data = read_received_bytes(path, MAX_RENDERED_CHARS, "spec file")
+    except ReceivedFileError as err:
+        raise SpecError("", str(err)) from None
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as err:
-        raise SpecError(f"byte {err.start}", f"not UTF-8 text ({err.reason}); save it as UTF-8", where) from None
+        raise SpecError(f"byte {err.start}", f"not UTF-8 text ({err.reason}); save it as UTF-8", str(path)) from None
 
 
 class BoundedCodeGenerator(CodeGenerator):
