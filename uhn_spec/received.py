@@ -54,7 +54,7 @@ def read_received_bytes(path: Path, max_bytes: int, what: str) -> bytes:
     try:
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
-        raise ReceivedFileError(f"{path}: {what} not found") from None
+        raise ReceivedFileError(f"{what} not found: {path}") from None
     except OSError as err:
         raise ReceivedFileError(f"{path}: cannot read it: {err.strerror or err}") from None
     try:
