@@ -14,12 +14,15 @@ from uhn_runtime.stop_signals import RunStopped
 from uhn_spec.errors import UHNError
 
 from .main import SetOption, command, fitting_budget, human_bytes, is_plan_path, load_target_source
-from .options import DEFAULT_DEVICE, DataRootOption, DeviceOption
+from .options import DEFAULT_DEVICE, DataRootOption, DeviceOption, bounded_option
 
 EXPORT_SUFFIX = ".safetensors"
 ONNX_SUFFIX = ".onnx"
 # A second Ctrl-C abandons the run; the shell's code for "killed by SIGINT".
 EXIT_ABANDONED = 130
+# Static bounds of the numeric options (--micro-shards is also at most the spec's batch size).
+MAX_MICRO_SHARDS = 4096
+MAX_RECALIBRATION_BATCHES = 100_000
 
 
 class Precision(str, Enum):
@@ -83,12 +86,14 @@ def train(
     ] = False,
     micro_shards: Annotated[
         int | None,
-        typer.Option(
+        bounded_option(
             "--micro-shards",
-            min=0,
-            help="Exact data parallel: each batch's gradient summed over this many fixed micro-shards (default: "
+            0,
+            MAX_MICRO_SHARDS,
+            "Exact data parallel: each batch's gradient summed over this many fixed micro-shards (default: "
             "uhn_runtime.distributed.DEFAULT_MICRO_SHARDS), so 1 process and torchrun's N (up to this many) take the same "
-            "steps; 0: DDP's gradient average. docs/distributed.md.",
+            "steps; 0: DDP's gradient average; at most train.batch_size (a micro-shard has at least one example). "
+            "docs/distributed.md",
             show_default=False,
         ),
     ] = None,
@@ -139,6 +144,8 @@ def train(
         if model is not None:  # one member alone, with its own normalisation ranges
             plan = compile_spec(plan.target(model).spec)
         spec = plan.trained_target.spec
+        if micro_shards is not None:
+            check_micro_shards(micro_shards, spec.train.batch_size, source)
         compare = spec.train.compare_direct and not is_multi_model(plan)  # a family trains no direct baseline
         chosen = mode.value if mode is not None else ("both" if compare else "uhn")
         run_root = out if out is not None else default_run_dir(plan_label(plan))
@@ -148,6 +155,16 @@ def train(
         summary = _stoppable(lambda: start_run(plan, run_root, options, recorded), run_root)
     echo(result_line(summary))
     echo(f"summary: {RunDir(run_root).summary_path}")
+
+
+def check_micro_shards(micro_shards: int, batch_size: int, source: Path) -> None:
+    """Refuse more micro-shards than a batch has examples: the extra ones are empty, yet each
+    costs a pass of the step (a count like 10^9 stalls training)."""
+    if micro_shards > batch_size:
+        raise UHNError(
+            f"--micro-shards: {micro_shards} is more than train.batch_size {batch_size} of {source}; "
+            f"give 0 to {batch_size} (each micro-shard holds at least one example of the batch)"
+        )
 
 
 def _stoppable(action: Callable[[], dict[str, Any]], run_root: Path) -> dict[str, Any]:
@@ -201,7 +218,13 @@ def export(
     device: DeviceOption = DEFAULT_DEVICE,
     recalibrate_bn: Annotated[
         int,
-        typer.Option("--recalibrate-bn", metavar="BATCHES", help="BatchNorm models: recompute the running statistics for the generated weights over this many training batches (0: keep the defaults).", min=0),
+        bounded_option(
+            "--recalibrate-bn",
+            0,
+            MAX_RECALIBRATION_BATCHES,
+            "BatchNorm models: recompute the running statistics for the generated weights over this many training "
+            "batches (0: keep the defaults; at most one epoch's)",
+        ),
     ] = 10,
     for_module: Annotated[
         str | None,
