@@ -20,6 +20,9 @@ EXPORT_SUFFIX = ".safetensors"
 ONNX_SUFFIX = ".onnx"
 # A second Ctrl-C abandons the run; the shell's code for "killed by SIGINT".
 EXIT_ABANDONED = 130
+# Another torchrun process died mid-run (LostContact): sysexits' EX_TEMPFAIL, "try again",
+# here with `uhn train --resume` (docs/distributed.md).
+EXIT_LOST_CONTACT = 75
 # Static bounds of the numeric options (--micro-shards is also at most the spec's batch size).
 MAX_MICRO_SHARDS = 4096
 MAX_RECALIBRATION_BATCHES = 100_000
@@ -168,16 +171,23 @@ def check_micro_shards(micro_shards: int, batch_size: int, source: Path) -> None
 
 
 def _stoppable(action: Callable[[], dict[str, Any]], run_root: Path) -> dict[str, Any]:
-    """Run ``action``; a stop on a signal ends the command with the line that continues it."""
+    """Run ``action``; a stop on a signal, or a torchrun peer that died, ends the command
+    with the line that continues it."""
+    from uhn_runtime.distributed import LostContact
+    from uhn_runtime.run_dir import RunDir
+
     again = f"continue with `uhn train --resume {run_root}`"
     try:
         return action()
     except RunStopped as stopped:
         typer.echo(f"{stopped}; {again}", err=True)
         raise typer.Exit(stopped.exit_code) from None
+    except LostContact as lost:
+        # A default folder's name holds rank 0's clock; this rank's guess may be a second off.
+        named = run_root if RunDir(run_root).info_path.is_file() else "RUN (the run folder rank 0 named)"
+        typer.echo(f"{lost}; resume with `uhn train --resume {named}`", err=True)
+        raise typer.Exit(EXIT_LOST_CONTACT) from None
     except KeyboardInterrupt:
-        from uhn_runtime.run_dir import RunDir
-
         started = RunDir(run_root).info_path.is_file()
         typer.echo(f"abandoned; the last checkpoint stays; {again}" if started else "interrupted before the run started", err=True)
         raise typer.Exit(EXIT_ABANDONED) from None
