@@ -356,6 +356,7 @@ def test_torchrun_environment_is_read_and_checked() -> None:
         environment_context({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
 
 
+@pytest.mark.slow  # two `uhn train` processes: about 12 s on an idle 2-core machine, 50 s loaded
 def test_killing_rank_0_mid_run_leaves_rank_1_one_line_and_the_resume_code(tmp_path: Path) -> None:
     """Two `uhn train` processes, started as torchrun starts them (its variables and a
     rendezvous address, without torchrun's agent, which would stop rank 1 itself); rank 0
