@@ -392,7 +392,10 @@ OUT_OF_RANGE = [
 
 
 @pytest.mark.parametrize(("args", "line"), OUT_OF_RANGE)
-def test_every_numeric_option_refuses_what_is_out_of_its_range_in_one_line(spec_file: Path, tmp_path: Path, args: list[str], line: str) -> None:
+def test_every_numeric_option_refuses_what_is_out_of_its_range_in_one_line(
+    spec_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], line: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # were one accepted, its default run or results folder lands here
     filled = [a.format(spec=spec_file, run=tmp_path, out=tmp_path / "out") for a in args]
     result = runner.invoke(app, filled)
     assert result.exit_code == 2, result.output
