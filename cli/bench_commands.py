@@ -11,7 +11,7 @@ import typer
 from uhn_spec.errors import UHNError
 
 from .main import PLAN_SUFFIX, SetOption, command, load_target_source
-from .options import DEFAULT_DEVICE, DeviceOption
+from .options import DEFAULT_DEVICE, DeviceOption, bounded_option
 
 
 def default_naive_max_gib() -> float:
@@ -20,22 +20,29 @@ def default_naive_max_gib() -> float:
     return DEFAULT_NAIVE_MAX_BYTES / GIB
 
 
+# The documented ranges of bench's numbers (checked as the command line is read).
+MAX_NAIVE_GIB = 1024.0
+MAX_REPEATS = 100
+MAX_BATCH = 65536
+MAX_TARGET_SEGMENTS = 1024
+MIN_MATMUL_SIZE, MAX_MATMUL_SIZE = 16, 8192
+
+
 @command("bench")
 def bench(
     source: Annotated[Path, typer.Argument(help=f"A plan (*{PLAN_SUFFIX}) or a spec YAML.", show_default=False)],
     # No plain default: it lives in uhn_runtime.bench, which imports torch (see main.py).
     naive_max_gib: Annotated[
         float,
-        typer.Option(
-            "--naive-max-gib",
-            help="Skip the naive generator if its estimated peak exceeds this.",
-            default_factory=default_naive_max_gib,
+        bounded_option(
+            "--naive-max-gib", 0.0, MAX_NAIVE_GIB, "Skip the naive generator if its estimated peak exceeds this",
+            kind=float, default_factory=default_naive_max_gib,
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON instead of a table.")] = False,
-    repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per case (median; after one warm-up).")] = 5,
+    repeats: Annotated[int, bounded_option("--repeats", 1, MAX_REPEATS, "Timed runs per case (median; after one warm-up)")] = 5,
     device: DeviceOption = DEFAULT_DEVICE,
-    batch: Annotated[int, typer.Option("--batch", help="Target batch size of the train step.")] = 256,
+    batch: Annotated[int, bounded_option("--batch", 1, MAX_BATCH, "Target batch size of the train step")] = 256,
     precision: Annotated[
         str,
         typer.Option("--precision", help="fp32, bf16 autocast for the matmuls, or auto (bf16 where the hardware accelerates it)."),
@@ -43,8 +50,21 @@ def bench(
     target: Annotated[str | None, typer.Option("--target", help="Which target of a multi-target plan.")] = None,
     naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Also measure the naive one-batch generator.")] = True,
     target_segments: Annotated[
-        int, typer.Option("--target-segments", help="Checkpoint the target's activations in this many segments (0: off).")
+        int,
+        bounded_option(
+            "--target-segments", 0, MAX_TARGET_SEGMENTS,
+            "Checkpoint the target's activations in this many segments (0: off; more than layers: one per layer)",
+        ),
     ] = 0,
+    matmul_size: Annotated[
+        int | None,
+        bounded_option(
+            "--matmul-size", MIN_MATMUL_SIZE, MAX_MATMUL_SIZE,
+            "Side of the square product that measures the matmul peak (default: 4096; 1024 where bf16 is "
+            "emulated, on a CPU without AMX or AVX512-BF16)",
+            show_default=False,
+        ),
+    ] = None,
     overrides: SetOption = None,
 ) -> None:
     """Measure generation speed, a train step and peak memory against the naive generator.
@@ -56,8 +76,6 @@ def bench(
 
     if precision not in ("auto", "fp32", "bf16"):
         raise UHNError(f"--precision: {precision!r}; use fp32, bf16 or auto")
-    if target_segments < 0:
-        raise UHNError(f"--target-segments: {target_segments}; use 0 (off) or a positive number")
     plan = load_target_source(source, overrides)
     options = BenchOptions(
         repeats=repeats,
@@ -69,6 +87,12 @@ def bench(
         naive_max_bytes=int(naive_max_gib * GIB),
         target_segments=target_segments,
         seed=plan.target(target).spec.train.seed,
+        square=matmul_size,
     )
-    report = run_bench(plan, options, progress=lambda what: typer.echo(f"measuring {what} ...", err=True))
+    report = run_bench(
+        plan,
+        options,
+        progress=lambda what: typer.echo(f"measuring {what} ...", err=True),
+        notice=lambda line: typer.echo(line, err=True),
+    )
     typer.echo(json.dumps(report, indent=2) if as_json else render_report(report))

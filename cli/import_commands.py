@@ -8,6 +8,11 @@ from typing import Annotated
 import typer
 
 from .main import command
+from .options import parse_shape
+
+# --input-shape: the traced example is a batch of 2 such inputs (2^24 values: 128 MiB in fp32).
+MAX_INPUT_SIDE = 65536
+MAX_INPUT_VALUES = 2**24
 
 
 @command("import")
@@ -15,7 +20,13 @@ def import_module(
     ref: Annotated[str, typer.Argument(metavar="MODULE:ATTR", help="path/to/file.py:Name or package.module:Name (a class or zero-argument factory).", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Spec file to write (*.yaml).", show_default=False)],
     input_shape: Annotated[
-        str | None, typer.Option("--input-shape", help="Input without the batch: C,H,W; F; or T (token ids, for a model starting with an Embedding).", show_default=False)
+        str | None,
+        typer.Option(
+            "--input-shape",
+            help="Input without the batch: C,H,W; F; or T (token ids, for a model starting with an Embedding); each "
+            f"size from 1 to {MAX_INPUT_SIDE}, at most {MAX_INPUT_VALUES:,} values in all.",
+            show_default=False,
+        ),
     ] = None,
     graph: Annotated[str | None, typer.Option("--graph", help="Graph models (called as model(x, edge_index)): the graph dataset, e.g. cora; or synthetic, with --input-shape F (features per node).", show_default=False)] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Task dataset of the spec (default: synthetic data of the input shape).", show_default=False)] = None,
@@ -26,12 +37,14 @@ def import_module(
 
     from uhn_spec.errors import UHNError
     from uhn_spec.files import atomic_write_text
-    from uhn_spec.importer import import_model, load_module_ref, parse_input_shape
+    from uhn_spec.importer import import_model, load_module_ref
     from uhn_spec.spec import spec_from_text
 
     if output.suffix not in (".yaml", ".yml"):
         raise UHNError(f"--output: a spec file name ends in .yaml, got {output}")
-    shape = parse_input_shape(input_shape) if input_shape is not None else None
+    shape = None
+    if input_shape is not None:
+        shape = parse_shape(input_shape, "--input-shape", 3, MAX_INPUT_SIDE, MAX_INPUT_VALUES, "3,32,32")
     module = load_module_ref(ref)
     imported = import_model(module, input_shape=shape, graph=graph, name=name or output.stem, dataset=dataset)
     given = {"--graph": graph, "--input-shape": input_shape, "--dataset": dataset, "--name": name}

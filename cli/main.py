@@ -21,10 +21,11 @@ import typer
 from uhn_spec.budget import Budget, Purpose, check_spec_fits, format_bytes
 from uhn_spec.errors import UHNError
 
+from .options import fail
+
 if TYPE_CHECKING:
     from uhn_spec import ExperimentSpec, Plan
 
-EXIT_USER_ERROR = 2
 PLAN_SUFFIX = ".pt"
 
 app = typer.Typer(
@@ -47,12 +48,6 @@ SetOption = Annotated[
         help="Override a spec field (repeatable), e.g. --set train.lr=2e-4 --set layers[1].dropout=0.1",
     ),
 ]
-
-
-def fail(message: str) -> typer.Exit:
-    """Print ``error: message`` to stderr; raise the returned Exit (code 2)."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(EXIT_USER_ERROR)
 
 
 def reports_errors(func: F) -> F:

@@ -14,7 +14,7 @@ from uhn_runtime.stop_signals import RunStopped
 from uhn_spec.errors import UHNError
 
 from .main import command
-from .options import DEFAULT_DEVICE, DataRootOption, DeviceOption
+from .options import DEFAULT_DEVICE, DataRootOption, DeviceOption, parse_int_list, parse_name_list
 
 DEFAULT_OUT = Path("runs/reproduce")
 # Where the results files are written, relative to the working directory (the issue's interface
@@ -29,23 +29,16 @@ class BudgetChoice(str, Enum):
     paper = "paper"
 
 
-def comma_list(text: str | None, what: str) -> list[str] | None:
-    if text is None:
-        return None
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise UHNError(f"{what}: empty; give a comma-separated list")
-    return items
+# --seeds: each one a torch and numpy seed (32 bits); more seeds than this are not a table.
+MAX_SEED = 2**32 - 1
+MAX_SEEDS = 100
 
 
 def parse_seeds(text: str | None) -> tuple[int, ...] | None:
-    items = comma_list(text, "--seeds")
-    if items is None:
+    """--seeds as distinct integers in [0, MAX_SEED] (None: the budget's own seeds)."""
+    if text is None:
         return None
-    try:
-        return tuple(int(item) for item in items)
-    except ValueError:
-        raise UHNError(f"--seeds: {text!r} is not a comma-separated list of integers, e.g. 21962,59358") from None
+    return parse_int_list(text, "--seeds", 0, MAX_SEED, MAX_SEEDS, "21962,59358", distinct=True)
 
 
 @command("reproduce")
@@ -59,7 +52,12 @@ def reproduce(
     ] = None,
     seeds: Annotated[
         str | None,
-        typer.Option("--seeds", help="Comma-separated seeds for every row (default: the budget's seeds per row).", show_default=False),
+        typer.Option(
+            "--seeds",
+            help=f"Comma-separated seeds for every row (default: the budget's seeds per row); 1 to {MAX_SEEDS} distinct "
+            f"integers from 0 to {MAX_SEED}.",
+            show_default=False,
+        ),
     ] = None,
     data_root: DataRootOption = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the run folders (OUT/TABLE/BUDGET/ROW/seed_S).")] = DEFAULT_OUT,
@@ -81,13 +79,15 @@ def reproduce(
     results as JSON and a markdown table. Rows not run yet are left out and counted."""
     from uhn_runtime.reproduce import Harness, ReproduceOptions, load_table, write_results
 
+    chosen_rows = None if rows is None else parse_name_list(rows, "--rows")
+    chosen_seeds = parse_seeds(seeds)
     loaded, spec_root = load_table(table)
     options = ReproduceOptions(
         budget=budget.value,  # type: ignore[arg-type]
         out=out,
         data_root=data_root,
-        rows=tuple(comma_list(rows, "--rows") or ()) or None,
-        seeds=parse_seeds(seeds),
+        rows=chosen_rows,
+        seeds=chosen_seeds,
         select_direct_lr=select_direct_lr,
         device=device.value,
         spec_root=specs_root,

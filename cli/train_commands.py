@@ -10,16 +10,36 @@ from typing import Annotated, Any
 import typer
 
 from uhn_runtime.cpu_policy import choose_threads
+from uhn_runtime.run_record import MAX_MICRO_SHARDS
 from uhn_runtime.stop_signals import RunStopped
 from uhn_spec.errors import UHNError
 
-from .main import SetOption, command, fitting_budget, human_bytes, is_plan_path, load_target_source
-from .options import DEFAULT_DEVICE, DataRootOption, DeviceOption, nonempty_path
+from .main import (
+    SetOption,
+    command,
+    fitting_budget,
+    human_bytes,
+    is_plan_path,
+    load_target_source,
+)
+from .options import (
+    DEFAULT_DEVICE,
+    DataRootOption,
+    DeviceOption,
+    bounded_option,
+    nonempty_path,
+)
 
 EXPORT_SUFFIX = ".safetensors"
 ONNX_SUFFIX = ".onnx"
 # A second Ctrl-C abandons the run; the shell's code for "killed by SIGINT".
 EXIT_ABANDONED = 130
+# Another torchrun process died mid-run (LostContact): sysexits' EX_TEMPFAIL, "try again",
+# here with `uhn train --resume` (docs/distributed.md).
+EXIT_LOST_CONTACT = 75
+# Static bounds of the numeric options (--micro-shards, run_record.MAX_MICRO_SHARDS, is also
+# at most the spec's batch size).
+MAX_RECALIBRATION_BATCHES = 100_000
 
 
 class Precision(str, Enum):
@@ -87,12 +107,14 @@ def train(
     ] = False,
     micro_shards: Annotated[
         int | None,
-        typer.Option(
+        bounded_option(
             "--micro-shards",
-            min=0,
-            help="Exact data parallel: each batch's gradient summed over this many fixed micro-shards (default: "
+            0,
+            MAX_MICRO_SHARDS,
+            "Exact data parallel: each batch's gradient summed over this many fixed micro-shards (default: "
             "uhn_runtime.distributed.DEFAULT_MICRO_SHARDS), so 1 process and torchrun's N (up to this many) take the same "
-            "steps; 0: DDP's gradient average. docs/distributed.md.",
+            "steps; 0: DDP's gradient average; at most train.batch_size (a micro-shard has at least one example). "
+            "docs/distributed.md",
             show_default=False,
         ),
     ] = None,
@@ -114,7 +136,13 @@ def train(
     Under torchrun it trains on all processes (docs/distributed.md); rank 0 prints and writes."""
     from uhn_runtime.distributed import environment_context
     from uhn_runtime.run_dir import RunDir, default_run_dir
-    from uhn_runtime.train import TrainOptions, is_multi_model, plan_label, resume_run, start_run
+    from uhn_runtime.train import (
+        TrainOptions,
+        is_multi_model,
+        plan_label,
+        resume_run,
+        start_run,
+    )
     from uhn_spec import compile_spec
 
     cpu = choose_threads()
@@ -143,6 +171,8 @@ def train(
         if model is not None:  # one member alone, with its own normalisation ranges
             plan = compile_spec(plan.target(model).spec)
         spec = plan.trained_target.spec
+        if micro_shards is not None:
+            check_micro_shards(micro_shards, spec.train.batch_size, source)
         compare = spec.train.compare_direct and not is_multi_model(plan)  # a family trains no direct baseline
         chosen = mode.value if mode is not None else ("both" if compare else "uhn")
         run_root = out if out is not None else default_run_dir(plan_label(plan))
@@ -154,17 +184,34 @@ def train(
     echo(f"summary: {RunDir(run_root).summary_path}")
 
 
+def check_micro_shards(micro_shards: int, batch_size: int, source: Path) -> None:
+    """Refuse more micro-shards than a batch has examples: the extra ones are empty, yet each
+    costs a pass of the step (a count like 10^9 stalls training)."""
+    if micro_shards > batch_size:
+        raise UHNError(
+            f"--micro-shards: {micro_shards} is more than train.batch_size {batch_size} of {source}; "
+            f"give 0 to {batch_size} (each micro-shard holds at least one example of the batch)"
+        )
+
+
 def _stoppable(action: Callable[[], dict[str, Any]], run_root: Path) -> dict[str, Any]:
-    """Run ``action``; a stop on a signal ends the command with the line that continues it."""
+    """Run ``action``; a stop on a signal, or a torchrun peer that died, ends the command
+    with the line that continues it."""
+    from uhn_runtime.distributed import LostContact
+    from uhn_runtime.run_dir import RunDir
+
     again = f"continue with `uhn train --resume {run_root}`"
     try:
         return action()
     except RunStopped as stopped:
         typer.echo(f"{stopped}; {again}", err=True)
         raise typer.Exit(stopped.exit_code) from None
+    except LostContact as lost:
+        # A default folder's name holds rank 0's clock; this rank's guess may be a second off.
+        named = run_root if RunDir(run_root).info_path.is_file() else "RUN (the run folder rank 0 named)"
+        typer.echo(f"{lost}; resume with `uhn train --resume {named}`", err=True)
+        raise typer.Exit(EXIT_LOST_CONTACT) from None
     except KeyboardInterrupt:
-        from uhn_runtime.run_dir import RunDir
-
         started = RunDir(run_root).info_path.is_file()
         typer.echo(f"abandoned; the last checkpoint stays; {again}" if started else "interrupted before the run started", err=True)
         raise typer.Exit(EXIT_ABANDONED) from None
@@ -205,7 +252,13 @@ def export(
     device: DeviceOption = DEFAULT_DEVICE,
     recalibrate_bn: Annotated[
         int,
-        typer.Option("--recalibrate-bn", metavar="BATCHES", help="BatchNorm models: recompute the running statistics for the generated weights over this many training batches (0: keep the defaults).", min=0),
+        bounded_option(
+            "--recalibrate-bn",
+            0,
+            MAX_RECALIBRATION_BATCHES,
+            "BatchNorm models: recompute the running statistics for the generated weights over this many training "
+            "batches (0: keep the defaults; at most one epoch's)",
+        ),
     ] = 10,
     for_module: Annotated[
         str | None,
@@ -235,7 +288,13 @@ def export(
     ] = None,
 ) -> None:
     """Write the generated target weights as a plain state_dict (safetensors) that build_model(spec) loads, or as ONNX."""
-    from uhn_runtime.export import export_levels, export_onnx, export_run, generated_state_dict, load_exported
+    from uhn_runtime.export import (
+        export_levels,
+        export_onnx,
+        export_run,
+        generated_state_dict,
+        load_exported,
+    )
     from uhn_runtime.run_dir import RunDir
     from uhn_runtime.train import resolve_device
     from uhn_spec import build_model
@@ -343,7 +402,13 @@ def evaluate(
     from uhn_runtime.export import load_exported, load_trained_source
     from uhn_runtime.run_dir import RunDir
     from uhn_runtime.target import DeviceTarget
-    from uhn_runtime.train import evaluated_targets, is_multi_model, models_table_lines, resolve_device, task_table_lines
+    from uhn_runtime.train import (
+        evaluated_targets,
+        is_multi_model,
+        models_table_lines,
+        resolve_device,
+        task_table_lines,
+    )
     from uhn_spec.multitask import is_multitask_plan
 
     torch_device = resolve_device(device.value)

@@ -12,10 +12,11 @@ import torch
 from typer.testing import CliRunner
 
 from uhn_cli.main import app
-from uhn_runtime.bench import BenchOptions, run_bench, synthetic_batch, useful_flops_per_weight
+from uhn_runtime.bench import BenchOptions, run_bench, run_case, synthetic_batch, useful_flops_per_weight, worker_failure
 from uhn_runtime.target import DeviceTarget
 from uhn_runtime.target_segments import forward_in_segments, segment_bounds
 from uhn_spec import compile_spec, load_spec
+from uhn_spec.errors import UHNError
 from uhn_spec.spec import GeneratorSpec
 
 from .conftest import REPO_ROOT
@@ -24,7 +25,7 @@ from .tiny_specs import tiny_plan, tiny_spec, tiny_spec_data
 
 def test_report_has_the_fields_the_issue_asks_for() -> None:
     plan = tiny_plan("image_classification")
-    report = run_bench(plan, BenchOptions(repeats=1, batch=8))
+    report = run_bench(plan, BenchOptions(repeats=1, batch=8, square=64))  # a small peak product: quick on any CPU
     n = plan.targets[0].num_params
     assert isinstance(report["device"], str) and report["device"].startswith("cpu")
     assert report["num_params"] == n
@@ -50,13 +51,14 @@ def test_report_has_the_fields_the_issue_asks_for() -> None:
 def test_naive_is_reported_as_null_when_it_would_not_fit(tmp_path) -> None:
     spec = tmp_path / "tiny.yaml"
     spec.write_text(json.dumps(tiny_spec_data("formula_regression")))  # JSON is YAML
-    result = CliRunner().invoke(app, ["bench", str(spec), "--json", "--repeats", "1", "--batch", "8", "--naive-max-gib", "1e-9"])
+    result = CliRunner().invoke(app, ["bench", str(spec), "--json", "--repeats", "1", "--batch", "8", "--naive-max-gib", "1e-9", "--matmul-size", "64"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout[result.stdout.index("{") :])
     assert report["naive"] is None
     assert "GiB" in report["naive_skipped"]
     assert report["generate"]["vs_naive"] is None and report["train_step"]["vs_naive"] is None
     assert report["generate"]["matmul_fraction"] > 0
+    assert report["matmul"]["square"] == 64 and report["options"]["square"] == 64
 
 
 def test_bad_options_are_one_line_errors(tmp_path) -> None:
@@ -65,6 +67,28 @@ def test_bad_options_are_one_line_errors(tmp_path) -> None:
     result = CliRunner().invoke(app, ["bench", str(spec), "--precision", "fp8"])
     assert result.exit_code == 2
     assert "--precision" in result.output
+
+
+def test_a_failing_worker_is_one_line_without_its_frames(tmp_path) -> None:
+    plan_path = tmp_path / "plan.pt"
+    tiny_plan().save(plan_path)
+    with pytest.raises(UHNError) as caught:  # the worker raises, with its traceback on its stderr
+        run_case(plan_path, "generate", BenchOptions(repeats=1, batch=8, target="nope"))
+    message = str(caught.value)
+    assert message.startswith("bench case 'generate' failed (exit 1): ") and "'nope'" in message
+    assert "\n" not in message and "Traceback" not in message and 'File "' not in message
+
+
+def test_worker_failures_read_as_one_line() -> None:
+    frames = 'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n    f()\n'
+    out_of_memory = frames + "RuntimeError: [enforce fail at alloc_cpu.cpp:117] data.\nDefaultCPUAllocator: not enough memory\n"
+    assert worker_failure(1, out_of_memory) == (
+        "failed (exit 1): RuntimeError: [enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory"
+    )
+    assert worker_failure(-9, "").startswith("was killed by SIGKILL (out of memory?")
+    assert worker_failure(0, "").startswith("printed no result")
+    long = worker_failure(1, frames + "ValueError: " + "x" * 1000)
+    assert len(long) < 340 and long.endswith("...")
 
 
 @pytest.mark.parametrize("task_type", ["image_classification", "text_classification", "graph_node_classification", "formula_regression"])

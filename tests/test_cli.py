@@ -363,3 +363,74 @@ def test_compile_refuses_what_cannot_fit_and_the_limit_can_be_raised(spec_file: 
     assert "UHN_MEMORY_LIMIT_GIB: 'nonsense' is not a number of GiB" in invoke("validate", spec_file).stderr
     monkeypatch.setenv("UHN_MEMORY_LIMIT_GIB", "64")
     assert invoke("validate", spec_file, *wide).exit_code == 0
+
+
+# Every numeric option out of range (or not a number): (arguments, the option and range the line names).
+OUT_OF_RANGE = [
+    (["train", "{spec}", "--micro-shards", "1000000000"], "--micro-shards: '1000000000' is out of range; give an integer from 0 to 4096"),
+    (["train", "{spec}", "--micro-shards", str(2**64)], "--micro-shards: '18446744073709551616' is out of range"),
+    (["train", "{spec}", "--micro-shards", "-1"], "give an integer from 0 to 4096"),
+    (["export", "{run}", "-o", "{out}.safetensors", "--recalibrate-bn", "100001"], "--recalibrate-bn: '100001' is out of range; give an integer from 0 to 100000"),
+    (["bench", "{spec}", "--naive-max-gib", "nan"], "--naive-max-gib: 'nan' is not a number; give a number from 0 to 1024"),
+    (["bench", "{spec}", "--naive-max-gib", "inf"], "--naive-max-gib: 'inf' is not a number"),
+    (["bench", "{spec}", "--naive-max-gib", "-1"], "--naive-max-gib: '-1' is out of range"),
+    (["bench", "{spec}", "--batch", str(10**12)], "--batch: '1000000000000' is out of range; give an integer from 1 to 65536"),
+    (["bench", "{spec}", "--batch", "1e3"], "--batch: '1e3' is not an integer"),
+    (["bench", "{spec}", "--repeats", "0"], "--repeats: '0' is out of range; give an integer from 1 to 100"),
+    (["bench", "{spec}", "--target-segments", "5000"], "--target-segments: '5000' is out of range; give an integer from 0 to 1024"),
+    (["bench", "{spec}", "--matmul-size", "8"], "--matmul-size: '8' is out of range; give an integer from 16 to 8192"),
+    (["import", "m.py:M", "-o", "{out}.yaml", "--input-shape", "100000,100000,100000"], "--input-shape: '100000' in '100000,100000,100000' is out of range; give 1 to 3 comma-separated integers from 1 to 65536"),
+    (["import", "m.py:M", "-o", "{out}.yaml", "--input-shape", "4096,4096,4096"], "--input-shape: '4096,4096,4096' holds 68,719,476,736 values; give a shape of at most 16,777,216"),
+    (["import", "m.py:M", "-o", "{out}.yaml", "--input-shape", "3,,32"], "--input-shape: '3,,32'; give 1 to 3 comma-separated integers"),
+    (["import", "m.py:M", "-o", "{out}.yaml", "--input-shape", "1,2,3,4"], "--input-shape: '1,2,3,4'; give 1 to 3"),
+    (["reproduce", "demo", "--seeds", "1,,2"], "--seeds: '1,,2'; give 1 to 100 comma-separated integers from 0 to 4294967295"),
+    (["reproduce", "demo", "--seeds", "1,x"], "--seeds: 'x' in '1,x' is not an integer"),
+    (["reproduce", "demo", "--seeds", str(2**32)], "--seeds: '4294967296' is out of range"),
+    (["reproduce", "demo", "--seeds", "7,7"], "--seeds: '7,7' repeats a value"),
+    (["reproduce", "demo", "--rows", "a,,b"], "--rows: 'a,,b' has an empty item"),
+]
+
+
+@pytest.mark.parametrize(("args", "line"), OUT_OF_RANGE)
+def test_every_numeric_option_refuses_what_is_out_of_its_range_in_one_line(
+    spec_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], line: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # were one accepted, its default run or results folder lands here
+    filled = [a.format(spec=spec_file, run=tmp_path, out=tmp_path / "out") for a in args]
+    result = runner.invoke(app, filled)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: --") and line in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert result.stdout == "" and not any(tmp_path.glob("out*"))  # refused before any work
+
+
+def test_every_int_or_float_option_has_a_documented_range() -> None:
+    """A numeric option added without ``bounded_option`` fails here (comma lists: above)."""
+    import inspect as inspect_module
+    import types
+    import typing
+
+    from typer.models import OptionInfo
+
+    commands = list(app.registered_commands)
+    for group in app.registered_groups:
+        commands += group.typer_instance.registered_commands  # type: ignore[union-attr]
+    numeric = []
+    for registered in commands:
+        function = inspect_module.unwrap(registered.callback)
+        for name, hint in typing.get_type_hints(function, include_extras=True).items():
+            infos = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, OptionInfo)]
+            base = typing.get_args(hint)[0] if infos else hint
+            kinds = set(typing.get_args(base)) - {type(None)} if isinstance(base, types.UnionType) else {base}
+            if infos and kinds & {int, float}:
+                numeric.append(name)
+                assert infos[0].parser is not None and ".." in str(infos[0].metavar), f"{registered.name} {name}"
+    assert {"micro_shards", "recalibrate_bn", "naive_max_gib", "repeats", "batch", "target_segments", "matmul_size"} <= set(numeric)
+
+
+def test_train_refuses_more_micro_shards_than_a_batch_has_examples(tmp_path: Path) -> None:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(tiny_spec_yaml(batch_size=16))
+    result = runner.invoke(app, ["train", str(spec), "-o", str(tmp_path / "run"), "--micro-shards", "17"])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: --micro-shards: 17 is more than train.batch_size 16 of {spec}; give 0 to 16 (each micro-shard holds at least one example of the batch)\n"
+    assert not (tmp_path / "run").exists()

@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,14 @@ import torch.multiprocessing as mp
 from uhn_runtime.checkpoint import load_checkpoint
 from uhn_runtime.data import Batch
 from uhn_runtime.distributed import (
+    DistContext,
     DistributedError,
     GenerationShard,
+    LostContact,
+    contact_failure,
     environment_context,
+    is_lost_contact,
+    lost_contact_reported,
     micro_shard,
     ordered_sum,
     owned_micro_shards,
@@ -348,6 +354,57 @@ def test_torchrun_environment_is_read_and_checked() -> None:
         environment_context({"RANK": "0", "WORLD_SIZE": "2"})
     with pytest.raises(DistributedError, match="not a valid rank"):
         environment_context({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+
+
+@pytest.mark.slow  # two `uhn train` processes: about 12 s on an idle 2-core machine, 50 s loaded
+def test_killing_rank_0_mid_run_leaves_rank_1_one_line_and_the_resume_code(tmp_path: Path) -> None:
+    """Two `uhn train` processes, started as torchrun starts them (its variables and a
+    rendezvous address, without torchrun's agent, which would stop rank 1 itself); rank 0
+    is SIGKILLed once training runs: rank 1 says in one line that it lost contact and how to
+    resume, without gloo's traceback, and exits with EXIT_LOST_CONTACT."""
+    from uhn_cli.train_commands import EXIT_LOST_CONTACT
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(tiny_spec_yaml(steps=1_000_000, init_steps=0))  # runs until killed
+    run = tmp_path / "run"
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(WORLD), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "uhn_cli", "train", str(spec), "-o", str(run), "--device", "cpu", "--mode", "uhn"]
+    ranks = [
+        subprocess.Popen(command, env={**os.environ, **rendezvous, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for r in range(WORLD)
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.jsonl").is_file() or '"event": "train"' not in (run / "metrics.jsonl").read_text():
+            assert time.monotonic() < deadline and ranks[0].poll() is None, ranks[0].communicate()[1][-3000:]
+            time.sleep(0.2)
+        ranks[0].kill()
+        _, stderr = ranks[1].communicate(timeout=120)
+    finally:
+        for process in ranks:
+            process.kill()
+            process.communicate()
+    assert ranks[1].returncode == EXIT_LOST_CONTACT, stderr[-3000:]
+    assert "Traceback" not in stderr and "╭" not in stderr, stderr[-3000:]
+    (line,) = [line for line in stderr.splitlines() if "lost contact" in line]
+    assert line.startswith("rank 1: lost contact with another process (") and line.endswith(f"uhn train --resume {run}`")
+
+
+def test_only_a_failure_to_reach_another_process_is_lost_contact() -> None:
+    gloo = RuntimeError(
+        "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:30644: Connection reset by "
+        "peer. This is typically caused by a remote worker hanging or bugs in the application."
+    )
+    assert is_lost_contact(gloo)
+    assert contact_failure(gloo) == "Read error [127.0.0.1]:30644: Connection reset by peer"
+    with pytest.raises(LostContact, match=r"^rank 1: lost contact with another process \(Read error"):
+        with lost_contact_reported(DistContext(rank=1, world_size=2)):
+            raise gloo
+    bug = RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x2)")  # a bug keeps its traceback
+    assert not is_lost_contact(bug)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        with lost_contact_reported(DistContext(rank=1, world_size=2)):
+            raise bug
 
 
 def test_a_follower_run_folder_writes_nothing(tmp_path: Path) -> None:

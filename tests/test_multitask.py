@@ -469,5 +469,5 @@ def test_bench_compares_the_multitask_step_with_each_members_own_in_one_run(tmp_
     weighted = sum(step["probabilities"][n] * step["own_mean_seconds"][n] for n in names)
     assert step["weighted_own_seconds"] == pytest.approx(weighted)
     assert step["vs_probabilities"] == pytest.approx(step["mean_seconds"] / weighted)
-    report = run_bench(plan, BenchOptions(repeats=1, batch=8, naive=False))
+    report = run_bench(plan, BenchOptions(repeats=1, batch=8, naive=False, square=64))
     assert set(report["multitask"]) >= {"vs_probabilities", "vs_draws", "own_mean_seconds"} and "family" not in report

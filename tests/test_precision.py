@@ -14,6 +14,7 @@ import yaml
 from safetensors import safe_open
 from typer.testing import CliRunner
 
+import uhn_runtime.bench as bench
 import uhn_runtime.optim as optim
 from uhn_cli.main import app
 from uhn_runtime.bench import BenchOptions, render_report, run_bench, useful_flops_per_weight
@@ -26,6 +27,7 @@ from uhn_runtime.target import DeviceTarget
 from uhn_runtime.train import TrainOptions, start_run
 from uhn_spec import ExperimentSpec, compile_spec
 from uhn_spec.errors import UHNError
+from uhn_spec.spec import GeneratorSpec
 
 from .tiny_specs import tiny_plan, tiny_spec_data
 
@@ -192,16 +194,53 @@ def test_resume_refuses_a_new_precision(tmp_path: Path) -> None:
     assert "--precision" in result.output
 
 
-def test_bench_reports_bf16_generation_against_both_peaks_of_the_same_run() -> None:
+def test_bench_reports_bf16_generation_against_both_peaks_of_the_same_run(monkeypatch) -> None:
+    # The report's arithmetic on small products (a 64^3 peak): bench's own 4096^3 bf16 product
+    # took over 30 minutes on a CPU without bf16 instructions, which emulates bf16 matmuls.
+    monkeypatch.setattr(bench, "cpu_bf16_features", lambda: frozenset())  # the parent's check: emulated here
     plan = compile_spec(ExperimentSpec.model_validate(tiny_spec_data()))
-    report = run_bench(plan, BenchOptions(repeats=1, batch=8, precision="bf16", naive=False))
+    notices: list[str] = []
+    report = run_bench(plan, BenchOptions(repeats=1, batch=8, precision="bf16", naive=False, square=64), notice=notices.append)
     assert report["precision"] == "bf16" and report["precision_requested"] == "bf16"
     matmul, generate = report["matmul"], report["generate"]
-    assert matmul["dtype"] == "bfloat16"
+    assert matmul["dtype"] == "bfloat16" and matmul["square"] == 64
     useful = useful_flops_per_weight(plan.generator) * report["num_params"] / generate["seconds"]
     assert generate["matmul_fraction"] == pytest.approx(useful / matmul["square_flops_per_s"])
     assert generate["matmul_fraction_of_fp32_peak"] == pytest.approx(useful / matmul["fp32_square_flops_per_s"])
-    assert "fp32" in render_report(report)  # the fp32 peak is shown beside bf16's
+    text = render_report(report)
+    assert "fp32" in text and "(64^3)" in text  # the fp32 peak is shown beside bf16's, at the size measured
+    (line,) = notices  # said once, before measuring
+    assert line.startswith("bf16 is emulated on this CPU") and "64^3 product" in line
+
+
+def test_bench_measures_the_peak_on_a_smaller_product_where_bf16_is_emulated(monkeypatch) -> None:
+    monkeypatch.setattr(bench, "cpu_bf16_features", lambda: frozenset())
+    assert bench.peak_square(BenchOptions(precision="bf16")) == bench.EMULATED_BF16_SQUARE < bench.SQUARE
+    assert bench.peak_square(BenchOptions(precision="fp32")) == bench.SQUARE
+    assert bench.peak_square(BenchOptions(precision="auto")) == bench.SQUARE  # auto: fp32 on such a CPU
+    assert bench.peak_square(BenchOptions(precision="bf16", square=512)) == 512  # as asked
+    monkeypatch.setattr(bench, "cpu_bf16_features", lambda: frozenset({"avx512_bf16"}))
+    assert bench.peak_square(BenchOptions(precision="bf16")) == bench.SQUARE
+    assert not bench.bf16_emulated(BenchOptions(precision="bf16"))
+
+
+def test_the_emulated_bf16_notice_says_how_long_the_bench_takes() -> None:
+    spec = GeneratorSpec()  # the paper's generator: m = 2048, d = 128
+    options = BenchOptions(repeats=5, precision="bf16", square=1024)
+    line = bench.emulated_bf16_notice(spec, 270_000, options, 0.2e9)  # an AVX2 core's emulated bf16 rate
+    # peak: 6 x 2 x (1024^3 + 1024 x 4096 x 1024) FLOPs at 0.2 GFLOP/s = 322 s; a generation
+    # 270,000 x 2 x (2*2048*128 + 2*2*128*128 + 128) = 3.2e11 FLOPs: 26.5 min.
+    assert "1024^3 product (about 5.4 min)" in line and "at least 26.5 min" in line and "runs 12 (6 in train steps" in line
+    assert "\n" not in line
+
+
+@pytest.mark.parametrize(("cap", "hidden"), [("AVX2", {"avx512_bf16", "amx_bf16"}), ("avx512_core_bf16", {"amx_bf16"}), ("", set()), ("bogus", set())])
+def test_a_onednn_isa_cap_hides_the_bf16_instructions_it_excludes(monkeypatch, cap: str, hidden: set[str]) -> None:
+    # ONEDNN_MAX_CPU_ISA=AVX2 makes torch emulate bf16 matmuls (~100x slower here): auto then
+    # picks fp32, and bench says bf16 is emulated, as on a CPU without the instructions.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert {f for f in ("avx512_bf16", "amx_bf16") if optim.hidden_by_onednn_cap(f)} == hidden
+    assert not optim.cpu_bf16_features() & hidden
 
 
 def test_precision_on_a_compiled_plan_says_how_to_change_it(tmp_path: Path) -> None:

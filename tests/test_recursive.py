@@ -288,7 +288,7 @@ def test_export_writes_the_leaf_and_each_generated_generator(tmp_path: Path) -> 
 
 def test_bench_compares_the_recursive_train_step_with_k0_in_the_same_run() -> None:
     plan = tiny_recursive_plan(1)
-    report = run_bench(plan, BenchOptions(repeats=1, batch=8))
+    report = run_bench(plan, BenchOptions(repeats=1, batch=8, square=64))
     assert report["target"] == plan.trained_target.name
     recursion = report["recursion"]
     assert recursion["depth"] == 1

@@ -204,7 +204,8 @@ def test_an_empty_out_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     spec.write_text(tiny_spec_yaml(epochs=1, init_steps=0))
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["train", str(spec), "-o", "", "--device", "cpu"], env={"COLUMNS": "300"})
-    assert result.exit_code == 2 and "an empty path" in result.output
+    assert result.exit_code == 2
+    assert result.stderr == "error: -o: an empty path; name the folder or file to write\n"
     assert os.listdir(tmp_path) == ["tiny.yaml"]
 
 

@@ -5,8 +5,10 @@ Each case runs in a fresh worker process (``python -m uhn_runtime.bench``), so t
 memory is its own: the parent compiles the plan once, saves it to a temporary file, and reads
 one JSON line back from every worker. Cases:
 
-* ``matmul``: the device's matmul throughput: a 4096^3 product, and a product shaped like
-  the generator's (feature table x modulated weight), in the run's precision.
+* ``matmul``: the device's matmul throughput: a 4096^3 product (``--matmul-size``; 1024^3
+  where bf16 is emulated, on a CPU without AMX or AVX512-BF16, whose bf16 matmuls run at a
+  small fraction of fp32's), and a product shaped like the generator's (feature table x
+  modulated weight), in the run's precision.
 * ``generate``: one generation of the target's weights, without gradients.
 * ``train_step``: generation + target forward/backward on a batch + AdamW step.
 * the same two with the naive generator (``uhn_runtime.naive``), when its estimated memory
@@ -40,7 +42,9 @@ import functools
 import json
 import math
 import os
+import re
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -62,7 +66,7 @@ from .data.synthetic import load_synthetic
 from .fast_features import build_layout
 from .generator import UHNGenerator
 from .naive import naive_bytes_estimate, naive_generate
-from .optim import Precision, make_adamw
+from .optim import Precision, cpu_bf16_features, make_adamw
 from .run_dir import cpu_model
 from .target import DeviceTarget, TargetCache
 from .target_segments import forward_in_segments
@@ -70,7 +74,12 @@ from .weights import RecursiveSource
 
 GIB = 2**30
 FP32 = 4
-SQUARE = 4096
+SQUARE = 4096  # side of the square product that measures the matmul peak
+# Where bf16 is emulated (a CPU without AMX or AVX512-BF16: ~0.2 GFLOP/s against fp32's ~10 on
+# an AVX2 core), 4096^3 takes over 10 minutes a product; 1024^3 about 10 s.
+EMULATED_BF16_SQUARE = 1024
+PROBE_SQUARE = 256  # the quick bf16 product that estimates how long the emulated bench takes
+SHAPED_ROWS = 1024  # rows and columns of the generator-shaped product (x 2m features)
 # The naive generator runs only if its estimated peak stays below this and below the
 # memory the machine has available (minus a margin for everything else running).
 DEFAULT_NAIVE_MAX_BYTES = 16 * GIB
@@ -96,6 +105,7 @@ class BenchOptions:
     naive_max_bytes: int = DEFAULT_NAIVE_MAX_BYTES
     target_segments: int = 0  # activation checkpointing of the target in the train step
     seed: int = 0
+    square: int | None = None  # side of the peak's square product; None: peak_square's choice
 
 
 def useful_flops_per_weight(spec: GeneratorSpec) -> int:
@@ -111,8 +121,14 @@ def matmul_fraction(spec: GeneratorSpec, num_weights: int, seconds: float, matmu
 # --------------------------------------------------------------------------- parent
 
 
-def run_bench(plan: Plan, options: BenchOptions, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Measure every case, each in its own worker process; return the report."""
+def run_bench(
+    plan: Plan,
+    options: BenchOptions,
+    progress: Callable[[str], None] = lambda _: None,
+    notice: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Measure every case, each in its own worker process; return the report. ``notice``
+    gets a line before anything is measured where bf16 is emulated (how long it will take)."""
     if options.repeats < 1:
         raise UHNError(f"--repeats: {options.repeats}; give at least 1 (the report uses the median)")
     if options.batch < 1:
@@ -121,8 +137,11 @@ def run_bench(plan: Plan, options: BenchOptions, progress: Callable[[str], None]
     family = len(plan.targets) > 1 and not plan.recursion_depth and not multitask
     if family and options.target is None:
         options = replace(options, target=same_size_member(plan).name)
+    options = replace(options, square=peak_square(options))
     target = plan.target(options.target) if options.target else plan.trained_target
     n = target.num_params
+    if bf16_emulated(options):
+        notice(emulated_bf16_notice(plan.generator, n, options, probe_bf16_flops_per_s()))
     with tempfile.TemporaryDirectory(prefix="uhn-bench-") as tmp:
         plan_path = Path(tmp) / "plan.pt"
         plan.save(plan_path)
@@ -180,6 +199,61 @@ def run_bench(plan: Plan, options: BenchOptions, progress: Callable[[str], None]
     if family_step is not None:
         report["family"] = family_report(family_step, train, n)
     return report
+
+
+def bf16_emulated(options: BenchOptions) -> bool:
+    """Whether the bench's matmuls run in bf16 on a CPU without bf16 matmul instructions
+    (``cpu_bf16_features``, what ``auto`` also goes by), where torch emulates them."""
+    return options.device == "cpu" and options.precision == "bf16" and not cpu_bf16_features()
+
+
+def peak_square(options: BenchOptions) -> int:
+    """Side of the square product that measures the matmul peak: the one asked for, else
+    SQUARE, or EMULATED_BF16_SQUARE where bf16 is emulated."""
+    if options.square is not None:
+        return options.square
+    return EMULATED_BF16_SQUARE if bf16_emulated(options) else SQUARE
+
+
+def probe_bf16_flops_per_s() -> float:
+    """bf16 matmul FLOP/s of one PROBE_SQUARE^3 product on the CPU (after one warm-up)."""
+    a = torch.randn(PROBE_SQUARE, PROBE_SQUARE).to(torch.bfloat16)
+    torch.mm(a, a)
+    start = time.perf_counter()
+    torch.mm(a, a)
+    return 2 * PROBE_SQUARE**3 / max(time.perf_counter() - start, 1e-9)
+
+
+def peak_flops(spec: GeneratorSpec, square: int, repeats: int) -> int:
+    """FLOPs of the matmul case's products in the run's precision (each timed ``repeats``
+    times after one warm-up): the square one and the generator-shaped one."""
+    return (repeats + 1) * 2 * (square**3 + SHAPED_ROWS * 2 * spec.index_freqs * SHAPED_ROWS)
+
+
+def emulated_bf16_notice(spec: GeneratorSpec, num_weights: int, options: BenchOptions, flops_per_s: float) -> str:
+    """The line that says, before anything is measured, that bf16 is emulated here and how
+    long the peak measurement and each generation will take at ``flops_per_s``."""
+    square = peak_square(options)
+    peak = peak_flops(spec, square, options.repeats) / flops_per_s
+    generation = useful_flops_per_weight(spec) * num_weights / flops_per_s
+    return (
+        f"bf16 is emulated on this CPU (no AMX or AVX512-BF16 instructions; bf16 matmuls run at about "
+        f"{flops_per_s / 1e9:.2g} GFLOP/s here): the matmul peak is measured on a {square}^3 product "
+        f"(about {duration(peak)}); each generation of {num_weights:,} weights takes at least {duration(generation)}, "
+        f"and the bench runs {2 * (options.repeats + 1)} ({options.repeats + 1} in train steps, with their backward); "
+        "--precision fp32 or auto measures what this CPU runs fast"
+    )
+
+
+def duration(seconds: float) -> str:
+    """Seconds as a person reads them: "under 0.01 s", "12 s", "4.5 min", "2.1 h"."""
+    if seconds < 0.01:
+        return "under 0.01 s"
+    if seconds < 90:
+        return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def recursion_report(plan: Plan, train: dict[str, Any], train_k0: dict[str, Any]) -> dict[str, Any]:
@@ -247,16 +321,35 @@ def available_memory_bytes() -> int | None:
 
 def run_case(plan_path: Path, case: str, options: BenchOptions) -> dict[str, Any]:
     """Run one case (matmul, generate, train_step, naive_generate, naive_train_step) on a
-    saved plan in a fresh worker process; return its measurements."""
+    saved plan in a fresh worker process; return its measurements. A worker that fails
+    (out of memory, a signal, an error) is one line: what it raised, never its frames."""
     command = [sys.executable, "-m", "uhn_runtime.bench", case, str(plan_path), json.dumps(asdict(options))]
     proc = subprocess.run(command, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise UHNError(f"bench case {case!r} failed (exit {proc.returncode}):\n{tail}")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        raise UHNError(f"bench case {case!r} printed no result; stderr:\n{proc.stderr[-2000:]}")
+    if proc.returncode != 0 or not lines:
+        raise UHNError(f"bench case {case!r} {worker_failure(proc.returncode, proc.stderr)}")
     return json.loads(lines[-1])
+
+
+# The line of a Python traceback that names the exception: "ValueError: ...", "torch.OutOfMemoryError: ...".
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b:?")
+WORKER_MESSAGE_CHARS = 300
+
+
+def worker_failure(returncode: int, stderr: str) -> str:
+    """What a failed worker died of, in one line: the exception it raised (its message folded
+    onto the line and cut to WORKER_MESSAGE_CHARS), or the signal that ended it."""
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else f"signal {-returncode}"
+        hint = " (out of memory? the kernel kills with SIGKILL; try a smaller --batch)" if name == "SIGKILL" else ""
+        return f"was killed by {name}{hint}"
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if EXCEPTION_LINE.match(line)]
+    raised = " ".join(lines[starts[-1] :]) if starts else (lines[-1] if lines else "no output")
+    if len(raised) > WORKER_MESSAGE_CHARS:
+        raised = raised[: WORKER_MESSAGE_CHARS - 3] + "..."
+    what = "failed" if returncode else "printed no result"
+    return f"{what} (exit {returncode}): {raised}"
 
 
 def assemble_report(
@@ -329,9 +422,9 @@ def render_report(report: dict[str, Any]) -> str:
     lines = [
         f"uhn bench: {report['target']} ({report['num_params']:,} weights) on {report['device']}, "
         f"{report['threads']} threads, {report['precision']}",
-        f"matmul: {mm['square_flops_per_s'] / 1e9:.0f} GFLOP/s ({SQUARE}^3), "
+        f"matmul: {mm['square_flops_per_s'] / 1e9:.0f} GFLOP/s ({mm['square']}^3), "
         f"{mm['generator_shaped_flops_per_s'] / 1e9:.0f} GFLOP/s (generator-shaped)"
-        + ("" if mm["dtype"] == "float32" else f"; fp32 {mm['fp32_square_flops_per_s'] / 1e9:.0f} GFLOP/s ({SQUARE}^3)"),
+        + ("" if mm["dtype"] == "float32" else f"; fp32 {mm['fp32_square_flops_per_s'] / 1e9:.0f} GFLOP/s ({mm['square']}^3)"),
         f"precision: {report['precision']} ({report['precision_reason']})",
         "",
         f"{'':12} {'seconds':>9} {'weights/s':>12} {'vs naive':>9} {'matmul frac':>12} {'peak':>10} {'B/weight':>9}",
@@ -411,7 +504,7 @@ def worker_main(case: str, plan_path: str, options_json: str) -> dict[str, Any]:
     device = torch.device(options.device)
     precision = Precision.resolve(options.precision, device)  # type: ignore[arg-type]
     if case == "matmul":
-        return measure_matmul(device, precision, load_plan(plan_path).generator, options.repeats)
+        return measure_matmul(device, precision, load_plan(plan_path).generator, options.repeats, peak_square(options))
     plan = load_plan(plan_path)
     if case == "family_step":
         return measure_family_step(plan, options, device, precision)
@@ -666,10 +759,13 @@ def _measure(step: Callable[[], None], setup: Setup, repeats: int) -> dict[str, 
     }
 
 
-def measure_matmul(device: torch.device, precision: Precision, spec: GeneratorSpec, repeats: int) -> dict[str, Any]:
-    """FLOP/s of a 4096^3 product and of a generator-shaped one: a feature table of 1024
-    rows x 2m against 1024 modulated weight columns (what ``fast_features`` runs), in the
-    run's precision; and the fp32 4096^3 product beside a lower precision's."""
+def measure_matmul(
+    device: torch.device, precision: Precision, spec: GeneratorSpec, repeats: int, square: int = SQUARE
+) -> dict[str, Any]:
+    """FLOP/s of a ``square``^3 product and of a generator-shaped one: a feature table of
+    SHAPED_ROWS rows x 2m against SHAPED_ROWS modulated weight columns (what
+    ``fast_features`` runs), in the run's precision; and the fp32 ``square``^3 product beside
+    a lower precision's."""
     dtype = precision.dtype or torch.float32
     gen = torch.Generator(device="cpu").manual_seed(0)
 
@@ -685,16 +781,17 @@ def measure_matmul(device: torch.device, precision: Precision, spec: GeneratorSp
                 times.append(time.perf_counter() - start)
         return 2 * m * k * n / statistics.median(times)
 
-    square = rate(SQUARE, SQUARE, SQUARE)
+    peak = rate(square, square, square)
     return {
         "device": device_name(device),
         "threads": torch.get_num_threads(),
         "dtype": str(dtype).removeprefix("torch."),
         "precision": precision.name,
         "precision_reason": precision.reason,
-        "square_flops_per_s": square,
-        "generator_shaped_flops_per_s": rate(1024, 2 * spec.index_freqs, 1024),
-        "fp32_square_flops_per_s": square if dtype == torch.float32 else rate(SQUARE, SQUARE, SQUARE, torch.float32),
+        "square": square,
+        "square_flops_per_s": peak,
+        "generator_shaped_flops_per_s": rate(SHAPED_ROWS, 2 * spec.index_freqs, SHAPED_ROWS),
+        "fp32_square_flops_per_s": peak if dtype == torch.float32 else rate(square, square, square, torch.float32),
     }
 
 

@@ -35,6 +35,7 @@ import contextlib
 import datetime
 import inspect
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -59,6 +60,51 @@ T = TypeVar("T")
 
 class DistributedError(UHNError):
     """The torchrun environment is incomplete or does not fit the run."""
+
+
+class LostContact(Exception):
+    """A collective failed because another process of the run died or hung up (gloo's
+    "Connection closed by peer", NCCL's errors): neither bad input nor a bug here. The run
+    keeps its last checkpoint and resumes from it."""
+
+    def __init__(self, rank: int, cause: str):
+        super().__init__(f"rank {rank}: lost contact with another process ({cause})")
+        self.rank = rank
+        self.cause = cause
+
+
+# torch's errors of the distributed stack (DistBackendError, DistNetworkError, DistStoreError);
+# gloo's transport failures come as a plain RuntimeError that names gloo's transport code.
+DIST_ERRORS: tuple[type[BaseException], ...] = tuple(
+    error for error in (getattr(dist, "DistError", None),) if isinstance(error, type)
+)
+GLOO_TRANSPORT = "gloo/transport/"
+CAUSE_CHARS = 160
+
+
+def is_lost_contact(error: BaseException) -> bool:
+    """Whether ``error`` is a collective's failure to reach another process of the run."""
+    return isinstance(error, DIST_ERRORS) or (isinstance(error, RuntimeError) and GLOO_TRANSPORT in str(error))
+
+
+def contact_failure(error: BaseException) -> str:
+    """The failure in a few words: the message's first sentence on one line, without gloo's
+    source location, e.g. "Read error [127.0.0.1]:30644: Connection reset by peer"."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(error).split()))
+    first = text.split(". ", 1)[0].rstrip(".") or type(error).__name__
+    return first if len(first) <= CAUSE_CHARS else first[: CAUSE_CHARS - 3] + "..."
+
+
+@contextlib.contextmanager
+def lost_contact_reported(context: DistContext) -> Iterator[None]:
+    """Turn a collective's failure to reach another process into ``LostContact``: the one
+    line the command prints, not the backend's traceback. Other errors pass unchanged."""
+    try:
+        yield
+    except Exception as error:
+        if context.active and is_lost_contact(error):
+            raise LostContact(context.rank, contact_failure(error)) from None
+        raise
 
 
 @dataclass(frozen=True)
@@ -128,11 +174,14 @@ def backend_for(device_type: str) -> str:
 @contextlib.contextmanager
 def distributed_session(device_type: str) -> Iterator[DistContext]:
     """Join torchrun's process group for the run (and leave it after); the identity alone.
+    A collective that cannot reach another process (it died) raises ``LostContact``.
 
     A process group that the caller already set up (a script, a test) is used as it is and
     left open. On CUDA each rank uses the device LOCAL_RANK."""
     if dist.is_available() and dist.is_initialized():
-        yield DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        context = DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        with lost_contact_reported(context):
+            yield context
         return
     context = environment_context()
     if not context.active:
@@ -142,7 +191,8 @@ def distributed_session(device_type: str) -> Iterator[DistContext]:
         torch.cuda.set_device(context.local_rank)
     dist.init_process_group(backend_for(device_type), timeout=COLLECTIVE_TIMEOUT)
     try:
-        yield context
+        with lost_contact_reported(context):
+            yield context
     finally:
         dist.destroy_process_group()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +33,21 @@ class TrainingDiverged(UHNError):
 CPU_AUTO_BF16_FEATURES = ("amx_bf16", "avx512_bf16")
 
 
+# oneDNN's instruction-set names, lowest first, for ONEDNN_MAX_CPU_ISA (DNNL_MAX_CPU_ISA before
+# oneDNN 2): a cap below the one a feature needs hides it from torch's CPU matmuls, which then
+# emulate bf16 (ONEDNN_MAX_CPU_ISA=AVX2 makes a CPU with AVX512-BF16 behave as one without).
+ONEDNN_ISA_ORDER = (
+    "sse41", "avx", "avx2", "avx2_vnni", "avx2_vnni_2", "avx512_core", "avx512_core_vnni",
+    "avx512_core_bf16", "avx10_1_512", "avx512_core_fp16", "avx10_1_512_amx", "avx512_core_amx",
+    "avx10_1_512_amx_fp16", "avx512_core_amx_fp16",
+)
+ONEDNN_ISA_OF_FEATURE = {"avx512_bf16": "avx512_core_bf16", "amx_bf16": "avx512_core_amx"}
+
+
 def cpu_bf16_features() -> frozenset[str]:
-    """The CPU's bf16 matmul instructions, as /proc/cpuinfo names them (``amx_bf16``,
-    ``avx512_bf16``): from torch's own detection, and from the kernel's flags where readable."""
+    """The CPU's bf16 matmul instructions that torch's matmuls may use, as /proc/cpuinfo names
+    them (``amx_bf16``, ``avx512_bf16``): from torch's own detection and from the kernel's
+    flags where readable, less those that ONEDNN_MAX_CPU_ISA hides from oneDNN."""
     found = set()
     if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
         found.add("amx_bf16")
@@ -43,12 +56,21 @@ def cpu_bf16_features() -> frozenset[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset(found)
+        text = ""
     for line in text.splitlines():
         if line.startswith("flags"):
-            found.update(f for f in line.split(":", 1)[1].split() if f in ("amx_bf16", "avx512_bf16"))
+            found.update(f for f in line.split(":", 1)[1].split() if f in ONEDNN_ISA_OF_FEATURE)
             break
-    return frozenset(found)
+    return frozenset(f for f in found if not hidden_by_onednn_cap(f))
+
+
+def hidden_by_onednn_cap(feature: str) -> bool:
+    """Whether ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) caps oneDNN below ``feature``'s
+    instruction set; an unknown or absent cap (oneDNN's default: all) hides nothing."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().lower()
+    if cap not in ONEDNN_ISA_ORDER:
+        return False
+    return ONEDNN_ISA_ORDER.index(cap) < ONEDNN_ISA_ORDER.index(ONEDNN_ISA_OF_FEATURE[feature])
 
 
 def cuda_bf16_tensor_cores(device: torch.device) -> tuple[bool, str]:

@@ -548,16 +548,6 @@ class ImportedModel:
         return [item for i, layer in enumerate(self.layers) for item in layer.key_map(f"layers.{i}")]
 
 
-def parse_input_shape(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise UHNError(f"--input-shape: {text!r} is not comma-separated sizes (e.g. 3,32,32)") from None
-    if not dims or any(d < 1 for d in dims) or len(dims) > 3:
-        raise UHNError(f"--input-shape: {text!r}: give 1 to 3 positive sizes without the batch (C,H,W; F; or T for token ids)")
-    return dims
-
-
 def family_of(kinds: set[str]) -> str:
     for kind, family in (("mha", "transformer"), ("gat", "gat"), ("gcn", "gcn"), ("conv2d", "cnn")):
         if kind in kinds:

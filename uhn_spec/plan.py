@@ -37,7 +37,7 @@ from .descriptors import (
     IndexDescriptors,
     Ranges,
 )
-from .errors import PlanError, SpecError
+from .errors import PlanError
 from .files import atomic_write
 from .received import ReceivedFileError, check_checksum, load_torch_file, with_checksum
 from .spec import ExperimentSpec, GeneratorSpec, format_validation_error
