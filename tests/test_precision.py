@@ -22,7 +22,8 @@ from uhn_runtime.export import load_trained_source
 from uhn_runtime.generator import UHNGenerator
 from uhn_runtime.naive import naive_generate
 from uhn_runtime.optim import Precision
-from uhn_runtime.run_dir import RunDir, RunDirError
+from uhn_runtime.run_dir import RunDir
+from uhn_runtime.run_record import RecordError
 from uhn_runtime.target import DeviceTarget
 from uhn_runtime.train import TrainOptions, start_run
 from uhn_spec import ExperimentSpec, compile_spec
@@ -164,7 +165,7 @@ def test_a_run_that_did_not_record_its_precision_resolves_auto_where_it_is_read(
     assert RunDir.open(root).precision("auto", CPU).name == "fp32"
     assert RunDir.open(root).precision("bf16", CPU).name == "bf16"  # an explicit choice is the spec's
     (root / "run.json").write_text(json.dumps({**info, "precision": "bf17", "precision_reason": "typo"}))
-    with pytest.raises(RunDirError, match=r"run.json: precision: 'bf17' is not fp32, bf16 or fp16"):
+    with pytest.raises(RecordError, match=r"run.json: precision: 'bf17' is not one of fp32, bf16, fp16"):
         RunDir.open(root).precision("auto", CPU)
 
 
@@ -184,7 +185,7 @@ def test_a_run_whose_run_json_lacks_the_precision_uses_the_one_its_summary_recor
     assert RunDir.open(root).precision("auto", CPU).name == "fp32"
     summary = json.loads((root / "summary.json").read_text())
     (root / "summary.json").write_text(json.dumps({**summary, "precision": "bf17"}))
-    with pytest.raises(RunDirError, match=r"summary.json: precision: 'bf17' is not fp32, bf16 or fp16"):
+    with pytest.raises(RecordError, match=r"summary.json: precision: 'bf17' is not one of fp32, bf16, fp16"):
         RunDir.open(root).precision("auto", CPU)
 
 
