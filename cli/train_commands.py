@@ -136,9 +136,9 @@ def train(
     Under torchrun it trains on all processes (docs/distributed.md); rank 0 prints and writes."""
     from uhn_runtime.distributed import environment_context
     from uhn_runtime.run_dir import RunDir, default_run_dir
+    from uhn_runtime.run_tables import is_multi_model
     from uhn_runtime.train import (
         TrainOptions,
-        is_multi_model,
         plan_label,
         resume_run,
         start_run,
@@ -296,7 +296,7 @@ def export(
         load_exported,
     )
     from uhn_runtime.run_dir import RunDir
-    from uhn_runtime.train import resolve_device
+    from uhn_runtime.device import resolve_device
     from uhn_spec import build_model
 
     suffix = ONNX_SUFFIX if onnx else EXPORT_SUFFIX
@@ -402,13 +402,8 @@ def evaluate(
     from uhn_runtime.export import load_exported, load_trained_source
     from uhn_runtime.run_dir import RunDir
     from uhn_runtime.target import DeviceTarget
-    from uhn_runtime.train import (
-        evaluated_targets,
-        is_multi_model,
-        models_table_lines,
-        resolve_device,
-        task_table_lines,
-    )
+    from uhn_runtime.device import resolve_device
+    from uhn_runtime.run_tables import evaluated_targets, is_multi_model, models_table_lines, task_table_lines
     from uhn_spec.multitask import is_multitask_plan
 
     torch_device = resolve_device(device.value)

@@ -189,7 +189,7 @@ def test_cli_export_onnx_matches_the_plain_module(trained_run: RunDir, tmp_path:
 
 @pytest.mark.parametrize("kind", ["cnn", "graph_node_classification", "text_classification"])
 def test_export_onnx_of_cnn_graph_and_text_targets(kind: str, tmp_path: Path) -> None:
-    from uhn_runtime.bench import synthetic_batch
+    from uhn_runtime.data.synthetic import synthetic_batch
     from uhn_runtime.export import export_onnx
     from uhn_spec import build_model, spec_from_text
 

@@ -17,14 +17,14 @@ from typer.testing import CliRunner
 import uhn_runtime.train as train_module
 from uhn_cli.main import app
 from uhn_runtime.checkpoint import load_checkpoint
+from uhn_runtime.draws import architecture_draw
 from uhn_runtime.run_dir import RunDir
+from uhn_runtime.run_tables import evaluated_targets
 from uhn_runtime.target import TargetCache
 from uhn_runtime.train import (
     TIMING_FIELDS,
     RunInterrupted,
     TrainOptions,
-    architecture_draw,
-    evaluated_targets,
     resume_run,
     start_run,
 )

@@ -18,7 +18,8 @@ from tests.test_multitask import TRAIN, multitask_data, multitask_file, options,
 from uhn_runtime.checkpoint import load_checkpoint
 from uhn_runtime.gradient_surgery import project_conflicts, projection_orders
 from uhn_runtime.optim import Precision, Stepper, make_adamw
-from uhn_runtime.train import TIMING_FIELDS, architecture_draw, check_tasks_per_step, start_run
+from uhn_runtime.draws import architecture_draw
+from uhn_runtime.train import TIMING_FIELDS, check_tasks_per_step, start_run
 from uhn_spec.errors import UHNError
 from uhn_spec.multitask import compile_multitask, load_multitask
 

@@ -22,7 +22,8 @@ from uhn_cli.main import app
 from uhn_runtime.checkpoint import load_checkpoint
 from uhn_runtime.target import DeviceTarget
 from uhn_runtime.task_sampling import adapted_probabilities, error_ratio
-from uhn_runtime.train import RunInterrupted, TrainOptions, architecture_draw, resume_run, start_run
+from uhn_runtime.draws import architecture_draw
+from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
 from uhn_runtime.weights import UHNSource
 from uhn_spec import build_model, compile_spec
 from uhn_spec.errors import SpecError, UHNError

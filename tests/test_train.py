@@ -17,6 +17,7 @@ import uhn_runtime.train as train_module
 from uhn_runtime.checkpoint import load_checkpoint
 from uhn_runtime.data import load_task_data
 from uhn_runtime.distributed import DEFAULT_MICRO_SHARDS
+from uhn_runtime.draws import epoch_seed
 from uhn_runtime.init_phase import InitTargets, run_init_phase
 from uhn_runtime.optim import Precision, TrainingDiverged
 from uhn_runtime.run_dir import RunDir
@@ -156,9 +157,9 @@ def test_direct_training_reaches_the_data(tmp_path: Path) -> None:
 
 def test_data_order_is_a_function_of_seed_and_epoch() -> None:
     data = load_task_data(tiny_plan().targets[0].spec.task)
-    first = [b.targets for b in data.train_batches(64, train_module.epoch_seed(3, 1))]
-    again = [b.targets for b in data.train_batches(64, train_module.epoch_seed(3, 1))]
-    other = [b.targets for b in data.train_batches(64, train_module.epoch_seed(3, 2))]
+    first = [b.targets for b in data.train_batches(64, epoch_seed(3, 1))]
+    again = [b.targets for b in data.train_batches(64, epoch_seed(3, 1))]
+    other = [b.targets for b in data.train_batches(64, epoch_seed(3, 2))]
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import re
 import resource
@@ -59,10 +58,11 @@ import torch
 
 from uhn_spec.errors import UHNError
 from uhn_spec.plan import Plan, TargetPlan, load_plan
-from uhn_spec.spec import GeneratorSpec, SyntheticShape, TaskSpec
+from uhn_spec.spec import GeneratorSpec
 
-from .data import Batch, loss_fn
-from .data.synthetic import load_synthetic
+from .data import loss_fn
+from .data.synthetic import synthetic_batch
+from .draws import architecture_draw
 from .fast_features import build_layout
 from .generator import UHNGenerator
 from .naive import naive_bytes_estimate, naive_generate
@@ -84,8 +84,6 @@ SHAPED_ROWS = 1024  # rows and columns of the generator-shaped product (x 2m fea
 # memory the machine has available (minus a margin for everything else running).
 DEFAULT_NAIVE_MAX_BYTES = 16 * GIB
 AVAILABLE_MARGIN_BYTES = 2 * GIB
-SYNTHETIC_TRAIN_FRACTION = 0.7  # load_synthetic keeps 70% of the examples for training
-TEXT_LENGTH = 128  # tokens per synthetic text example when the spec sets no max_length
 USEFUL_FLOPS_DEFINITION = (
     "2 * (2m*d + blocks*2*d*d + d) per generated weight: the multiply-adds of the input "
     "Linear(2m, d), the residual blocks' Linear(d, d) layers and the output Linear(d, 1). "
@@ -600,8 +598,6 @@ def measure_family_step(plan: Plan, options: BenchOptions, device: torch.device,
     """Train steps of a family run: each on the architectures ``architecture_draw`` gives
     for that step, built through a ``TargetCache`` as ``uhn train`` does; one untimed
     warm-up step (library start-up), then ``FAMILY_STEPS_PER_REPEAT * repeats`` timed ones."""
-    from .train import architecture_draw  # local: train imports most of the runtime
-
     seen = [i for i, t in enumerate(plan.targets) if t.split == "seen"]
     train_spec = plan.targets[seen[0]].spec.train
     cache = TargetCache(plan, device)
@@ -664,8 +660,6 @@ def measure_multitask_step(plan: Plan, options: BenchOptions, device: torch.devi
     Then as many steps per member drawn as ``uhn train`` draws them (``architecture_draw``
     with the probabilities), so switching member each step is in the time. Both share the
     targets (``TargetCache``) and the generator's layout cache, as the runs do."""
-    from .train import architecture_draw  # local: train imports most of the runtime
-
     members = list(range(len(plan.targets)))
     probabilities = [float(plan.targets[i].probability or 0.0) for i in members]
     cache = TargetCache(plan, device)
@@ -715,21 +709,6 @@ def measure_multitask_step(plan: Plan, options: BenchOptions, device: torch.devi
         "vs_draws": mean / by_draws,
         "times": times,
     }
-
-
-def synthetic_batch(task: TaskSpec, batch: int, device: torch.device) -> Batch:
-    """One training batch of the task's input shape: synthetic data stands in for the real
-    dataset (a graph task gets a graph of ``batch`` nodes, trained full-batch)."""
-    info = task.info
-    kind = info.task_type.name.lower()
-    if info.input_kind == "tokens":
-        dims = [task.max_length or TEXT_LENGTH]
-    else:
-        dims = list(info.input_dims)
-    examples = batch if info.input_kind == "nodes" else math.ceil(batch / SYNTHETIC_TRAIN_FRACTION) + 2
-    shape = SyntheticShape(task_type=kind, input_dims=dims, num_outputs=info.num_outputs, num_examples=max(8, examples))
-    stand_in = TaskSpec(dataset="synthetic", synthetic=shape, vocab_size=task.vocab_size, max_length=task.max_length)
-    return next(iter(load_synthetic(stand_in).train_batches(batch, seed=0))).to(device)
 
 
 def _measure(step: Callable[[], None], setup: Setup, repeats: int) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from uhn_spec.spec import ExperimentSpec, format_validation_error
 
 from .batch_norm import DEFAULT_CALIBRATION_BATCHES, batch_norm_layers, recalibrate_batch_norm
 from .checkpoint import load_checkpoint
+from .data.synthetic import synthetic_batch
 from .evaluate import generate_weights
 from .optim import Precision
 from .run_dir import RunDir
@@ -342,8 +343,6 @@ def export_onnx(model: TargetModel, output: Path) -> float:
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
     except ImportError as err:
         raise ExportError(f"--onnx needs the onnx extra ({err.name} is not installed): pip install 'uhn[onnx]'") from None
-    from .bench import synthetic_batch  # local: bench imports the whole runtime
-
     spec: ExperimentSpec = model.spec
     model = model.to("cpu").eval()
     kwargs = synthetic_batch(spec.task, ONNX_EXAMPLE_BATCH, torch.device("cpu")).model_kwargs()

@@ -44,6 +44,7 @@ from uhn_spec.files import atomic_write_text
 from uhn_spec.received import ReceivedFileError, load_received_json, load_received_yaml
 from uhn_spec.spec import MAX_LR, ExperimentSpec, StrictModel, load_spec
 
+from .device import resolve_device
 from .optim import Precision, TrainingDiverged
 from .reproduce_tables import BUILTIN_TABLES
 from .run_dir import PACKAGE_PARENT, RunDir, is_uhn_checkout
@@ -355,8 +356,6 @@ class Harness:
         run, 0.002 now"); None if they agree. Precision compares what the run trains in (``auto``
         as resolved when it started) with what ``current`` asks for on this device, so a spec that
         pins the precision ``auto`` gave the run does not count as changed."""
-        from .train import resolve_device
-
         trained = run.plan().trained_target.spec
         device = resolve_device(self.options.device)
         then = run.precision(trained.train.precision, device).name
@@ -448,8 +447,6 @@ class Harness:
         from .data import load_task_data
         from .evaluate import evaluate_source
         from .export import load_trained_source
-        from .train import resolve_device
-
         plan = row.budgets[self.options.budget]
         spec_path = self.spec_path(row)
         folder = self.sweep_folder(row, lr)

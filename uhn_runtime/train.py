@@ -41,16 +41,14 @@ file back to the latest checkpoint's length, so no record appears twice.
 
 from __future__ import annotations
 
-import csv
 import io
 import itertools
 import math
 import os
-import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack
 from signal import Signals
 from dataclasses import dataclass, replace
@@ -60,12 +58,13 @@ from typing import Any, Literal, TextIO
 import torch
 
 from uhn_spec.errors import UHNError
-from uhn_spec.files import atomic_write
 from uhn_spec.multitask import TaskSamplingSpec, is_multitask_plan
 from uhn_spec.plan import Plan
 
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .data import Batch, TaskData, load_task_data, loss_fn
+from .device import resolve_device
+from .draws import architecture_draw, epoch_seed
 from .batch_norm import batch_norm_layers
 from .distributed import (
     DEFAULT_MICRO_SHARDS,
@@ -89,6 +88,17 @@ from .init_phase import run_init_phase
 from .optim import Precision, Stepper, check_finite, make_adamw
 from .progress import Progress
 from .run_dir import RunDir, claimed_run_folder
+from .run_tables import (
+    MODELS_FILE,
+    evaluated_targets,
+    is_multi_model,
+    models_table_lines,
+    seen_positions,
+    split_groups,
+    task_table_lines,
+    trained_positions,
+    write_models_table,
+)
 from .schedule import set_lr, warmup_cosine_factor
 from .step_bound import LevelChangeBound
 from .stop_signals import STOP_SIGNALS, RunStopped, StopSignals
@@ -133,9 +143,6 @@ class RunInterrupted(Exception):
     """Raised by ``stop_after_units``: the run stops as a killed one would."""
 
 
-MODELS_FILE = "models.csv"  # a family run's per-model test metrics, in the run folder
-
-
 @dataclass(frozen=True)
 class PhaseResult:
     kind: SourceKind
@@ -144,113 +151,6 @@ class PhaseResult:
     models: dict[str, float] | None = None  # a family: each evaluated model's test metric
     sampling: dict[str, Any] | None = None  # a multi-task run: how its steps drew the tasks
     surgery: dict[str, Any] | None = None  # a PCGrad run: what its projections saw (SurgeryLog)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UHNError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise UHNError(f"--device: {name!r} is not one of cpu, cuda, auto")
-    return torch.device(name)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The data-order seed of one epoch: a pure function, so a resumed run sees the same order."""
-    return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**63)
-
-
-def architecture_draw(
-    seed: int,
-    step: int,
-    count: int,
-    k: int = 1,
-    stream: str = "train",
-    probabilities: Sequence[float] | None = None,
-    rank: int = 0,
-) -> list[int]:
-    """Which of ``count`` seen architectures step ``step`` of ``stream`` ("train" or "init")
-    trains on process ``rank``: ``min(k, count)`` distinct positions, uniformly, or with
-    ``probabilities`` (a multi-task run, i.i.d. over steps: each position drawn with them
-    among those not yet drawn, renormalised, so one position is the plain weighted draw).
-    A pure function of its arguments (a private ``random.Random`` seeded with a string, of
-    which only ``random()`` is used: the stream Python keeps across versions), so a resumed
-    run draws what an uninterrupted one does. Under torchrun each rank draws its own (rank 0
-    what one process would), so N ranks train N architectures (or tasks) per step. One
-    architecture: always [0]."""
-    k = min(k, count)
-    if count == 1:
-        return [0]
-    key = f"uhn-architectures:{stream}:{seed}:{step}" + (f":rank{rank}" if rank else "")
-    rng = random.Random(key)
-    if probabilities is not None:
-        if len(probabilities) != count:
-            raise ValueError(f"a weighted draw over {count} positions got {len(probabilities)} probabilities")
-        left, drawn = list(probabilities), []
-        for _ in range(k):  # without replacement: a drawn position's weight drops to 0
-            position = weighted_position(rng.random(), left)
-            drawn.append(position)
-            left[position] = 0.0
-        return drawn
-    pool = list(range(count))
-    for i in range(k):  # partial Fisher-Yates: k distinct positions
-        j = i + int(rng.random() * (count - i))
-        pool[i], pool[j] = pool[j], pool[i]
-    return pool[:k]
-
-
-def weighted_position(u: float, weights: Sequence[float]) -> int:
-    """The position whose cumulative-weight interval holds ``u`` (in [0, 1)) times the total."""
-    threshold = u * math.fsum(weights)
-    for position, weight in enumerate(weights):
-        threshold -= weight
-        if threshold < 0:
-            return position
-    return max(i for i, w in enumerate(weights) if w > 0)  # rounding at the top end
-
-
-def trained_positions(plan: Plan) -> list[int]:
-    """Positions of the targets a run trains and reports: all of them, except that the
-    generated generators of a recursive plan are part of its weight source (only the leaf
-    at the chain's end is a target of the run)."""
-    if plan.recursion_depth:
-        return [len(plan.targets) - 1]
-    return list(range(len(plan.targets)))
-
-
-def seen_positions(plan: Plan) -> list[int]:
-    """The trained targets that training draws from (a family's seen members)."""
-    return [i for i in trained_positions(plan) if plan.targets[i].split == "seen"]
-
-
-def evaluated_targets(plan: Plan) -> list[int]:
-    """Positions of the targets a run reports: the first ``plan.evaluated_seen`` seen ones
-    (all of them when None) and every unseen one, in plan order."""
-    seen = seen_positions(plan)
-    unseen = [i for i in trained_positions(plan) if plan.targets[i].split == "unseen"]
-    limit = len(seen) if plan.evaluated_seen is None else plan.evaluated_seen
-    return seen[:limit] + unseen
-
-
-def is_multi_model(plan: Plan) -> bool:
-    return len(trained_positions(plan)) > 1
-
-
-def group_stats(values: list[float]) -> dict[str, Any]:
-    """``{"mean", "std", "models"}`` of one group's test metrics; std is the population
-    standard deviation (0 for one model); mean and std are None for an empty group."""
-    if not values:
-        return {"mean": None, "std": None, "models": 0}
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "models": len(values)}
-
-
-def split_groups(plan: Plan, models: dict[str, float]) -> dict[str, dict[str, Any]]:
-    split = {t.name: t.split for t in plan.targets}
-    return {
-        group: group_stats([value for name, value in models.items() if split[name] == group])
-        for group in ("seen", "unseen")
-    }
 
 
 class Phase:
@@ -998,32 +898,6 @@ def plan_label(plan: Plan) -> str:
     return prefix or f"{names[0]} + {len(names) - 1} others"
 
 
-def write_models_table(run: RunDir, plan: Plan, models: dict[str, float], metric: str) -> Path:
-    """``models.csv`` in the run folder: name, split, num_params and the test metric of
-    every evaluated model (seen ones first, in plan order), written atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["name", "split", "num_params", f"test_{metric}"])
-    for name, value in models.items():
-        target = plan.target(name)
-        writer.writerow([name, target.split, target.num_params, f"{value:.6f}"])
-    path = run.root / MODELS_FILE
-    atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue()))
-    return path
-
-
-def models_table_lines(plan: Plan, models: dict[str, float], metric: str) -> list[str]:
-    """The per-model table and the group lines a family run prints at the end."""
-    lines = [f"{'model':<32} {'split':<7} {'params':>10}  test {metric}"]
-    for name, value in models.items():
-        target = plan.target(name)
-        lines.append(f"{name:<32} {target.split:<7} {target.num_params:>10,}  {value:.4f}")
-    for group, stats in split_groups(plan, models).items():
-        if stats["models"]:
-            lines.append(f"{group}: mean {stats['mean']:.4f}  std {stats['std']:.4f}  ({stats['models']} models)")
-    return lines
-
-
 def load_member_data(plan: Plan, data_root: str | None) -> dict[str, TaskData]:
     """Every multi-task member's data, before any training: a member whose task cannot be
     loaded stops the run with one line naming it."""
@@ -1034,18 +908,6 @@ def load_member_data(plan: Plan, data_root: str | None) -> dict[str, TaskData]:
         except UHNError as err:
             raise UHNError(f"task {target.name} ({target.spec.task.dataset}): {err}") from None
     return loaded
-
-
-def task_table_lines(plan: Plan, tasks: dict[str, dict[str, Any]]) -> list[str]:
-    """The per-task table a multi-task run prints at the end."""
-    lines = [f"{'task':<28} {'dataset':<12} {'p':>6} {'params':>10}  {'metric':<8} test"]
-    for name, row in tasks.items():
-        target = plan.target(name)
-        lines.append(
-            f"{name:<28} {target.spec.task.dataset:<12} {target.probability or 0:>6.3f} "
-            f"{target.num_params:>10,}  {row['metric']:<8} {row['uhn']:.4f}"
-        )
-    return lines
 
 
 def cut_metrics_to_last_checkpoint(run: RunDir) -> None:

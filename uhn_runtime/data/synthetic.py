@@ -31,6 +31,8 @@ SYNTHETIC_SEED = 1234
 CLS_TOKEN, PAD_TOKEN, FIRST_WORD = 2, 1, 3
 EDGES_PER_NODE = 4
 SAME_CLASS_EDGE_PROB = 0.8
+SYNTHETIC_TRAIN_FRACTION = 0.7  # split_examples' default: what is left after val 0.1 and test 0.2
+SYNTHETIC_TEXT_LENGTH = 128  # tokens per example of synthetic_batch when the task sets no max_length
 
 
 @dataclass(kw_only=True)
@@ -188,4 +190,18 @@ def load_synthetic(task: TaskSpec, data_root: object = None) -> TaskData:
     return data
 
 
-__all__ = ["GraphData", "TensorData", "load_synthetic", "split_examples"]
+def synthetic_batch(task: TaskSpec, batch: int, device: torch.device) -> Batch:
+    """One training batch of ``task``'s input shape on synthetic data, for measuring and
+    tracing a model without its dataset (``uhn bench``, the ONNX export's example input): a
+    graph task gets a graph of ``batch`` nodes, trained full-batch."""
+    info = task.info
+    dims = [task.max_length or SYNTHETIC_TEXT_LENGTH] if info.input_kind == "tokens" else list(info.input_dims)
+    # Enough examples that the train split (what split_examples keeps: 70%) holds a whole batch.
+    examples = batch if info.input_kind == "nodes" else math.ceil(batch / SYNTHETIC_TRAIN_FRACTION) + 2
+    kind = info.task_type.name.lower()
+    shape = SyntheticShape(task_type=kind, input_dims=dims, num_outputs=info.num_outputs, num_examples=max(8, examples))
+    stand_in = TaskSpec(dataset="synthetic", synthetic=shape, vocab_size=task.vocab_size, max_length=task.max_length)
+    return next(iter(load_synthetic(stand_in).train_batches(batch, seed=0))).to(device)
+
+
+__all__ = ["GraphData", "TensorData", "load_synthetic", "split_examples", "synthetic_batch"]
