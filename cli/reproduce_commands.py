@@ -71,7 +71,12 @@ def reproduce(
     ] = True,
     specs_root: Annotated[
         Path | None,
-        typer.Option("--specs-root", help="Folder the table's spec paths are relative to (default: the uhn checkout).", show_default=False),
+        typer.Option(
+            "--specs-root",
+            help="Folder the table's spec paths are relative to (default: the current folder for a built-in table, "
+            "whose paths name a uhn checkout's specs/; a table file's own folder).",
+            show_default=False,
+        ),
     ] = None,
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:

@@ -8,6 +8,7 @@ facts and git revision recorded in run.json.
 from __future__ import annotations
 
 import errno
+import importlib.metadata
 import io
 import json
 import os
@@ -28,7 +29,7 @@ from typer.testing import CliRunner
 
 from uhn_cli.main import app
 from uhn_runtime.export import export_run
-from uhn_runtime.run_dir import RunDir, git_revision
+from uhn_runtime.run_dir import RunDir, git_revision, source_folder
 from uhn_runtime.train import TrainOptions, start_run
 from uhn_spec.files import atomic_write, atomic_write_text
 
@@ -139,17 +140,32 @@ def test_run_json_records_the_machine(finished_run: Path) -> None:
     assert info["versions"]["torch"] == torch.__version__ and info["world_size"] == 1
 
 
-def test_git_revision_only_from_a_uhn_checkout(tmp_path: Path) -> None:
+def test_git_revision_only_from_an_editable_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
         pytest.skip("not running from a git checkout")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
     assert (git_revision(REPO_ROOT) or "").startswith(head)
-    # An installed copy inside some other repository (a venv in a project) records none.
+    if source_folder() is not None:  # the tests run from an editable install: its metadata names the checkout
+        assert source_folder() == REPO_ROOT
+    # A source folder inside some other repository records none; a regular install has no source folder.
     other = tmp_path / "project"
     (other / "site-packages").mkdir(parents=True)
     subprocess.run(["git", "init", "-q", str(other)], check=True)
-    (other / "pyproject.toml").write_text('[project]\nname = "someone-else"\n')
-    assert git_revision(other) is None and git_revision(other / "site-packages") is None
+    assert git_revision(other / "site-packages") is None and git_revision(None) is None
+
+    class Installed:
+        def __init__(self, direct_url: str | None) -> None:
+            self.direct_url = direct_url
+
+        def read_text(self, name: str) -> str | None:
+            return self.direct_url if name == "direct_url.json" else None
+
+    for record in ('{"url": "file:///src/uhn", "dir_info": {}}', '{"url": "https://x/uhn.whl", "archive_info": {}}', "{"):
+        monkeypatch.setattr(importlib.metadata, "distributions", lambda **_: [Installed(None), Installed(record)])
+        assert source_folder() is None, record
+    editable = '{"url": "file:///src/my%20uhn", "dir_info": {"editable": true}}'
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda **_: [Installed(editable)])
+    assert source_folder() == Path("/src/my uhn")
 
 
 # --------------------------------------------------------------------------- exports

@@ -47,7 +47,7 @@ from uhn_spec.spec import MAX_LR, ExperimentSpec, StrictModel, load_spec
 from .device import resolve_device
 from .optim import Precision, TrainingDiverged
 from .reproduce_tables import BUILTIN_TABLES
-from .run_dir import PACKAGE_PARENT, RunDir, is_uhn_checkout
+from .run_dir import RunDir
 
 Budget = Literal["cpu", "paper"]
 BUDGETS: tuple[Budget, ...] = ("cpu", "paper")
@@ -133,17 +133,12 @@ def table_from_data(data: Any, source: str) -> Table:
         raise TableError(f"{source}: {_validation_message(err)}") from None
 
 
-def default_spec_root() -> Path:
-    """Where the built-in tables' ``specs/...`` paths live: the uhn checkout this code runs
-    from, else the current folder (run from a checkout, or pass --specs-root)."""
-    return PACKAGE_PARENT if is_uhn_checkout(PACKAGE_PARENT) else Path.cwd()
-
-
 def load_table(name_or_path: str) -> tuple[Table, Path]:
     """A built-in table by name, or a YAML table file; with the folder its spec paths are
-    relative to (a file's own folder)."""
+    relative to: a file's own folder, the current folder for a built-in table (whose paths
+    name a uhn checkout's specs/; run from one, or pass --specs-root)."""
     if name_or_path in BUILTIN_TABLES:
-        return table_from_data(BUILTIN_TABLES[name_or_path], name_or_path), default_spec_root()
+        return table_from_data(BUILTIN_TABLES[name_or_path], name_or_path), Path.cwd()
     path = Path(name_or_path)
     if not path.is_file():
         known = ", ".join(BUILTIN_TABLES)

@@ -5,8 +5,8 @@
     DIR/config.yaml          the resolved spec (after --set overrides)
     DIR/run.json             seed, options, the precision the run trains in (``auto``
                              resolved once, at the start), package versions, the machine (CPU,
-                             threads, OpenMP settings), world_size, git revision (from a uhn
-                             checkout)
+                             threads, OpenMP settings), world_size, git revision (of an
+                             editable install's source)
     DIR/metrics.jsonl        one JSON record per log point (init, train, eval, resume)
     DIR/checkpoints/<k>.pt   the latest good checkpoint of phase k (uhn or direct)
     DIR/summary.json         the final metrics of the run
@@ -34,7 +34,8 @@ import json
 import os
 import platform
 import subprocess
-import tomllib
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,8 +51,6 @@ from uhn_spec.spec import MAX_NAME_LENGTH, spec_to_yaml
 from .optim import Precision, PrecisionName
 from .run_record import RunRecord, SummaryRecord, load_record
 
-# Where the installed packages sit; a uhn source checkout when uhn runs from one.
-PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 # Environment variables that set how many threads the OpenMP/BLAS runtimes use and how they wait.
 THREAD_ENV_PREFIXES = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_")
 LOCK_FILE = ".uhn-lock"
@@ -76,19 +75,30 @@ def package_versions() -> dict[str, str]:
     return {"uhn": uhn, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def is_uhn_checkout(folder: Path) -> bool:
-    """Whether ``folder`` is the root of a uhn source tree (its pyproject.toml names uhn)."""
-    try:
-        project = tomllib.loads((folder / "pyproject.toml").read_text()).get("project", {})
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return False
-    return isinstance(project, dict) and project.get("name") == "uhn"
+def source_folder() -> Path | None:
+    """The source folder of an editable install of uhn, as the installed distribution records
+    it (its direct_url.json); None for any other install, whose files say nothing of a source."""
+    for dist in importlib.metadata.distributions(name="uhn"):  # a build's uhn.egg-info has none
+        text = dist.read_text("direct_url.json")
+        if text is None:
+            continue
+        try:
+            record = json.loads(text)
+        except ValueError:
+            return None
+        url = record.get("url", "") if isinstance(record, dict) else ""
+        dir_info = record.get("dir_info") if isinstance(record, dict) else None
+        if not (isinstance(dir_info, dict) and dir_info.get("editable") and url.startswith("file://")):
+            return None
+        return Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+    return None
 
 
-def git_revision(folder: Path = PACKAGE_PARENT) -> str | None:
-    """The commit of the uhn checkout the code runs from (with "+dirty" for local changes);
-    None for an installed copy, even one that happens to sit inside another git repository."""
-    if not is_uhn_checkout(folder):
+def git_revision(folder: Path | None) -> str | None:
+    """The commit of the git checkout whose root is ``folder`` (with "+dirty" for local
+    changes); None without a folder, or when it is not the root of a git checkout (a source
+    folder that sits inside some other repository)."""
+    if folder is None or not folder.is_dir():
         return None
     try:
         run = lambda *args: subprocess.run(  # noqa: E731
@@ -167,7 +177,7 @@ class RunDir:
             **info,
             "seed": plan.trained_target.spec.train.seed,
             "versions": package_versions(),
-            "git_revision": git_revision(),
+            "git_revision": git_revision(source_folder()),
             "machine": machine_info(with_gpus=info.get("device") != "cpu"),
             "world_size": world_size,  # processes training together (torchrun's WORLD_SIZE)
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
