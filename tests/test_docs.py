@@ -279,9 +279,9 @@ def test_readme_import_example_runs_end_to_end(user_folder: Path) -> None:
 
 
 def test_generated_descriptor_tables_match_the_registry() -> None:
-    """The registry-derived tables are rendered, never hand-edited: `python -m uhn_spec.doc_tables`."""
-    from uhn_spec.doc_tables import BLOCK, rendered
+    """The registry-derived tables are rendered, never hand-edited: `python tools/doc_tables.py`."""
+    from tools.doc_tables import BLOCK, rendered
 
     text = DESCRIPTORS_DOC.read_text()
     assert {m.group("name") for m in BLOCK.finditer(text)} == {"local-fields", "param-types", "layer-types"}
-    assert rendered(text) == text, "docs/descriptors.md is stale: run `python -m uhn_spec.doc_tables`"
+    assert rendered(text) == text, "docs/descriptors.md is stale: run `python tools/doc_tables.py`"

@@ -89,7 +89,7 @@ class DatasetType(NamedIntEnum):
 class LayerType(NamedIntEnum):
     """The authors' layer kinds. A uhn kind beyond these declares its own id (7 and up) in its
     file, as its ``layer_type``; the registry refuses two kinds with one id, and the docs'
-    LayerType table is rendered from the registry (``uhn_spec.doc_tables``)."""
+    LayerType table is rendered from the registry (``tools/doc_tables.py``)."""
 
     LINEAR = 0
     CONV2D = 1

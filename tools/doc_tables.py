@@ -1,8 +1,9 @@
-"""The docs tables that follow from the layer registry, rendered from it.
+"""The docs tables that follow from the layer registry, rendered from it (a developer script
+of the checkout, not installed).
 
 docs/descriptors.md holds each table between ``<!-- BEGIN GENERATED: NAME -->`` and
 ``<!-- END GENERATED: NAME -->``; ``tests/test_docs.py`` fails when the file differs from
-what this renders, and ``python -m uhn_spec.doc_tables`` rewrites the file. A new layer kind
+what this renders, and ``python tools/doc_tables.py`` rewrites the file. A new layer kind
 therefore needs no docs edit beyond its own section in docs/specs.md.
 """
 
@@ -12,9 +13,9 @@ import re
 import sys
 from pathlib import Path
 
-from .descriptors import LOCAL_FIELDS
-from .files import atomic_write_text
-from .layers import REGISTRY, LayerSpec
+from uhn_spec.descriptors import LOCAL_FIELDS
+from uhn_spec.files import atomic_write_text
+from uhn_spec.layers import REGISTRY, LayerSpec
 
 DESCRIPTORS_DOC = Path(__file__).resolve().parent.parent / "docs" / "descriptors.md"
 

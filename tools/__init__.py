@@ -1,0 +1,1 @@
+"""Developer scripts of the uhn checkout (not installed): ``python tools/NAME.py``."""
