@@ -8,7 +8,7 @@ generator's gradients that DistributedDataParallel does. The single process gene
 work units; each of the N processes its share (``uhn_runtime.distributed``), gathering the
 rest. Every case runs in fresh processes (gloo on the CPU, one thread each, so N processes
 use N cores), and its peak memory is the resident-set high-water mark above the memory held
-after a warm-up step (``uhn_runtime.bench``: VmHWM on Linux). The report gives the per-rank
+after a warm-up step (``uhn_tools.bench.memory``: VmHWM on Linux). The report gives the per-rank
 peak against the single process's and the step-time ratio, both measured in the same run.
 """
 
@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from uhn_runtime.bench import current_memory, peak_memory, reset_peak_memory
+from uhn_tools.bench.memory import current_memory, peak_memory, reset_peak_memory
 from uhn_runtime.distributed import DistContext, GenerationShard
 from uhn_runtime.generator import UHNGenerator
 from uhn_runtime.target import DeviceTarget

@@ -43,7 +43,8 @@ from uhn_runtime.optim import Precision
 from uhn_runtime.progress import Progress
 from uhn_runtime.run_dir import RunDir, cpu_model
 from uhn_runtime.stop_signals import StopSignals
-from uhn_runtime.train import Phase, TrainOptions, epoch_seed
+from uhn_runtime.draws import epoch_seed
+from uhn_runtime.train import Phase, TrainOptions
 from uhn_spec import compile_spec, load_spec
 
 CPU = torch.device("cpu")

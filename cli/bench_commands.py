@@ -15,7 +15,7 @@ from .options import DEFAULT_DEVICE, DeviceOption, bounded_option
 
 
 def default_naive_max_gib() -> float:
-    from uhn_runtime.bench import DEFAULT_NAIVE_MAX_BYTES, GIB  # local: --help stays free of torch
+    from uhn_tools.bench import DEFAULT_NAIVE_MAX_BYTES, GIB  # local: --help stays free of torch
 
     return DEFAULT_NAIVE_MAX_BYTES / GIB
 
@@ -31,7 +31,7 @@ MIN_MATMUL_SIZE, MAX_MATMUL_SIZE = 16, 8192
 @command("bench")
 def bench(
     source: Annotated[Path, typer.Argument(help=f"A plan (*{PLAN_SUFFIX}) or a spec YAML.", show_default=False)],
-    # No plain default: it lives in uhn_runtime.bench, which imports torch (see main.py).
+    # No plain default: it lives in uhn_tools.bench, which imports torch (see main.py).
     naive_max_gib: Annotated[
         float,
         bounded_option(
@@ -71,7 +71,7 @@ def bench(
 
     Each case runs in a fresh process; generation is also reported as a fraction of the
     machine's measured matmul throughput."""
-    from uhn_runtime.bench import GIB, BenchOptions, render_report, run_bench
+    from uhn_tools.bench import GIB, BenchOptions, render_report, run_bench
     from uhn_runtime.device import resolve_device
 
     if precision not in ("auto", "fp32", "bf16"):

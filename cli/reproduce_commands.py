@@ -82,7 +82,7 @@ def reproduce(
 ) -> None:
     """Train every row of a table as `uhn train --mode both` runs (resumable), then write the
     results as JSON and a markdown table. Rows not run yet are left out and counted."""
-    from uhn_runtime.reproduce import Harness, ReproduceOptions, load_table, write_results
+    from uhn_tools.reproduce import Harness, ReproduceOptions, load_table, write_results
 
     chosen_rows = None if rows is None else parse_name_list(rows, "--rows")
     chosen_seeds = parse_seeds(seeds)

@@ -14,10 +14,9 @@ import yaml
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-import uhn_runtime.bench as bench
 import uhn_runtime.optim as optim
+import uhn_tools.bench.flops as flops
 from uhn_cli.main import app
-from uhn_runtime.bench import BenchOptions, render_report, run_bench, useful_flops_per_weight
 from uhn_runtime.export import load_trained_source
 from uhn_runtime.generator import UHNGenerator
 from uhn_runtime.naive import naive_generate
@@ -29,6 +28,8 @@ from uhn_runtime.train import TrainOptions, start_run
 from uhn_spec import ExperimentSpec, compile_spec
 from uhn_spec.errors import UHNError
 from uhn_spec.spec import GeneratorSpec
+from uhn_tools.bench import BenchOptions, render_report, run_bench
+from uhn_tools.bench.flops import useful_flops_per_weight
 
 from .tiny_specs import tiny_plan, tiny_spec_data
 
@@ -198,7 +199,7 @@ def test_resume_refuses_a_new_precision(tmp_path: Path) -> None:
 def test_bench_reports_bf16_generation_against_both_peaks_of_the_same_run(monkeypatch) -> None:
     # The report's arithmetic on small products (a 64^3 peak): bench's own 4096^3 bf16 product
     # took over 30 minutes on a CPU without bf16 instructions, which emulates bf16 matmuls.
-    monkeypatch.setattr(bench, "cpu_bf16_features", lambda: frozenset())  # the parent's check: emulated here
+    monkeypatch.setattr(flops, "cpu_bf16_features", lambda: frozenset())  # the parent's check: emulated here
     plan = compile_spec(ExperimentSpec.model_validate(tiny_spec_data()))
     notices: list[str] = []
     report = run_bench(plan, BenchOptions(repeats=1, batch=8, precision="bf16", naive=False, square=64), notice=notices.append)
@@ -215,20 +216,20 @@ def test_bench_reports_bf16_generation_against_both_peaks_of_the_same_run(monkey
 
 
 def test_bench_measures_the_peak_on_a_smaller_product_where_bf16_is_emulated(monkeypatch) -> None:
-    monkeypatch.setattr(bench, "cpu_bf16_features", lambda: frozenset())
-    assert bench.peak_square(BenchOptions(precision="bf16")) == bench.EMULATED_BF16_SQUARE < bench.SQUARE
-    assert bench.peak_square(BenchOptions(precision="fp32")) == bench.SQUARE
-    assert bench.peak_square(BenchOptions(precision="auto")) == bench.SQUARE  # auto: fp32 on such a CPU
-    assert bench.peak_square(BenchOptions(precision="bf16", square=512)) == 512  # as asked
-    monkeypatch.setattr(bench, "cpu_bf16_features", lambda: frozenset({"avx512_bf16"}))
-    assert bench.peak_square(BenchOptions(precision="bf16")) == bench.SQUARE
-    assert not bench.bf16_emulated(BenchOptions(precision="bf16"))
+    monkeypatch.setattr(flops, "cpu_bf16_features", lambda: frozenset())
+    assert flops.peak_square(BenchOptions(precision="bf16")) == flops.EMULATED_BF16_SQUARE < flops.SQUARE
+    assert flops.peak_square(BenchOptions(precision="fp32")) == flops.SQUARE
+    assert flops.peak_square(BenchOptions(precision="auto")) == flops.SQUARE  # auto: fp32 on such a CPU
+    assert flops.peak_square(BenchOptions(precision="bf16", square=512)) == 512  # as asked
+    monkeypatch.setattr(flops, "cpu_bf16_features", lambda: frozenset({"avx512_bf16"}))
+    assert flops.peak_square(BenchOptions(precision="bf16")) == flops.SQUARE
+    assert not flops.bf16_emulated(BenchOptions(precision="bf16"))
 
 
 def test_the_emulated_bf16_notice_says_how_long_the_bench_takes() -> None:
     spec = GeneratorSpec()  # the paper's generator: m = 2048, d = 128
     options = BenchOptions(repeats=5, precision="bf16", square=1024)
-    line = bench.emulated_bf16_notice(spec, 270_000, options, 0.2e9)  # an AVX2 core's emulated bf16 rate
+    line = flops.emulated_bf16_notice(spec, 270_000, options, 0.2e9)  # an AVX2 core's emulated bf16 rate
     # peak: 6 x 2 x (1024^3 + 1024 x 4096 x 1024) FLOPs at 0.2 GFLOP/s = 322 s; a generation
     # 270,000 x 2 x (2*2048*128 + 2*2*128*128 + 128) = 3.2e11 FLOPs: 26.5 min.
     assert "1024^3 product (about 5.4 min)" in line and "at least 26.5 min" in line and "runs 12 (6 in train steps" in line

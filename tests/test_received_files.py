@@ -26,12 +26,12 @@ from uhn_cli.main import app
 from uhn_runtime.checkpoint import CheckpointError, load_checkpoint
 from uhn_runtime.export import CONTENT_CHECKSUM_KEY, export_run, load_exported
 from uhn_runtime.plot import read_metrics
-from uhn_runtime.reproduce import TableError, load_table
 from uhn_runtime.run_dir import RunDir
 from uhn_runtime.run_record import RecordError
 from uhn_runtime.train import TrainOptions, start_run
 from uhn_spec import PlanError, SpecError, compile_spec, load_plan
 from uhn_spec.received import CHECKSUM_KEY
+from uhn_tools.reproduce import TableError, load_table
 
 from .tiny_specs import tiny_plan
 

@@ -14,7 +14,6 @@ import yaml
 from typer.testing import CliRunner
 
 from uhn_cli.main import app
-from uhn_runtime.bench import BenchOptions, run_bench
 from uhn_runtime.export import export_levels, level_path, load_exported
 from uhn_runtime.generator import GeneratedGenerator, count_generator_params
 from uhn_runtime.init_phase import InitTargets, run_top_down_init, stage_lr_scale, top_down_stages
@@ -27,6 +26,7 @@ from uhn_runtime.weights import RecursiveSource, depth_lr_scale, head_components
 from uhn_spec import build_model
 from uhn_spec.errors import SpecError
 from uhn_spec.recursive import compile_recursive, load_recursive, recursive_from_text
+from uhn_tools.bench import BenchOptions, run_bench
 
 from .conftest import REPO_ROOT
 from .tiny_specs import tiny_spec_data

@@ -1,6 +1,6 @@
 """``uhn bench``: the report's shape on a tiny spec (no timing assertions), the naive
-baseline skipped rather than run when it would not fit, the synthetic batches of the train
-step, and the target's segmented (checkpointed) forward."""
+baseline skipped rather than run when it would not fit, and the target's segmented
+(checkpointed) forward that --target-segments times."""
 
 from __future__ import annotations
 
@@ -12,15 +12,18 @@ import torch
 from typer.testing import CliRunner
 
 from uhn_cli.main import app
-from uhn_runtime.bench import BenchOptions, run_bench, run_case, synthetic_batch, useful_flops_per_weight, worker_failure
+from uhn_runtime.data.synthetic import synthetic_batch
 from uhn_runtime.target import DeviceTarget
 from uhn_runtime.target_segments import forward_in_segments, segment_bounds
-from uhn_spec import compile_spec, load_spec
+from uhn_spec import compile_spec
 from uhn_spec.errors import UHNError
 from uhn_spec.spec import GeneratorSpec
+from uhn_tools.bench import BenchOptions, run_bench
+from uhn_tools.bench.flops import useful_flops_per_weight
+from uhn_tools.bench.run import run_case, worker_failure
 
-from .conftest import REPO_ROOT
-from .tiny_specs import tiny_plan, tiny_spec, tiny_spec_data
+from ..conftest import REPO_ROOT
+from ..tiny_specs import tiny_plan, tiny_spec, tiny_spec_data
 
 
 def test_report_has_the_fields_the_issue_asks_for() -> None:
@@ -91,22 +94,6 @@ def test_worker_failures_read_as_one_line() -> None:
     assert len(long) < 340 and long.endswith("...")
 
 
-@pytest.mark.parametrize("task_type", ["image_classification", "text_classification", "graph_node_classification", "formula_regression"])
-def test_synthetic_batches_fit_every_task(task_type: str) -> None:
-    spec = tiny_spec(task_type)
-    target = DeviceTarget(compile_spec(spec).targets[0])
-    batch = synthetic_batch(spec.task, 16, torch.device("cpu"))
-    outputs = target.forward(target.flat_from_model(), **batch.model_kwargs())
-    selected, targets = batch.select(outputs)
-    assert selected.shape[0] == targets.shape[0] > 0
-
-
-def test_cifar_batches_have_the_image_shape() -> None:
-    spec = load_spec(REPO_ROOT / "specs" / "cifar10_cnn20.yaml")
-    batch = synthetic_batch(spec.task, 256, torch.device("cpu"))
-    assert batch.inputs.shape == (256, 3, 32, 32)
-
-
 def test_segmented_forward_equals_the_plain_forward() -> None:
     spec = tiny_spec("text_classification")
     target = DeviceTarget(compile_spec(spec).targets[0])
@@ -132,14 +119,18 @@ def test_useful_flops_follow_the_documented_formula() -> None:
 
 
 def test_installed_packages_never_import_benchmarks_or_tests() -> None:
-    """``uhn bench`` (the naive baseline included) must work from a non-editable install."""
-    for package in ("uhn_spec", "uhn_runtime", "cli"):
+    """``uhn bench`` (the naive baseline included) must work from a non-editable install; the
+    library (uhn_spec, uhn_runtime) never imports the applications (uhn_tools) or the CLI."""
+    applications = {"uhn_tools", "uhn_cli", "cli"}
+    for package in ("uhn_spec", "uhn_runtime", "uhn_tools", "cli"):
         for path in (REPO_ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
                 if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     names = [node.module]
-                assert not any(n.split(".")[0] in ("benchmarks", "tests") for n in names), path
+                tops = {n.split(".")[0] for n in names}
+                assert not tops & {"benchmarks", "tests", "tools"}, path
+                assert package not in ("uhn_spec", "uhn_runtime") or not tops & applications, path
 
 
 def test_compile_benchmark_reports_the_issues_figures() -> None:
