@@ -50,6 +50,7 @@ def table_results(
             rows.append(record)
     return rows, missing, refused
 
+
 def still_holds(harness: Harness, row: TableRow, kept: dict[str, Any]) -> bool:
     """Whether an earlier results file's record of ``row`` may stand in for its absent run
     folders: of this budget, with results, and trained at the direct lr this machine's
@@ -58,6 +59,7 @@ def still_holds(harness: Harness, row: TableRow, kept: dict[str, Any]) -> bool:
         return False
     chosen = harness.sweep.chosen_direct_lr(row)
     return chosen is None or float(chosen["value"]) == float(kept["direct_lr"]["value"])
+
 
 def row_result(harness: Harness, row: TableRow) -> dict[str, Any] | None:
     chosen = harness.sweep.chosen_direct_lr(row)

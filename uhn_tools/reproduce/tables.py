@@ -23,6 +23,7 @@ Metric = Literal["accuracy", "rmse"]
 class TableError(UHNError):
     """A table definition, a row name or a run folder does not fit what `uhn reproduce` asks."""
 
+
 class BudgetPlan(StrictModel):
     """How a row trains at one budget."""
 
