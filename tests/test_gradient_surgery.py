@@ -20,7 +20,7 @@ from uhn_runtime.gradient_surgery import project_conflicts, projection_orders
 from uhn_runtime.optim import Precision, Stepper, make_adamw
 from uhn_runtime.train import TIMING_FIELDS, architecture_draw, check_tasks_per_step, start_run
 from uhn_spec.errors import UHNError
-from uhn_spec.multitask import compile_multitask, load_multitask
+from uhn_spec.modes.multitask import compile_multitask, load_multitask
 
 PCGRAD = {"tasks_per_step": 2, "gradient_surgery": "pcgrad"}
 

@@ -41,8 +41,9 @@ from uhn_spec.budget import check_fits, estimate_budget
 from uhn_spec.compiler import compile_spec
 from uhn_spec.errors import UHNError
 from uhn_spec.files import atomic_write_text
+from uhn_spec.modes.single import load_spec
 from uhn_spec.received import ReceivedFileError, load_received_json, load_received_yaml
-from uhn_spec.spec import MAX_LR, ExperimentSpec, StrictModel, load_spec
+from uhn_spec.spec import MAX_LR, ExperimentSpec, StrictModel
 
 from .optim import Precision, TrainingDiverged
 from .reproduce_tables import BUILTIN_TABLES

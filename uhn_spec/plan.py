@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -44,6 +44,12 @@ from .spec import ExperimentSpec, GeneratorSpec, format_validation_error
 
 PLAN_FORMAT = "uhn-plan"
 PLAN_VERSION = 2
+
+# What a plan trains as (``uhn_spec.modes``): one target; a family of seen and unseen
+# architectures; several tasks drawn by probability; a chain H1..H_K of generated generators
+# and its leaf.
+Mode = Literal["single", "family", "multitask", "recursive"]
+MODES: tuple[Mode, ...] = get_args(Mode)
 
 
 @dataclass(frozen=True)
@@ -180,8 +186,11 @@ class Plan:
     # A family plan: how many seen targets (the first ones) are evaluated beside the unseen
     # ones (the family's ``each``); None: every seen target.
     evaluated_seen: int | None = None
-    # A multi-task plan: its ``sampling`` section (uhn_spec.multitask.TaskSamplingSpec, dumped).
+    # A multi-task plan: its ``sampling`` section (uhn_spec.modes.multitask.TaskSamplingSpec, dumped).
     task_sampling: dict[str, Any] | None = None
+    # Set by the compiler; a plan file written before the field existed gets it from its
+    # targets once, when loaded (``derived_mode``).
+    mode: Mode = "single"
 
     def target(self, name: str | None = None) -> TargetPlan:
         if name is None:
@@ -193,11 +202,8 @@ class Plan:
 
     @property
     def recursion_depth(self) -> int:
-        """K of a recursive plan (targets H1..H_K, then the leaf: ``uhn_spec.recursive``), else 0."""
-        chain = self.targets[:-1]
-        if chain and all(t.spec.family == "uhn" for t in chain) and self.targets[-1].spec.family != "uhn":
-            return len(chain)
-        return 0
+        """K of a recursive plan (targets H1..H_K, then the leaf: ``uhn_spec.modes.recursive``), else 0."""
+        return len(self.targets) - 1 if self.mode == "recursive" else 0
 
     @property
     def trained_target(self) -> TargetPlan:
@@ -216,6 +222,7 @@ class Plan:
             "source_hash": self.source_hash,
             "evaluated_seen": self.evaluated_seen,
             "task_sampling": self.task_sampling,
+            "mode": self.mode,
         }
 
     @staticmethod
@@ -233,8 +240,12 @@ class Plan:
             generator = GeneratorSpec.model_validate_json(_string(d, "generator_json", ""))
         except ValidationError as err:
             raise PlanFieldError(f"generator_json: {format_validation_error(err)}") from None
+        loaded = [TargetPlan.from_dict(t, f"targets[{i}]") for i, t in enumerate(targets)]
+        mode = d.get("mode", derived_mode(loaded))
+        if not mode_fits(mode, loaded):
+            raise PlanFieldError(f"mode: {mode!r} is not one of {', '.join(MODES)} that fits its targets")
         return Plan(
-            targets=[TargetPlan.from_dict(t, f"targets[{i}]") for i, t in enumerate(targets)],
+            targets=loaded,
             index_ranges=Ranges.from_tensor(_ranges(d, "index_ranges", len(INDEX_FIELDS))),
             structure_ranges=Ranges.from_tensor(_ranges(d, "structure_ranges", len(STRUCTURE_FIELDS))),
             generator=generator,
@@ -243,10 +254,34 @@ class Plan:
             version=int(d["version"]),
             evaluated_seen=evaluated_seen,
             task_sampling=task_sampling,
+            mode=mode,
         )
 
     def save(self, path: str | Path) -> None:
         atomic_torch_save(with_checksum(self.to_dict()), Path(path))
+
+
+def derived_mode(targets: list[TargetPlan]) -> Mode:
+    """The mode of a plan file written before plans stated it, as its targets show it:
+    multitask when they carry probabilities, recursive for generated generators (family
+    ``uhn``) then a leaf, family for several, else single."""
+    if any(t.probability is not None for t in targets):
+        return "multitask"
+    if len(targets) > 1 and _is_chain(targets):
+        return "recursive"
+    return "family" if len(targets) > 1 else "single"
+
+
+def _is_chain(targets: list[TargetPlan]) -> bool:
+    """H1..H_K (family ``uhn``), then a leaf of another family."""
+    return all(t.spec.family == "uhn" for t in targets[:-1]) and targets[-1].spec.family != "uhn"
+
+
+def mode_fits(mode: Any, targets: list[TargetPlan]) -> bool:
+    """Whether a stated mode can describe these targets (the runtime relies on it)."""
+    if mode not in MODES or (mode == "multitask") != any(t.probability is not None for t in targets):
+        return False
+    return {"single": len(targets) == 1, "recursive": _is_chain(targets)}.get(mode, True)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
