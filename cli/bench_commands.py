@@ -9,13 +9,17 @@ from typing import Annotated
 import typer
 
 from uhn_spec.errors import UHNError
+from uhn_spec.files import PLAN_SUFFIX
 
-from .main import PLAN_SUFFIX, SetOption, command, load_target_source
+from .main import SetOption, command, load_target_source
 from .options import DEFAULT_DEVICE, DeviceOption, bounded_option
 
 
 def default_naive_max_gib() -> float:
-    from uhn_runtime.bench import DEFAULT_NAIVE_MAX_BYTES, GIB  # local: --help stays free of torch
+    from uhn_runtime.bench import (  # local: --help stays free of torch
+        DEFAULT_NAIVE_MAX_BYTES,
+        GIB,
+    )
 
     return DEFAULT_NAIVE_MAX_BYTES / GIB
 

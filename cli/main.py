@@ -20,7 +20,6 @@ import typer
 
 from uhn_spec.budget import Budget, Purpose, check_spec_fits, format_bytes
 from uhn_spec.errors import UHNError
-from uhn_spec.files import PLAN_SUFFIX
 
 from .options import fail
 
@@ -106,10 +105,12 @@ human_bytes = format_bytes
 
 
 # Command modules: each registers its commands on `app` when imported. Add one line per module.
-from . import spec_commands  # noqa: E402,F401
-from . import train_commands  # noqa: E402,F401
-from . import data_commands  # noqa: E402,F401
-from . import bench_commands  # noqa: E402,F401
-from . import plot_commands  # noqa: E402,F401
-from . import reproduce_commands  # noqa: E402,F401
-from . import import_commands  # noqa: E402,F401
+from . import (
+    bench_commands,  # noqa: E402,F401
+    data_commands,  # noqa: E402,F401
+    import_commands,  # noqa: E402,F401
+    plot_commands,  # noqa: E402,F401
+    reproduce_commands,  # noqa: E402,F401
+    spec_commands,  # noqa: E402,F401
+    train_commands,  # noqa: E402,F401
+)

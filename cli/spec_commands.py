@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from uhn_spec.errors import UHNError
+from uhn_spec.files import PLAN_SUFFIX
 
 from .main import (
-    PLAN_SUFFIX,
     SetOption,
     command,
     fitting_budget,

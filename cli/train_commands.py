@@ -13,9 +13,9 @@ from uhn_runtime.cpu_policy import choose_threads
 from uhn_runtime.run_record import MAX_MICRO_SHARDS
 from uhn_runtime.stop_signals import RunStopped
 from uhn_spec.errors import UHNError
+from uhn_spec.files import PLAN_SUFFIX
 
 from .main import (
-    PLAN_SUFFIX,
     SetOption,
     command,
     fitting_budget,

@@ -28,7 +28,13 @@ from pydantic import Field, field_validator, model_validator
 from ..compiler import compile_specs
 from ..errors import SpecError
 from ..fields import SpecName, StrictModel
-from ..loading import apply_overrides, check_unique_names, read_mapping, read_spec_text, validated
+from ..loading import (
+    apply_overrides,
+    check_unique_names,
+    read_mapping,
+    read_spec_text,
+    validated,
+)
 from ..plan import Plan
 from ..spec import ExperimentSpec, GeneratorSpec, TrainSpec
 from .single import member_spec

@@ -19,7 +19,6 @@ from typing import Any
 from pydantic import Field, ValidationError, model_validator
 
 from ..compiler import compile_specs
-from ..errors import SpecError
 from ..fields import MAX_NAME_LENGTH, StrictModel, name_field
 from ..loading import apply_overrides, read_mapping, read_spec_text, validated
 from ..plan import Plan
