@@ -343,9 +343,9 @@ def test_recursive_names_leave_room_for_the_levels() -> None:
 
 
 def test_a_self_referencing_yaml_alias_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    import uhn_spec.loading
+    import uhn_spec.safe_yaml
 
-    monkeypatch.setattr(uhn_spec.loading, "MAX_YAML_NODES", 10_000)  # without the check: the count error
+    monkeypatch.setattr(uhn_spec.safe_yaml, "MAX_YAML_NODES", 10_000)  # without the check: the count error
     for text, path, line in (("a: &a [*a]\n", "a[0]", 1), ("b:\n  c: &x {d: [1, *x]}\n", "b.c.d[1]", 2)):
         assert spec_error(text) == f"{path}: a YAML alias refers to the node (line {line}) that contains it; it would never end"
 

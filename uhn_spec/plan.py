@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
-
 from pydantic import ValidationError
 
 from .budget import Budget, check_fits, compile_bytes

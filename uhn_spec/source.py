@@ -16,9 +16,10 @@ from typing import Any
 
 from .errors import SpecError, UHNError
 from .files import PLAN_SUFFIX
-from .loading import load_yaml, read_spec_text
+from .loading import read_spec_text
 from .modes import family, multitask, recursive, single
 from .plan import Mode, Plan, load_plan
+from .safe_yaml import load_yaml
 from .spec import ExperimentSpec
 
 
@@ -99,7 +100,8 @@ def load_source(paths: Path | str | Sequence[Path | str], overrides: Sequence[st
         if len(paths) > 1:
             raise UHNError(f"give one plan file or only specs, got {shown}")
         if overrides:
-            raise UHNError(f"--set changes specs, not compiled plans; recompile {plans[0]} with `uhn compile SPEC --set ...`")
+            recompile = f"recompile {plans[0]} with `uhn compile SPEC --set ...`"
+            raise UHNError(f"--set changes specs, not compiled plans; {recompile}")
         plan = load_plan(plans[0])
         return Source("plan", paths, overrides, plan, tuple((plans[0], t.spec) for t in plan.targets))
     modes = [file_mode(p) for p in paths]

@@ -15,12 +15,11 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from .budget import layer_param_counts
 from .enums import ModelType
 from .errors import SpecError
 from .fields import MAX_NAME_LENGTH, SpecName, StrictModel, name_field
 from .layers import REGISTRY
-from .layers.base import FeatureShape
+from .layers.base import FeatureShape, parameter_counts
 from .tasks import SyntheticShape, TaskSpec, input_shape
 
 LayerUnion = Annotated[Union[tuple(REGISTRY.values())], Field(discriminator="kind")]  # type: ignore[valid-type]
@@ -225,7 +224,7 @@ class ExperimentSpec(StrictModel):
     @property
     def num_params(self) -> int:
         """Weights of the target, counted layer by layer on the meta device (no memory)."""
-        return sum(layer_param_counts(self))
+        return sum(parameter_counts(self.layers))
 
 
 def _layer_kind(layer: Any) -> Any:

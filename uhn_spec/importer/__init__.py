@@ -30,8 +30,8 @@ from torch import nn
 from ..errors import UHNError
 from ..spec import ExperimentSpec
 from ..tasks import DATASETS
-from .converters import Imported, KeyLink, converter_of
-from .tracing import TraceState, trace_layers
+from .converters import Imported, KeyLink, TraceState, converter_of
+from .tracing import trace_layers
 
 # --------------------------------------------------------------------------- loading MODULE:ATTR
 

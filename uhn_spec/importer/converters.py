@@ -5,14 +5,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from torch import nn
 
 from ..errors import UHNError
 
-if TYPE_CHECKING:
-    from .tracing import TraceState
+
+@dataclass
+class TraceState:
+    """What the trace has learnt of the input, which some converters need."""
+
+    sequence_length: int = 0
+    vocab_size: int | None = None
+    graph: bool = False
 
 
 class ModuleImportError(UHNError):
@@ -82,12 +88,12 @@ def square(value: Any, what: str, where: str, op: str) -> int:
     return int(value)
 
 
-def convert_linear(m: nn.Linear, q: str, ctx: "TraceState") -> list[Imported]:
+def convert_linear(m: nn.Linear, q: str, ctx: TraceState) -> list[Imported]:
     layer = {"kind": "linear", "in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
     return [linked(layer, q, {"weight": "weight", **affine_names(m, "bias")})]
 
 
-def convert_conv2d(m: nn.Conv2d, q: str, ctx: "TraceState") -> list[Imported]:
+def convert_conv2d(m: nn.Conv2d, q: str, ctx: TraceState) -> list[Imported]:
     k = square(m.kernel_size, "kernel", q, "Conv2d")
     stride = square(m.stride, "stride", q, "Conv2d")
     padding = m.padding if isinstance(m.padding, str) else square(m.padding, "padding", q, "Conv2d")
@@ -106,7 +112,7 @@ def convert_conv2d(m: nn.Conv2d, q: str, ctx: "TraceState") -> list[Imported]:
     return [linked(layer, q, {"weight": "weight", **affine_names(m, "bias")})]
 
 
-def convert_batch_norm(m: nn.modules.batchnorm._BatchNorm, q: str, ctx: "TraceState") -> list[Imported]:
+def convert_batch_norm(m: nn.modules.batchnorm._BatchNorm, q: str, ctx: TraceState) -> list[Imported]:
     if not m.track_running_stats or m.momentum is None:
         raise unsupported("BatchNorm without running statistics or with momentum=None", q, "BatchNorm2d(C) / BatchNorm1d(F) with the defaults")
     layer = {"kind": "norm", "type": "batch", "features": m.num_features, "affine": m.affine, "eps": m.eps, "momentum": m.momentum}
@@ -114,14 +120,14 @@ def convert_batch_norm(m: nn.modules.batchnorm._BatchNorm, q: str, ctx: "TraceSt
     return [linked(layer, q, names)]
 
 
-def convert_layer_norm(m: nn.LayerNorm, q: str, ctx: "TraceState") -> list[Imported]:
+def convert_layer_norm(m: nn.LayerNorm, q: str, ctx: TraceState) -> list[Imported]:
     if len(m.normalized_shape) != 1 or (m.elementwise_affine and m.bias is None):
         raise unsupported(f"LayerNorm{tuple(m.normalized_shape)}", q, "LayerNorm(features) over the last dimension, with weight and bias")
     layer = {"kind": "norm", "type": "layer", "features": m.normalized_shape[0], "affine": m.elementwise_affine, "eps": m.eps}
     return [linked(layer, q, affine_names(m, "weight", "bias"))]
 
 
-def convert_group_norm(m: nn.GroupNorm, q: str, ctx: "TraceState") -> list[Imported]:
+def convert_group_norm(m: nn.GroupNorm, q: str, ctx: TraceState) -> list[Imported]:
     layer = {"kind": "norm", "type": "group", "features": m.num_channels, "groups": m.num_groups, "affine": m.affine, "eps": m.eps}
     return [linked(layer, q, affine_names(m, "weight", "bias"))]
 
@@ -133,7 +139,7 @@ def activation_layer(name: str, param: float | None = None) -> Imported:
     return Imported(layer)
 
 
-def convert_activation(m: nn.Module, q: str, ctx: "TraceState") -> list[Imported]:
+def convert_activation(m: nn.Module, q: str, ctx: TraceState) -> list[Imported]:
     if isinstance(m, nn.GELU) and m.approximate != "none":
         raise unsupported("GELU(approximate='tanh')", q, "GELU()")
     if isinstance(m, nn.LeakyReLU):
@@ -143,7 +149,7 @@ def convert_activation(m: nn.Module, q: str, ctx: "TraceState") -> list[Imported
     return [activation_layer(ACTIVATION_MODULES[type(m)])]
 
 
-def convert_pool(m: nn.Module, q: str, ctx: "TraceState") -> list[Imported]:
+def convert_pool(m: nn.Module, q: str, ctx: TraceState) -> list[Imported]:
     if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
         size = square(m.output_size, "output_size", q, type(m).__name__)
         kind = "adaptive_avg" if isinstance(m, nn.AdaptiveAvgPool2d) else "adaptive_max"
@@ -160,17 +166,17 @@ def convert_pool(m: nn.Module, q: str, ctx: "TraceState") -> list[Imported]:
     return [Imported({"kind": "pool", "type": kind, "kernel_size": k, "stride": stride, "padding": padding})]
 
 
-def convert_flatten(m: nn.Flatten, q: str, ctx: "TraceState") -> list[Imported]:
+def convert_flatten(m: nn.Flatten, q: str, ctx: TraceState) -> list[Imported]:
     if m.start_dim != 1 or m.end_dim != -1:
         raise unsupported(f"Flatten(start_dim={m.start_dim}, end_dim={m.end_dim})", q, "Flatten() (start_dim=1)")
     return [Imported({"kind": "flatten"})]
 
 
-def convert_dropout(m: nn.Dropout, q: str, ctx: "TraceState") -> list[Imported]:
+def convert_dropout(m: nn.Dropout, q: str, ctx: TraceState) -> list[Imported]:
     return [Imported({"kind": "dropout", "p": float(m.p)})]
 
 
-def convert_embedding(m: nn.Embedding, q: str, ctx: "TraceState") -> list[Imported]:
+def convert_embedding(m: nn.Embedding, q: str, ctx: TraceState) -> list[Imported]:
     if m.max_norm is not None or m.scale_grad_by_freq or m.sparse:
         raise unsupported("Embedding(max_norm / scale_grad_by_freq / sparse)", q, "Embedding(num, dim)")
     layer = {
@@ -199,11 +205,11 @@ def mha_layer(m: nn.MultiheadAttention, q: str, dropout: float) -> Imported:
     return Imported(layer, links)
 
 
-def convert_mha(m: nn.MultiheadAttention, q: str, ctx: "TraceState") -> list[Imported]:
+def convert_mha(m: nn.MultiheadAttention, q: str, ctx: TraceState) -> list[Imported]:
     return [mha_layer(m, q, m.dropout)]
 
 
-def convert_encoder_layer(m: nn.TransformerEncoderLayer, q: str, ctx: "TraceState") -> list[Imported]:
+def convert_encoder_layer(m: nn.TransformerEncoderLayer, q: str, ctx: TraceState) -> list[Imported]:
     kind = getattr(m, "activation_relu_or_gelu", 0)
     if kind not in (1, 2) or m.linear1.bias is None:
         raise unsupported("TransformerEncoderLayer with a custom activation or bias=False", q, "TransformerEncoderLayer(d, heads, ff, activation='relu' or 'gelu', batch_first=True)")
@@ -219,7 +225,7 @@ def convert_encoder_layer(m: nn.TransformerEncoderLayer, q: str, ctx: "TraceStat
     return [block([attention], []), norm1, block(feed_forward, []), norm2]
 
 
-def convert_encoder(m: nn.TransformerEncoder, q: str, ctx: "TraceState") -> list[Imported]:
+def convert_encoder(m: nn.TransformerEncoder, q: str, ctx: TraceState) -> list[Imported]:
     out: list[Imported] = []
     for i, layer in enumerate(m.layers):
         out += convert_encoder_layer(layer, f"{q}.layers.{i}", ctx)
@@ -230,14 +236,14 @@ def convert_encoder(m: nn.TransformerEncoder, q: str, ctx: "TraceState") -> list
     return out
 
 
-def convert_gcn(m: nn.Module, q: str, ctx: "TraceState") -> list[Imported]:
+def convert_gcn(m: nn.Module, q: str, ctx: TraceState) -> list[Imported]:
     if not (m.normalize and m.add_self_loops) or m.improved:
         raise unsupported("GCNConv(improved=True, normalize=False or add_self_loops=False)", q, "GCNConv(in, out)")
     layer = {"kind": "gcn", "in_features": m.in_channels, "out_features": m.out_channels, "bias": m.bias is not None}
     return [linked(layer, q, {"weight": "lin.weight", **({"bias": "bias"} if m.bias is not None else {})})]
 
 
-def convert_gat(m: nn.Module, q: str, ctx: "TraceState") -> list[Imported]:
+def convert_gat(m: nn.Module, q: str, ctx: TraceState) -> list[Imported]:
     if not isinstance(m.in_channels, int) or m.edge_dim is not None or not m.add_self_loops or m.negative_slope != 0.2 or m.lin is None:
         raise unsupported("GATConv with bipartite inputs, edge_dim, negative_slope other than 0.2 or no self-loops", q, "GATConv(in, out, heads, concat, dropout)")
     layer = {
@@ -267,7 +273,7 @@ ACTIVATION_MODULES: dict[type, str] = {
     nn.ELU: "elu",
 }
 
-Converter = Callable[[Any, str, "TraceState"], list[Imported]]
+Converter = Callable[[Any, str, TraceState], list[Imported]]
 
 MODULE_CONVERTERS: dict[type, Converter] = {
     nn.Linear: convert_linear,

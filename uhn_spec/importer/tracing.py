@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ from .converters import (
     NEAREST,
     SUPPORTED,
     Imported,
+    TraceState,
     activation_layer,
     block,
     converter_of,
@@ -33,13 +33,6 @@ class LeafTracer(torch.fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return converter_of(m) is not None or super().is_leaf_module(m, module_qualified_name)
-
-
-@dataclass
-class TraceState:
-    sequence_length: int = 0
-    vocab_size: int | None = None
-    graph: bool = False
 
 
 FUNCTION_ACTIVATIONS: dict[Any, str] = {

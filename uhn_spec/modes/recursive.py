@@ -117,7 +117,8 @@ def recursive_from_text(
 ) -> tuple[RecursiveSpec, list[ExperimentSpec]]:
     where = str(source) if source else None
     data = read_mapping(text, where, "a recursive spec is a YAML mapping with name, leaf, depth and train")
-    spec = validated(RecursiveSpec, apply_overrides(copy.deepcopy(data), list(overrides or [])), where, formatter=_format_error)
+    data = apply_overrides(copy.deepcopy(data), list(overrides or []))
+    spec = validated(RecursiveSpec, data, where, formatter=_format_error)
     run_settings = {"generator": spec.generator.model_dump(), "train": spec.train.model_dump()}
     leaf = member_spec(spec.leaf, source, (), "leaf", where, run_settings)
     chain = [

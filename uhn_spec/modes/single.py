@@ -18,14 +18,9 @@ from pydantic import ValidationError
 
 from ..compiler import compile_specs
 from ..errors import SpecError
-from ..loading import (
-    apply_overrides,
-    check_numbers,
-    parse_yaml,
-    read_spec_text,
-    validated,
-)
+from ..loading import apply_overrides, check_numbers, read_spec_text, validated
 from ..plan import Plan
+from ..safe_yaml import parse_yaml
 from ..spec import ExperimentSpec, format_validation_error
 from ..template import render_spec_template
 
