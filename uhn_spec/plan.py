@@ -30,7 +30,6 @@ from .descriptors import (
     GLOBAL_FIELDS,
     INDEX_FIELDS,
     LOCAL_FIELDS,
-    NO_DIM,
     STRUCTURE_FIELDS,
     TASK_FIELDS,
     IndexDescriptors,
@@ -38,6 +37,21 @@ from .descriptors import (
 )
 from .errors import PlanError
 from .files import atomic_write
+from .plan_fields import (
+    TABLE_FLOATS,
+    TABLE_INTS,
+    PlanFieldError,
+    read_field,
+    read_index_descriptors,
+    read_int_lists,
+    read_optional_number,
+    read_ranges,
+    read_spec,
+    read_string,
+    read_string_list,
+    read_string_lists,
+    read_tensor,
+)
 from .received import ReceivedFileError, check_checksum, load_torch_file, with_checksum
 from .spec import ExperimentSpec, GeneratorSpec, format_validation_error
 
@@ -129,15 +143,15 @@ class TargetPlan:
     def from_dict(d: dict[str, Any], where: str = "target") -> "TargetPlan":
         """A target as ``to_dict`` wrote it; ``PlanFieldError`` names the first field (under
         ``where``) whose type, dtype, shape or values do not fit the rest."""
-        table = _field(d, "params", where)
+        table = read_field(d, "params", where)
         at = f"{where}.params"
-        names = _string_list(table, "name", at)
+        names = read_string_list(table, "name", at)
         count = len(names)
-        shapes = [tuple(shape) for shape in _int_lists(table, "shape", at, count)]
-        fields = _string_lists(table, "index_fields", at, count)
-        columns = {name: _tensor(table, name, at, torch.int64, (count,)).tolist() for name in _TABLE_INTS}
-        floats = {name: _tensor(table, name, at, torch.float64, (count,)).tolist() for name in _TABLE_FLOATS}
-        local_rows = _tensor(d, "local_rows", where, torch.float32, (None, len(LOCAL_FIELDS)))
+        shapes = [tuple(shape) for shape in read_int_lists(table, "shape", at, count)]
+        fields = read_string_lists(table, "index_fields", at, count)
+        columns = {name: read_tensor(table, name, at, torch.int64, (count,)).tolist() for name in TABLE_INTS}
+        floats = {name: read_tensor(table, name, at, torch.float64, (count,)).tolist() for name in TABLE_FLOATS}
+        local_rows = read_tensor(d, "local_rows", where, torch.float32, (None, len(LOCAL_FIELDS)))
         params = [
             ParamEntry(
                 name=names[i],
@@ -153,23 +167,23 @@ class TargetPlan:
             for i in range(count)
         ]
         _check_table(params, int(local_rows.shape[0]), at)
-        index = _index_descriptors(_field(d, "index", where), f"{where}.index", count)
+        index = read_index_descriptors(read_field(d, "index", where), f"{where}.index", count)
         if index.numels().tolist() != [p.numel for p in params]:
             raise PlanFieldError(f"{where}.index: index descriptors do not match its parameter table")
         split = d.get("split", "seen")
         if split not in ("seen", "unseen"):
             raise PlanFieldError(f"{where}.split: {split!r} is not seen or unseen")
         return TargetPlan(
-            name=_string(d, "name", where),
-            spec=_spec(d, where),
+            name=read_string(d, "name", where),
+            spec=read_spec(d, where),
             index=index,
-            global_row=_tensor(d, "global_row", where, torch.float32, (len(GLOBAL_FIELDS),)),
-            task_row=_tensor(d, "task_row", where, torch.float32, (len(TASK_FIELDS),)),
+            global_row=read_tensor(d, "global_row", where, torch.float32, (len(GLOBAL_FIELDS),)),
+            task_row=read_tensor(d, "task_row", where, torch.float32, (len(TASK_FIELDS),)),
             local_rows=local_rows,
             params=params,
             split=split,
-            probability=_optional_number(d, "probability", where, 0.0, 1.0),
-            reference=_optional_number(d, "reference", where, -math.inf, math.inf),
+            probability=read_optional_number(d, "probability", where, 0.0, 1.0),
+            reference=read_optional_number(d, "reference", where, -math.inf, math.inf),
         )
 
 
@@ -236,7 +250,7 @@ class Plan:
         if task_sampling is not None and not isinstance(task_sampling, dict):
             raise PlanFieldError(f"task_sampling: a {type(task_sampling).__name__}, not a mapping")
         try:
-            generator = GeneratorSpec.model_validate_json(_string(d, "generator_json", ""))
+            generator = GeneratorSpec.model_validate_json(read_string(d, "generator_json", ""))
         except ValidationError as err:
             raise PlanFieldError(f"generator_json: {format_validation_error(err)}") from None
         loaded = [TargetPlan.from_dict(t, f"targets[{i}]") for i, t in enumerate(targets)]
@@ -245,11 +259,11 @@ class Plan:
             raise PlanFieldError(f"mode: {mode!r} is not one of {', '.join(MODES)} that fits its targets")
         return Plan(
             targets=loaded,
-            index_ranges=Ranges.from_tensor(_ranges(d, "index_ranges", len(INDEX_FIELDS))),
-            structure_ranges=Ranges.from_tensor(_ranges(d, "structure_ranges", len(STRUCTURE_FIELDS))),
+            index_ranges=Ranges.from_tensor(read_ranges(d, "index_ranges", len(INDEX_FIELDS))),
+            structure_ranges=Ranges.from_tensor(read_ranges(d, "structure_ranges", len(STRUCTURE_FIELDS))),
             generator=generator,
-            source_text=_string(d, "source_text", ""),
-            source_hash=_string(d, "source_hash", ""),
+            source_text=read_string(d, "source_text", ""),
+            source_hash=read_string(d, "source_hash", ""),
             version=int(d["version"]),
             evaluated_seen=evaluated_seen,
             task_sampling=task_sampling,
@@ -328,102 +342,6 @@ def load_plan(path: str | Path) -> Plan:
     return plan
 
 
-# ------------------------------------------------------------------ checking a loaded plan
-
-
-class PlanFieldError(ValueError):
-    """A plan field that does not fit: ``"WHERE: what is wrong"`` (WHERE as ``targets[0].index``)."""
-
-
-_TABLE_INTS = ("offset", "numel", "layer", "param_type")
-_TABLE_FLOATS = ("init_mean", "init_std")
-
-
-def _field(d: Any, key: str, where: str) -> Any:
-    name = f"{where}.{key}" if where else key
-    if not isinstance(d, dict):
-        raise PlanFieldError(f"{where or 'plan'}: a {type(d).__name__}, not a mapping")
-    if key not in d:
-        raise PlanFieldError(f"{name}: missing")
-    return d[key]
-
-
-def _string(d: Any, key: str, where: str) -> str:
-    value = _field(d, key, where)
-    if not isinstance(value, str):
-        raise PlanFieldError(f"{where + '.' if where else ''}{key}: a {type(value).__name__}, not a string")
-    return value
-
-
-def _tensor(d: Any, key: str, where: str, dtype: torch.dtype, shape: tuple[int | None, ...]) -> torch.Tensor:
-    """Field ``key``: a contiguous, finite tensor of ``dtype`` and ``shape`` (None: any size)."""
-    value, name = _field(d, key, where), f"{where}.{key}" if where else key
-    if not isinstance(value, torch.Tensor):
-        raise PlanFieldError(f"{name}: a {type(value).__name__}, not a tensor")
-    wanted = "[" + ", ".join("*" if size is None else str(size) for size in shape) + "]"
-    if value.dtype != dtype or value.dim() != len(shape):
-        raise PlanFieldError(
-            f"{name}: {value.dtype} of shape {list(value.shape)}; a plan holds {dtype} of shape {wanted}"
-        )
-    if any(size is not None and size != actual for size, actual in zip(shape, value.shape)):
-        raise PlanFieldError(f"{name}: shape {list(value.shape)}, expected {wanted}")
-    if not value.is_contiguous():
-        raise PlanFieldError(f"{name}: a view with strides {list(value.stride())}, not a contiguous tensor")
-    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-        raise PlanFieldError(f"{name}: holds nan or inf")
-    return value
-
-
-def _string_list(d: Any, key: str, where: str) -> list[str]:
-    value = _field(d, key, where)
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise PlanFieldError(f"{where}.{key}: not a list of strings")
-    return value
-
-
-def _int_lists(d: Any, key: str, where: str, count: int) -> list[list[int]]:
-    value = _field(d, key, where)
-    if not isinstance(value, list) or len(value) != count:
-        raise PlanFieldError(f"{where}.{key}: not a list of {count} entries (one per parameter tensor)")
-    for i, item in enumerate(value):
-        if not isinstance(item, list) or not all(type(size) is int and size >= 0 for size in item):
-            raise PlanFieldError(f"{where}.{key}[{i}]: {item!r} is not a list of sizes")
-    return value
-
-
-def _string_lists(d: Any, key: str, where: str, count: int) -> list[list[str]]:
-    value = _field(d, key, where)
-    if not isinstance(value, list) or len(value) != count:
-        raise PlanFieldError(f"{where}.{key}: not a list of {count} entries (one per parameter tensor)")
-    for i, item in enumerate(value):
-        if not isinstance(item, list) or not all(isinstance(name, str) and name in INDEX_FIELDS for name in item):
-            raise PlanFieldError(f"{where}.{key}[{i}]: {item!r} is not a list of index fields")
-    return value
-
-
-def _optional_number(d: dict[str, Any], key: str, where: str, lo: float, hi: float) -> float | None:
-    value = d.get(key)
-    if value is None:
-        return None
-    if type(value) not in (int, float) or not (math.isfinite(value) and lo <= value <= hi):
-        raise PlanFieldError(f"{where}.{key}: {value!r} is not a number in [{lo}, {hi}]")
-    return float(value)
-
-
-def _spec(d: Any, where: str) -> ExperimentSpec:
-    try:
-        return ExperimentSpec.model_validate_json(_string(d, "spec_json", where))
-    except ValidationError as err:
-        raise PlanFieldError(f"{where}.spec_json: {format_validation_error(err)}") from None
-
-
-def _ranges(d: Any, key: str, fields: int) -> torch.Tensor:
-    ranges = _tensor(d, key, "", torch.float64, (fields, 2))
-    if bool((ranges[:, 0] > ranges[:, 1]).any()):
-        raise PlanFieldError(f"{key}: a range whose low end is above its high end")
-    return ranges
-
-
 def _check_table(params: list[ParamEntry], num_layers: int, where: str) -> None:
     """Each tensor's numel is its shape's product, the tensors tile the flat vector in order,
     each has one index field per dimension and belongs to one of the target's layers."""
@@ -442,23 +360,6 @@ def _check_table(params: list[ParamEntry], num_layers: int, where: str) -> None:
         offset += p.numel
 
 
-def _index_descriptors(d: Any, where: str, count: int) -> IndexDescriptors:
-    constants = _tensor(d, "constants", where, torch.int64, (count, len(INDEX_FIELDS)))
-    fields = _tensor(d, "dim_fields", where, torch.int64, (count, None))
-    sizes = _tensor(d, "dim_sizes", where, torch.int64, tuple(fields.shape))
-    if bool(((fields < NO_DIM) | (fields >= len(INDEX_FIELDS))).any()):
-        raise PlanFieldError(f"{where}.dim_fields: a value outside {NO_DIM}..{len(INDEX_FIELDS) - 1}")
-    if bool((sizes < 0).any()) or bool(((fields == NO_DIM) & (sizes != 1)).any()):
-        raise PlanFieldError(f"{where}.dim_sizes: a negative size, or a padding dimension whose size is not 1")
-    index = IndexDescriptors(constants, fields, sizes)
-    # Products in Python ints: an int64 product could wrap around to the table's numel.
-    numels = [math.prod(row) for row in sizes.tolist()]
-    if numels != index.numels().tolist():
-        raise PlanFieldError(f"{where}: index descriptors do not match its parameter table (their sizes overflow)")
-    return index
-
-
-# Names (local to the layer's module) and shapes of one spec layer's parameter tensors.
 LayerParameters = list[tuple[str, tuple[int, ...]]]
 
 
