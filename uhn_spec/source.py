@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .compiler import compile_specs
 from .errors import SpecError, UHNError
 from .files import PLAN_SUFFIX
 from .loading import read_spec_text
@@ -114,7 +115,7 @@ def load_source(paths: Path | str | Sequence[Path | str], overrides: Sequence[st
         checked = tuple((paths[0], spec) for spec in kind.members(loaded))
         return Source(kind.mode, paths, overrides, loaded, checked, kind.compile)
     specs = [single.load_spec(p, list(overrides)) for p in paths]
-    return Source("single", paths, overrides, specs, tuple(zip(paths, specs)), single.compile_single)
+    return Source("single", paths, overrides, specs, tuple(zip(paths, specs)), compile_specs)
 
 
 def source_text(paths: Sequence[Path], overrides: Sequence[str]) -> str:

@@ -289,13 +289,15 @@ def uhn_chain_errors(spec: ExperimentSpec, shape: GeneratedShape) -> list[tuple[
     return []
 
 
-def format_validation_error(err: ValidationError) -> str:
+def format_validation_error(err: ValidationError, root: type[BaseModel] | None = None) -> str:
+    """The first problem of ``err`` as one line ``path: what``; an unknown field lists the
+    fields allowed there, found from ``root`` (the model validated; default ExperimentSpec)."""
     errors = err.errors()
     # A misspelt field shows up as "unknown" plus "required": the unknown one names the typo.
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     path = _loc_to_path(first["loc"])
     if first["type"] == "extra_forbidden":
-        allowed = _fields_at(first["loc"][:-1])
+        allowed = _fields_at(first["loc"][:-1], root or ExperimentSpec)
         hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
         return f"{path}: unknown field{hint}"
     if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
@@ -330,9 +332,9 @@ def _loc_to_path(loc: tuple[Any, ...]) -> str:
     return "".join(parts)
 
 
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the spec model found at ``loc`` (for "allowed here" hints)."""
-    model: type[BaseModel] | None = ExperimentSpec
+def _fields_at(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
+    """Field names of the model found at ``loc`` under ``root`` (for "allowed here" hints)."""
+    model: type[BaseModel] | None = root
     previous: Any = None
     for item in loc:
         if isinstance(item, int):

@@ -255,9 +255,6 @@ COMMON_DOMAINS: dict[str, tuple[float, float]] = {
     "activation_type": (0, 3),
 }
 
-DropoutRate = Field(0.0, ge=0.0, lt=1.0)
-
-
 def parameter_counts(layers: Sequence[LayerSpec]) -> list[int]:
     """Parameters per layer, from each layer's skeleton on the meta device (no memory); a
     layer whose sizes overflow is a SpecError naming it."""

@@ -16,7 +16,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from ..compiler import compile_specs
 from ..fields import MAX_NAME_LENGTH, StrictModel, name_field
@@ -118,7 +118,7 @@ def recursive_from_text(
     where = str(source) if source else None
     data = read_mapping(text, where, "a recursive spec is a YAML mapping with name, leaf, depth and train")
     data = apply_overrides(copy.deepcopy(data), list(overrides or []))
-    spec = validated(RecursiveSpec, data, where, formatter=_format_error)
+    spec = validated(RecursiveSpec, data, where, formatter=lambda err: format_validation_error(err, RecursiveSpec))
     run_settings = {"generator": spec.generator.model_dump(), "train": spec.train.model_dump()}
     leaf = member_spec(spec.leaf, source, (), "leaf", where, run_settings)
     chain = [
@@ -126,18 +126,6 @@ def recursive_from_text(
         for k in range(1, spec.depth + 1)
     ]
     return spec, [*chain, leaf]
-
-
-def _format_error(err: ValidationError) -> str:
-    """As ``format_validation_error``, but an unknown field lists the recursive spec's fields."""
-    unknown = next((e for e in err.errors() if e["type"] == "extra_forbidden"), None)
-    if unknown is None or unknown["loc"][0] == "leaf":
-        return format_validation_error(err)
-    model: Any = RecursiveSpec
-    for item in unknown["loc"][:-1]:
-        model = model.model_fields[item].annotation
-    path = ".".join(str(item) for item in unknown["loc"])
-    return f"{path}: unknown field; allowed here: {', '.join(model.model_fields)}"
 
 
 def compile_recursive(chain: list[ExperimentSpec], source_text: str = "") -> Plan:

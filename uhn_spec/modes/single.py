@@ -16,10 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..compiler import compile_specs
 from ..errors import SpecError
 from ..loading import apply_overrides, check_numbers, read_spec_text, validated
-from ..plan import Plan
 from ..safe_yaml import parse_yaml
 from ..spec import ExperimentSpec, format_validation_error
 from ..template import render_spec_template
@@ -80,10 +78,4 @@ def member_spec(
     return validated(ExperimentSpec, {**data, **(run_settings or {})}, where, path)
 
 
-def compile_single(specs: Sequence[ExperimentSpec], source_text: str = "") -> Plan:
-    """One spec (mode single), or several listed on the command line (one plan with shared
-    normalisation ranges, trained as a family without held-out members)."""
-    return compile_specs(specs, source_text=source_text)
-
-
-__all__ = ["compile_single", "load_spec", "member_spec", "spec_from_text"]
+__all__ = ["load_spec", "member_spec", "spec_from_text"]
