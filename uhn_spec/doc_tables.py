@@ -2,7 +2,8 @@
 
 docs/descriptors.md holds each table between ``<!-- BEGIN GENERATED: NAME -->`` and
 ``<!-- END GENERATED: NAME -->``; ``tests/test_docs.py`` fails when the file differs from
-what this renders, and ``python -m uhn_spec.doc_tables`` rewrites the file. A new layer kind
+what this renders, and ``python -m uhn_spec.doc_tables [FILE]`` (run in the checkout; FILE
+defaults to docs/descriptors.md there) rewrites the file. A new layer kind
 therefore needs no docs edit beyond its own section in docs/specs.md.
 """
 
@@ -16,7 +17,7 @@ from .descriptors import LOCAL_FIELDS
 from .files import atomic_write_text
 from .layers import REGISTRY, LayerSpec
 
-DESCRIPTORS_DOC = Path(__file__).resolve().parent.parent / "docs" / "descriptors.md"
+DESCRIPTORS_DOC = Path("docs") / "descriptors.md"  # relative to the checkout the command runs in
 
 LOCAL_FIELD_MEANINGS: dict[str, str] = {
     "layer_idx": "Position of the layer in the pre-order list of layers (a `block`, then its layers, then its shortcut layers).",
@@ -94,11 +95,12 @@ def rendered(text: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    text = DESCRIPTORS_DOC.read_text()
+    path = Path(argv[0]) if argv else DESCRIPTORS_DOC
+    text = path.read_text()
     fresh = rendered(text)
     if fresh != text:
-        atomic_write_text(DESCRIPTORS_DOC, fresh)
-        print(f"updated {DESCRIPTORS_DOC}")
+        atomic_write_text(path, fresh)
+        print(f"updated {path}")
     return 0
 
 
