@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 
 from uhn_spec.errors import UHNError
+from uhn_spec.files import PLAN_SUFFIX
 
-from .main import PLAN_SUFFIX, SetOption, command, load_target_source
+from .main import SetOption, command, load_target_source
 from .options import DEFAULT_DEVICE, DeviceOption, bounded_option
 
 

@@ -38,7 +38,7 @@ def import_module(
     from uhn_spec.errors import UHNError
     from uhn_spec.files import atomic_write_text
     from uhn_spec.importer import import_model, load_module_ref
-    from uhn_spec.spec import spec_from_text
+    from uhn_spec.modes.single import spec_from_text
 
     if output.suffix not in (".yaml", ".yml"):
         raise UHNError(f"--output: a spec file name ends in .yaml, got {output}")

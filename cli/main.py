@@ -26,7 +26,6 @@ from .options import fail
 if TYPE_CHECKING:
     from uhn_spec import ExperimentSpec, Plan
 
-PLAN_SUFFIX = ".pt"
 
 app = typer.Typer(
     name="uhn",
@@ -77,10 +76,6 @@ def command(name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
     return register
 
 
-def is_plan_path(path: Path) -> bool:
-    return path.suffix == PLAN_SUFFIX
-
-
 def load_target_source(path: Path, overrides: list[str] | None = None, purpose: Purpose = "compile") -> Plan:
     """A plan file (``*.pt``) as saved, or a spec YAML compiled now (with ``--set`` applied).
     ``purpose="train"`` also refuses a target whose training cannot fit this machine."""
@@ -88,71 +83,16 @@ def load_target_source(path: Path, overrides: list[str] | None = None, purpose: 
 
 
 def load_target_sources(paths: list[Path], overrides: list[str] | None = None, purpose: Purpose = "compile") -> Plan:
-    """One plan file; one recursive, multi-task or family file; or one or more specs compiled
-    into one plan (shared normalisation). Each target is checked against this machine's
-    memory before anything is allocated."""
-    from uhn_spec import compile_specs, load_plan, load_spec
-    from uhn_spec.family import is_family_file
-    from uhn_spec.multitask import is_multitask_file
-    from uhn_spec.recursive import is_recursive_file
+    """What ``uhn_spec.load_source`` reads from ``paths``, as a plan; each target is checked
+    against this machine's memory before anything is allocated (a plan's only for training)."""
+    from uhn_spec.source import load_source
 
-    overrides = list(overrides or [])
-    plans = [p for p in paths if is_plan_path(p)]
-    if plans:
-        if len(paths) > 1:
-            raise UHNError(f"give one plan file or only specs, got {', '.join(map(str, paths))}")
-        if overrides:
-            raise UHNError(f"--set changes specs, not compiled plans; recompile {plans[0]} with `uhn compile SPEC --set ...`")
-        plan = load_plan(plans[0])
-        if purpose == "train":
-            for target in plan.targets:
-                fitting_budget(target.spec, plans[0], "train")
-        return plan
-    whole_file_kinds = (
-        ("recursive spec", is_recursive_file, _recursive_file),
-        ("multi-task spec", is_multitask_file, _multitask_file),
-        ("family file", is_family_file, _family_file),
-    )
-    for what, is_kind, load in whole_file_kinds:
-        found = [p for p in paths if is_kind(p)]
-        if not found:
-            continue
-        if len(paths) > 1:
-            raise UHNError(f"give one {what} or only specs, got {', '.join(map(str, paths))}")
-        members, compile_plan = load(found[0], overrides)
-        for spec in members:
-            fitting_budget(spec, found[0], *dict.fromkeys(("compile", purpose)))  # type: ignore[arg-type]
-        return compile_plan(source_text(paths, overrides))
-    specs = [load_spec(p, overrides) for p in paths]
-    for path, spec in zip(paths, specs):
-        fitting_budget(spec, path, *dict.fromkeys(("compile", purpose)))  # type: ignore[arg-type]
-    return compile_specs(specs, source_text=source_text(paths, overrides))
-
-
-# A file that compiles to a plan of several targets as a whole: its specs to check against
-# this machine's memory, and how to compile it (given the plan's source text).
-WholeFile = tuple[list["ExperimentSpec"], Callable[[str], "Plan"]]
-
-
-def _recursive_file(path: Path, overrides: list[str]) -> WholeFile:
-    from uhn_spec.recursive import compile_recursive, load_recursive
-
-    _, chain = load_recursive(path, overrides)
-    return chain[-1:], lambda text: compile_recursive(chain, text)
-
-
-def _multitask_file(path: Path, overrides: list[str]) -> WholeFile:
-    from uhn_spec.multitask import compile_multitask, load_multitask
-
-    multitask = load_multitask(path, overrides)
-    return list(multitask.members), lambda text: compile_multitask(multitask, text)
-
-
-def _family_file(path: Path, overrides: list[str]) -> WholeFile:
-    from uhn_spec.family import compile_family, load_family
-
-    family = load_family(path, overrides)
-    return [member.spec for member in family.members], lambda text: compile_family(family, text)
+    source = load_source(paths, overrides or [])
+    purposes = ("train",) if source.kind == "plan" else tuple(dict.fromkeys(("compile", purpose)))
+    if source.kind != "plan" or purpose == "train":
+        for path, spec in source.checked:
+            fitting_budget(spec, path, *purposes)  # type: ignore[arg-type]
+    return source.plan()
 
 
 def fitting_budget(spec: ExperimentSpec, path: Path, *purposes: Purpose) -> Budget:
@@ -161,24 +101,16 @@ def fitting_budget(spec: ExperimentSpec, path: Path, *purposes: Purpose) -> Budg
     return check_spec_fits(spec, str(path), *purposes)
 
 
-def source_text(paths: list[Path], overrides: list[str]) -> str:
-    """What a plan records as its source: the spec files as written, then the overrides
-    (as YAML comments), so the plan's hash changes with either."""
-    from uhn_spec.spec import read_spec_text
-
-    parts = [read_spec_text(p) for p in paths]
-    text = "---\n".join(part if part.endswith("\n") else part + "\n" for part in parts)
-    return text + "".join(f"# --set {item}\n" for item in overrides)
-
-
 human_bytes = format_bytes
 
 
 # Command modules: each registers its commands on `app` when imported. Add one line per module.
-from . import spec_commands  # noqa: E402,F401
-from . import train_commands  # noqa: E402,F401
-from . import data_commands  # noqa: E402,F401
-from . import bench_commands  # noqa: E402,F401
-from . import plot_commands  # noqa: E402,F401
-from . import reproduce_commands  # noqa: E402,F401
-from . import import_commands  # noqa: E402,F401
+from . import (
+    bench_commands,  # noqa: E402,F401
+    data_commands,  # noqa: E402,F401
+    import_commands,  # noqa: E402,F401
+    plot_commands,  # noqa: E402,F401
+    reproduce_commands,  # noqa: E402,F401
+    spec_commands,  # noqa: E402,F401
+    train_commands,  # noqa: E402,F401
+)

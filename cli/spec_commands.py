@@ -10,21 +10,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from uhn_spec.errors import UHNError
+from uhn_spec.files import PLAN_SUFFIX
 
 from .main import (
-    PLAN_SUFFIX,
     SetOption,
     command,
     fitting_budget,
     human_bytes,
-    is_plan_path,
     load_target_source,
     load_target_sources,
 )
 
 if TYPE_CHECKING:
     from uhn_spec import ExperimentSpec, Plan, TargetPlan
-    from uhn_spec.family import Family
+    from uhn_spec.modes.family import Family
+    from uhn_spec.source import Source
 
 SpecPaths = Annotated[list[Path], typer.Argument(help="Spec YAML file(s).", show_default=False)]
 
@@ -34,40 +34,41 @@ def validate(specs: SpecPaths, overrides: SetOption = None) -> None:
     """Check spec files (fields, sizes chaining from layer to layer) without compiling them;
     report each target's parameters and the memory compiling and training it need (a target
     that this machine could not even compile is an error)."""
-    from uhn_spec import load_spec
-    from uhn_spec.family import is_family_file, load_family
-    from uhn_spec.recursive import is_recursive_file, load_recursive
-
-    from uhn_spec.multitask import is_multitask_file, load_multitask
+    from uhn_spec.source import load_source
 
     for path in specs:
-        if is_multitask_file(path):
-            multitask = load_multitask(path, overrides or [])
-            for member in multitask.members:
-                fitting_budget(member, path, "compile")
-            shares = ", ".join(f"{m.name} p={p:.3f}" for m, p in zip(multitask.members, multitask.probabilities))
-            sampling = multitask.spec.sampling
-            extra = f"; sampling adaptive every {sampling.every} steps" if sampling.mode == "adaptive" else ""
-            train = multitask.spec.train
-            if train.tasks_per_step > 1:
-                extra += f"; {train.tasks_per_step} tasks a step, gradient surgery {train.gradient_surgery}"
-            typer.echo(f"ok: {multitask.spec.name}: {len(multitask.members)} tasks ({shares}){extra}")
-            continue
-        if is_family_file(path):
-            typer.echo(f"ok: {family_line(family_overview(load_family(path, overrides or []))['family'])}")
-            continue
-        if is_recursive_file(path):
-            recursive, chain = load_recursive(path, overrides)
-            fitting_budget(chain[-1], path, "compile")
-            sizes = " -> ".join(f"{s.name} {s.num_params}" for s in chain)
-            typer.echo(f"ok: {recursive.name}: depth {recursive.depth}, H0 -> {sizes} params")
-            continue
-        spec = load_spec(path, overrides)
-        budget = fitting_budget(spec, path, "compile")
-        typer.echo(
-            f"ok: {spec.name} ({budget.num_params} params, {len(spec.layers)} layers; memory: "
-            f"compile ~{human_bytes(budget.compile_bytes)}, train ~{human_bytes(budget.train_bytes)})"
-        )
+        source = load_source(path, overrides or [])
+        if source.kind == "plan":
+            raise UHNError(f"{path}: a compiled plan; validate its spec, or `uhn inspect {path}`")
+        typer.echo(f"ok: {validate_line(source, path)}")
+
+
+def validate_line(source: Source, path: Path) -> str:
+    """What ``uhn validate`` says of one file: its targets' sizes (and memory, for a spec)."""
+    if source.kind == "multitask":
+        multitask = source.loaded
+        for member in multitask.members:
+            fitting_budget(member, path, "compile")
+        shares = ", ".join(f"{m.name} p={p:.3f}" for m, p in zip(multitask.members, multitask.probabilities))
+        sampling = multitask.spec.sampling
+        extra = f"; sampling adaptive every {sampling.every} steps" if sampling.mode == "adaptive" else ""
+        train = multitask.spec.train
+        if train.tasks_per_step > 1:
+            extra += f"; {train.tasks_per_step} tasks a step, gradient surgery {train.gradient_surgery}"
+        return f"{multitask.spec.name}: {len(multitask.members)} tasks ({shares}){extra}"
+    if source.kind == "family":
+        return family_line(family_overview(source.loaded)["family"])
+    if source.kind == "recursive":
+        recursive, chain = source.loaded
+        fitting_budget(chain[-1], path, "compile")
+        sizes = " -> ".join(f"{s.name} {s.num_params}" for s in chain)
+        return f"{recursive.name}: depth {recursive.depth}, H0 -> {sizes} params"
+    (spec,) = source.loaded
+    budget = fitting_budget(spec, path, "compile")
+    return (
+        f"{spec.name} ({budget.num_params} params, {len(spec.layers)} layers; memory: "
+        f"compile ~{human_bytes(budget.compile_bytes)}, train ~{human_bytes(budget.train_bytes)})"
+    )
 
 
 @command("compile")
@@ -103,10 +104,11 @@ def inspect_(
     """Show a plan's parameter table per target (with each tensor's compact index descriptor
     in --json) and the generator's size; a family file: its members, seen and unseen, and
     their sizes."""
-    from uhn_spec.family import is_family_file, load_family
+    from uhn_spec.source import file_mode, is_plan_path, load_source
 
-    if rows is None and not is_plan_path(source) and is_family_file(source):
-        summary = family_overview(load_family(source, overrides or []))  # lists, never compiles
+    mode = None if is_plan_path(source) else file_mode(source)
+    if rows is None and mode is not None and mode.mode == "family":
+        summary = family_overview(load_source(source, overrides or []).loaded)  # lists, never compiles
     else:
         plan = load_target_source(source, overrides)
         if rows is not None and not any(p.name == rows for t in plan.targets for p in t.params):

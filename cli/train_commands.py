@@ -13,13 +13,13 @@ from uhn_runtime.cpu_policy import choose_threads
 from uhn_runtime.run_record import MAX_MICRO_SHARDS
 from uhn_runtime.stop_signals import RunStopped
 from uhn_spec.errors import UHNError
+from uhn_spec.files import PLAN_SUFFIX
 
 from .main import (
     SetOption,
     command,
     fitting_budget,
     human_bytes,
-    is_plan_path,
     load_target_source,
 )
 from .options import (
@@ -161,7 +161,7 @@ def train(
         if source is None:
             raise UHNError("give a spec or plan to train (e.g. `uhn train specs/digits_mlp.yaml`), or --resume DIR")
         if precision is not None:  # the spec's field stays the one source of truth, recorded with the run
-            if is_plan_path(source):
+            if source.suffix == PLAN_SUFFIX:
                 raise UHNError(
                     f"--precision: {source} is a compiled plan, which keeps its spec's train.precision; give "
                     f"the spec, or recompile with `uhn compile SPEC --set train.precision={precision.value}`"
@@ -351,13 +351,11 @@ def export(
 def _multitask_member(run_dir: Path, task: str) -> str:
     """``task`` checked against the members of the multi-task run in ``run_dir``."""
     from uhn_runtime.run_dir import RunDir
-    from uhn_spec.multitask import is_multitask_plan
-
     if run_dir.is_file():
         raise UHNError(f"{run_dir}: a file; --task reads a multi-task run folder")
     plan = RunDir.open(run_dir).plan()
     names = [t.name for t in plan.targets]
-    if not is_multitask_plan(plan):
+    if plan.mode != "multitask":
         raise UHNError(f"{run_dir}: --task: not a multi-task run; export a family member with --model")
     if task not in names:
         raise UHNError(f"{run_dir}: --task: no member {task!r}; give one of {', '.join(names)}")
@@ -404,7 +402,7 @@ def evaluate(
     from uhn_runtime.target import DeviceTarget
     from uhn_runtime.device import resolve_device
     from uhn_runtime.run_tables import evaluated_targets, is_multi_model, models_table_lines, task_table_lines
-    from uhn_spec.multitask import is_multitask_plan
+    from uhn_spec.modes.multitask import is_multitask_plan
 
     torch_device = resolve_device(device.value)
     if path.is_dir():
@@ -422,7 +420,7 @@ def evaluate(
                 data = load_task_data(target.plan.spec.task, root)  # a multi-task run: each member's own
                 models[target.plan.name] = evaluate_source(weights, target, data, "test", precision)
                 metrics[target.plan.name] = data.metric
-            if len(set(metrics.values())) > 1 or is_multitask_plan(plan):
+            if len(set(metrics.values())) > 1 or plan.mode == "multitask":
                 tasks = {name: {"metric": metrics[name], "uhn": value} for name, value in models.items()}
                 lines = task_table_lines(plan, tasks)
             else:

@@ -327,12 +327,12 @@ def test_help_does_not_import_torch() -> None:
 
 def test_a_bug_shows_its_traceback(spec_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only uhn's own errors and file errors become one line; a ValueError is a bug."""
-    import uhn_spec
+    import uhn_spec.source
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ValueError("a bug in uhn")
 
-    monkeypatch.setattr(uhn_spec, "load_spec", broken)
+    monkeypatch.setattr(uhn_spec.source, "load_source", broken)
     result = runner.invoke(app, ["validate", str(spec_file)])
     assert isinstance(result.exception, ValueError)
     assert "error: " not in result.output

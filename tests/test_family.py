@@ -17,15 +17,15 @@ from typer.testing import CliRunner
 from uhn_cli.main import app
 from uhn_runtime.generator import count_generator_params
 from uhn_spec import SpecError, compile_spec, load_plan, load_spec
-from uhn_spec.family import (
+from uhn_spec.modes.family import (
     FamilySpec,
     count_space,
     draw_variables,
     family_from_text,
-    is_family_file,
     load_family,
     render_member,
 )
+from uhn_spec.source import file_mode
 
 from .conftest import REPO_ROOT
 from .test_shipped_specs import shipped_family
@@ -317,9 +317,9 @@ def test_inspect_json_lists_the_family(digits_plan_path: Path, source: str) -> N
 
 
 def test_family_files_are_told_from_specs() -> None:
-    assert is_family_file(SPECS_DIR / "digits_mlp_family.yaml")
-    assert not is_family_file(SPECS_DIR / "digits_mlp.yaml")
-    assert not is_family_file(SPECS_DIR / "cifar10_cnn20.yaml")  # a template: not YAML before rendering
+    assert file_mode(SPECS_DIR / "digits_mlp_family.yaml").mode == "family"
+    assert file_mode(SPECS_DIR / "digits_mlp.yaml") is None
+    assert file_mode(SPECS_DIR / "cifar10_cnn20.yaml") is None  # a template: not YAML before rendering
 
 
 def test_overrides_reach_the_family_and_its_members(tmp_path: Path) -> None:

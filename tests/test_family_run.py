@@ -30,7 +30,7 @@ from uhn_runtime.train import (
 )
 from uhn_spec import Plan, load_plan
 from uhn_spec.errors import UHNError
-from uhn_spec.family import compile_family, load_family
+from uhn_spec.modes.family import compile_family, load_family
 
 # Six MLPs on synthetic data (width x activation, dropout so the RNG state matters); the
 # last two are unseen, and `each: 2` seen ones are evaluated beside them.

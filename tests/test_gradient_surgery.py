@@ -21,7 +21,7 @@ from uhn_runtime.optim import Precision, Stepper, make_adamw
 from uhn_runtime.draws import architecture_draw
 from uhn_runtime.train import TIMING_FIELDS, check_tasks_per_step, start_run
 from uhn_spec.errors import UHNError
-from uhn_spec.multitask import compile_multitask, load_multitask
+from uhn_spec.modes.multitask import compile_multitask, load_multitask
 
 PCGRAD = {"tasks_per_step": 2, "gradient_surgery": "pcgrad"}
 

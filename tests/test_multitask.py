@@ -27,7 +27,7 @@ from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_ru
 from uhn_runtime.weights import UHNSource
 from uhn_spec import build_model, compile_spec
 from uhn_spec.errors import SpecError, UHNError
-from uhn_spec.multitask import compile_multitask, load_multitask
+from uhn_spec.modes.multitask import compile_multitask, load_multitask
 
 TRAIN = {"steps": 12, "warmup": 2, "lr": 3.0e-3, "init_steps": 4, "init_lr": 1.0e-3, "seed": 3, "eval_every": 4}
 

@@ -170,6 +170,19 @@ def test_missing_file(tmp_path: Path) -> None:
     assert_one_line_plan_error(tmp_path / "nope.pt", "plan file not found")
 
 
+def test_the_plan_states_its_mode_and_an_old_plan_derives_it(plan: Plan, plan_file: Path, tmp_path: Path) -> None:
+    assert load_plan(plan_file).mode == plan.mode == "single"
+    both = compile_specs([spec_from_text(MLP), spec_from_text(WIDE_MLP)])
+    assert both.mode == "family"
+    raw = torch.load(plan_file, weights_only=True)
+    del raw["mode"], raw["checksum"]  # as written before plans stated their mode
+    torch.save(raw, plan_file)
+    assert load_plan(plan_file).mode == "single"
+    raw["mode"] = "multitask"  # no target carries a probability
+    torch.save(raw, plan_file)
+    assert_one_line_plan_error(plan_file, "malformed field mode", "'multitask'")
+
+
 # --------------------------------------------------------------------------- multi-target
 
 

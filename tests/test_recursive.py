@@ -25,7 +25,7 @@ from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_ru
 from uhn_runtime.weights import RecursiveSource, depth_lr_scale, head_components, make_source
 from uhn_spec import build_model
 from uhn_spec.errors import SpecError
-from uhn_spec.recursive import compile_recursive, load_recursive, recursive_from_text
+from uhn_spec.modes.recursive import compile_recursive, load_recursive, recursive_from_text
 from uhn_tools.bench import BenchOptions, run_bench
 
 from .conftest import REPO_ROOT

@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 
 from uhn_cli.main import app
 from uhn_spec import compile_spec, load_spec
-from uhn_spec.family import Family, is_family_file, load_family
-from uhn_spec.multitask import compile_multitask, is_multitask_file, load_multitask
+from uhn_spec.modes.family import Family, load_family
+from uhn_spec.modes.multitask import compile_multitask, load_multitask
+from uhn_spec.modes.recursive import compile_recursive, load_recursive
 from uhn_spec.plan import Plan
-from uhn_spec.recursive import compile_recursive, is_recursive_file, load_recursive
+from uhn_spec.source import file_mode
 from uhn_spec.tasks import FORMULA_FUNCTIONS
 
 from .conftest import REPO_ROOT
@@ -25,10 +26,11 @@ from .layers.harness import assert_ranges_of_compact_form_equal_those_of_rows, c
 SPECS_DIR = REPO_ROOT / "specs"
 # Files starting with "_" are templates and includes, not runnable specs.
 SHIPPED_FILES = sorted(p for p in SPECS_DIR.glob("*.yaml") if not p.name.startswith("_"))
-FAMILIES = [p for p in SHIPPED_FILES if is_family_file(p)]
-RECURSIVE = [p for p in SHIPPED_FILES if is_recursive_file(p)]
-MULTITASK = [p for p in SHIPPED_FILES if is_multitask_file(p)]
-SHIPPED = [p for p in SHIPPED_FILES if p not in FAMILIES and p not in RECURSIVE and p not in MULTITASK]
+MODES = {p: getattr(file_mode(p), "mode", "single") for p in SHIPPED_FILES}
+FAMILIES = [p for p in SHIPPED_FILES if MODES[p] == "family"]
+RECURSIVE = [p for p in SHIPPED_FILES if MODES[p] == "recursive"]
+MULTITASK = [p for p in SHIPPED_FILES if MODES[p] == "multitask"]
+SHIPPED = [p for p in SHIPPED_FILES if MODES[p] == "single"]
 # The multi-model families of the interface (issue #11), and the paper's sizes of each.
 FAMILY_SIZES: dict[str, tuple[int, int]] = {  # name: (members, unseen)
     "digits_mlp_family": (50, 10),

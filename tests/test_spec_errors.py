@@ -335,7 +335,7 @@ def test_the_longest_name_is_accepted() -> None:
 
 
 def test_recursive_names_leave_room_for_the_levels() -> None:
-    from uhn_spec.recursive import recursive_from_text
+    from uhn_spec.modes.recursive import recursive_from_text
 
     text = "name: {name}\nleaf: {{}}\ndepth: 16\ntrain: {{steps: 2, warmup: 0}}\n"
     with pytest.raises(SpecError, match=r"name: must be 1 to 96 letters.*each H_k is named <name>_h<k>"):
@@ -343,9 +343,9 @@ def test_recursive_names_leave_room_for_the_levels() -> None:
 
 
 def test_a_self_referencing_yaml_alias_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    import uhn_spec.spec
+    import uhn_spec.safe_yaml
 
-    monkeypatch.setattr(uhn_spec.spec, "MAX_YAML_NODES", 10_000)  # without the check: the count error
+    monkeypatch.setattr(uhn_spec.safe_yaml, "MAX_YAML_NODES", 10_000)  # without the check: the count error
     for text, path, line in (("a: &a [*a]\n", "a[0]", 1), ("b:\n  c: &x {d: [1, *x]}\n", "b.c.d[1]", 2)):
         assert spec_error(text) == f"{path}: a YAML alias refers to the node (line {line}) that contains it; it would never end"
 

@@ -17,7 +17,7 @@ from uhn_spec.descriptors import LOCAL_FIELDS
 from uhn_spec.files import atomic_write_text
 from uhn_spec.layers import REGISTRY, LayerSpec
 
-DESCRIPTORS_DOC = Path(__file__).resolve().parent.parent / "docs" / "descriptors.md"
+DESCRIPTORS_DOC = Path(__file__).resolve().parent.parent / "docs" / "descriptors.md"  # a developer script of the checkout
 
 LOCAL_FIELD_MEANINGS: dict[str, str] = {
     "layer_idx": "Position of the layer in the pre-order list of layers (a `block`, then its layers, then its shortcut layers).",
@@ -95,11 +95,12 @@ def rendered(text: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    text = DESCRIPTORS_DOC.read_text()
+    path = Path(argv[0]) if argv else DESCRIPTORS_DOC
+    text = path.read_text()
     fresh = rendered(text)
     if fresh != text:
-        atomic_write_text(DESCRIPTORS_DOC, fresh)
-        print(f"updated {DESCRIPTORS_DOC}")
+        atomic_write_text(path, fresh)
+        print(f"updated {path}")
     return 0
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from uhn_spec.multitask import TaskSamplingSpec
+from uhn_spec.modes.multitask import TaskSamplingSpec
 
 
 def error_ratio(metric: str, value: float, reference: float) -> float:

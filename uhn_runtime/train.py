@@ -58,7 +58,7 @@ from typing import Any, Literal, TextIO
 import torch
 
 from uhn_spec.errors import UHNError
-from uhn_spec.multitask import TaskSamplingSpec, is_multitask_plan
+from uhn_spec.modes.multitask import TaskSamplingSpec, is_multitask_plan
 from uhn_spec.plan import Plan
 
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint

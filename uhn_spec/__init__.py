@@ -21,9 +21,11 @@ _EXPORTS = {
     "build_model": "model",
     "compile_spec": "compiler",
     "compile_specs": "compiler",
+    "Source": "source",
     "load_plan": "plan",
-    "load_spec": "spec",
-    "spec_from_text": "spec",
+    "load_source": "source",
+    "load_spec": "modes.single",
+    "spec_from_text": "modes.single",
 }
 
 if TYPE_CHECKING:
@@ -31,7 +33,9 @@ if TYPE_CHECKING:
     from .errors import PlanError, SpecError, UHNError
     from .model import TargetModel, build_model
     from .plan import Plan, TargetPlan, load_plan
-    from .spec import ExperimentSpec, load_spec, spec_from_text
+    from .modes.single import load_spec, spec_from_text
+    from .source import Source, load_source
+    from .spec import ExperimentSpec
 
 
 def __getattr__(name: str) -> Any:

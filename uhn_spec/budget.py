@@ -80,20 +80,11 @@ def compile_bytes(num_params: int) -> int:
 
 
 def layer_param_counts(spec: ExperimentSpec) -> list[int]:
-    """Parameters per layer, from each layer's skeleton on the meta device (no memory)."""
-    import torch  # local: ``uhn --help`` and the error paths stay free of torch
+    """Parameters per layer, from each layer's skeleton on the meta device (no memory).
+    Imported here, not above: ``uhn --help`` and the error paths stay free of torch."""
+    from .layers.base import parameter_counts
 
-    counts = []
-    for i, layer in enumerate(spec.layers):
-        try:
-            with torch.device("meta"):
-                module = layer.build_module()
-        except RuntimeError as err:
-            if "overflow" not in str(err).lower():
-                raise
-            raise SpecError(f"layers[{i}]", "its sizes give a tensor of more than 2**63 elements; shrink them") from None
-        counts.append(sum(p.numel() for p in module.parameters()))
-    return counts
+    return parameter_counts(spec.layers)
 
 
 def activation_values(spec: ExperimentSpec) -> int:

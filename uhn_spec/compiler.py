@@ -26,7 +26,7 @@ from .descriptors import (
     Ranges,
 )
 from .model import build_model
-from .plan import ParamEntry, Plan, TargetPlan
+from .plan import Mode, ParamEntry, Plan, TargetPlan
 from .spec import ExperimentSpec, spec_to_yaml
 
 # Rates and sizes where 0 means "off": their ranges start at 0 as in the authors' code
@@ -149,11 +149,13 @@ def compile_specs(
     specs: Sequence[ExperimentSpec],
     source_text: str = "",
     extra_ranges: Sequence[tuple[Ranges, Ranges]] = (),
+    mode: Mode | None = None,
 ) -> Plan:
     """Compile one or more targets into one plan with shared (union) normalisation ranges.
 
     ``extra_ranges`` widens the ranges further, e.g. to cover models a family can produce
-    that are not in this plan (unseen test architectures).
+    that are not in this plan (unseen test architectures). ``mode`` is what the plan trains
+    as; by default ``single`` for one spec and ``family`` for several.
     """
     if not specs:
         raise ValueError("compile_specs needs at least one spec")
@@ -173,6 +175,7 @@ def compile_specs(
         generator=specs[0].generator,
         source_text=source_text,
         source_hash=hashlib.sha256(source_text.encode()).hexdigest(),
+        mode=mode or ("family" if len(specs) > 1 else "single"),
     )
 
 

@@ -72,7 +72,6 @@ INDEX_COLUMN: dict[str, int] = {name: i for i, name in enumerate(INDEX_FIELDS)}
 LOCAL_COLUMN: dict[str, int] = {name: i for i, name in enumerate(LOCAL_FIELDS)}
 
 UNUSED_INDEX = -1
-UNUSED_STRUCTURE = 0.0
 
 # Width given to a degenerate range (lo == hi). The authors divide by sqrt(1e-5) there, so a
 # value that differs at test time is amplified about 316x (their weak point 2). A unit-wide

@@ -30,6 +30,7 @@ from pathlib import Path
 from .errors import UHNError
 
 __all__ = [
+    "PLAN_SUFFIX",
     "WriteError",
     "append_text",
     "atomic_write",
@@ -41,6 +42,7 @@ __all__ = [
     "writing",
 ]
 
+PLAN_SUFFIX = ".pt"  # what names a plan file (``uhn_spec.source``), known without torch
 _CREATE_ATTEMPTS = 100
 _CHAIN_DEPTH = 8  # how far back through __cause__/__context__ a writer's OSError is looked for
 # What an OSError's errno means for a file uhn is writing; others show their strerror.

@@ -20,10 +20,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
-
 from pydantic import ValidationError
 
 from .budget import Budget, check_fits, compile_bytes
@@ -31,7 +30,6 @@ from .descriptors import (
     GLOBAL_FIELDS,
     INDEX_FIELDS,
     LOCAL_FIELDS,
-    NO_DIM,
     STRUCTURE_FIELDS,
     TASK_FIELDS,
     IndexDescriptors,
@@ -39,11 +37,32 @@ from .descriptors import (
 )
 from .errors import PlanError
 from .files import atomic_write
+from .plan_fields import (
+    TABLE_FLOATS,
+    TABLE_INTS,
+    PlanFieldError,
+    read_field,
+    read_index_descriptors,
+    read_int_lists,
+    read_optional_number,
+    read_ranges,
+    read_spec,
+    read_string,
+    read_string_list,
+    read_string_lists,
+    read_tensor,
+)
 from .received import ReceivedFileError, check_checksum, load_torch_file, with_checksum
 from .spec import ExperimentSpec, GeneratorSpec, format_validation_error
 
 PLAN_FORMAT = "uhn-plan"
 PLAN_VERSION = 2
+
+# What a plan trains as (``uhn_spec.modes``): one target; a family of seen and unseen
+# architectures; several tasks drawn by probability; a chain H1..H_K of generated generators
+# and its leaf.
+Mode = Literal["single", "family", "multitask", "recursive"]
+MODES: tuple[Mode, ...] = get_args(Mode)
 
 
 @dataclass(frozen=True)
@@ -124,15 +143,15 @@ class TargetPlan:
     def from_dict(d: dict[str, Any], where: str = "target") -> "TargetPlan":
         """A target as ``to_dict`` wrote it; ``PlanFieldError`` names the first field (under
         ``where``) whose type, dtype, shape or values do not fit the rest."""
-        table = _field(d, "params", where)
+        table = read_field(d, "params", where)
         at = f"{where}.params"
-        names = _string_list(table, "name", at)
+        names = read_string_list(table, "name", at)
         count = len(names)
-        shapes = [tuple(shape) for shape in _int_lists(table, "shape", at, count)]
-        fields = _string_lists(table, "index_fields", at, count)
-        columns = {name: _tensor(table, name, at, torch.int64, (count,)).tolist() for name in _TABLE_INTS}
-        floats = {name: _tensor(table, name, at, torch.float64, (count,)).tolist() for name in _TABLE_FLOATS}
-        local_rows = _tensor(d, "local_rows", where, torch.float32, (None, len(LOCAL_FIELDS)))
+        shapes = [tuple(shape) for shape in read_int_lists(table, "shape", at, count)]
+        fields = read_string_lists(table, "index_fields", at, count)
+        columns = {name: read_tensor(table, name, at, torch.int64, (count,)).tolist() for name in TABLE_INTS}
+        floats = {name: read_tensor(table, name, at, torch.float64, (count,)).tolist() for name in TABLE_FLOATS}
+        local_rows = read_tensor(d, "local_rows", where, torch.float32, (None, len(LOCAL_FIELDS)))
         params = [
             ParamEntry(
                 name=names[i],
@@ -148,23 +167,23 @@ class TargetPlan:
             for i in range(count)
         ]
         _check_table(params, int(local_rows.shape[0]), at)
-        index = _index_descriptors(_field(d, "index", where), f"{where}.index", count)
+        index = read_index_descriptors(read_field(d, "index", where), f"{where}.index", count)
         if index.numels().tolist() != [p.numel for p in params]:
             raise PlanFieldError(f"{where}.index: index descriptors do not match its parameter table")
         split = d.get("split", "seen")
         if split not in ("seen", "unseen"):
             raise PlanFieldError(f"{where}.split: {split!r} is not seen or unseen")
         return TargetPlan(
-            name=_string(d, "name", where),
-            spec=_spec(d, where),
+            name=read_string(d, "name", where),
+            spec=read_spec(d, where),
             index=index,
-            global_row=_tensor(d, "global_row", where, torch.float32, (len(GLOBAL_FIELDS),)),
-            task_row=_tensor(d, "task_row", where, torch.float32, (len(TASK_FIELDS),)),
+            global_row=read_tensor(d, "global_row", where, torch.float32, (len(GLOBAL_FIELDS),)),
+            task_row=read_tensor(d, "task_row", where, torch.float32, (len(TASK_FIELDS),)),
             local_rows=local_rows,
             params=params,
             split=split,
-            probability=_optional_number(d, "probability", where, 0.0, 1.0),
-            reference=_optional_number(d, "reference", where, -math.inf, math.inf),
+            probability=read_optional_number(d, "probability", where, 0.0, 1.0),
+            reference=read_optional_number(d, "reference", where, -math.inf, math.inf),
         )
 
 
@@ -180,8 +199,11 @@ class Plan:
     # A family plan: how many seen targets (the first ones) are evaluated beside the unseen
     # ones (the family's ``each``); None: every seen target.
     evaluated_seen: int | None = None
-    # A multi-task plan: its ``sampling`` section (uhn_spec.multitask.TaskSamplingSpec, dumped).
+    # A multi-task plan: its ``sampling`` section (uhn_spec.modes.multitask.TaskSamplingSpec, dumped).
     task_sampling: dict[str, Any] | None = None
+    # Set by the compiler; a plan file written before the field existed gets it from its
+    # targets once, when loaded (``derived_mode``).
+    mode: Mode = "single"
 
     def target(self, name: str | None = None) -> TargetPlan:
         if name is None:
@@ -193,11 +215,8 @@ class Plan:
 
     @property
     def recursion_depth(self) -> int:
-        """K of a recursive plan (targets H1..H_K, then the leaf: ``uhn_spec.recursive``), else 0."""
-        chain = self.targets[:-1]
-        if chain and all(t.spec.family == "uhn" for t in chain) and self.targets[-1].spec.family != "uhn":
-            return len(chain)
-        return 0
+        """K of a recursive plan (targets H1..H_K, then the leaf: ``uhn_spec.modes.recursive``), else 0."""
+        return len(self.targets) - 1 if self.mode == "recursive" else 0
 
     @property
     def trained_target(self) -> TargetPlan:
@@ -216,6 +235,7 @@ class Plan:
             "source_hash": self.source_hash,
             "evaluated_seen": self.evaluated_seen,
             "task_sampling": self.task_sampling,
+            "mode": self.mode,
         }
 
     @staticmethod
@@ -230,23 +250,51 @@ class Plan:
         if task_sampling is not None and not isinstance(task_sampling, dict):
             raise PlanFieldError(f"task_sampling: a {type(task_sampling).__name__}, not a mapping")
         try:
-            generator = GeneratorSpec.model_validate_json(_string(d, "generator_json", ""))
+            generator = GeneratorSpec.model_validate_json(read_string(d, "generator_json", ""))
         except ValidationError as err:
             raise PlanFieldError(f"generator_json: {format_validation_error(err)}") from None
+        loaded = [TargetPlan.from_dict(t, f"targets[{i}]") for i, t in enumerate(targets)]
+        mode = d.get("mode", derived_mode(loaded))
+        if not mode_fits(mode, loaded):
+            raise PlanFieldError(f"mode: {mode!r} is not one of {', '.join(MODES)} that fits its targets")
         return Plan(
-            targets=[TargetPlan.from_dict(t, f"targets[{i}]") for i, t in enumerate(targets)],
-            index_ranges=Ranges.from_tensor(_ranges(d, "index_ranges", len(INDEX_FIELDS))),
-            structure_ranges=Ranges.from_tensor(_ranges(d, "structure_ranges", len(STRUCTURE_FIELDS))),
+            targets=loaded,
+            index_ranges=Ranges.from_tensor(read_ranges(d, "index_ranges", len(INDEX_FIELDS))),
+            structure_ranges=Ranges.from_tensor(read_ranges(d, "structure_ranges", len(STRUCTURE_FIELDS))),
             generator=generator,
-            source_text=_string(d, "source_text", ""),
-            source_hash=_string(d, "source_hash", ""),
+            source_text=read_string(d, "source_text", ""),
+            source_hash=read_string(d, "source_hash", ""),
             version=int(d["version"]),
             evaluated_seen=evaluated_seen,
             task_sampling=task_sampling,
+            mode=mode,
         )
 
     def save(self, path: str | Path) -> None:
         atomic_torch_save(with_checksum(self.to_dict()), Path(path))
+
+
+def derived_mode(targets: list[TargetPlan]) -> Mode:
+    """The mode of a plan file written before plans stated it, as its targets show it:
+    multitask when they carry probabilities, recursive for generated generators (family
+    ``uhn``) then a leaf, family for several, else single."""
+    if any(t.probability is not None for t in targets):
+        return "multitask"
+    if len(targets) > 1 and _is_chain(targets):
+        return "recursive"
+    return "family" if len(targets) > 1 else "single"
+
+
+def _is_chain(targets: list[TargetPlan]) -> bool:
+    """H1..H_K (family ``uhn``), then a leaf of another family."""
+    return all(t.spec.family == "uhn" for t in targets[:-1]) and targets[-1].spec.family != "uhn"
+
+
+def mode_fits(mode: Any, targets: list[TargetPlan]) -> bool:
+    """Whether a stated mode can describe these targets (the runtime relies on it)."""
+    if mode not in MODES or (mode == "multitask") != any(t.probability is not None for t in targets):
+        return False
+    return {"single": len(targets) == 1, "recursive": _is_chain(targets)}.get(mode, True)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -294,102 +342,6 @@ def load_plan(path: str | Path) -> Plan:
     return plan
 
 
-# ------------------------------------------------------------------ checking a loaded plan
-
-
-class PlanFieldError(ValueError):
-    """A plan field that does not fit: ``"WHERE: what is wrong"`` (WHERE as ``targets[0].index``)."""
-
-
-_TABLE_INTS = ("offset", "numel", "layer", "param_type")
-_TABLE_FLOATS = ("init_mean", "init_std")
-
-
-def _field(d: Any, key: str, where: str) -> Any:
-    name = f"{where}.{key}" if where else key
-    if not isinstance(d, dict):
-        raise PlanFieldError(f"{where or 'plan'}: a {type(d).__name__}, not a mapping")
-    if key not in d:
-        raise PlanFieldError(f"{name}: missing")
-    return d[key]
-
-
-def _string(d: Any, key: str, where: str) -> str:
-    value = _field(d, key, where)
-    if not isinstance(value, str):
-        raise PlanFieldError(f"{where + '.' if where else ''}{key}: a {type(value).__name__}, not a string")
-    return value
-
-
-def _tensor(d: Any, key: str, where: str, dtype: torch.dtype, shape: tuple[int | None, ...]) -> torch.Tensor:
-    """Field ``key``: a contiguous, finite tensor of ``dtype`` and ``shape`` (None: any size)."""
-    value, name = _field(d, key, where), f"{where}.{key}" if where else key
-    if not isinstance(value, torch.Tensor):
-        raise PlanFieldError(f"{name}: a {type(value).__name__}, not a tensor")
-    wanted = "[" + ", ".join("*" if size is None else str(size) for size in shape) + "]"
-    if value.dtype != dtype or value.dim() != len(shape):
-        raise PlanFieldError(
-            f"{name}: {value.dtype} of shape {list(value.shape)}; a plan holds {dtype} of shape {wanted}"
-        )
-    if any(size is not None and size != actual for size, actual in zip(shape, value.shape)):
-        raise PlanFieldError(f"{name}: shape {list(value.shape)}, expected {wanted}")
-    if not value.is_contiguous():
-        raise PlanFieldError(f"{name}: a view with strides {list(value.stride())}, not a contiguous tensor")
-    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-        raise PlanFieldError(f"{name}: holds nan or inf")
-    return value
-
-
-def _string_list(d: Any, key: str, where: str) -> list[str]:
-    value = _field(d, key, where)
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise PlanFieldError(f"{where}.{key}: not a list of strings")
-    return value
-
-
-def _int_lists(d: Any, key: str, where: str, count: int) -> list[list[int]]:
-    value = _field(d, key, where)
-    if not isinstance(value, list) or len(value) != count:
-        raise PlanFieldError(f"{where}.{key}: not a list of {count} entries (one per parameter tensor)")
-    for i, item in enumerate(value):
-        if not isinstance(item, list) or not all(type(size) is int and size >= 0 for size in item):
-            raise PlanFieldError(f"{where}.{key}[{i}]: {item!r} is not a list of sizes")
-    return value
-
-
-def _string_lists(d: Any, key: str, where: str, count: int) -> list[list[str]]:
-    value = _field(d, key, where)
-    if not isinstance(value, list) or len(value) != count:
-        raise PlanFieldError(f"{where}.{key}: not a list of {count} entries (one per parameter tensor)")
-    for i, item in enumerate(value):
-        if not isinstance(item, list) or not all(isinstance(name, str) and name in INDEX_FIELDS for name in item):
-            raise PlanFieldError(f"{where}.{key}[{i}]: {item!r} is not a list of index fields")
-    return value
-
-
-def _optional_number(d: dict[str, Any], key: str, where: str, lo: float, hi: float) -> float | None:
-    value = d.get(key)
-    if value is None:
-        return None
-    if type(value) not in (int, float) or not (math.isfinite(value) and lo <= value <= hi):
-        raise PlanFieldError(f"{where}.{key}: {value!r} is not a number in [{lo}, {hi}]")
-    return float(value)
-
-
-def _spec(d: Any, where: str) -> ExperimentSpec:
-    try:
-        return ExperimentSpec.model_validate_json(_string(d, "spec_json", where))
-    except ValidationError as err:
-        raise PlanFieldError(f"{where}.spec_json: {format_validation_error(err)}") from None
-
-
-def _ranges(d: Any, key: str, fields: int) -> torch.Tensor:
-    ranges = _tensor(d, key, "", torch.float64, (fields, 2))
-    if bool((ranges[:, 0] > ranges[:, 1]).any()):
-        raise PlanFieldError(f"{key}: a range whose low end is above its high end")
-    return ranges
-
-
 def _check_table(params: list[ParamEntry], num_layers: int, where: str) -> None:
     """Each tensor's numel is its shape's product, the tensors tile the flat vector in order,
     each has one index field per dimension and belongs to one of the target's layers."""
@@ -408,23 +360,6 @@ def _check_table(params: list[ParamEntry], num_layers: int, where: str) -> None:
         offset += p.numel
 
 
-def _index_descriptors(d: Any, where: str, count: int) -> IndexDescriptors:
-    constants = _tensor(d, "constants", where, torch.int64, (count, len(INDEX_FIELDS)))
-    fields = _tensor(d, "dim_fields", where, torch.int64, (count, None))
-    sizes = _tensor(d, "dim_sizes", where, torch.int64, tuple(fields.shape))
-    if bool(((fields < NO_DIM) | (fields >= len(INDEX_FIELDS))).any()):
-        raise PlanFieldError(f"{where}.dim_fields: a value outside {NO_DIM}..{len(INDEX_FIELDS) - 1}")
-    if bool((sizes < 0).any()) or bool(((fields == NO_DIM) & (sizes != 1)).any()):
-        raise PlanFieldError(f"{where}.dim_sizes: a negative size, or a padding dimension whose size is not 1")
-    index = IndexDescriptors(constants, fields, sizes)
-    # Products in Python ints: an int64 product could wrap around to the table's numel.
-    numels = [math.prod(row) for row in sizes.tolist()]
-    if numels != index.numels().tolist():
-        raise PlanFieldError(f"{where}: index descriptors do not match its parameter table (their sizes overflow)")
-    return index
-
-
-# Names (local to the layer's module) and shapes of one spec layer's parameter tensors.
 LayerParameters = list[tuple[str, tuple[int, ...]]]
 
 

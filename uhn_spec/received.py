@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import SpecError, UHNError
+from .safe_yaml import parse_yaml
 
 if TYPE_CHECKING:
     import torch
@@ -106,8 +107,6 @@ def load_received_json(path: Path, what: str, max_bytes: int = MAX_RECORD_BYTES)
 def load_received_yaml(path: Path, what: str, max_bytes: int = MAX_RECORD_BYTES) -> Any:
     """A YAML file, read within ``max_bytes`` and parsed by the spec parser (safe loader,
     alias and nesting bounds), its errors one ``ReceivedFileError`` line naming the file."""
-    from .spec import parse_yaml  # local: spec imports much; this module stays light
-
     text = read_received_text(path, max_bytes, what)
     try:
         return parse_yaml(text)

@@ -1,32 +1,26 @@
-"""The spec language: a YAML file describing target model, task, generator and training.
-
-``load_spec`` reads a file (rendered as a sandboxed jinja2 template first, so model families
-can loop over layers), parses it as YAML (duplicate keys refused), applies ``--set PATH=VALUE``
-overrides and validates everything, including the cross-layer checks (sizes chain from layer
-to layer) and that every number is finite and fits 64 bits. Every error names its YAML path.
+"""The spec of one target model: its layers, task, generator and training (``ExperimentSpec``),
+with the cross-layer checks (sizes chain from layer to layer) and the one-line form of a
+validation error. Reading a file into a spec is ``modes.single``; the YAML and overrides under
+it are ``loading``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
 import re
 import typing
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from .enums import ModelType, TaskType
+from .enums import ModelType
 from .errors import SpecError
+from .fields import MAX_NAME_LENGTH, SpecName, StrictModel, name_field
 from .layers import REGISTRY
-from .layers.base import FeatureShape
-from .tasks import DATASETS, DatasetInfo, DatasetName, input_shape, synthetic_info
-from .template import read_spec_file, render_spec_template
+from .layers.base import FeatureShape, parameter_counts
+from .tasks import SyntheticShape, TaskSpec, input_shape
 
 LayerUnion = Annotated[Union[tuple(REGISTRY.values())], Field(discriminator="kind")]  # type: ignore[valid-type]
 
@@ -43,121 +37,6 @@ FAMILY_MODEL_TYPE: dict[str, ModelType] = {
     "kan": ModelType.KAN,
     "uhn": ModelType.RECURSIVE,  # a generated generator (recursive generation)
 }
-
-
-# A spec's name names its default run folder (runs/<name>/...) and files: one path component
-# of portable characters, never "." or "..", hidden, or longer than any file system takes.
-MAX_NAME_LENGTH = 100
-NAME_CHARACTERS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-NAME_RULE = "letters, digits, '_', '.' and '-', starting with a letter or digit"
-
-
-def name_field(max_length: int = MAX_NAME_LENGTH, why: str = "it names the run folder", letter_first: bool = False) -> Any:
-    """The type of a ``name`` field: a str of at most ``max_length`` characters of NAME_RULE
-    (shorter where uhn appends to it, as a family's members ``<name>_0000``; ``letter_first``
-    where the name goes through YAML again, where ``1_0000`` would read as a number)."""
-    rule = NAME_RULE.replace("letter or digit", "letter") if letter_first else NAME_RULE
-
-    def check(name: str) -> str:
-        if NAME_CHARACTERS.fullmatch(name) and len(name) <= max_length and (name[0].isalpha() or not letter_first):
-            return name
-        shown = repr(name) if len(name) <= 40 else f"{name[:40]!r}... ({len(name)} characters)"
-        raise ValueError(f"must be 1 to {max_length} {rule}; {why} (got {shown})")
-
-    return Annotated[str, AfterValidator(check)]
-
-
-SpecName = name_field()
-
-
-class StrictModel(BaseModel):
-    # allow_inf_nan: "inf" or "nan" given as strings are refused too (check_numbers sees floats).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-SyntheticTaskType = Literal[
-    "image_classification",
-    "graph_node_classification",
-    "text_classification",
-    "formula_regression",
-    "tabular_classification",
-]
-
-
-class SyntheticShape(StrictModel):
-    """Shape of a ``synthetic`` dataset: generated inputs and a random teacher's labels."""
-
-    task_type: SyntheticTaskType
-    input_dims: list[int] = Field(min_length=1, max_length=3, description="image: [C, H, W]; other: [F]")
-    num_outputs: int = Field(ge=1)
-    num_examples: int = Field(512, ge=8)
-
-    @model_validator(mode="after")
-    def _dims_fit(self) -> "SyntheticShape":
-        if any(d < 1 for d in self.input_dims):
-            raise ValueError(f"task.synthetic.input_dims: {self.input_dims} must be positive")
-        want = 3 if self.task_type == "image_classification" else 1
-        if len(self.input_dims) != want:
-            raise ValueError(
-                f"task.synthetic.input_dims: {self.task_type} needs {want} dims, got {self.input_dims}"
-            )
-        return self
-
-
-class TaskSpec(StrictModel):
-    """Which dataset the target model solves; task type and outputs follow from it."""
-
-    dataset: DatasetName
-    vocab_size: int = Field(5000, ge=4, description="text tasks: vocabulary incl. <unk>, <pad>, <cls>")
-    synthetic: SyntheticShape | None = Field(None, description="shape of the synthetic dataset")
-    max_length: int | None = Field(
-        None,
-        ge=2,
-        description="text tasks: tokens per example incl. <cls> (default: the embedding's max_length, else 512)",
-    )
-    validate_split: bool = Field(
-        False,
-        description="hold out a validation split of the training data and train on the rest "
-        "(the authors' --validate); off: train on all of it, as the paper's results do",
-    )
-    resize: list[int] | None = Field(
-        None,
-        min_length=2,
-        max_length=2,
-        description="image tasks: resize every image to [H, W] (bilinear, antialiased) before the model",
-    )
-    stands_in_for: DatasetName | None = Field(
-        None,
-        description="the dataset this run reports for because it is missing here (citeseer for "
-        "pubmed); the run states it in its notes",
-    )
-
-    @model_validator(mode="after")
-    def _synthetic_shape(self) -> "TaskSpec":
-        if (self.dataset == "synthetic") != (self.synthetic is not None):
-            raise ValueError(
-                "task.synthetic: give it exactly when task.dataset is synthetic "
-                "(it sets the generated data's task_type, input_dims and num_outputs)"
-            )
-        if self.resize is not None:
-            if any(size < 1 for size in self.resize):
-                raise ValueError(f"task.resize: {self.resize} must be two positive sizes [H, W]")
-            if self.info.input_kind != "image":
-                raise ValueError(f"task.resize: {self.dataset} is not an image task; remove the field")
-        if self.stands_in_for == self.dataset:
-            raise ValueError(f"task.stands_in_for: {self.dataset} cannot stand in for itself; remove the field")
-        return self
-
-    @property
-    def info(self) -> DatasetInfo:
-        if self.synthetic is not None:
-            s = self.synthetic
-            info = synthetic_info(TaskType[s.task_type.upper()], tuple(s.input_dims), s.num_outputs)
-        else:
-            info = DATASETS[self.dataset]
-        if self.resize is not None and info.input_kind == "image":
-            info = dataclasses.replace(info, input_dims=(info.input_dims[0], *self.resize))
-        return info
 
 
 class GeneratorSpec(StrictModel):
@@ -344,9 +223,8 @@ class ExperimentSpec(StrictModel):
 
     @property
     def num_params(self) -> int:
-        from .model import build_model  # local: keeps torch module building off the import path
-
-        return sum(p.numel() for p in build_model(self, device="meta").parameters())
+        """Weights of the target, counted layer by layer on the meta device (no memory)."""
+        return sum(parameter_counts(self.layers))
 
 
 def _layer_kind(layer: Any) -> Any:
@@ -411,16 +289,15 @@ def uhn_chain_errors(spec: ExperimentSpec, shape: GeneratedShape) -> list[tuple[
     return []
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def format_validation_error(err: ValidationError) -> str:
+def format_validation_error(err: ValidationError, root: type[BaseModel] | None = None) -> str:
+    """The first problem of ``err`` as one line ``path: what``; an unknown field lists the
+    fields allowed there, found from ``root`` (the model validated; default ExperimentSpec)."""
     errors = err.errors()
     # A misspelt field shows up as "unknown" plus "required": the unknown one names the typo.
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     path = _loc_to_path(first["loc"])
     if first["type"] == "extra_forbidden":
-        allowed = _fields_at(first["loc"][:-1])
+        allowed = _fields_at(first["loc"][:-1], root or ExperimentSpec)
         hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
         return f"{path}: unknown field{hint}"
     if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
@@ -455,9 +332,9 @@ def _loc_to_path(loc: tuple[Any, ...]) -> str:
     return "".join(parts)
 
 
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the spec model found at ``loc`` (for "allowed here" hints)."""
-    model: type[BaseModel] | None = ExperimentSpec
+def _fields_at(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
+    """Field names of the model found at ``loc`` under ``root`` (for "allowed here" hints)."""
+    model: type[BaseModel] | None = root
     previous: Any = None
     for item in loc:
         if isinstance(item, int):
@@ -473,221 +350,6 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields) if model else []
 
 
-INT64_MAX = 2**63 - 1
-# Values a YAML document may expand to (aliases repeat a node without copying it): specs
-# hold hundreds; a billion-laughs document would hold billions.
-MAX_YAML_NODES = 1_000_000
-
-
-class CheckedConstruction:
-    """Refuses duplicate keys (naming the key and both lines), recursive aliases and
-    documents that alias-expand into more than MAX_YAML_NODES values, before constructing
-    anything."""
-
-    def construct_document(self, node: yaml.Node) -> Any:
-        check_yaml_nodes(node)
-        return super().construct_document(node)  # type: ignore[misc]
-
-
-class SpecLoader(CheckedConstruction, yaml.SafeLoader):
-    """The pure-Python safe loader: its error messages are the ones the docs quote."""
-
-
-class FastSpecLoader(CheckedConstruction, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """libyaml's safe loader where PyYAML has it, several times faster (a family file renders
-    and reads hundreds of member specs)."""
-
-
-# Where a node sits: (where its parent sits, its key or index), None for the root. Built as a
-# chain so that walking a deep document costs no path string per node.
-NodePlace = Union[tuple["NodePlace", str], None]
-
-
-def yaml_path(place: NodePlace) -> str:
-    parts: list[str] = []
-    while place is not None:
-        place, part = place
-        parts.append(part)
-    return "".join(reversed(parts)).lstrip(".")
-
-
-def check_yaml_nodes(root: yaml.Node) -> None:
-    """Walk the node graph depth first: count the values it expands to, refuse a node that
-    contains itself (``a: &a [*a]`` would expand forever) and duplicate keys."""
-    count = 0
-    open_nodes: set[int] = set()  # the collections on the way down to the current node
-    stack: list[tuple[yaml.Node, NodePlace, bool]] = [(root, None, False)]
-    while stack:
-        node, place, leaving = stack.pop()
-        if leaving:
-            open_nodes.discard(id(node))
-            continue
-        count += 1
-        if count > MAX_YAML_NODES:
-            raise SpecError(yaml_path(place), f"the document expands to more than {MAX_YAML_NODES} values (YAML aliases?)")
-        if not isinstance(node, yaml.CollectionNode):
-            continue
-        if id(node) in open_nodes:
-            line = node.start_mark.line + 1
-            raise SpecError(yaml_path(place), f"a YAML alias refers to the node (line {line}) that contains it; it would never end")
-        open_nodes.add(id(node))
-        stack.append((node, place, True))
-        if isinstance(node, yaml.MappingNode):
-            stack.extend(reversed(mapping_children(node, place)))
-        else:
-            stack.extend((item, (place, f"[{i}]"), False) for i, item in reversed(list(enumerate(node.value))))
-
-
-def mapping_children(node: yaml.MappingNode, place: NodePlace) -> list[tuple[yaml.Node, NodePlace, bool]]:
-    """The values of a mapping with their places; a key given twice is refused."""
-    children: list[tuple[yaml.Node, NodePlace, bool]] = []
-    seen: dict[Any, int] = {}
-    for key, value in node.value:
-        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
-            children.append((value, place, False))
-            continue
-        child: NodePlace = (place, f".{key.value}")
-        line = key.start_mark.line + 1
-        if (key.tag, key.value) in seen:
-            first = seen[(key.tag, key.value)]
-            raise SpecError(yaml_path(child), f"duplicate key at lines {first} and {line}; keep one of them")
-        seen[(key.tag, key.value)] = line
-        children.append((value, child, False))
-    return children
-
-
-def parse_yaml(text: str) -> Any:
-    """Parse spec YAML safely; raise SpecError(location, ...) on any YAML error."""
-    try:
-        return yaml.load(text, Loader=FastSpecLoader)  # noqa: S506 - a SafeLoader
-    except (yaml.YAMLError, RecursionError):
-        pass  # parse again below, for the pure-Python loader's message
-    try:
-        return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - a SafeLoader
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = err.problem or str(err).splitlines()[0]
-        raise SpecError(at, f"invalid YAML: {problem}") from None
-    except yaml.reader.ReaderError as err:
-        raise SpecError(f"character {err.position}", f"invalid YAML: {str(err).splitlines()[0]}") from None
-    except yaml.YAMLError as err:
-        raise SpecError("", f"invalid YAML: {str(err).splitlines()[0]}") from None
-    except RecursionError:
-        raise SpecError("", "invalid YAML: nested too deeply") from None
-
-
-def check_numbers(data: Any, path: str = "") -> None:
-    """Every float is finite and every integer fits 64 bits (torch's index type)."""
-    stack: list[tuple[Any, str]] = [(data, path)]
-    while stack:
-        value, where = stack.pop()
-        if isinstance(value, bool) or value is None:
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            raise SpecError(where, f"{value} is not finite; give a finite number")
-        if isinstance(value, int) and abs(value) > INT64_MAX:
-            raise SpecError(where, f"{value} does not fit a 64-bit integer (at most {INT64_MAX})")
-        if isinstance(value, dict):
-            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in value.items())
-        elif isinstance(value, list):
-            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(value))
-
-
-def parse_override(item: str) -> tuple[list[str | int], Any]:
-    """``train.lr=1e-4`` or ``layers[2].dropout=0.1`` -> (path parts, YAML-parsed value)."""
-    if "=" not in item:
-        raise SpecError("--set", f"{item!r} is not PATH=VALUE (e.g. train.epochs=3)")
-    path, raw = item.split("=", 1)
-    parts: list[str | int] = []
-    for token in re.findall(r"[^.\[\]]+|\[\d+\]", path.strip()):
-        parts.append(int(token[1:-1]) if token.startswith("[") else token)
-    if not parts:
-        raise SpecError("--set", f"{item!r} has an empty path")
-    if not raw.strip():
-        return parts, ""
-    try:
-        return parts, parse_yaml(raw)
-    except SpecError as err:
-        raise SpecError("--set", f"{item!r}: the value is not valid YAML ({err.message.removeprefix('invalid YAML: ')}); quote a string value") from None
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for item in overrides:
-        parts, value = parse_override(item)
-        node: Any = data
-        for depth, key in enumerate(parts[:-1]):
-            nxt = parts[depth + 1]
-            try:
-                if isinstance(node, dict) and key not in node:
-                    node[key] = [] if isinstance(nxt, int) else {}
-                node = node[key]
-            except (KeyError, IndexError, TypeError):
-                raise SpecError("--set", f"{item!r}: no such path in the spec") from None
-        last = parts[-1]
-        try:
-            node[last] = value
-        except (IndexError, TypeError):
-            raise SpecError("--set", f"{item!r}: no such path in the spec") from None
-    return data
-
-
-def load_yaml(text: str, where: str | None = None) -> Any:
-    """``parse_yaml`` with its error placed in file ``where``."""
-    try:
-        return parse_yaml(text)
-    except SpecError as err:
-        raise SpecError(err.path, err.message, where) from None
-
-
-def has_top_level_key(path: str | Path, keys: Sequence[str]) -> bool:
-    """Whether ``path`` is a plain YAML mapping with one of ``keys`` at its top level: how a
-    family, multi-task or recursive file is told from an ordinary spec (a jinja2 template,
-    which need not parse as YAML before rendering). An unreadable file is none of them:
-    ``load_spec`` then reports it."""
-    try:
-        data = load_yaml(read_spec_text(Path(path)))
-    except SpecError:
-        return False
-    return isinstance(data, dict) and any(key in data for key in keys)
-
-
-def spec_from_text(
-    text: str,
-    source: Path | None = None,
-    overrides: list[str] | None = None,
-    variables: dict[str, Any] | None = None,
-) -> ExperimentSpec:
-    where = str(source) if source else None
-    try:
-        data = parse_yaml(render_spec_template(text, source, variables))
-        if not isinstance(data, dict):
-            what = "empty" if data is None else f"a YAML {type(data).__name__}"
-            raise SpecError("", f"the spec is {what}; a spec is a YAML mapping with name, family, task and layers")
-        data = apply_overrides(data, list(overrides or []))
-        check_numbers(data)
-        return ExperimentSpec.model_validate(data)
-    except SpecError as err:
-        raise SpecError(err.path, err.message, where) from None
-    except ValidationError as err:
-        raise SpecError("", format_validation_error(err), where) from None
-
-
-def read_spec_text(path: Path) -> str:
-    """A spec file's text: UTF-8 (a BOM is fine), at most MAX_RENDERED_CHARS bytes of a
-    regular file (``read_spec_file``)."""
-    return read_spec_file(Path(path))
-
-
-def load_spec(
-    path: str | Path,
-    overrides: list[str] | None = None,
-    variables: dict[str, Any] | None = None,
-) -> ExperimentSpec:
-    path = Path(path)
-    return spec_from_text(read_spec_text(path), path, overrides, variables)
-
-
 def spec_to_yaml(spec: ExperimentSpec) -> str:
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
 
@@ -698,14 +360,16 @@ def spec_hash(spec: ExperimentSpec) -> str:
 
 
 __all__ = [
+    "MAX_NAME_LENGTH",
     "ExperimentSpec",
     "GeneratorSpec",
+    "StrictModel",
+    "SyntheticShape",
     "TaskSpec",
     "TrainSpec",
-    "load_spec",
-    "parse_yaml",
-    "read_spec_text",
-    "spec_from_text",
-    "spec_to_yaml",
+    "format_validation_error",
+    "name_field",
+    "SpecName",
     "spec_hash",
+    "spec_to_yaml",
 ]

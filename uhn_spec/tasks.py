@@ -1,15 +1,21 @@
-"""What each dataset looks like to a spec: task type, descriptor ids, input shape, outputs.
+"""The dataset table and a spec's ``task`` section: what each dataset looks like to a spec
+(task type, descriptor ids, input shape, outputs).
 
 This is the static part of a task (enough to validate and compile a spec); loading the data
-itself lives in ``uhn_runtime.data``.
+itself lives in ``uhn_runtime.data``. ``DATASETS`` is the one list of dataset names: the names
+a spec accepts are derived from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, model_validator
 
 from .enums import DatasetType, TaskType
+from .fields import StrictModel
 from .layers.base import FeatureShape
 
 FORMULA_FUNCTIONS: tuple[str, ...] = (
@@ -107,38 +113,12 @@ DATASETS: dict[str, DatasetInfo] = {
     )
 }
 
-DatasetName = Literal[
-    "synthetic",
-    "mnist",
-    "cifar10",
-    "digits",
-    "wine",
-    "breast_cancer",
-    "cora",
-    "citeseer",
-    "pubmed",
-    "ag_news",
-    "imdb",
-    "ellipj",
-    "ellipkinc",
-    "ellipeinc",
-    "jv",
-    "yv",
-    "kv",
-    "iv",
-    "lpmv0",
-    "lpmv1",
-    "lpmv2",
-    "sph_harm01",
-    "sph_harm11",
-    "sph_harm02",
-    "sph_harm12",
-    "sph_harm22",
-    "recursive_image_classification",
-    "recursive_graph_node_classification",
-    "recursive_text_classification",
-    "recursive_formula_regression",
-]
+# The names a spec's ``task.dataset`` accepts: the table's, plus ``synthetic`` (shaped by the
+# spec itself). Adding a dataset to DATASETS is all a spec needs.
+if TYPE_CHECKING:
+    DatasetName = str
+else:
+    DatasetName = Literal[("synthetic", *DATASETS)]
 
 
 TASK_INPUT_KIND: dict[TaskType, str] = {
@@ -160,3 +140,88 @@ def input_shape(info: DatasetInfo, vocab_size: int) -> FeatureShape:
     if info.input_kind == "tokens":
         return FeatureShape("tokens", (vocab_size,), "task.vocab_size")
     return FeatureShape(info.input_kind, info.input_dims, f"the {info.name} input")
+
+
+SyntheticTaskType = Literal[
+    "image_classification",
+    "graph_node_classification",
+    "text_classification",
+    "formula_regression",
+    "tabular_classification",
+]
+
+
+class SyntheticShape(StrictModel):
+    """Shape of a ``synthetic`` dataset: generated inputs and a random teacher's labels."""
+
+    task_type: SyntheticTaskType
+    input_dims: list[int] = Field(min_length=1, max_length=3, description="image: [C, H, W]; other: [F]")
+    num_outputs: int = Field(ge=1)
+    num_examples: int = Field(512, ge=8)
+
+    @model_validator(mode="after")
+    def _dims_fit(self) -> "SyntheticShape":
+        if any(d < 1 for d in self.input_dims):
+            raise ValueError(f"task.synthetic.input_dims: {self.input_dims} must be positive")
+        want = 3 if self.task_type == "image_classification" else 1
+        if len(self.input_dims) != want:
+            raise ValueError(
+                f"task.synthetic.input_dims: {self.task_type} needs {want} dims, got {self.input_dims}"
+            )
+        return self
+
+
+class TaskSpec(StrictModel):
+    """Which dataset the target model solves; task type and outputs follow from it."""
+
+    dataset: DatasetName
+    vocab_size: int = Field(5000, ge=4, description="text tasks: vocabulary incl. <unk>, <pad>, <cls>")
+    synthetic: SyntheticShape | None = Field(None, description="shape of the synthetic dataset")
+    max_length: int | None = Field(
+        None,
+        ge=2,
+        description="text tasks: tokens per example incl. <cls> (default: the embedding's max_length, else 512)",
+    )
+    validate_split: bool = Field(
+        False,
+        description="hold out a validation split of the training data and train on the rest "
+        "(the authors' --validate); off: train on all of it, as the paper's results do",
+    )
+    resize: list[int] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="image tasks: resize every image to [H, W] (bilinear, antialiased) before the model",
+    )
+    stands_in_for: DatasetName | None = Field(
+        None,
+        description="the dataset this run reports for because it is missing here (citeseer for "
+        "pubmed); the run states it in its notes",
+    )
+
+    @model_validator(mode="after")
+    def _synthetic_shape(self) -> "TaskSpec":
+        if (self.dataset == "synthetic") != (self.synthetic is not None):
+            raise ValueError(
+                "task.synthetic: give it exactly when task.dataset is synthetic "
+                "(it sets the generated data's task_type, input_dims and num_outputs)"
+            )
+        if self.resize is not None:
+            if any(size < 1 for size in self.resize):
+                raise ValueError(f"task.resize: {self.resize} must be two positive sizes [H, W]")
+            if self.info.input_kind != "image":
+                raise ValueError(f"task.resize: {self.dataset} is not an image task; remove the field")
+        if self.stands_in_for == self.dataset:
+            raise ValueError(f"task.stands_in_for: {self.dataset} cannot stand in for itself; remove the field")
+        return self
+
+    @property
+    def info(self) -> DatasetInfo:
+        if self.synthetic is not None:
+            s = self.synthetic
+            info = synthetic_info(TaskType[s.task_type.upper()], tuple(s.input_dims), s.num_outputs)
+        else:
+            info = DATASETS[self.dataset]
+        if self.resize is not None and info.input_kind == "image":
+            info = dataclasses.replace(info, input_dims=(info.input_dims[0], *self.resize))
+        return info

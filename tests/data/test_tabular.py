@@ -11,7 +11,7 @@ import torch
 from uhn_runtime.data import load_task_data
 from uhn_runtime.train import TrainOptions, start_run
 from uhn_spec import ExperimentSpec, compile_spec
-from uhn_spec.spec import load_spec
+from uhn_spec.modes.single import load_spec
 
 from ..conftest import REPO_ROOT
 

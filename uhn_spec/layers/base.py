@@ -9,6 +9,7 @@ dimension fills, init target) and its 21-field local-structure row.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -254,4 +255,17 @@ COMMON_DOMAINS: dict[str, tuple[float, float]] = {
     "activation_type": (0, 3),
 }
 
-DropoutRate = Field(0.0, ge=0.0, lt=1.0)
+def parameter_counts(layers: Sequence[LayerSpec]) -> list[int]:
+    """Parameters per layer, from each layer's skeleton on the meta device (no memory); a
+    layer whose sizes overflow is a SpecError naming it."""
+    counts = []
+    for i, layer in enumerate(layers):
+        try:
+            with torch.device("meta"):
+                module = layer.build_module()
+        except RuntimeError as err:
+            if "overflow" not in str(err).lower():
+                raise
+            raise SpecError(f"layers[{i}]", "its sizes give a tensor of more than 2**63 elements; shrink them") from None
+        counts.append(sum(p.numel() for p in module.parameters()))
+    return counts

@@ -19,7 +19,8 @@ from uhn_runtime.run_dir import RunDir
 from uhn_runtime.train import TrainOptions, resume_run, start_run
 from uhn_spec.budget import check_fits, estimate_budget
 from uhn_spec.compiler import compile_spec
-from uhn_spec.spec import ExperimentSpec, load_spec
+from uhn_spec.modes.single import load_spec
+from uhn_spec.spec import ExperimentSpec
 
 from .tables import Budget, Table, TableError, TableRow
 

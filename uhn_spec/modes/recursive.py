@@ -1,10 +1,10 @@
-"""Recursive generation (reference-facts section 11): H0 -> H1 -> ... -> H_K -> leaf.
+"""Mode ``recursive``: recursive generation, H0 -> H1 -> ... -> H_K -> leaf.
 
 A recursive spec names a leaf (any single-model spec, by path or inline) and the depth K.
 Each generated generator H_k (k >= 1) is an ordinary target of family ``uhn``, described with
 the existing layer kinds (one ``mha`` and ``linear`` layers, ``generated_generator_spec``), so
-its descriptors, parameter table and counts come from the compiler like any other target's
-(181,121 parameters for the paper's H_k). Compiling gives one plan whose targets are
+its descriptors, parameter table and counts come from the compiler like any other target's.
+Compiling gives one plan whose targets are
 H1..H_K then the leaf, with normalisation ranges over all of them (H0's Fourier encoders,
 which every H_k reuses, normalise with that union). The root generator and the training
 settings are the recursive spec's; every target of the plan carries them.
@@ -16,26 +16,15 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from .compiler import compile_specs
-from .errors import SpecError
-from .plan import Plan
-from .spec import (
-    MAX_NAME_LENGTH,
-    ExperimentSpec,
-    GeneratorSpec,
-    StrictModel,
-    TrainSpec,
-    apply_overrides,
-    format_validation_error,
-    has_top_level_key,
-    load_spec,
-    load_yaml,
-    name_field,
-    read_spec_text,
-)
-from .tasks import RECURSIVE_DATASETS
+from ..compiler import compile_specs
+from ..fields import MAX_NAME_LENGTH, StrictModel, name_field
+from ..loading import apply_overrides, read_mapping, read_spec_text, validated
+from ..plan import Plan
+from ..spec import ExperimentSpec, GeneratorSpec, TrainSpec, format_validation_error
+from ..tasks import RECURSIVE_DATASETS
+from .single import member_spec
 
 # The deepest chain a recursive spec may ask for (H1..H16).
 MAX_DEPTH = 16
@@ -50,9 +39,8 @@ def level_name(name: str, k: int) -> str:
 RecursiveName = name_field(MAX_NAME_LENGTH - len(level_name("", MAX_DEPTH)), "each H_k is named <name>_h<k>")
 
 # The top-level key that makes a YAML file a recursive spec rather than a single spec.
-RECURSIVE_KEY = "leaf"
-# H0 of the paper's recursive runs: the small config plus the structure encoder (193,135
-# parameters with the Fourier matrices and normalisation, 181,889 trainable).
+KEYS = ("leaf",)
+# H0 of the paper's recursive runs: the small config plus the structure encoder.
 PAPER_ROOT = GeneratorSpec(index_freqs=1024, hidden=64, blocks=2, structure_encoder=True)
 
 
@@ -87,7 +75,7 @@ class RecursiveSpec(StrictModel):
 
 
 def generated_generator_spec(name: str, root: GeneratorSpec, layout: GeneratedLayout, leaf: ExperimentSpec, train: TrainSpec) -> ExperimentSpec:
-    """H_k as a target (reference-facts section 11): structure path MHA -> 2 residual Linear
+    """H_k as a target (the paper's generated generator): structure path MHA -> 2 residual Linear
     -> Linear over the mean of the layers -> Linear (zero-initialised, like H0's structure
     head); index path Linear(2 F_v -> d) -> ``hidden_layers`` residual Linear; head Linear(d -> 1)."""
     s, d, v = 2 * root.structure_freqs, root.hidden, 2 * root.index_freqs
@@ -118,11 +106,6 @@ def generated_generator_spec(name: str, root: GeneratorSpec, layout: GeneratedLa
     )
 
 
-def is_recursive_file(path: str | Path) -> bool:
-    """A recursive spec: a plain YAML mapping with a top-level ``leaf`` key."""
-    return has_top_level_key(path, (RECURSIVE_KEY,))
-
-
 def load_recursive(path: str | Path, overrides: list[str] | None = None) -> tuple[RecursiveSpec, list[ExperimentSpec]]:
     """The recursive spec and the chain's target specs: H1..H_K, then the leaf."""
     path = Path(path)
@@ -133,15 +116,11 @@ def recursive_from_text(
     text: str, source: Path | None = None, overrides: list[str] | None = None
 ) -> tuple[RecursiveSpec, list[ExperimentSpec]]:
     where = str(source) if source else None
-    data = load_yaml(text, where)
-    if not isinstance(data, dict):
-        raise SpecError("", "a recursive spec is a YAML mapping with name, leaf, depth and train", where)
+    data = read_mapping(text, where, "a recursive spec is a YAML mapping with name, leaf, depth and train")
     data = apply_overrides(copy.deepcopy(data), list(overrides or []))
-    try:
-        spec = RecursiveSpec.model_validate(data)
-    except ValidationError as err:
-        raise SpecError("", _format_error(err), where) from None
-    leaf = _leaf_spec(spec, source, where)
+    spec = validated(RecursiveSpec, data, where, formatter=lambda err: format_validation_error(err, RecursiveSpec))
+    run_settings = {"generator": spec.generator.model_dump(), "train": spec.train.model_dump()}
+    leaf = member_spec(spec.leaf, source, (), "leaf", where, run_settings)
     chain = [
         generated_generator_spec(level_name(spec.name, k), spec.generator, spec.generated, leaf, spec.train)
         for k in range(1, spec.depth + 1)
@@ -149,40 +128,9 @@ def recursive_from_text(
     return spec, [*chain, leaf]
 
 
-def _format_error(err: ValidationError) -> str:
-    """As ``format_validation_error``, but an unknown field lists the recursive spec's fields."""
-    unknown = next((e for e in err.errors() if e["type"] == "extra_forbidden"), None)
-    if unknown is None or unknown["loc"][0] == "leaf":
-        return format_validation_error(err)
-    model: Any = RecursiveSpec
-    for item in unknown["loc"][:-1]:
-        model = model.model_fields[item].annotation
-    path = ".".join(str(item) for item in unknown["loc"])
-    return f"{path}: unknown field; allowed here: {', '.join(model.model_fields)}"
-
-
-def _leaf_spec(spec: RecursiveSpec, source: Path | None, where: str | None) -> ExperimentSpec:
-    """The leaf, with the recursive spec's root generator and training (the run's)."""
-    run_settings = {"generator": spec.generator.model_dump(), "train": spec.train.model_dump()}
-    if isinstance(spec.leaf, str):
-        base = source.parent if source else Path.cwd()
-        try:
-            leaf = load_spec(base / spec.leaf)
-        except SpecError as err:
-            if err.source:
-                raise  # a problem inside the leaf file: it names that file
-            raise SpecError("leaf", err.message, where) from None
-        return ExperimentSpec.model_validate({**leaf.model_dump(), **run_settings})
-    try:
-        return ExperimentSpec.model_validate({**spec.leaf, **run_settings})
-    except ValidationError as err:
-        message = format_validation_error(err)
-        raise SpecError("leaf", message, where) from None
-
-
 def compile_recursive(chain: list[ExperimentSpec], source_text: str = "") -> Plan:
     """One plan: H1..H_K then the leaf, with shared (union) normalisation ranges."""
-    return compile_specs(chain, source_text=source_text)
+    return compile_specs(chain, source_text, mode="recursive")
 
 
 __all__ = [
@@ -190,6 +138,5 @@ __all__ = [
     "RecursiveSpec",
     "compile_recursive",
     "generated_generator_spec",
-    "is_recursive_file",
     "load_recursive",
 ]

@@ -1,5 +1,4 @@
-"""Multi-task specs: one generator for the models of several tasks (reference-facts
-section 10, the paper's Table 4).
+"""Mode ``multitask``: one generator for the models of several tasks (the paper's Table 4).
 
 A multi-task file lists its members under ``tasks``: each a spec file (relative to the
 multi-task file) or an inline spec, with its sampling probability. Members keep their own
@@ -24,27 +23,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from .compiler import compile_specs
-from .errors import SpecError
-from .plan import Plan
-from .spec import (
-    ExperimentSpec,
-    GeneratorSpec,
-    SpecName,
-    StrictModel,
-    TrainSpec,
+from ..compiler import compile_specs
+from ..errors import SpecError
+from ..fields import SpecName, StrictModel
+from ..loading import (
     apply_overrides,
-    format_validation_error,
-    has_top_level_key,
-    load_spec,
-    load_yaml,
+    check_unique_names,
+    read_mapping,
     read_spec_text,
+    validated,
 )
+from ..plan import Plan
+from ..spec import ExperimentSpec, GeneratorSpec, TrainSpec
+from .single import member_spec
 
 # The top-level key that makes a YAML file a multi-task spec rather than a single spec.
-MULTITASK_KEY = "tasks"
+KEYS = ("tasks",)
 
 
 class TaskEntry(StrictModel):
@@ -135,11 +131,6 @@ class MultiTask:
         return self.probabilities[[m.name for m in self.members].index(name)]
 
 
-def is_multitask_file(path: str | Path) -> bool:
-    """A multi-task file: a plain YAML mapping with a top-level ``tasks`` key."""
-    return has_top_level_key(path, (MULTITASK_KEY,))
-
-
 def load_multitask(path: str | Path, overrides: Sequence[str] = ()) -> MultiTask:
     path = Path(path)
     return multitask_from_text(read_spec_text(path), path, overrides)
@@ -149,61 +140,23 @@ def multitask_from_text(text: str, source: Path | None = None, overrides: Sequen
     """Parse, apply ``--set`` (to the multi-task file: ``train.steps=...``), validate, and
     load every member."""
     where = str(source) if source else None
-    data = load_yaml(text, where)
-    if not isinstance(data, dict):
-        raise SpecError("", "a multi-task spec is a YAML mapping with name, tasks, generator and train", where)
-    data = apply_overrides(copy.deepcopy(data), list(overrides))
-    try:
-        spec = MultiTaskSpec.model_validate(data)
-    except ValidationError as err:
-        raise SpecError("", format_validation_error(err), where) from None
-    members = tuple(member_spec(spec, i, source) for i in range(len(spec.tasks)))
-    check_unique_names(members, where)
+    data = read_mapping(text, where, "a multi-task spec is a YAML mapping with name, tasks, generator and train")
+    spec = validated(MultiTaskSpec, apply_overrides(copy.deepcopy(data), list(overrides)), where)
+    members = tuple(run_member(spec, i, source) for i in range(len(spec.tasks)))
+    check_unique_names([m.name for m in members], lambda i: f"tasks[{i}]", where, ".spec")
     check_references(spec, members, where)
     total = math.fsum(entry.probability for entry in spec.tasks)
     probabilities = tuple(entry.probability / total for entry in spec.tasks)
     return MultiTask(spec, members, probabilities, text)
 
 
-def member_spec(spec: MultiTaskSpec, index: int, source: Path | None) -> ExperimentSpec:
+def run_member(spec: MultiTaskSpec, index: int, source: Path | None) -> ExperimentSpec:
     """Member ``index`` with the run's generator and train (keeping its own batch size)."""
-    entry = spec.tasks[index]
-    where = str(source) if source else None
-    path = f"tasks[{index}].spec"
-    if isinstance(entry.spec, str):
-        base = source.parent if source else Path.cwd()
-        try:
-            own = load_spec(base / entry.spec, list(entry.set))
-        except SpecError as err:
-            if err.source:
-                raise  # a problem inside the member file: it names that file
-            raise SpecError(path, err.message, where) from None
-        raw = own.model_dump()
-    else:
-        raw = apply_overrides(copy.deepcopy(entry.spec), list(entry.set))
-        try:
-            own = ExperimentSpec.model_validate(raw)
-        except ValidationError as err:
-            raise SpecError(path, format_validation_error(err), where) from None
-    batch_size = entry.batch_size or own.train.batch_size
-    train = spec.train.model_copy(update={"batch_size": batch_size}).model_dump()
-    try:
-        return ExperimentSpec.model_validate({**raw, "generator": spec.generator.model_dump(), "train": train})
-    except ValidationError as err:
-        raise SpecError(path, format_validation_error(err), where) from None
-
-
-def check_unique_names(members: Sequence[ExperimentSpec], where: str | None) -> None:
-    """Members are addressed by name (``--task NAME``, summary.json): one name each."""
-    seen: dict[str, int] = {}
-    for i, member in enumerate(members):
-        if member.name in seen:
-            raise SpecError(
-                f"tasks[{i}].spec.name",
-                f"{member.name!r} is also tasks[{seen[member.name]}]'s name; give each member its own",
-                where,
-            )
-        seen[member.name] = i
+    entry, where, path = spec.tasks[index], str(source) if source else None, f"tasks[{index}].spec"
+    own = member_spec(entry.spec, source, entry.set, path, where)
+    train = spec.train.model_copy(update={"batch_size": entry.batch_size or own.train.batch_size})
+    run_settings = {"generator": spec.generator.model_dump(), "train": train.model_dump()}
+    return member_spec(own.model_dump(), source, (), path, where, run_settings)
 
 
 def check_references(spec: MultiTaskSpec, members: Sequence[ExperimentSpec], where: str | None) -> None:
@@ -232,7 +185,7 @@ def compile_multitask(multitask: MultiTask, source_text: str = "") -> Plan:
     """One plan over every member with shared (union) normalisation ranges, as the authors
     normalise over all tasks; each target records its normalised sampling probability (and
     its reference figure), the plan the sampling settings."""
-    plan = compile_specs(list(multitask.members), source_text=source_text or multitask.source_text)
+    plan = compile_specs(list(multitask.members), source_text or multitask.source_text, mode="multitask")
     for target, probability, entry in zip(plan.targets, multitask.probabilities, multitask.spec.tasks):
         target.probability = probability
         target.reference = entry.reference
@@ -241,7 +194,7 @@ def compile_multitask(multitask: MultiTask, source_text: str = "") -> Plan:
 
 
 def is_multitask_plan(plan: Plan) -> bool:
-    return any(t.probability is not None for t in plan.targets)
+    return plan.mode == "multitask"
 
 
 __all__ = [
@@ -250,7 +203,6 @@ __all__ = [
     "TaskEntry",
     "TaskSamplingSpec",
     "compile_multitask",
-    "is_multitask_file",
     "is_multitask_plan",
     "load_multitask",
 ]
