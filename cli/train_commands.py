@@ -288,6 +288,7 @@ def export(
     ] = None,
 ) -> None:
     """Write the generated target weights as a plain state_dict (safetensors) that build_model(spec) loads, or as ONNX."""
+    from uhn_runtime.device import resolve_device
     from uhn_runtime.export import (
         export_levels,
         export_onnx,
@@ -296,7 +297,6 @@ def export(
         load_exported,
     )
     from uhn_runtime.run_dir import RunDir
-    from uhn_runtime.device import resolve_device
     from uhn_spec import build_model
 
     suffix = ONNX_SUFFIX if onnx else EXPORT_SUFFIX
@@ -396,13 +396,17 @@ def evaluate(
 
     Of a family run: every evaluated member's, and each group's mean and std."""
     from uhn_runtime.data import load_task_data
+    from uhn_runtime.device import resolve_device
     from uhn_runtime.evaluate import evaluate_module, evaluate_source
     from uhn_runtime.export import load_exported, load_trained_source
     from uhn_runtime.run_dir import RunDir
+    from uhn_runtime.run_tables import (
+        evaluated_targets,
+        is_multi_model,
+        models_table_lines,
+        task_table_lines,
+    )
     from uhn_runtime.target import DeviceTarget
-    from uhn_runtime.device import resolve_device
-    from uhn_runtime.run_tables import evaluated_targets, is_multi_model, models_table_lines, task_table_lines
-    from uhn_spec.modes.multitask import is_multitask_plan
 
     torch_device = resolve_device(device.value)
     if path.is_dir():

@@ -12,20 +12,34 @@ import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
-
 from uhn_cli.main import app
+
 from uhn_runtime.export import export_levels, level_path, load_exported
 from uhn_runtime.generator import GeneratedGenerator, count_generator_params
-from uhn_runtime.init_phase import InitTargets, run_top_down_init, stage_lr_scale, top_down_stages
+from uhn_runtime.init_phase import (
+    InitTargets,
+    run_top_down_init,
+    stage_lr_scale,
+    top_down_stages,
+)
 from uhn_runtime.optim import Precision, Stepper, make_adamw
 from uhn_runtime.run_dir import RunDir
 from uhn_runtime.step_bound import LevelChangeBound, relative_changes
 from uhn_runtime.target import DeviceTarget
 from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
-from uhn_runtime.weights import RecursiveSource, depth_lr_scale, head_components, make_source
+from uhn_runtime.weights import (
+    RecursiveSource,
+    depth_lr_scale,
+    head_components,
+    make_source,
+)
 from uhn_spec import build_model
 from uhn_spec.errors import SpecError
-from uhn_spec.modes.recursive import compile_recursive, load_recursive, recursive_from_text
+from uhn_spec.modes.recursive import (
+    compile_recursive,
+    load_recursive,
+    recursive_from_text,
+)
 from uhn_tools.bench import BenchOptions, run_bench
 
 from .conftest import REPO_ROOT

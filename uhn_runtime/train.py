@@ -50,9 +50,9 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
-from signal import Signals
 from dataclasses import dataclass, replace
 from pathlib import Path
+from signal import Signals
 from typing import Any, Literal, TextIO
 
 import torch
@@ -61,11 +61,10 @@ from uhn_spec.errors import UHNError
 from uhn_spec.modes.multitask import TaskSamplingSpec, is_multitask_plan
 from uhn_spec.plan import Plan
 
+from .batch_norm import batch_norm_layers
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .data import Batch, TaskData, load_task_data, loss_fn
 from .device import resolve_device
-from .draws import architecture_draw, epoch_seed
-from .batch_norm import batch_norm_layers
 from .distributed import (
     DEFAULT_MICRO_SHARDS,
     DistContext,
@@ -81,6 +80,7 @@ from .distributed import (
     shard_batch,
     synced_flat,
 )
+from .draws import architecture_draw, epoch_seed
 from .evaluate import evaluate_source
 from .generator import count_generator_params
 from .gradient_surgery import SurgeryLog, project_conflicts, projection_orders
