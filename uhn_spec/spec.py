@@ -165,6 +165,13 @@ class GeneratorSpec(StrictModel):
 
     index_freqs: int = Field(2048, ge=1, description="F_v: Fourier frequencies of the index encoder")
     sigma: float = Field(100.0, gt=0, description="std of the Fourier matrices B")
+    index_width_cap: int | None = Field(
+        None,
+        ge=1,
+        description="beyond the paper: normalise every index field as if its range spanned at most this many "
+        "integers, so that neighbouring indices of a wide field (a 5,000-token vocabulary) stay as far apart in "
+        "Fourier phase as in a narrow one (null: the paper's range normalisation)",
+    )
     hidden: int = Field(128, ge=1, description="d: width of the index MLP")
     blocks: int = Field(2, ge=0, description="N_blk: pre-activation residual blocks")
     structure_encoder: bool = Field(False, description="add the task-structure encoder")
