@@ -16,7 +16,9 @@ the plan, the UHN (seeded as a run is) and the direct model's PyTorch-default in
 * on one training batch: the loss, the logits' std, each attention layer's score std and the
   mean of each query's largest attention weight (saturation), UHN and direct;
 * the gradient of that loss: its norm per generated tensor (dL/dw), the direct model's per
-  tensor, and the norm of the generator-parameter gradient each tensor group sends back.
+  tensor, and the norm of the generator-parameter gradient each tensor group sends back;
+* one AdamW step at the run's lr (direct: its direct_lr): per tensor group the relative change
+  of the weights and its cosine with -dL/dw.
 
 With ``--init-steps N`` the UHN variants are also measured after N init-phase steps.
 """
@@ -24,6 +26,7 @@ With ``--init-steps N`` the UHN variants are also measured after N init-phase st
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -100,7 +103,12 @@ def tensor_stats(flat: torch.Tensor, target: DeviceTarget, reference: torch.Tens
     """Per tensor: generated mean/std, and the direct (PyTorch default) init's."""
     gen, ref = target.params_from_flat(flat.detach()), target.params_from_flat(reference)
     return {
-        name: {"mean": float(w.mean()), "std": float(w.std()), "init_mean": float(ref[name].mean()), "init_std": float(ref[name].std())}
+        name: {
+            "mean": float(w.mean()),
+            "std": float(w.std()),
+            "init_mean": float(ref[name].mean()),
+            "init_std": float(ref[name].std()),
+        }
         for name, w in gen.items()
     }
 
@@ -133,7 +141,11 @@ def _attention_hook(path: str, params: dict[str, torch.Tensor], mask: torch.Tens
         scores = q @ k.transpose(-1, -2) / (d // heads) ** 0.5
         keep = torch.ones_like(scores, dtype=torch.bool) if mask is None else ~mask[:, None, None, :].expand_as(scores)
         probs = scores.masked_fill(~keep, float("-inf")).softmax(-1)
-        out[path] = {"score_std": float(scores[keep].std()), "max_weight": float(probs.amax(-1).mean()), "input_std": float(x.std())}
+        out[path] = {
+            "score_std": float(scores[keep].std()),
+            "max_weight": float(probs.amax(-1).mean()),
+            "input_std": float(x.std()),
+        }
 
     return hook
 
@@ -153,7 +165,9 @@ def gradient_probe(source: Any, target: DeviceTarget, batch: Batch) -> dict[str,
     return out
 
 
-def generator_grad_by_group(source: UHNSource, target: DeviceTarget, flat: torch.Tensor, grad: torch.Tensor) -> dict[str, float]:
+def generator_grad_by_group(
+    source: UHNSource, target: DeviceTarget, flat: torch.Tensor, grad: torch.Tensor
+) -> dict[str, float]:
     """Norm of the generator-parameter gradient that each group's dL/dw sends back alone."""
     layers = list(target.plan.spec.layers)
     params = [p for p in source.parameters() if p.requires_grad]
@@ -168,7 +182,37 @@ def generator_grad_by_group(source: UHNSource, target: DeviceTarget, flat: torch
     return out
 
 
-def measure(source: Any, target: DeviceTarget, reference: torch.Tensor, batch: Batch) -> dict[str, Any]:
+def step_probe(source: Any, target: DeviceTarget, batch: Batch, lr: float) -> dict[str, Any]:
+    """One AdamW step (lr ``lr``) on a copy of ``source``: per tensor group the relative change
+    of the weights and the cosine between the change and -dL/dw (1: the step moves the group
+    straight down its gradient; about 0: the generator cannot move it where the loss wants)."""
+    source = copy.deepcopy(source)
+    optimizer = torch.optim.AdamW([p for p in source.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    torch.manual_seed(0)
+    target.model.train()
+    before = source.flat(target)
+    loss = F.cross_entropy(target.forward(before, **batch.model_kwargs()), batch.targets)
+    weights = before.detach()
+    (grad,) = torch.autograd.grad(loss, before, retain_graph=True)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        change = source.flat(target).detach() - weights
+    layers = list(target.plan.spec.layers)
+    out: dict[str, Any] = {"lr": lr}
+    for group in GROUPS:
+        params = [p for p in target.plan.params if group_of(p.name, layers) == group]
+        rows = torch.cat([torch.arange(p.offset, p.offset + p.numel) for p in params])
+        d, g, w = change[rows].double(), grad[rows].double(), weights[rows].double()
+        out[group] = {
+            "relative_change": float(d.norm() / w.norm().clamp_min(1e-12)),
+            "cos_with_descent": float(-(d @ g) / (d.norm() * g.norm()).clamp_min(1e-30)),
+        }
+    return out
+
+
+def measure(source: Any, target: DeviceTarget, reference: torch.Tensor, batch: Batch, lr: float) -> dict[str, Any]:
     with torch.no_grad():
         flat = source.flat(target).detach()
     layers = list(target.plan.spec.layers)
@@ -178,13 +222,16 @@ def measure(source: Any, target: DeviceTarget, reference: torch.Tensor, batch: B
         "embedding_rows": row_cosines(target.params_from_flat(flat)[emb]),
         "forward": attention_probe(target, flat, batch),
         "gradient": gradient_probe(source, target, batch),
+        "one_step": step_probe(source, target, batch, lr),
     }
     if isinstance(source, UHNSource):
         out["index_feature_lag_cosine"] = feature_lag_cosines(source, target, emb)
     return out
 
 
-def run_variant(spec_path: Path, overrides: list[str], data_root: str, init_steps: int, init_lr: float) -> dict[str, Any]:
+def run_variant(
+    spec_path: Path, overrides: list[str], data_root: str, init_steps: int, init_lr: float
+) -> dict[str, Any]:
     spec = load_spec(spec_path, overrides)
     plan = compile_spec(spec)
     target = DeviceTarget(plan.targets[0])
@@ -194,12 +241,14 @@ def run_variant(spec_path: Path, overrides: list[str], data_root: str, init_step
     reference = direct.flat().detach().clone()
     uhn = make_source("uhn", plan, target, spec.train.seed)
     started = time.perf_counter()
-    result: dict[str, Any] = {"overrides": overrides, "direct": measure(direct, target, reference, batch)}
-    result["uhn_step0"] = measure(uhn, target, reference, batch)
+    direct_lr = spec.train.direct_lr or spec.train.lr
+    result: dict[str, Any] = {"overrides": overrides, "direct": measure(direct, target, reference, batch, direct_lr)}
+    result["uhn_step0"] = measure(uhn, target, reference, batch, spec.train.lr)
     if init_steps:
         precision = Precision.resolve("fp32", torch.device("cpu"))
         last = run_init_phase(uhn, target.init_targets(), init_steps, init_lr, precision, "init")
-        result[f"uhn_after_init_{init_steps}"] = {"init_loss": last, **measure(uhn, target, reference, batch)}
+        after = measure(uhn, target, reference, batch, spec.train.lr)
+        result[f"uhn_after_init_{init_steps}"] = {"init_loss": last, **after}
     result["seconds"] = time.perf_counter() - started
     return result
 
@@ -213,12 +262,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
     parser.add_argument("--data-root", required=True)
-    parser.add_argument("--variant", action="append", default=[], help="NAME=KEY=VALUE,KEY=VALUE (added to the cpu budget)")
+    parser.add_argument(
+        "--variant", action="append", default=[], help="NAME=KEY=VALUE,KEY=VALUE (added to the cpu budget)"
+    )
+    parser.add_argument("--direct-lr", type=float, default=0.0111, help="the direct baseline's lr (Table 1's choice)")
     parser.add_argument("--init-steps", type=int, default=0)
     parser.add_argument("--init-lr", type=float, default=1e-3)
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "text_uhn_diagnosis.json")
     args = parser.parse_args()
-    base = [*cpu_overrides(args.spec), "train.precision=fp32"]
+    base = [*cpu_overrides(args.spec), "train.precision=fp32", f"train.direct_lr={args.direct_lr}"]
     variants = [parse_variant(v) for v in args.variant] or [("cpu_budget", [])]
     report: dict[str, Any] = {
         "command": "python benchmarks/text_uhn_diagnosis.py " + " ".join(sys.argv[1:]),

@@ -57,3 +57,24 @@ def test_the_cap_changes_only_fields_wider_than_it() -> None:
     ratio = float(capped.index_fourier.inv_std[wide]) / float(plain.index_fourier.inv_std[wide])
     assert ratio == pytest.approx(VOCAB / 64, rel=1e-6)  # the field spans -1..4999: 5,000 wide
     assert torch.equal(plain.index_fourier.B, capped.index_fourier.B)
+
+
+def test_target_norm_gives_every_tensor_its_init_statistics() -> None:
+    """train.target_norm=standardize: step 0 has PyTorch's init mean and std per tensor, and
+    the generator's gradient flows through the standardisation."""
+    from uhn_runtime.weights import UHNSource
+
+    data = tiny_spec_data("text_classification", target_norm="standardize")
+    plan = compile_spec(ExperimentSpec.model_validate(data))
+    target = DeviceTarget(plan.targets[0])
+    source = UHNSource(plan, target, seed=0)
+    flat = source.flat()
+    stats = target.init_targets()
+    mean, std = stats.stats(flat.detach())
+    spread = (stats.std > 0) & (stats.counts > 1)
+    assert torch.allclose(mean[spread], stats.mean[spread], atol=1e-5)
+    assert torch.allclose(std[spread], stats.std[spread], rtol=1e-3)
+    flat.pow(3).sum().backward()
+    assert all(p.grad is not None for p in source.generator.index_in.parameters())
+    raw = target.generate(source.generator).detach()
+    assert not torch.allclose(raw, flat.detach())

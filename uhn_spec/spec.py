@@ -222,6 +222,13 @@ class TrainSpec(StrictModel):
         "`standardize_centered`: also every other tensor (zero-initialised, or of one element) is shifted to its "
         "init mean (a one-element tensor, such as a generator's head bias, is held at its init value)",
     )
+    target_norm: Literal["none", "standardize", "standardize_centered"] = Field(
+        "none",
+        description="UHN runs (beyond the paper): `standardize`: every generated tensor of the target with an init "
+        "spread is re-normalised to its init mean and std at every forward (a weight-norm-like reparametrisation: "
+        "step 0 then has the statistics of PyTorch's init, whatever the generator's raw output scale); "
+        "`standardize_centered`: also every other tensor is shifted to its init mean; `none`: the paper's",
+    )
     init_deep_levels: Literal["train", "calibrate"] = Field(
         "train",
         description="recursive runs: `train` (the paper's): every level of the chain gets its init stage; "
