@@ -186,19 +186,19 @@ def step_probe(source: Any, target: DeviceTarget, batch: Batch, lr: float) -> di
     """One AdamW step (lr ``lr``) on a copy of ``source``: per tensor group the relative change
     of the weights and the cosine between the change and -dL/dw (1: the step moves the group
     straight down its gradient; about 0: the generator cannot move it where the loss wants)."""
-    source = copy.deepcopy(source)
+    source = copy.deepcopy(source)  # with its own copy of the target: flat() below uses that
     optimizer = torch.optim.AdamW([p for p in source.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     torch.manual_seed(0)
     target.model.train()
-    before = source.flat(target)
+    before = source.flat()
     loss = F.cross_entropy(target.forward(before, **batch.model_kwargs()), batch.targets)
-    weights = before.detach()
+    weights = before.detach().clone()  # a direct source's flat() is its parameter itself
     (grad,) = torch.autograd.grad(loss, before, retain_graph=True)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
     with torch.no_grad():
-        change = source.flat(target).detach() - weights
+        change = source.flat().detach() - weights
     layers = list(target.plan.spec.layers)
     out: dict[str, Any] = {"lr": lr}
     for group in GROUPS:

@@ -3,6 +3,8 @@ keeps neighbouring indices apart in Fourier phase, so the generator can tell tok
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,7 @@ VOCAB = 5000
 
 def _text_target(cap: int | None) -> tuple[UHNGenerator, DeviceTarget]:
     """The tiny text spec with the paper's vocabulary size, F_v 512 and sigma 100."""
-    data = tiny_spec_data("text_classification")
+    data = copy.deepcopy(tiny_spec_data("text_classification"))  # its layer dicts are shared
     data["task"]["vocab_size"] = VOCAB
     data["layers"][0]["num_embeddings"] = VOCAB
     data["generator"].update({"index_freqs": 512, "index_width_cap": cap})
