@@ -34,9 +34,17 @@ class UHNSource(nn.Module):
         super().__init__()
         self.target = target
         self.generator = UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=seed)
+        # Beyond the paper (``train.target_norm``): each generated tensor standardised to its
+        # init statistics at every forward, so the generator's raw output scale (std about
+        # 0.3 for every tensor) never reaches the target.
+        norm = target.plan.spec.train.target_norm
+        self.standardize = norm in ("standardize", "standardize_centered")
+        self.center_rest = norm == "standardize_centered"
 
     def flat(self, target: DeviceTarget | None = None) -> torch.Tensor:
-        return (target or self.target).generate(self.generator)
+        target = target or self.target
+        flat = target.generate(self.generator)
+        return standardized(flat, target.init_targets(), self.center_rest) if self.standardize else flat
 
 
 class DirectSource(nn.Module):

@@ -44,6 +44,13 @@ class GeneratorSpec(StrictModel):
 
     index_freqs: int = Field(2048, ge=1, description="F_v: Fourier frequencies of the index encoder")
     sigma: float = Field(100.0, gt=0, description="std of the Fourier matrices B")
+    index_width_cap: int | None = Field(
+        None,
+        ge=1,
+        description="beyond the paper: normalise every index field as if its range spanned at most this many "
+        "integers, so that neighbouring indices of a wide field (a 5,000-token vocabulary) stay as far apart in "
+        "Fourier phase as in a narrow one (null: the paper's range normalisation)",
+    )
     hidden: int = Field(128, ge=1, description="d: width of the index MLP")
     blocks: int = Field(2, ge=0, description="N_blk: pre-activation residual blocks")
     structure_encoder: bool = Field(False, description="add the task-structure encoder")
@@ -93,6 +100,13 @@ class TrainSpec(StrictModel):
         "generated generator H_k with an init spread is re-normalised to its init mean and std at every forward; "
         "`standardize_centered`: also every other tensor (zero-initialised, or of one element) is shifted to its "
         "init mean (a one-element tensor, such as a generator's head bias, is held at its init value)",
+    )
+    target_norm: Literal["none", "standardize", "standardize_centered"] = Field(
+        "none",
+        description="UHN runs (beyond the paper): `standardize`: every generated tensor of the target with an init "
+        "spread is re-normalised to its init mean and std at every forward (a weight-norm-like reparametrisation: "
+        "step 0 then has the statistics of PyTorch's init, whatever the generator's raw output scale); "
+        "`standardize_centered`: also every other tensor is shifted to its init mean; `none`: the paper's",
     )
     init_deep_levels: Literal["train", "calibrate"] = Field(
         "train",
