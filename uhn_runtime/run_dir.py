@@ -198,13 +198,13 @@ class RunDir:
         summary.json, which did (``auto`` has changed meaning since: it is bf16 on more CPUs),
         and only a run with neither resolves ``auto`` here."""
         if asked != "auto":
-            return Precision.resolve(asked, device)
+            return Precision.resolve(asked, device, ())
         record = self.info()
         if "precision" not in record:
             record = self.summary() or {}
         if record.get("precision") is None:
-            return Precision.resolve(asked, device)
-        recorded = Precision.resolve(record["precision"], device)
+            return Precision.resolve(asked, device, self.plan().task_types)
+        recorded = Precision.resolve(record["precision"], device, ())
         return Precision(device.type, recorded.dtype, record.get("precision_reason", recorded.reason))
 
     def log(self, record: dict[str, Any]) -> None:

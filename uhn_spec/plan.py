@@ -37,6 +37,7 @@ from .descriptors import (
     IndexDescriptors,
     Ranges,
 )
+from .enums import TaskType
 from .errors import PlanError
 from .files import atomic_write
 from .received import ReceivedFileError, check_checksum, load_torch_file, with_checksum
@@ -198,6 +199,13 @@ class Plan:
         if chain and all(t.spec.family == "uhn" for t in chain) and self.targets[-1].spec.family != "uhn":
             return len(chain)
         return 0
+
+    @property
+    def task_types(self) -> frozenset[TaskType]:
+        """The task type of every target: a family's members', a multi-task plan's each, and a
+        recursive plan's generated generators (``RECURSIVE``) beside its leaf's. What
+        ``precision: auto`` decides by (``uhn_runtime.optim.auto_precision``)."""
+        return frozenset(t.spec.task.info.task_type for t in self.targets)
 
     @property
     def trained_target(self) -> TargetPlan:

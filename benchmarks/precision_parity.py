@@ -1,0 +1,182 @@
+"""fp32 against bf16 accuracy per task kind, over seeds: does bf16 cost accuracy beyond seed noise?
+
+    python benchmarks/precision_parity.py [--kinds image graph recursive] [--seeds 0 1 2 3 4]
+                                          [--data-root /work/shared/data] [--timeout 1800]
+                                          [--json benchmarks/results/precision_parity.json]
+
+For each task kind asked (image, graph, text, formula, recursive) it trains that kind's one
+representative spec (``KINDS``: the spec, the ``--set`` overrides of its budget) with
+``uhn train SPEC --mode uhn --precision P --set train.seed=S --device cpu``, one fresh
+process per precision and seed (OMP_NUM_THREADS=1 unless the caller sets it), precisions
+interleaved per seed so a change of load hits both alike. Per kind it writes each seed's UHN
+test metric, the fp32 mean/std/min/max, the bf16 mean/std and the verdict
+(``parity_verdict``): bf16 keeps accuracy when its mean is no worse than the worst fp32 seed
+(within the fp32 seed range min..max, or better). Kinds not asked keep what the JSON held,
+and a kind never measured is written as such. ``uhn_runtime.optim.AUTO_BF16_BY_KIND`` is the
+table ``precision: auto`` follows; tests/test_precision.py checks it against this JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from uhn_runtime.optim import PRECISION_KINDS, cpu_bf16_features
+from uhn_runtime.reproduce_tables import TABLE1
+from uhn_runtime.run_dir import cpu_model
+from uhn_spec.files import atomic_write_text
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_JSON = REPO / "benchmarks" / "results" / "precision_parity.json"
+PRECISIONS = ("fp32", "bf16")  # the reference first
+
+
+def table1_cpu_set(row: str) -> list[str]:
+    """The ``--set`` overrides of Table 1's cpu budget for ``row`` (uhn reproduce's own)."""
+    return next(r for r in TABLE1["rows"] if r["name"] == row)["budgets"]["cpu"]["set"]
+
+
+@dataclass(frozen=True)
+class KindRun:
+    """One task kind's representative spec, its budget's overrides and what they change."""
+
+    spec: str
+    overrides: list[str]
+    budget: str
+    metric: str = "accuracy"  # or rmse: lower is better
+
+
+KINDS: dict[str, KindRun] = {
+    "image": KindRun("specs/digits_mlp.yaml", [], "as shipped: 15 epochs, 20 init steps, small UHN (no data needed)"),
+    "graph": KindRun(
+        "specs/cora_gcn.yaml", table1_cpu_set("cora_gcn"), "Table 1's cpu budget: generator F_v 256, d 64; 200 epochs; lr 1e-3"
+    ),
+    "text": KindRun(
+        "specs/imdb_transformer1l.yaml", table1_cpu_set("imdb_transformer1l"), "Table 1's cpu budget (imdb_transformer1l)"
+    ),
+    "formula": KindRun(
+        "specs/kan_ellipj.yaml", ["train.epochs=1000"], "1,000 of the paper's 4,000 full-batch epochs", metric="rmse"
+    ),
+    "recursive": KindRun("specs/recursive_digits_k1.yaml", [], "as shipped: K = 1, 10 init + 60 steps"),
+}
+assert set(KINDS) == set(PRECISION_KINDS), "one representative spec per task kind auto knows"
+
+
+def train_metric(kind: KindRun, precision: str, seed: int, data_root: str | None, timeout: float) -> dict[str, Any]:
+    """One `uhn train` (UHN phase only) in a fresh process: its test metric, seconds and reason."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        command = [
+            sys.executable, "-m", "uhn_cli", "train", str(REPO / kind.spec), "--out", str(run), "--device", "cpu",
+            "--mode", "uhn", "--precision", precision, "--set", f"train.seed={seed}",
+            *(arg for item in kind.overrides for arg in ("--set", item)),
+            *(("--data-root", data_root) if data_root else ()),
+        ]  # fmt: skip
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        if done.returncode != 0:
+            raise SystemExit(f"uhn train failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        summary = json.loads((run / "summary.json").read_text())
+    return {"uhn": summary["uhn"], "seconds": summary["seconds"], "precision_reason": summary["precision_reason"]}
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation, min and max of one precision's seed figures."""
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def parity_verdict(fp32: dict[str, Any], bf16: dict[str, Any], metric: str) -> bool:
+    """Whether bf16 keeps accuracy: its mean no worse than the worst fp32 seed (the fp32 seed
+    range min..max, or better). A mean beyond the best fp32 seed is no accuracy lost."""
+    if metric == "rmse":
+        return bool(bf16["mean"] <= fp32["max"])
+    return bool(bf16["mean"] >= fp32["min"])
+
+
+def measure_kind(name: str, seeds: list[int], data_root: str | None, timeout: float) -> dict[str, Any]:
+    """Every seed of one kind in both precisions; the figures, spreads and verdict."""
+    kind = KINDS[name]
+    load_at_start = os.getloadavg()
+    runs: dict[str, dict[str, Any]] = {p: {} for p in PRECISIONS}
+    for seed in seeds:
+        for precision in PRECISIONS:
+            result = train_metric(kind, precision, seed, data_root, timeout)
+            runs[precision][str(seed)] = result
+            print(f"{name} seed {seed} {precision}: {kind.metric} {result['uhn']} ({result['seconds']:.0f} s)", file=sys.stderr)
+    stats = {p: spread([r["uhn"] for r in runs[p].values()]) for p in PRECISIONS}
+    return {
+        "measured": True,
+        "spec": kind.spec,
+        "overrides": kind.overrides,
+        "budget": kind.budget,
+        "metric": kind.metric,
+        "seeds": seeds,
+        "runs": runs,
+        "fp32": stats["fp32"],
+        "bf16": {"mean": stats["bf16"]["mean"], "std": stats["bf16"]["std"]},
+        "bf16_minus_fp32": stats["bf16"]["mean"] - stats["fp32"]["mean"],
+        "bf16_keeps_accuracy": parity_verdict(stats["fp32"], stats["bf16"], kind.metric),
+        "load_at_start": load_at_start,
+        "load_at_end": os.getloadavg(),
+    }
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: CPU, its bf16 instructions, torch, threads."""
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu_model(),
+        "bf16_features": sorted(cpu_bf16_features()),
+        "torch": torch.__version__,
+        "threads": int(os.environ.get("OMP_NUM_THREADS", "1")),
+    }
+
+
+def not_measured(name: str) -> dict[str, Any]:
+    kind = KINDS[name]
+    return {"measured": False, "spec": kind.spec, "overrides": kind.overrides, "budget": kind.budget, "metric": kind.metric}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=["image", "graph", "recursive"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--data-root", default=None, help="as uhn train's (graph, text and formula specs read data)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one run may take")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write (kinds not asked are kept)")
+    args = parser.parse_args()
+    # A SIGTERM unwinds like Ctrl-C, so the run this script started ends too.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
+    report = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    kinds = report.setdefault("kinds", {})
+    for name in KINDS:
+        kinds.setdefault(name, not_measured(name))
+    report["verdict_rule"] = "bf16 keeps accuracy: bf16 seed mean no worse than the worst fp32 seed (fp32 min..max)"
+    for name in args.kinds:  # written after each kind: a stopped script keeps what it measured
+        kinds[name] = measure_kind(name, args.seeds, args.data_root, args.timeout) | {
+            "command": " ".join(["python", "benchmarks/precision_parity.py", *sys.argv[1:]]),
+            "machine": machine(),
+        }
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+        print(f"{name}: bf16 keeps accuracy: {kinds[name]['bf16_keeps_accuracy']}; wrote {args.json}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
