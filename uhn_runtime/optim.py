@@ -42,7 +42,7 @@ PARITY_JSON = "benchmarks/results/precision_parity.json"
 KEEPS, COSTS, NOT_MEASURED = "keeps accuracy", "costs accuracy", "not measured"
 AUTO_BF16_BY_KIND: dict[str, str] = {
     "image": KEEPS,
-    "graph": COSTS,
+    "graph": NOT_MEASURED,
     "text": NOT_MEASURED,
     "formula": NOT_MEASURED,
     "recursive": NOT_MEASURED,
@@ -136,12 +136,14 @@ def auto_precision(device: torch.device, kinds: Iterable[TaskType]) -> tuple[tor
         return None, hardware
     blocked = kinds_costing_accuracy(kinds)
     if blocked:
-        names = ", ".join(blocked)
         verdicts = sorted(set(blocked.values()))
-        why = verdicts[0] if len(verdicts) == 1 else "; ".join(f"{k}: {v}" for k, v in blocked.items())
+        by_verdict = [f"{v} for {', '.join(k for k in blocked if blocked[k] == v)}" for v in verdicts]
+        why = verdicts[0] if len(verdicts) == 1 else "; ".join(by_verdict)
+        names = ", ".join(blocked)
         return None, f"fp32 for {names} tasks: bf16 {why} ({PARITY_JSON}); --precision bf16 asks for bf16"
     names = ", ".join(sorted({TASK_KINDS[kind] for kind in kinds}))
-    return torch.bfloat16, f"bf16 for {names} tasks, no accuracy lost ({PARITY_JSON}): {hardware}; --precision fp32 asks for fp32"
+    why = f"bf16 for {names} tasks, no accuracy lost ({PARITY_JSON}): {hardware}"
+    return torch.bfloat16, f"{why}; --precision fp32 asks for fp32"
 
 
 @dataclass(frozen=True)
