@@ -327,3 +327,17 @@ def test_precision_on_a_compiled_plan_says_how_to_change_it(tmp_path: Path) -> N
     assert result.exit_code == 2
     assert "--precision" in result.output and "train.precision=bf16" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_auto_gave_bf16_before_the_task_rule_keeps_it(monkeypatch, tmp_path: Path) -> None:
+    # A graph run started when auto meant bf16 on any bf16 CPU: resume, export and evaluate
+    # keep the bf16 it trained in, though auto now gives graph tasks fp32.
+    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"avx512_bf16"}))
+    root = tmp_path / "run"
+    options = TrainOptions(mode="uhn", device="cpu", progress=io.StringIO())
+    start_run(tiny_plan("graph_node_classification", epochs=1, init_steps=0), root, options)
+    info = json.loads((root / "run.json").read_text())
+    old_reason = "auto: the CPU has avx512_bf16: bf16 matmuls run 2-6x fp32's there"
+    (root / "run.json").write_text(json.dumps({**info, "precision": "bf16", "precision_reason": old_reason}))
+    kept = RunDir.open(root).precision("auto", CPU)
+    assert (kept.name, kept.reason) == ("bf16", old_reason)
