@@ -137,7 +137,9 @@ def test_the_auto_table_follows_the_parity_measurements() -> None:
         ("graph_node_classification", "fp32", "auto: fp32 for graph tasks"),
     ],
 )
-def test_the_reason_for_autos_choice_is_recorded_with_the_run(monkeypatch, tmp_path: Path, task_type, expected, said) -> None:
+def test_the_reason_for_autos_choice_is_recorded_with_the_run(
+    monkeypatch, tmp_path: Path, task_type, expected, said
+) -> None:
     monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"avx512_bf16"}))
     root = tmp_path / "run"
     options = TrainOptions(mode="uhn", device="cpu", progress=io.StringIO())
