@@ -41,6 +41,7 @@ from uhn_spec.files import atomic_write_text
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "precision_parity.json"
 PRECISIONS = ("fp32", "bf16")  # the reference first
+LOADS = ("load_at_start", "load_at_end")  # each run's 1-minute load average
 
 
 def table1_cpu_set(row: str) -> list[str]:
@@ -136,12 +137,14 @@ def measure_kind(
         for precision in PRECISIONS:
             if str(seed) in runs[precision]:
                 continue
-            runs[precision][str(seed)] = result = train(precision, seed) | {"load_at_start": os.getloadavg()[0]}
+            load_at_start = os.getloadavg()[0]
+            result = train(precision, seed) | {"load_at_start": load_at_start, "load_at_end": os.getloadavg()[0]}
+            runs[precision][str(seed)] = result
             shown = f"{kind.metric} {result['uhn']} ({result['seconds']:.0f} s)"
             print(f"{name} seed {seed} {precision}: {shown}", file=sys.stderr)
             save({"measured": False, **dataclasses.asdict(kind), "runs": runs})
     asked = {p: {str(s): runs[p][str(s)] for s in seeds} for p in PRECISIONS}
-    loads = [r["load_at_start"] for by_seed in asked.values() for r in by_seed.values() if "load_at_start" in r]
+    loads = [r[key] for by_seed in asked.values() for r in by_seed.values() for key in LOADS if key in r]
     return summarise(name, seeds, asked) | {"load_range": [min(loads), max(loads)] if loads else None}
 
 

@@ -84,12 +84,11 @@ def _shipped_kinds(name: str) -> frozenset[TaskType]:
 @pytest.mark.parametrize(
     ("spec", "kinds"),
     [
-        ("cora_gcn", "graph"),
         ("kan_ellipj", "formula"),
         ("imdb_transformer1l", "text"),
         ("recursive_digits_k1", "recursive"),  # its leaf is an image task; the chain decides
         ("wine_mlp", "tabular"),  # not in the table at all
-        ("multitask_demo", "formula, graph"),  # its image member alone would allow bf16
+        ("multitask_demo", "formula"),  # its image and graph members alone would allow bf16
     ],
 )
 def test_auto_on_a_bf16_cpu_keeps_fp32_for_kinds_where_bf16_costs_or_is_unmeasured(monkeypatch, spec, kinds) -> None:
@@ -100,12 +99,30 @@ def test_auto_on_a_bf16_cpu_keeps_fp32_for_kinds_where_bf16_costs_or_is_unmeasur
     assert optim.PARITY_JSON in chosen.reason  # where the verdict comes from
 
 
-@pytest.mark.parametrize("spec", ["digits_mlp", "digits_mlp_family", "cifar10_cnn_mixed_depth"])
-def test_auto_on_a_bf16_cpu_picks_bf16_for_image_tasks(monkeypatch, spec) -> None:
+@pytest.mark.parametrize(
+    ("spec", "kinds"),
+    [
+        ("digits_mlp", "image"),
+        ("digits_mlp_family", "image"),
+        ("cifar10_cnn_mixed_depth", "image"),
+        ("cora_gcn", "graph"),
+    ],
+)
+def test_auto_on_a_bf16_cpu_picks_bf16_for_kinds_where_bf16_keeps_accuracy(monkeypatch, spec, kinds) -> None:
     monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"avx512_bf16"}))
     chosen = Precision.resolve("auto", CPU, _shipped_kinds(spec))  # a family: its members' kind
     assert chosen.dtype == torch.bfloat16
-    assert chosen.reason.startswith("auto: bf16 for image tasks") and "avx512_bf16" in chosen.reason
+    assert chosen.reason.startswith(f"auto: bf16 for {kinds} tasks") and "avx512_bf16" in chosen.reason
+
+
+def test_auto_keeps_fp32_for_a_kind_measured_to_cost_accuracy(monkeypatch) -> None:
+    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"amx_bf16"}))
+    monkeypatch.setitem(optim.AUTO_BF16_BY_KIND, "graph", optim.COSTS)
+    chosen = Precision.resolve("auto", CPU, {TaskType.GRAPH_NODE_CLASSIFICATION, TaskType.IMAGE_CLASSIFICATION})
+    assert chosen.dtype is None
+    assert chosen.reason.startswith("auto: fp32 for graph tasks: bf16 costs accuracy (")
+    both = Precision.resolve("auto", CPU, {TaskType.GRAPH_NODE_CLASSIFICATION, TaskType.TEXT_CLASSIFICATION})
+    assert "fp32 for graph, text tasks: bf16 costs accuracy for graph; not measured for text" in both.reason
 
 
 def test_auto_without_bf16_hardware_is_fp32_whatever_the_task(monkeypatch) -> None:
@@ -134,7 +151,7 @@ def test_the_auto_table_follows_the_parity_measurements() -> None:
     ("task_type", "expected", "said"),
     [
         ("image_classification", "bf16", "auto: bf16 for image tasks"),
-        ("graph_node_classification", "fp32", "auto: fp32 for graph tasks"),
+        ("text_classification", "fp32", "auto: fp32 for text tasks"),
     ],
 )
 def test_the_reason_for_autos_choice_is_recorded_with_the_run(

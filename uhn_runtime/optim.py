@@ -42,7 +42,7 @@ PARITY_JSON = "benchmarks/results/precision_parity.json"
 KEEPS, COSTS, NOT_MEASURED = "keeps accuracy", "costs accuracy", "not measured"
 AUTO_BF16_BY_KIND: dict[str, str] = {
     "image": KEEPS,
-    "graph": NOT_MEASURED,
+    "graph": KEEPS,
     "text": NOT_MEASURED,
     "formula": NOT_MEASURED,
     "recursive": NOT_MEASURED,
