@@ -85,7 +85,7 @@ def main() -> None:
     target = plan.targets[0]
     cfg = target.spec.train
     data = load_task_data(target.spec.task, args.data_root)
-    precision = Precision.resolve(args.precision or cfg.precision, CPU)
+    precision = Precision.resolve(args.precision or cfg.precision, CPU, plan.task_types)
     variants = {"exact": args.micro_shards, "ddp": 0, "ddp_fused_layer_norm": 0}
     times: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp, distributed_session("cpu") as dist:

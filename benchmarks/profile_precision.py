@@ -54,7 +54,7 @@ def timed_and_profiled(step, repeats: int) -> dict[str, Any]:  # type: ignore[no
 
 
 def profile_precision(target: DeviceTarget, generator: UHNGenerator, name: str, repeats: int) -> dict[str, Any]:
-    precision = Precision.resolve(name, CPU)  # type: ignore[arg-type]
+    precision = Precision.resolve(name, CPU, ())  # type: ignore[arg-type]  # fp32 or bf16: no task kind needed
     probe = torch.randn(target.num_params, generator=torch.Generator().manual_seed(0))
 
     def forward() -> None:

@@ -40,15 +40,14 @@ import torch.nn.functional as F
 from uhn_runtime.data import Batch, load_task_data
 from uhn_runtime.init_phase import run_init_phase
 from uhn_runtime.optim import Precision
-from uhn_runtime.reproduce_tables import TABLE1
 from uhn_runtime.run_dir import cpu_model
 from uhn_runtime.target import DeviceTarget
-from uhn_runtime.weights import DirectSource, UHNSource, make_source
+from uhn_runtime.weights import UHNSource, make_source
 from uhn_spec import compile_spec, load_spec
-from uhn_spec.descriptors import INDEX_COLUMN
 from uhn_spec.files import atomic_write_text
 from uhn_spec.layers.base import activate, feature_norm
 from uhn_spec.layers.mha import MHALayer
+from uhn_tools.reproduce.tables import load_table
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = REPO / "specs" / "agnews_transformer2l.yaml"
@@ -59,9 +58,9 @@ GROUPS = ("embedding", "position", "attention", "linear", "classifier")
 def cpu_overrides(spec_path: Path) -> list[str]:
     """The cpu-budget ``--set``s of the Table 1 row that trains this spec."""
     rel = f"specs/{spec_path.name}"
-    for row in TABLE1["rows"]:
-        if row.get("spec") == rel:
-            return list(row["budgets"]["cpu"]["set"])
+    for row in load_table("table1")[0].rows:
+        if row.spec == rel:
+            return list(row.budgets["cpu"].set)
     return []
 
 
@@ -245,7 +244,7 @@ def run_variant(
     result: dict[str, Any] = {"overrides": overrides, "direct": measure(direct, target, reference, batch, direct_lr)}
     result["uhn_step0"] = measure(uhn, target, reference, batch, spec.train.lr)
     if init_steps:
-        precision = Precision.resolve("fp32", torch.device("cpu"))
+        precision = Precision.resolve("fp32", torch.device("cpu"), ())
         last = run_init_phase(uhn, target.init_targets(), init_steps, init_lr, precision, "init")
         after = measure(uhn, target, reference, batch, spec.train.lr)
         result[f"uhn_after_init_{init_steps}"] = {"init_loss": last, **after}

@@ -46,7 +46,10 @@ def bench(
     batch: Annotated[int, bounded_option("--batch", 1, MAX_BATCH, "Target batch size of the train step")] = 256,
     precision: Annotated[
         str,
-        typer.Option("--precision", help="fp32, bf16 autocast for the matmuls, or auto (bf16 where the hardware accelerates it)."),
+        typer.Option(
+            "--precision",
+            help="fp32, bf16 autocast for the matmuls, or auto (as uhn train: by the hardware and the task kind).",
+        ),
     ] = "fp32",
     target: Annotated[str | None, typer.Option("--target", help="Which target of a multi-target plan.")] = None,
     naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Also measure the naive one-batch generator.")] = True,

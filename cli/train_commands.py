@@ -123,7 +123,8 @@ def train(
         typer.Option(
             "--precision",
             help="As --set train.precision=...: auto (bf16 where the hardware accelerates it: AMX, "
-            "AVX512-BF16, bf16 tensor cores), fp32, bf16, or fp16 (GPU). Default: the spec's.",
+            "AVX512-BF16, bf16 tensor cores; and only for task kinds where bf16 keeps accuracy: "
+            "docs/performance.md), fp32, bf16, or fp16 (GPU). Default: the spec's.",
             show_default=False,
         ),
     ] = None,

@@ -13,10 +13,10 @@ import torch
 import yaml
 from safetensors import safe_open
 from typer.testing import CliRunner
+from uhn_cli.main import app, load_target_source
 
 import uhn_runtime.optim as optim
 import uhn_tools.bench.flops as flops
-from uhn_cli.main import app
 from uhn_runtime.export import load_trained_source
 from uhn_runtime.generator import UHNGenerator
 from uhn_runtime.naive import naive_generate
@@ -26,6 +26,7 @@ from uhn_runtime.run_record import RecordError
 from uhn_runtime.target import DeviceTarget
 from uhn_runtime.train import TrainOptions, start_run
 from uhn_spec import ExperimentSpec, compile_spec
+from uhn_spec.enums import TaskType
 from uhn_spec.errors import UHNError
 from uhn_spec.spec import GeneratorSpec
 from uhn_tools.bench import BenchOptions, render_report, run_bench
@@ -35,6 +36,9 @@ from .tiny_specs import tiny_plan, tiny_spec_data
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda", 0)
+IMAGE = frozenset({TaskType.IMAGE_CLASSIFICATION})
+REPO = Path(__file__).resolve().parent.parent
+SPECS = REPO / "specs"
 
 
 @pytest.mark.parametrize(
@@ -48,7 +52,7 @@ CUDA = torch.device("cuda", 0)
 )
 def test_auto_on_the_cpu_picks_bf16_where_the_hardware_accelerates_it(monkeypatch, features, expected, named) -> None:
     monkeypatch.setattr(optim, "cpu_bf16_features", lambda: features)
-    chosen = Precision.resolve("auto", CPU)
+    chosen = Precision.resolve("auto", CPU, IMAGE)  # a kind where bf16 keeps accuracy
     assert (chosen.dtype or torch.float32) == expected
     assert chosen.reason.startswith("auto: ")
     assert named in chosen.reason  # the run says which hardware it based the choice on
@@ -59,18 +63,109 @@ def test_auto_on_a_gpu_picks_bf16_with_bf16_tensor_cores(monkeypatch, capability
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Mock GPU")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: capability >= (8, 0))
-    chosen = Precision.resolve("auto", CUDA)
+    chosen = Precision.resolve("auto", CUDA, IMAGE)
     assert chosen.dtype == expected
     assert f"compute capability {capability[0]}.{capability[1]}" in chosen.reason
 
 
-def test_an_explicit_precision_is_honoured_whatever_the_hardware(monkeypatch) -> None:
+def test_an_explicit_precision_is_honoured_whatever_the_hardware_and_task(monkeypatch) -> None:
     monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset())
-    assert Precision.resolve("bf16", CPU).dtype == torch.bfloat16
+    assert Precision.resolve("bf16", CPU, IMAGE).dtype == torch.bfloat16
     monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"amx_bf16"}))
-    assert Precision.resolve("fp32", CPU).dtype is None
+    assert Precision.resolve("bf16", CPU, {TaskType.GRAPH_NODE_CLASSIFICATION}).dtype == torch.bfloat16
+    assert Precision.resolve("fp32", CPU, IMAGE).dtype is None
     with pytest.raises(UHNError, match="fp16 needs a CUDA device"):
-        Precision.resolve("fp16", CPU)
+        Precision.resolve("fp16", CPU, IMAGE)
+
+
+def _shipped_kinds(name: str) -> frozenset[TaskType]:
+    return load_target_source(SPECS / f"{name}.yaml").task_types
+
+
+@pytest.mark.parametrize(
+    ("spec", "kinds"),
+    [
+        ("kan_ellipj", "formula"),
+        ("imdb_transformer1l", "text"),
+        ("recursive_digits_k1", "recursive"),  # its leaf is an image task; the chain decides
+        ("wine_mlp", "tabular"),  # not in the table at all
+        ("multitask_demo", "formula"),  # its image and graph members alone would allow bf16
+    ],
+)
+def test_auto_on_a_bf16_cpu_keeps_fp32_for_kinds_where_bf16_costs_or_is_unmeasured(monkeypatch, spec, kinds) -> None:
+    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"avx512_bf16"}))
+    chosen = Precision.resolve("auto", CPU, _shipped_kinds(spec))
+    assert chosen.dtype is None
+    assert chosen.reason.startswith(f"auto: fp32 for {kinds} tasks: bf16 ")
+    assert optim.PARITY_JSON in chosen.reason  # where the verdict comes from
+
+
+@pytest.mark.parametrize(
+    ("spec", "kinds"),
+    [
+        ("digits_mlp", "image"),
+        ("digits_mlp_family", "image"),
+        ("cifar10_cnn_mixed_depth", "image"),
+        ("cora_gcn", "graph"),
+    ],
+)
+def test_auto_on_a_bf16_cpu_picks_bf16_for_kinds_where_bf16_keeps_accuracy(monkeypatch, spec, kinds) -> None:
+    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"avx512_bf16"}))
+    chosen = Precision.resolve("auto", CPU, _shipped_kinds(spec))  # a family: its members' kind
+    assert chosen.dtype == torch.bfloat16
+    assert chosen.reason.startswith(f"auto: bf16 for {kinds} tasks") and "avx512_bf16" in chosen.reason
+
+
+def test_auto_keeps_fp32_for_a_kind_measured_to_cost_accuracy(monkeypatch) -> None:
+    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"amx_bf16"}))
+    monkeypatch.setitem(optim.AUTO_BF16_BY_KIND, "graph", optim.COSTS)
+    chosen = Precision.resolve("auto", CPU, {TaskType.GRAPH_NODE_CLASSIFICATION, TaskType.IMAGE_CLASSIFICATION})
+    assert chosen.dtype is None
+    assert chosen.reason.startswith("auto: fp32 for graph tasks: bf16 costs accuracy (")
+    both = Precision.resolve("auto", CPU, {TaskType.GRAPH_NODE_CLASSIFICATION, TaskType.TEXT_CLASSIFICATION})
+    assert "fp32 for graph, text tasks: bf16 costs accuracy for graph; not measured for text" in both.reason
+
+
+def test_auto_without_bf16_hardware_is_fp32_whatever_the_task(monkeypatch) -> None:
+    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset())
+    chosen = Precision.resolve("auto", CPU, IMAGE)
+    assert chosen.dtype is None and "no bf16 matmul instructions" in chosen.reason
+
+
+def test_the_auto_table_follows_the_parity_measurements() -> None:
+    # One source of truth: each kind's entry is the verdict benchmarks/precision_parity.py wrote.
+    measured = json.loads((REPO / optim.PARITY_JSON).read_text())["kinds"]
+    assert set(measured) == set(optim.AUTO_BF16_BY_KIND)
+    for kind, verdict in optim.AUTO_BF16_BY_KIND.items():
+        entry = measured[kind]
+        if not entry["measured"]:
+            assert verdict == optim.NOT_MEASURED, kind
+            continue
+        assert verdict == (optim.KEEPS if entry["bf16_keeps_accuracy"] else optim.COSTS), kind
+        assert len(entry["seeds"]) >= 5, kind
+        worst = entry["fp32"]["max"] if entry["metric"] == "rmse" else entry["fp32"]["min"]
+        better = (lambda a, b: a <= b) if entry["metric"] == "rmse" else (lambda a, b: a >= b)
+        assert entry["bf16_keeps_accuracy"] == better(entry["bf16"]["mean"], worst), kind
+
+
+@pytest.mark.parametrize(
+    ("task_type", "expected", "said"),
+    [
+        ("image_classification", "bf16", "auto: bf16 for image tasks"),
+        ("text_classification", "fp32", "auto: fp32 for text tasks"),
+    ],
+)
+def test_the_reason_for_autos_choice_is_recorded_with_the_run(
+    monkeypatch, tmp_path: Path, task_type, expected, said
+) -> None:
+    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"avx512_bf16"}))
+    root = tmp_path / "run"
+    options = TrainOptions(mode="uhn", device="cpu", progress=io.StringIO())
+    start_run(tiny_plan(task_type, epochs=1, init_steps=0), root, options)
+    for record in ("run.json", "summary.json"):
+        written = json.loads((root / record).read_text())
+        assert written["precision"] == expected
+        assert written["precision_reason"].startswith(said)
 
 
 def _gradients(generator: UHNGenerator, generate, probe: torch.Tensor, bf16: bool) -> torch.Tensor:  # type: ignore[no-untyped-def]
@@ -252,3 +347,17 @@ def test_precision_on_a_compiled_plan_says_how_to_change_it(tmp_path: Path) -> N
     assert result.exit_code == 2
     assert "--precision" in result.output and "train.precision=bf16" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_auto_gave_bf16_before_the_task_rule_keeps_it(monkeypatch, tmp_path: Path) -> None:
+    # A graph run started when auto meant bf16 on any bf16 CPU: resume, export and evaluate
+    # keep the bf16 it trained in, though auto now gives graph tasks fp32.
+    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"avx512_bf16"}))
+    root = tmp_path / "run"
+    options = TrainOptions(mode="uhn", device="cpu", progress=io.StringIO())
+    start_run(tiny_plan("graph_node_classification", epochs=1, init_steps=0), root, options)
+    info = json.loads((root / "run.json").read_text())
+    old_reason = "auto: the CPU has avx512_bf16: bf16 matmuls run 2-6x fp32's there"
+    (root / "run.json").write_text(json.dumps({**info, "precision": "bf16", "precision_reason": old_reason}))
+    kept = RunDir.open(root).precision("auto", CPU)
+    assert (kept.name, kept.reason) == ("bf16", old_reason)

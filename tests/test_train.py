@@ -92,7 +92,7 @@ def _run_init(task_type: str, steps: int, lr: float) -> tuple[InitTargets, torch
     target = DeviceTarget(plan.targets[0])
     source = make_source("uhn", plan, target, seed=0)
     targets = InitTargets(target.plan, CPU)
-    run_init_phase(source, targets, steps, lr, Precision.resolve("auto", CPU), last_good="-")
+    run_init_phase(source, targets, steps, lr, Precision.resolve("auto", CPU, plan.task_types), last_good="-")
     with torch.no_grad():
         mean, std = targets.stats(source.flat())
     return targets, mean, std

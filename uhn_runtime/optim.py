@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from uhn_spec.enums import TaskType
 from uhn_spec.errors import UHNError
 
 if TYPE_CHECKING:
@@ -26,11 +27,37 @@ class TrainingDiverged(UHNError):
     """The loss became NaN or inf; the run stops and keeps its last good checkpoint."""
 
 
-# What ``auto`` picks on a CPU, by its bf16 matmul instructions. AMX tiles run bf16 matmuls
-# ~5.6x fp32 (issue 17's Xeon); AVX512-BF16 alone (vdpbf16ps, e.g. AMD Zen 4) ~2.2x, and bf16
-# generation ~1.8x fp32's there. On both, bf16 loses no accuracy beyond seed noise
-# (docs/performance.md, "bf16": five seeds per precision of the digits demo).
+# What ``auto`` needs of a CPU: bf16 matmul instructions. AMX tiles run bf16 matmuls ~5.6x
+# fp32 (issue 17's Xeon); AVX512-BF16 alone (vdpbf16ps, e.g. AMD Zen 4) ~2.2x, and bf16
+# generation ~1.8x fp32's there (docs/performance.md, "bf16").
 CPU_AUTO_BF16_FEATURES = ("amx_bf16", "avx512_bf16")
+
+# The other condition of ``auto``: the task kind. Each kind's verdict over 5 seeds per precision
+# in benchmarks/results/precision_parity.json (benchmarks/precision_parity.py): bf16 keeps
+# accuracy when its seed mean is no worse than the worst fp32 seed. ``auto`` picks bf16 only
+# for a kind that keeps it (a plan: only if every target's kind does); a kind measured to cost
+# accuracy, not measured yet, or absent here resolves to fp32. tests/test_precision.py checks
+# this table against the JSON: change both together.
+PARITY_JSON = "benchmarks/results/precision_parity.json"
+KEEPS, COSTS, NOT_MEASURED = "keeps accuracy", "costs accuracy", "not measured"
+AUTO_BF16_BY_KIND: dict[str, str] = {
+    "image": KEEPS,
+    "graph": KEEPS,
+    "text": NOT_MEASURED,
+    "formula": NOT_MEASURED,
+    "recursive": NOT_MEASURED,
+}
+PRECISION_KINDS = tuple(AUTO_BF16_BY_KIND)  # the kinds with a representative spec in the benchmark
+
+# The kind of each task type, as the table and the run's reason name it.
+TASK_KINDS: dict[TaskType, str] = {
+    TaskType.IMAGE_CLASSIFICATION: "image",
+    TaskType.GRAPH_NODE_CLASSIFICATION: "graph",
+    TaskType.TEXT_CLASSIFICATION: "text",
+    TaskType.FORMULA_REGRESSION: "formula",
+    TaskType.RECURSIVE: "recursive",
+    TaskType.TABULAR_CLASSIFICATION: "tabular",
+}
 
 
 # oneDNN's instruction-set names, lowest first, for ONEDNN_MAX_CPU_ISA (DNNL_MAX_CPU_ISA before
@@ -82,19 +109,41 @@ def cuda_bf16_tensor_cores(device: torch.device) -> tuple[bool, str]:
     return False, f"{name} has no bf16 tensor cores (compute capability {major}.{minor} < 8.0)"
 
 
-def auto_precision(device: torch.device) -> tuple[torch.dtype | None, str]:
-    """What ``auto`` picks on this device, and why (recorded with the run)."""
+def bf16_hardware(device: torch.device) -> tuple[bool, str]:
+    """Whether the device accelerates bf16 matmuls, and what it has (or lacks)."""
     if device.type == "cuda":
-        accelerated, why = cuda_bf16_tensor_cores(device)
-        return (torch.bfloat16 if accelerated else None), why
+        return cuda_bf16_tensor_cores(device)
     features = cpu_bf16_features()
     chosen = [f for f in CPU_AUTO_BF16_FEATURES if f in features]
     if chosen:
-        return torch.bfloat16, (
-            f"the CPU has {', '.join(chosen)}: bf16 matmuls run 2-6x fp32's there, accuracy within seed "
-            "noise (docs/performance.md); --precision fp32 asks for fp32"
-        )
-    return None, "the CPU has no bf16 matmul instructions (neither AMX nor AVX512-BF16)"
+        return True, f"the CPU has {', '.join(chosen)}: bf16 matmuls run 2-6x fp32's there (docs/performance.md)"
+    return False, "the CPU has no bf16 matmul instructions (neither AMX nor AVX512-BF16)"
+
+
+def kinds_costing_accuracy(kinds: Iterable[TaskType]) -> dict[str, str]:
+    """Of ``kinds``, those ``auto`` keeps in fp32, each with its verdict (``AUTO_BF16_BY_KIND``)."""
+    names = sorted({TASK_KINDS[kind] for kind in kinds})
+    verdicts = {name: AUTO_BF16_BY_KIND.get(name, NOT_MEASURED) for name in names}
+    return {name: verdict for name, verdict in verdicts.items() if verdict != KEEPS}
+
+
+def auto_precision(device: torch.device, kinds: Iterable[TaskType]) -> tuple[torch.dtype | None, str]:
+    """What ``auto`` picks for a plan of task ``kinds`` on this device, and why (recorded with
+    the run): bf16 where the hardware accelerates it and every kind keeps accuracy in bf16."""
+    kinds = frozenset(kinds)
+    accelerated, hardware = bf16_hardware(device)
+    if not accelerated:
+        return None, hardware
+    blocked = kinds_costing_accuracy(kinds)
+    if blocked:
+        verdicts = sorted(set(blocked.values()))
+        by_verdict = [f"{v} for {', '.join(k for k in blocked if blocked[k] == v)}" for v in verdicts]
+        why = verdicts[0] if len(verdicts) == 1 else "; ".join(by_verdict)
+        names = ", ".join(blocked)
+        return None, f"fp32 for {names} tasks: bf16 {why} ({PARITY_JSON}); --precision bf16 asks for bf16"
+    names = ", ".join(sorted({TASK_KINDS[kind] for kind in kinds}))
+    why = f"bf16 for {names} tasks, no accuracy lost ({PARITY_JSON}): {hardware}"
+    return torch.bfloat16, f"{why}; --precision fp32 asks for fp32"
 
 
 @dataclass(frozen=True)
@@ -107,9 +156,11 @@ class Precision:
     reason: str = "asked for"
 
     @staticmethod
-    def resolve(name: PrecisionName, device: torch.device) -> "Precision":
+    def resolve(name: PrecisionName, device: torch.device, kinds: Iterable[TaskType]) -> "Precision":
+        """``name`` on ``device`` for a plan whose targets solve task ``kinds`` (``Plan.task_types``):
+        ``auto`` by the hardware and the kinds (``auto_precision``), any other name as it says."""
         if name == "auto":
-            dtype, why = auto_precision(device)
+            dtype, why = auto_precision(device, kinds)
             return Precision(device.type, dtype, f"auto: {why}")
         if name == "fp16" and device.type != "cuda":
             raise UHNError("train.precision: fp16 needs a CUDA device; use fp32 or bf16 on the CPU")

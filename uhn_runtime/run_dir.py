@@ -205,16 +205,16 @@ class RunDir:
         train.precision. ``auto`` is what the run resolved when it started (run.json), so a
         resume, an export or an evaluation on another machine uses the precision the run was
         trained and measured in. A run from before run.json recorded it falls back to its
-        summary.json, which did (``auto`` has changed meaning since: it is bf16 on more CPUs),
-        and only a run with neither resolves ``auto`` here."""
+        summary.json, which did (``auto`` has changed meaning since: by the CPU, then by the task
+        kind too), and only a run with neither resolves ``auto`` here, for its plan's kinds."""
         if asked != "auto":
-            return Precision.resolve(asked, device)
+            return Precision.resolve(asked, device, ())
         record = self.info()
         if "precision" not in record:
             record = self.summary() or {}
         if record.get("precision") is None:
-            return Precision.resolve(asked, device)
-        recorded = Precision.resolve(record["precision"], device)
+            return Precision.resolve(asked, device, self.plan().task_types)
+        recorded = Precision.resolve(record["precision"], device, ())
         return Precision(device.type, recorded.dtype, record.get("precision_reason", recorded.reason))
 
     def log(self, record: dict[str, Any]) -> None:

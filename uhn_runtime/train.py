@@ -756,7 +756,8 @@ def start_run(plan: Plan, out: Path, options: TrainOptions, source: dict[str, An
     # Every member's data before the run folder exists: a missing one is a one-line error.
     member_data = load_member_data(plan, options.data_root) if is_multitask_plan(plan) else None
     # Resolved once, here: a resume, export or evaluation elsewhere keeps it (RunDir.precision).
-    precision = Precision.resolve(plan.trained_target.spec.train.precision, resolve_device(options.device))
+    asked = plan.trained_target.spec.train.precision
+    precision = Precision.resolve(asked, resolve_device(options.device), plan.task_types)
     info = {
         "mode": options.mode,
         "device": options.device,

@@ -35,6 +35,7 @@ from .descriptors import (
     IndexDescriptors,
     Ranges,
 )
+from .enums import TaskType
 from .errors import PlanError
 from .files import atomic_write
 from .plan_fields import (
@@ -217,6 +218,13 @@ class Plan:
     def recursion_depth(self) -> int:
         """K of a recursive plan (targets H1..H_K, then the leaf: ``uhn_spec.modes.recursive``), else 0."""
         return len(self.targets) - 1 if self.mode == "recursive" else 0
+
+    @property
+    def task_types(self) -> frozenset[TaskType]:
+        """The task type of every target: a family's members', a multi-task plan's each, and a
+        recursive plan's generated generators (``RECURSIVE``) beside its leaf's. What
+        ``precision: auto`` decides by (``uhn_runtime.optim.auto_precision``)."""
+        return frozenset(t.spec.task.info.task_type for t in self.targets)
 
     @property
     def trained_target(self) -> TargetPlan:

@@ -15,7 +15,7 @@ class BenchOptions:
     repeats: int = 5
     batch: int = 256
     device: str = "cpu"
-    precision: str = "fp32"  # fp32, bf16 (autocast for the matmuls) or auto (bf16 where accelerated)
+    precision: str = "fp32"  # fp32, bf16 (autocast for the matmuls) or auto (as training resolves it)
     target: str | None = None
     naive: bool = True
     naive_max_bytes: int = DEFAULT_NAIVE_MAX_BYTES

@@ -46,10 +46,10 @@ class Setup:
 def worker_main(case: str, plan_path: str, options_json: str) -> dict[str, Any]:
     options = BenchOptions(**json.loads(options_json))
     device = torch.device(options.device)
-    precision = Precision.resolve(options.precision, device)  # type: ignore[arg-type]
-    if case == "matmul":
-        return measure_matmul(device, precision, load_plan(plan_path).generator, options.repeats, peak_square(options))
     plan = load_plan(plan_path)
+    precision = Precision.resolve(options.precision, device, plan.task_types)  # type: ignore[arg-type]
+    if case == "matmul":
+        return measure_matmul(device, precision, plan.generator, options.repeats, peak_square(options))
     if case == "family_step":
         return measure_family_step(plan, options, device, precision)
     if case == "multitask_step":

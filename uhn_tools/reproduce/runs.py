@@ -171,7 +171,7 @@ class TableRuns:
         trained = run.plan().trained_target.spec
         device = resolve_device(self.options.device)
         then = run.precision(trained.train.precision, device).name
-        now = Precision.resolve(current.train.precision, device).name
+        now = Precision.resolve(current.train.precision, device, run.plan().task_types).name
         if then != now:
             return f"train.precision: {then} in the run, {now} now"
         fields_then = flat_fields(trained.model_dump(mode="json"))
