@@ -49,3 +49,53 @@ def data_root() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(_skip_reason())
     return SHARED_DATA
+
+
+# --------------------------------------------------------------------------- a finished run
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run, UHN then direct, trained once per test module (copy it before changing it)."""
+    import io
+
+    from uhn_runtime.train import TrainOptions, start_run
+
+    from .tiny_specs import tiny_plan
+
+    root = tmp_path_factory.mktemp("finished") / "run"
+    start_run(tiny_plan(epochs=1, init_steps=1), root, TrainOptions(mode="both", device="cpu", progress=io.StringIO()))
+    return root
+
+
+@pytest.fixture
+def run_copy(finished_run: Path, tmp_path: Path) -> Path:
+    """A copy of the module's finished run that a test may damage."""
+    import shutil
+
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+@pytest.fixture(scope="module")
+def exported(finished_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The finished run's generated weights, exported once per test module."""
+    import torch
+
+    from uhn_runtime.export import export_run
+    from uhn_runtime.run_dir import RunDir
+
+    path = tmp_path_factory.mktemp("export") / "model.safetensors"
+    export_run(RunDir.open(finished_run), path, "uhn", torch.device("cpu"))
+    return path
+
+
+def one_error(args: list[str]) -> str:
+    """Run the CLI, expecting exit 2 with exactly one `error:` line and no traceback."""
+    from typer.testing import CliRunner
+    from uhn_cli.main import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    return errors[0]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import importlib.metadata
-import io
 import json
 import os
 import resource
@@ -27,44 +26,21 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from uhn_cli.main import app
-from uhn_runtime.export import export_run
-from uhn_runtime.run_dir import RunDir, git_revision, source_folder
-from uhn_runtime.train import TrainOptions, start_run
+from uhn_runtime.run_dir import git_revision, source_folder
 from uhn_spec.files import atomic_write, atomic_write_text
 
-from .conftest import REPO_ROOT
-from .tiny_specs import tiny_plan, tiny_spec_yaml
+from .conftest import REPO_ROOT, one_error
+from .tiny_specs import tiny_spec_yaml
 
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("files") / "run"
-    start_run(tiny_plan(epochs=1, init_steps=1), root, TrainOptions(mode="both", device="cpu", progress=io.StringIO()))
-    return root
 
 
-@pytest.fixture
-def run_copy(finished_run: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(finished_run, tmp_path / "run"))
 
 
-@pytest.fixture(scope="module")
-def exported(finished_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("export") / "model.safetensors"
-    export_run(RunDir.open(finished_run), path, "uhn", torch.device("cpu"))
-    return path
 
 
-def one_error(args: list[str]) -> str:
-    """Run the CLI, expecting exit 2 with exactly one `error:` line and no traceback."""
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in result.output, result.output
-    return errors[0]
 
 
 # --------------------------------------------------------------------------- writing

@@ -9,7 +9,6 @@ metadata; older files without the new checksum still load), and JSON/YAML nested
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import zipfile
@@ -22,49 +21,28 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from uhn_cli.main import app
 from uhn_runtime.checkpoint import CheckpointError, load_checkpoint
-from uhn_runtime.export import CONTENT_CHECKSUM_KEY, export_run, load_exported
+from uhn_runtime.export import CONTENT_CHECKSUM_KEY, load_exported
 from uhn_runtime.plot import read_metrics
 from uhn_runtime.run_dir import RunDir
 from uhn_runtime.run_record import RecordError
-from uhn_runtime.train import TrainOptions, start_run
 from uhn_spec import PlanError, SpecError, compile_spec, load_plan
 from uhn_spec.received import CHECKSUM_KEY
 from uhn_tools.reproduce import TableError, load_table
 
+from .conftest import one_error
 from .tiny_specs import tiny_plan
 
 runner = CliRunner()
 DEEP = 100_000  # nesting levels: past Python's recursion limit
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("received") / "run"
-    start_run(tiny_plan(epochs=1, init_steps=1), root, TrainOptions(mode="both", device="cpu", progress=io.StringIO()))
-    return root
 
 
-@pytest.fixture
-def run_copy(finished_run: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(finished_run, tmp_path / "run"))
 
 
-@pytest.fixture(scope="module")
-def exported(finished_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("export") / "model.safetensors"
-    export_run(RunDir.open(finished_run), path, "uhn", torch.device("cpu"))
-    return path
 
 
-def one_error(args: list[str]) -> str:
-    """Run the CLI, expecting exit 2 with exactly one `error:` line and no traceback."""
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in result.output, result.output
-    return errors[0]
 
 
 def edit_json(path: Path, **fields: Any) -> None:

@@ -4,7 +4,6 @@ lines elsewhere, TensorBoard event files and `uhn plot` curves."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -13,13 +12,14 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
-
 from uhn_cli.main import app
+
 from uhn_runtime.plot import curves, read_metrics
 from uhn_runtime.run_dir import RunDir
 from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
 from uhn_spec.errors import UHNError
 
+from .conftest import one_error
 from .tiny_specs import tiny_plan, tiny_spec_yaml
 
 runner = CliRunner()
@@ -141,18 +141,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
-def run_copy(finished_run: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(finished_run, tmp_path / "run"))
 
 
-def one_error(args: list[str]) -> str:
-    """Run the CLI, expecting exit 2 with exactly one `error:` line and no traceback."""
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in result.output, result.output
-    return errors[0]
 
 
 def link_outside(run: Path, name: str, outside: Path) -> None:
