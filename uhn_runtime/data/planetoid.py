@@ -11,7 +11,7 @@ tests/data/test_planetoid.py compares the two), so no ``processed/`` folder is r
 written anywhere: the data root is only read, and nothing is cached (Cora loads in well
 under a second).
 
-Preprocessing (reference-facts §7): row-normalised features (as torch_geometric's
+Preprocessing, as the authors do it: row-normalised features (as torch_geometric's
 ``NormalizeFeatures``) and the public split -- Cora 140/500/1000, CiteSeer 120/500/1000,
 PubMed 60/500/1000 nodes -- trained full-batch: every epoch is one step on the whole graph,
 the loss on train nodes.
