@@ -300,3 +300,9 @@ def test_everything_reachable_is_plain_data_or_a_template_object() -> None:
         checked += 1
         queue.extend((path + name, child, depth + 1) for name, child in children(environment, value))
     assert checked > 200  # the walk did reach the filters' results, loop, macros and blocks
+
+
+def test_a_spec_has_no_random_filter() -> None:
+    """A spec renders the same every time: plans, run folders and the harness compare it."""
+    with pytest.raises(SpecError, match="No filter named 'random'"):
+        render_spec_template("name: m{{ [1, 2, 3]|random }}\n", None)

@@ -33,8 +33,9 @@ PLAIN_DATA: tuple[type, ...] = (str, int, float, type(None), list, tuple, dict) 
 # or their size cannot be bounded from the arguments (a translation table's values, tab width).
 REFUSED_METHODS = frozenset({"encode", "to_bytes", "translate", "expandtabs"})
 # Filters a spec has no use for whose output cannot be bounded cheaply (markup, URL quoting,
-# a wrap string per line, a pretty-printer indenting by depth).
-REMOVED_FILTERS = frozenset({"pprint", "urlize", "urlencode", "xmlattr", "wordwrap"})
+# a wrap string per line, a pretty-printer indenting by depth), and ``random``: a spec renders
+# the same every time (plans, run folders and the reproduce harness compare what it renders).
+REMOVED_FILTERS = frozenset({"pprint", "urlize", "urlencode", "xmlattr", "wordwrap", "random"})
 # jinja2's template-level objects and the attributes of theirs a template may read.
 RUNTIME_ATTRIBUTES: dict[type, frozenset[str]] = {
     LoopContext: frozenset(
