@@ -38,6 +38,7 @@ from .descriptors import (
 from .enums import TaskType
 from .errors import PlanError
 from .files import atomic_write
+from .layers.base import LayerTooLarge, meta_module
 from .plan_fields import (
     TABLE_FLOATS,
     TABLE_INTS,
@@ -400,11 +401,8 @@ def _layer_parameters(layer: Any, where: str, cache: dict[str, LayerParameters])
     key = f"{type(layer).__name__}:{layer.model_dump_json()}"
     if key not in cache:
         try:
-            with torch.device("meta"):
-                module = layer.build_module()
-        except RuntimeError as err:
-            if "overflow" not in str(err).lower():
-                raise
-            raise PlanFieldError(f"{where}: its sizes give a tensor of more than 2**63 elements") from None
+            module = meta_module(layer)
+        except LayerTooLarge as err:
+            raise PlanFieldError(f"{where}: {err}") from None
         cache[key] = [(name, tuple(tensor.shape)) for name, tensor in module.named_parameters()]
     return cache[key]

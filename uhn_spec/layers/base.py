@@ -255,17 +255,30 @@ COMMON_DOMAINS: dict[str, tuple[float, float]] = {
     "activation_type": (0, 3),
 }
 
+class LayerTooLarge(ValueError):
+    """A layer's sizes give a tensor of more than 2**63 elements."""
+
+
+def meta_module(layer: LayerSpec) -> torch.nn.Module:
+    """The layer's module on the meta device (shapes only, no memory); LayerTooLarge when its
+    sizes overflow, for the caller to name where."""
+    try:
+        with torch.device("meta"):
+            return layer.build_module()
+    except RuntimeError as err:
+        if "overflow" not in str(err).lower():
+            raise
+        raise LayerTooLarge("its sizes give a tensor of more than 2**63 elements") from None
+
+
 def parameter_counts(layers: Sequence[LayerSpec]) -> list[int]:
-    """Parameters per layer, from each layer's skeleton on the meta device (no memory); a
-    layer whose sizes overflow is a SpecError naming it."""
+    """Parameters per layer, from each layer's meta skeleton; a layer whose sizes overflow is a
+    SpecError naming it."""
     counts = []
     for i, layer in enumerate(layers):
         try:
-            with torch.device("meta"):
-                module = layer.build_module()
-        except RuntimeError as err:
-            if "overflow" not in str(err).lower():
-                raise
-            raise SpecError(f"layers[{i}]", "its sizes give a tensor of more than 2**63 elements; shrink them") from None
+            module = meta_module(layer)
+        except LayerTooLarge as err:
+            raise SpecError(f"layers[{i}]", f"{err}; shrink them") from None
         counts.append(sum(p.numel() for p in module.parameters()))
     return counts
