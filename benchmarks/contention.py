@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from uhn_runtime.run_dir import cpu_model
+from uhn_runtime.train.run_dir import cpu_model
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = REPO / "specs" / "digits_mlp.yaml"

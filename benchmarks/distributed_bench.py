@@ -5,7 +5,7 @@
 One step is what training asks of the generator: generate every weight of the target with
 gradients, backward from a fixed loss sum(flat * w), and (N processes) the all-reduce of the
 generator's gradients that DistributedDataParallel does. The single process generates all
-work units; each of the N processes its share (``uhn_runtime.distributed``), gathering the
+work units; each of the N processes its share (``uhn_runtime.train.distributed``), gathering the
 rest. Every case runs in fresh processes (gloo on the CPU, one thread each, so N processes
 use N cores), and its peak memory is the resident-set high-water mark above the memory held
 after a warm-up step (``uhn_tools.bench.memory``: VmHWM on Linux). The report gives the per-rank
@@ -30,9 +30,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from uhn_tools.bench.memory import current_memory, peak_memory, reset_peak_memory
-from uhn_runtime.distributed import DistContext, GenerationShard
-from uhn_runtime.generator import UHNGenerator
-from uhn_runtime.target import DeviceTarget
+from uhn_runtime.train.distributed import DistContext, GenerationShard
+from uhn_runtime.model.generator import UHNGenerator
+from uhn_runtime.model.target import DeviceTarget
 from uhn_spec import compile_spec, load_spec
 from uhn_spec.plan import load_plan
 

@@ -5,7 +5,7 @@ measured in one process, the variants' steps interleaved.
     python benchmarks/exact_cost.py specs/digits_mlp.yaml [--rounds 30] [--micro-shards 8] [--data-root DIR] [--json]
     torchrun --standalone --nproc-per-node 2 benchmarks/exact_cost.py specs/digits_mlp.yaml
 
-Each variant is a training phase of its own (``uhn_runtime.train.Phase``, the uhn source, the
+Each variant is a training phase of its own (``uhn_runtime.train.run.Phase``, the uhn source, the
 spec's precision resolved as ``uhn train`` resolves it), fed the same batches; one round takes
 one step of each variant, in turn, so load that comes and goes touches all of them alike.
 Reported: each variant's median step time and its ratio to the exact path's. Under torchrun
@@ -36,15 +36,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from uhn_runtime import generator as generator_module
+from uhn_runtime.model import generator as generator_module
 from uhn_runtime.data import load_task_data
-from uhn_runtime.distributed import DEFAULT_MICRO_SHARDS, distributed_session
-from uhn_runtime.optim import Precision
-from uhn_runtime.progress import Progress
-from uhn_runtime.run_dir import RunDir, cpu_model
-from uhn_runtime.stop_signals import StopSignals
-from uhn_runtime.draws import epoch_seed
-from uhn_runtime.train import Phase, TrainOptions
+from uhn_runtime.train.distributed import DEFAULT_MICRO_SHARDS, distributed_session
+from uhn_runtime.train.optim import Precision
+from uhn_runtime.train.progress import Progress
+from uhn_runtime.train.run_dir import RunDir, cpu_model
+from uhn_runtime.train.stop_signals import StopSignals
+from uhn_runtime.train.draws import epoch_seed
+from uhn_runtime.train.run import Phase, TrainOptions
 from uhn_spec import compile_spec, load_spec
 
 CPU = torch.device("cpu")

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from uhn_runtime.data import load_task_data
-from uhn_runtime.evaluate import generate_weights
-from uhn_runtime.export import load_trained_source
-from uhn_runtime.run_dir import RunDir
+from uhn_runtime.train.evaluate import generate_weights
+from uhn_runtime.io.export import load_trained_source
+from uhn_runtime.train.run_dir import RunDir
 
 
 def rmse(error: torch.Tensor) -> float | None:

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from uhn_runtime.generator import UHNGenerator
-from uhn_runtime.optim import Precision
-from uhn_runtime.target import DeviceTarget
+from uhn_runtime.model.generator import UHNGenerator
+from uhn_runtime.train.optim import Precision
+from uhn_runtime.model.target import DeviceTarget
 from uhn_spec import compile_spec, load_spec
 
 CPU = torch.device("cpu")

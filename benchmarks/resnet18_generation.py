@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from uhn_runtime.generator import UHNGenerator
-from uhn_runtime.target import DeviceTarget
+from uhn_runtime.model.generator import UHNGenerator
+from uhn_runtime.model.target import DeviceTarget
 from uhn_spec import compile_specs, load_spec
 
 CNN56 = Path(__file__).resolve().parent.parent / "specs" / "cifar10_cnn56.yaml"

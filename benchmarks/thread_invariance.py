@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from uhn_runtime.data import Batch, load_task_data, loss_fn
-from uhn_runtime.optim import make_adamw
-from uhn_runtime.target import DeviceTarget
-from uhn_runtime.weights import make_source
+from uhn_runtime.train.optim import make_adamw
+from uhn_runtime.model.target import DeviceTarget
+from uhn_runtime.model.weights import make_source
 from uhn_spec import compile_spec, load_spec
 
 BATCH = 256

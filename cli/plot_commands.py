@@ -25,7 +25,7 @@ def plot(
     ] = None,
 ) -> None:
     """Plot a run's loss, learning rate and test metric (from metrics.jsonl) to a PNG; needs uhn[plot]."""
-    from uhn_runtime.plot import plot_run
+    from uhn_runtime.io.plot import plot_run
 
     written = plot_run(run_dir, output if output is not None else run_dir / DEFAULT_NAME)
     typer.echo(f"wrote {written}")

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from uhn_runtime.cpu_policy import choose_threads
-from uhn_runtime.stop_signals import RunStopped
+from uhn_runtime.train.stop_signals import RunStopped
 from uhn_spec.errors import UHNError
 
 from .main import command

@@ -120,7 +120,7 @@ def inspect_(
 
 def plan_summary(plan: Plan, rows_of: str | None = None) -> dict[str, Any]:
     """The plan as plain data; ``rows_of`` adds that tensor's index rows to each target having it."""
-    from uhn_runtime.generator import count_generator_params
+    from uhn_runtime.model.generator import count_generator_params
 
     trainable, total = count_generator_params(plan.generator)
     summary = {
@@ -139,7 +139,7 @@ def plan_summary(plan: Plan, rows_of: str | None = None) -> dict[str, Any]:
 def family_overview(family: Family) -> dict[str, Any]:
     """A family file's summary from its member specs alone: no compiling, so it is quick for
     the paper's 1,000-model families. The per-parameter table is in the compiled plan's."""
-    from uhn_runtime.generator import count_generator_params
+    from uhn_runtime.model.generator import count_generator_params
 
     generator = family.members[0].spec.generator
     trainable, total = count_generator_params(generator)

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from uhn_runtime.cpu_policy import choose_threads
-from uhn_runtime.run_record import MAX_MICRO_SHARDS
-from uhn_runtime.stop_signals import RunStopped
+from uhn_runtime.train.run_record import MAX_MICRO_SHARDS
+from uhn_runtime.train.stop_signals import RunStopped
 from uhn_spec.errors import UHNError
 from uhn_spec.files import PLAN_SUFFIX
 
@@ -112,7 +112,7 @@ def train(
             0,
             MAX_MICRO_SHARDS,
             "Exact data parallel: each batch's gradient summed over this many fixed micro-shards (default: "
-            "uhn_runtime.distributed.DEFAULT_MICRO_SHARDS), so 1 process and torchrun's N (up to this many) take the same "
+            "uhn_runtime.train.distributed.DEFAULT_MICRO_SHARDS), so 1 process and torchrun's N (up to this many) take the same "
             "steps; 0: DDP's gradient average; at most train.batch_size (a micro-shard has at least one example). "
             "docs/distributed.md",
             show_default=False,
@@ -135,10 +135,10 @@ def train(
     and reports the test metric of the evaluated seen and of the unseen members.
     Ctrl-C (or SIGTERM) saves a checkpoint after the current step; `--resume` continues from it.
     Under torchrun it trains on all processes (docs/distributed.md); rank 0 prints and writes."""
-    from uhn_runtime.distributed import environment_context
-    from uhn_runtime.run_dir import RunDir, default_run_dir
-    from uhn_runtime.run_tables import is_multi_model
-    from uhn_runtime.train import (
+    from uhn_runtime.train.distributed import environment_context
+    from uhn_runtime.train.run_dir import RunDir, default_run_dir
+    from uhn_runtime.train.run_tables import is_multi_model
+    from uhn_runtime.train.run import (
         TrainOptions,
         plan_label,
         resume_run,
@@ -198,8 +198,8 @@ def check_micro_shards(micro_shards: int, batch_size: int, source: Path) -> None
 def _stoppable(action: Callable[[], dict[str, Any]], run_root: Path) -> dict[str, Any]:
     """Run ``action``; a stop on a signal, or a torchrun peer that died, ends the command
     with the line that continues it."""
-    from uhn_runtime.distributed import LostContact
-    from uhn_runtime.run_dir import RunDir
+    from uhn_runtime.train.distributed import LostContact
+    from uhn_runtime.train.run_dir import RunDir
 
     again = f"continue with `uhn train --resume {run_root}`"
     try:
@@ -290,14 +290,14 @@ def export(
 ) -> None:
     """Write the generated target weights as a plain state_dict (safetensors) that build_model(spec) loads, or as ONNX."""
     from uhn_runtime.device import resolve_device
-    from uhn_runtime.export import (
+    from uhn_runtime.io.export import (
         export_levels,
         export_onnx,
         export_run,
         generated_state_dict,
         load_exported,
     )
-    from uhn_runtime.run_dir import RunDir
+    from uhn_runtime.train.run_dir import RunDir
     from uhn_spec import build_model
 
     suffix = ONNX_SUFFIX if onnx else EXPORT_SUFFIX
@@ -328,7 +328,7 @@ def export(
     if run_dir.is_file():
         raise UHNError(f"{run_dir}: a file; `uhn export` reads a run folder (with --onnx it also converts an export)")
     if for_module is not None:
-        from uhn_runtime.export import export_for_module
+        from uhn_runtime.io.export import export_for_module
 
         state = export_for_module(RunDir.open(run_dir), output, source, torch_device, for_module, recalibrate_bn, data_root)  # type: ignore[arg-type]
         count = sum(t.numel() for t in state.values())
@@ -351,7 +351,7 @@ def export(
 
 def _multitask_member(run_dir: Path, task: str) -> str:
     """``task`` checked against the members of the multi-task run in ``run_dir``."""
-    from uhn_runtime.run_dir import RunDir
+    from uhn_runtime.train.run_dir import RunDir
     if run_dir.is_file():
         raise UHNError(f"{run_dir}: a file; --task reads a multi-task run folder")
     plan = RunDir.open(run_dir).plan()
@@ -367,7 +367,7 @@ def _chosen_target(run: Any, model: str | None, spec_path: Path | None) -> tuple
     """(the TargetPlan to export, whether it is zero-shot): the plan's first target, the
     member ``model``, or the architecture of ``spec_path`` compiled alone. A zero-shot
     architecture outside the family's descriptor ranges gets one warning line."""
-    from uhn_runtime.export import zero_shot_target
+    from uhn_runtime.io.export import zero_shot_target
     from uhn_spec import load_spec
 
     plan = run.plan()
@@ -398,16 +398,16 @@ def evaluate(
     Of a family run: every evaluated member's, and each group's mean and std."""
     from uhn_runtime.data import load_task_data
     from uhn_runtime.device import resolve_device
-    from uhn_runtime.evaluate import evaluate_module, evaluate_source
-    from uhn_runtime.export import load_exported, load_trained_source
-    from uhn_runtime.run_dir import RunDir
-    from uhn_runtime.run_tables import (
+    from uhn_runtime.train.evaluate import evaluate_module, evaluate_source
+    from uhn_runtime.io.export import load_exported, load_trained_source
+    from uhn_runtime.train.run_dir import RunDir
+    from uhn_runtime.train.run_tables import (
         evaluated_targets,
         is_multi_model,
         models_table_lines,
         task_table_lines,
     )
-    from uhn_runtime.target import DeviceTarget
+    from uhn_runtime.model.target import DeviceTarget
 
     torch_device = resolve_device(device.value)
     if path.is_dir():

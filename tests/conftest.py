@@ -59,7 +59,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny run, UHN then direct, trained once per test module (copy it before changing it)."""
     import io
 
-    from uhn_runtime.train import TrainOptions, start_run
+    from uhn_runtime.train.run import TrainOptions, start_run
 
     from .tiny_specs import tiny_plan
 
@@ -81,8 +81,8 @@ def exported(finished_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """The finished run's generated weights, exported once per test module."""
     import torch
 
-    from uhn_runtime.export import export_run
-    from uhn_runtime.run_dir import RunDir
+    from uhn_runtime.io.export import export_run
+    from uhn_runtime.train.run_dir import RunDir
 
     path = tmp_path_factory.mktemp("export") / "model.safetensors"
     export_run(RunDir.open(finished_run), path, "uhn", torch.device("cpu"))

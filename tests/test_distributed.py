@@ -25,9 +25,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from uhn_runtime.checkpoint import load_checkpoint
+from uhn_runtime.train.checkpoint import load_checkpoint
 from uhn_runtime.data import Batch
-from uhn_runtime.distributed import (
+from uhn_runtime.train.distributed import (
     DistContext,
     DistributedError,
     GenerationShard,
@@ -43,10 +43,10 @@ from uhn_runtime.distributed import (
     shard_batch,
     unit_cuts,
 )
-from uhn_runtime.generator import UHNGenerator
-from uhn_runtime.run_dir import RunDir
-from uhn_runtime.target import DeviceTarget
-from uhn_runtime.train import TIMING_FIELDS, RunInterrupted, TrainOptions, exact_micro_shards, resume_run, start_run
+from uhn_runtime.model.generator import UHNGenerator
+from uhn_runtime.train.run_dir import RunDir
+from uhn_runtime.model.target import DeviceTarget
+from uhn_runtime.train.run import TIMING_FIELDS, RunInterrupted, TrainOptions, exact_micro_shards, resume_run, start_run
 from uhn_spec import ExperimentSpec, compile_spec
 
 from .tiny_specs import tiny_plan, tiny_spec_data, tiny_spec_yaml

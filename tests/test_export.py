@@ -13,13 +13,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import uhn_runtime.train as train_module
+import uhn_runtime.train.run as train_module
 from uhn_cli.main import app
 from uhn_runtime.data import load_task_data
-from uhn_runtime.evaluate import evaluate_module, generate_weights
-from uhn_runtime.export import export_run, load_exported, load_trained_source
-from uhn_runtime.run_dir import RunDir
-from uhn_runtime.train import TrainOptions, start_run
+from uhn_runtime.train.evaluate import evaluate_module, generate_weights
+from uhn_runtime.io.export import export_run, load_exported, load_trained_source
+from uhn_runtime.train.run_dir import RunDir
+from uhn_runtime.train.run import TrainOptions, start_run
 
 from .tiny_specs import tiny_plan, tiny_spec_yaml
 
@@ -190,7 +190,7 @@ def test_cli_export_onnx_matches_the_plain_module(trained_run: RunDir, tmp_path:
 @pytest.mark.parametrize("kind", ["cnn", "graph_node_classification", "text_classification"])
 def test_export_onnx_of_cnn_graph_and_text_targets(kind: str, tmp_path: Path) -> None:
     from uhn_runtime.data.synthetic import synthetic_batch
-    from uhn_runtime.export import export_onnx
+    from uhn_runtime.io.export import export_onnx
     from uhn_spec import build_model, spec_from_text
 
     from .tiny_specs import tiny_spec
@@ -215,7 +215,7 @@ def test_export_onnx_without_the_extra_says_how_to_install_it(
 
 
 def test_a_failed_onnx_check_leaves_the_file_already_there(tmp_path: Path) -> None:
-    from uhn_runtime.export import ExportError, export_onnx
+    from uhn_runtime.io.export import ExportError, export_onnx
     from uhn_spec import build_model
 
     from .tiny_specs import tiny_spec

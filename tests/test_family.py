@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from uhn_cli.main import app
-from uhn_runtime.generator import count_generator_params
+from uhn_runtime.model.generator import count_generator_params
 from uhn_spec import SpecError, compile_spec, load_plan, load_spec
 from uhn_spec.modes.family import (
     FamilySpec,

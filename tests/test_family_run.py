@@ -14,14 +14,14 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-import uhn_runtime.train as train_module
+import uhn_runtime.train.run as train_module
 from uhn_cli.main import app
-from uhn_runtime.checkpoint import load_checkpoint
-from uhn_runtime.draws import architecture_draw
-from uhn_runtime.run_dir import RunDir
-from uhn_runtime.run_tables import evaluated_targets
-from uhn_runtime.target import TargetCache
-from uhn_runtime.train import (
+from uhn_runtime.train.checkpoint import load_checkpoint
+from uhn_runtime.train.draws import architecture_draw
+from uhn_runtime.train.run_dir import RunDir
+from uhn_runtime.train.run_tables import evaluated_targets
+from uhn_runtime.model.target import TargetCache
+from uhn_runtime.train.run import (
     TIMING_FIELDS,
     RunInterrupted,
     TrainOptions,

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from uhn_runtime.fast_features import build_layout
-from uhn_runtime.generator import UHNGenerator
-from uhn_runtime.naive import naive_bytes_estimate, naive_generate
+from uhn_runtime.model.fast_features import build_layout
+from uhn_runtime.model.generator import UHNGenerator
+from uhn_runtime.model.naive import naive_bytes_estimate, naive_generate
 from uhn_spec import ExperimentSpec, Plan, compile_spec
 from uhn_spec.descriptors import IndexDescriptors
 

@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from uhn_runtime.run_dir import git_revision, source_folder
+from uhn_runtime.train.run_dir import git_revision, source_folder
 from uhn_spec.files import atomic_write, atomic_write_text
 
 from .conftest import REPO_ROOT, one_error
@@ -218,7 +218,7 @@ def test_past_the_file_size_limit_an_export_and_a_checkpoint_are_one_line_and_ke
         "import sys, torch\n"
         "from pathlib import Path\n"
         "from uhn_cli.main import app\n"
-        "from uhn_runtime.checkpoint import save_checkpoint\n"
+        "from uhn_runtime.train.checkpoint import save_checkpoint\n"
         "from uhn_spec.errors import UHNError\n"
         "try:\n    save_checkpoint(Path(sys.argv[1]), {'x': torch.zeros(10_000)})\n"
         "except UHNError as err:\n    print(err, flush=True)\n"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from uhn_runtime.generator import UHNGenerator, count_generator_params
-from uhn_runtime.target import DeviceTarget
+from uhn_runtime.model.generator import UHNGenerator, count_generator_params
+from uhn_runtime.model.target import DeviceTarget
 from uhn_spec import compile_spec
 from uhn_spec.spec import GeneratorSpec
 

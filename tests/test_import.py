@@ -100,7 +100,7 @@ def test_import_train_export_for_module_cli(tmp_path) -> None:
     from typer.testing import CliRunner
 
     from uhn_cli.main import app
-    from uhn_runtime.export import load_exported
+    from uhn_runtime.io.export import load_exported
 
     runner = CliRunner()
     ref = f"{models.__file__}:tiny_resnet"
@@ -152,7 +152,7 @@ def test_import_train_export_for_module_cli_graph_and_text(tmp_path, case: str) 
     from typer.testing import CliRunner
 
     from uhn_cli.main import app
-    from uhn_runtime.export import load_exported
+    from uhn_runtime.io.export import load_exported
 
     attr, flags, inputs = CLI_CASES[case]
     factory = getattr(models, attr)

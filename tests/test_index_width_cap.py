@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from uhn_runtime.generator import UHNGenerator
-from uhn_runtime.target import DeviceTarget
+from uhn_runtime.model.generator import UHNGenerator
+from uhn_runtime.model.target import DeviceTarget
 from uhn_spec import ExperimentSpec, compile_spec
 from uhn_spec.descriptors import INDEX_COLUMN
 
@@ -64,7 +64,7 @@ def test_the_cap_changes_only_fields_wider_than_it() -> None:
 def test_target_norm_gives_every_tensor_its_init_statistics() -> None:
     """train.target_norm=standardize: step 0 has PyTorch's init mean and std per tensor, and
     the generator's gradient flows through the standardisation."""
-    from uhn_runtime.weights import UHNSource
+    from uhn_runtime.model.weights import UHNSource
 
     data = tiny_spec_data("text_classification", target_norm="standardize")
     plan = compile_spec(ExperimentSpec.model_validate(data))

@@ -16,15 +16,15 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-import uhn_runtime.train as train_module
+import uhn_runtime.train.run as train_module
 from tests.tiny_specs import TINY_GENERATOR, tiny_spec_data
 from uhn_cli.main import app
-from uhn_runtime.checkpoint import load_checkpoint
-from uhn_runtime.target import DeviceTarget
-from uhn_runtime.task_sampling import adapted_probabilities, error_ratio
-from uhn_runtime.draws import architecture_draw
-from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
-from uhn_runtime.weights import UHNSource
+from uhn_runtime.train.checkpoint import load_checkpoint
+from uhn_runtime.model.target import DeviceTarget
+from uhn_runtime.train.task_sampling import adapted_probabilities, error_ratio
+from uhn_runtime.train.draws import architecture_draw
+from uhn_runtime.train.run import RunInterrupted, TrainOptions, resume_run, start_run
+from uhn_runtime.model.weights import UHNSource
 from uhn_spec import build_model, compile_spec
 from uhn_spec.errors import SpecError, UHNError
 from uhn_spec.modes.multitask import compile_multitask, load_multitask
@@ -458,7 +458,7 @@ def test_step_time_benchmark_weighs_the_members_own_step_times(tmp_path: Path) -
 def test_bench_compares_the_multitask_step_with_each_members_own_in_one_run(tmp_path: Path) -> None:
     from uhn_tools.bench import BenchOptions, run_bench
     from uhn_tools.bench.steps import measure_multitask_step
-    from uhn_runtime.optim import Precision
+    from uhn_runtime.train.optim import Precision
 
     plan = compile_multitask(load_multitask(multitask_file(tmp_path)))
     step = measure_multitask_step(plan, BenchOptions(repeats=1, batch=8), torch.device("cpu"), Precision("cpu", None))

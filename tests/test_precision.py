@@ -15,16 +15,16 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 from uhn_cli.main import app, load_target_source
 
-import uhn_runtime.optim as optim
+import uhn_runtime.train.optim as optim
 import uhn_tools.bench.flops as flops
-from uhn_runtime.export import load_trained_source
-from uhn_runtime.generator import UHNGenerator
-from uhn_runtime.naive import naive_generate
-from uhn_runtime.optim import Precision
-from uhn_runtime.run_dir import RunDir
-from uhn_runtime.run_record import RecordError
-from uhn_runtime.target import DeviceTarget
-from uhn_runtime.train import TrainOptions, start_run
+from uhn_runtime.io.export import load_trained_source
+from uhn_runtime.model.generator import UHNGenerator
+from uhn_runtime.model.naive import naive_generate
+from uhn_runtime.train.optim import Precision
+from uhn_runtime.train.run_dir import RunDir
+from uhn_runtime.train.run_record import RecordError
+from uhn_runtime.model.target import DeviceTarget
+from uhn_runtime.train.run import TrainOptions, start_run
 from uhn_spec import ExperimentSpec, compile_spec
 from uhn_spec.enums import TaskType
 from uhn_spec.errors import UHNError

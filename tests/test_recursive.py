@@ -14,20 +14,20 @@ import yaml
 from typer.testing import CliRunner
 from uhn_cli.main import app
 
-from uhn_runtime.export import export_levels, level_path, load_exported
-from uhn_runtime.generator import GeneratedGenerator, count_generator_params
-from uhn_runtime.init_phase import (
+from uhn_runtime.io.export import export_levels, level_path, load_exported
+from uhn_runtime.model.generator import GeneratedGenerator, count_generator_params
+from uhn_runtime.train.init_phase import (
     InitTargets,
     run_top_down_init,
     stage_lr_scale,
     top_down_stages,
 )
-from uhn_runtime.optim import Precision, Stepper, make_adamw
-from uhn_runtime.run_dir import RunDir
-from uhn_runtime.step_bound import LevelChangeBound, relative_changes
-from uhn_runtime.target import DeviceTarget
-from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
-from uhn_runtime.weights import (
+from uhn_runtime.train.optim import Precision, Stepper, make_adamw
+from uhn_runtime.train.run_dir import RunDir
+from uhn_runtime.train.step_bound import LevelChangeBound, relative_changes
+from uhn_runtime.model.target import DeviceTarget
+from uhn_runtime.train.run import RunInterrupted, TrainOptions, resume_run, start_run
+from uhn_runtime.model.weights import (
     RecursiveSource,
     depth_lr_scale,
     head_components,

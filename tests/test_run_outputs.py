@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 from uhn_cli.main import app
 
-from uhn_runtime.plot import curves, read_metrics
-from uhn_runtime.run_dir import RunDir
-from uhn_runtime.train import RunInterrupted, TrainOptions, resume_run, start_run
+from uhn_runtime.io.plot import curves, read_metrics
+from uhn_runtime.train.run_dir import RunDir
+from uhn_runtime.train.run import RunInterrupted, TrainOptions, resume_run, start_run
 from uhn_spec.errors import UHNError
 
 from .conftest import one_error
@@ -218,7 +218,7 @@ def test_metrics_are_never_appended_or_cut_through_a_link(run_copy: Path, tmp_pa
 
 
 def test_a_run_folder_in_use_is_refused_with_the_pid(run_copy: Path, tmp_path: Path) -> None:
-    from uhn_runtime.run_dir import run_folder_lock
+    from uhn_runtime.train.run_dir import run_folder_lock
 
     spec = tmp_path / "tiny.yaml"
     spec.write_text(tiny_spec_yaml(epochs=1, init_steps=0))
@@ -234,12 +234,12 @@ def test_a_run_folder_in_use_is_refused_with_the_pid(run_copy: Path, tmp_path: P
 
 
 def test_a_killed_holder_does_not_keep_the_run_folder_locked(tmp_path: Path) -> None:
-    from uhn_runtime.run_dir import run_folder_lock
+    from uhn_runtime.train.run_dir import run_folder_lock
 
     code = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from uhn_runtime.run_dir import run_folder_lock\n"
+        "from uhn_runtime.train.run_dir import run_folder_lock\n"
         "with run_folder_lock(Path(sys.argv[1])):\n    print('locked', flush=True)\n    time.sleep(120)\n"
     )
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)

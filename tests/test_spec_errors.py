@@ -404,7 +404,7 @@ def test_every_spec_reader_is_bounded(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("label", ["..", ".", "../x", "a/b", ".hidden", "a\\b", "a\x00b", ""])
 def test_a_plan_name_that_is_no_folder_name_is_refused_for_the_default_run_folder(label: str) -> None:
-    from uhn_runtime.run_dir import default_run_dir
+    from uhn_runtime.train.run_dir import default_run_dir
     from uhn_spec.errors import UHNError
 
     with pytest.raises(UHNError, match="cannot name a folder under runs/; give the run folder with -o"):
@@ -412,7 +412,7 @@ def test_a_plan_name_that_is_no_folder_name_is_refused_for_the_default_run_folde
 
 
 def test_a_long_multitask_label_is_shortened_to_one_folder_name() -> None:
-    from uhn_runtime.run_dir import default_run_dir
+    from uhn_runtime.train.run_dir import default_run_dir
 
     folder = default_run_dir("+".join(["m" * 100] * 5))
     assert folder.parent == Path("runs") / ("m" * 100)

@@ -13,20 +13,20 @@ from pathlib import Path
 import pytest
 import torch
 
-import uhn_runtime.train as train_module
-from uhn_runtime.checkpoint import load_checkpoint
+import uhn_runtime.train.run as train_module
+from uhn_runtime.train.checkpoint import load_checkpoint
 from uhn_runtime.data import load_task_data
-from uhn_runtime.distributed import DEFAULT_MICRO_SHARDS
-from uhn_runtime.draws import epoch_seed
-from uhn_runtime.init_phase import InitTargets, run_init_phase
-from uhn_runtime.optim import Precision, TrainingDiverged
-from uhn_runtime.run_dir import RunDir
-from uhn_runtime.schedule import cosine_factor, warmup_cosine_factor
-from uhn_runtime.stop_signals import RunStopped, StopSignals
-from uhn_runtime.target import DeviceTarget
-from uhn_runtime.target_segments import forward_in_segments
-from uhn_runtime.train import TIMING_FIELDS, RunInterrupted, TrainOptions, resume_run, start_run
-from uhn_runtime.weights import make_source
+from uhn_runtime.train.distributed import DEFAULT_MICRO_SHARDS
+from uhn_runtime.train.draws import epoch_seed
+from uhn_runtime.train.init_phase import InitTargets, run_init_phase
+from uhn_runtime.train.optim import Precision, TrainingDiverged
+from uhn_runtime.train.run_dir import RunDir
+from uhn_runtime.train.schedule import cosine_factor, warmup_cosine_factor
+from uhn_runtime.train.stop_signals import RunStopped, StopSignals
+from uhn_runtime.model.target import DeviceTarget
+from uhn_runtime.model.target_segments import forward_in_segments
+from uhn_runtime.train.run import TIMING_FIELDS, RunInterrupted, TrainOptions, resume_run, start_run
+from uhn_runtime.model.weights import make_source
 from uhn_spec import compile_spec
 
 from .tiny_specs import SHAPES, tiny_plan

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from uhn_runtime.data.synthetic import synthetic_batch
-from uhn_runtime.target import DeviceTarget
+from uhn_runtime.model.target import DeviceTarget
 from uhn_spec import compile_spec, load_spec
 
 from ..conftest import REPO_ROOT

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from uhn_runtime.data import load_task_data
-from uhn_runtime.train import TrainOptions, start_run
+from uhn_runtime.train.run import TrainOptions, start_run
 from uhn_spec import ExperimentSpec, compile_spec
 from uhn_spec.modes.single import load_spec
 

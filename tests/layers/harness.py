@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch.func import functional_call
 
-from uhn_runtime.generator import UHNGenerator
-from uhn_runtime.naive import naive_generate
+from uhn_runtime.model.generator import UHNGenerator
+from uhn_runtime.model.naive import naive_generate
 from uhn_spec import ExperimentSpec, Plan, build_model, compile_spec
 from uhn_spec.descriptors import Ranges
 from uhn_spec.plan import TargetPlan

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from uhn_cli.main import app
 from uhn_runtime.data.synthetic import synthetic_batch
-from uhn_runtime.target import DeviceTarget
-from uhn_runtime.target_segments import forward_in_segments, segment_bounds
+from uhn_runtime.model.target import DeviceTarget
+from uhn_runtime.model.target_segments import forward_in_segments, segment_bounds
 from uhn_spec import compile_spec
 from uhn_spec.errors import UHNError
 from uhn_spec.spec import GeneratorSpec

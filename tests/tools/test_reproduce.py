@@ -13,9 +13,9 @@ import yaml
 from typer.testing import CliRunner
 
 from uhn_cli.main import app
-from uhn_runtime.optim import TrainingDiverged
-from uhn_runtime.run_dir import RunDir
-from uhn_runtime.train import RunInterrupted
+from uhn_runtime.train.optim import TrainingDiverged
+from uhn_runtime.train.run_dir import RunDir
+from uhn_runtime.train.run import RunInterrupted
 from uhn_spec import load_spec
 from uhn_tools.reproduce import Harness, ReproduceOptions, TableError, load_table, write_results
 from uhn_tools.reproduce.report import Eta

@@ -253,7 +253,7 @@ def save_verified(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """A safetensors file whose metadata holds the checksum ``load_verified`` checks."""
     from safetensors.torch import save_file
 
-    from uhn_runtime.export import tensors_checksum  # local: the one tensor checksum of uhn
+    from ..io.export import tensors_checksum  # local: the one tensor checksum of uhn
 
     contiguous = {name: tensor.contiguous() for name, tensor in tensors.items()}
     save_file(contiguous, str(path), metadata={CACHE_CHECKSUM_KEY: tensors_checksum(contiguous)})
@@ -264,7 +264,7 @@ def load_verified(path: Path) -> dict[str, torch.Tensor] | None:
     tensors do not match the checksum in its metadata."""
     from safetensors import SafetensorError, safe_open
 
-    from uhn_runtime.export import tensors_checksum
+    from ..io.export import tensors_checksum
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:

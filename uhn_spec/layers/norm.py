@@ -2,7 +2,7 @@
 
 The weight targets 1 and the bias 0 (PyTorch's init). BatchNorm also keeps running
 statistics: buffers, never generated; they follow the batches seen in training and are
-recalibrated after generation (``uhn_runtime.batch_norm``), since generated weights change
+recalibrated after generation (``uhn_runtime.model.batch_norm``), since generated weights change
 every step and the statistics gathered along the way describe none of them.
 """
 

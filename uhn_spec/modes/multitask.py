@@ -9,9 +9,9 @@ shared (union) normalisation ranges whose targets carry their normalised probabi
 
 Beyond the paper, ``sampling: {mode: adaptive}`` shifts the probabilities during training
 towards the members whose validation metric lags their single-task ``reference`` figure
-(``uhn_runtime.task_sampling``); the default ``fixed`` is the paper's i.i.d. draw.
+(``uhn_runtime.train.task_sampling``); the default ``fixed`` is the paper's i.i.d. draw.
 ``train.tasks_per_step`` (at most the number of members) draws several distinct members a
-step, optionally with ``train.gradient_surgery: pcgrad`` (``uhn_runtime.gradient_surgery``).
+step, optionally with ``train.gradient_surgery: pcgrad`` (``uhn_runtime.train.gradient_surgery``).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class TaskEntry(StrictModel):
 
 class TaskSamplingSpec(StrictModel):
     """How a step picks its task: the fixed probabilities (the paper), or probabilities that
-    move towards the members lagging their single-task reference (``uhn_runtime.task_sampling``)."""
+    move towards the members lagging their single-task reference (``uhn_runtime.train.task_sampling``)."""
 
     mode: Literal["fixed", "adaptive"] = Field(
         "fixed", description="fixed: the paper's i.i.d. draw; adaptive: re-weighted every `every` steps"

@@ -12,11 +12,11 @@ one JSON line back from every worker. Cases:
   modulated weight), in the run's precision.
 * ``generate``: one generation of the target's weights, without gradients.
 * ``train_step``: generation + target forward/backward on a batch + AdamW step.
-* the same two with the naive generator (``uhn_runtime.naive``), when its estimated memory
+* the same two with the naive generator (``uhn_runtime.model.naive``), when its estimated memory
   fits; otherwise the report says why and gives ``"naive": null``.
 
 * ``family_step`` (a plan with several targets): train steps as a family run takes them,
-  each on the architectures drawn for that step (``uhn_runtime.draws.architecture_draw``,
+  each on the architectures drawn for that step (``uhn_runtime.train.draws.architecture_draw``,
   the run's ``TargetCache`` and layout cache), so switching architecture and building targets,
   layouts and feature tables on cache misses are in the time. The other cases then measure
   the seen member closest to the seen members' mean size (unless ``--target``): the report's

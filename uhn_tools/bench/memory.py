@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from uhn_runtime.run_dir import cpu_model
+from uhn_runtime.train.run_dir import cpu_model
 
 
 def device_name(device: torch.device) -> str:

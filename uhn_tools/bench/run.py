@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from uhn_runtime.naive import naive_bytes_estimate
+from uhn_runtime.model.naive import naive_bytes_estimate
 from uhn_spec.errors import UHNError
 from uhn_spec.plan import Plan, TargetPlan
 from uhn_spec.spec import GeneratorSpec

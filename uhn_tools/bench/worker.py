@@ -18,13 +18,13 @@ import torch
 
 from uhn_runtime.data import loss_fn
 from uhn_runtime.data.synthetic import synthetic_batch
-from uhn_runtime.fast_features import build_layout
-from uhn_runtime.generator import UHNGenerator
-from uhn_runtime.naive import naive_generate
-from uhn_runtime.optim import Precision, make_adamw
-from uhn_runtime.target import DeviceTarget
-from uhn_runtime.target_segments import forward_in_segments
-from uhn_runtime.weights import RecursiveSource
+from uhn_runtime.model.fast_features import build_layout
+from uhn_runtime.model.generator import UHNGenerator
+from uhn_runtime.model.naive import naive_generate
+from uhn_runtime.train.optim import Precision, make_adamw
+from uhn_runtime.model.target import DeviceTarget
+from uhn_runtime.model.target_segments import forward_in_segments
+from uhn_runtime.model.weights import RecursiveSource
 from uhn_spec.plan import Plan, load_plan
 
 from .flops import measure_matmul, peak_square

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from uhn_runtime.run_dir import RunDir
+from uhn_runtime.train.run_dir import RunDir
 from uhn_spec.files import atomic_write_text
 
 from .report import Eta

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from uhn_runtime.run_dir import RunDir
+from uhn_runtime.train.run_dir import RunDir
 from uhn_spec.files import atomic_write_text
 from uhn_spec.received import ReceivedFileError, load_received_json, load_received_yaml
 from uhn_spec.spec import MAX_LR

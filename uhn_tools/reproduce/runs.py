@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from uhn_runtime.device import resolve_device
-from uhn_runtime.optim import Precision
-from uhn_runtime.run_dir import RunDir
-from uhn_runtime.train import TrainOptions, resume_run, start_run
+from uhn_runtime.train.optim import Precision
+from uhn_runtime.train.run_dir import RunDir
+from uhn_runtime.train.run import TrainOptions, resume_run, start_run
 from uhn_spec.budget import check_fits, estimate_budget
 from uhn_spec.compiler import compile_spec
 from uhn_spec.modes.single import load_spec

@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 
 from uhn_runtime.data import load_task_data
 from uhn_runtime.device import resolve_device
-from uhn_runtime.evaluate import evaluate_source
-from uhn_runtime.export import load_trained_source
-from uhn_runtime.optim import TrainingDiverged
-from uhn_runtime.run_dir import RunDir
+from uhn_runtime.train.evaluate import evaluate_source
+from uhn_runtime.io.export import load_trained_source
+from uhn_runtime.train.optim import TrainingDiverged
+from uhn_runtime.train.run_dir import RunDir
 from uhn_spec.files import atomic_write_text
 from uhn_spec.received import load_received_json
 from uhn_spec.spec import MAX_LR

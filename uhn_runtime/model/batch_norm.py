@@ -17,7 +17,7 @@ from torch import nn
 
 from uhn_spec.layers.norm import NormLayer
 
-from .data import Batch, TaskData
+from ..data import Batch, TaskData
 from .target import DeviceTarget
 
 # Training batches a recalibration averages over by default (evaluation and export).

@@ -18,7 +18,7 @@ from .generator import GeneratedGenerator, UHNGenerator
 from .target import DeviceTarget
 
 if TYPE_CHECKING:
-    from .init_phase import InitTargets
+    from ..train.init_phase import InitTargets
 
 
 SourceKind = Literal["uhn", "direct"]
@@ -87,7 +87,7 @@ class RecursiveSource(nn.Module):
         # docs/specs.md, *Recursive generation*): 1 until the top-down init calibrates them
         # (``calibrate``). They are applied in the flats, so the flats are the weights that
         # run and export as they are; they are buffers, so checkpoints and resume keep them.
-        from .init_phase import InitTargets  # init_phase imports this module
+        from ..train.init_phase import InitTargets  # init_phase imports this module
 
         self._stats = [InitTargets(level.plan, target.device) for level in self.levels[:-1]]
         for k, stats in enumerate(self._stats):

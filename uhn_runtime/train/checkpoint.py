@@ -22,7 +22,7 @@ from uhn_spec.errors import UHNError
 from uhn_spec.plan import atomic_torch_save
 from uhn_spec.received import ReceivedFileError, check_checksum, load_torch_file, with_checksum
 
-from .weights import SourceKind
+from ..model.weights import SourceKind
 
 CHECKPOINT_FORMAT = "uhn-checkpoint"
 CHECKPOINT_VERSION = 1

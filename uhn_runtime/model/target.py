@@ -16,7 +16,7 @@ from uhn_spec.plan import Plan, TargetPlan
 from .generator import UHNGenerator
 
 if TYPE_CHECKING:
-    from .init_phase import InitTargets
+    from ..train.init_phase import InitTargets
 
 # DeviceTargets a family run keeps at once (least recently used dropped first). Building
 # one (skeleton, structure rows; the generator's work-unit layout) costs milliseconds, a
@@ -64,7 +64,7 @@ class DeviceTarget:
     def init_targets(self) -> "InitTargets":
         """The init phase's per-tensor statistics targets, built on first use."""
         if self._init_targets is None:
-            from .init_phase import InitTargets  # init_phase imports weights, which imports this
+            from ..train.init_phase import InitTargets  # init_phase imports weights, which imports this
 
             self._init_targets = InitTargets(self.plan, self.device)
         return self._init_targets

@@ -15,7 +15,7 @@ unit), then the residual blocks and head run over the unit in cache-sized passes
 gradients each unit is one autograd node (``GeneratedUnit``) that keeps only the unit's
 (rows, d) input-Linear output, or nothing past ``max_saved_bytes``, and recomputes the rest
 in the backward. Memory therefore grows as O(N * d), or O(N), not O(N * 2m).
-``uhn_runtime.naive`` is the same math done the direct way: the baseline and the numerical
+``uhn_runtime.model.naive`` is the same math done the direct way: the baseline and the numerical
 reference.
 
 The fast path (``generate_layout``) takes the parameters it reads as arguments: the input
@@ -41,7 +41,7 @@ from uhn_spec.descriptors import INDEX_FIELDS, STRUCTURE_FIELDS, IndexDescriptor
 from uhn_spec.layers.base import ForwardContext
 from uhn_spec.spec import GeneratorSpec
 
-from .distributed import GenerationShard, gather_shares, unit_cuts
+from ..train.distributed import GenerationShard, gather_shares, unit_cuts
 from .fast_features import (
     FactoredLayout,
     FourierBasis,
@@ -266,7 +266,7 @@ def generate_layout(
     ``net.tail`` reads); with gradients each work unit is one ``GeneratedUnit`` node whose
     backward reaches ``params`` and ``structure``, whether they are leaves or generated.
     With a ``shard`` of several ranks this rank generates a contiguous share of the units and
-    gathers the others' (an autograd-aware all-gather: see ``uhn_runtime.distributed``)."""
+    gathers the others' (an autograd-aware all-gather: see ``uhn_runtime.train.distributed``)."""
     device = params[0].device
     if not layout.units:
         return torch.zeros(0, device=device)
@@ -344,7 +344,7 @@ class UHNGenerator(nn.Module):
         self.max_saved_bytes = DEFAULT_MAX_SAVED_BYTES
         self._layouts = LayoutCache(spec.hidden, spec.index_freqs)
         # Set under torchrun with --shard-generation: this rank generates a share of the work
-        # units and gathers the others' (``uhn_runtime.distributed``).
+        # units and gathers the others' (``uhn_runtime.train.distributed``).
         self.shard: GenerationShard | None = None
 
     @property

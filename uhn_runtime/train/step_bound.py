@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 
 from .optim import Precision
-from .weights import RecursiveSource, UHNSource
+from ..model.weights import RecursiveSource, UHNSource
 
 # Tries to shorten a step before it is dropped; each one regenerates the levels.
 MAX_SHORTENINGS = 10

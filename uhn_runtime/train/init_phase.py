@@ -17,7 +17,7 @@ from uhn_spec.plan import TargetPlan
 from .optim import Precision, Stepper, check_finite, make_adamw
 from .schedule import cosine_factor, set_lr, warmup_cosine_factor
 from .step_bound import LevelChangeBound
-from .weights import RecursiveSource, UHNSource
+from ..model.weights import RecursiveSource, UHNSource
 
 # What the init phase does below H1's level (``train.init_deep_levels``).
 DeepLevels = Literal["train", "calibrate"]

@@ -11,11 +11,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .batch_norm import recalibrate_from_data
-from .data import Batch, Split, TaskData, finish_metric, metric_sums
+from ..model.batch_norm import recalibrate_from_data
+from ..data import Batch, Split, TaskData, finish_metric, metric_sums
 from .optim import Precision
-from .target import DeviceTarget
-from .weights import DirectSource, UHNSource
+from ..model.target import DeviceTarget
+from ..model.weights import DirectSource, UHNSource
 
 EVAL_BATCH_SIZE = 1024
 

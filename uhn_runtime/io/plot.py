@@ -14,7 +14,7 @@ from uhn_spec.errors import UHNError
 from uhn_spec.files import atomic_write
 from uhn_spec.received import MAX_METRICS_BYTES, ReceivedFileError, parse_received_json, read_received_text
 
-from .run_dir import RunDir
+from ..train.run_dir import RunDir
 
 INSTALL_HINT = "pip install 'uhn[plot]'"
 Curve = tuple[list[float], list[float]]

@@ -40,14 +40,14 @@ from uhn_spec.plan import Plan, TargetPlan
 from uhn_spec.received import ReceivedFileError, check_file_size, check_recorded_checksum, content_checksum
 from uhn_spec.spec import ExperimentSpec, format_validation_error
 
-from .batch_norm import DEFAULT_CALIBRATION_BATCHES, batch_norm_layers, recalibrate_batch_norm
-from .checkpoint import load_checkpoint
-from .data.synthetic import synthetic_batch
-from .evaluate import generate_weights
-from .optim import Precision
-from .run_dir import RunDir
-from .target import DeviceTarget
-from .weights import DirectSource, RecursiveSource, SourceKind, UHNSource, make_source
+from ..model.batch_norm import DEFAULT_CALIBRATION_BATCHES, batch_norm_layers, recalibrate_batch_norm
+from ..train.checkpoint import load_checkpoint
+from ..data.synthetic import synthetic_batch
+from ..train.evaluate import generate_weights
+from ..train.optim import Precision
+from ..train.run_dir import RunDir
+from ..model.target import DeviceTarget
+from ..model.weights import DirectSource, RecursiveSource, SourceKind, UHNSource, make_source
 
 EXPORT_FORMAT = "uhn-export"
 CHECKSUM_KEY = "tensors_sha256"  # the tensors alone: all an export before CONTENT_CHECKSUM_KEY has
@@ -131,7 +131,7 @@ def generated_state_dict(
     state = own_tensors(on_device.params_from_flat(flat))
     if batch_norm_layers(on_device.model):
         if recalibrate_bn > 0:
-            from .data import load_task_data
+            from ..data import load_task_data
 
             data = load_task_data(on_device.plan.spec.task, data_root)
             batches = data.train_batches(on_device.plan.spec.train.batch_size, 0)

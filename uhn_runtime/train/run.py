@@ -61,10 +61,10 @@ from uhn_spec.errors import UHNError
 from uhn_spec.modes.multitask import TaskSamplingSpec, is_multitask_plan
 from uhn_spec.plan import Plan
 
-from .batch_norm import batch_norm_layers
+from ..model.batch_norm import batch_norm_layers
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from .data import Batch, TaskData, load_task_data, loss_fn
-from .device import resolve_device
+from ..data import Batch, TaskData, load_task_data, loss_fn
+from ..device import resolve_device
 from .distributed import (
     DEFAULT_MICRO_SHARDS,
     DistContext,
@@ -82,7 +82,7 @@ from .distributed import (
 )
 from .draws import architecture_draw, epoch_seed
 from .evaluate import evaluate_source
-from .generator import count_generator_params
+from ..model.generator import count_generator_params
 from .gradient_surgery import SurgeryLog, project_conflicts, projection_orders
 from .init_phase import run_init_phase
 from .optim import Precision, Stepper, check_finite, make_adamw
@@ -102,11 +102,11 @@ from .run_tables import (
 from .schedule import set_lr, warmup_cosine_factor
 from .step_bound import LevelChangeBound
 from .stop_signals import STOP_SIGNALS, RunStopped, StopSignals
-from .target import DeviceTarget, TargetCache
-from .target_segments import forward_in_segments
+from ..model.target import DeviceTarget, TargetCache
+from ..model.target_segments import forward_in_segments
 from .task_sampling import TaskSampling, batch_figure
 from .tensorboard_log import TensorBoardLog, require_tensorboard
-from .weights import SourceKind, UHNSource, depth_lr_scale, make_source
+from ..model.weights import SourceKind, UHNSource, depth_lr_scale, make_source
 
 # Terminal lines per phase, at most about this many (metrics.jsonl keeps every interval).
 SHOWN_LINES = 100

@@ -47,7 +47,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from uhn_spec.errors import UHNError
 
-from .data import Batch
+from ..data import Batch
 
 # Environment variables torchrun sets in every process it starts.
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")

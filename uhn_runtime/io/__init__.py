@@ -1,0 +1,1 @@
+"""What leaves a run: exported weights, ONNX files and plots."""

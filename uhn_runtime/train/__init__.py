@@ -1,0 +1,1 @@
+"""Training: the run loop, its steps, optimiser, schedule, checkpoints and run folder."""
