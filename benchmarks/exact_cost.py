@@ -5,7 +5,7 @@ measured in one process, the variants' steps interleaved.
     python benchmarks/exact_cost.py specs/digits_mlp.yaml [--rounds 30] [--micro-shards 8] [--data-root DIR] [--json]
     torchrun --standalone --nproc-per-node 2 benchmarks/exact_cost.py specs/digits_mlp.yaml
 
-Each variant is a training phase of its own (``uhn_runtime.train.run.Phase``, the uhn source, the
+Each variant is a training phase of its own (``uhn_runtime.train.trainer.Trainer``, the uhn source, the
 spec's precision resolved as ``uhn train`` resolves it), fed the same batches; one round takes
 one step of each variant, in turn, so load that comes and goes touches all of them alike.
 Reported: each variant's median step time and its ratio to the exact path's. Under torchrun
@@ -44,7 +44,7 @@ from uhn_runtime.train.progress import Progress
 from uhn_runtime.train.run_dir import RunDir, cpu_model
 from uhn_runtime.train.stop_signals import StopSignals
 from uhn_runtime.train.draws import epoch_seed
-from uhn_runtime.train.run import Phase, TrainOptions
+from uhn_runtime.train.run import TrainOptions, new_sampler, new_trainer
 from uhn_spec import compile_spec, load_spec
 
 CPU = torch.device("cpu")
@@ -94,7 +94,8 @@ def main() -> None:
             root = Path(tmp) / f"{name}_rank{dist.rank}"
             RunDir.create(root, plan, {"mode": "uhn"}, world_size=dist.world_size)
             options = TrainOptions(mode="uhn", device="cpu", micro_shards=micro_shards)
-            phases[name] = Phase("uhn", RunDir.open(root), plan, data, precision, CPU, options, Progress(io.StringIO()), StopSignals(), dist)
+            sampler = new_sampler(plan, data, CPU, dist)
+            phases[name] = new_trainer("uhn", RunDir.open(root), sampler, precision, options, Progress(io.StringIO()), StopSignals(), dist)
 
         def batches() -> Iterator[Any]:
             epoch = 0
@@ -102,13 +103,12 @@ def main() -> None:
                 yield from data.train_batches(cfg.batch_size, epoch_seed(cfg.seed, epoch))
                 epoch += 1
 
-        for _, batch in zip(range(args.rounds + args.warmup), batches()):
+        for step, batch in zip(range(args.rounds + args.warmup), batches()):
             for name, phase in phases.items():
                 with generator_blocks(name):
                     start = time.perf_counter()
-                    phase.train_step([batch], name)
+                    phase.train_step(step, 0, [batch])
                     times[name].append(time.perf_counter() - start)
-                phase.steps_done += 1
         medians = {name: statistics.median(t[args.warmup :]) for name, t in times.items()}
         report = {
             "spec": str(args.spec),

@@ -7,6 +7,7 @@ real datasets; it is skipped, with the reason, where they are absent.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from uhn_runtime.cpu_policy import set_reproducible_env
@@ -17,6 +18,8 @@ set_reproducible_env()  # as the CLI does, before torch loads MKL (tests compare
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
+
+from uhn_runtime.train.options import StepEvent  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,3 +102,29 @@ def one_error(args: list[str]) -> str:
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.output, result.output
     return errors[0]
+
+
+class RunInterrupted(Exception):
+    """A run stopped as a killed one would (``KillAfter``): no checkpoint beyond the last."""
+
+
+@dataclass(frozen=True)
+class KillAfter:
+    """A ``TrainOptions.observers`` entry that stops a phase as a kill would once it has
+    finished ``units`` epochs (or steps), unless that is its last."""
+
+    units: int
+
+    def after_step(self, event: StepEvent) -> None:
+        if event.unit_end and event.units_done >= self.units and not event.last:
+            raise RunInterrupted(f"{event.kind}: killed after unit {event.units_done}")
+
+
+class RecordSteps:
+    """A ``TrainOptions.observers`` entry that keeps every step's event."""
+
+    def __init__(self) -> None:
+        self.events: list[StepEvent] = []
+
+    def after_step(self, event: StepEvent) -> None:
+        self.events.append(event)

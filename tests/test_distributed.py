@@ -46,8 +46,9 @@ from uhn_runtime.train.distributed import (
 from uhn_runtime.model.generator import UHNGenerator
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.model.target import DeviceTarget
-from uhn_runtime.train.run import TIMING_FIELDS, RunInterrupted, TrainOptions, exact_micro_shards, resume_run, start_run
+from uhn_runtime.train.run import TIMING_FIELDS, TrainOptions, exact_micro_shards, resume_run, start_run
 from uhn_spec import ExperimentSpec, compile_spec
+from tests.conftest import KillAfter, RunInterrupted
 
 from .tiny_specs import tiny_plan, tiny_spec_data, tiny_spec_yaml
 
@@ -155,7 +156,7 @@ def worker(rank: int, port: int, root: str) -> None:
         plan = resume_plan()
         start_run(plan, out / "whole", options())
         try:
-            start_run(plan, out / "killed", options(stop_after_units=5))
+            start_run(plan, out / "killed", options(observers=(KillAfter(5),)))
         except RunInterrupted:
             pass
         resume_run(out / "killed", options())

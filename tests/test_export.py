@@ -13,13 +13,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import uhn_runtime.train.run as train_module
+import uhn_runtime.train.steps as steps_module
 from uhn_cli.main import app
 from uhn_runtime.data import load_task_data
 from uhn_runtime.train.evaluate import evaluate_module, generate_weights
 from uhn_runtime.io.export import export_run, load_exported, load_trained_source
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.train.run import TrainOptions, start_run
+from tests.conftest import KillAfter, RunInterrupted
 
 from .tiny_specs import tiny_plan, tiny_spec_yaml
 
@@ -52,11 +53,11 @@ def test_exported_module_reproduces_the_generated_model(trained_run: RunDir, kin
 
 
 def test_export_refuses_an_unfinished_phase(tmp_path: Path) -> None:
-    with pytest.raises(train_module.RunInterrupted):
+    with pytest.raises(RunInterrupted):
         start_run(
             tiny_plan(epochs=3),
             tmp_path / "run",
-            TrainOptions(device="cpu", progress=io.StringIO(), stop_after_units=1, checkpoint_seconds=0.0),
+            TrainOptions(device="cpu", progress=io.StringIO(), observers=(KillAfter(1),), checkpoint_seconds=0.0),
         )
     with pytest.raises(Exception, match="has not finished.*--resume"):
         export_run(RunDir.open(tmp_path / "run"), tmp_path / "m.safetensors", "uhn", CPU)
@@ -98,11 +99,11 @@ def test_cli_train_export_evaluate(tmp_path: Path) -> None:
 def test_cli_resume_continues_a_killed_run(tmp_path: Path) -> None:
     spec_path = tmp_path / "tiny.yaml"
     spec_path.write_text(tiny_spec_yaml(epochs=3))
-    with pytest.raises(train_module.RunInterrupted):
+    with pytest.raises(RunInterrupted):
         start_run(
             tiny_plan(epochs=3),
             tmp_path / "run",
-            TrainOptions(device="cpu", progress=io.StringIO(), stop_after_units=1, checkpoint_seconds=0.0),
+            TrainOptions(device="cpu", progress=io.StringIO(), observers=(KillAfter(1),), checkpoint_seconds=0.0),
         )
     result = runner.invoke(app, ["train", "--resume", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
@@ -122,7 +123,7 @@ def test_cli_spec_compare_direct_runs_the_baseline_by_default(tmp_path: Path) ->
 
 
 def test_cli_nan_loss_exits_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train_module, "loss_fn", lambda metric, outputs, targets: outputs.sum() * float("inf"))
+    monkeypatch.setattr(steps_module, "loss_fn", lambda metric, outputs, targets: outputs.sum() * float("inf"))
     spec_path = tmp_path / "tiny.yaml"
     spec_path.write_text(tiny_spec_yaml(epochs=2, init_steps=0))
     result = runner.invoke(app, ["train", str(spec_path), "--out", str(tmp_path / "run")])

@@ -14,7 +14,6 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-import uhn_runtime.train.run as train_module
 from uhn_cli.main import app
 from uhn_runtime.train.checkpoint import load_checkpoint
 from uhn_runtime.train.draws import architecture_draw
@@ -23,7 +22,6 @@ from uhn_runtime.train.run_tables import evaluated_targets
 from uhn_runtime.model.target import TargetCache
 from uhn_runtime.train.run import (
     TIMING_FIELDS,
-    RunInterrupted,
     TrainOptions,
     resume_run,
     start_run,
@@ -31,6 +29,7 @@ from uhn_runtime.train.run import (
 from uhn_spec import Plan, load_plan
 from uhn_spec.errors import UHNError
 from uhn_spec.modes.family import compile_family, load_family
+from tests.conftest import KillAfter, RecordSteps, RunInterrupted
 
 # Six MLPs on synthetic data (width x activation, dropout so the RNG state matters); the
 # last two are unseen, and `each: 2` seen ones are evaluated beside them.
@@ -147,18 +146,11 @@ def test_family_run_reports_seen_and_unseen(tmp_path: Path) -> None:
     assert "unseen: mean" in shown.getvalue() and names[5] in shown.getvalue()  # the table is printed
 
 
-def test_family_training_visits_the_seen_architectures_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_family_training_visits_the_seen_architectures_only(tmp_path: Path) -> None:
     plan = family_plan(tmp_path, overrides=("train.models_per_step=2",))
-    trained: list[list[str]] = []
-    real = train_module.Phase.step_targets
-
-    def recording(self, step, stream="train"):  # type: ignore[no-untyped-def]
-        targets = real(self, step, stream)
-        trained.append([t.plan.name for t in targets])
-        return targets
-
-    monkeypatch.setattr(train_module.Phase, "step_targets", recording)
-    start_run(plan, tmp_path / "run", options())
+    steps = RecordSteps()
+    start_run(plan, tmp_path / "run", options(observers=(steps,)))
+    trained = [list(e.targets) for e in steps.events]
     seen = {t.name for t in plan.targets if t.split == "seen"}
     assert all(len(names) == 2 and set(names) <= seen for names in trained)
     assert set().union(*trained) == seen
@@ -168,7 +160,7 @@ def test_resumed_family_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_pa
     plan = family_plan(tmp_path)
     start_run(plan, tmp_path / "whole", options())
     with pytest.raises(RunInterrupted):
-        start_run(plan, tmp_path / "killed", options(stop_after_units=2))
+        start_run(plan, tmp_path / "killed", options(observers=(KillAfter(2),)))
     summary = resume_run(tmp_path / "killed", options())
     whole, resumed = final_source(tmp_path / "whole"), final_source(tmp_path / "killed")
     assert whole.keys() == resumed.keys()

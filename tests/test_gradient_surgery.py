@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-import uhn_runtime.train.run as train_module
+import uhn_runtime.train.steps as steps_module
+from tests.conftest import RecordSteps
 from tests.test_multitask import TRAIN, multitask_data, multitask_file, options, run_whole_and_resumed, spec_error
 from uhn_runtime.train.checkpoint import load_checkpoint
 from uhn_runtime.train.gradient_surgery import project_conflicts, projection_orders
@@ -124,20 +125,11 @@ def test_several_tasks_a_step_are_refused_under_torchrun(tmp_path: Path) -> None
 # --------------------------------------------------------------------------- a run
 
 
-def test_a_pcgrad_run_trains_every_drawn_task_on_its_own_batch_and_records_the_surgery(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    seen: list[list[tuple[str, int]]] = []
-    original = train_module.Phase.train_step
-
-    def recording(self: Any, batches: Any, where: str) -> float:
-        targets = self.step_targets(self.steps_done)
-        seen.append([(t.plan.name, b.targets.shape[0]) for t, b in zip(targets, batches)])
-        return original(self, batches, where)
-
-    monkeypatch.setattr(train_module.Phase, "train_step", recording)
+def test_a_pcgrad_run_trains_every_drawn_task_on_its_own_batch_and_records_the_surgery(tmp_path: Path) -> None:
+    steps = RecordSteps()
     plan = compile_multitask(load_multitask(multitask_file(tmp_path, train={**TRAIN, **PCGRAD})))
-    summary = start_run(plan, tmp_path / "run", options())
+    summary = start_run(plan, tmp_path / "run", options(observers=(steps,)))
+    seen = [list(zip(e.targets, e.batch_sizes)) for e in steps.events]
     assert len(seen) == TRAIN["steps"]
     assert all(sorted(name for name, _ in step) == ["tiny_formula", "tiny_images"] for step in seen)
     sizes = {name: max(size for step in seen for n, size in step if n == name) for name in ("tiny_images", "tiny_formula")}
@@ -190,7 +182,7 @@ def test_pcgrad_without_projections_is_the_step_on_the_mean_loss(tmp_path: Path,
 
         with monkeypatch.context() as patch:
             patch.setattr(Stepper, "apply", recording)
-            patch.setattr(train_module, "project_conflicts", lambda g, orders: project_conflicts(g, [[] for _ in orders]))
+            patch.setattr(steps_module, "project_conflicts", lambda g, orders: project_conflicts(g, [[] for _ in orders]))
             start_run(plan, tmp_path / surgery, options())
     init_steps = TRAIN["init_steps"]
     for before, after in zip(stepped["none"][:init_steps], stepped["pcgrad"][:init_steps]):

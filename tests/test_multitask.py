@@ -16,18 +16,18 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-import uhn_runtime.train.run as train_module
 from tests.tiny_specs import TINY_GENERATOR, tiny_spec_data
 from uhn_cli.main import app
 from uhn_runtime.train.checkpoint import load_checkpoint
 from uhn_runtime.model.target import DeviceTarget
 from uhn_runtime.train.task_sampling import adapted_probabilities, error_ratio
 from uhn_runtime.train.draws import architecture_draw
-from uhn_runtime.train.run import RunInterrupted, TrainOptions, resume_run, start_run
+from uhn_runtime.train.run import TrainOptions, resume_run, start_run
 from uhn_runtime.model.weights import UHNSource
 from uhn_spec import build_model, compile_spec
 from uhn_spec.errors import SpecError, UHNError
 from uhn_spec.modes.multitask import compile_multitask, load_multitask
+from tests.conftest import KillAfter, RecordSteps, RunInterrupted
 
 TRAIN = {"steps": 12, "warmup": 2, "lr": 3.0e-3, "init_steps": 4, "init_lr": 1.0e-3, "seed": 3, "eval_every": 4}
 
@@ -216,19 +216,12 @@ def test_summary_has_a_per_task_table(multitask_run: Path) -> None:
     assert summary["task_sampling"]["mode"] == "fixed" and sum(summary["task_sampling"]["draws"].values()) == 12
 
 
-def test_training_draws_each_task_and_takes_its_own_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[tuple[str, int]] = []
-    original = train_module.Phase.train_step
-
-    def recording(self: Any, batches: Any, where: str) -> float:
-        (target,) = self.step_targets(self.steps_done)
-        (batch,) = batches
-        seen.append((target.plan.name, batch.targets.shape[0]))
-        return original(self, batches, where)
-
-    monkeypatch.setattr(train_module.Phase, "train_step", recording)
+def test_training_draws_each_task_and_takes_its_own_batches(tmp_path: Path) -> None:
+    steps = RecordSteps()
     plan = compile_multitask(load_multitask(multitask_file(tmp_path)))
-    start_run(plan, tmp_path / "run", options())
+    start_run(plan, tmp_path / "run", options(observers=(steps,)))
+    seen = [(name, size) for e in steps.events for name, size in zip(e.targets, e.batch_sizes, strict=True)]
+    assert all(len(e.targets) == 1 for e in steps.events)
     probabilities = [t.probability for t in plan.targets]
     expected = [plan.targets[architecture_draw(3, s, 2, probabilities=probabilities)[0]].name for s in range(12)]
     assert [name for name, _ in seen] == expected
@@ -239,7 +232,7 @@ def test_resumed_multitask_run_ends_with_the_weights_of_an_uninterrupted_run(tmp
     plan = compile_multitask(load_multitask(multitask_file(tmp_path)))
     start_run(plan, tmp_path / "whole", options())
     with pytest.raises(RunInterrupted):
-        start_run(plan, tmp_path / "killed", options(stop_after_units=6))  # mid-interval: resumes from step 4
+        start_run(plan, tmp_path / "killed", options(observers=(KillAfter(6),)))  # mid-interval: resumes from step 4
     resume_run(tmp_path / "killed", options())
     whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / "uhn.pt")
     resumed = load_checkpoint(tmp_path / "killed" / "checkpoints" / "uhn.pt")
@@ -368,24 +361,14 @@ def test_sampling_settings_are_checked(
     assert expected in str(err.value), str(err.value)
 
 
-def test_adaptive_sampling_draws_by_the_logged_reweightings_and_is_deterministic(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    drawn: list[str] = []
-    original = train_module.Phase.train_step
-
-    def recording(self: Any, batch: Any, where: str) -> float:
-        (target,) = self.step_targets(self.steps_done)
-        drawn.append(target.plan.name)
-        return original(self, batch, where)
-
-    monkeypatch.setattr(train_module.Phase, "train_step", recording)
+def test_adaptive_sampling_draws_by_the_logged_reweightings_and_is_deterministic(tmp_path: Path) -> None:
+    steps, again = RecordSteps(), RecordSteps()
     plan = compile_multitask(load_multitask(adaptive_file(tmp_path)))
     assert plan.task_sampling is not None and plan.task_sampling["mode"] == "adaptive"
-    first = start_run(plan, tmp_path / "a", options())["task_sampling"]
-    first_drawn, drawn[:] = list(drawn), []
-    second = start_run(plan, tmp_path / "b", options())["task_sampling"]
-    assert drawn == first_drawn and first == second  # same seed: same draws, same re-weightings
+    first = start_run(plan, tmp_path / "a", options(observers=(steps,)))["task_sampling"]
+    second = start_run(plan, tmp_path / "b", options(observers=(again,)))["task_sampling"]
+    drawn = [name for e in steps.events for name in e.targets]
+    assert drawn == [name for e in again.events for name in e.targets] and first == second  # same seed: same draws, same re-weightings
     assert [u["step"] for u in first["updates"]] == [3, 6, 9]
     assert all(u["probabilities"]["tiny_formula"] > 0.25 for u in first["updates"])  # the laggard gains
     # Each step drew with the probabilities of the latest re-weighting at or before it.
@@ -395,7 +378,7 @@ def test_adaptive_sampling_draws_by_the_logged_reweightings_and_is_deterministic
         current = [u for u in first["updates"] if u["step"] <= step]
         probabilities = [current[-1]["probabilities"][n] for n in names] if current else [t.probability for t in plan.targets]
         expected.append(names[architecture_draw(3, step, 2, probabilities=probabilities)[0]])
-    assert first_drawn == expected
+    assert drawn == expected
     assert first["draws"] == {name: expected.count(name) for name in names}
     records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["event"] == "sampling"] == [3, 6, 9]
@@ -407,7 +390,7 @@ def run_whole_and_resumed(plan: Any, tmp_path: Path) -> tuple[dict[str, Any], di
     assert both end with the same generator and models; return both summaries."""
     whole_summary = start_run(plan, tmp_path / "whole", options())
     with pytest.raises(RunInterrupted):
-        start_run(plan, tmp_path / "killed", options(stop_after_units=6))
+        start_run(plan, tmp_path / "killed", options(observers=(KillAfter(6),)))
     resumed_summary = resume_run(tmp_path / "killed", options())
     whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / "uhn.pt")
     resumed = load_checkpoint(tmp_path / "killed" / "checkpoints" / "uhn.pt")

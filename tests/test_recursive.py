@@ -26,7 +26,7 @@ from uhn_runtime.train.optim import Precision, Stepper, make_adamw
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.train.step_bound import LevelChangeBound, relative_changes
 from uhn_runtime.model.target import DeviceTarget
-from uhn_runtime.train.run import RunInterrupted, TrainOptions, resume_run, start_run
+from uhn_runtime.train.run import TrainOptions, resume_run, start_run
 from uhn_runtime.model.weights import (
     RecursiveSource,
     depth_lr_scale,
@@ -41,6 +41,7 @@ from uhn_spec.modes.recursive import (
     recursive_from_text,
 )
 from uhn_tools.bench import BenchOptions, run_bench
+from tests.conftest import KillAfter, RunInterrupted
 
 from .conftest import REPO_ROOT
 from .tiny_specs import tiny_spec_data
@@ -269,7 +270,7 @@ def test_tiny_k1_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path: Pa
     whole = start_run(plan, tmp_path / "whole", options())
     assert whole["depth"] == 1 and whole["uhn"] is not None
     with pytest.raises(RunInterrupted):
-        start_run(plan, tmp_path / "killed", options(stop_after_units=3))
+        start_run(plan, tmp_path / "killed", options(observers=(KillAfter(3),)))
     resumed = resume_run(tmp_path / "killed", options())
     a = torch.load(tmp_path / "whole" / "checkpoints" / "uhn.pt", weights_only=True)["source"]
     b = torch.load(tmp_path / "killed" / "checkpoints" / "uhn.pt", weights_only=True)["source"]
@@ -344,7 +345,7 @@ def test_a_run_with_the_bound_resumes_exactly_and_differs_from_the_plain_step(tm
     plan = tiny_recursive_plan(1, steps=6, eval_every=2, lr=1e-2, init_lr=1e-2, level_change_bound=0.002)
     whole = start_run(plan, tmp_path / "whole", options())
     with pytest.raises(RunInterrupted):
-        start_run(plan, tmp_path / "killed", options(stop_after_units=3))
+        start_run(plan, tmp_path / "killed", options(observers=(KillAfter(3),)))
     resumed = resume_run(tmp_path / "killed", options())
     start_run(tiny_recursive_plan(1, steps=6, eval_every=2, lr=1e-2, init_lr=1e-2), tmp_path / "plain", options())
     a, b, plain = (torch.load(tmp_path / run / "checkpoints" / "uhn.pt", weights_only=True)["source"] for run in ("whole", "killed", "plain"))

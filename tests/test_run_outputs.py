@@ -16,8 +16,9 @@ from uhn_cli.main import app
 
 from uhn_runtime.io.plot import curves, read_metrics
 from uhn_runtime.train.run_dir import RunDir
-from uhn_runtime.train.run import RunInterrupted, TrainOptions, resume_run, start_run
+from uhn_runtime.train.run import TrainOptions, resume_run, start_run
 from uhn_spec.errors import UHNError
+from tests.conftest import KillAfter, RunInterrupted
 
 from .conftest import one_error
 from .tiny_specs import tiny_plan, tiny_spec_yaml
@@ -79,7 +80,7 @@ def test_tensorboard_event_files_hold_the_metrics_records(tmp_path: Path) -> Non
 
 def test_a_resumed_run_hides_what_the_killed_run_logged_past_its_checkpoint(tmp_path: Path) -> None:
     plan = tiny_plan(epochs=4)
-    killed = TrainOptions(device="cpu", progress=io.StringIO(), tensorboard=True, stop_after_units=3, checkpoint_seconds=3600)
+    killed = TrainOptions(device="cpu", progress=io.StringIO(), tensorboard=True, observers=(KillAfter(3),), checkpoint_seconds=3600)
     with pytest.raises(RunInterrupted):
         start_run(plan, tmp_path / "run", killed)  # logged epochs 1-3; its checkpoint is from before epoch 1
     resume_run(tmp_path / "run", TrainOptions(device="cpu", progress=io.StringIO()))

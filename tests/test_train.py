@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import uhn_runtime.train.run as train_module
+import uhn_runtime.train.steps as steps_module
+import uhn_runtime.train.trainer as trainer_module
 from uhn_runtime.train.checkpoint import load_checkpoint
-from uhn_runtime.data import load_task_data
+from uhn_runtime.data import load_task_data, loss_fn
 from uhn_runtime.train.distributed import DEFAULT_MICRO_SHARDS
 from uhn_runtime.train.draws import epoch_seed
 from uhn_runtime.train.init_phase import InitTargets, run_init_phase
@@ -25,9 +26,11 @@ from uhn_runtime.train.schedule import cosine_factor, warmup_cosine_factor
 from uhn_runtime.train.stop_signals import RunStopped, StopSignals
 from uhn_runtime.model.target import DeviceTarget
 from uhn_runtime.model.target_segments import forward_in_segments
-from uhn_runtime.train.run import TIMING_FIELDS, RunInterrupted, TrainOptions, resume_run, start_run
-from uhn_runtime.model.weights import make_source
+from uhn_runtime.train.run import TIMING_FIELDS, TrainOptions, resume_run, start_run
+from uhn_runtime.model.weights import DirectSource, make_source
+from uhn_runtime.train.options import StepEvent
 from uhn_spec import compile_spec
+from tests.conftest import KillAfter, RunInterrupted
 
 from .tiny_specs import SHAPES, tiny_plan
 
@@ -187,7 +190,7 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(
     plan = with_dropout(tiny_plan(**train))
     start_run(plan, tmp_path / "whole", options("both"))
     with pytest.raises(RunInterrupted):
-        start_run(plan, tmp_path / "killed", options("both", stop_after_units=stop_after, checkpoint_seconds=checkpoint_seconds))
+        start_run(plan, tmp_path / "killed", options("both", observers=(KillAfter(stop_after),), checkpoint_seconds=checkpoint_seconds))
     killed = load_checkpoint(tmp_path / "killed" / "checkpoints" / "uhn.pt")
     assert not killed["finished"] and killed["units_done"] == last_checkpoint
     summary = resume_run(tmp_path / "killed", options())
@@ -206,17 +209,17 @@ def test_a_run_killed_in_its_final_evaluation_resumes_to_the_same_end(
 ) -> None:
     plan = tiny_plan(epochs=2)
     start_run(plan, tmp_path / "whole", options("both"))
-    real_evaluate = train_module.Phase.evaluate
+    real_evaluate = trainer_module.evaluate_source
 
-    def killed_in_the_direct_evaluation(self, split):  # type: ignore[no-untyped-def]
-        if self.kind == "direct":
+    def killed_in_the_direct_evaluation(source, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if isinstance(source, DirectSource):
             raise RunInterrupted("killed")
-        return real_evaluate(self, split)
+        return real_evaluate(source, *args, **kwargs)
 
-    monkeypatch.setattr(train_module.Phase, "evaluate", killed_in_the_direct_evaluation)
+    monkeypatch.setattr(trainer_module, "evaluate_source", killed_in_the_direct_evaluation)
     with pytest.raises(RunInterrupted):
         start_run(plan, tmp_path / "killed", options("both"))
-    monkeypatch.setattr(train_module.Phase, "evaluate", real_evaluate)
+    monkeypatch.undo()
     resume_run(tmp_path / "killed", options())
     _assert_same_final_weights(tmp_path / "whole", tmp_path / "killed")
     assert logged(tmp_path / "killed") == logged(tmp_path / "whole")
@@ -240,7 +243,6 @@ def _assert_same_final_weights(a: Path, b: Path) -> None:
 )
 def test_signal_saves_the_current_step_and_the_resumed_run_ends_as_an_uninterrupted_one(
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     train: dict,
     signal_number: int,
     at_step: int,
@@ -250,24 +252,21 @@ def test_signal_saves_the_current_step_and_the_resumed_run_ends_as_an_uninterrup
 ) -> None:
     plan = with_dropout(tiny_plan(**train))
     start_run(plan, tmp_path / "whole", options("both", checkpoint_seconds=3600.0))
-    real_step = train_module.Phase.train_step
     calls = {"n": 0}
 
-    def step_then_signal(self, batch, where):  # type: ignore[no-untyped-def]
-        loss = real_step(self, batch, where)
-        calls["n"] += 1
-        if calls["n"] == at_step:  # arrives while a step is under way, as Ctrl-C would
-            os.kill(os.getpid(), signal_number)
-        return loss
+    class SignalAfterStep:
+        def after_step(self, event: StepEvent) -> None:
+            calls["n"] += 1
+            if calls["n"] == at_step:  # arrives before the step's end is acted on, as Ctrl-C would
+                os.kill(os.getpid(), signal_number)
 
-    monkeypatch.setattr(train_module.Phase, "train_step", step_then_signal)
+    stopping = options("both", checkpoint_seconds=3600.0, observers=(SignalAfterStep(),))
     with pytest.raises(RunStopped, match=f"{signal.Signals(signal_number).name}: stopped the {phase} phase") as stopped:
-        start_run(plan, tmp_path / "stopped", options("both", checkpoint_seconds=3600.0))
+        start_run(plan, tmp_path / "stopped", stopping)
     assert stopped.value.exit_code == 128 + signal_number
     assert signal.getsignal(signal_number) is not None and calls["n"] == at_step  # stopped right after the step
     state = load_checkpoint(tmp_path / "stopped" / "checkpoints" / f"{phase}.pt")
     assert (state["steps_done"], state["units_done"], state["finished"]) == (steps_done, units_done, False)
-    monkeypatch.setattr(train_module.Phase, "train_step", real_step)
     resume_run(tmp_path / "stopped", options(checkpoint_seconds=3600.0))
     _assert_same_final_weights(tmp_path / "whole", tmp_path / "stopped")
     assert logged(tmp_path / "stopped") == logged(tmp_path / "whole")
@@ -298,7 +297,7 @@ def test_target_segments_give_the_loss_and_gradients_of_the_plain_forward() -> N
         source.zero_grad()
         torch.manual_seed(1)
         outputs = forward_in_segments(target, source.flat(), segments, **batch.model_kwargs())
-        loss = train_module.loss_fn(data.metric, *batch.select(outputs))
+        loss = loss_fn(data.metric, *batch.select(outputs))
         loss.backward()
         results.append((float(loss.detach()), [p.grad.clone() for p in source.parameters() if p.grad is not None]))
     (plain_loss, plain_grads), (segmented_loss, segmented_grads) = results
@@ -324,7 +323,7 @@ def test_train_target_segments_trains_as_without(tmp_path: Path) -> None:
 def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_loss = train_module.loss_fn
+    real_loss = steps_module.loss_fn
     calls = {"n": 0}
 
     def loss_turning_nan(metric, outputs, targets):  # type: ignore[no-untyped-def]
@@ -333,7 +332,7 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoi
         # Step 8's first micro-shard (each step takes one loss per micro-shard).
         return loss * float("nan") if calls["n"] == 7 * DEFAULT_MICRO_SHARDS + 1 else loss
 
-    monkeypatch.setattr(train_module, "loss_fn", loss_turning_nan)
+    monkeypatch.setattr(steps_module, "loss_fn", loss_turning_nan)
     plan = tiny_plan(epochs=4)  # 192 training examples / batch 64: 3 steps per epoch
     with pytest.raises(TrainingDiverged, match=r"nan at step 8 \(epoch 3, batch 2/3\)") as err:
         start_run(plan, tmp_path / "run", options())

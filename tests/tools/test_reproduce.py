@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 from uhn_cli.main import app
 from uhn_runtime.train.optim import TrainingDiverged
 from uhn_runtime.train.run_dir import RunDir
-from uhn_runtime.train.run import RunInterrupted
 from uhn_spec import load_spec
 from uhn_tools.reproduce import Harness, ReproduceOptions, TableError, load_table, write_results
 from uhn_tools.reproduce.report import Eta
 from uhn_tools.reproduce.sweep import EDGE_STEPS, past_the_edge
 from uhn_tools.reproduce.tables import BUILTIN_TABLES
+from tests.conftest import KillAfter, RunInterrupted
 
 from ..tiny_specs import tiny_spec_yaml
 
@@ -145,7 +145,7 @@ def test_the_direct_lr_is_chosen_on_the_validation_split_once(tmp_path: Path) ->
 
 
 def test_a_killed_row_resumes_and_finished_rows_are_skipped(tmp_path: Path) -> None:
-    killed, _ = harness(tmp_path, rows=("tiny_b",), stop_after_units=1)
+    killed, _ = harness(tmp_path, rows=("tiny_b",), observers=(KillAfter(1),))
     with pytest.raises(RunInterrupted):
         killed.run()
     folder = tmp_path / "out/tiny/cpu/tiny_b/seed_1"

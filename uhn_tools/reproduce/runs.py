@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from uhn_runtime.device import resolve_device
 from uhn_runtime.train.optim import Precision
+from uhn_runtime.train.options import Observer
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.train.run import TrainOptions, resume_run, start_run
 from uhn_spec.budget import check_fits, estimate_budget
@@ -36,8 +37,8 @@ class ReproduceOptions:
     device: str = "auto"
     spec_root: Path | None = None  # None: the table's own (see load_table)
     progress: TextIO | None = None
-    # Test hook, passed to every training run: stop (as if killed) after this many units.
-    stop_after_units: int | None = None
+    # Passed to every training run (``TrainOptions.observers``): e.g. a logger or an early stop.
+    observers: tuple[Observer, ...] = ()
 
 
 @dataclass
@@ -131,7 +132,7 @@ class TableRuns:
             device=self.options.device,
             data_root=self.options.data_root,
             progress=self.stream,
-            stop_after_units=self.options.stop_after_units,
+            observers=self.options.observers,
         )
         if run.info_path.is_file():
             summary = self.finished_summary(folder, spec_path, overrides, mode)
