@@ -21,12 +21,12 @@ from typing import Any
 import torch
 
 from ..model.target import DeviceTarget
-from ..model.weights import SourceKind, UHNSource, depth_lr_scale, make_source
+from ..model.weights import SourceKind
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from .distributed import DistContext, GenerationShard, broadcast_parameters, synced_flat
+from .distributed import DistContext
 from .evaluate import evaluate_source
 from .init_phase import run_init_phase
-from .optim import Precision, Stepper, make_adamw
+from .optim import Precision
 from .options import StepEvent, TrainOptions
 from .progress import Progress
 from .reporter import SHOWN_LINES, Reporter
@@ -34,10 +34,10 @@ from .run_dir import RunDir
 from ..data import Batch
 from .samplers import Sampler, Work
 from .schedule import set_lr, warmup_cosine_factor
-from .step_bound import LevelChangeBound
-from .steps import StepContext, step_strategy
+from .phase_source import phase_source
 from .stop_signals import RunStopped, StopSignals
 from .tensorboard_log import TensorBoardLog
+from .units import Units
 
 
 @dataclass(frozen=True)
@@ -55,32 +55,11 @@ class Trainer:
         self.kind, self.run, self.sampler, self.plan = kind, run, sampler, sampler.plan
         self.precision, self.options, self.stop, self.dist = precision, options, stop, dist
         cfg = self.cfg = sampler.cfg
-        first = sampler.targets[sampler.seen[0]]
-        self.source = make_source(kind, self.plan, first, cfg.seed)
-        if isinstance(self.source, UHNSource):  # keep a layout for every cached target
-            generator = self.source.generator
-            generator.layout_cache_size = max(generator.layout_cache_size, sampler.targets.capacity)
-        self.lr = cfg.lr * depth_lr_scale(self.plan.recursion_depth) if kind == "uhn" else (cfg.direct_lr or cfg.lr)
-        sharded = kind == "uhn" and options.shard_generation and dist.active
-        micro_shards = 0 if sharded else micro_shards  # each rank's generator backward covers its own share
-        if sharded:
-            self.source.generator.shard = GenerationShard.for_context(dist)  # type: ignore[union-attr]
-        self.evaluated_by_all = sharded  # every rank takes part in generating the weights
-        if micro_shards:  # the exact path sums the gradients itself; else through DDP under torchrun
-            broadcast_parameters(self.source, dist)
-        self.flat = self.source.flat if micro_shards else synced_flat(self.source, dist, first.device)
-        self.change_bound = cfg.level_change_bound if kind == "uhn" else None
-        bound = LevelChangeBound(self.source, self.change_bound, precision) if self.change_bound else None  # type: ignore[arg-type]
-        self.stepper = Stepper(make_adamw(self.source.parameters(), self.lr), precision, cfg.grad_clip, bound)
-        context = StepContext(self.flat, self.stepper, precision, sampler, dist, stop, cfg.seed, cfg.target_segments, first.device)
-        pcgrad = self.plan.mode == "multitask" and cfg.gradient_surgery == "pcgrad"
-        self.strategy = step_strategy(context, micro_shards, pcgrad)
-        self.by_epoch = cfg.epochs is not None
-        self.unit_name = "epoch" if self.by_epoch else "step"
-        self.total_units = int(cfg.epochs or cfg.steps)  # type: ignore[arg-type]
-        self.steps_per_unit = sampler.batches_per_epoch if self.by_epoch else 1
-        self.interval = 1 if self.by_epoch else (cfg.eval_every or sampler.log_interval(self.total_units))
-        show_every = max(1, math.ceil(self.total_units / self.interval / SHOWN_LINES))
+        parts = phase_source(kind, sampler, precision, options, stop, micro_shards, dist)
+        self.source, self.flat, self.lr, self.stepper = parts.source, parts.flat, parts.lr, parts.stepper
+        self.strategy, self.change_bound, self.evaluated_by_all = parts.strategy, parts.change_bound, parts.evaluated_by_all
+        units = self.units = Units.of(cfg, sampler.batches_per_epoch, sampler.log_interval)
+        show_every = max(1, math.ceil(units.total / units.interval / SHOWN_LINES))
         self.reporter = Reporter(run, progress, show_every, sampler.times_by_target())
         self.saved_at = time.monotonic()
         self.checkpoint_path = run.checkpoint_path(kind)
@@ -107,7 +86,7 @@ class Trainer:
                 self.init_done = True
                 self.save()
             self.task_phase()
-            base = {"phase": self.kind, "event": "eval", "split": "test", "final": True, self.unit_name: self.units_done}
+            base = {"phase": self.kind, "event": "eval", "split": "test", "final": True, self.units.name: self.units_done}
             value, models = self.sampler.final(self.evaluate, lambda fields: self.reporter.log({**base, **fields}))
             self.save(result=value, models=models)
         finally:
@@ -115,7 +94,7 @@ class Trainer:
         return self.result(value, models, self.elapsed())
 
     def result(self, value: float, models: dict[str, float] | None, seconds: float) -> PhaseResult:
-        record = {**self.sampler.phase_record(self.total_units), **self.strategy.phase_record()}
+        record = {**self.sampler.phase_record(self.units.total), **self.strategy.phase_record()}
         return PhaseResult(self.kind, value, seconds, models, record)
 
     def elapsed(self) -> float:
@@ -160,7 +139,7 @@ class Trainer:
         self.reporter.line(f"{self.kind} init: {steps} steps, stats loss {final:.4g}  ({self.elapsed():.1f} s)")
 
     def task_phase(self) -> None:
-        total_steps = self.total_units * self.steps_per_unit
+        total_steps = self.units.total_steps
         if self.steps_done >= total_steps:
             return  # stopped during the final evaluation: only that is left
         with self.reporter.progress.task(f"{self.kind} train", total_steps, completed=self.steps_done) as shown:
@@ -178,19 +157,20 @@ class Trainer:
     def train_step(self, step: int, epoch: int, batches: list[Batch]) -> tuple[float, list[Work]]:
         """One optimiser step at the schedule's learning rate on the step's batches: what the
         loop runs and what ``uhn bench`` times. Returns the loss and what the step trained."""
-        self.current_lr = self.lr * warmup_cosine_factor(epoch if self.by_epoch else step, self.cfg.warmup, self.total_units)
+        unit = self.units.counter(step, epoch)
+        self.current_lr = self.lr * warmup_cosine_factor(unit, self.cfg.warmup, self.units.total)
         set_lr(self.stepper.optimizer, self.current_lr)
         work = self.sampler.work(step, batches)
-        return self.strategy(step, work, self.where(step, epoch), self.last_good), work
+        return self.strategy(step, work, self.units.where(step, epoch), self.last_good), work
 
     def end_of_step(self, work: list[Work], loss: float) -> bool:
         """Log, checkpoint and stop as the step just taken asks; True when the phase is done."""
-        self.sampler.after_step(self.kind, self.steps_done, self.total_units, self.reporter.log, self.reporter.progress)
-        at_unit_end = self.steps_done % self.steps_per_unit == 0
+        self.sampler.after_step(self.kind, self.steps_done, self.units.total, self.reporter.log, self.reporter.progress)
+        at_unit_end = self.steps_done % self.units.steps_per_unit == 0
         if at_unit_end:
-            self.units_done = self.steps_done // self.steps_per_unit
-        last = at_unit_end and self.units_done == self.total_units
-        if at_unit_end and (self.units_done % self.interval == 0 or last):
+            self.units_done = self.steps_done // self.units.steps_per_unit
+        last = at_unit_end and self.units_done == self.units.total
+        if at_unit_end and (self.units_done % self.units.interval == 0 or last):
             mean_loss = sum(self.interval_losses) / len(self.interval_losses)
             self.interval_losses = []  # before end_interval's checkpoint
             self.end_interval(mean_loss, self.current_lr, last)
@@ -201,17 +181,17 @@ class Trainer:
         signal = self.stop.requested
         if signal and not last:
             self.save()
-            where = f"stopped the {self.kind} phase after {self.position()}; saved {self.checkpoint_path}"
+            where = f"stopped the {self.kind} phase after {self.units.position(self.steps_done, self.units_done)}; saved {self.checkpoint_path}"
             raise RunStopped(f"{signal.name}: {where}", signal)
         return last
 
     def end_interval(self, mean_loss: float, lr: float, last: bool) -> None:
-        record: dict[str, Any] = {"phase": self.kind, "event": "train", self.unit_name: self.units_done, "loss": mean_loss,
+        record: dict[str, Any] = {"phase": self.kind, "event": "train", self.units.name: self.units_done, "loss": mean_loss,
                                   "lr": lr, "seconds": round(self.elapsed(), 3), **self.reporter.step_time_fields()}
         record.update(self.strategy.interval_record())
         if self.stepper.bound is not None:  # how much of the last Adam step the bound kept
             record["step_scale"] = self.stepper.bound.last_scale
-        shown = f"{self.kind} {self.unit_name} {self.units_done}/{self.total_units}  loss {mean_loss:.4f}"
+        shown = f"{self.kind} {self.units.name} {self.units_done}/{self.units.total}  loss {mean_loss:.4f}"
         every = self.cfg.eval_every
         evaluated = bool(every and self.units_done % every == 0 and not last)
         if evaluated:
@@ -219,25 +199,13 @@ class Trainer:
         self.reporter.log(record)
         if last or evaluated or time.monotonic() - self.saved_at >= self.options.checkpoint_seconds:
             self.save()
-        if last or evaluated or self.reporter.shows(self.units_done // self.interval):
+        if last or evaluated or self.reporter.shows(self.units_done // self.units.interval):
             self.reporter.line(f"{shown}  lr {lr:.3g}  ({self.elapsed():.1f} s)")
-
-    def where(self, step: int, epoch: int) -> str:
-        if self.by_epoch:
-            per_epoch = self.sampler.batches_per_epoch
-            return f"step {step + 1} (epoch {epoch + 1}, batch {step % per_epoch + 1}/{per_epoch})"
-        return f"step {step + 1}/{self.total_units}"
 
     def status_info(self, epoch: int) -> str:
         """What the bar shows beside the step count: the epoch and the interval's mean loss."""
-        where = f"epoch {epoch + 1}/{self.total_units}  " if self.by_epoch else ""
+        where = f"epoch {epoch + 1}/{self.units.total}  " if self.units.by_epoch else ""
         return f"{where}loss {sum(self.interval_losses) / max(len(self.interval_losses), 1):.4f}"
-
-    def position(self) -> str:
-        """Where the task phase stands, e.g. "epoch 2/9 and 3/7 steps of epoch 3"."""
-        within = self.steps_done - self.units_done * self.steps_per_unit
-        where = f"{self.unit_name} {self.units_done}/{self.total_units}"
-        return f"{where} and {within}/{self.steps_per_unit} steps of epoch {self.units_done + 1}" if within else where
 
     def save(self, result: float | None = None, models: dict[str, float] | None = None) -> None:
         if self.dist.is_main:  # every rank holds the same state; rank 0 writes it
@@ -249,7 +217,7 @@ class Trainer:
                 "init_done": self.init_done, "finished": result is not None, "result": result, "models": models,
                 "seconds": self.elapsed(), "rng": capture_rng(),
             })  # fmt: skip
-        self.last_good = f"{self.checkpoint_path} (after {self.unit_name} {self.units_done})"
+        self.last_good = f"{self.checkpoint_path} (after {self.units.name} {self.units_done})"
         self.saved_at = time.monotonic()
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -261,13 +229,13 @@ class Trainer:
         self.source.load_state_dict(state["source"])
         self.stepper.load_state_dict(state["stepper"])
         self.units_done = int(state["units_done"])
-        self.steps_done = int(state.get("steps_done", self.units_done * self.steps_per_unit))
+        self.steps_done = int(state.get("steps_done", self.units_done * self.units.steps_per_unit))
         self.interval_losses = [float(x) for x in state.get("interval_losses", [])]
         self.init_done = bool(state["init_done"])
         self.seconds_before, self.started = float(state["seconds"]), time.perf_counter()
         restore_rng(state["rng"])
-        self.last_good = f"{self.checkpoint_path} (after {self.unit_name} {self.units_done})"
-        resume = {"phase": self.kind, "event": "resume", self.unit_name: self.units_done, "steps_done": self.steps_done}
+        self.last_good = f"{self.checkpoint_path} (after {self.units.name} {self.units_done})"
+        resume = {"phase": self.kind, "event": "resume", self.units.name: self.units_done, "steps_done": self.steps_done}
         self.reporter.log({**resume, "world_size": self.dist.world_size})
-        self.reporter.line(f"{self.kind}: resuming from {self.position()}")
+        self.reporter.line(f"{self.kind}: resuming from {self.units.position(self.steps_done, self.units_done)}")
 
