@@ -9,7 +9,7 @@ import pytest
 import torch
 from pydantic import TypeAdapter, ValidationError
 
-from uhn_spec.metrics import ACCURACY, METRICS, RMSE, MetricName
+from uhn_spec.metrics import ACCURACY, METRICS, RMSE, Metric, MetricName
 from uhn_spec.tasks import DATASETS, TASK_TYPES
 
 
@@ -66,6 +66,8 @@ def test_better_and_error_ratio_follow_the_direction_of_the_metric() -> None:
     "metric, fits, does_not_fit",
     [(ACCURACY, [0.5, 0.99], [0.0, 1.0, -0.1]), (RMSE, [1e-6, 3.0], [0.0, -1.0, math.inf, math.nan])],
 )
-def test_a_reference_leaves_an_error_to_compare_with(metric, fits, does_not_fit) -> None:  # type: ignore[no-untyped-def]
+def test_a_reference_leaves_an_error_to_compare_with(
+    metric: Metric, fits: list[float], does_not_fit: list[float]
+) -> None:
     assert all(metric.reference_fits(value) for value in fits)
     assert not any(metric.reference_fits(value) for value in does_not_fit)

@@ -1,9 +1,11 @@
-"""The dataset table and a spec's ``task`` section: what each dataset looks like to a spec
-(task type, descriptor ids, input shape, outputs).
+"""The task-type and dataset tables and a spec's ``task`` section: what each dataset looks
+like to a spec (task type, descriptor ids, input shape, outputs) and what each task type
+means (input kind, metric).
 
 This is the static part of a task (enough to validate and compile a spec); loading the data
-itself lives in ``uhn_runtime.data``. ``DATASETS`` is the one list of dataset names: the names
-a spec accepts are derived from it.
+itself lives in ``uhn_runtime.data``. ``DATASETS`` is the one list of dataset names and
+``TASK_TYPES`` the one list of task types: the names a spec accepts, a dataset's input kind
+and metric, and the task types a synthetic dataset may have are derived from them.
 """
 
 from __future__ import annotations
