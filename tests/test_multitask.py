@@ -20,12 +20,13 @@ from tests.tiny_specs import TINY_GENERATOR, tiny_spec_data
 from uhn_cli.main import app
 from uhn_runtime.train.checkpoint import load_checkpoint
 from uhn_runtime.model.target import DeviceTarget
-from uhn_runtime.train.task_sampling import adapted_probabilities, error_ratio
+from uhn_runtime.train.task_sampling import adapted_probabilities
 from uhn_runtime.train.draws import architecture_draw
 from uhn_runtime.train.run import TrainOptions, resume_run, start_run
 from uhn_runtime.model.weights import UHNSource
 from uhn_spec import build_model, compile_spec
 from uhn_spec.errors import SpecError, UHNError
+from uhn_spec.metrics import ACCURACY, RMSE
 from uhn_spec.modes.multitask import compile_multitask, load_multitask
 from tests.conftest import KillAfter, RecordSteps, RunInterrupted
 
@@ -315,9 +316,9 @@ def adaptive_file(tmp_path: Path, references: tuple[float, float] = (0.99, 0.001
 
 
 def test_error_ratio_puts_accuracy_and_rmse_on_one_scale() -> None:
-    assert error_ratio("accuracy", 0.96, 0.98) == pytest.approx(2.0)  # twice the errors
-    assert error_ratio("rmse", 0.5, 0.05) == pytest.approx(10.0)
-    assert error_ratio("accuracy", 0.99, 0.98) < 1.0  # ahead of its reference
+    assert ACCURACY.error_ratio(0.96, 0.98) == pytest.approx(2.0)  # twice the errors
+    assert RMSE.error_ratio(0.5, 0.05) == pytest.approx(10.0)
+    assert ACCURACY.error_ratio(0.99, 0.98) < 1.0  # ahead of its reference
 
 
 def test_adapted_probabilities_move_towards_the_laggard_and_keep_the_floor() -> None:

@@ -1,9 +1,11 @@
-"""The dataset table and a spec's ``task`` section: what each dataset looks like to a spec
-(task type, descriptor ids, input shape, outputs).
+"""The task-type and dataset tables and a spec's ``task`` section: what each dataset looks
+like to a spec (task type, descriptor ids, input shape, outputs) and what each task type
+means (input kind, metric).
 
 This is the static part of a task (enough to validate and compile a spec); loading the data
-itself lives in ``uhn_runtime.data``. ``DATASETS`` is the one list of dataset names: the names
-a spec accepts are derived from it.
+itself lives in ``uhn_runtime.data``. ``DATASETS`` is the one list of dataset names and
+``TASK_TYPES`` the one list of task types: the names a spec accepts, a dataset's input kind
+and metric, and the task types a synthetic dataset may have are derived from them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pydantic import Field, model_validator
 from .enums import DatasetType, TaskType
 from .fields import StrictModel
 from .layers.base import FeatureShape
+from .metrics import ACCURACY, RMSE, MetricName
 
 FORMULA_FUNCTIONS: tuple[str, ...] = (
     "ellipj",
@@ -37,43 +40,72 @@ FORMULA_FUNCTIONS: tuple[str, ...] = (
 )
 
 
+InputKind = Literal["image", "vector", "tokens", "nodes"]
+
+
+@dataclass(frozen=True)
+class TaskTypeInfo:
+    """What a task type means to a spec and a run: the input its targets read and the metric
+    (a name of ``uhn_spec.metrics.METRICS``) its runs are trained and scored by."""
+
+    task_type: TaskType
+    input_kind: InputKind
+    metric: MetricName
+    synthetic: bool = True  # a ``synthetic`` dataset of this type can be generated
+
+
+# The one table of task types: a dataset's input kind and metric, and the task types a
+# synthetic dataset may have, follow from it.
+TASK_TYPES: dict[TaskType, TaskTypeInfo] = {
+    info.task_type: info
+    for info in (
+        TaskTypeInfo(TaskType.IMAGE_CLASSIFICATION, "image", ACCURACY.name),
+        TaskTypeInfo(TaskType.GRAPH_NODE_CLASSIFICATION, "nodes", ACCURACY.name),
+        TaskTypeInfo(TaskType.TEXT_CLASSIFICATION, "tokens", ACCURACY.name),
+        TaskTypeInfo(TaskType.FORMULA_REGRESSION, "vector", RMSE.name),
+        # A generated generator's "task" (family ``uhn``): it reads descriptors, no data.
+        TaskTypeInfo(TaskType.RECURSIVE, "vector", ACCURACY.name, synthetic=False),
+        TaskTypeInfo(TaskType.TABULAR_CLASSIFICATION, "vector", ACCURACY.name),
+    )
+}
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
     task_type: TaskType
     dataset_type: DatasetType
-    input_kind: Literal["image", "vector", "tokens", "nodes"]
     input_dims: tuple[int, ...]  # tokens: (vocabulary size,) filled from the task spec
     num_outputs: int
 
     @property
-    def metric(self) -> Literal["accuracy", "rmse"]:
-        return "rmse" if self.task_type is TaskType.FORMULA_REGRESSION else "accuracy"
+    def input_kind(self) -> InputKind:
+        return TASK_TYPES[self.task_type].input_kind
+
+    @property
+    def metric(self) -> MetricName:
+        return TASK_TYPES[self.task_type].metric
 
 
 def _image(name: str, dtype: DatasetType, dims: tuple[int, int, int]) -> DatasetInfo:
-    return DatasetInfo(name, TaskType.IMAGE_CLASSIFICATION, dtype, "image", dims, 10)
+    return DatasetInfo(name, TaskType.IMAGE_CLASSIFICATION, dtype, dims, 10)
 
 
 def _graph(name: str, dtype: DatasetType, features: int, classes: int) -> DatasetInfo:
-    return DatasetInfo(
-        name, TaskType.GRAPH_NODE_CLASSIFICATION, dtype, "nodes", (features,), classes
-    )
+    return DatasetInfo(name, TaskType.GRAPH_NODE_CLASSIFICATION, dtype, (features,), classes)
 
 
 def _text(name: str, dtype: DatasetType, classes: int) -> DatasetInfo:
-    return DatasetInfo(name, TaskType.TEXT_CLASSIFICATION, dtype, "tokens", (0,), classes)
+    return DatasetInfo(name, TaskType.TEXT_CLASSIFICATION, dtype, (0,), classes)
 
 
 def _formula(name: str) -> DatasetInfo:
     outputs = 4 if name == "ellipj" else 1
-    return DatasetInfo(
-        name, TaskType.FORMULA_REGRESSION, DatasetType[name.upper()], "vector", (2,), outputs
-    )
+    return DatasetInfo(name, TaskType.FORMULA_REGRESSION, DatasetType[name.upper()], (2,), outputs)
 
 
 def _tabular(name: str, dtype: DatasetType, features: int, classes: int) -> DatasetInfo:
-    return DatasetInfo(name, TaskType.TABULAR_CLASSIFICATION, dtype, "vector", (features,), classes)
+    return DatasetInfo(name, TaskType.TABULAR_CLASSIFICATION, dtype, (features,), classes)
 
 
 def _recursive(leaf_task: TaskType) -> DatasetInfo:
@@ -81,7 +113,7 @@ def _recursive(leaf_task: TaskType) -> DatasetInfo:
     this task type (reference-facts section 11). It reads no data of its own; its input
     is descriptors, checked by the family's own chain rule (``spec.uhn_chain_errors``)."""
     name = f"recursive_{leaf_task.name.lower()}"
-    return DatasetInfo(name, TaskType.RECURSIVE, DatasetType[name.upper()], "vector", (0,), 1)
+    return DatasetInfo(name, TaskType.RECURSIVE, DatasetType[name.upper()], (0,), 1)
 
 
 # The dataset of a generated generator, by the task type of the leaf at the chain's end.
@@ -121,19 +153,9 @@ else:
     DatasetName = Literal[("synthetic", *DATASETS)]
 
 
-TASK_INPUT_KIND: dict[TaskType, str] = {
-    TaskType.IMAGE_CLASSIFICATION: "image",
-    TaskType.GRAPH_NODE_CLASSIFICATION: "nodes",
-    TaskType.TEXT_CLASSIFICATION: "tokens",
-    TaskType.FORMULA_REGRESSION: "vector",
-    TaskType.TABULAR_CLASSIFICATION: "vector",
-}
-
-
 def synthetic_info(task_type: TaskType, input_dims: tuple[int, ...], num_outputs: int) -> DatasetInfo:
     """A dataset of the shape a spec chooses: generated data for tests and demos."""
-    kind = TASK_INPUT_KIND[task_type]
-    return DatasetInfo("synthetic", task_type, DatasetType.SYNTHETIC, kind, input_dims, num_outputs)  # type: ignore[arg-type]
+    return DatasetInfo("synthetic", task_type, DatasetType.SYNTHETIC, input_dims, num_outputs)
 
 
 def input_shape(info: DatasetInfo, vocab_size: int) -> FeatureShape:
@@ -142,13 +164,11 @@ def input_shape(info: DatasetInfo, vocab_size: int) -> FeatureShape:
     return FeatureShape(info.input_kind, info.input_dims, f"the {info.name} input")
 
 
-SyntheticTaskType = Literal[
-    "image_classification",
-    "graph_node_classification",
-    "text_classification",
-    "formula_regression",
-    "tabular_classification",
-]
+# The task types a ``synthetic`` dataset may have, by their YAML names.
+if TYPE_CHECKING:
+    SyntheticTaskType = str
+else:
+    SyntheticTaskType = Literal[tuple(t.yaml_name for t, info in TASK_TYPES.items() if info.synthetic)]
 
 
 class SyntheticShape(StrictModel):

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from uhn_runtime.data import loss_fn, load_task_data
+from uhn_runtime.data import load_task_data
 from uhn_runtime.model.target import DeviceTarget
 from uhn_runtime.train.run import TrainOptions, start_run
 from uhn_runtime.model.weights import make_source
 from uhn_spec import compile_spec, load_spec
+from uhn_spec.metrics import METRICS
 from uhn_spec.tasks import FORMULA_FUNCTIONS
 
 from ..tiny_specs import TINY_GENERATOR
@@ -55,7 +56,7 @@ def test_one_training_step_on_real_data(data_root: Path, spec_name: str, batch_s
     outputs = target.forward(source.flat(), **batch.model_kwargs())
     picked, targets = batch.select(outputs)
     assert picked.shape[-1] == spec.task.info.num_outputs
-    loss = loss_fn(data.metric, picked, targets)
+    loss = METRICS[data.metric].loss(picked, targets)
     assert math.isfinite(float(loss.detach()))
     loss.backward()
     grads = [p.grad for p in source.parameters() if p.grad is not None]

@@ -214,4 +214,4 @@ def load_cifar10(task: TaskSpec, root: Path) -> TaskData:
     splits = train_val_test(
         _tensors(train, "train", 50_000), _tensors(test, "test", 10_000), DatasetType.CIFAR10, task.validate_split
     )
-    return ImageData(metric="accuracy", splits=splits, mean=CIFAR_MEAN, std=CIFAR_STD, augment=True)
+    return ImageData(metric=task.info.metric, splits=splits, mean=CIFAR_MEAN, std=CIFAR_STD, augment=True)

@@ -121,4 +121,4 @@ def load_formula(task: TaskSpec, root: Path | None = None) -> TaskData:
         DatasetType[name.upper()],
         task.validate_split,
     )
-    return TensorData(metric="rmse", splits=splits)
+    return TensorData(metric=task.info.metric, splits=splits)

@@ -71,4 +71,4 @@ def load_mnist(task: TaskSpec, root: Path) -> TaskData:
     splits = train_val_test(
         read_split(root, "train"), read_split(root, "test"), DatasetType.MNIST, task.validate_split
     )
-    return ImageData(metric="accuracy", splits=splits, mean=MNIST_MEAN, std=MNIST_STD)
+    return ImageData(metric=task.info.metric, splits=splits, mean=MNIST_MEAN, std=MNIST_STD)

@@ -197,5 +197,5 @@ def load_planetoid(task: TaskSpec, root: Path) -> TaskData:
             f"and {classes} classes; {name} has {info.input_dims[0]} and {info.num_outputs}"
         )
     return GraphData(
-        metric="accuracy", x=normalize_features(graph.x), y=graph.y, edge_index=graph.edge_index, masks=graph.masks
+        metric=info.metric, x=normalize_features(graph.x), y=graph.y, edge_index=graph.edge_index, masks=graph.masks
     )

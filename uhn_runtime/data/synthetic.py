@@ -18,11 +18,12 @@ like a real dataset, it is the same for every run.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
+from uhn_spec.enums import TaskType
 from uhn_spec.spec import SyntheticShape, TaskSpec
 
 from . import Batch, DataError, Split, TaskData, register_loader
@@ -113,19 +114,19 @@ def teacher_labels(features: torch.Tensor, classes: int, gen: torch.Generator) -
     return (features @ weights).argmax(dim=1)
 
 
-def image_data(shape: SyntheticShape, gen: torch.Generator) -> TensorData:
+def image_data(shape: SyntheticShape, task: TaskSpec, gen: torch.Generator) -> TensorData:
     x = torch.randn(shape.num_examples, *shape.input_dims, generator=gen)
     y = teacher_labels(x.flatten(1), shape.num_outputs, gen)
-    return TensorData(metric="accuracy", splits=split_examples(x, y, gen))
+    return TensorData(metric=task.info.metric, splits=split_examples(x, y, gen))
 
 
-def formula_data(shape: SyntheticShape, gen: torch.Generator) -> TensorData:
+def formula_data(shape: SyntheticShape, task: TaskSpec, gen: torch.Generator) -> TensorData:
     x = torch.rand(shape.num_examples, shape.input_dims[0], generator=gen) * 2 - 1
     hidden = 16
     w1 = torch.randn(shape.input_dims[0], hidden, generator=gen)
     w2 = torch.randn(hidden, shape.num_outputs, generator=gen) / math.sqrt(hidden)
     y = torch.tanh(x @ w1) @ w2
-    return TensorData(metric="rmse", splits=split_examples(x, y, gen))
+    return TensorData(metric=task.info.metric, splits=split_examples(x, y, gen))
 
 
 def text_data(shape: SyntheticShape, task: TaskSpec, gen: torch.Generator) -> TensorData:
@@ -144,10 +145,10 @@ def text_data(shape: SyntheticShape, task: TaskSpec, gen: torch.Generator) -> Te
     scores[FIRST_WORD:] -= scores[FIRST_WORD:].mean(dim=0)
     scores[:FIRST_WORD] = 0  # specials carry no class evidence
     y = scores[tokens].sum(dim=1).argmax(dim=1)
-    return TensorData(metric="accuracy", splits=split_examples(tokens, y, gen), pad_token=PAD_TOKEN)
+    return TensorData(metric=task.info.metric, splits=split_examples(tokens, y, gen), pad_token=PAD_TOKEN)
 
 
-def graph_data(shape: SyntheticShape, gen: torch.Generator) -> GraphData:
+def graph_data(shape: SyntheticShape, task: TaskSpec, gen: torch.Generator) -> GraphData:
     n, classes = shape.num_examples, shape.num_outputs
     x = torch.randn(n, shape.input_dims[0], generator=gen)
     y = teacher_labels(x, classes, gen)
@@ -169,7 +170,17 @@ def graph_data(shape: SyntheticShape, gen: torch.Generator) -> GraphData:
         mask = torch.zeros(n, dtype=torch.bool)
         mask[order[lo:hi]] = True
         masks[name] = mask
-    return GraphData(metric="accuracy", x=x, y=y, edge_index=edge_index, masks=masks)
+    return GraphData(metric=task.info.metric, x=x, y=y, edge_index=edge_index, masks=masks)
+
+
+# The generated data of each task type a synthetic dataset may have (``SyntheticTaskType``).
+SYNTHETIC_DATA: dict[TaskType, Callable[[SyntheticShape, TaskSpec, torch.Generator], TaskData]] = {
+    TaskType.IMAGE_CLASSIFICATION: image_data,
+    TaskType.GRAPH_NODE_CLASSIFICATION: graph_data,
+    TaskType.TEXT_CLASSIFICATION: text_data,
+    TaskType.FORMULA_REGRESSION: formula_data,
+    TaskType.TABULAR_CLASSIFICATION: image_data,  # a random linear teacher on the features
+}
 
 
 @register_loader("synthetic")
@@ -178,14 +189,7 @@ def load_synthetic(task: TaskSpec, data_root: object = None) -> TaskData:
     if shape is None:
         raise DataError("task.synthetic: the synthetic dataset needs its shape (task_type, input_dims, num_outputs)")
     gen = torch.Generator().manual_seed(SYNTHETIC_SEED)
-    if shape.task_type in ("image_classification", "tabular_classification"):
-        data: TaskData = image_data(shape, gen)  # a random linear teacher on the features
-    elif shape.task_type == "formula_regression":
-        data = formula_data(shape, gen)
-    elif shape.task_type == "text_classification":
-        data = text_data(shape, task, gen)
-    else:
-        data = graph_data(shape, gen)
+    data = SYNTHETIC_DATA[task.info.task_type](shape, task, gen)
     data.notes.append(f"synthetic {shape.task_type} data ({shape.num_examples} examples, random teacher)")
     return data
 

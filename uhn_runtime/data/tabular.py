@@ -33,7 +33,7 @@ def load_tabular(task: TaskSpec, data_root: Path | None = None) -> TaskData:
     mean, std = features[train].mean(dim=0), features[train].std(dim=0).clamp_min(1e-8)
     features = (features - mean) / std
     data = TensorData(
-        metric="accuracy",
+        metric=task.info.metric,
         splits={"train": (features[train], labels[train]), "test": (features[test], labels[test])},
     )
     data.notes.append(f"scikit-learn {task.dataset}: {len(train)} train / {len(test)} test examples, fixed split (seed {SPLIT_SEED})")

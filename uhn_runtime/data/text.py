@@ -124,7 +124,7 @@ def text_task(
         return pad_sequences(saved[f"{name}_ids"], saved[f"{name}_lengths"]), saved[f"{name}_labels"]
 
     splits = train_val_test(split("train"), split("test"), dataset, task.validate_split)
-    return TensorData(metric="accuracy", splits=splits, pad_token=PAD)
+    return TensorData(metric=task.info.metric, splits=splits, pad_token=PAD)
 
 
 # --------------------------------------------------------------------------- AG News

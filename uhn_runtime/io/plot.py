@@ -12,6 +12,7 @@ from typing import Any
 
 from uhn_spec.errors import UHNError
 from uhn_spec.files import atomic_write
+from uhn_spec.metrics import METRICS
 from uhn_spec.received import MAX_METRICS_BYTES, ReceivedFileError, parse_received_json, read_received_text
 
 from ..train.run_dir import RunDir
@@ -45,7 +46,7 @@ def checked_record(record: Any, where: str) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise UHNError(f"{where}: a JSON {type(record).__name__}, not a record")
     needed = ("loss", "lr") if record.get("event") == "train" else ()
-    for key in (*needed, "epoch", "step", "accuracy", "rmse", *(k for k in record if str(k).startswith("test_"))):
+    for key in (*needed, "epoch", "step", *METRICS, *(k for k in record if str(k).startswith("test_"))):
         value = record.get(key)
         if (key in needed or value is not None) and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise UHNError(f"{where}: {key}: {value!r} is not a number")
@@ -74,7 +75,7 @@ def curves(records: list[dict[str, Any]]) -> tuple[str, dict[str, dict[str, Curv
                 if key.startswith("test_"):
                     add(key[len("test_") :], phase, x, value)
         elif r.get("event") == "eval" and r.get("final"):
-            for key in ("accuracy", "rmse"):
+            for key in METRICS:
                 if key in r:
                     metric = key
                     add(key, phase, x, r[key])

@@ -11,8 +11,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from uhn_spec.metrics import METRICS
+
 from ..model.batch_norm import recalibrate_from_data
-from ..data import Batch, Split, TaskData, finish_metric, metric_sums
+from ..data import Batch, Split, TaskData
 from .optim import Precision
 from ..model.target import DeviceTarget
 from ..model.weights import DirectSource, UHNSource
@@ -28,18 +30,19 @@ def evaluate_forward(
     device: torch.device,
     on_batch: Callable[[int], None] | None = None,
 ) -> float:
-    """The split's metric (accuracy or RMSE) of ``forward`` over the eval batches;
+    """The split's figure in the data's metric of ``forward`` over the eval batches;
     ``on_batch(n)`` after the n-th batch (progress display)."""
+    metric = METRICS[data.metric]
     total, count = 0.0, 0
     for done, batch in enumerate(data.eval_batches(split, EVAL_BATCH_SIZE), 1):
         batch = batch.to(device)
         outputs, targets = batch.select(forward(batch))
-        batch_total, batch_count = metric_sums(data.metric, outputs, targets)
+        batch_total, batch_count = metric.sums(outputs, targets)
         total += batch_total
         count += batch_count
         if on_batch is not None:
             on_batch(done)
-    return finish_metric(data.metric, total, count)
+    return metric.finish(total, count)
 
 
 @torch.no_grad()

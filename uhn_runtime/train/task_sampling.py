@@ -35,14 +35,8 @@ from typing import Any
 
 import torch
 
+from uhn_spec.metrics import METRICS
 from uhn_spec.modes.multitask import TaskSamplingSpec
-
-
-def error_ratio(metric: str, value: float, reference: float) -> float:
-    """How many times a member's error is its reference's (>1: it lags)."""
-    if metric == "rmse":
-        return value / reference
-    return (1.0 - value) / (1.0 - reference)
 
 
 def adapted_probabilities(
@@ -56,12 +50,8 @@ def adapted_probabilities(
 
 
 def batch_figure(metric: str, outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """What a training step adds to its member's window: the batch's accuracy, or for RMSE
-    its mean squared error (a window's RMSE is the root of their mean)."""
-    with torch.no_grad():
-        if metric == "rmse":
-            return float(torch.mean((outputs.float() - targets.float().view_as(outputs)) ** 2))
-        return float((outputs.argmax(dim=-1) == targets).float().mean())
+    """``METRICS[metric].batch_figure``, kept for train/run.py's calls until the Trainer takes the object."""
+    return METRICS[metric].batch_figure(outputs, targets)
 
 
 @dataclass(frozen=True)
@@ -85,7 +75,7 @@ class TaskSampling:
     ):
         self.base = tuple(base)
         self.settings = settings
-        self.metrics = tuple(metrics)
+        self.metrics = tuple(METRICS[name] for name in metrics)
         self.references = tuple(references)
         self.updates: list[SamplingUpdate] = []
         self._update_steps: list[int] = []
@@ -118,19 +108,18 @@ class TaskSampling:
         return self.adaptive and 0 < steps_done < total_steps and steps_done % self.settings.every == 0
 
     def window_figures(self) -> tuple[float | None, ...]:
-        """Each member's accuracy or RMSE over the window's steps (None: the window did not draw it)."""
-        figures: list[float | None] = []
-        for metric, (total, steps) in zip(self.metrics, self.window):
-            mean = total / steps if steps else None
-            figures.append(math.sqrt(mean) if metric == "rmse" and mean is not None else mean)
-        return tuple(figures)
+        """Each member's figure in its metric over the window's steps (None: the window did not draw it)."""
+        return tuple(
+            metric.window_finish(total / steps) if steps else None
+            for metric, (total, steps) in zip(self.metrics, self.window)
+        )
 
     def reweight(self, step: int) -> SamplingUpdate:
         """Re-weight from the window's figures after ``step`` steps and start a new window."""
         previous = self.updates[-1].ratios if self.updates else (1.0,) * len(self.base)
         figures = self.window_figures()
         ratios = tuple(
-            old if figure is None else error_ratio(metric, figure, float(reference))  # type: ignore[arg-type]
+            old if figure is None else metric.error_ratio(figure, float(reference))  # type: ignore[arg-type]
             for figure, old, metric, reference in zip(figures, previous, self.metrics, self.references)
         )
         probabilities = adapted_probabilities(self.base, ratios, self.settings.floor, self.settings.strength)

@@ -35,6 +35,7 @@ from ..loading import (
     read_spec_text,
     validated,
 )
+from ..metrics import METRICS
 from ..plan import Plan
 from ..spec import ExperimentSpec, GeneratorSpec, TrainSpec
 from .single import member_spec
@@ -160,25 +161,25 @@ def run_member(spec: MultiTaskSpec, index: int, source: Path | None) -> Experime
 
 
 def check_references(spec: MultiTaskSpec, members: Sequence[ExperimentSpec], where: str | None) -> None:
-    """A reference is a figure in the member's own metric: an accuracy in (0, 1) (1 would
-    leave no error to compare with), an RMSE above 0; adaptive sampling needs every one."""
+    """A reference is a figure in the member's own metric that leaves an error to compare with
+    (``Metric.reference_fits``); adaptive sampling needs every one."""
     for i, (entry, member) in enumerate(zip(spec.tasks, members)):
         field = f"tasks[{i}].reference"
-        metric = member.task.info.metric
+        metric = METRICS[member.task.info.metric]
         value = entry.reference
         if value is None:
             if spec.sampling.mode == "adaptive":
                 raise SpecError(
                     field,
                     f"sampling.mode adaptive compares every member with its single-task figure; give {member.name}'s "
-                    f"test {metric} (e.g. from `uhn train MULTITASK --model {member.name}`)",
+                    f"test {metric.name} (e.g. from `uhn train MULTITASK --model {member.name}`)",
                     where,
                 )
             continue
-        if metric == "accuracy" and not (0.0 < value < 1.0):
-            raise SpecError(field, f"{value} is not an accuracy in (0, 1) ({member.name}'s metric is accuracy)", where)
-        if metric == "rmse" and not (value > 0.0 and math.isfinite(value)):
-            raise SpecError(field, f"{value} is not a positive RMSE ({member.name}'s metric is rmse)", where)
+        if not metric.reference_fits(value):
+            raise SpecError(
+                field, f"{value} is not {metric.reference_range} ({member.name}'s metric is {metric.name})", where
+            )
 
 
 def compile_multitask(multitask: MultiTask, source_text: str = "") -> Plan:

@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from uhn_runtime.data import loss_fn
 from uhn_runtime.data.synthetic import synthetic_batch
 from uhn_runtime.train.draws import architecture_draw
 from uhn_runtime.model.generator import UHNGenerator
 from uhn_runtime.train.optim import Precision, make_adamw
 from uhn_runtime.model.target import TargetCache
 from uhn_runtime.model.target_segments import forward_in_segments
+from uhn_spec.metrics import METRICS
 from uhn_spec.plan import Plan
 
 from .memory import sync
@@ -39,7 +39,7 @@ def measure_family_step(
     generator = UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=options.seed).to(device)
     generator.layout_cache_size = max(generator.layout_cache_size, cache.capacity)
     batch = synthetic_batch(plan.targets[seen[0]].spec.task, options.batch, device)
-    metric = plan.targets[seen[0]].spec.task.info.metric
+    metric = METRICS[plan.targets[seen[0]].spec.task.info.metric]
     optimizer = make_adamw(generator.parameters(), lr=1e-4)
 
     def step(index: int) -> int:
@@ -50,7 +50,7 @@ def measure_family_step(
             for target in drawn:
                 flat = target.generate(generator)
                 outputs = forward_in_segments(target, flat, options.target_segments, **batch.model_kwargs())
-                losses.append(loss_fn(metric, *batch.select(outputs)))
+                losses.append(metric.loss(*batch.select(outputs)))
             loss = torch.stack(losses).mean()
         loss.backward()
         optimizer.step()
@@ -112,7 +112,7 @@ def measure_multitask_step(
         with precision.autocast():
             flat = target.generate(generator)
             outputs = forward_in_segments(target, flat, options.target_segments, **batch.model_kwargs())
-            loss = loss_fn(target.plan.spec.task.info.metric, *batch.select(outputs))
+            loss = METRICS[target.plan.spec.task.info.metric].loss(*batch.select(outputs))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

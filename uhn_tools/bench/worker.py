@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from uhn_runtime.data import loss_fn
 from uhn_runtime.data.synthetic import synthetic_batch
 from uhn_runtime.model.fast_features import build_layout
 from uhn_runtime.model.generator import UHNGenerator
@@ -25,6 +24,7 @@ from uhn_runtime.train.optim import Precision, make_adamw
 from uhn_runtime.model.target import DeviceTarget
 from uhn_runtime.model.target_segments import forward_in_segments
 from uhn_runtime.model.weights import RecursiveSource
+from uhn_spec.metrics import METRICS
 from uhn_spec.plan import Plan, load_plan
 
 from .flops import measure_matmul, peak_square
@@ -113,7 +113,7 @@ def measure_generate(setup: Setup, options: BenchOptions, naive_rows: torch.Tens
 def measure_train_step(setup: Setup, options: BenchOptions, naive_rows: torch.Tensor | None) -> dict[str, Any]:
     t, g = setup.target, setup.generator
     batch = synthetic_batch(t.plan.spec.task, options.batch, setup.device)
-    metric = t.plan.spec.task.info.metric
+    metric = METRICS[t.plan.spec.task.info.metric]
     optimizer = make_adamw(g.parameters(), lr=1e-4)
     t.model.train()
 
@@ -124,7 +124,7 @@ def measure_train_step(setup: Setup, options: BenchOptions, naive_rows: torch.Te
             else:
                 flat = naive_generate(g, naive_rows, t.structure_rows)
             outputs = forward_in_segments(t, flat, options.target_segments, **batch.model_kwargs())
-            loss = loss_fn(metric, *batch.select(outputs))
+            loss = metric.loss(*batch.select(outputs))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -8,6 +8,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from uhn_spec.metrics import RMSE
+
 from .tables import Budget, Table
 
 
@@ -107,7 +109,7 @@ def render_markdown(
         )
         changes.append(f"* {record['row']}: {record['budget_changes']}")
     lines.append("")
-    rmse = [r for r in rows if r["metric"] == "rmse" and r["uhn"] is not None]
+    rmse = [r for r in rows if r["metric"] == RMSE.name and r["uhn"] is not None]
     if rmse:
         wins = sum(r["uhn"]["mean"] <= r["direct"]["mean"] for r in rmse)
         lines += [f"UHN RMSE at or below direct on {wins} of {len(rmse)} functions run (the paper: 9 of 15).", ""]

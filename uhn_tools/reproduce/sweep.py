@@ -20,6 +20,7 @@ from uhn_runtime.io.export import load_trained_source
 from uhn_runtime.train.optim import TrainingDiverged
 from uhn_runtime.train.run_dir import RunDir
 from uhn_spec.files import atomic_write_text
+from uhn_spec.metrics import METRICS
 from uhn_spec.received import load_received_json
 from uhn_spec.spec import MAX_LR
 
@@ -42,9 +43,8 @@ EDGE_STEPS = 4
 
 
 def pick_best(scores: dict[LrKey, float], metric: str) -> LrKey:
-    """The lr with the best score: the highest accuracy, the lowest RMSE."""
-    better = max if metric == "accuracy" else min
-    return better(scores, key=lambda lr: scores[lr])
+    """The lr with the best score in ``metric`` (the highest accuracy, the lowest RMSE)."""
+    return METRICS[metric].best(scores)
 
 
 def past_the_edge(grid: list[float], scores: dict[str, float | None], metric: str) -> list[float]:

@@ -12,12 +12,12 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from uhn_spec.errors import UHNError
+from uhn_spec.metrics import MetricName
 from uhn_spec.received import ReceivedFileError, load_received_yaml
 from uhn_spec.spec import StrictModel
 
 Budget = Literal["cpu", "paper"]
 BUDGETS: tuple[Budget, ...] = ("cpu", "paper")
-Metric = Literal["accuracy", "rmse"]
 
 
 class TableError(UHNError):
@@ -42,7 +42,7 @@ class TableRow(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     dataset: str
     model: str
-    metric: Metric
+    metric: MetricName
     spec: str | None = Field(None, description="the spec file, relative to the table's spec root")
     note: str | None = Field(None, description="why the row has no spec (e.g. no data here)")
     budgets: dict[Budget, BudgetPlan] = Field(default_factory=dict)
