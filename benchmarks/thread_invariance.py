@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from uhn_runtime.data import Batch, load_task_data, loss_fn
+from uhn_runtime.data import Batch, load_task_data
+from uhn_spec.metrics import METRICS
 from uhn_runtime.train.optim import make_adamw
 from uhn_runtime.model.target import DeviceTarget
 from uhn_runtime.model.weights import make_source
@@ -60,7 +61,7 @@ def record(out: Path, spec: Path, data_root: str | None) -> None:
             for lo in range(0, count, size):
                 part = micro_batch(batch, lo, lo + size)
                 with autocast:
-                    loss = loss_fn(data.metric, *part.select(target.forward(weights, **part.model_kwargs())))
+                    loss = METRICS[data.metric].loss(*part.select(target.forward(weights, **part.model_kwargs())))
                 grads.append(torch.autograd.grad(loss, weights)[0])
             result[f"{precision} target gradient, batches of {size}"] = torch.stack(grads)
         optimizer = make_adamw(source.parameters(), 1e-3)

@@ -13,8 +13,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import uhn_runtime.train.steps as steps_module
 from uhn_cli.main import app
+from uhn_spec.metrics import Accuracy
 from uhn_runtime.data import load_task_data
 from uhn_runtime.train.evaluate import evaluate_module, generate_weights
 from uhn_runtime.io.export import export_run, load_exported, load_trained_source
@@ -123,7 +123,7 @@ def test_cli_spec_compare_direct_runs_the_baseline_by_default(tmp_path: Path) ->
 
 
 def test_cli_nan_loss_exits_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(steps_module, "loss_fn", lambda metric, outputs, targets: outputs.sum() * float("inf"))
+    monkeypatch.setattr(Accuracy, "loss", lambda self, outputs, targets: outputs.sum() * float("inf"))
     spec_path = tmp_path / "tiny.yaml"
     spec_path.write_text(tiny_spec_yaml(epochs=2, init_steps=0))
     result = runner.invoke(app, ["train", str(spec_path), "--out", str(tmp_path / "run")])

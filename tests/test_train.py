@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import uhn_runtime.train.steps as steps_module
 import uhn_runtime.train.trainer as trainer_module
 from uhn_runtime.train.checkpoint import load_checkpoint
-from uhn_runtime.data import load_task_data, loss_fn
+from uhn_runtime.data import load_task_data
+from uhn_spec.metrics import METRICS, Accuracy
 from uhn_runtime.train.distributed import DEFAULT_MICRO_SHARDS
 from uhn_runtime.train.draws import epoch_seed
 from uhn_runtime.train.init_phase import InitTargets, run_init_phase
@@ -297,7 +297,7 @@ def test_target_segments_give_the_loss_and_gradients_of_the_plain_forward() -> N
         source.zero_grad()
         torch.manual_seed(1)
         outputs = forward_in_segments(target, source.flat(), segments, **batch.model_kwargs())
-        loss = loss_fn(data.metric, *batch.select(outputs))
+        loss = METRICS[data.metric].loss(*batch.select(outputs))
         loss.backward()
         results.append((float(loss.detach()), [p.grad.clone() for p in source.parameters() if p.grad is not None]))
     (plain_loss, plain_grads), (segmented_loss, segmented_grads) = results
@@ -323,16 +323,16 @@ def test_train_target_segments_trains_as_without(tmp_path: Path) -> None:
 def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_loss = steps_module.loss_fn
+    real_loss = Accuracy.loss
     calls = {"n": 0}
 
-    def loss_turning_nan(metric, outputs, targets):  # type: ignore[no-untyped-def]
+    def loss_turning_nan(self, outputs, targets):  # type: ignore[no-untyped-def]
         calls["n"] += 1
-        loss = real_loss(metric, outputs, targets)
+        loss = real_loss(self, outputs, targets)
         # Step 8's first micro-shard (each step takes one loss per micro-shard).
         return loss * float("nan") if calls["n"] == 7 * DEFAULT_MICRO_SHARDS + 1 else loss
 
-    monkeypatch.setattr(steps_module, "loss_fn", loss_turning_nan)
+    monkeypatch.setattr(Accuracy, "loss", loss_turning_nan)
     plan = tiny_plan(epochs=4)  # 192 training examples / batch 64: 3 steps per epoch
     with pytest.raises(TrainingDiverged, match=r"nan at step 8 \(epoch 3, batch 2/3\)") as err:
         start_run(plan, tmp_path / "run", options())

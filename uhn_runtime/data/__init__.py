@@ -83,11 +83,6 @@ class TaskData(ABC):
     def num_train_batches(self, batch_size: int) -> int: ...
 
 
-def loss_fn(metric: MetricName, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``METRICS[metric].loss``, kept for train/run.py's calls until the Trainer takes the object."""
-    return METRICS[metric].loss(outputs, targets)
-
-
 Loader = Callable[[TaskSpec, Path], TaskData]
 LOADERS: dict[str, Loader] = {}
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from ..data import loss_fn
+from uhn_spec.metrics import METRICS
+
 from ..model.target import DeviceTarget
 from ..model.target_segments import forward_in_segments
 from .distributed import (
@@ -76,7 +77,7 @@ class PlainStep:
         if not share:  # an empty share still runs forward and backward: DDP needs every rank's gradients
             return outputs.sum() * 0.0
         self.ctx.sampler.observe(item, outputs)
-        return loss_fn(self.ctx.sampler.data_for(item.target).metric, *item.batch.select(outputs))
+        return METRICS[self.ctx.sampler.data_for(item.target).metric].loss(*item.batch.select(outputs))
 
     def named(self, where: str, work: list[Work]) -> str:
         """``where`` with the step's targets named, when the run has several."""
@@ -130,7 +131,7 @@ class ExactStep(PlainStep):
     def __call__(self, step: int, work: list[Work], where: str, last_good: str) -> float:
         ctx, dist = self.ctx, self.ctx.dist
         ((_, target, batch),) = [(w.position, w.target, w.batch) for w in work]
-        metric = ctx.sampler.data_for(target).metric
+        metric = METRICS[ctx.sampler.data_for(target).metric]
         with ctx.precision.autocast():
             flat = ctx.flat(target)
         weights = flat.detach().requires_grad_()
@@ -146,7 +147,7 @@ class ExactStep(PlainStep):
             part = part.to(ctx.device)
             with ctx.precision.autocast():
                 outputs = forward_in_segments(target, weights, ctx.segments, **part.model_kwargs())
-                loss = loss_fn(metric, *part.select(outputs)) * share
+                loss = metric.loss(*part.select(outputs)) * share
             (gradient,) = torch.autograd.grad(loss, weights)
             return torch.cat([gradient.float(), loss.detach().float().view(1)])
 

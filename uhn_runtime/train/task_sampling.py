@@ -49,11 +49,6 @@ def adapted_probabilities(
     return tuple(floor * p + (1.0 - floor) * w / total for p, w in zip(base, lag))
 
 
-def batch_figure(metric: str, outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """``METRICS[metric].batch_figure``, kept for train/run.py's calls until the Trainer takes the object."""
-    return METRICS[metric].batch_figure(outputs, targets)
-
-
 @dataclass(frozen=True)
 class SamplingUpdate:
     step: int  # in effect from this step on (the steps done when it was computed)

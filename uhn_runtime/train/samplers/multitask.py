@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from uhn_spec.errors import UHNError
+from uhn_spec.metrics import METRICS
 from uhn_spec.modes.multitask import TaskSamplingSpec
 from uhn_spec.plan import Plan
 
@@ -26,7 +27,7 @@ from ..draws import architecture_draw, epoch_seed
 from ..progress import Progress
 from ..run_dir import RunDir
 from ..run_tables import task_table_lines
-from ..task_sampling import TaskSampling, batch_figure
+from ..task_sampling import TaskSampling
 from .base import Evaluate, Log, Sampler, Work
 
 
@@ -97,7 +98,7 @@ class MultitaskSampler(Sampler):
 
     def observe(self, work: Work, outputs: torch.Tensor) -> None:
         if self.sampling.adaptive:
-            figure = batch_figure(self.data_for(work.target).metric, *work.batch.select(outputs))
+            figure = METRICS[self.data_for(work.target).metric].batch_figure(*work.batch.select(outputs))
             self.sampling.observe(self.seen.index(work.position), figure)
 
     def after_step(self, kind: str, steps_done: int, total_units: int, log: Log, progress: Progress) -> None:
