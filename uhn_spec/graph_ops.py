@@ -191,7 +191,8 @@ class ExportedGraph(StrictModel):
             try:
                 resolve_op(node.op)
                 check_value(node.args, defined)
-                check_value(node.kwargs, defined)
+                for item in node.kwargs.values():
+                    check_value(item, defined)
             except ValueError as err:
                 raise ValueError(f"{where} ({node.name}): {err}") from None
             if node.name in defined:
@@ -204,13 +205,9 @@ class ExportedGraph(StrictModel):
 def check_value(value: Any, defined: set[str]) -> None:
     """A JSON argument is plain data and names only values defined before it."""
     if isinstance(value, dict):
-        if len(value) == 1 and next(iter(value)) in TYPED_KEYS:
-            decode_typed(value, defined)
-            return
-        if not all(isinstance(k, str) for k in value):
-            raise ValueError("keyword names must be strings")
-        for item in value.values():
-            check_value(item, defined)
+        if len(value) != 1 or next(iter(value)) not in TYPED_KEYS:
+            raise ValueError(f"a dict is not a graph value unless it is one of {{{', '.join(TYPED_KEYS)}: ...}}")
+        decode_typed(value, defined)
     elif isinstance(value, list):
         for item in value:
             check_value(item, defined)
@@ -242,8 +239,6 @@ def encode_value(value: Any) -> Any:
         return {"ref": value.name}
     if isinstance(value, (list, tuple)):
         return [encode_value(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): encode_value(v) for k, v in value.items()}
     if isinstance(value, torch.dtype):
         return {"dtype": str(value).removeprefix("torch.")}
     if isinstance(value, torch.device):
@@ -296,16 +291,11 @@ class GraphProgram:
         overrides = overrides or {}
 
         def value(item: Any) -> Any:
-            if isinstance(item, dict):
-                if len(item) == 1:
-                    key = next(iter(item))
-                    if key == "ref":
-                        return env[item["ref"]]
-                    if key == "device":
-                        return device
-                    if key in TYPED_KEYS:
-                        return decode_typed(item, set())
-                return {k: value(v) for k, v in item.items()}
+            if isinstance(item, dict):  # one typed key (checked when the graph was read)
+                key = next(iter(item))
+                if key == "ref":
+                    return env[item["ref"]]
+                return device if key == "device" else decode_typed(item, set())
             if isinstance(item, list):
                 return [value(v) for v in item]
             return item
@@ -315,7 +305,7 @@ class GraphProgram:
             if name in overrides:
                 env[name] = overrides[name](call_args)
                 continue
-            call_kwargs = value(kwargs)
+            call_kwargs = {k: value(v) for k, v in kwargs.items()}
             if short in DROPOUT_OPS:
                 if len(call_args) > 2:
                     call_args[2] = training

@@ -114,7 +114,7 @@ def graph_data(program: ExportedProgram, model: nn.Module) -> tuple[dict[str, An
         if not op_allowed(op):
             raise ModuleImportError(f"{node_module(node)}: operator {op} is not among those an imported graph may call (uhn_spec.graph_ops.ATEN_OPS)")
         try:
-            nodes.append({"name": node.name, "op": op, "args": encode_value(list(node.args)), "kwargs": encode_value(dict(node.kwargs))})
+            nodes.append({"name": node.name, "op": op, "args": encode_value(list(node.args)), "kwargs": {k: encode_value(v) for k, v in node.kwargs.items()}})
         except ValueError as err:
             raise ModuleImportError(f"{node_module(node)}: {op}: {err}") from None
     output = next(n for n in program.graph.nodes if n.op == "output").args[0]
