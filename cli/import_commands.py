@@ -10,7 +10,7 @@ import typer
 from .main import command
 from .options import parse_shape
 
-# --input-shape: the traced example is a batch of 2 such inputs (2^24 values: 128 MiB in fp32).
+# --input-shape: the captured example is a batch of 2 such inputs (2^24 values: 128 MiB in fp32).
 MAX_INPUT_SIDE = 65536
 MAX_INPUT_VALUES = 2**24
 

@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import UHNError
 from ..spec import ExperimentSpec
 from ..tasks import DATASETS
-from .converters import Imported, KeyLink
+from .links import Imported, KeyLink
 from .exported_graph import exported_layer, import_failure
 
 # --------------------------------------------------------------------------- loading MODULE:ATTR
@@ -179,7 +179,7 @@ def import_model(
     spec = {
         "name": name,
         "description": f"imported from {type(model).__name__} by uhn import",
-        "family": family_of(kinds),
+        "family": "cnn" if input_kind == "image" and family_of(kinds) == "mlp" else family_of(kinds),
         "task": task,
         "layers": [layer],
     }
@@ -213,8 +213,8 @@ def import_for_spec(ref: str, spec: ExperimentSpec) -> tuple[nn.Module, Imported
     else:
         shape = (spec.task.max_length,) if info.input_kind == "tokens" else tuple(info.input_dims)
         imported = import_model(module, input_shape=shape)
-    traced = ExperimentSpec.model_validate({**imported.spec, "task": spec.task.model_dump(), "name": spec.name})
-    ours, theirs = comparable(traced.layers), comparable(spec.layers)
+    again = ExperimentSpec.model_validate({**imported.spec, "task": spec.task.model_dump(), "name": spec.name})
+    ours, theirs = comparable(again.layers), comparable(spec.layers)
     if ours != theirs:
         first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
         raise UHNError(f"--for-module: {ref} does not match the run's spec (they differ at layers[{first}]); give the class the spec was imported from")

@@ -23,7 +23,7 @@ from torch.export.graph_signature import InputKind, OutputKind
 
 from ..graph_ops import encode_value, op_allowed, op_name
 from ..layers.exported import GENERIC_PARAM_TYPES, ExportedSpec
-from .converters import Imported, KeyLink, ModuleImportError
+from .links import Imported, KeyLink, ModuleImportError
 
 # Nodes that only check shapes during capture; the interpreter does not need them.
 CHECK_OPS = ("aten._assert_scalar", "aten._assert_tensor_metadata", "aten.sym_constrain_range", "aten._assert_async")
