@@ -38,6 +38,7 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], Callable[[], tuple[torch.Tensor, .
     "convnext_permute_layernorm": (zoo.ConvNeXtBlock, image),
     "ceil_pool_log_softmax": (zoo.CeilPool, image),
     "lstm": (zoo.LSTMClassifier, tokens),
+    "tied_embedding_and_head": (zoo.TiedEmbedding, tokens),
     "pyg_gcn": (zoo.pyg_gcn, graph),
     "pyg_gat": (zoo.pyg_gat, graph),
 }

@@ -170,3 +170,17 @@ def pyg_gat() -> nn.Module:
     from torch_geometric.nn.models import GAT
 
     return GAT(12, 8, num_layers=2, out_channels=3, heads=2)
+
+
+class TiedEmbedding(nn.Module):
+    """A language-model head sharing the embedding's weight (one tensor, two state keys)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(30, 8)
+        self.mix = nn.Linear(8, 8)
+        self.decoder = nn.Linear(8, 30, bias=False)
+        self.decoder.weight = self.embed.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.decoder(torch.tanh(self.mix(self.embed(tokens))).mean(1))

@@ -100,6 +100,7 @@ def graph_data(program: ExportedProgram, model: nn.Module) -> tuple[dict[str, An
             constants[name] = (None, program.constants[spec.target])
         else:
             raise ModuleImportError(f"{type(model).__name__}: its graph reads a {spec.kind.name} ({spec.target}), which uhn cannot hold")
+    params = without_aliases(program, params, state)
     outputs = program.graph_signature.output_specs
     if len(outputs) != 1 or outputs[0].kind != OutputKind.USER_OUTPUT:
         kinds = ", ".join(o.kind.name.lower() for o in outputs)
@@ -121,6 +122,19 @@ def graph_data(program: ExportedProgram, model: nn.Module) -> tuple[dict[str, An
     data = {"inputs": inputs, "params": params, "buffers": {}, "constants": {}, "nodes": nodes, "output": encode_value(output)}
     data["_constants"] = constants
     return data, params, buffers
+
+
+def without_aliases(program: ExportedProgram, params: dict[str, str], state: dict[str, Any]) -> dict[str, str]:
+    """One placeholder per parameter tensor: of a tied tensor's names, the one the graph reads
+    (the others come back as ``alias_links``)."""
+    used = {node.name for node in program.graph.nodes if node.op == "placeholder" and node.users}
+    kept: dict[int, str] = {}
+    for placeholder, key in params.items():
+        tensor = id(state[key])
+        if tensor not in kept or (placeholder in used and kept[tensor] not in used):
+            kept[tensor] = placeholder
+    chosen = set(kept.values())
+    return {p: key for p, key in params.items() if p in chosen}
 
 
 def constant_data(key: str | None, tensor: torch.Tensor) -> dict[str, Any]:
@@ -307,6 +321,19 @@ def order_keys(part: dict[str, Any]) -> dict[str, Any]:
     return {**part, "keys": {role: keys[role] for role in sorted(keys, key=GENERIC_PARAM_TYPES.__getitem__)}}
 
 
+def alias_links(model: nn.Module, links: list[KeyLink]) -> list[KeyLink]:
+    """Links for the state_dict keys that name a linked tensor a second time (tied weights:
+    one parameter under two names, which a strict load wants under both)."""
+    state = model.state_dict(keep_vars=True)
+    linked = {link.module_key: link for link in links if link.chunk is None}
+    first_key = {id(state[key]): key for key in reversed(list(state)) if key in linked}
+    return [
+        KeyLink(linked[first_key[id(tensor)]].spec_name, key)
+        for key, tensor in state.items()
+        if key not in linked and id(tensor) in first_key
+    ]
+
+
 def exported_layer(
     model: nn.Module, example: tuple[torch.Tensor, ...], input_kind: str, input_dims: list[int], outputs: int, sequence_length: int
 ) -> tuple[dict[str, Any], list[Imported]]:
@@ -326,4 +353,5 @@ def exported_layer(
         if sum(1 for other in links if other.module_key == link.module_key) > 1:
             link.chunk = chunks[link.module_key] = chunks.get(link.module_key, -1) + 1
     links += [KeyLink(p, c["key"]) for p, c in data["constants"].items() if c["key"] is not None]
+    links += alias_links(model, links)
     return layer, [Imported({"kind": "exported"}, links)]
