@@ -75,6 +75,19 @@ def test_what_torch_export_cannot_capture_is_one_line_naming_the_class_and_the_c
     assert "torch.export cannot capture it" in message
 
 
+@pytest.mark.parametrize("attr", ["DataDependent", "GATNeedsArguments"])
+def test_cli_refusal_is_one_error_line_and_exit_2(tmp_path, attr: str) -> None:
+    from typer.testing import CliRunner
+
+    from uhn_cli.main import app
+
+    result = CliRunner().invoke(app, ["import", f"{models.__file__}:{attr}", "--input-shape", "4", "-o", str(tmp_path / "s.yaml")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output
+    assert not (tmp_path / "s.yaml").exists()
+
+
 def test_a_class_that_needs_arguments_says_so() -> None:
     with pytest.raises(UHNError) as err:
         load_module_ref(f"{models.__file__}:GATNeedsArguments")

@@ -52,12 +52,18 @@ class HyperNetwork(nn.Module):
 
     @classmethod
     def for_module(
-        cls, model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...], generator: dict[str, Any] | None = None, seed: int = 0
+        cls,
+        model: nn.Module,
+        example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+        generator: dict[str, Any] | None = None,
+        seed: int = 0,
     ) -> "HyperNetwork":
         """Capture ``model`` (called as ``model(*example_inputs)``) and build its generator;
         ``generator`` overrides fields of the generator spec (``index_freqs``, ``hidden``, ...)."""
         imported = import_model(model, **describe_inputs(example_inputs), name=type(model).__name__[:100] or "model")
-        spec = ExperimentSpec.model_validate({**imported.spec, "generator": GeneratorSpec(**(generator or {})).model_dump()})
+        spec = ExperimentSpec.model_validate(
+            {**imported.spec, "generator": GeneratorSpec(**(generator or {})).model_dump()}
+        )
         return cls(spec, imported, seed)
 
     @property

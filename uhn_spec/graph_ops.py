@@ -37,7 +37,8 @@ dropout einsum elu embedding empty empty_like eq erf exp exp_ expand expand_as e
 flatten flip floor floor_divide fmod full full_like gather ge gelu gelu_ glu group_norm gt hardsigmoid hardsigmoid_
 hardswish hardswish_ hardtanh hardtanh_ index index_add index_add_ index_copy index_fill index_put index_put_
 index_select instance_norm isinf isnan layer_norm le leaky_relu leaky_relu_ lerp lift_fresh_copy linalg_vector_norm
-linear linspace lstm gru rnn_tanh log log1p log2 log_softmax logical_and logical_not logical_or logsumexp lt masked_fill masked_fill_
+linear linspace lstm gru rnn_tanh log log1p log2 log_softmax logical_and logical_not logical_or logsumexp lt
+masked_fill masked_fill_
 masked_scatter matmul max max_pool1d max_pool2d max_pool2d_with_indices max_pool3d maximum mean min minimum mish mm
 mul mul_ narrow ne neg new_empty new_full new_ones new_zeros nonzero norm numel one_hot ones ones_like pad permute
 pixel_shuffle pixel_unshuffle pow pow_ prod reciprocal relu relu6 relu_ remainder repeat repeat_interleave reshape
@@ -82,8 +83,19 @@ DROPOUT_OPS = frozenset({"dropout", "feature_dropout", "alpha_dropout", "native_
 
 DTYPES: dict[str, torch.dtype] = {
     str(dtype).removeprefix("torch."): dtype
-    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-                  torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64)
+    for dtype in (
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+        torch.complex64,
+    )
 }
 LAYOUTS = {"strided": torch.strided}
 MEMORY_FORMATS = {
@@ -216,8 +228,13 @@ def check_value(value: Any, defined: set[str]) -> None:
 
 
 def decode_typed(value: dict[str, Any], defined: set[str]) -> Any:
-    (key, item), = value.items()
-    tables: dict[str, dict[str, Any]] = {"dtype": DTYPES, "layout": LAYOUTS, "memory_format": MEMORY_FORMATS, "float": SPECIAL_FLOATS}
+    ((key, item),) = value.items()
+    tables: dict[str, dict[str, Any]] = {
+        "dtype": DTYPES,
+        "layout": LAYOUTS,
+        "memory_format": MEMORY_FORMATS,
+        "float": SPECIAL_FLOATS,
+    }
     if key == "ref":
         if item not in defined:
             raise ValueError(f"{item!r} is used before it is defined")
@@ -262,7 +279,11 @@ def op_name(target: Any) -> str:
     name = getattr(target, "__name__", str(target))
     if module in ("_operator", "operator"):
         return f"operator.{name}"
-    return f"{module.removeprefix('torch.')}.{name}" if module.startswith("torch") and module != "torch" else f"{module}.{name}"
+    return (
+        f"{module.removeprefix('torch.')}.{name}"
+        if module.startswith("torch") and module != "torch"
+        else f"{module}.{name}"
+    )
 
 
 # --------------------------------------------------------------------------- running

@@ -38,7 +38,11 @@ class Mixed(nn.Module):
 
 @pytest.mark.parametrize(
     ("factory", "kwargs"),
-    [(Mixed, {"input_shape": (4,)}), (zoo.TinyViT, {"input_shape": (3, 8, 8)}), (tiny_gcn, {"graph": "synthetic", "input_shape": (12,)})],
+    [
+        (Mixed, {"input_shape": (4,)}),
+        (zoo.TinyViT, {"input_shape": (3, 8, 8)}),
+        (tiny_gcn, {"graph": "synthetic", "input_shape": (12,)}),
+    ],
     ids=["mixed", "vit", "gcn"],
 )
 def test_exported_properties(factory, kwargs: dict) -> None:
@@ -63,7 +67,10 @@ def write_import(tmp_path: Path) -> tuple[Path, Path]:
     from ..import_models import models
 
     spec_path = tmp_path / "spec.yaml"
-    result = CliRunner().invoke(app, ["import", f"{models.__file__}:tiny_gcn", "--graph", "synthetic", "--input-shape", "12", "-o", str(spec_path)])
+    result = CliRunner().invoke(
+        app,
+        ["import", f"{models.__file__}:tiny_gcn", "--graph", "synthetic", "--input-shape", "12", "-o", str(spec_path)],
+    )
     assert result.exit_code == 0, result.output
     return spec_path, tmp_path / "spec.graph.json"
 
@@ -71,13 +78,24 @@ def write_import(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.mark.parametrize(
     ("node", "complaint"),
     [
-        ({"name": "evil", "op": "builtins.exec", "args": ["open('MARKER', 'w')"]}, "operator 'builtins.exec' is not among"),
-        ({"name": "evil", "op": "aten.relu.default", "args": [{"py/object": "os.system"}]}, "a dict is not a graph value"),
-        ({"name": "evil", "op": "aten.relu.default", "args": [{"ref": "not_defined"}]}, "'not_defined' is used before it is defined"),
+        (
+            {"name": "evil", "op": "builtins.exec", "args": ["open('MARKER', 'w')"]},
+            "operator 'builtins.exec' is not among",
+        ),
+        (
+            {"name": "evil", "op": "aten.relu.default", "args": [{"py/object": "os.system"}]},
+            "a dict is not a graph value",
+        ),
+        (
+            {"name": "evil", "op": "aten.relu.default", "args": [{"ref": "not_defined"}]},
+            "'not_defined' is used before it is defined",
+        ),
     ],
     ids=["operator", "object", "reference"],
 )
-def test_a_crafted_graph_file_runs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, node: dict, complaint: str) -> None:
+def test_a_crafted_graph_file_runs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, node: dict, complaint: str
+) -> None:
     spec_path, graph_path = write_import(tmp_path)
     assert isinstance(load_spec(spec_path), ExperimentSpec)
     graph = json.loads(graph_path.read_text())
@@ -95,7 +113,9 @@ def test_the_graph_file_is_a_plain_name_next_to_the_spec(tmp_path: Path) -> None
     text = spec_path.read_text()
     assert "graph: spec.graph.json" in text
     spec_path.write_text(text.replace("graph: spec.graph.json", "graph: ../elsewhere.graph.json"))
-    with pytest.raises(SpecError, match=r"layers\[0\]\.graph: '../elsewhere.graph.json': give the name of a .json file"):
+    with pytest.raises(
+        SpecError, match=r"layers\[0\]\.graph: '../elsewhere.graph.json': give the name of a .json file"
+    ):
         load_spec(spec_path)
     graph_path.unlink()
     spec_path.write_text(text)

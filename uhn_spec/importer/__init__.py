@@ -113,7 +113,10 @@ def graph_features(graph: str, input_shape: tuple[int, ...] | None) -> int:
     return DATASETS[graph].input_dims[0]
 
 
-def example_input(model: nn.Module, input_shape: tuple[int, ...] | None, graph: str | None) -> tuple[tuple[torch.Tensor, ...], str, list[int], int | None]:
+Example = tuple[tuple[torch.Tensor, ...], str, list[int], int | None]
+
+
+def example_input(model: nn.Module, input_shape: tuple[int, ...] | None, graph: str | None) -> Example:
     """The example the module is captured with, its input kind and dims, and (token models)
     the vocabulary: a model whose first Linear/Conv/Embedding is an Embedding reads token ids."""
     gen = torch.Generator().manual_seed(0)
@@ -123,7 +126,8 @@ def example_input(model: nn.Module, input_shape: tuple[int, ...] | None, graph: 
         edges = torch.randint(0, nodes, (2, 12), generator=gen)
         return (torch.randn(nodes, features, generator=gen), edges), "nodes", [features], None
     assert input_shape is not None
-    first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+    reading = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    first = next((m for m in model.modules() if isinstance(m, reading)), None)
     if isinstance(first, nn.Embedding):
         if len(input_shape) != 1:
             raise UHNError("--input-shape: a model that starts with an Embedding reads token ids: give the sequence length T")
@@ -157,7 +161,8 @@ def import_model(
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UHNError(f"{type(model).__name__}: the module must return one (batch, outputs) tensor; it returns {got}")
     outputs = int(out.shape[-1])
-    layer, links = exported_layer(model, example, input_kind, input_dims, outputs, input_shape[0] if vocab and input_shape else 0)
+    sequence_length = input_shape[0] if vocab and input_shape else 0
+    layer, links = exported_layer(model, example, input_kind, input_dims, outputs, sequence_length)
     if graph == "synthetic":
         shape = {"input_dims": list(input_shape or ()), "num_outputs": outputs}
         task: dict[str, Any] = {"dataset": "synthetic", "synthetic": {"task_type": "graph_node_classification", **shape}}

@@ -11,8 +11,12 @@ the user's code it stopped, and torch.export's own message.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import math
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +38,10 @@ VIEW_OPS = frozenset(
     "repeat detach alias unflatten type_as _unsafe_view lift_fresh_copy".split()
 )
 ROLE_OF_OPERAND: dict[str, dict[int, str]] = {
-    **{op: {1: "weight", 2: "bias"} for op in ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "linear")},
+    **{
+        op: {1: "weight", 2: "bias"}
+        for op in ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "linear")
+    },
     "addmm": {0: "bias", 1: "weight", 2: "weight"},
     **{op: {0: "weight", 1: "weight"} for op in ("mm", "bmm", "matmul")},
     "layer_norm": {2: "scale", 3: "shift"},
@@ -51,13 +58,32 @@ ROLE_OF_OPERAND: dict[str, dict[int, str]] = {
 
 def import_failure(model: nn.Module, err: BaseException) -> ModuleImportError:
     """One line: the class, the last frame of user code torch.export stopped in, its message."""
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if "site-packages" not in f.filename and "/torch/" not in f.filename]
+    frames = [
+        f
+        for f in traceback.extract_tb(err.__traceback__)
+        if "site-packages" not in f.filename and "/torch/" not in f.filename
+    ]
     user = next((f for f in reversed(frames) if "uhn_spec" not in f.filename), None)
     where = f" at {user.filename}:{user.lineno} ({user.line})" if user else ""
     message = " ".join(str(err).split())
     if len(message) > 400:
         message = message[:400] + "..."
-    return ModuleImportError(f"{type(model).__name__}{where}: torch.export cannot capture it: {type(err).__name__}: {message}")
+    return ModuleImportError(
+        f"{type(model).__name__}{where}: torch.export cannot capture it: {type(err).__name__}: {message}"
+    )
+
+
+@contextlib.contextmanager
+def quiet_torch_logs() -> Iterator[None]:
+    """torch.export logs warnings and prints graph dumps while it fails; the user gets one line."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def export_module(model: nn.Module, example: tuple[torch.Tensor, ...], graph: bool) -> ExportedProgram:
@@ -67,7 +93,7 @@ def export_module(model: nn.Module, example: tuple[torch.Tensor, ...], graph: bo
     else:
         dynamic = ({0: Dim("batch")},)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet_torch_logs():
             return torch.export.export(model, example, dynamic_shapes=dynamic, strict=False)
     except Exception as err:  # torch.export reports user-code problems as many exception types
         raise import_failure(model, err) from None
@@ -99,12 +125,17 @@ def graph_data(program: ExportedProgram, model: nn.Module) -> tuple[dict[str, An
         elif spec.kind == InputKind.CONSTANT_TENSOR:
             constants[name] = (None, program.constants[spec.target])
         else:
-            raise ModuleImportError(f"{type(model).__name__}: its graph reads a {spec.kind.name} ({spec.target}), which uhn cannot hold")
+            raise ModuleImportError(
+                f"{type(model).__name__}: its graph reads a {spec.kind.name} ({spec.target}), which uhn cannot hold"
+            )
     params = without_aliases(program, params, state)
     outputs = program.graph_signature.output_specs
     if len(outputs) != 1 or outputs[0].kind != OutputKind.USER_OUTPUT:
         kinds = ", ".join(o.kind.name.lower() for o in outputs)
-        raise ModuleImportError(f"{type(model).__name__}: the module must return one tensor and change no buffer at evaluation (its graph gives: {kinds})")
+        raise ModuleImportError(
+            f"{type(model).__name__}: the module must return one tensor and change no buffer at evaluation "
+            f"(its graph gives: {kinds})"
+        )
     nodes = []
     for node in program.graph.nodes:
         if node.op != "call_function":
@@ -113,13 +144,30 @@ def graph_data(program: ExportedProgram, model: nn.Module) -> tuple[dict[str, An
         if op.startswith(CHECK_OPS):
             continue
         if not op_allowed(op):
-            raise ModuleImportError(f"{node_module(node)}: operator {op} is not among those an imported graph may call (uhn_spec.graph_ops.ATEN_OPS)")
+            raise ModuleImportError(
+                f"{node_module(node)}: operator {op} is not among those an imported graph may call "
+                "(uhn_spec.graph_ops.ATEN_OPS)"
+            )
         try:
-            nodes.append({"name": node.name, "op": op, "args": encode_value(list(node.args)), "kwargs": {k: encode_value(v) for k, v in node.kwargs.items()}})
+            nodes.append(
+                {
+                    "name": node.name,
+                    "op": op,
+                    "args": encode_value(list(node.args)),
+                    "kwargs": {k: encode_value(v) for k, v in node.kwargs.items()},
+                }
+            )
         except ValueError as err:
             raise ModuleImportError(f"{node_module(node)}: {op}: {err}") from None
     output = next(n for n in program.graph.nodes if n.op == "output").args[0]
-    data = {"inputs": inputs, "params": params, "buffers": {}, "constants": {}, "nodes": nodes, "output": encode_value(output)}
+    data = {
+        "inputs": inputs,
+        "params": params,
+        "buffers": {},
+        "constants": {},
+        "nodes": nodes,
+        "output": encode_value(output),
+    }
     data["_constants"] = constants
     return data, params, buffers
 
@@ -140,7 +188,12 @@ def without_aliases(program: ExportedProgram, params: dict[str, str], state: dic
 def constant_data(key: str | None, tensor: torch.Tensor) -> dict[str, Any]:
     tensor = tensor.detach().cpu()
     dtype = str(tensor.dtype).removeprefix("torch.")
-    return {"key": key, "dtype": dtype, "shape": list(tensor.shape), "values": encode_value(tensor.reshape(-1).tolist())}
+    return {
+        "key": key,
+        "dtype": dtype,
+        "shape": list(tensor.shape),
+        "values": encode_value(tensor.reshape(-1).tolist()),
+    }
 
 
 # --------------------------------------------------------------------------- parts
@@ -169,22 +222,53 @@ def paper_part(m: nn.Module, q: str, sequence_length: int) -> tuple[dict[str, An
         if m.groups != 1 or k is None or k % 2 == 0 or square(m.dilation) != 1:
             return None
         stride = square(m.stride)
-        layer = {"kind": "conv2d", "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": k,
-                 "bias": has("bias"), "stage_pooling": "none" if stride == 1 else "conv_pooling"}
+        layer = {
+            "kind": "conv2d",
+            "in_channels": m.in_channels,
+            "out_channels": m.out_channels,
+            "kernel_size": k,
+            "bias": has("bias"),
+            "stage_pooling": "none" if stride == 1 else "conv_pooling",
+        }
         return layer, keys({"weight": "weight", **({"bias": "bias"} if has("bias") else {})})
     if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.momentum is not None:
-        layer = {"kind": "norm", "type": "batch", "features": m.num_features, "affine": m.affine, "eps": m.eps, "momentum": m.momentum}
+        layer = {
+            "kind": "norm",
+            "type": "batch",
+            "features": m.num_features,
+            "affine": m.affine,
+            "eps": m.eps,
+            "momentum": m.momentum,
+        }
         stats = {n: n for n in ("running_mean", "running_var", "num_batches_tracked")}
         return layer, keys({**({"weight": "weight", "bias": "bias"} if m.affine else {}), **stats})
     if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1 and (not m.elementwise_affine or has("bias")):
-        layer = {"kind": "norm", "type": "layer", "features": m.normalized_shape[0], "affine": m.elementwise_affine, "eps": m.eps}
+        layer = {
+            "kind": "norm",
+            "type": "layer",
+            "features": m.normalized_shape[0],
+            "affine": m.elementwise_affine,
+            "eps": m.eps,
+        }
         return layer, keys({"weight": "weight", "bias": "bias"} if m.elementwise_affine else {})
     if isinstance(m, nn.GroupNorm):
-        layer = {"kind": "norm", "type": "group", "features": m.num_channels, "groups": m.num_groups, "affine": m.affine, "eps": m.eps}
+        layer = {
+            "kind": "norm",
+            "type": "group",
+            "features": m.num_channels,
+            "groups": m.num_groups,
+            "affine": m.affine,
+            "eps": m.eps,
+        }
         return layer, keys({"weight": "weight", "bias": "bias"} if m.affine else {})
     if isinstance(m, nn.Embedding):
-        layer = {"kind": "embedding", "num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim,
-                 "max_length": max(sequence_length, 1), "positions": False}
+        layer = {
+            "kind": "embedding",
+            "num_embeddings": m.num_embeddings,
+            "embedding_dim": m.embedding_dim,
+            "max_length": max(sequence_length, 1),
+            "positions": False,
+        }
         return layer, keys({"weight": "weight"})
     if isinstance(m, nn.MultiheadAttention):
         bias = m.in_proj_bias is not None
@@ -194,7 +278,13 @@ def paper_part(m: nn.Module, q: str, sequence_length: int) -> tuple[dict[str, An
         if bias:
             names.update({f"{n}_bias": "in_proj_bias" for n in "qkv"})
         names.update({"out_weight": "out_proj.weight", **({"out_bias": "out_proj.bias"} if bias else {})})
-        return {"kind": "mha", "dim": m.embed_dim, "heads": m.num_heads, "bias": bias, "dropout": float(m.dropout)}, keys(names)
+        return {
+            "kind": "mha",
+            "dim": m.embed_dim,
+            "heads": m.num_heads,
+            "bias": bias,
+            "dropout": float(m.dropout),
+        }, keys(names)
     if type(m).__module__.startswith("torch_geometric"):
         return pyg_part(m, keys)
     return None
@@ -206,9 +296,21 @@ def pyg_part(m: nn.Module, keys: Any) -> tuple[dict[str, Any], dict[str, str]] |
     if name == "GCNConv" and m.normalize and m.add_self_loops and not m.improved:
         layer = {"kind": "gcn", "in_features": m.in_channels, "out_features": m.out_channels, "bias": bool(bias)}
         return layer, keys({"weight": "lin.weight", **bias})
-    if name == "GATConv" and isinstance(m.in_channels, int) and m.edge_dim is None and getattr(m, "lin", None) is not None:
-        layer = {"kind": "gat", "in_features": m.in_channels, "out_features": m.out_channels, "heads": m.heads,
-                 "concat": m.concat, "bias": bool(bias), "dropout": float(m.dropout)}
+    if (
+        name == "GATConv"
+        and isinstance(m.in_channels, int)
+        and m.edge_dim is None
+        and getattr(m, "lin", None) is not None
+    ):
+        layer = {
+            "kind": "gat",
+            "in_features": m.in_channels,
+            "out_features": m.out_channels,
+            "heads": m.heads,
+            "concat": m.concat,
+            "bias": bool(bias),
+            "dropout": float(m.dropout),
+        }
         return layer, keys({"weight": "lin.weight", **bias, "att_src": "att_src", "att_dst": "att_dst"})
     return None
 
@@ -249,11 +351,15 @@ def role_of(node: torch.fx.Node) -> tuple[str, int]:
         if name in VIEW_OPS:
             value = user
             continue
-        position = next((i for i, a in enumerate(user.args) if a is value or (isinstance(a, (list, tuple)) and value in a)), -1)
+        position = next(
+            (i for i, a in enumerate(user.args) if a is value or (isinstance(a, (list, tuple)) and value in a)), -1
+        )
         if name in ("cat", "stack"):
             return "token", 1
         found = ROLE_OF_OPERAND.get(name, {}).get(position, "other")
-        groups = int(user.args[6]) if name.startswith("conv") and len(user.args) > 6 and isinstance(user.args[6], int) else 1
+        groups = (
+            int(user.args[6]) if name.startswith("conv") and len(user.args) > 6 and isinstance(user.args[6], int) else 1
+        )
         return found, groups
     return "other", 1
 
@@ -265,7 +371,9 @@ def init_stats(tensor: torch.Tensor) -> tuple[float, float]:
     return float(f"{mean:.6g}") if math.isfinite(mean) else 0.0, float(f"{std:.6g}") if math.isfinite(std) else 0.0
 
 
-def parts_of(model: nn.Module, program: ExportedProgram, params: dict[str, str], buffers: dict[str, str], sequence_length: int) -> list[dict[str, Any]]:
+def parts_of(
+    model: nn.Module, program: ExportedProgram, params: dict[str, str], buffers: dict[str, str], sequence_length: int
+) -> list[dict[str, Any]]:
     """Every parameter (and BatchNorm statistic) in a part, parts in graph order."""
     use = usage(program)
     placeholder_of = {key: p for p, key in {**params, **buffers}.items()}
@@ -335,7 +443,12 @@ def alias_links(model: nn.Module, links: list[KeyLink]) -> list[KeyLink]:
 
 
 def exported_layer(
-    model: nn.Module, example: tuple[torch.Tensor, ...], input_kind: str, input_dims: list[int], outputs: int, sequence_length: int
+    model: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    input_kind: str,
+    input_dims: list[int],
+    outputs: int,
+    sequence_length: int,
 ) -> tuple[dict[str, Any], list[Imported]]:
     """The ``exported`` layer of ``model`` (graph data inline) and its key links back into it."""
     program = export_module(model, example, input_kind == "nodes")
@@ -344,8 +457,17 @@ def exported_layer(
     part_keys = {key for part in parts for key in part["keys"].values()}
     constants = data.pop("_constants")
     data["buffers"] = {p: key for p, key in all_buffers.items() if key in part_keys}
-    data["constants"] = {p: constant_data(key, tensor) for p, (key, tensor) in constants.items() if p not in data["buffers"]}
-    layer = {"kind": "exported", "graph": data, "input_kind": input_kind, "input_dims": input_dims, "output_features": outputs, "parts": parts}
+    data["constants"] = {
+        p: constant_data(key, tensor) for p, (key, tensor) in constants.items() if p not in data["buffers"]
+    }
+    layer = {
+        "kind": "exported",
+        "graph": data,
+        "input_kind": input_kind,
+        "input_dims": input_dims,
+        "output_features": outputs,
+        "parts": parts,
+    }
     ExportedSpec.model_validate(layer)  # a bug, not a user mistake, if it does not validate
     links = [KeyLink(f"parts.{i}.{name}", key) for i, part in enumerate(parts) for name, key in part["keys"].items()]
     chunks: dict[str, int] = {}

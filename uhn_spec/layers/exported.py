@@ -121,7 +121,9 @@ class GenericPart(nn.Module):
         for role, tensor in spec.tensors.items():
             value = torch.empty(tensor.shape)
             if value.device.type != "meta":
-                value.normal_(tensor.init_mean, tensor.init_std) if tensor.init_std > 0 else value.fill_(tensor.init_mean)
+                value.normal_(tensor.init_mean, tensor.init_std) if tensor.init_std > 0 else value.fill_(
+                    tensor.init_mean
+                )
             self.register_parameter(role, nn.Parameter(value))
 
 
@@ -149,7 +151,9 @@ class ExportedSpec(LayerSpec):
     layer_type = 20
     graph: ExportedGraph = Field(description="the graph data (in a spec file: a JSON file name next to the spec)")
     input_kind: Literal["image", "vector", "tokens", "nodes"]
-    input_dims: list[int] = Field(min_length=1, description="one example's input shape (a graph: features per node; tokens: the vocabulary size)")
+    input_dims: list[int] = Field(
+        min_length=1, description="one example's input shape (a graph: features per node; tokens: the vocabulary size)"
+    )
     output_features: int = Field(ge=1)
     parts: list[ExportedPart]
 
@@ -182,9 +186,12 @@ class ExportedSpec(LayerSpec):
         if inp.kind != self.input_kind or list(inp.dims) != self.input_dims:
             raise self.fail(
                 f"{path}.input_dims",
-                f"the graph reads {self.input_kind} {'x'.join(map(str, self.input_dims))}, got {inp.describe()} from {inp.origin}",
+                f"the graph reads {self.input_kind} {'x'.join(map(str, self.input_dims))}, "
+                f"got {inp.describe()} from {inp.origin}",
             )
-        return FeatureShape("nodes" if self.input_kind == "nodes" else "vector", (self.output_features,), f"{path}.output_features")
+        return FeatureShape(
+            "nodes" if self.input_kind == "nodes" else "vector", (self.output_features,), f"{path}.output_features"
+        )
 
     def build_module(self) -> nn.Module:
         return ExportedLayer(self)
@@ -210,7 +217,9 @@ class ExportedLayer(nn.Module):
         for i, part in enumerate(spec.parts):
             for name, key in part.keys.items():
                 where.setdefault(key, []).append((i, name))
-        self._sources = {placeholder: where[key] for placeholder, key in {**spec.graph.params, **spec.graph.buffers}.items()}
+        self._sources = {
+            placeholder: where[key] for placeholder, key in {**spec.graph.params, **spec.graph.buffers}.items()
+        }
         for placeholder, constant in spec.graph.constants.items():
             self.register_buffer(placeholder, constant.tensor(), persistent=constant.key is not None)
         self._norm_nodes = self._batch_norm_nodes()
