@@ -1,4 +1,4 @@
-"""``uhn import``: trace an nn.Module (torch.fx) and write the equivalent spec."""
+"""``uhn import``: capture an nn.Module with torch.export and write its spec and graph."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 from .main import command
 from .options import parse_shape
 
-# --input-shape: the traced example is a batch of 2 such inputs (2^24 values: 128 MiB in fp32).
+# --input-shape: the captured example is a batch of 2 such inputs (2^24 values: 128 MiB in fp32).
 MAX_INPUT_SIDE = 65536
 MAX_INPUT_VALUES = 2**24
 
@@ -32,7 +32,9 @@ def import_module(
     dataset: Annotated[str | None, typer.Option("--dataset", help="Task dataset of the spec (default: synthetic data of the input shape).", show_default=False)] = None,
     name: Annotated[str | None, typer.Option("--name", help="Spec name (default: the output file's stem).", show_default=False)] = None,
 ) -> None:
-    """Write the spec of an nn.Module (Linear, Conv2d, norms, activations, pooling, dropout, Embedding, attention, TransformerEncoder, PyG GCNConv/GATConv)."""
+    """Write the spec of an nn.Module captured with torch.export, and its graph (SPEC.graph.json) next to it."""
+    import json
+
     import yaml
 
     from uhn_spec.errors import UHNError
@@ -53,9 +55,16 @@ def import_module(
         f"# {imported.spec['description']}: `uhn import {ref} {flags} -o {output}`.\n"
         f"# Weights back into the module: uhn export RUN -o model.safetensors --for-module {ref}\n"
     )
-    text = header + yaml.safe_dump(imported.spec, sort_keys=False)
+    graph_file = output.with_name(f"{output.stem}.graph.json")
+    layer = imported.spec["layers"][0]
+    atomic_write_text(graph_file, json.dumps(layer["graph"], separators=(",", ":")))
+    on_disk = {**imported.spec, "layers": [{**layer, "graph": graph_file.name}]}
+    text = header + yaml.safe_dump(on_disk, sort_keys=False)
     spec = spec_from_text(text, output)  # the written spec must read back and validate
     if spec.num_params != imported.num_params:
         raise AssertionError(f"imported spec has {spec.num_params} params, the module {imported.num_params}")
     atomic_write_text(output, text)
-    typer.echo(f"wrote {output}: {spec.name}, {spec.num_params} params (as the module), {len(spec.flat_layers)} layers")
+    typer.echo(
+        f"wrote {output} and {graph_file.name}: {spec.name}, {spec.num_params} params (as the module), "
+        f"{len(spec.flat_layers)} described layers"
+    )

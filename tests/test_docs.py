@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from uhn_spec import ExperimentSpec, enums
 from uhn_spec.descriptors import GLOBAL_FIELDS, INDEX_FIELDS, LOCAL_FIELDS, TASK_FIELDS
@@ -208,14 +209,31 @@ def test_local_field_table_matches_the_layer_kinds() -> None:
 # --------------------------------------------------------------------------- README
 
 
+def readme_python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (REPO_ROOT / "README.md").read_text(), flags=re.S)
+
+
 def test_readme_python_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's Python example is what a new user copies first: it must run as written."""
-    (code,) = re.findall(r"```python\n(.*?)```", (REPO_ROOT / "README.md").read_text(), flags=re.S)
+    code = readme_python_blocks()[0]
     monkeypatch.chdir(REPO_ROOT)  # it names specs/ relative to the repository root
     namespace: dict[str, Any] = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["flat"].shape == (118_282,)
     assert namespace["H"].index_in.weight.grad is not None
+
+
+def test_readme_training_loop_runs() -> None:
+    """The README's own-loop example (uhn.HyperNetwork): it trains, and the generated weights
+    load strictly into the model and give the generator's outputs."""
+    (code,) = [block for block in readme_python_blocks() if "uhn.HyperNetwork" in block]
+    assert len([line for line in code.strip().splitlines() if not line.startswith("import") and "import " not in line]) <= 10
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    hnet, model, x = namespace["hnet"], namespace["model"], namespace["x"]
+    assert hnet.generator.index_in.weight.grad is not None
+    with torch.no_grad():
+        assert torch.allclose(hnet.eval()(x), model.eval()(x), atol=1e-5, rtol=1e-4)
 
 
 def readme_import_example() -> list[tuple[str, list[str]]]:

@@ -12,7 +12,7 @@ from uhn_spec.errors import UHNError
 from uhn_spec.importer import import_model, load_module_ref, module_state_dict
 
 from .import_models import models
-from .import_models.models import GAT, GCN, TextTransformer, WithLSTM, gat_without_input_dropout, pre_ln_transformer, tiny_gat, tiny_resnet
+from .import_models.models import GAT, GCN, DataDependent, TextTransformer, pre_ln_transformer, tiny_gat, tiny_resnet
 
 CASES = [
     (tiny_resnet, {"input_shape": (3, 8, 8)}),
@@ -66,23 +66,38 @@ def test_import_round_trips_weights_into_the_original_module(factory, kwargs: di
     assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4), float((ours - theirs).abs().max())
 
 
-def test_unsupported_op_is_one_line_naming_it_and_the_nearest_form() -> None:
+def test_what_torch_export_cannot_capture_is_one_line_naming_the_class_and_the_code() -> None:
     with pytest.raises(UHNError) as err:
-        import_model(WithLSTM(), input_shape=(5, 4))
+        import_model(DataDependent(), input_shape=(4,))
     message = str(err.value)
     assert "\n" not in message
-    assert message == "rnn: LSTM is not supported; nearest supported form: MultiheadAttention or TransformerEncoderLayer(batch_first=True)"
+    assert message.startswith("DataDependent at ") and "models.py" in message
+    assert "torch.export cannot capture it" in message
 
 
-def test_gat_takes_the_dropout_before_it_as_its_feature_dropout() -> None:
-    """The spec's gat drops features and attention at one rate, PyG's GATConv only attention:
-    F.dropout(x, p) before GATConv(dropout=p) is one gat layer; without it there is no spec form."""
-    layers = import_model(tiny_gat(), graph="synthetic", input_shape=(12,)).spec["layers"]
-    assert [layer["kind"] for layer in layers] == ["gat", "activation", "gat"]
-    assert [layers[0]["dropout"], layers[2]["dropout"]] == [0.6, 0.6]
+@pytest.mark.parametrize("attr", ["DataDependent", "GATNeedsArguments"])
+def test_cli_refusal_is_one_error_line_and_exit_2(tmp_path, attr: str) -> None:
+    from typer.testing import CliRunner
+
+    from uhn_cli.main import app
+
+    result = CliRunner().invoke(app, ["import", f"{models.__file__}:{attr}", "--input-shape", "4", "-o", str(tmp_path / "s.yaml")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output
+    assert not (tmp_path / "s.yaml").exists()
+
+
+def test_a_class_that_needs_arguments_says_so() -> None:
     with pytest.raises(UHNError) as err:
-        import_model(gat_without_input_dropout(), graph="synthetic", input_shape=(12,))
-    assert str(err.value).startswith("conv1: GATConv(dropout=0.6) without F.dropout(x, p=0.6) just before it is not supported; nearest supported form:")
+        load_module_ref(f"{models.__file__}:GATNeedsArguments")
+    assert str(err.value).endswith("GATNeedsArguments needs arguments (features); give a zero-argument factory, e.g. def make(): return GATNeedsArguments(...), and import FILE:make")
+
+
+def test_graph_models_become_their_paper_kinds() -> None:
+    layer = import_model(tiny_gat(), graph="synthetic", input_shape=(12,)).spec["layers"][0]
+    assert [part["layer"]["kind"] for part in layer["parts"]] == ["gat", "gat"]
+    assert [part["layer"]["dropout"] for part in layer["parts"]] == [0.6, 0.6]
 
 
 def test_module_refs_by_file_and_by_dotted_path() -> None:

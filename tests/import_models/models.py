@@ -146,5 +146,19 @@ def tiny_gat() -> GAT:
     return GAT(features=12, hidden=4, heads=2, classes=3)
 
 
-def gat_without_input_dropout() -> GAT:
-    return GAT(features=12, hidden=4, heads=2, classes=3, input_dropout=0.0)
+class GATNeedsArguments(GAT):
+    def __init__(self, features: int, hidden: int = 4):
+        super().__init__(features=features, hidden=hidden)
+
+
+class DataDependent(nn.Module):
+    """Python control flow on a tensor's value: torch.export cannot capture it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.head(x)
+        return self.head(-x)

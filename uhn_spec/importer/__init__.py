@@ -1,23 +1,18 @@
-"""`uhn import`: an ``nn.Module`` traced with torch.fx becomes the equivalent spec.
+"""`uhn import`: an ``nn.Module`` captured with ``torch.export`` becomes a spec of one
+``exported`` layer (``exported_graph``): the module's ATen graph as data, and a descriptor part
+for every parameter tensor (the paper's kinds where the module is one, a generic scheme
+elsewhere).
 
-Supported modules are treated as leaves of the trace (a ``TransformerEncoderLayer`` or a PyG
-``GCNConv`` is one node), so their internal control flow is never traced; the functions and
-methods between them (activations, dropout, flatten, sequence mean, residual additions) map to
-layers too. An addition of two paths from one fork becomes a ``block`` (the longer path its
-layers, the other its shortcut: identity when empty).
-
-Each imported layer records where its parameters and buffers live in the original module, so
-generated weights go back into it (``module_state_dict``): a state_dict the original class
-loads with ``strict=True``, whose outputs equal the spec's functional target.
-
-The converters of single modules are ``converters``, the trace that strings them together
-``tracing``; this module loads the module, writes the spec and maps weights back.
+Each part records where its tensors live in the original module, so generated weights go back
+into it (``module_state_dict``): a state_dict the original class loads with ``strict=True``,
+whose outputs equal the spec's functional target.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import re
 import sys
 from dataclasses import dataclass
@@ -30,8 +25,8 @@ from torch import nn
 from ..errors import UHNError
 from ..spec import ExperimentSpec
 from ..tasks import DATASETS
-from .converters import Imported, KeyLink, TraceState, converter_of
-from .tracing import trace_layers
+from .links import Imported, KeyLink
+from .exported_graph import exported_layer, import_failure
 
 # --------------------------------------------------------------------------- loading MODULE:ATTR
 
@@ -60,10 +55,26 @@ def load_module_ref(ref: str) -> nn.Module:
     factory = getattr(module, attr, None)
     if factory is None:
         raise UHNError(f"{ref}: {where} has no attribute {attr}")
+    missing = required_arguments(factory)
+    if missing:
+        raise UHNError(
+            f"{ref}: {attr} needs arguments ({', '.join(missing)}); give a zero-argument factory, "
+            f"e.g. def make(): return {attr}(...), and import FILE:make"
+        )
     made = factory()
     if not isinstance(made, nn.Module):
         raise UHNError(f"{ref}: {attr}() gives a {type(made).__name__}, not an nn.Module")
     return made
+
+
+def required_arguments(factory: Any) -> list[str]:
+    """Parameters of ``factory`` (a class: its constructor) that have no default."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in signature.parameters.values() if p.kind in kinds and p.default is inspect.Parameter.empty]
 
 
 # --------------------------------------------------------------------------- the spec
@@ -88,14 +99,6 @@ def family_of(kinds: set[str]) -> str:
     return "mlp"
 
 
-def all_kinds(layers: list[Imported]) -> set[str]:
-    kinds: set[str] = set()
-    for layer in layers:
-        kinds.add(layer.layer["kind"])
-        kinds |= all_kinds(layer.main) | all_kinds(layer.shortcut)
-    return kinds
-
-
 def graph_features(graph: str, input_shape: tuple[int, ...] | None) -> int:
     """Features per node: the graph dataset's, or ``input_shape`` (F,) for ``synthetic``."""
     if graph == "synthetic":
@@ -110,20 +113,28 @@ def graph_features(graph: str, input_shape: tuple[int, ...] | None) -> int:
     return DATASETS[graph].input_dims[0]
 
 
-def example_input(model: nn.Module, input_shape: tuple[int, ...] | None, graph: str | None) -> tuple[tuple[torch.Tensor, ...], TraceState]:
+Example = tuple[tuple[torch.Tensor, ...], str, list[int], int | None]
+
+
+def example_input(model: nn.Module, input_shape: tuple[int, ...] | None, graph: str | None) -> Example:
+    """The example the module is captured with, its input kind and dims, and (token models)
+    the vocabulary: a model whose first Linear/Conv/Embedding is an Embedding reads token ids."""
     gen = torch.Generator().manual_seed(0)
     if graph is not None:
         features = graph_features(graph, input_shape)
         nodes = 6
-        return (torch.randn(nodes, features, generator=gen), torch.randint(0, nodes, (2, 12), generator=gen)), TraceState(graph=True)
+        edges = torch.randint(0, nodes, (2, 12), generator=gen)
+        return (torch.randn(nodes, features, generator=gen), edges), "nodes", [features], None
     assert input_shape is not None
-    first = next((m for m in model.modules() if converter_of(m) is not None), None)
+    reading = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    first = next((m for m in model.modules() if isinstance(m, reading)), None)
     if isinstance(first, nn.Embedding):
         if len(input_shape) != 1:
             raise UHNError("--input-shape: a model that starts with an Embedding reads token ids: give the sequence length T")
         tokens = torch.randint(0, first.num_embeddings, (2, input_shape[0]), generator=gen)
-        return (tokens,), TraceState(sequence_length=input_shape[0])
-    return (torch.randn(2, *input_shape, generator=gen),), TraceState()
+        return (tokens,), "tokens", [first.num_embeddings], first.num_embeddings
+    kind = "image" if len(input_shape) == 3 else "vector"
+    return (torch.randn(2, *input_shape, generator=gen),), kind, list(input_shape), None
 
 
 def import_model(
@@ -133,17 +144,25 @@ def import_model(
     name: str = "imported",
     dataset: str | None = None,
 ) -> ImportedModel:
-    """Trace ``model`` and give its spec; ``graph`` (a graph dataset) instead of ``input_shape``
-    for models called as ``model(x, edge_index)``, or ``graph="synthetic"`` with
+    """Capture ``model`` with torch.export and give its spec (one ``exported`` layer, the
+    graph data inline); ``graph`` (a graph dataset) instead of ``input_shape`` for models
+    called as ``model(x, edge_index)``, or ``graph="synthetic"`` with
     ``input_shape=(features per node,)`` for a synthetic graph task."""
     if input_shape is None and graph is None:
         raise UHNError("uhn import: give --input-shape, or --graph for a graph model")
     model = model.eval()
-    example, state = example_input(model, input_shape, graph)
-    with torch.no_grad():
-        out = model(*example)
-    layers = trace_layers(model, example, state)
+    example, input_kind, input_dims, vocab = example_input(model, input_shape, graph)
+    try:
+        with torch.no_grad():
+            out = model(*example)
+    except Exception as err:  # the user's forward fails on the example: say so in one line
+        raise import_failure(model, err) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UHNError(f"{type(model).__name__}: the module must return one (batch, outputs) tensor; it returns {got}")
     outputs = int(out.shape[-1])
+    sequence_length = input_shape[0] if vocab and input_shape else 0
+    layer, links = exported_layer(model, example, input_kind, input_dims, outputs, sequence_length)
     if graph == "synthetic":
         shape = {"input_dims": list(input_shape or ()), "num_outputs": outputs}
         task: dict[str, Any] = {"dataset": "synthetic", "synthetic": {"task_type": "graph_node_classification", **shape}}
@@ -151,24 +170,25 @@ def import_model(
         task = {"dataset": graph}
     elif dataset is not None:
         task = {"dataset": dataset}
-    elif state.vocab_size is not None:
+    elif vocab is not None:
         task = {
             "dataset": "synthetic",
-            "synthetic": {"task_type": "text_classification", "input_dims": [state.vocab_size], "num_outputs": outputs},
-            "vocab_size": state.vocab_size,
-            "max_length": state.sequence_length,
+            "synthetic": {"task_type": "text_classification", "input_dims": [vocab], "num_outputs": outputs},
+            "vocab_size": vocab,
+            "max_length": (input_shape or (0,))[0],
         }
     else:
         task_type = "image_classification" if len(input_shape or ()) == 3 else "formula_regression"
         task = {"dataset": "synthetic", "synthetic": {"task_type": task_type, "input_dims": list(input_shape or ()), "num_outputs": outputs}}
+    kinds = {part["layer"]["kind"] for part in layer["parts"]}
     spec = {
         "name": name,
         "description": f"imported from {type(model).__name__} by uhn import",
-        "family": family_of(all_kinds(layers)),
+        "family": "cnn" if input_kind == "image" and family_of(kinds) == "mlp" else family_of(kinds),
         "task": task,
-        "layers": [layer.to_yaml() for layer in layers],
+        "layers": [layer],
     }
-    return ImportedModel(spec, layers, sum(p.numel() for p in model.parameters()))
+    return ImportedModel(spec, links, sum(p.numel() for p in model.parameters()))
 
 
 def module_state_dict(imported: ImportedModel, spec_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -198,8 +218,25 @@ def import_for_spec(ref: str, spec: ExperimentSpec) -> tuple[nn.Module, Imported
     else:
         shape = (spec.task.max_length,) if info.input_kind == "tokens" else tuple(info.input_dims)
         imported = import_model(module, input_shape=shape)
-    traced = ExperimentSpec.model_validate({**imported.spec, "task": spec.task.model_dump(), "name": spec.name})
-    if traced.layers != spec.layers:
-        first = next((i for i, (a, b) in enumerate(zip(traced.layers, spec.layers)) if a != b), min(len(traced.layers), len(spec.layers)))
+    again = ExperimentSpec.model_validate({**imported.spec, "task": spec.task.model_dump(), "name": spec.name})
+    ours, theirs = comparable(again.layers), comparable(spec.layers)
+    if ours != theirs:
+        first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
         raise UHNError(f"--for-module: {ref} does not match the run's spec (they differ at layers[{first}]); give the class the spec was imported from")
     return module, imported
+
+
+def comparable(layers: list[Any]) -> list[Any]:
+    """Layers as data without the init targets of generic tensors (the statistics of one
+    instance's random initial values, which differ from instance to instance)."""
+    out = []
+    for layer in layers:
+        data = layer.model_dump(mode="json")
+        for part in data.get("parts", []):
+            for tensor in part["layer"].get("tensors", {}).values():
+                tensor.pop("init_mean"), tensor.pop("init_std")
+        for constant in data.get("graph", {}).get("constants", {}).values():
+            if constant["key"] is not None:
+                constant.pop("values")  # buffers: the run's values are exported, not the instance's
+        out.append(data)
+    return out

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import SpecError
+from ..layers.exported import resolve_graph_files
 from ..loading import apply_overrides, check_numbers, read_spec_text, validated
 from ..safe_yaml import parse_yaml
 from ..spec import ExperimentSpec, format_validation_error
@@ -35,7 +36,7 @@ def spec_from_text(
         if not isinstance(data, dict):
             what = "empty" if data is None else f"a YAML {type(data).__name__}"
             raise SpecError("", f"the spec is {what}; a spec is a YAML mapping with name, family, task and layers")
-        data = apply_overrides(data, list(overrides or []))
+        data = resolve_graph_files(apply_overrides(data, list(overrides or [])), source)
         check_numbers(data)
         return ExperimentSpec.model_validate(data)
     except SpecError as err:
