@@ -29,11 +29,11 @@ import torch
 from uhn_spec.enums import DatasetType
 from uhn_spec.spec import TaskSpec
 
-from . import DataError, TaskData, register_loader
 from .files import cached_tensors, missing_error, source_key
 from .images import ImageData
 from .pickles import NUMPY_ARRAYS, as_array, load_pickle
 from .splits import train_val_test
+from .task_data import DataError, TaskData, register_loader
 
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)

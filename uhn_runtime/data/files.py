@@ -24,7 +24,7 @@ import torch
 
 from uhn_spec.files import atomic_write
 
-from . import DataError
+from .task_data import DataError
 
 PLANETOID_URL = "https://github.com/kimiyoung/planetoid/raw/master/data"
 PLANETOID_SUFFIXES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")

@@ -29,9 +29,9 @@ from uhn_spec.enums import DatasetType
 from uhn_spec.spec import TaskSpec
 from uhn_spec.tasks import FORMULA_FUNCTIONS
 
-from . import DataError, TaskData, register_loader
 from .splits import train_val_test
 from .synthetic import TensorData
+from .task_data import DataError, TaskData, register_loader
 
 TRAIN_POINTS = 1000
 TEST_POINTS = 1000

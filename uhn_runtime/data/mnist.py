@@ -16,10 +16,10 @@ import torch
 from uhn_spec.enums import DatasetType
 from uhn_spec.spec import TaskSpec
 
-from . import DataError, TaskData, register_loader
 from .files import first_existing, missing_error
 from .images import ImageData
 from .splits import train_val_test
+from .task_data import DataError, TaskData, register_loader
 
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)

@@ -31,10 +31,10 @@ import torch
 from uhn_spec.enums import DatasetType
 from uhn_spec.spec import TaskSpec
 
-from . import DataError, TaskData, register_loader
 from .files import cached_tensors, first_existing, missing_error, source_key
 from .splits import train_val_test
 from .synthetic import TensorData
+from .task_data import DataError, TaskData, register_loader
 
 TOKEN_PATTERN = re.compile(r"\w+'\w+|\w+|[^\w\s]")
 UNK, PAD, CLS = 0, 1, 2
