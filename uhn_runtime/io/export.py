@@ -44,7 +44,7 @@ from ..model.batch_norm import DEFAULT_CALIBRATION_BATCHES, batch_norm_layers, r
 from ..train.checkpoint import load_checkpoint
 from ..data.synthetic import synthetic_batch
 from ..train.evaluate import generate_weights
-from ..train.optim import Precision
+from ..train.precision import Precision
 from ..train.run_dir import RunDir
 from ..model.target import DeviceTarget
 from ..model.weights import DirectSource, RecursiveSource, SourceKind, UHNSource, make_source

@@ -6,7 +6,7 @@ loop, one evaluation and one export serve the UHN and its direct baseline alike.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -15,10 +15,8 @@ from uhn_spec.model import build_model
 from uhn_spec.plan import Plan, TargetPlan
 
 from .generator import GeneratedGenerator, UHNGenerator
+from .init_targets import InitTargets
 from .target import DeviceTarget
-
-if TYPE_CHECKING:
-    from ..train.init_phase import InitTargets
 
 
 SourceKind = Literal["uhn", "direct"]
@@ -87,8 +85,6 @@ class RecursiveSource(nn.Module):
         # docs/specs.md, *Recursive generation*): 1 until the top-down init calibrates them
         # (``calibrate``). They are applied in the flats, so the flats are the weights that
         # run and export as they are; they are buffers, so checkpoints and resume keep them.
-        from ..train.init_phase import InitTargets  # init_phase imports this module
-
         self._stats = [InitTargets(level.plan, target.device) for level in self.levels[:-1]]
         for k, stats in enumerate(self._stats):
             self.register_buffer(f"gains_{k}", torch.ones(len(stats.names), device=target.device))

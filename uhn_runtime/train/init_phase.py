@@ -1,8 +1,6 @@
 """The initialisation phase: train H until every generated parameter tensor has the mean and
-population std of its target initialisation (reference-facts §5).
-
-Statistics are segment sums over the flat vector (one ``index_add_`` per moment), never a
-Python loop over parameter tensors, and the targets are built once per target.
+population std of its target initialisation, as the authors' code does before the task
+phase. The targets and their statistics are ``uhn_runtime.model.init_targets.InitTargets``.
 """
 
 from __future__ import annotations
@@ -12,55 +10,16 @@ from typing import Literal
 
 import torch
 
-from uhn_spec.plan import TargetPlan
+from .optim import Stepper, check_finite, make_adamw
 
-from .optim import Precision, Stepper, check_finite, make_adamw
+from .precision import Precision
 from .schedule import cosine_factor, set_lr, warmup_cosine_factor
 from .step_bound import LevelChangeBound
+from ..model.init_targets import InitTargets
 from ..model.weights import RecursiveSource, UHNSource
 
 # What the init phase does below H1's level (``train.init_deep_levels``).
 DeepLevels = Literal["train", "calibrate"]
-
-# Keeps sqrt differentiable where a target std is 0 (zero-initialised tensors).
-VAR_EPS = 1e-12
-
-
-class InitTargets:
-    """Per-component (= one parameter tensor) target mean and std, and the segment id of
-    every scalar of the flat vector. Components with no elements are left out."""
-
-    def __init__(self, target: TargetPlan, device: torch.device):
-        params = sorted(target.params, key=lambda p: p.offset)
-        offset = 0
-        for p in params:
-            if p.offset != offset:
-                raise AssertionError(f"plan params do not tile the flat vector at {p.name} (offset {p.offset})")
-            offset += p.numel
-        kept = [p for p in params if p.numel > 0]
-        counts = torch.tensor([p.numel for p in kept], dtype=torch.int64)
-        self.names = [p.name for p in kept]
-        # Empty tensors add no rows to the flat vector, so the segment ids of the kept
-        # components in offset order cover it exactly.
-        self.segment = torch.repeat_interleave(torch.arange(len(kept)), counts).to(device)
-        self.counts = counts.to(device=device, dtype=torch.float32)
-        self.mean = torch.tensor([p.init_mean for p in kept], dtype=torch.float32, device=device)
-        self.std = torch.tensor([p.init_std for p in kept], dtype=torch.float32, device=device)
-
-    def stats(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, population std) of every component."""
-        flat = flat.float()
-        zeros = torch.zeros_like(self.counts)
-        mean = zeros.index_add(0, self.segment, flat) / self.counts
-        centred = flat - mean[self.segment]
-        var = zeros.index_add(0, self.segment, centred * centred) / self.counts
-        return mean, torch.sqrt(var + VAR_EPS)
-
-    def loss(self, flat: torch.Tensor) -> torch.Tensor:
-        """mean((stats - targets)^2) over all components' [mean, std] pairs, as the authors
-        compute it: every tensor counts equally whatever its size."""
-        mean, std = self.stats(flat)
-        return torch.cat([mean - self.mean, std - self.std]).pow(2).mean()
 
 
 def run_init_phase(

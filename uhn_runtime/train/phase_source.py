@@ -13,8 +13,9 @@ import torch
 from ..model.target import DeviceTarget
 from ..model.weights import DirectSource, RecursiveSource, SourceKind, UHNSource, depth_lr_scale, make_source
 from .distributed import DistContext, GenerationShard, broadcast_parameters, synced_flat
-from .optim import Precision, Stepper, make_adamw
+from .optim import Stepper, make_adamw
 from .options import TrainOptions
+from .precision import Precision
 from .samplers import Sampler
 from .step_bound import LevelChangeBound
 from .steps import StepContext, Strategy, step_strategy

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from .optim import Precision
+from .precision import Precision
 from ..model.weights import RecursiveSource, UHNSource
 
 # Tries to shorten a step before it is dropped; each one regenerates the levels.
