@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from uhn_cli.main import app
 
 from uhn_runtime.io.export import export_levels, level_path, load_exported
-from uhn_runtime.model.generator import GeneratedGenerator, count_generator_params
+from uhn_runtime.model.generated_generator import GeneratedGenerator
+from uhn_runtime.model.generator import count_generator_params
 from uhn_runtime.model.init_targets import InitTargets
 from uhn_runtime.train.init_phase import (
     run_top_down_init,

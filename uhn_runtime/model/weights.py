@@ -14,7 +14,8 @@ from torch import nn
 from uhn_spec.model import build_model
 from uhn_spec.plan import Plan, TargetPlan
 
-from .generator import GeneratedGenerator, UHNGenerator
+from .generated_generator import GeneratedGenerator
+from .generator import UHNGenerator
 from .init_targets import InitTargets
 from .target import DeviceTarget
 

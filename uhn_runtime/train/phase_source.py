@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..model.generation_shard import GenerationShard
 from ..model.target import DeviceTarget
 from ..model.weights import DirectSource, RecursiveSource, SourceKind, UHNSource, depth_lr_scale, make_source
-from .distributed import DistContext, GenerationShard, broadcast_parameters, synced_flat
+from .distributed import DistContext, broadcast_parameters, synced_flat
 from .optim import Stepper, make_adamw
 from .options import TrainOptions
 from .precision import Precision
