@@ -24,6 +24,7 @@ import torch
 
 from uhn_spec.files import atomic_write
 
+from ..tensor_checksum import tensors_checksum
 from .task_data import DataError
 
 PLANETOID_URL = "https://github.com/kimiyoung/planetoid/raw/master/data"
@@ -253,8 +254,6 @@ def save_verified(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """A safetensors file whose metadata holds the checksum ``load_verified`` checks."""
     from safetensors.torch import save_file
 
-    from ..io.export import tensors_checksum  # local: the one tensor checksum of uhn
-
     contiguous = {name: tensor.contiguous() for name, tensor in tensors.items()}
     save_file(contiguous, str(path), metadata={CACHE_CHECKSUM_KEY: tensors_checksum(contiguous)})
 
@@ -263,8 +262,6 @@ def load_verified(path: Path) -> dict[str, torch.Tensor] | None:
     """The tensors of a file ``save_verified`` wrote; None when it cannot be read or its
     tensors do not match the checksum in its metadata."""
     from safetensors import SafetensorError, safe_open
-
-    from ..io.export import tensors_checksum
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
