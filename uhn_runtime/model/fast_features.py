@@ -79,7 +79,6 @@ class FactoredLayout:
     offsets: list[int]  # where each unit's rows start in the concatenated unit rows
     order: torch.Tensor | None  # out = cat(unit rows)[order]; None: identity
     num_rows: int
-    fallback_rows: int  # rows that form no grid and get one key each (exact, not fast)
     _tables: tuple[tuple, list[torch.Tensor | None]] | None = field(default=None, repr=False)
 
     def tables(self, basis: "FourierBasis") -> list[torch.Tensor | None]:
@@ -171,12 +170,11 @@ def build_layout(
             order = torch.empty(n, dtype=torch.int64)
             order[flat_positions] = torch.arange(n)
             order = order.to(device)
-    fallback = sum(g.outer.shape[0] for g in grids if not g.factored)
     offsets = [0]
     for unit in units[:-1]:
         offsets.append(offsets[-1] + unit.num_rows)
     sides = [Side(v.to(device), m.to(device), c) for (v, m), c in zip(side_rows, side_cached)]
-    return FactoredLayout(sides, units, offsets, order, n, fallback)
+    return FactoredLayout(sides, units, offsets, order, n)
 
 
 def _descriptor_grids(index: IndexDescriptors) -> list[_Grid]:

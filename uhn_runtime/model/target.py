@@ -50,11 +50,6 @@ class DeviceTarget:
         """Per-parameter views into the flat vector (no copy; gradients reach ``flat``)."""
         return {name: flat[o : o + n].view(shape) for name, o, n, shape in self._slices}
 
-    def flat_from_model(self) -> torch.Tensor:
-        """The skeleton's own weights as one flat vector in plan order."""
-        params = dict(self.model.named_parameters())
-        return torch.cat([params[name].detach().reshape(-1) for name, *_ in self._slices])
-
     def forward(self, flat: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, self.params_from_flat(flat), args=(), kwargs=inputs)
 
