@@ -10,7 +10,7 @@
   checksum checked at load, in the writable cache folder) under the archive's path, size
   and mtime; later runs load them in about a second.
 
-Preprocessing (reference-facts §7): per-channel normalisation with mean
+Preprocessing, as in the authors' code: per-channel normalisation with mean
 (125.3, 123.0, 113.9)/255 and std (63.0, 62.1, 66.7)/255; training batches are augmented
 (reflect-pad 4, random crop 32, random horizontal flip).
 """

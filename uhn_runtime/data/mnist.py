@@ -1,7 +1,7 @@
 """MNIST from the standard idx files (plain or gzip'd) under ``<root>/mnist/``.
 
 60,000 training and 10,000 test images of 28x28 grey pixels, normalised with
-(0.1307, 0.3081) as in the authors' code (reference-facts §7); no augmentation.
+(0.1307, 0.3081) as in the authors' code; no augmentation.
 Images stay uint8 in memory and are normalised per batch (``images.ImageData``).
 """
 

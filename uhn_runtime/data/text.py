@@ -1,13 +1,13 @@
 """Text classification: the tokenizer, AG News (CSV) and IMDB (aclImdb folder or tarball).
 
-Tokenisation as in the authors' code (reference-facts §7): the regex
+Tokenisation as in the authors' code: the regex
 ``\\w+'\\w+|\\w+|[^\\w\\s]`` on lowercased text; a vocabulary of the ``vocab_size - 3`` most
 frequent training tokens after the specials <unk>=0, <pad>=1, <cls>=2 (ties broken by the
 token itself, so the vocabulary never depends on file order); each example is <cls> then its
 first ``max_length - 1`` tokens, unknown tokens -> <unk>. Batches are padded to their longest
 sequence with <pad>, and ``padding_mask`` is True at the padding.
 
-Two things differ from the authors' code on purpose (reference-facts §13, weak point 9):
+Two things differ from the authors' code on purpose:
 a CSV header row is recognised and skipped rather than counted as text, and IMDB files are
 read in sorted order rather than ``os.listdir`` order. The text itself is not cleaned
 (IMDB's ``<br />`` tags become tokens), as in the authors' code.

@@ -55,7 +55,7 @@ class FourierEncoder(nn.Module):
     """x -> [cos(x_hat B), sin(x_hat B)], x_hat the attribute-wise normalised row.
 
     Always computed in fp32: under fp16 the phases (|x_hat B| up to ~1800 rad) lose up to
-    0.5 rad (the authors' weak point 3).
+    0.5 rad (a weakness of the authors' code).
     """
 
     def __init__(

@@ -197,8 +197,8 @@ def head_bias_component(plan: TargetPlan, stats: InitTargets) -> int | None:
 
 
 def depth_lr_scale(depth: int) -> float:
-    """The task phase's learning-rate factor by recursion depth, as the authors scale it
-    (reference-facts section 8): x1 up to depth 1, x1/2 at depth 2, x1/8 from depth 3."""
+    """The task phase's learning-rate factor by recursion depth, as the authors' code scales
+    it: x1 up to depth 1, x1/2 at depth 2, x1/8 from depth 3."""
     return 1.0 if depth <= 1 else 0.5 if depth == 2 else 0.125
 
 

@@ -91,7 +91,7 @@ def top_down_stages(steps: int, depth: int) -> list[range]:
 
 
 def stage_lr_scale(depth: int, level: int) -> float:
-    """The init lr factor of each level (reference-facts section 5): depth 1 takes init_lr
+    """The init lr factor of each level, as the authors' code sets it: depth 1 takes init_lr
     throughout; deeper chains x1/5 on levels 0-1, x1/10 on level 2, x1/40 below."""
     if depth <= 1:
         return 1.0
