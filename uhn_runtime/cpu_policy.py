@@ -1,9 +1,9 @@
 """CPU defaults that keep a shared machine usable (docs/performance.md, "Contention").
 
-With torch's defaults, a run on a 2-core machine next to two busy processes took 302 s where
-it takes 8 s idle: every parallel region's threads spin while they wait for each other, and
-a team with one thread descheduled waits for that thread. Spinning is what makes an idle
-machine fast, though (passive waiting cost the digits demo about a third, docs/results.md).
+With torch's defaults, a run on a small machine next to busy processes is many times slower
+than idle (docs/performance.md has the figures): every parallel region's threads spin while
+they wait for each other, and a team with one thread descheduled waits for that thread.
+Spinning is what makes an idle machine fast, though (passive waiting slows an idle run).
 So the ``shared`` policy (the default) looks once, as the CLI starts, at how many other
 processes are busy, and only then:
 

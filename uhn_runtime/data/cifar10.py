@@ -6,9 +6,9 @@
   numpy arrays from raw bytes.
 * An image-folder tar (``*.tar``/``*.tar.gz``, e.g. ``cifar10-jpeg.tar.gz`` of
   ../shared/data): ``train/<class>/<name>.jpg|png`` and ``test/<class>/...``. Decoding the
-  60,000 images takes 10-30 s, so the decoded uint8 arrays are cached (safetensors with a
+  60,000 images is slow, so the decoded uint8 arrays are cached (safetensors with a
   checksum checked at load, in the writable cache folder) under the archive's path, size
-  and mtime; later runs load them in about a second.
+  and mtime, and later runs load those.
 
 Preprocessing, as in the authors' code: per-channel normalisation with mean
 (125.3, 123.0, 113.9)/255 and std (63.0, 62.1, 66.7)/255; training batches are augmented

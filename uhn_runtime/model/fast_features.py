@@ -15,7 +15,7 @@ columns). The GEMM does the naive Linear's multiply-adds, which are the cost flo
 feature tables have a few hundred rows each, and tensors of the same shape in different layers
 share them; they depend only on buffers (B, normalisation), so they are computed once and
 cached until a buffer changes. The modulation side has few keys per unit: its phasors are
-computed per unit (under 1% of the unit's GEMM). Phases are formed in float64. Nothing
+computed per unit (a small share of the unit's GEMM). Phases are formed in float64. Nothing
 N x 2m exists.
 
 The grids come straight from the plan's compact index descriptors (``IndexDescriptors``, one
@@ -231,7 +231,7 @@ def _grid_units(grid: _Grid, side_id, chunk_rows: int, hidden: int, freqs: int) 
     outer_is_feature = s_a > s_b
     # Feature tables are cached: they are the larger side, and the cos/sin of a whole
     # table would cost a noticeable share of each unit's GEMM. Modulation keys are few per
-    # unit, so their phasors are computed per unit (under 1% of the GEMM), and rows of a
+    # unit, so their phasors are computed per unit (a small share of the GEMM), and rows of a
     # fallback segment (one key per row) are never cached: that would be N x 2m.
     outer = side_id(grid.outer, outer_mask, grid.factored and outer_is_feature)
     inner = side_id(grid.inner, inner_mask, not outer_is_feature)
@@ -344,8 +344,8 @@ class UnitContext:
     def fp32(self, tensor: torch.Tensor, buffer: str) -> torch.Tensor:
         """``tensor`` in fp32 (itself if it is): a low-precision GEMM's output converted in a
         reused workspace buffer. ``.float()`` allocates tens of MB per work unit instead, and
-        the page faults of that allocation cost about 6x the conversion (profiled: these
-        casts were the bf16 backward's largest cost after the GEMMs, docs/performance.md)."""
+        the page faults of that allocation cost more than the conversion itself
+        (docs/performance.md)."""
         if tensor.dtype == torch.float32:
             return tensor
         return self.workspace.take(buffer, tuple(tensor.shape), torch.float32).copy_(tensor)

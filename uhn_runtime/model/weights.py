@@ -137,9 +137,9 @@ class RecursiveSource(nn.Module):
         that the median over ``level``'s tensors of std / target std is 1 and their median
         mean is their targets' (its bias shifts every weight it generates alike). The stats loss
         weighs every tensor's error alike, so a tensor with a small target std (the 2,048-wide
-        input Linear of H_k: 0.0128) ends its stage several times too wide, and the level it
-        generates comes out tens of times too large; every Adam step then moves it by more
-        than its own size (docs/results.md, *Recursive generation*). Returns the head factor."""
+        input Linear of H_k: 0.0128) ends its stage too wide, and the level it generates
+        comes out far too large; every Adam step then moves it by more than its own size
+        (docs/results.md, *Recursive generation*). Returns the head factor."""
         above, stats = level - 1, self._stats[level - 1]
         gains = self.gains(above)
         _, std = stats.stats(self.level_flats(level)[above])
@@ -171,8 +171,7 @@ def standardized(flat: torch.Tensor, stats: InitTargets, center_rest: bool = Fal
     A tensor whose target std is 0 (zero-initialised) or that has one element has no spread
     to match: it is left as it is, or with ``center_rest`` only shifted to its init mean (a
     one-element tensor, such as a generator's head bias, is then held at it). Unpinned, such
-    tensors drift: in a K = 2 digits chain (docs/results.md) H2's zero-initialised structure
-    projection reached mean -18.5 and its head bias -10.9."""
+    tensors drift far from their init (docs/results.md, a K = 2 digits chain)."""
     mean, std = stats.stats(flat)
     spread = ((stats.std > 0) & (stats.counts > 1))[stats.segment]
     segment = stats.segment

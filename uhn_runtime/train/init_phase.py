@@ -117,8 +117,8 @@ def run_top_down_init(
     scale. ``change_bound``: each stage's steps kept within that relative change of the levels
     it generates (H1 down to the active level). ``deep_levels="calibrate"`` (beyond the
     paper): H1's stage takes every step and the levels below it are calibrated only, as the
-    calibration alone starts them at stats loss 1e-4..1e-3 and Adam steps on H0 there move
-    them more than they gain (docs/results.md). Returns the last stage's last loss, or the
+    calibration alone starts them near their targets and Adam steps on H0 there move them
+    more than they gain (docs/results.md). Returns the last stage's last loss, or the
     leaf's stats loss when its stage has no steps."""
     depth = source.depth
     stages = top_down_stages(steps, depth) if deep_levels == "train" else [range(steps)] + [range(steps, steps)] * depth
