@@ -28,6 +28,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from uhn_spec.errors import UHNError
+
 POLICY_ENV = "UHN_CPU_POLICY"
 POLICIES = ("shared", "torch")
 LOADAVG = "/proc/loadavg"
@@ -112,8 +114,6 @@ class ThreadChoice:
 def choose_threads() -> ThreadChoice:
     """Pick (and set) torch's intra-op thread count by the policy; says what it chose."""
     import torch
-
-    from uhn_spec.errors import UHNError
 
     name = policy()
     if name not in POLICIES:
