@@ -8,7 +8,9 @@ whose ``node_mask`` selects the nodes that count.
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 from pathlib import Path
 
 from uhn_spec.spec import TaskSpec
@@ -52,8 +54,5 @@ def load_task_data(task: TaskSpec, data_root: str | Path | None = None) -> TaskD
 def _import_loaders() -> None:
     # Loaders register themselves on import; importing here keeps heavy optional imports
     # (torch_geometric, PIL, scipy) off the path of commands that never load data.
-    import importlib
-    import pkgutil
-
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
