@@ -149,7 +149,8 @@ def unit_range(layout: FactoredLayout, lo: int, hi: int) -> FactoredLayout:
     units = layout.units[lo:hi]
     first = layout.offsets[lo]
     offsets = [offset - first for offset in layout.offsets[lo:hi]]
-    return replace(layout, units=units, offsets=offsets, order=None, num_rows=sum(u.num_rows for u in units), _tables=None)
+    num_rows = sum(u.num_rows for u in units)
+    return replace(layout, units=units, offsets=offsets, order=None, num_rows=num_rows, _tables=None)
 
 
 class GeneratedUnit(torch.autograd.Function):

@@ -33,7 +33,9 @@ class GeneratedGenerator:
     def __init__(self, target: DeviceTarget, root: UHNGenerator):
         shape = target.plan.spec.generated
         if shape is None or root.structure is None:
-            raise ValueError(f"{target.plan.name}: not a generated generator (family uhn) or the root has no structure encoder")
+            raise ValueError(
+                f"{target.plan.name}: not a generated generator (family uhn) or the root has no structure encoder"
+            )
         self.target, self.root = target, root
         self.split = shape.structure_layers
         self.layers = list(target.model.layers)
