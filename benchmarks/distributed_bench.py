@@ -30,7 +30,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from uhn_tools.bench.memory import current_memory, peak_memory, reset_peak_memory
-from uhn_runtime.train.distributed import DistContext, GenerationShard
+from uhn_runtime.model.generation_shard import GenerationShard
+from uhn_runtime.train.distributed import DistContext
 from uhn_runtime.model.generator import UHNGenerator
 from uhn_runtime.model.target import DeviceTarget
 from uhn_spec import compile_spec, load_spec

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from uhn_runtime.model import generator as generator_module
 from uhn_runtime.data import load_task_data
 from uhn_runtime.train.distributed import DEFAULT_MICRO_SHARDS, distributed_session
-from uhn_runtime.train.optim import Precision
+from uhn_runtime.train.precision import Precision
 from uhn_runtime.train.progress import Progress
 from uhn_runtime.train.run_dir import RunDir, cpu_model
 from uhn_runtime.train.stop_signals import StopSignals

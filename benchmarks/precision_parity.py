@@ -13,7 +13,7 @@ interleaved per seed so a change of load hits both alike. Per kind it writes eac
 test metric, the fp32 mean/std/min/max, the bf16 mean/std and the verdict
 (``parity_verdict``): bf16 keeps accuracy when its mean is no worse than the worst fp32 seed
 (within the fp32 seed range min..max, or better). Kinds not asked keep what the JSON held,
-and a kind never measured is written as such. ``uhn_runtime.train.optim.AUTO_BF16_BY_KIND`` is the
+and a kind never measured is written as such. ``uhn_runtime.train.precision.AUTO_BF16_BY_KIND`` is the
 table ``precision: auto`` follows; tests/test_precision.py checks it against this JSON.
 """
 
@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 
-from uhn_runtime.train.optim import PRECISION_KINDS, cpu_bf16_features
+from uhn_runtime.train.precision import PRECISION_KINDS, cpu_bf16_features
 from uhn_runtime.train.run_dir import cpu_model
 from uhn_spec.files import atomic_write_text
 from uhn_tools.reproduce.tables import load_table

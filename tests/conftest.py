@@ -9,8 +9,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from uhn_runtime.cpu_policy import set_reproducible_env
+
+if TYPE_CHECKING:
+    import torch
+
+    from uhn_runtime.model.target import DeviceTarget
 
 set_reproducible_env()  # as the CLI does, before torch loads MKL (tests compare thread counts)
 # Tests that take 2 threads (tests/test_distributed.py) on a machine other jobs load: spinning
@@ -128,3 +134,12 @@ class RecordSteps:
 
     def after_step(self, event: StepEvent) -> None:
         self.events.append(event)
+
+
+def skeleton_flat(target: DeviceTarget) -> torch.Tensor:
+    """The target skeleton's own (PyTorch-default) weights as one flat vector in plan order:
+    weights to run a target with when the test is not about where they come from."""
+    import torch
+
+    params = dict(target.model.named_parameters())
+    return torch.cat([params[p.name].detach().reshape(-1) for p in target.plan.params])

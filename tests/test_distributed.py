@@ -30,7 +30,6 @@ from uhn_runtime.data import Batch
 from uhn_runtime.train.distributed import (
     DistContext,
     DistributedError,
-    GenerationShard,
     LostContact,
     contact_failure,
     environment_context,
@@ -41,8 +40,8 @@ from uhn_runtime.train.distributed import (
     owned_micro_shards,
     share_bounds,
     shard_batch,
-    unit_cuts,
 )
+from uhn_runtime.model.generation_shard import GenerationShard, ShardingError, unit_cuts
 from uhn_runtime.model.generator import UHNGenerator
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.model.target import DeviceTarget
@@ -343,7 +342,7 @@ def test_unit_cuts_balance_rows_and_give_every_rank_a_unit() -> None:
     assert unit_cuts([10, 10, 10, 10], 2) == [0, 2, 4]
     assert unit_cuts([100, 1, 1, 1], 2) == [0, 1, 4]
     assert unit_cuts([1, 1, 100], 3) == [0, 1, 2, 3]
-    with pytest.raises(DistributedError, match="at least 3 work units"):
+    with pytest.raises(ShardingError, match="at least 3 work units"):
         unit_cuts([5, 5], 3)
 
 

@@ -99,7 +99,8 @@ def assert_matches_naive(plan: Plan, generator: UHNGenerator, rows: torch.Tensor
 def test_weights_and_gradients_equal_the_naive_generator(spec: ExperimentSpec) -> None:
     plan, generator = make(spec)
     layout = generator.layout(plan.targets[0].index, plan.generator.chunk_rows)
-    assert layout.fallback_rows == 0  # every parameter tensor is one factored grid
+    # Every parameter tensor is one factored grid: every unit's features come from a cached table.
+    assert all(layout.sides[unit.feature_side].cached for unit in layout.units)
     assert_matches_naive(plan, generator)
 
 
@@ -125,7 +126,10 @@ def test_explicit_rows_in_any_order_get_one_key_per_row_and_stay_exact() -> None
     rows = plan.targets[0].index_rows()
     shuffled = rows[torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(2))]
     layout = build_layout(shuffled, chunk_rows=50, hidden=16, freqs=64, device=torch.device("cpu"))
-    assert layout.fallback_rows == rows.shape[0]
+    # One key per row, and no feature table kept: that would be N x 2m.
+    assert sum(unit.f1 - unit.f0 for unit in layout.units) == rows.shape[0]
+    assert all(unit.k1 - unit.k0 == 1 for unit in layout.units)
+    assert not any(side.cached for side in layout.sides)
     assert_matches_naive(plan, generator, rows=shuffled, chunk_rows=50)
 
 

@@ -18,7 +18,8 @@ from tests.conftest import RecordSteps
 from tests.test_multitask import TRAIN, multitask_data, multitask_file, options, run_whole_and_resumed, spec_error
 from uhn_runtime.train.checkpoint import load_checkpoint
 from uhn_runtime.train.gradient_surgery import project_conflicts, projection_orders
-from uhn_runtime.train.optim import Precision, Stepper, make_adamw
+from uhn_runtime.train.optim import Stepper, make_adamw
+from uhn_runtime.train.precision import Precision
 from uhn_runtime.train.draws import architecture_draw
 from uhn_runtime.train.run import TIMING_FIELDS, check_tasks_per_step, start_run
 from uhn_spec.errors import UHNError

@@ -15,12 +15,12 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 from uhn_cli.main import app, load_target_source
 
-import uhn_runtime.train.optim as optim
+import uhn_runtime.train.precision as precision_module
 import uhn_tools.bench.flops as flops
 from uhn_runtime.io.export import load_trained_source
 from uhn_runtime.model.generator import UHNGenerator
 from uhn_runtime.model.naive import naive_generate
-from uhn_runtime.train.optim import Precision
+from uhn_runtime.train.precision import Precision
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.train.run_record import RecordError
 from uhn_runtime.model.target import DeviceTarget
@@ -51,7 +51,7 @@ SPECS = REPO / "specs"
     ],
 )
 def test_auto_on_the_cpu_picks_bf16_where_the_hardware_accelerates_it(monkeypatch, features, expected, named) -> None:
-    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: features)
+    monkeypatch.setattr(precision_module, "cpu_bf16_features", lambda: features)
     chosen = Precision.resolve("auto", CPU, IMAGE)  # a kind where bf16 keeps accuracy
     assert (chosen.dtype or torch.float32) == expected
     assert chosen.reason.startswith("auto: ")
@@ -69,9 +69,9 @@ def test_auto_on_a_gpu_picks_bf16_with_bf16_tensor_cores(monkeypatch, capability
 
 
 def test_an_explicit_precision_is_honoured_whatever_the_hardware_and_task(monkeypatch) -> None:
-    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset())
+    monkeypatch.setattr(precision_module, "cpu_bf16_features", lambda: frozenset())
     assert Precision.resolve("bf16", CPU, IMAGE).dtype == torch.bfloat16
-    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"amx_bf16"}))
+    monkeypatch.setattr(precision_module, "cpu_bf16_features", lambda: frozenset({"amx_bf16"}))
     assert Precision.resolve("bf16", CPU, {TaskType.GRAPH_NODE_CLASSIFICATION}).dtype == torch.bfloat16
     assert Precision.resolve("fp32", CPU, IMAGE).dtype is None
     with pytest.raises(UHNError, match="fp16 needs a CUDA device"):
@@ -93,11 +93,11 @@ def _shipped_kinds(name: str) -> frozenset[TaskType]:
     ],
 )
 def test_auto_on_a_bf16_cpu_keeps_fp32_for_kinds_where_bf16_costs_or_is_unmeasured(monkeypatch, spec, kinds) -> None:
-    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(precision_module, "cpu_bf16_features", lambda: frozenset({"avx512_bf16"}))
     chosen = Precision.resolve("auto", CPU, _shipped_kinds(spec))
     assert chosen.dtype is None
     assert chosen.reason.startswith(f"auto: fp32 for {kinds} tasks: bf16 ")
-    assert optim.PARITY_JSON in chosen.reason  # where the verdict comes from
+    assert precision_module.PARITY_JSON in chosen.reason  # where the verdict comes from
 
 
 @pytest.mark.parametrize(
@@ -110,15 +110,15 @@ def test_auto_on_a_bf16_cpu_keeps_fp32_for_kinds_where_bf16_costs_or_is_unmeasur
     ],
 )
 def test_auto_on_a_bf16_cpu_picks_bf16_for_kinds_where_bf16_keeps_accuracy(monkeypatch, spec, kinds) -> None:
-    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(precision_module, "cpu_bf16_features", lambda: frozenset({"avx512_bf16"}))
     chosen = Precision.resolve("auto", CPU, _shipped_kinds(spec))  # a family: its members' kind
     assert chosen.dtype == torch.bfloat16
     assert chosen.reason.startswith(f"auto: bf16 for {kinds} tasks") and "avx512_bf16" in chosen.reason
 
 
 def test_auto_keeps_fp32_for_a_kind_measured_to_cost_accuracy(monkeypatch) -> None:
-    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"amx_bf16"}))
-    monkeypatch.setitem(optim.AUTO_BF16_BY_KIND, "graph", optim.COSTS)
+    monkeypatch.setattr(precision_module, "cpu_bf16_features", lambda: frozenset({"amx_bf16"}))
+    monkeypatch.setitem(precision_module.AUTO_BF16_BY_KIND, "graph", precision_module.COSTS)
     chosen = Precision.resolve("auto", CPU, {TaskType.GRAPH_NODE_CLASSIFICATION, TaskType.IMAGE_CLASSIFICATION})
     assert chosen.dtype is None
     assert chosen.reason.startswith("auto: fp32 for graph tasks: bf16 costs accuracy (")
@@ -127,21 +127,21 @@ def test_auto_keeps_fp32_for_a_kind_measured_to_cost_accuracy(monkeypatch) -> No
 
 
 def test_auto_without_bf16_hardware_is_fp32_whatever_the_task(monkeypatch) -> None:
-    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset())
+    monkeypatch.setattr(precision_module, "cpu_bf16_features", lambda: frozenset())
     chosen = Precision.resolve("auto", CPU, IMAGE)
     assert chosen.dtype is None and "no bf16 matmul instructions" in chosen.reason
 
 
 def test_the_auto_table_follows_the_parity_measurements() -> None:
     # One source of truth: each kind's entry is the verdict benchmarks/precision_parity.py wrote.
-    measured = json.loads((REPO / optim.PARITY_JSON).read_text())["kinds"]
-    assert set(measured) == set(optim.AUTO_BF16_BY_KIND)
-    for kind, verdict in optim.AUTO_BF16_BY_KIND.items():
+    measured = json.loads((REPO / precision_module.PARITY_JSON).read_text())["kinds"]
+    assert set(measured) == set(precision_module.AUTO_BF16_BY_KIND)
+    for kind, verdict in precision_module.AUTO_BF16_BY_KIND.items():
         entry = measured[kind]
         if not entry["measured"]:
-            assert verdict == optim.NOT_MEASURED, kind
+            assert verdict == precision_module.NOT_MEASURED, kind
             continue
-        assert verdict == (optim.KEEPS if entry["bf16_keeps_accuracy"] else optim.COSTS), kind
+        assert verdict == (precision_module.KEEPS if entry["bf16_keeps_accuracy"] else precision_module.COSTS), kind
         assert len(entry["seeds"]) >= 5, kind
         worst = entry["fp32"]["max"] if entry["metric"] == "rmse" else entry["fp32"]["min"]
         better = (lambda a, b: a <= b) if entry["metric"] == "rmse" else (lambda a, b: a >= b)
@@ -158,7 +158,7 @@ def test_the_auto_table_follows_the_parity_measurements() -> None:
 def test_the_reason_for_autos_choice_is_recorded_with_the_run(
     monkeypatch, tmp_path: Path, task_type, expected, said
 ) -> None:
-    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(precision_module, "cpu_bf16_features", lambda: frozenset({"avx512_bf16"}))
     root = tmp_path / "run"
     options = TrainOptions(mode="uhn", device="cpu", progress=io.StringIO())
     start_run(tiny_plan(task_type, epochs=1, init_steps=0), root, options)
@@ -230,11 +230,11 @@ def test_train_precision_option_is_recorded_with_the_run(tmp_path: Path) -> None
 def test_export_and_evaluate_generate_in_the_precision_the_run_trained_in(monkeypatch, tmp_path: Path) -> None:
     # Trained where auto means bf16, exported and evaluated where it means fp32: the weights are
     # generated as in training, so the figures the run reported are the ones evaluate reproduces.
-    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"amx_bf16"}))
+    monkeypatch.setattr(precision_module, "cpu_bf16_features", lambda: frozenset({"amx_bf16"}))
     root = tmp_path / "run"
     start_run(tiny_plan(epochs=1, init_steps=0), root, TrainOptions(mode="uhn", device="cpu", progress=io.StringIO()))
     assert json.loads((root / "run.json").read_text())["precision"] == "bf16"
-    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset())
+    monkeypatch.setattr(precision_module, "cpu_bf16_features", lambda: frozenset())
     _, _, precision = load_trained_source(RunDir.open(root), "uhn", CPU)
     assert precision.name == "bf16" and "amx_bf16" in precision.reason
     export = CliRunner().invoke(app, ["export", str(root), "-o", str(tmp_path / "m.safetensors")])
@@ -255,9 +255,9 @@ def test_a_run_that_did_not_record_its_precision_resolves_auto_where_it_is_read(
         info.pop(field)
     (root / "run.json").write_text(json.dumps(info))
     (root / "summary.json").unlink()  # nor its summary (a run stopped before its end)
-    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"amx_bf16"}))
+    monkeypatch.setattr(precision_module, "cpu_bf16_features", lambda: frozenset({"amx_bf16"}))
     assert RunDir.open(root).precision("auto", CPU).name == "bf16"
-    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset())
+    monkeypatch.setattr(precision_module, "cpu_bf16_features", lambda: frozenset())
     assert RunDir.open(root).precision("auto", CPU).name == "fp32"
     assert RunDir.open(root).precision("bf16", CPU).name == "bf16"  # an explicit choice is the spec's
     (root / "run.json").write_text(json.dumps({**info, "precision": "bf17", "precision_reason": "typo"}))
@@ -270,14 +270,14 @@ def test_a_run_whose_run_json_lacks_the_precision_uses_the_one_its_summary_recor
     # CPU then and bf16 now, and evaluating such a run in bf16 changed its figure (kv KAN:
     # 0.0112 trained and reported, 0.0154 re-evaluated).
     root = tmp_path / "run"
-    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset())  # auto: fp32 when it trained
+    monkeypatch.setattr(precision_module, "cpu_bf16_features", lambda: frozenset())  # auto: fp32 when it trained
     start_run(tiny_plan(epochs=1, init_steps=0), root, TrainOptions(mode="uhn", device="cpu", progress=io.StringIO()))
     info = json.loads((root / "run.json").read_text())
     assert json.loads((root / "summary.json").read_text())["precision"] == "fp32"
     for field in ("precision", "precision_reason"):
         info.pop(field)
     (root / "run.json").write_text(json.dumps(info))
-    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"amx_bf16"}))
+    monkeypatch.setattr(precision_module, "cpu_bf16_features", lambda: frozenset({"amx_bf16"}))
     assert RunDir.open(root).precision("auto", CPU).name == "fp32"
     summary = json.loads((root / "summary.json").read_text())
     (root / "summary.json").write_text(json.dumps({**summary, "precision": "bf17"}))
@@ -336,8 +336,8 @@ def test_a_onednn_isa_cap_hides_the_bf16_instructions_it_excludes(monkeypatch, c
     # ONEDNN_MAX_CPU_ISA=AVX2 makes torch emulate bf16 matmuls (~100x slower here): auto then
     # picks fp32, and bench says bf16 is emulated, as on a CPU without the instructions.
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
-    assert {f for f in ("avx512_bf16", "amx_bf16") if optim.hidden_by_onednn_cap(f)} == hidden
-    assert not optim.cpu_bf16_features() & hidden
+    assert {f for f in ("avx512_bf16", "amx_bf16") if precision_module.hidden_by_onednn_cap(f)} == hidden
+    assert not precision_module.cpu_bf16_features() & hidden
 
 
 def test_precision_on_a_compiled_plan_says_how_to_change_it(tmp_path: Path) -> None:
@@ -352,7 +352,7 @@ def test_precision_on_a_compiled_plan_says_how_to_change_it(tmp_path: Path) -> N
 def test_a_run_that_auto_gave_bf16_before_the_task_rule_keeps_it(monkeypatch, tmp_path: Path) -> None:
     # A graph run started when auto meant bf16 on any bf16 CPU: resume, export and evaluate
     # keep the bf16 it trained in, though auto now gives graph tasks fp32.
-    monkeypatch.setattr(optim, "cpu_bf16_features", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(precision_module, "cpu_bf16_features", lambda: frozenset({"avx512_bf16"}))
     root = tmp_path / "run"
     options = TrainOptions(mode="uhn", device="cpu", progress=io.StringIO())
     start_run(tiny_plan("graph_node_classification", epochs=1, init_steps=0), root, options)

@@ -15,14 +15,16 @@ from typer.testing import CliRunner
 from uhn_cli.main import app
 
 from uhn_runtime.io.export import export_levels, level_path, load_exported
-from uhn_runtime.model.generator import GeneratedGenerator, count_generator_params
+from uhn_runtime.model.generated_generator import GeneratedGenerator
+from uhn_runtime.model.generator import count_generator_params
+from uhn_runtime.model.init_targets import InitTargets
 from uhn_runtime.train.init_phase import (
-    InitTargets,
     run_top_down_init,
     stage_lr_scale,
     top_down_stages,
 )
-from uhn_runtime.train.optim import Precision, Stepper, make_adamw
+from uhn_runtime.train.optim import Stepper, make_adamw
+from uhn_runtime.train.precision import Precision
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.train.step_bound import LevelChangeBound, relative_changes
 from uhn_runtime.model.target import DeviceTarget

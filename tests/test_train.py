@@ -19,8 +19,10 @@ from uhn_runtime.data import load_task_data
 from uhn_spec.metrics import METRICS, Accuracy
 from uhn_runtime.train.distributed import DEFAULT_MICRO_SHARDS
 from uhn_runtime.train.draws import epoch_seed
-from uhn_runtime.train.init_phase import InitTargets, run_init_phase
-from uhn_runtime.train.optim import Precision, TrainingDiverged
+from uhn_runtime.model.init_targets import InitTargets
+from uhn_runtime.train.init_phase import run_init_phase
+from uhn_runtime.train.optim import TrainingDiverged
+from uhn_runtime.train.precision import Precision
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.train.schedule import cosine_factor, warmup_cosine_factor
 from uhn_runtime.train.stop_signals import RunStopped, StopSignals

@@ -1,9 +1,9 @@
 """CPU defaults that keep a shared machine usable (docs/performance.md, "Contention").
 
-With torch's defaults, a run on a 2-core machine next to two busy processes took 302 s where
-it takes 8 s idle: every parallel region's threads spin while they wait for each other, and
-a team with one thread descheduled waits for that thread. Spinning is what makes an idle
-machine fast, though (passive waiting cost the digits demo about a third, docs/results.md).
+With torch's defaults, a run on a small machine next to busy processes is many times slower
+than idle (docs/performance.md has the figures): every parallel region's threads spin while
+they wait for each other, and a team with one thread descheduled waits for that thread.
+Spinning is what makes an idle machine fast, though (passive waiting slows an idle run).
 So the ``shared`` policy (the default) looks once, as the CLI starts, at how many other
 processes are busy, and only then:
 
@@ -27,6 +27,8 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from uhn_spec.errors import UHNError
 
 POLICY_ENV = "UHN_CPU_POLICY"
 POLICIES = ("shared", "torch")
@@ -112,8 +114,6 @@ class ThreadChoice:
 def choose_threads() -> ThreadChoice:
     """Pick (and set) torch's intra-op thread count by the policy; says what it chose."""
     import torch
-
-    from uhn_spec.errors import UHNError
 
     name = policy()
     if name not in POLICIES:

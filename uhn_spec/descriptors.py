@@ -1,6 +1,6 @@
 """Descriptor layout: the four descriptor vectors of the paper and their normalisation.
 
-Field order and enum ids follow reference-facts §1. The authors keep global structure and
+Field order and enum ids are those of the authors' code. The authors keep global structure and
 task in one 8-field vector; here they are the paper's separate global (6) and task (2)
 vectors, and the structure encoder reads each layer as ``[global; task; local]``.
 A field a layer does not use is 0 in structure rows and -1 in index rows.
@@ -74,7 +74,7 @@ LOCAL_COLUMN: dict[str, int] = {name: i for i, name in enumerate(LOCAL_FIELDS)}
 UNUSED_INDEX = -1
 
 # Width given to a degenerate range (lo == hi). The authors divide by sqrt(1e-5) there, so a
-# value that differs at test time is amplified about 316x (their weak point 2). A unit-wide
+# value that differs at test time is amplified about 316x. A unit-wide
 # range keeps such a value at the same scale as an in-range one: x - lo.
 DEGENERATE_WIDTH = 1.0
 

@@ -1,6 +1,6 @@
 """Enumerations whose integer ids are descriptor values.
 
-The ids are those of the authors' code (reference-facts §1.1), so a descriptor built here
+The ids are those of the authors' code, so a descriptor built here
 means the same thing as one built there. YAML names are the lower-case member names.
 """
 

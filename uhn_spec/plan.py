@@ -224,7 +224,7 @@ class Plan:
     def task_types(self) -> frozenset[TaskType]:
         """The task type of every target: a family's members', a multi-task plan's each, and a
         recursive plan's generated generators (``RECURSIVE``) beside its leaf's. What
-        ``precision: auto`` decides by (``uhn_runtime.train.optim.auto_precision``)."""
+        ``precision: auto`` decides by (``uhn_runtime.train.precision.auto_precision``)."""
         return frozenset(t.spec.task.info.task_type for t in self.targets)
 
     @property

@@ -33,7 +33,7 @@ class SpecLoader(CheckedConstruction, yaml.SafeLoader):
 
 
 class FastSpecLoader(CheckedConstruction, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """libyaml's safe loader where PyYAML has it, several times faster (a family file renders
+    """libyaml's safe loader where PyYAML has it, which is faster (a family file renders
     and reads hundreds of member specs)."""
 
 

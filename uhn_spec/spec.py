@@ -150,7 +150,7 @@ class TrainSpec(StrictModel):
 
 
 class GeneratedShape(StrictModel):
-    """Family ``uhn`` (a generator generated as a target, reference-facts section 11): the
+    """Family ``uhn`` (a generator generated as a target: recursive generation): the
     Fourier encoders it reuses from the root generator and where its index path starts.
     Layers ``[0, structure_layers)`` read the structure features (L, 2 x structure_freqs) and
     end in one vector of width d; layer ``structure_layers`` is the input Linear over the

@@ -110,7 +110,7 @@ def _tabular(name: str, dtype: DatasetType, features: int, classes: int) -> Data
 
 def _recursive(leaf_task: TaskType) -> DatasetInfo:
     """What a generated generator (family ``uhn``) "solves": generating a model for a leaf of
-    this task type (reference-facts section 11). It reads no data of its own; its input
+    this task type (recursive generation). It reads no data of its own; its input
     is descriptors, checked by the family's own chain rule (``spec.uhn_chain_errors``)."""
     name = f"recursive_{leaf_task.name.lower()}"
     return DatasetInfo(name, TaskType.RECURSIVE, DatasetType[name.upper()], (0,), 1)

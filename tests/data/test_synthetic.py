@@ -10,7 +10,7 @@ from uhn_runtime.data.synthetic import synthetic_batch
 from uhn_runtime.model.target import DeviceTarget
 from uhn_spec import compile_spec, load_spec
 
-from ..conftest import REPO_ROOT
+from ..conftest import REPO_ROOT, skeleton_flat
 from ..tiny_specs import tiny_spec
 
 
@@ -19,7 +19,7 @@ def test_synthetic_batches_fit_every_task(task_type: str) -> None:
     spec = tiny_spec(task_type)
     target = DeviceTarget(compile_spec(spec).targets[0])
     batch = synthetic_batch(spec.task, 16, torch.device("cpu"))
-    outputs = target.forward(target.flat_from_model(), **batch.model_kwargs())
+    outputs = target.forward(skeleton_flat(target), **batch.model_kwargs())
     selected, targets = batch.select(outputs)
     assert selected.shape[0] == targets.shape[0] > 0
 

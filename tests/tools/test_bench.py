@@ -21,6 +21,7 @@ from uhn_tools.bench import BenchOptions, run_bench
 from uhn_tools.bench.flops import useful_flops_per_weight
 from uhn_tools.bench.run import run_case, worker_failure
 
+from ..conftest import skeleton_flat
 from ..tiny_specs import tiny_plan, tiny_spec, tiny_spec_data
 
 
@@ -96,7 +97,7 @@ def test_segmented_forward_equals_the_plain_forward() -> None:
     spec = tiny_spec("text_classification")
     target = DeviceTarget(compile_spec(spec).targets[0])
     batch = synthetic_batch(spec.task, 8, torch.device("cpu"))
-    flat = target.flat_from_model().requires_grad_()
+    flat = skeleton_flat(target).requires_grad_()
     plain = target.forward(flat, **batch.model_kwargs())
     (plain_grad,) = torch.autograd.grad(plain.square().sum(), flat)
     segmented = forward_in_segments(target, flat, 2, **batch.model_kwargs())

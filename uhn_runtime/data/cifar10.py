@@ -6,11 +6,11 @@
   numpy arrays from raw bytes.
 * An image-folder tar (``*.tar``/``*.tar.gz``, e.g. ``cifar10-jpeg.tar.gz`` of
   ../shared/data): ``train/<class>/<name>.jpg|png`` and ``test/<class>/...``. Decoding the
-  60,000 images takes 10-30 s, so the decoded uint8 arrays are cached (safetensors with a
+  60,000 images is slow, so the decoded uint8 arrays are cached (safetensors with a
   checksum checked at load, in the writable cache folder) under the archive's path, size
-  and mtime; later runs load them in about a second.
+  and mtime, and later runs load those.
 
-Preprocessing (reference-facts §7): per-channel normalisation with mean
+Preprocessing, as in the authors' code: per-channel normalisation with mean
 (125.3, 123.0, 113.9)/255 and std (63.0, 62.1, 66.7)/255; training batches are augmented
 (reflect-pad 4, random crop 32, random horizontal flip).
 """
@@ -29,11 +29,11 @@ import torch
 from uhn_spec.enums import DatasetType
 from uhn_spec.spec import TaskSpec
 
-from . import DataError, TaskData, register_loader
 from .files import cached_tensors, missing_error, source_key
 from .images import ImageData
 from .pickles import NUMPY_ARRAYS, as_array, load_pickle
 from .splits import train_val_test
+from .task_data import DataError, TaskData, register_loader
 
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)

@@ -24,8 +24,8 @@ from pathlib import Path, PurePosixPath
 
 from uhn_spec.files import atomic_write
 
-from . import DataError
 from .files import SOURCES, DatasetSource, RemoteFile
+from .task_data import DataError
 
 CHUNK = 1 << 20
 DOWNLOAD_TIMEOUT_S = 60

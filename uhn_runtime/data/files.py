@@ -21,10 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from uhn_spec.files import atomic_write
 
-from . import DataError
+from ..tensor_checksum import tensors_checksum
+from .task_data import DataError
 
 PLANETOID_URL = "https://github.com/kimiyoung/planetoid/raw/master/data"
 PLANETOID_SUFFIXES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
@@ -251,10 +254,6 @@ def cached_tensors(
 
 def save_verified(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """A safetensors file whose metadata holds the checksum ``load_verified`` checks."""
-    from safetensors.torch import save_file
-
-    from ..io.export import tensors_checksum  # local: the one tensor checksum of uhn
-
     contiguous = {name: tensor.contiguous() for name, tensor in tensors.items()}
     save_file(contiguous, str(path), metadata={CACHE_CHECKSUM_KEY: tensors_checksum(contiguous)})
 
@@ -262,10 +261,6 @@ def save_verified(tensors: dict[str, torch.Tensor], path: Path) -> None:
 def load_verified(path: Path) -> dict[str, torch.Tensor] | None:
     """The tensors of a file ``save_verified`` wrote; None when it cannot be read or its
     tensors do not match the checksum in its metadata."""
-    from safetensors import SafetensorError, safe_open
-
-    from ..io.export import tensors_checksum
-
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             recorded = (handle.metadata() or {}).get(CACHE_CHECKSUM_KEY)

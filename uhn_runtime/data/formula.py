@@ -1,14 +1,13 @@
 """The 15 special-function regression tasks (KAN targets), generated with scipy.special.
 
-Per function (reference-facts §6.1): 1,000 training and 1,000 test points, x ~ U[0, 1)^2
+Per function, as in the authors' code: 1,000 training and 1,000 test points, x ~ U[0, 1)^2
 except x2 ~ U[0.1, 1) for ``yv`` and ``kv`` (both diverge at z = 0); targets are evaluated on
 the raw x and not normalised; then each input is rescaled from its sampling range onto
 [-1, 1). ``ellipj`` has 4 outputs (sn, cn, dn, ph), every other function 1.
 
 The points come from a fixed seed per function, not from the run's seed, so every run
 (and every seed of a multi-seed result) is tested on the same 1,000 points. The authors
-drew them from the run seed, so their test sets differ between seeds (reference-facts §13,
-weak point 10).
+drew them from the run seed, so their test sets differ between seeds.
 
 Spherical harmonics: the authors call ``sph_harm(m, n, x1, x2).real`` -- azimuth x1, polar
 angle x2. SciPy 1.15 added ``sph_harm_y(n, m, theta, phi)`` with theta the *polar* angle and
@@ -29,9 +28,9 @@ from uhn_spec.enums import DatasetType
 from uhn_spec.spec import TaskSpec
 from uhn_spec.tasks import FORMULA_FUNCTIONS
 
-from . import DataError, TaskData, register_loader
 from .splits import train_val_test
 from .synthetic import TensorData
+from .task_data import DataError, TaskData, register_loader
 
 TRAIN_POINTS = 1000
 TEST_POINTS = 1000

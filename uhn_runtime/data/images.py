@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import Batch
 from .synthetic import TensorData
+from .task_data import Batch
 
 CROP_PAD = 4
 

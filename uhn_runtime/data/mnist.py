@@ -1,7 +1,7 @@
 """MNIST from the standard idx files (plain or gzip'd) under ``<root>/mnist/``.
 
 60,000 training and 10,000 test images of 28x28 grey pixels, normalised with
-(0.1307, 0.3081) as in the authors' code (reference-facts §7); no augmentation.
+(0.1307, 0.3081) as in the authors' code; no augmentation.
 Images stay uint8 in memory and are normalised per batch (``images.ImageData``).
 """
 
@@ -16,10 +16,10 @@ import torch
 from uhn_spec.enums import DatasetType
 from uhn_spec.spec import TaskSpec
 
-from . import DataError, TaskData, register_loader
 from .files import first_existing, missing_error
 from .images import ImageData
 from .splits import train_val_test
+from .task_data import DataError, TaskData, register_loader
 
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import DataError
+from .task_data import DataError
 
 # Numeric element types only (bool, signed, unsigned, float); never objects or records.
 DTYPE_SPEC = re.compile(r"[biuf]\d{1,2}")

@@ -31,10 +31,10 @@ import torch
 
 from uhn_spec.spec import TaskSpec
 
-from . import DataError, TaskData, register_loader
 from .files import PLANETOID_NAMES, PLANETOID_SUFFIXES, missing_error
 from .pickles import DICTS_OF_LISTS, NUMPY_ARRAYS, SPARSE_MATRICES, as_array, load_pickle
 from .synthetic import GraphData
+from .task_data import DataError, TaskData, register_loader
 
 PUBMED_STAND_IN = (
     "PubMed is not available here; CiteSeer stands in for it (train specs/citeseer_gcn.yaml "

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 import torch.nn.functional as F
 
-from . import Batch, Split, TaskData
+from .task_data import Batch, Split, TaskData
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Fixed, seeded splits shared by the real-data loaders.
 
 With ``task.validate_split`` a loader holds out part of its training data as ``val`` and
-trains on the rest, as the authors' ``--validate`` does (reference-facts §7): the fraction
+trains on the rest, as the authors' ``--validate`` does: the fraction
 is per dataset and the seed is ``42 + dataset id``, the permutation that
 ``torch.utils.data.random_split`` draws with that seed. Without it the whole training split
 trains (the protocol of the paper's results) and there is no ``val`` split.
@@ -15,7 +15,7 @@ from uhn_spec.enums import DatasetType
 
 SplitTensors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
-# Held-out fraction of the training data per dataset (reference-facts §7).
+# Held-out fraction of the training data per dataset, as in the authors' code.
 VAL_FRACTION = {
     DatasetType.MNIST: 0.2,
     DatasetType.CIFAR10: 0.1,

@@ -26,7 +26,7 @@ import torch
 from uhn_spec.enums import TaskType
 from uhn_spec.spec import SyntheticShape, TaskSpec
 
-from . import Batch, DataError, Split, TaskData, register_loader
+from .task_data import Batch, DataError, Split, TaskData, register_loader
 
 SYNTHETIC_SEED = 1234
 CLS_TOKEN, PAD_TOKEN, FIRST_WORD = 2, 1, 3

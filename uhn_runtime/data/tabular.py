@@ -13,8 +13,8 @@ import torch
 
 from uhn_spec.spec import TaskSpec
 
-from . import TaskData, register_loader
 from .synthetic import TensorData
+from .task_data import TaskData, register_loader
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2

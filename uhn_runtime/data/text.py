@@ -1,13 +1,13 @@
 """Text classification: the tokenizer, AG News (CSV) and IMDB (aclImdb folder or tarball).
 
-Tokenisation as in the authors' code (reference-facts §7): the regex
+Tokenisation as in the authors' code: the regex
 ``\\w+'\\w+|\\w+|[^\\w\\s]`` on lowercased text; a vocabulary of the ``vocab_size - 3`` most
 frequent training tokens after the specials <unk>=0, <pad>=1, <cls>=2 (ties broken by the
 token itself, so the vocabulary never depends on file order); each example is <cls> then its
 first ``max_length - 1`` tokens, unknown tokens -> <unk>. Batches are padded to their longest
 sequence with <pad>, and ``padding_mask`` is True at the padding.
 
-Two things differ from the authors' code on purpose (reference-facts §13, weak point 9):
+Two things differ from the authors' code on purpose:
 a CSV header row is recognised and skipped rather than counted as text, and IMDB files are
 read in sorted order rather than ``os.listdir`` order. The text itself is not cleaned
 (IMDB's ``<br />`` tags become tokens), as in the authors' code.
@@ -31,10 +31,10 @@ import torch
 from uhn_spec.enums import DatasetType
 from uhn_spec.spec import TaskSpec
 
-from . import DataError, TaskData, register_loader
 from .files import cached_tensors, first_existing, missing_error, source_key
 from .splits import train_val_test
 from .synthetic import TensorData
+from .task_data import DataError, TaskData, register_loader
 
 TOKEN_PATTERN = re.compile(r"\w+'\w+|\w+|[^\w\s]")
 UNK, PAD, CLS = 0, 1, 2

@@ -19,7 +19,6 @@ fields whose values fall outside the family's ranges, where the generator extrap
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import warnings
@@ -35,19 +34,22 @@ from uhn_spec.compiler import compile_target, target_ranges
 from uhn_spec.descriptors import INDEX_FIELDS, STRUCTURE_FIELDS, Ranges
 from uhn_spec.errors import UHNError
 from uhn_spec.files import atomic_write
+from uhn_spec.importer import import_for_spec, module_state_dict
 from uhn_spec.model import TargetModel, build_model
 from uhn_spec.plan import Plan, TargetPlan
 from uhn_spec.received import ReceivedFileError, check_file_size, check_recorded_checksum, content_checksum
 from uhn_spec.spec import ExperimentSpec, format_validation_error
 
+from ..data import load_task_data
 from ..model.batch_norm import DEFAULT_CALIBRATION_BATCHES, batch_norm_layers, recalibrate_batch_norm
 from ..train.checkpoint import load_checkpoint
 from ..data.synthetic import synthetic_batch
 from ..train.evaluate import generate_weights
-from ..train.optim import Precision
+from ..train.precision import Precision
 from ..train.run_dir import RunDir
 from ..model.target import DeviceTarget
 from ..model.weights import DirectSource, RecursiveSource, SourceKind, UHNSource, make_source
+from ..tensor_checksum import tensors_checksum
 
 EXPORT_FORMAT = "uhn-export"
 CHECKSUM_KEY = "tensors_sha256"  # the tensors alone: all an export before CONTENT_CHECKSUM_KEY has
@@ -131,8 +133,6 @@ def generated_state_dict(
     state = own_tensors(on_device.params_from_flat(flat))
     if batch_norm_layers(on_device.model):
         if recalibrate_bn > 0:
-            from ..data import load_task_data
-
             data = load_task_data(on_device.plan.spec.task, data_root)
             batches = data.train_batches(on_device.plan.spec.train.batch_size, 0)
             recalibrate_batch_norm(on_device, flat, batches, recalibrate_bn)
@@ -166,16 +166,6 @@ def sealed_metadata(state: dict[str, torch.Tensor], metadata: dict[str, str]) ->
     """``metadata`` with both checksums: what every export writes."""
     metadata = {**metadata, CHECKSUM_KEY: tensors_checksum(state)}
     return {**metadata, CONTENT_CHECKSUM_KEY: export_checksum(state, metadata)}
-
-
-def tensors_checksum(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}\0{tensor.dtype}\0{list(tensor.shape)}\0".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def export_run(
@@ -245,8 +235,6 @@ def export_for_module(
 ) -> dict[str, torch.Tensor]:
     """The generated weights under the keys of the module the spec was imported from
     (``uhn import``): checked by loading them into a fresh instance with strict=True."""
-    from uhn_spec.importer import import_for_spec, module_state_dict
-
     spec = run.plan().trained_target.spec
     module, imported = import_for_spec(module_ref, spec)
     state = generated_state_dict(run, kind, device, recalibrate_bn=recalibrate_bn, data_root=data_root)

@@ -15,7 +15,7 @@ columns). The GEMM does the naive Linear's multiply-adds, which are the cost flo
 feature tables have a few hundred rows each, and tensors of the same shape in different layers
 share them; they depend only on buffers (B, normalisation), so they are computed once and
 cached until a buffer changes. The modulation side has few keys per unit: its phasors are
-computed per unit (under 1% of the unit's GEMM). Phases are formed in float64. Nothing
+computed per unit (a small share of the unit's GEMM). Phases are formed in float64. Nothing
 N x 2m exists.
 
 The grids come straight from the plan's compact index descriptors (``IndexDescriptors``, one
@@ -79,7 +79,6 @@ class FactoredLayout:
     offsets: list[int]  # where each unit's rows start in the concatenated unit rows
     order: torch.Tensor | None  # out = cat(unit rows)[order]; None: identity
     num_rows: int
-    fallback_rows: int  # rows that form no grid and get one key each (exact, not fast)
     _tables: tuple[tuple, list[torch.Tensor | None]] | None = field(default=None, repr=False)
 
     def tables(self, basis: "FourierBasis") -> list[torch.Tensor | None]:
@@ -171,12 +170,11 @@ def build_layout(
             order = torch.empty(n, dtype=torch.int64)
             order[flat_positions] = torch.arange(n)
             order = order.to(device)
-    fallback = sum(g.outer.shape[0] for g in grids if not g.factored)
     offsets = [0]
     for unit in units[:-1]:
         offsets.append(offsets[-1] + unit.num_rows)
     sides = [Side(v.to(device), m.to(device), c) for (v, m), c in zip(side_rows, side_cached)]
-    return FactoredLayout(sides, units, offsets, order, n, fallback)
+    return FactoredLayout(sides, units, offsets, order, n)
 
 
 def _descriptor_grids(index: IndexDescriptors) -> list[_Grid]:
@@ -233,7 +231,7 @@ def _grid_units(grid: _Grid, side_id, chunk_rows: int, hidden: int, freqs: int) 
     outer_is_feature = s_a > s_b
     # Feature tables are cached: they are the larger side, and the cos/sin of a whole
     # table would cost a noticeable share of each unit's GEMM. Modulation keys are few per
-    # unit, so their phasors are computed per unit (under 1% of the GEMM), and rows of a
+    # unit, so their phasors are computed per unit (a small share of the GEMM), and rows of a
     # fallback segment (one key per row) are never cached: that would be N x 2m.
     outer = side_id(grid.outer, outer_mask, grid.factored and outer_is_feature)
     inner = side_id(grid.inner, inner_mask, not outer_is_feature)
@@ -346,8 +344,8 @@ class UnitContext:
     def fp32(self, tensor: torch.Tensor, buffer: str) -> torch.Tensor:
         """``tensor`` in fp32 (itself if it is): a low-precision GEMM's output converted in a
         reused workspace buffer. ``.float()`` allocates tens of MB per work unit instead, and
-        the page faults of that allocation cost about 6x the conversion (profiled: these
-        casts were the bf16 backward's largest cost after the GEMMs, docs/performance.md)."""
+        the page faults of that allocation cost more than the conversion itself
+        (docs/performance.md)."""
         if tensor.dtype == torch.float32:
             return tensor
         return self.workspace.take(buffer, tuple(tensor.shape), torch.float32).copy_(tensor)

@@ -5,7 +5,6 @@ the bounded set of them a multi-model (family) run keeps."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING
 
 import torch
 from torch.func import functional_call
@@ -14,9 +13,7 @@ from uhn_spec.model import TargetModel, build_model
 from uhn_spec.plan import Plan, TargetPlan
 
 from .generator import UHNGenerator
-
-if TYPE_CHECKING:
-    from ..train.init_phase import InitTargets
+from .init_targets import InitTargets
 
 # DeviceTargets a family run keeps at once (least recently used dropped first). Building
 # one (skeleton, structure rows; the generator's work-unit layout) costs milliseconds, a
@@ -53,19 +50,12 @@ class DeviceTarget:
         """Per-parameter views into the flat vector (no copy; gradients reach ``flat``)."""
         return {name: flat[o : o + n].view(shape) for name, o, n, shape in self._slices}
 
-    def flat_from_model(self) -> torch.Tensor:
-        """The skeleton's own weights as one flat vector in plan order."""
-        params = dict(self.model.named_parameters())
-        return torch.cat([params[name].detach().reshape(-1) for name, *_ in self._slices])
-
     def forward(self, flat: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, self.params_from_flat(flat), args=(), kwargs=inputs)
 
-    def init_targets(self) -> "InitTargets":
+    def init_targets(self) -> InitTargets:
         """The init phase's per-tensor statistics targets, built on first use."""
         if self._init_targets is None:
-            from ..train.init_phase import InitTargets  # init_phase imports weights, which imports this
-
             self._init_targets = InitTargets(self.plan, self.device)
         return self._init_targets
 

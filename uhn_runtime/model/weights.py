@@ -6,7 +6,7 @@ loop, one evaluation and one export serve the UHN and its direct baseline alike.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -14,11 +14,10 @@ from torch import nn
 from uhn_spec.model import build_model
 from uhn_spec.plan import Plan, TargetPlan
 
-from .generator import GeneratedGenerator, UHNGenerator
+from .generated_generator import GeneratedGenerator
+from .generator import UHNGenerator
+from .init_targets import InitTargets
 from .target import DeviceTarget
-
-if TYPE_CHECKING:
-    from ..train.init_phase import InitTargets
 
 
 SourceKind = Literal["uhn", "direct"]
@@ -87,8 +86,6 @@ class RecursiveSource(nn.Module):
         # docs/specs.md, *Recursive generation*): 1 until the top-down init calibrates them
         # (``calibrate``). They are applied in the flats, so the flats are the weights that
         # run and export as they are; they are buffers, so checkpoints and resume keep them.
-        from ..train.init_phase import InitTargets  # init_phase imports this module
-
         self._stats = [InitTargets(level.plan, target.device) for level in self.levels[:-1]]
         for k, stats in enumerate(self._stats):
             self.register_buffer(f"gains_{k}", torch.ones(len(stats.names), device=target.device))
@@ -140,9 +137,9 @@ class RecursiveSource(nn.Module):
         that the median over ``level``'s tensors of std / target std is 1 and their median
         mean is their targets' (its bias shifts every weight it generates alike). The stats loss
         weighs every tensor's error alike, so a tensor with a small target std (the 2,048-wide
-        input Linear of H_k: 0.0128) ends its stage several times too wide, and the level it
-        generates comes out tens of times too large; every Adam step then moves it by more
-        than its own size (docs/results.md, *Recursive generation*). Returns the head factor."""
+        input Linear of H_k: 0.0128) ends its stage too wide, and the level it generates
+        comes out far too large; every Adam step then moves it by more than its own size
+        (docs/results.md, *Recursive generation*). Returns the head factor."""
         above, stats = level - 1, self._stats[level - 1]
         gains = self.gains(above)
         _, std = stats.stats(self.level_flats(level)[above])
@@ -174,8 +171,7 @@ def standardized(flat: torch.Tensor, stats: InitTargets, center_rest: bool = Fal
     A tensor whose target std is 0 (zero-initialised) or that has one element has no spread
     to match: it is left as it is, or with ``center_rest`` only shifted to its init mean (a
     one-element tensor, such as a generator's head bias, is then held at it). Unpinned, such
-    tensors drift: in a K = 2 digits chain (docs/results.md) H2's zero-initialised structure
-    projection reached mean -18.5 and its head bias -10.9."""
+    tensors drift far from their init (docs/results.md, a K = 2 digits chain)."""
     mean, std = stats.stats(flat)
     spread = ((stats.std > 0) & (stats.counts > 1))[stats.segment]
     segment = stats.segment
@@ -200,8 +196,8 @@ def head_bias_component(plan: TargetPlan, stats: InitTargets) -> int | None:
 
 
 def depth_lr_scale(depth: int) -> float:
-    """The task phase's learning-rate factor by recursion depth, as the authors scale it
-    (reference-facts section 8): x1 up to depth 1, x1/2 at depth 2, x1/8 from depth 3."""
+    """The task phase's learning-rate factor by recursion depth, as the authors' code scales
+    it: x1 up to depth 1, x1/2 at depth 2, x1/8 from depth 3."""
     return 1.0 if depth <= 1 else 0.5 if depth == 2 else 0.125
 
 

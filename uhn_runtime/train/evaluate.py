@@ -15,7 +15,7 @@ from uhn_spec.metrics import METRICS
 
 from ..model.batch_norm import recalibrate_from_data
 from ..data import Batch, Split, TaskData
-from .optim import Precision
+from .precision import Precision
 from ..model.target import DeviceTarget
 from ..model.weights import DirectSource, UHNSource
 

@@ -1,8 +1,6 @@
 """The initialisation phase: train H until every generated parameter tensor has the mean and
-population std of its target initialisation (reference-facts §5).
-
-Statistics are segment sums over the flat vector (one ``index_add_`` per moment), never a
-Python loop over parameter tensors, and the targets are built once per target.
+population std of its target initialisation, as the authors' code does before the task
+phase. The targets and their statistics are ``uhn_runtime.model.init_targets.InitTargets``.
 """
 
 from __future__ import annotations
@@ -12,55 +10,16 @@ from typing import Literal
 
 import torch
 
-from uhn_spec.plan import TargetPlan
+from .optim import Stepper, check_finite, make_adamw
 
-from .optim import Precision, Stepper, check_finite, make_adamw
+from .precision import Precision
 from .schedule import cosine_factor, set_lr, warmup_cosine_factor
 from .step_bound import LevelChangeBound
+from ..model.init_targets import InitTargets
 from ..model.weights import RecursiveSource, UHNSource
 
 # What the init phase does below H1's level (``train.init_deep_levels``).
 DeepLevels = Literal["train", "calibrate"]
-
-# Keeps sqrt differentiable where a target std is 0 (zero-initialised tensors).
-VAR_EPS = 1e-12
-
-
-class InitTargets:
-    """Per-component (= one parameter tensor) target mean and std, and the segment id of
-    every scalar of the flat vector. Components with no elements are left out."""
-
-    def __init__(self, target: TargetPlan, device: torch.device):
-        params = sorted(target.params, key=lambda p: p.offset)
-        offset = 0
-        for p in params:
-            if p.offset != offset:
-                raise AssertionError(f"plan params do not tile the flat vector at {p.name} (offset {p.offset})")
-            offset += p.numel
-        kept = [p for p in params if p.numel > 0]
-        counts = torch.tensor([p.numel for p in kept], dtype=torch.int64)
-        self.names = [p.name for p in kept]
-        # Empty tensors add no rows to the flat vector, so the segment ids of the kept
-        # components in offset order cover it exactly.
-        self.segment = torch.repeat_interleave(torch.arange(len(kept)), counts).to(device)
-        self.counts = counts.to(device=device, dtype=torch.float32)
-        self.mean = torch.tensor([p.init_mean for p in kept], dtype=torch.float32, device=device)
-        self.std = torch.tensor([p.init_std for p in kept], dtype=torch.float32, device=device)
-
-    def stats(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, population std) of every component."""
-        flat = flat.float()
-        zeros = torch.zeros_like(self.counts)
-        mean = zeros.index_add(0, self.segment, flat) / self.counts
-        centred = flat - mean[self.segment]
-        var = zeros.index_add(0, self.segment, centred * centred) / self.counts
-        return mean, torch.sqrt(var + VAR_EPS)
-
-    def loss(self, flat: torch.Tensor) -> torch.Tensor:
-        """mean((stats - targets)^2) over all components' [mean, std] pairs, as the authors
-        compute it: every tensor counts equally whatever its size."""
-        mean, std = self.stats(flat)
-        return torch.cat([mean - self.mean, std - self.std]).pow(2).mean()
 
 
 def run_init_phase(
@@ -132,7 +91,7 @@ def top_down_stages(steps: int, depth: int) -> list[range]:
 
 
 def stage_lr_scale(depth: int, level: int) -> float:
-    """The init lr factor of each level (reference-facts section 5): depth 1 takes init_lr
+    """The init lr factor of each level, as the authors' code sets it: depth 1 takes init_lr
     throughout; deeper chains x1/5 on levels 0-1, x1/10 on level 2, x1/40 below."""
     if depth <= 1:
         return 1.0
@@ -158,8 +117,8 @@ def run_top_down_init(
     scale. ``change_bound``: each stage's steps kept within that relative change of the levels
     it generates (H1 down to the active level). ``deep_levels="calibrate"`` (beyond the
     paper): H1's stage takes every step and the levels below it are calibrated only, as the
-    calibration alone starts them at stats loss 1e-4..1e-3 and Adam steps on H0 there move
-    them more than they gain (docs/results.md). Returns the last stage's last loss, or the
+    calibration alone starts them near their targets and Adam steps on H0 there move them
+    more than they gain (docs/results.md). Returns the last stage's last loss, or the
     leaf's stats loss when its stage has no steps."""
     depth = source.depth
     stages = top_down_stages(steps, depth) if deep_levels == "train" else [range(steps)] + [range(steps, steps)] * depth

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ..model.generation_shard import GenerationShard
 from ..model.target import DeviceTarget
 from ..model.weights import DirectSource, RecursiveSource, SourceKind, UHNSource, depth_lr_scale, make_source
-from .distributed import DistContext, GenerationShard, broadcast_parameters, synced_flat
-from .optim import Precision, Stepper, make_adamw
+from .distributed import DistContext, broadcast_parameters, synced_flat
+from .optim import Stepper, make_adamw
 from .options import TrainOptions
+from .precision import Precision
 from .samplers import Sampler
 from .step_bound import LevelChangeBound
 from .steps import StepContext, Strategy, step_strategy

@@ -27,8 +27,8 @@ from ..model.generator import count_generator_params
 from ..model.target import DeviceTarget, TargetCache
 from .checkpoint import load_checkpoint
 from .distributed import DistContext, distributed_session
-from .optim import Precision
 from .options import MODE_PHASES, Mode, TrainOptions
+from .precision import Precision
 from .progress import Progress
 from .reporter import TIMING_FIELDS
 from .run_dir import RunDir, claimed_run_folder

@@ -48,7 +48,7 @@ from uhn_spec.files import append_text, atomic_write_text, ensure_folder, temp_n
 from uhn_spec.plan import Plan, load_plan
 from uhn_spec.spec import MAX_NAME_LENGTH, spec_to_yaml
 
-from .optim import Precision, PrecisionName
+from .precision import Precision, PrecisionName
 from .run_record import RunRecord, SummaryRecord, load_record
 
 # Environment variables that set how many threads the OpenMP/BLAS runtimes use and how they wait.

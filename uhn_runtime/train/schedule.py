@@ -1,7 +1,7 @@
 """Learning-rate schedules as pure functions of the unit counter (epoch or step).
 
 A pure function of the counter needs no scheduler state of its own: a resumed run sets the
-same rate as an uninterrupted one from the counter alone (reference-facts §5 and §8).
+same rate as an uninterrupted one from the counter alone.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ the paper).
 Adam moves every one of H0's parameters by about the lr whatever the gradient's size, and
 with thousands of Fourier features those moves add up coherently in the weights H0
 generates; through a chain of generated generators each level multiplies the effect, so one
-step at lr 1e-6 can take a calibrated level from stats loss 1e-4 to 1e3 (docs/results.md,
+step at a tiny lr can throw a calibrated level far from its statistics (docs/results.md,
 *Recursive generation*). The bound keeps Adam's direction but shortens the step until no
 generated level's weights change by more than ``bound`` of their norm:
 ``|w_k(new) - w_k(old)| <= bound * |w_k(old)|`` for every level k (H1, ..., H_K, the leaf;
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from .optim import Precision
+from .precision import Precision
 from ..model.weights import RecursiveSource, UHNSource
 
 # Tries to shorten a step before it is dropped; each one regenerates the levels.

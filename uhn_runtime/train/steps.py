@@ -35,7 +35,8 @@ from .distributed import (
     shard_batch,
 )
 from .gradient_surgery import SurgeryLog, project_conflicts, projection_orders
-from .optim import Precision, Stepper, check_finite
+from .optim import Stepper, check_finite
+from .precision import Precision
 from .samplers import Sampler, Work
 from .stop_signals import STOP_SIGNALS, StopSignals
 

@@ -11,7 +11,7 @@ task lag on one scale (1: on par; a member ahead of its reference counts as on p
 validation split: digits has none, and a formula task's (``task.validate_split``) would take
 a fifth of its training points away and change the task the reference was measured on; the
 test split is never read. Training figures flatter a member that overfits, so this signal
-under-weights it; it is meant for the gross lag of interference (kv: 12x its reference).
+under-weights it; it is meant for the gross lag of interference.
 A member the window did not draw keeps its last ratio (1 before its first).
 
 The next steps draw with

@@ -26,8 +26,8 @@ from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoi
 from .distributed import DistContext
 from .evaluate import evaluate_source
 from .init_phase import run_init_phase
-from .optim import Precision
 from .options import StepEvent, TrainOptions
+from .precision import Precision
 from .progress import Progress
 from .reporter import SHOWN_LINES, Reporter
 from .run_dir import RunDir

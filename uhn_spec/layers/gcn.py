@@ -58,7 +58,7 @@ def normalised_edges(ctx: ForwardContext, num_nodes: int) -> tuple[torch.Tensor,
     cached = ctx.cache.get(GCN_NORM_CACHE_KEY)
     if cached is None:
         edge_index = require_edges(ctx, "gcn")
-        # Imported here: torch_geometric costs ~1 s at import, and only graph models need it.
+        # Imported here: torch_geometric is slow to import, and only graph models need it.
         from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
         cached = gcn_norm(edge_index, None, num_nodes, add_self_loops=True)

@@ -6,7 +6,7 @@ order k (the efficient-KAN recursion).
 
 At the init targets (lb -1, length ln 2, knots 0) the grid points are -1 + 2(i+1)/(G+2k+1),
 so the grid spans (-1 + 2/(G+2k+1), 1] -- (-0.833, 1] for G=5, k=3 -- as in the authors'
-code (reference-facts §13, weak point 7); kept for parity of the generated parameters.
+code; kept for parity of the generated parameters.
 The first layer of the paper's KAN has no base activation (``activation: none``).
 """
 
@@ -137,7 +137,7 @@ class KANLayer(nn.Module):
         super().__init__()
         self.spec = spec
         n_out, n_in = spec.out_features, spec.in_features
-        # Registration order is the storage order (reference-facts §4.3).
+        # Registration order is the storage order, as in the authors' KAN layer.
         self.base_weight = nn.Parameter(torch.empty(n_out, n_in))
         if spec.bias:
             self.base_bias = nn.Parameter(torch.empty(n_out))

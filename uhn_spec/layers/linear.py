@@ -98,7 +98,7 @@ class LinearSpec(LayerSpec):
         if name == "weight":
             return ParamMeta(0, ("output_idx", "input_idx"), 0.0, std)
         if name == "bias":
-            # The authors' code targets PyTorch's uniform std for biases too (weak point 4).
+            # The authors' code targets PyTorch's uniform std for biases too.
             return ParamMeta(1, ("output_idx",), 0.0, std)
         raise KeyError(name)
 

@@ -24,7 +24,7 @@ from .base import (
     feature_norm,
 )
 
-# param_type ids of the MHA kind, in storage order (reference-facts §1.1).
+# param_type ids of the MHA kind, in storage order, as the authors' code numbers them.
 MHA_PARAM_TYPES: dict[str, int] = {
     "q_weight": 0,
     "k_weight": 1,
@@ -82,7 +82,7 @@ class MHASpec(LayerSpec):
             return ParamMeta(param_type, ("output_idx", "input_idx"), 0.0, 1.0 / math.sqrt(3 * self.dim))
         # Q, K and V each target Glorot over their own (d, d) block, sqrt(2 / 2d) = 1/sqrt(d),
         # as the authors' code does; PyTorch's xavier over the stacked (3d, d) in_proj would
-        # be sqrt(2 / 4d) (reference-facts §13, weak point 4). Kept for parity.
+        # be sqrt(2 / 4d). Kept for parity.
         return ParamMeta(param_type, ("output_idx", "input_idx"), 0.0, 1.0 / math.sqrt(self.dim))
 
     def local_fields(self) -> dict[str, float]:

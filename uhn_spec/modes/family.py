@@ -47,8 +47,8 @@ Split = Literal["seen", "unseen"]
 # As the authors' sampler: give up after this many draws when `count` distinct
 # architectures have not turned up.
 MAX_DRAWS = 50_000
-# The most members a family may ask for: each is rendered and validated (about 20 ms each on
-# one core), so 10,000 take a few minutes; the paper's largest families have 1,000.
+# The most members a family may ask for: each is rendered and validated, so 10,000 take
+# minutes; the paper's largest families have 1,000.
 MAX_FAMILY_COUNT = 10_000
 # Top-level keys that make a YAML file a family rather than a single spec.
 KEYS = ("template", "sample", "members")

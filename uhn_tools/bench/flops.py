@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from uhn_runtime.train.optim import Precision, cpu_bf16_features
+from uhn_runtime.train.precision import Precision, cpu_bf16_features
 from uhn_spec.spec import GeneratorSpec
 
 from .memory import device_name, sync

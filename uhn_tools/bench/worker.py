@@ -20,7 +20,8 @@ from uhn_runtime.data.synthetic import synthetic_batch
 from uhn_runtime.model.fast_features import build_layout
 from uhn_runtime.model.generator import UHNGenerator
 from uhn_runtime.model.naive import naive_generate
-from uhn_runtime.train.optim import Precision, make_adamw
+from uhn_runtime.train.optim import make_adamw
+from uhn_runtime.train.precision import Precision
 from uhn_runtime.model.target import DeviceTarget
 from uhn_runtime.model.target_segments import forward_in_segments
 from uhn_runtime.model.weights import RecursiveSource

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from uhn_runtime.device import resolve_device
-from uhn_runtime.train.optim import Precision
 from uhn_runtime.train.options import Observer
+from uhn_runtime.train.precision import Precision
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.train.run import TrainOptions, resume_run, start_run
 from uhn_spec.budget import check_fits, estimate_budget
