@@ -11,7 +11,7 @@ import typer
 from uhn_spec.errors import UHNError
 from uhn_spec.files import PLAN_SUFFIX
 
-from .main import SetOption, command, load_target_source
+from .app import SetOption, command, load_target_source
 from .options import DEFAULT_DEVICE, DeviceOption, bounded_option
 
 
@@ -32,7 +32,7 @@ MIN_MATMUL_SIZE, MAX_MATMUL_SIZE = 16, 8192
 @command("bench")
 def bench(
     source: Annotated[Path, typer.Argument(help=f"A plan (*{PLAN_SUFFIX}) or a spec YAML.", show_default=False)],
-    # No plain default: it lives in uhn_tools.bench, which imports torch (see main.py).
+    # No plain default: it lives in uhn_tools.bench, which imports torch (see app.py).
     naive_max_gib: Annotated[
         float,
         bounded_option(

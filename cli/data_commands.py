@@ -11,7 +11,7 @@ import typer
 if TYPE_CHECKING:
     from uhn_runtime.data import Batch, TaskData
 
-from .main import app, reports_errors
+from .app import app, reports_errors
 
 data_app = typer.Typer(name="data", help="Fetch datasets and check what a data root holds.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .main import command
+from .app import command
 from .options import parse_shape
 
 # --input-shape: the captured example is a batch of 2 such inputs (2^24 values: 128 MiB in fp32).

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .main import command
+from .app import command
 from .options import nonempty_path
 
 DEFAULT_NAME = "curves.png"

@@ -13,7 +13,7 @@ from uhn_runtime.cpu_policy import choose_threads
 from uhn_runtime.train.stop_signals import RunStopped
 from uhn_spec.errors import UHNError
 
-from .main import command
+from .app import command
 from .options import DEFAULT_DEVICE, DataRootOption, DeviceOption, parse_int_list, parse_name_list
 
 DEFAULT_OUT = Path("runs/reproduce")

@@ -12,7 +12,7 @@ import typer
 from uhn_spec.errors import UHNError
 from uhn_spec.files import PLAN_SUFFIX
 
-from .main import (
+from .app import (
     SetOption,
     command,
     fitting_budget,

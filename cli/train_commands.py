@@ -15,7 +15,7 @@ from uhn_runtime.train.stop_signals import RunStopped
 from uhn_spec.errors import UHNError
 from uhn_spec.files import PLAN_SUFFIX
 
-from .main import (
+from .app import (
     SetOption,
     command,
     fitting_budget,

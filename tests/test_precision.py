@@ -13,7 +13,8 @@ import torch
 import yaml
 from safetensors import safe_open
 from typer.testing import CliRunner
-from uhn_cli.main import app, load_target_source
+from uhn_cli.app import load_target_source
+from uhn_cli.main import app
 
 import uhn_runtime.train.precision as precision_module
 import uhn_tools.bench.flops as flops
