@@ -33,9 +33,9 @@ from typing import Any, TypeVar
 
 import torch
 
-from uhn_tools.bench.memory import current_memory, device_name, peak_memory, reset_peak_memory
 from uhn_runtime.train.run_dir import atomic_write_text
 from uhn_spec import ExperimentSpec, Plan, compile_spec, compile_specs, load_spec, spec_from_text
+from uhn_tools.bench.memory import current_memory, device_name, peak_memory, reset_peak_memory
 
 T = TypeVar("T")
 

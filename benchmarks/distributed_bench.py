@@ -34,8 +34,10 @@ from uhn_runtime.model.generation_shard import GenerationShard
 from uhn_runtime.train.distributed import DistContext
 from uhn_runtime.model.generator import UHNGenerator
 from uhn_runtime.model.target import DeviceTarget
+from uhn_runtime.train.distributed import DistContext, GenerationShard
 from uhn_spec import compile_spec, load_spec
 from uhn_spec.plan import load_plan
+from uhn_tools.bench.memory import current_memory, peak_memory, reset_peak_memory
 
 CPU = torch.device("cpu")
 

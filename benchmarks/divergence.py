@@ -32,8 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from uhn_runtime.train import optim
 from uhn_runtime.model.generator import LAYER_NORM_EPS, UHNGenerator
+from uhn_runtime.train import optim
 from uhn_spec import compile_spec, load_spec
 
 

@@ -36,15 +36,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from uhn_runtime.model import generator as generator_module
 from uhn_runtime.data import load_task_data
+from uhn_runtime.model import generator as generator_module
 from uhn_runtime.train.distributed import DEFAULT_MICRO_SHARDS, distributed_session
 from uhn_runtime.train.precision import Precision
 from uhn_runtime.train.progress import Progress
+from uhn_runtime.train.run import TrainOptions, new_sampler, new_trainer
 from uhn_runtime.train.run_dir import RunDir, cpu_model
 from uhn_runtime.train.stop_signals import StopSignals
-from uhn_runtime.train.draws import epoch_seed
-from uhn_runtime.train.run import TrainOptions, new_sampler, new_trainer
 from uhn_spec import compile_spec, load_spec
 
 CPU = torch.device("cpu")

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from uhn_runtime.data import load_task_data
-from uhn_runtime.train.evaluate import generate_weights
 from uhn_runtime.io.export import load_trained_source
+from uhn_runtime.train.evaluate import generate_weights
 from uhn_runtime.train.run_dir import RunDir
 
 

@@ -24,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 from uhn_runtime.model.generator import UHNGenerator
 from uhn_runtime.train.precision import Precision
 from uhn_runtime.model.target import DeviceTarget
+from uhn_runtime.train.optim import Precision
 from uhn_spec import compile_spec, load_spec
 
 CPU = torch.device("cpu")

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from uhn_spec import ExperimentSpec, compile_spec
 from uhn_tools.bench.flops import matmul_fraction, useful_flops_per_weight
 from uhn_tools.bench.options import GIB, BenchOptions
 from uhn_tools.bench.run import naive_estimate, run_case
-from uhn_spec import ExperimentSpec, compile_spec
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scaling.json"
 WIDTHS = (16, 32, 64, 128, 256, 512)

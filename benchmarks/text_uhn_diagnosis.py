@@ -38,11 +38,11 @@ import torch
 import torch.nn.functional as F
 
 from uhn_runtime.data import Batch, load_task_data
+from uhn_runtime.model.target import DeviceTarget
+from uhn_runtime.model.weights import UHNSource, make_source
 from uhn_runtime.train.init_phase import run_init_phase
 from uhn_runtime.train.precision import Precision
 from uhn_runtime.train.run_dir import cpu_model
-from uhn_runtime.model.target import DeviceTarget
-from uhn_runtime.model.weights import UHNSource, make_source
 from uhn_spec import compile_spec, load_spec
 from uhn_spec.files import atomic_write_text
 from uhn_spec.layers.base import activate, feature_norm

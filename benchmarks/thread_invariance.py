@@ -26,11 +26,11 @@ from typing import Any
 import torch
 
 from uhn_runtime.data import Batch, load_task_data
-from uhn_spec.metrics import METRICS
-from uhn_runtime.train.optim import make_adamw
 from uhn_runtime.model.target import DeviceTarget
 from uhn_runtime.model.weights import make_source
+from uhn_runtime.train.optim import make_adamw
 from uhn_spec import compile_spec, load_spec
+from uhn_spec.metrics import METRICS
 
 BATCH = 256
 MICRO_SHARDS = 8

@@ -75,8 +75,8 @@ def bench(
 
     Each case runs in a fresh process; generation is also reported as a fraction of the
     machine's measured matmul throughput."""
-    from uhn_tools.bench import GIB, BenchOptions, render_report, run_bench
     from uhn_runtime.device import resolve_device
+    from uhn_tools.bench import GIB, BenchOptions, render_report, run_bench
 
     if precision not in ("auto", "fp32", "bf16"):
         raise UHNError(f"--precision: {precision!r}; use fp32, bf16 or auto")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,7 +29,7 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(EXIT_USER_ERROR)
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     """Where to run: ``auto`` picks CUDA when it is available, else the CPU."""
 
     auto = "auto"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +11,6 @@ import typer
 
 from uhn_runtime.cpu_policy import choose_threads
 from uhn_runtime.train.stop_signals import RunStopped
-from uhn_spec.errors import UHNError
 
 from .app import command
 from .options import DEFAULT_DEVICE, DataRootOption, DeviceOption, parse_int_list, parse_name_list
@@ -22,7 +21,7 @@ DEFAULT_OUT = Path("runs/reproduce")
 DEFAULT_RESULTS = Path("benchmarks/results")
 
 
-class BudgetChoice(str, Enum):
+class BudgetChoice(StrEnum):
     """cpu: a documented smaller schedule per row; paper: the paper's schedules and seeds."""
 
     cpu = "cpu"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,7 +42,7 @@ EXIT_LOST_CONTACT = 75
 MAX_RECALIBRATION_BATCHES = 100_000
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     """train.precision's values, for --precision."""
 
     auto = "auto"
@@ -51,7 +51,7 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     """What `uhn train` trains: the UHN, the target directly (the baseline), or both."""
 
     uhn = "uhn"
@@ -136,14 +136,14 @@ def train(
     Ctrl-C (or SIGTERM) saves a checkpoint after the current step; `--resume` continues from it.
     Under torchrun it trains on all processes (docs/distributed.md); rank 0 prints and writes."""
     from uhn_runtime.train.distributed import environment_context
-    from uhn_runtime.train.run_dir import RunDir, default_run_dir
-    from uhn_runtime.train.run_tables import is_multi_model
     from uhn_runtime.train.run import (
         TrainOptions,
         plan_label,
         resume_run,
         start_run,
     )
+    from uhn_runtime.train.run_dir import RunDir, default_run_dir
+    from uhn_runtime.train.run_tables import is_multi_model
     from uhn_spec import compile_spec
 
     cpu = choose_threads()
@@ -398,8 +398,9 @@ def evaluate(
     Of a family run: every evaluated member's, and each group's mean and std."""
     from uhn_runtime.data import load_task_data
     from uhn_runtime.device import resolve_device
-    from uhn_runtime.train.evaluate import evaluate_module, evaluate_source
     from uhn_runtime.io.export import load_exported, load_trained_source
+    from uhn_runtime.model.target import DeviceTarget
+    from uhn_runtime.train.evaluate import evaluate_module, evaluate_source
     from uhn_runtime.train.run_dir import RunDir
     from uhn_runtime.train.run_tables import (
         evaluated_targets,
@@ -407,7 +408,6 @@ def evaluate(
         models_table_lines,
         task_table_lines,
     )
-    from uhn_runtime.model.target import DeviceTarget
 
     torch_device = resolve_device(device.value)
     if path.is_dir():

@@ -101,6 +101,7 @@ def exported(finished_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def one_error(args: list[str]) -> str:
     """Run the CLI, expecting exit 2 with exactly one `error:` line and no traceback."""
     from typer.testing import CliRunner
+
     from uhn_cli.main import app
 
     result = CliRunner().invoke(app, args)

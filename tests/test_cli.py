@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from uhn_cli.main import app
-from uhn_runtime.train.checkpoint import load_checkpoint
 from uhn_runtime.model.generator import count_generator_params
+from uhn_runtime.train.checkpoint import load_checkpoint
 from uhn_spec import load_plan
 from uhn_spec.spec import GeneratorSpec
 

@@ -25,8 +25,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from uhn_runtime.train.checkpoint import load_checkpoint
+from tests.conftest import KillAfter, RunInterrupted
 from uhn_runtime.data import Batch
+from uhn_runtime.model.generator import UHNGenerator
+from uhn_runtime.model.target import DeviceTarget
+from uhn_runtime.train.checkpoint import load_checkpoint
 from uhn_runtime.train.distributed import (
     DistContext,
     DistributedError,
@@ -38,7 +41,6 @@ from uhn_runtime.train.distributed import (
     micro_shard,
     ordered_sum,
     owned_micro_shards,
-    share_bounds,
     shard_batch,
 )
 from uhn_runtime.model.generation_shard import GenerationShard, ShardingError, unit_cuts
@@ -46,8 +48,8 @@ from uhn_runtime.model.generator import UHNGenerator
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.model.target import DeviceTarget
 from uhn_runtime.train.run import TIMING_FIELDS, TrainOptions, exact_micro_shards, resume_run, start_run
+from uhn_runtime.train.run_dir import RunDir
 from uhn_spec import ExperimentSpec, compile_spec
-from tests.conftest import KillAfter, RunInterrupted
 
 from .tiny_specs import tiny_plan, tiny_spec_data, tiny_spec_yaml
 

@@ -13,14 +13,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from uhn_cli.main import app
-from uhn_spec.metrics import Accuracy
-from uhn_runtime.data import load_task_data
-from uhn_runtime.train.evaluate import evaluate_module, generate_weights
-from uhn_runtime.io.export import export_run, load_exported, load_trained_source
-from uhn_runtime.train.run_dir import RunDir
-from uhn_runtime.train.run import TrainOptions, start_run
 from tests.conftest import KillAfter, RunInterrupted
+from uhn_cli.main import app
+from uhn_runtime.data import load_task_data
+from uhn_runtime.io.export import export_run, load_exported, load_trained_source
+from uhn_runtime.train.evaluate import evaluate_module, generate_weights
+from uhn_runtime.train.run import TrainOptions, start_run
+from uhn_runtime.train.run_dir import RunDir
+from uhn_spec.metrics import Accuracy
 
 from .tiny_specs import tiny_plan, tiny_spec_yaml
 

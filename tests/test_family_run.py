@@ -14,22 +14,22 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from tests.conftest import KillAfter, RecordSteps, RunInterrupted
 from uhn_cli.main import app
+from uhn_runtime.model.target import TargetCache
 from uhn_runtime.train.checkpoint import load_checkpoint
 from uhn_runtime.train.draws import architecture_draw
-from uhn_runtime.train.run_dir import RunDir
-from uhn_runtime.train.run_tables import evaluated_targets
-from uhn_runtime.model.target import TargetCache
 from uhn_runtime.train.run import (
     TIMING_FIELDS,
     TrainOptions,
     resume_run,
     start_run,
 )
+from uhn_runtime.train.run_dir import RunDir
+from uhn_runtime.train.run_tables import evaluated_targets
 from uhn_spec import Plan, load_plan
 from uhn_spec.errors import UHNError
 from uhn_spec.modes.family import compile_family, load_family
-from tests.conftest import KillAfter, RecordSteps, RunInterrupted
 
 # Six MLPs on synthetic data (width x activation, dropout so the RNG state matters); the
 # last two are unseen, and `each: 2` seen ones are evaluated beside them.

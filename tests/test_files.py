@@ -137,7 +137,7 @@ def test_git_revision_only_from_an_editable_install(tmp_path: Path, monkeypatch:
             return self.direct_url if name == "direct_url.json" else None
 
     for record in ('{"url": "file:///src/uhn", "dir_info": {}}', '{"url": "https://x/uhn.whl", "archive_info": {}}', "{"):
-        monkeypatch.setattr(importlib.metadata, "distributions", lambda **_: [Installed(None), Installed(record)])
+        monkeypatch.setattr(importlib.metadata, "distributions", lambda **_: [Installed(None), Installed(record)])  # noqa: B023  called in this pass
         assert source_folder() is None, record
     editable = '{"url": "file:///src/my%20uhn", "dir_info": {"editable": true}}'
     monkeypatch.setattr(importlib.metadata, "distributions", lambda **_: [Installed(editable)])

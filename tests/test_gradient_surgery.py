@@ -4,7 +4,6 @@ that records what it saw and resumes exactly."""
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -15,8 +14,9 @@ import torch
 
 import uhn_runtime.train.steps as steps_module
 from tests.conftest import RecordSteps
-from tests.test_multitask import TRAIN, multitask_data, multitask_file, options, run_whole_and_resumed, spec_error
+from tests.test_multitask import TRAIN, multitask_file, options, run_whole_and_resumed, spec_error
 from uhn_runtime.train.checkpoint import load_checkpoint
+from uhn_runtime.train.draws import architecture_draw
 from uhn_runtime.train.gradient_surgery import project_conflicts, projection_orders
 from uhn_runtime.train.optim import Stepper, make_adamw
 from uhn_runtime.train.precision import Precision

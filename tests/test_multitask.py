@@ -16,19 +16,19 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from tests.conftest import KillAfter, RecordSteps, RunInterrupted
 from tests.tiny_specs import TINY_GENERATOR, tiny_spec_data
 from uhn_cli.main import app
-from uhn_runtime.train.checkpoint import load_checkpoint
 from uhn_runtime.model.target import DeviceTarget
-from uhn_runtime.train.task_sampling import adapted_probabilities
+from uhn_runtime.model.weights import UHNSource
+from uhn_runtime.train.checkpoint import load_checkpoint
 from uhn_runtime.train.draws import architecture_draw
 from uhn_runtime.train.run import TrainOptions, resume_run, start_run
-from uhn_runtime.model.weights import UHNSource
+from uhn_runtime.train.task_sampling import adapted_probabilities
 from uhn_spec import build_model, compile_spec
 from uhn_spec.errors import SpecError, UHNError
 from uhn_spec.metrics import ACCURACY, RMSE
 from uhn_spec.modes.multitask import compile_multitask, load_multitask
-from tests.conftest import KillAfter, RecordSteps, RunInterrupted
 
 TRAIN = {"steps": 12, "warmup": 2, "lr": 3.0e-3, "init_steps": 4, "init_lr": 1.0e-3, "seed": 3, "eval_every": 4}
 
@@ -440,6 +440,7 @@ def test_step_time_benchmark_weighs_the_members_own_step_times(tmp_path: Path) -
 
 
 def test_bench_compares_the_multitask_step_with_each_members_own_in_one_run(tmp_path: Path) -> None:
+    from uhn_runtime.train.optim import Precision
     from uhn_tools.bench import BenchOptions, run_bench
     from uhn_tools.bench.steps import measure_multitask_step
     from uhn_runtime.train.precision import Precision

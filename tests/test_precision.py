@@ -13,19 +13,17 @@ import torch
 import yaml
 from safetensors import safe_open
 from typer.testing import CliRunner
-from uhn_cli.app import load_target_source
-from uhn_cli.main import app
 
 import uhn_runtime.train.precision as precision_module
 import uhn_tools.bench.flops as flops
+from uhn_cli.app import load_target_source
+from uhn_cli.main import app
 from uhn_runtime.io.export import load_trained_source
 from uhn_runtime.model.generator import UHNGenerator
 from uhn_runtime.model.naive import naive_generate
 from uhn_runtime.train.precision import Precision
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.train.run_record import RecordError
-from uhn_runtime.model.target import DeviceTarget
-from uhn_runtime.train.run import TrainOptions, start_run
 from uhn_spec import ExperimentSpec, compile_spec
 from uhn_spec.enums import TaskType
 from uhn_spec.errors import UHNError

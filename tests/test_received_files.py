@@ -21,9 +21,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from uhn_runtime.train.checkpoint import CheckpointError, load_checkpoint
 from uhn_runtime.io.export import CONTENT_CHECKSUM_KEY, load_exported
 from uhn_runtime.io.plot import read_metrics
+from uhn_runtime.train.checkpoint import CheckpointError, load_checkpoint
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.train.run_record import RecordError
 from uhn_spec import PlanError, SpecError, compile_spec, load_plan

@@ -12,8 +12,9 @@ import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
-from uhn_cli.main import app
 
+from tests.conftest import KillAfter, RunInterrupted
+from uhn_cli.main import app
 from uhn_runtime.io.export import export_levels, level_path, load_exported
 from uhn_runtime.model.generated_generator import GeneratedGenerator
 from uhn_runtime.model.generator import count_generator_params
@@ -27,14 +28,6 @@ from uhn_runtime.train.optim import Stepper, make_adamw
 from uhn_runtime.train.precision import Precision
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.train.step_bound import LevelChangeBound, relative_changes
-from uhn_runtime.model.target import DeviceTarget
-from uhn_runtime.train.run import TrainOptions, resume_run, start_run
-from uhn_runtime.model.weights import (
-    RecursiveSource,
-    depth_lr_scale,
-    head_components,
-    make_source,
-)
 from uhn_spec import build_model
 from uhn_spec.errors import SpecError
 from uhn_spec.modes.recursive import (
@@ -43,7 +36,6 @@ from uhn_spec.modes.recursive import (
     recursive_from_text,
 )
 from uhn_tools.bench import BenchOptions, run_bench
-from tests.conftest import KillAfter, RunInterrupted
 
 from .conftest import REPO_ROOT
 from .tiny_specs import tiny_spec_data
@@ -383,7 +375,7 @@ def test_standardized_levels_have_their_init_statistics_whatever_h0_generates() 
         torch.testing.assert_close(std[kept], stats.std[kept], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(mean[kept], stats.mean[kept], rtol=1e-4, atol=1e-4)
     raw = source.levels[0].generate(source.generator)
-    left = ~((InitTargets(source.levels[0].plan, torch.device("cpu")).std > 0))
+    left = ~(InitTargets(source.levels[0].plan, torch.device("cpu")).std > 0)
     seg = InitTargets(source.levels[0].plan, torch.device("cpu")).segment
     torch.testing.assert_close(flats[0][left[seg]], raw[left[seg]].float())
     (flats[-1] * torch.randn_like(flats[-1])).sum().backward()

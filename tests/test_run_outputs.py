@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
-from uhn_cli.main import app
 
-from uhn_runtime.io.plot import curves, read_metrics
-from uhn_runtime.train.run_dir import RunDir
-from uhn_runtime.train.run import TrainOptions, resume_run, start_run
-from uhn_spec.errors import UHNError
 from tests.conftest import KillAfter, RunInterrupted
+from uhn_cli.main import app
+from uhn_runtime.io.plot import curves, read_metrics
+from uhn_runtime.train.run import TrainOptions, resume_run, start_run
+from uhn_runtime.train.run_dir import RunDir
+from uhn_spec.errors import UHNError
 
 from .conftest import one_error
 from .tiny_specs import tiny_plan, tiny_spec_yaml

@@ -232,7 +232,7 @@ def reachable_roots() -> list[Any]:
     environment.from_string(PROBE).render()
     roots: list[Any] = [environment.globals["range"], environment.globals["dict"], environment.globals["range"](5)]
     roots += [environment.globals["range"](5)[1:3], environment.globals["dict"](a=1)]
-    for name, function in environment.filters.items():
+    for function in environment.filters.values():
         for sample in SAMPLES:
             roots.extend(applied(environment, function, sample))
     for test in environment.tests.values():

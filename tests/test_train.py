@@ -14,9 +14,12 @@ import pytest
 import torch
 
 import uhn_runtime.train.trainer as trainer_module
-from uhn_runtime.train.checkpoint import load_checkpoint
+from tests.conftest import KillAfter, RunInterrupted
 from uhn_runtime.data import load_task_data
-from uhn_spec.metrics import METRICS, Accuracy
+from uhn_runtime.model.target import DeviceTarget
+from uhn_runtime.model.target_segments import forward_in_segments
+from uhn_runtime.model.weights import DirectSource, make_source
+from uhn_runtime.train.checkpoint import load_checkpoint
 from uhn_runtime.train.distributed import DEFAULT_MICRO_SHARDS
 from uhn_runtime.train.draws import epoch_seed
 from uhn_runtime.model.init_targets import InitTargets
@@ -26,13 +29,8 @@ from uhn_runtime.train.precision import Precision
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.train.schedule import cosine_factor, warmup_cosine_factor
 from uhn_runtime.train.stop_signals import RunStopped, StopSignals
-from uhn_runtime.model.target import DeviceTarget
-from uhn_runtime.model.target_segments import forward_in_segments
-from uhn_runtime.train.run import TIMING_FIELDS, TrainOptions, resume_run, start_run
-from uhn_runtime.model.weights import DirectSource, make_source
-from uhn_runtime.train.options import StepEvent
 from uhn_spec import compile_spec
-from tests.conftest import KillAfter, RunInterrupted
+from uhn_spec.metrics import METRICS, Accuracy
 
 from .tiny_specs import SHAPES, tiny_plan
 

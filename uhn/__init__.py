@@ -57,7 +57,7 @@ class HyperNetwork(nn.Module):
         example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
         generator: dict[str, Any] | None = None,
         seed: int = 0,
-    ) -> "HyperNetwork":
+    ) -> HyperNetwork:
         """Capture ``model`` (called as ``model(*example_inputs)``) and build its generator;
         ``generator`` overrides fields of the generator spec (``index_freqs``, ``hidden``, ...)."""
         imported = import_model(model, **describe_inputs(example_inputs), name=type(model).__name__[:100] or "model")
@@ -88,12 +88,12 @@ class HyperNetwork(nn.Module):
         state.update({name: buffer.detach().clone() for name, buffer in self._target.model.named_buffers()})
         return module_state_dict(self.imported, state)
 
-    def train(self, mode: bool = True) -> "HyperNetwork":
+    def train(self, mode: bool = True) -> HyperNetwork:
         super().train(mode)
         self._target.model.train(mode)
         return self
 
-    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> "HyperNetwork":
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> HyperNetwork:
         super()._apply(fn, recurse)
         target = self._target
         target.model._apply(fn, recurse)

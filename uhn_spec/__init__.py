@@ -28,14 +28,22 @@ _EXPORTS = {
     "spec_from_text": "modes.single",
 }
 
-if TYPE_CHECKING:
-    from .compiler import compile_spec, compile_specs
-    from .errors import PlanError, SpecError, UHNError
-    from .model import TargetModel, build_model
-    from .plan import Plan, TargetPlan, load_plan
-    from .modes.single import load_spec, spec_from_text
-    from .source import Source, load_source
-    from .spec import ExperimentSpec
+if TYPE_CHECKING:  # `name as name`: re-exported for type checkers, loaded lazily below
+    from .compiler import compile_spec as compile_spec
+    from .compiler import compile_specs as compile_specs
+    from .errors import PlanError as PlanError
+    from .errors import SpecError as SpecError
+    from .errors import UHNError as UHNError
+    from .model import TargetModel as TargetModel
+    from .model import build_model as build_model
+    from .modes.single import load_spec as load_spec
+    from .modes.single import spec_from_text as spec_from_text
+    from .plan import Plan as Plan
+    from .plan import TargetPlan as TargetPlan
+    from .plan import load_plan as load_plan
+    from .source import Source as Source
+    from .source import load_source as load_source
+    from .spec import ExperimentSpec as ExperimentSpec
 
 
 def __getattr__(name: str) -> Any:

@@ -92,17 +92,17 @@ class Ranges:
     hi: torch.Tensor
 
     @staticmethod
-    def of_rows(rows: torch.Tensor) -> "Ranges":
+    def of_rows(rows: torch.Tensor) -> Ranges:
         rows = rows.to(torch.float64)
         if rows.shape[0] == 0:
             zeros = torch.zeros(rows.shape[1], dtype=torch.float64)
             return Ranges(zeros, zeros.clone())
         return Ranges(rows.amin(dim=0), rows.amax(dim=0))
 
-    def union(self, other: "Ranges") -> "Ranges":
+    def union(self, other: Ranges) -> Ranges:
         return Ranges(torch.minimum(self.lo, other.lo), torch.maximum(self.hi, other.hi))
 
-    def widen(self, column: int, lo: float, hi: float) -> "Ranges":
+    def widen(self, column: int, lo: float, hi: float) -> Ranges:
         new_lo, new_hi = self.lo.clone(), self.hi.clone()
         new_lo[column] = min(float(new_lo[column]), lo)
         new_hi[column] = max(float(new_hi[column]), hi)
@@ -123,7 +123,7 @@ class Ranges:
         return torch.stack([self.lo, self.hi], dim=1)
 
     @staticmethod
-    def from_tensor(t: torch.Tensor) -> "Ranges":
+    def from_tensor(t: torch.Tensor) -> Ranges:
         t = t.to(torch.float64)
         return Ranges(t[:, 0].clone(), t[:, 1].clone())
 
@@ -158,7 +158,7 @@ class IndexDescriptors:
     dim_sizes: torch.Tensor  # [T, D] int64
 
     @staticmethod
-    def of_tensors(tensors: list[tuple[list[int], list[tuple[int, int]]]]) -> "IndexDescriptors":
+    def of_tensors(tensors: list[tuple[list[int], list[tuple[int, int]]]]) -> IndexDescriptors:
         """From per-tensor (10 constant values, [(column, size)] of its merged dims)."""
         depth = max([len(dims) for _, dims in tensors] + [0])
         constants = torch.tensor([c for c, _ in tensors], dtype=torch.int64).view(len(tensors), len(INDEX_FIELDS))
@@ -244,7 +244,7 @@ class IndexDescriptors:
         return {"constants": self.constants, "dim_fields": self.dim_fields, "dim_sizes": self.dim_sizes}
 
     @staticmethod
-    def from_dict(d: dict[str, torch.Tensor]) -> "IndexDescriptors":
+    def from_dict(d: dict[str, torch.Tensor]) -> IndexDescriptors:
         index = IndexDescriptors(d["constants"].long(), d["dim_fields"].long(), d["dim_sizes"].long())
         if index.constants.dim() != 2 or index.constants.shape[1] != len(INDEX_FIELDS):
             raise ValueError(f"index constants have shape {tuple(index.constants.shape)}, expected [T, {len(INDEX_FIELDS)}]")

@@ -17,7 +17,7 @@ class NamedIntEnum(IntEnum):
         return self.name.lower()
 
     @classmethod
-    def parse(cls, value: object) -> "NamedIntEnum":
+    def parse(cls, value: object) -> NamedIntEnum:
         if isinstance(value, cls):
             return value
         if isinstance(value, str):

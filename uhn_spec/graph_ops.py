@@ -147,7 +147,7 @@ class ConstantTensor(StrictModel):
     values: list[Any] = Field(description="row-major; inf, -inf and nan as {float: ...}")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ConstantTensor":
+    def _consistent(self) -> ConstantTensor:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if any(d < 0 for d in self.shape) or math.prod(self.shape) != len(self.values):
@@ -192,7 +192,7 @@ class ExportedGraph(StrictModel):
     output: Any
 
     @model_validator(mode="after")
-    def _well_formed(self) -> "ExportedGraph":
+    def _well_formed(self) -> ExportedGraph:
         if self.format != GRAPH_FORMAT:
             raise ValueError(f"format: {self.format}; this uhn reads graph format {GRAPH_FORMAT}")
         defined = set(self.inputs) | set(self.params) | set(self.buffers) | set(self.constants)

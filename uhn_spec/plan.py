@@ -142,7 +142,7 @@ class TargetPlan:
         }
 
     @staticmethod
-    def from_dict(d: dict[str, Any], where: str = "target") -> "TargetPlan":
+    def from_dict(d: dict[str, Any], where: str = "target") -> TargetPlan:
         """A target as ``to_dict`` wrote it; ``PlanFieldError`` names the first field (under
         ``where``) whose type, dtype, shape or values do not fit the rest."""
         table = read_field(d, "params", where)
@@ -248,7 +248,7 @@ class Plan:
         }
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "Plan":
+    def from_dict(d: dict[str, Any]) -> Plan:
         targets = d.get("targets")
         if not isinstance(targets, list) or not targets:
             raise PlanFieldError("targets: missing, or not a non-empty list of targets")

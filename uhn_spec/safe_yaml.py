@@ -7,7 +7,7 @@ It needs only PyYAML, so that ``received`` (which reads files uhn did not write)
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
@@ -39,7 +39,7 @@ class FastSpecLoader(CheckedConstruction, getattr(yaml, "CSafeLoader", yaml.Safe
 
 # Where a node sits: (where its parent sits, its key or index), None for the root. Built as a
 # chain so that walking a deep document costs no path string per node.
-NodePlace = Union[tuple["NodePlace", str], None]
+NodePlace = tuple["NodePlace", str] | None
 
 
 def yaml_path(place: NodePlace) -> str:

@@ -24,6 +24,7 @@ import jinja2
 from jinja2.environment import TemplateModule
 from jinja2.runtime import BlockReference, LoopContext, Macro, Undefined
 
+
 class RenderLimitError(jinja2.TemplateRuntimeError):
     """A template exceeded a rendering bound (size, time, number size)."""
 

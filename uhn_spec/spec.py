@@ -22,7 +22,7 @@ from .layers import REGISTRY
 from .layers.base import FeatureShape, parameter_counts
 from .tasks import SyntheticShape, TaskSpec, input_shape
 
-LayerUnion = Annotated[Union[tuple(REGISTRY.values())], Field(discriminator="kind")]  # type: ignore[valid-type]
+LayerUnion = Annotated[Union[tuple(REGISTRY.values())], Field(discriminator="kind")]  # type: ignore[valid-type]  # noqa: UP007  runtime tuple
 
 Family = Literal["mlp", "cnn", "gcn", "gat", "transformer", "kan", "uhn"]
 
@@ -59,7 +59,7 @@ class GeneratorSpec(StrictModel):
     chunk_rows: int = Field(32768, ge=1, description="index rows generated per chunk (memory/speed)")
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "GeneratorSpec":
+    def _heads_divide(self) -> GeneratorSpec:
         if self.structure_encoder and (2 * self.structure_freqs) % self.structure_heads:
             raise ValueError(
                 f"generator.structure_heads: {self.structure_heads} does not divide the "
@@ -135,7 +135,7 @@ class TrainSpec(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _one_budget(self) -> "TrainSpec":
+    def _one_budget(self) -> TrainSpec:
         if (self.epochs is None) == (self.steps is None):
             raise ValueError("train: give exactly one of epochs and steps")
         total = self.epochs if self.epochs is not None else self.steps
@@ -194,7 +194,7 @@ class ExperimentSpec(StrictModel):
         return data
 
     @model_validator(mode="after")
-    def _generated_iff_uhn(self) -> "ExperimentSpec":
+    def _generated_iff_uhn(self) -> ExperimentSpec:
         if (self.family == "uhn") != (self.generated is not None):
             raise ValueError("generated: give it exactly when family is uhn (a generated generator's shape)")
         if (self.family == "uhn") != self.task.dataset.startswith("recursive_"):
@@ -205,13 +205,13 @@ class ExperimentSpec(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _layers_chain(self) -> "ExperimentSpec":
+    def _layers_chain(self) -> ExperimentSpec:
         for path, message in chain_errors(self):
             raise ValueError(f"{path}: {message}")
         return self
 
     @model_validator(mode="after")
-    def _text_fits_embedding(self) -> "ExperimentSpec":
+    def _text_fits_embedding(self) -> ExperimentSpec:
         for i, layer in enumerate(self.layers):
             if layer.kind == "embedding" and (self.task.max_length or 0) > layer.max_length:
                 raise ValueError(

@@ -180,7 +180,7 @@ class SyntheticShape(StrictModel):
     num_examples: int = Field(512, ge=8)
 
     @model_validator(mode="after")
-    def _dims_fit(self) -> "SyntheticShape":
+    def _dims_fit(self) -> SyntheticShape:
         if any(d < 1 for d in self.input_dims):
             raise ValueError(f"task.synthetic.input_dims: {self.input_dims} must be positive")
         want = 3 if self.task_type == "image_classification" else 1
@@ -220,7 +220,7 @@ class TaskSpec(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _synthetic_shape(self) -> "TaskSpec":
+    def _synthetic_shape(self) -> TaskSpec:
         if (self.dataset == "synthetic") != (self.synthetic is not None):
             raise ValueError(
                 "task.synthetic: give it exactly when task.dataset is synthetic "

@@ -343,7 +343,7 @@ def render_spec_template(text: str, source: Path | None, variables: dict[str, An
 TOO_DEEP_TO_COMPILE = "the template nests blocks or expressions too deeply to compile; nest fewer for/if/macro blocks"
 
 
-def compile_template(environment: "SpecEnvironment", text: str) -> jinja2.Template:
+def compile_template(environment: SpecEnvironment, text: str) -> jinja2.Template:
     """``text`` compiled; Python's own limits on nesting (``too many statically nested
     blocks``, the recursion limit of its compiler) become a TemplateError."""
     try:
@@ -391,7 +391,7 @@ class RenderAlarm:
         self.fired = False
         self.previous: Any = None
 
-    def __enter__(self) -> "RenderAlarm":
+    def __enter__(self) -> RenderAlarm:
         usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
         if usable and signal.getitimer(signal.ITIMER_REAL)[0] == 0:
             self.previous = signal.signal(signal.SIGALRM, self.expire)

@@ -15,8 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from uhn_runtime.data import DataError, load_task_data
-from uhn_runtime.data import cifar10
+from uhn_runtime.data import DataError, cifar10, load_task_data
 from uhn_runtime.data.cifar10 import (
     CIFAR_MEAN,
     CIFAR_STD,

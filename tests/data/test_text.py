@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from uhn_runtime.data import DataError, load_task_data
-from uhn_runtime.data import text
+from uhn_runtime.data import DataError, load_task_data, text
 from uhn_runtime.data.text import (
     CLS,
     PAD,

@@ -17,8 +17,8 @@ import torch
 
 from uhn_runtime.data import load_task_data
 from uhn_runtime.model.target import DeviceTarget
-from uhn_runtime.train.run import TrainOptions, start_run
 from uhn_runtime.model.weights import make_source
+from uhn_runtime.train.run import TrainOptions, start_run
 from uhn_spec import compile_spec, load_spec
 from uhn_spec.metrics import METRICS
 from uhn_spec.tasks import FORMULA_FUNCTIONS

@@ -17,8 +17,8 @@ from uhn_runtime.model.generator import UHNGenerator
 from uhn_runtime.model.naive import naive_generate
 from uhn_spec import ExperimentSpec, Plan, build_model, compile_spec
 from uhn_spec.descriptors import Ranges
-from uhn_spec.plan import TargetPlan
 from uhn_spec.modes.single import spec_from_text
+from uhn_spec.plan import TargetPlan
 from uhn_spec.spec import spec_to_yaml
 
 SQRT3 = math.sqrt(3.0)

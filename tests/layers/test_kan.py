@@ -20,7 +20,7 @@ def kan_specs(draw: st.DrawFn) -> ExperimentSpec:
     inputs = draw(st.integers(1, 3))
     width = inputs
     layers = []
-    for i in range(draw(st.integers(1, 2))):
+    for _ in range(draw(st.integers(1, 2))):
         out = draw(st.integers(1, 4))
         layers.append(
             {

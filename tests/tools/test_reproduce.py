@@ -12,6 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tests.conftest import KillAfter, RunInterrupted
 from uhn_cli.main import app
 from uhn_runtime.train.optim import TrainingDiverged
 from uhn_runtime.train.run_dir import RunDir
@@ -20,7 +21,6 @@ from uhn_tools.reproduce import Harness, ReproduceOptions, TableError, load_tabl
 from uhn_tools.reproduce.report import Eta
 from uhn_tools.reproduce.sweep import EDGE_STEPS, past_the_edge
 from uhn_tools.reproduce.tables import BUILTIN_TABLES
-from tests.conftest import KillAfter, RunInterrupted
 
 from ..tiny_specs import tiny_spec_yaml
 

@@ -243,12 +243,14 @@ def cached_tensors(
         saved = load_verified(path)
         if saved is not None and set(saved) == set(names):
             return saved
-        warnings.warn(f"{path}: the cached {kind} data is damaged (it does not match its checksum); rebuilding it")
+        warnings.warn(
+            f"{path}: the cached {kind} data is damaged (it does not match its checksum); rebuilding it", stacklevel=2
+        )
     tensors = build()
     try:
         atomic_write(path, lambda tmp: save_verified(tensors, tmp))
     except OSError as err:  # the cache only saves time: a run goes on without it
-        warnings.warn(f"could not cache {kind} data in {path.parent} ({err}); set UHN_CACHE to a writable folder")
+        warnings.warn(f"could not cache {kind} data in {path.parent} ({err}); set UHN_CACHE to a writable folder", stacklevel=2)
     return tensors
 
 

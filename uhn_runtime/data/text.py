@@ -264,7 +264,7 @@ def imdb_source(root: Path) -> tuple[list[Path], Callable[[], dict[str, Labelled
         folder = root / rel
         if (folder / "train" / "pos").is_dir():
             label_dirs = [folder / split / label for split in ("train", "test") for label in IMDB_LABELS]
-            return [d for d in label_dirs if d.is_dir()], lambda: _collect(_folder_reviews(folder))
+            return [d for d in label_dirs if d.is_dir()], lambda: _collect(_folder_reviews(folder))  # noqa: B023  returned at once
     archive = first_existing(root, IMDB_ARCHIVES)
     if archive is not None:
         return [archive], lambda: _collect(_archive_reviews(archive))

@@ -44,6 +44,10 @@ from ..data import load_task_data
 from ..model.batch_norm import DEFAULT_CALIBRATION_BATCHES, batch_norm_layers, recalibrate_batch_norm
 from ..train.checkpoint import load_checkpoint
 from ..data.synthetic import synthetic_batch
+from ..model.batch_norm import DEFAULT_CALIBRATION_BATCHES, batch_norm_layers, recalibrate_batch_norm
+from ..model.target import DeviceTarget
+from ..model.weights import DirectSource, RecursiveSource, SourceKind, UHNSource, make_source
+from ..train.checkpoint import load_checkpoint
 from ..train.evaluate import generate_weights
 from ..train.precision import Precision
 from ..train.run_dir import RunDir

@@ -81,14 +81,14 @@ class FactoredLayout:
     num_rows: int
     _tables: tuple[tuple, list[torch.Tensor | None]] | None = field(default=None, repr=False)
 
-    def tables(self, basis: "FourierBasis") -> list[torch.Tensor | None]:
+    def tables(self, basis: FourierBasis) -> list[torch.Tensor | None]:
         """exp(-i phase) of every cached side, (S, m) complex64 (None for the others);
         recomputed only when the basis (B or the normalisation buffers) changes."""
         if self._tables is None or self._tables[0] != basis.key:
             self._tables = (basis.key, [basis.phasors(s.values, s.mask) if s.cached else None for s in self.sides])
         return self._tables[1]
 
-    def side_phasors(self, tables: list[torch.Tensor | None], basis: "FourierBasis", side: int, lo: int, hi: int) -> torch.Tensor:
+    def side_phasors(self, tables: list[torch.Tensor | None], basis: FourierBasis, side: int, lo: int, hi: int) -> torch.Tensor:
         table = tables[side]
         if table is not None:
             return table[lo:hi]
@@ -266,7 +266,7 @@ class FourierBasis:
     key: tuple
 
     @staticmethod
-    def of(mean: torch.Tensor, inv_std: torch.Tensor, B: torch.Tensor) -> "FourierBasis":
+    def of(mean: torch.Tensor, inv_std: torch.Tensor, B: torch.Tensor) -> FourierBasis:
         key = tuple((t.data_ptr(), t._version, t.device, t.dtype, t.shape) for t in (mean, inv_std, B))
         return FourierBasis(mean.double(), inv_std.double(), B.double(), key)
 

@@ -13,11 +13,11 @@ from torch import nn
 
 from uhn_spec.metrics import METRICS
 
-from ..model.batch_norm import recalibrate_from_data
 from ..data import Batch, Split, TaskData
 from .precision import Precision
 from ..model.target import DeviceTarget
 from ..model.weights import DirectSource, UHNSource
+from .optim import Precision
 
 EVAL_BATCH_SIZE = 1024
 

@@ -18,12 +18,12 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.progress import Progress as RichProgress
-from rich.progress import TaskID
 
 LOG_STATUS_SECONDS = 30.0
 
@@ -53,7 +53,7 @@ class Progress:
             self._bars.start()
         return self._bars
 
-    def task(self, description: str, total: int | None, completed: int = 0) -> "ProgressTask":
+    def task(self, description: str, total: int | None, completed: int = 0) -> ProgressTask:
         """A piece of work of ``total`` units (None: unknown), ``completed`` of them done already."""
         return ProgressTask(self, description, total, completed)
 
@@ -114,7 +114,7 @@ class ProgressTask:
             self.progress._bars.remove_task(self._id)
             self._id = None
 
-    def __enter__(self) -> "ProgressTask":
+    def __enter__(self) -> ProgressTask:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -166,7 +166,7 @@ class RunDir:
         return self.root / "checkpoints" / f"{kind}.pt"
 
     @staticmethod
-    def create(root: Path, plan: Plan, info: dict[str, Any], world_size: int = 1) -> "RunDir":
+    def create(root: Path, plan: Plan, info: dict[str, Any], world_size: int = 1) -> RunDir:
         """A new run in ``root``, which must be missing or empty (see ``check_new_run_folder``)."""
         run = RunDir(root)
         check_new_run_folder(root)
@@ -186,7 +186,7 @@ class RunDir:
         return run
 
     @staticmethod
-    def open(root: Path, writes: bool = True) -> "RunDir":
+    def open(root: Path, writes: bool = True) -> RunDir:
         run = RunDir(root, writes)
         if not run.info_path.is_file() or not run.plan_path.is_file():
             raise RunDirError(f"{root} is not a uhn run folder (no run.json and plan.pt); start one with `uhn train SPEC --out {root}`")

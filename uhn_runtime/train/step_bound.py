@@ -23,6 +23,7 @@ import torch
 
 from .precision import Precision
 from ..model.weights import RecursiveSource, UHNSource
+from .optim import Precision
 
 # Tries to shorten a step before it is dropped; each one regenerates the levels.
 MAX_SHORTENINGS = 10

@@ -40,7 +40,7 @@ class StopSignals:
         if self.on_request is not None:
             self.on_request(self.requested.name)
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for number in STOP_SIGNALS:
                 self._previous[number] = signal.signal(number, self._handle)

@@ -33,8 +33,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from uhn_spec.metrics import METRICS
 from uhn_spec.modes.multitask import TaskSamplingSpec
 

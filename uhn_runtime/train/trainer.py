@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..data import Batch
 from ..model.target import DeviceTarget
 from ..model.weights import SourceKind
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -31,10 +32,8 @@ from .precision import Precision
 from .progress import Progress
 from .reporter import SHOWN_LINES, Reporter
 from .run_dir import RunDir
-from ..data import Batch
 from .samplers import Sampler, Work
 from .schedule import set_lr, warmup_cosine_factor
-from .phase_source import phase_source
 from .stop_signals import RunStopped, StopSignals
 from .tensorboard_log import TensorBoardLog
 from .units import Units

@@ -25,8 +25,8 @@ from torch import nn
 from ..errors import UHNError
 from ..spec import ExperimentSpec
 from ..tasks import DATASETS
-from .links import Imported, KeyLink
 from .exported_graph import exported_layer, import_failure
+from .links import Imported, KeyLink
 
 # --------------------------------------------------------------------------- loading MODULE:ATTR
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from ..enums import ActivationType, InitializationType, LayerType
+from ..enums import ActivationType, InitializationType
 from ..errors import SpecError
 
 # --------------------------------------------------------------------------- shapes
@@ -45,7 +45,7 @@ class FeatureShape:
     def describe(self) -> str:
         return f"{self.kind} {'x'.join(str(d) for d in self.dims)}"
 
-    def with_origin(self, origin: str) -> "FeatureShape":
+    def with_origin(self, origin: str) -> FeatureShape:
         return FeatureShape(self.kind, self.dims, origin)
 
 
@@ -167,15 +167,15 @@ class LayerSpec(BaseModel):
     init: Literal["default", "zero"] = "default"
 
     @classmethod
-    def finish_registry(cls, registry: dict[str, type["LayerSpec"]]) -> None:
+    def finish_registry(cls, registry: dict[str, type[LayerSpec]]) -> None:
         """Called once every kind is registered (a block resolves its nested layer union)."""
 
     # --- hooks every kind implements -------------------------------------------------
-    def children(self) -> list[tuple[str, "LayerSpec"]]:
+    def children(self) -> list[tuple[str, LayerSpec]]:
         """Nested layers as (module path relative to this layer, spec); a block has some."""
         return []
 
-    def flat_layers(self, prefix: str) -> list[tuple[str, "LayerSpec"]]:
+    def flat_layers(self, prefix: str) -> list[tuple[str, LayerSpec]]:
         """This layer and every nested one in pre-order, with module paths: each gets its own
         local descriptor row and ``layer_idx`` (a kind without nesting is just itself)."""
         out: list[tuple[str, LayerSpec]] = [(prefix, self)]

@@ -9,7 +9,7 @@ then its shortcut layers, each with its own descriptor row and ``layer_idx``.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 import torch
 from pydantic import Field
@@ -19,6 +19,9 @@ from ..enums import ShortcutType
 from . import register
 from .base import FeatureShape, ForwardContext, LayerSpec, ParamMeta
 
+if TYPE_CHECKING:  # at run time pydantic resolves it to every registered kind (finish_registry)
+    AnyLayer = LayerSpec
+
 
 @register
 class BlockSpec(LayerSpec):
@@ -27,14 +30,14 @@ class BlockSpec(LayerSpec):
     kind: Literal["block"] = "block"
     layer_type = 12
     # "AnyLayer" (every registered kind, this one included) is resolved in finish_registry.
-    layers: list["AnyLayer"] = Field(min_length=1)
-    shortcut: Union[Literal["identity"], list["AnyLayer"]] = "identity"
+    layers: list[AnyLayer] = Field(min_length=1)
+    shortcut: Literal["identity"] | list[AnyLayer] = "identity"
 
     categorical_domains = {"shortcut_type": (0, len(ShortcutType) - 1)}
 
     @classmethod
     def finish_registry(cls, registry: dict[str, type[LayerSpec]]) -> None:
-        union = Annotated[Union[tuple(registry.values())], Field(discriminator="kind")]  # type: ignore[valid-type]
+        union = Annotated[Union[tuple(registry.values())], Field(discriminator="kind")]  # type: ignore[valid-type]  # noqa: UP007  runtime tuple
         cls.model_rebuild(force=True, _types_namespace={"AnyLayer": union})
 
     @property

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -128,7 +128,7 @@ class GenericPart(nn.Module):
 
 
 PartLayer = Annotated[
-    Union[LinearSpec, Conv2dSpec, NormSpec, EmbeddingSpec, MHASpec, GCNSpec, GATSpec, GenericPartSpec],
+    LinearSpec | Conv2dSpec | NormSpec | EmbeddingSpec | MHASpec | GCNSpec | GATSpec | GenericPartSpec,
     Field(discriminator="kind"),
 ]
 
@@ -165,7 +165,7 @@ class ExportedSpec(LayerSpec):
         return value
 
     @model_validator(mode="after")
-    def _state_is_bound(self) -> "ExportedSpec":
+    def _state_is_bound(self) -> ExportedSpec:
         bound = {key for part in self.parts for key in part.keys.values()}
         graph = self.graph
         for placeholder, key in {**graph.params, **graph.buffers}.items():

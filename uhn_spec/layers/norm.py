@@ -41,7 +41,7 @@ class NormSpec(LayerSpec):
     categorical_domains = {"norm_type": (0, len(NormType) - 1), "bias_type": (0, 1)}
 
     @model_validator(mode="after")
-    def _groups_divide(self) -> "NormSpec":
+    def _groups_divide(self) -> NormSpec:
         if self.type == "group" and self.features % self.groups:
             raise ValueError(f"groups: {self.groups} does not divide features {self.features}; pick a divisor")
         return self

@@ -46,7 +46,7 @@ class PoolSpec(LayerSpec):
     categorical_domains = {"stage_wise_pooling_type": (0, len(StagePooling) - 1), "input_pooling_reshape_type": (0, 5)}
 
     @model_validator(mode="after")
-    def _padding_fits(self) -> "PoolSpec":
+    def _padding_fits(self) -> PoolSpec:
         if 2 * self.padding > self.kernel_size:
             raise ValueError(f"padding: {self.padding} is more than half the kernel ({self.kernel_size}); use at most {self.kernel_size // 2}")
         return self

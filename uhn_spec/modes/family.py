@@ -78,7 +78,7 @@ class FamilySpec(StrictModel):
     seed: int = Field(0, ge=0, description="sampling seed")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "FamilySpec":
+    def _consistent(self) -> FamilySpec:
         if (self.template is None) == (self.members is None):
             raise ValueError("give exactly one of template (with sample and count) and members")
         if self.members is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
@@ -23,8 +23,8 @@ from ..fields import StrictModel
 MAX_COUNT_BRANCHES = 100_000
 FLOAT_DECIMALS = 3  # floats are rounded half up to 3 decimals, as the authors do
 
-IntOrVariable = Union[int, str]  # a number, or the name of an integer variable drawn earlier
-Scalar = Union[bool, int, float, str]
+IntOrVariable = int | str  # a number, or the name of an integer variable drawn earlier
+Scalar = bool | int | float | str
 
 
 class IntDraw(StrictModel):
@@ -37,7 +37,7 @@ class IntDraw(StrictModel):
     divisible_by: IntOrVariable | None = None
 
     @model_validator(mode="after")
-    def _step_or_divisor(self) -> "IntDraw":
+    def _step_or_divisor(self) -> IntDraw:
         if self.divisible_by is not None and self.step != 1:
             raise ValueError("give step or divisible_by, not both")
         return self
@@ -49,7 +49,7 @@ class UniformDraw(StrictModel):
     uniform: tuple[float, float]
 
     @model_validator(mode="after")
-    def _ordered(self) -> "UniformDraw":
+    def _ordered(self) -> UniformDraw:
         lo, hi = self.uniform
         if lo > hi:
             raise ValueError(f"uniform: [{lo}, {hi}] is empty; write [low, high]")
@@ -63,7 +63,7 @@ class ChoiceDraw(StrictModel):
     p: list[float] | None = None
 
     @model_validator(mode="after")
-    def _probabilities(self) -> "ChoiceDraw":
+    def _probabilities(self) -> ChoiceDraw:
         if self.p is None:
             return self
         if len(self.p) != len(self.choice):
@@ -98,11 +98,7 @@ def _draw_tag(raw: Any) -> str | None:
 DRAW_HELP = "a draw is {min, max[, step | divisible_by]}, {uniform: [lo, hi]}, {choice: [...][, p: [...]]} or {length, item[, at]}"
 
 ScalarDraw = Annotated[
-    Union[
-        Annotated[IntDraw, Tag("int")],
-        Annotated[UniformDraw, Tag("uniform")],
-        Annotated[ChoiceDraw, Tag("choice")],
-    ],
+    Annotated[IntDraw, Tag("int")] | Annotated[UniformDraw, Tag("uniform")] | Annotated[ChoiceDraw, Tag("choice")],
     Discriminator(_draw_tag, custom_error_type="draw_kind", custom_error_message=DRAW_HELP),
 ]
 
@@ -116,7 +112,7 @@ class ListDraw(StrictModel):
     at: dict[int, ScalarDraw] = {}
 
     @model_validator(mode="after")
-    def _positions(self) -> "ListDraw":
+    def _positions(self) -> ListDraw:
         if isinstance(self.length, int):
             if self.length < 0:
                 raise ValueError(f"length: {self.length} must be >= 0")
@@ -134,12 +130,10 @@ class ListDraw(StrictModel):
 
 
 Draw = Annotated[
-    Union[
-        Annotated[IntDraw, Tag("int")],
-        Annotated[UniformDraw, Tag("uniform")],
-        Annotated[ChoiceDraw, Tag("choice")],
-        Annotated[ListDraw, Tag("list")],
-    ],
+    Annotated[IntDraw, Tag("int")]
+    | Annotated[UniformDraw, Tag("uniform")]
+    | Annotated[ChoiceDraw, Tag("choice")]
+    | Annotated[ListDraw, Tag("list")],
     Discriminator(_draw_tag, custom_error_type="draw_kind", custom_error_message=DRAW_HELP),
 ]
 

@@ -95,7 +95,7 @@ class MultiTaskSpec(StrictModel):
     sampling: TaskSamplingSpec = Field(default_factory=TaskSamplingSpec)
 
     @model_validator(mode="after")
-    def _run_settings(self) -> "MultiTaskSpec":
+    def _run_settings(self) -> MultiTaskSpec:
         if not self.generator.structure_encoder:
             raise ValueError(
                 "generator.structure_encoder: must be true for a multi-task run (it tells the tasks' "

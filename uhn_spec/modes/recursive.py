@@ -65,7 +65,7 @@ class RecursiveSpec(StrictModel):
     train: TrainSpec
 
     @model_validator(mode="after")
-    def _root_has_structure(self) -> "RecursiveSpec":
+    def _root_has_structure(self) -> RecursiveSpec:
         if self.depth and not self.generator.structure_encoder:
             raise ValueError(
                 "generator.structure_encoder: must be true for depth >= 1 (every generated generator "

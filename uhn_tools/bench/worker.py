@@ -25,6 +25,7 @@ from uhn_runtime.train.precision import Precision
 from uhn_runtime.model.target import DeviceTarget
 from uhn_runtime.model.target_segments import forward_in_segments
 from uhn_runtime.model.weights import RecursiveSource
+from uhn_runtime.train.optim import Precision, make_adamw
 from uhn_spec.metrics import METRICS
 from uhn_spec.plan import Plan, load_plan
 

@@ -18,6 +18,7 @@ from uhn_runtime.train.options import Observer
 from uhn_runtime.train.precision import Precision
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.train.run import TrainOptions, resume_run, start_run
+from uhn_runtime.train.run_dir import RunDir
 from uhn_spec.budget import check_fits, estimate_budget
 from uhn_spec.compiler import compile_spec
 from uhn_spec.modes.single import load_spec

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 from uhn_runtime.data import load_task_data
 from uhn_runtime.device import resolve_device
-from uhn_runtime.train.evaluate import evaluate_source
 from uhn_runtime.io.export import load_trained_source
+from uhn_runtime.train.evaluate import evaluate_source
 from uhn_runtime.train.optim import TrainingDiverged
 from uhn_runtime.train.run_dir import RunDir
 from uhn_spec.files import atomic_write_text

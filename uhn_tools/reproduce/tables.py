@@ -51,7 +51,7 @@ class TableRow(StrictModel):
     direct_lr_rule: str = "the spec's train.direct_lr (else train.lr)"
 
     @model_validator(mode="after")
-    def _spec_or_note(self) -> "TableRow":
+    def _spec_or_note(self) -> TableRow:
         if (self.spec is None) == (self.note is None):
             raise ValueError("give a spec (a row that trains) or a note (why it cannot), exactly one")
         if self.spec is not None and set(self.budgets) != set(BUDGETS):
@@ -69,7 +69,7 @@ class Table(StrictModel):
     rows: list[TableRow] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _unique_rows(self) -> "Table":
+    def _unique_rows(self) -> Table:
         names = [row.name for row in self.rows]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
