@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 
@@ -65,7 +65,7 @@ def reports_errors(func: F) -> F:
         except (IsADirectoryError, NotADirectoryError, PermissionError) as err:
             raise fail(f"{err.filename or ''}: {err.strerror or err}") from None
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
 
 
 def command(name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
@@ -93,7 +93,7 @@ def load_target_sources(paths: list[Path], overrides: list[str] | None = None, p
     purposes = ("train",) if source.kind == "plan" else tuple(dict.fromkeys(("compile", purpose)))
     if source.kind != "plan" or purpose == "train":
         for path, spec in source.checked:
-            fitting_budget(spec, path, *purposes)  # type: ignore[arg-type]
+            fitting_budget(spec, path, *purposes)
     return source.plan()
 
 

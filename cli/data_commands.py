@@ -81,7 +81,7 @@ def info_command(
     if not load:
         return
     started = time.perf_counter()
-    data = load_task_data(TaskSpec(dataset=name), root)  # type: ignore[arg-type]
+    data = load_task_data(TaskSpec(dataset=name), root)
     seconds = time.perf_counter() - started
     sizes = ", ".join(f"{split} {count}" for split, count in split_sizes(data).items())
     typer.echo(f"loaded in {seconds:.1f} s: {sizes}")
@@ -96,7 +96,7 @@ def split_sizes(data: TaskData) -> dict[str, int | str]:
     sizes: dict[str, int | str] = {"train": _count(data.train_batches(COUNT_BATCH, seed=0))}
     for split in ("val", "test"):
         try:
-            sizes[split] = _count(data.eval_batches(split, COUNT_BATCH))  # type: ignore[arg-type]
+            sizes[split] = _count(data.eval_batches(split, COUNT_BATCH))
         except DataError:
             sizes[split] = "none"
     return sizes

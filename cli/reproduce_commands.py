@@ -87,7 +87,7 @@ def reproduce(
     chosen_seeds = parse_seeds(seeds)
     loaded, spec_root = load_table(table)
     options = ReproduceOptions(
-        budget=budget.value,  # type: ignore[arg-type]
+        budget=budget.value,
         out=out,
         data_root=data_root,
         rows=chosen_rows,

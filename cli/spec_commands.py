@@ -123,7 +123,7 @@ def plan_summary(plan: Plan, rows_of: str | None = None) -> dict[str, Any]:
     from uhn_runtime.model.generator import count_generator_params
 
     trainable, total = count_generator_params(plan.generator)
-    summary = {
+    summary: dict[str, Any] = {
         "format_version": plan.version,
         "source_hash": plan.source_hash,
         "targets": [target_summary(t, rows_of) for t in plan.targets],

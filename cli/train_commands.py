@@ -177,7 +177,7 @@ def train(
         compare = spec.train.compare_direct and not is_multi_model(plan)  # a family trains no direct baseline
         chosen = mode.value if mode is not None else ("both" if compare else "uhn")
         run_root = out if out is not None else default_run_dir(plan_label(plan))
-        options = TrainOptions(mode=chosen, device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation, **({} if micro_shards is None else {"micro_shards": micro_shards}))  # type: ignore[arg-type]
+        options = TrainOptions(mode=chosen, device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation, **({} if micro_shards is None else {"micro_shards": micro_shards}))  # type: ignore[arg-type]  # a Mode value; an int
         recorded = {"source": str(source), "overrides": list(overrides or []), "model": model, "cpu": cpu.record()}
         echo(cpu.line(), err=True)
         summary = _stoppable(lambda: start_run(plan, run_root, options, recorded), run_root)
@@ -297,6 +297,7 @@ def export(
         generated_state_dict,
         load_exported,
     )
+    from uhn_runtime.model.weights import SourceKind
     from uhn_runtime.train.run_dir import RunDir
     from uhn_spec import build_model
 
@@ -305,6 +306,7 @@ def export(
         raise UHNError(f"--output: {'an ONNX' if onnx else 'an export'} file name ends in {suffix}, got {output}")
     if source not in ("uhn", "direct"):
         raise UHNError(f"--source: {source!r} is not uhn or direct")
+    kind: SourceKind = "uhn" if source == "uhn" else "direct"
     if model is not None and spec_path is not None:
         raise UHNError("--model exports a member of the run's family, --spec a new architecture; give one")
     if task is not None:
@@ -321,7 +323,7 @@ def export(
             run = RunDir.open(run_dir)
             target, _ = _chosen_target(run, model, spec_path)
             module = build_model(target.spec)
-            module.load_state_dict(generated_state_dict(run, source, torch_device, target, recalibrate_bn, data_root))  # type: ignore[arg-type]
+            module.load_state_dict(generated_state_dict(run, kind, torch_device, target, recalibrate_bn, data_root))
         difference = export_onnx(module, output)
         typer.echo(f"wrote {output} ({human_bytes(output.stat().st_size)}); onnxruntime matches PyTorch to {difference:.1e}")
         return
@@ -330,7 +332,7 @@ def export(
     if for_module is not None:
         from uhn_runtime.io.export import export_for_module
 
-        state = export_for_module(RunDir.open(run_dir), output, source, torch_device, for_module, recalibrate_bn, data_root)  # type: ignore[arg-type]
+        state = export_for_module(RunDir.open(run_dir), output, kind, torch_device, for_module, recalibrate_bn, data_root)
         count = sum(t.numel() for t in state.values())
         typer.echo(f"wrote {output} ({human_bytes(output.stat().st_size)}): {len(state)} tensors of {for_module}, loaded with strict=True")
         return
@@ -343,7 +345,7 @@ def export(
         return
     run = RunDir.open(run_dir)
     target, zero_shot = _chosen_target(run, model, spec_path)
-    state = export_run(run, output, source, torch_device, target, zero_shot, recalibrate_bn, data_root)  # type: ignore[arg-type]
+    state = export_run(run, output, kind, torch_device, target, zero_shot, recalibrate_bn, data_root)
     count = sum(t.numel() for t in state.values())
     what = f" ({target.name}{', zero-shot' if zero_shot else ''})" if model or spec_path else ""
     typer.echo(f"wrote {output}{what} ({human_bytes(output.stat().st_size)}): {len(state)} tensors, {count} weights")
@@ -396,10 +398,11 @@ def evaluate(
     """Print the test metric of a run's generated (and direct) weights or of an exported model.
 
     Of a family run: every evaluated member's, and each group's mean and std."""
-    from uhn_runtime.data import load_task_data
+    from uhn_runtime.data import TaskData, load_task_data
     from uhn_runtime.device import resolve_device
     from uhn_runtime.io.export import load_exported, load_trained_source
     from uhn_runtime.model.target import DeviceTarget
+    from uhn_runtime.model.weights import SourceKind
     from uhn_runtime.train.evaluate import evaluate_module, evaluate_source
     from uhn_runtime.train.run_dir import RunDir
     from uhn_runtime.train.run_tables import (
@@ -412,7 +415,7 @@ def evaluate(
     torch_device = resolve_device(device.value)
     if path.is_dir():
         run = RunDir.open(path)
-        kinds = [k for k in ("uhn", "direct") if run.checkpoint_path(k).is_file()]
+        kinds: list[SourceKind] = [k for k in ("uhn", "direct") if run.checkpoint_path(k).is_file()]
         if not kinds:
             raise UHNError(f"{path}: no checkpoints yet; train with `uhn train SPEC --out {path}`")
         plan = run.plan()
@@ -433,12 +436,12 @@ def evaluate(
             for line in lines:
                 typer.echo(line)
             return
-        data = None
+        loaded: TaskData | None = None
         for kind in kinds:
-            weights, target, precision = load_trained_source(run, kind, torch_device)  # type: ignore[arg-type]
-            data = data or load_task_data(target.plan.spec.task, data_root or run.info().get("data_root"))
-            value = evaluate_source(weights, target, data, "test", precision)
-            typer.echo(f"{kind}: test {data.metric} {value:.4f}")
+            weights, target, precision = load_trained_source(run, kind, torch_device)
+            loaded = loaded or load_task_data(target.plan.spec.task, data_root or run.info().get("data_root"))
+            value = evaluate_source(weights, target, loaded, "test", precision)
+            typer.echo(f"{kind}: test {loaded.metric} {value:.4f}")
         return
     spec, model = load_exported(path, torch_device)
     data = load_task_data(spec.task, data_root)

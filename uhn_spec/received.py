@@ -226,7 +226,7 @@ def content_checksum(obj: Any) -> str:
         if isinstance(value, torch.Tensor):
             tensor = value.detach().cpu().contiguous()
             digest.update(f"T{tensor.dtype}{list(tensor.shape)}:".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]  # ndarray is a Buffer; stubs lag
         elif isinstance(value, dict):
             digest.update(f"D{len(value)}:".encode())
             for key, item in reversed(value.items()):

@@ -25,7 +25,7 @@ class CheckedConstruction:
 
     def construct_document(self, node: yaml.Node) -> Any:
         check_yaml_nodes(node)
-        return super().construct_document(node)  # type: ignore[misc]
+        return super().construct_document(node)  # type: ignore[misc]  # a mixin: the loader after it has it
 
 
 class SpecLoader(CheckedConstruction, yaml.SafeLoader):

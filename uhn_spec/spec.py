@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 import typing
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -19,10 +19,15 @@ from .enums import ModelType
 from .errors import SpecError
 from .fields import MAX_NAME_LENGTH, SpecName, StrictModel, name_field
 from .layers import REGISTRY
-from .layers.base import FeatureShape, parameter_counts
+from .layers.base import FeatureShape, LayerSpec, parameter_counts
+from .layers.embedding import EmbeddingSpec
+from .layers.linear import LinearSpec
 from .tasks import SyntheticShape, TaskSpec, input_shape
 
-LayerUnion = Annotated[Union[tuple(REGISTRY.values())], Field(discriminator="kind")]  # type: ignore[valid-type]  # noqa: UP007  runtime tuple
+if TYPE_CHECKING:  # what type checkers see: every kind is a LayerSpec
+    LayerUnion = LayerSpec
+else:  # what pydantic validates: the registered kinds, told apart by ``kind``
+    LayerUnion = Annotated[Union[tuple(REGISTRY.values())], Field(discriminator="kind")]  # noqa: UP007  runtime tuple
 
 Family = Literal["mlp", "cnn", "gcn", "gat", "transformer", "kan", "uhn"]
 
@@ -139,7 +144,7 @@ class TrainSpec(StrictModel):
         if (self.epochs is None) == (self.steps is None):
             raise ValueError("train: give exactly one of epochs and steps")
         total = self.epochs if self.epochs is not None else self.steps
-        if self.warmup > total:  # type: ignore[operator]
+        if total is not None and self.warmup > total:  # total is set: exactly one is given
             raise ValueError(f"train.warmup: {self.warmup} exceeds the training length ({total})")
         if self.gradient_surgery != "none" and self.tasks_per_step < 2:
             raise ValueError(
@@ -165,12 +170,12 @@ class GeneratedShape(StrictModel):
 class ExperimentSpec(StrictModel):
     """One target model on one task, with the generator that produces it and its training."""
 
-    name: SpecName  # type: ignore[valid-type]
+    name: SpecName
     description: str = ""
     family: Family
     cnn_stage_num: int = Field(0, ge=0, description="CNN stages (stem + stages); 0 for MLPs")
     task: TaskSpec
-    layers: list[LayerUnion] = Field(min_length=1)  # type: ignore[valid-type]
+    layers: list[LayerUnion] = Field(min_length=1)
     generated: GeneratedShape | None = Field(None, description="family uhn only: the generated generator's shape")
     generator: GeneratorSpec = GeneratorSpec()
     train: TrainSpec = TrainSpec(epochs=1, warmup=0)
@@ -213,7 +218,7 @@ class ExperimentSpec(StrictModel):
     @model_validator(mode="after")
     def _text_fits_embedding(self) -> ExperimentSpec:
         for i, layer in enumerate(self.layers):
-            if layer.kind == "embedding" and (self.task.max_length or 0) > layer.max_length:
+            if isinstance(layer, EmbeddingSpec) and (self.task.max_length or 0) > layer.max_length:
                 raise ValueError(
                     f"task.max_length: {self.task.max_length} exceeds layers[{i}].max_length "
                     f"({layer.max_length}), the longest sequence the positional table holds"
@@ -277,8 +282,12 @@ def uhn_chain_errors(spec: ExperimentSpec, shape: GeneratedShape) -> list[tuple[
         return [("generated.structure_layers", f"{split} leaves no index path in {len(spec.layers)} layers")]
     first = spec.layers[split]
     where = f"layers[{split}]"
-    plain = first.kind == "linear" and first.activation.type == "none" and not (first.norm or first.shortcut)
-    if not plain or first.input_pooling != "none":
+    plain = (
+        isinstance(first, LinearSpec)
+        and first.activation.type == "none"
+        and not (first.norm or first.shortcut or first.input_pooling != "none")
+    )
+    if not plain:
         return [(where, "the index path starts with a plain linear (no activation, norm, shortcut or pooling)")]
     paths = (
         (range(split), FeatureShape("sequence", (1, 2 * shape.structure_freqs), "the structure features")),

@@ -21,7 +21,7 @@ import io
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ Arrays = tuple[np.ndarray, np.ndarray]  # uint8 (N, 3, 32, 32), int64 (N,)
 # --------------------------------------------------------------------------- official batches
 
 
-def read_batch(stream: BinaryIO, where: str) -> Arrays:
+def read_batch(stream: IO[bytes], where: str) -> Arrays:
     # The batches were pickled by Python 2: their str keys arrive as bytes.
     batch = load_pickle(stream, where, "a CIFAR-10 python batch", NUMPY_ARRAYS, encoding="bytes")
     if not isinstance(batch, dict) or b"data" not in batch or not isinstance(batch.get(b"labels"), list):
@@ -111,7 +111,7 @@ def image_members(tar: tarfile.TarFile) -> Iterator[tuple[str, int, str, tarfile
         if split not in ("train", "test"):
             continue
         if class_name not in CLASSES:
-            raise DataError(f"{tar.name}: {member.name}: {class_name!r} is not a CIFAR-10 class ({', '.join(CLASSES)})")
+            raise DataError(f"{tar.name!s}: {member.name}: {class_name!r} is not a CIFAR-10 class ({', '.join(CLASSES)})")
         yield split, CLASSES.index(class_name), file_name, member
 
 

@@ -15,7 +15,7 @@ import math
 import pickle
 import re
 from collections.abc import Mapping
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import numpy as np
 
@@ -66,7 +66,7 @@ class DtypeRecord:
 
     def resolve(self) -> np.dtype:
         dtype = np.dtype(self.spec)
-        return dtype.newbyteorder(self.byte_order) if self.byte_order in "<>" else dtype
+        return dtype.newbyteorder("<" if self.byte_order == "<" else ">") if self.byte_order in "<>" else dtype
 
 
 class ArrayRecord:
@@ -201,7 +201,7 @@ DICTS_OF_LISTS: dict[tuple[str, str], object] = {
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that resolves only the globals of ``allowed`` (all records, above)."""
 
-    def __init__(self, stream: BinaryIO, allowed: Mapping[tuple[str, str], object], encoding: str) -> None:
+    def __init__(self, stream: IO[bytes], allowed: Mapping[tuple[str, str], object], encoding: str) -> None:
         super().__init__(stream, encoding=encoding)
         self.allowed = allowed
 
@@ -215,7 +215,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def load_pickle(
-    stream: BinaryIO, where: str, what: str, allowed: Mapping[tuple[str, str], object], encoding: str
+    stream: IO[bytes], where: str, what: str, allowed: Mapping[tuple[str, str], object], encoding: str
 ) -> Any:
     """The object pickled in ``stream``, built from plain containers and records only.
 

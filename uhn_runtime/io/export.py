@@ -364,7 +364,9 @@ def _dynamic_shapes(kwargs: dict[str, torch.Tensor], spec: ExperimentSpec) -> di
     return {key: {0: batch} for key in kwargs}
 
 
-def _onnx_program(model: TargetModel, kwargs: dict[str, torch.Tensor], names: dict[str, str], spec: ExperimentSpec):
+def _onnx_program(
+    model: TargetModel, kwargs: dict[str, torch.Tensor], names: dict[str, str], spec: ExperimentSpec
+) -> torch.onnx.ONNXProgram:
     kinds = sorted({layer.kind for layer in spec.layers})
     registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration_log.level
@@ -373,7 +375,7 @@ def _onnx_program(model: TargetModel, kwargs: dict[str, torch.Tensor], names: di
         registration_log.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.onnx.export(
+            program = torch.onnx.export(
                 model,
                 (),
                 kwargs=kwargs,
@@ -385,6 +387,8 @@ def _onnx_program(model: TargetModel, kwargs: dict[str, torch.Tensor], names: di
                 external_data=False,
                 verbose=False,
             )
+            assert program is not None  # dynamo=True always returns the program
+            return program
     except Exception as err:  # the exporter raises many kinds; say which model could not export
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(

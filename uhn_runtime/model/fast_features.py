@@ -28,7 +28,7 @@ feature table computed per work unit, never cached.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -220,7 +220,9 @@ def _balanced_split(sizes: list[int]) -> int:
     return best
 
 
-def _grid_units(grid: _Grid, side_id, chunk_rows: int, hidden: int, freqs: int) -> Iterator[tuple[WorkUnit, torch.Tensor]]:
+def _grid_units(
+    grid: _Grid, side_id: Callable[[torch.Tensor, torch.Tensor, bool], int], chunk_rows: int, hidden: int, freqs: int
+) -> Iterator[tuple[WorkUnit, torch.Tensor]]:
     """Cut a grid into work units: the larger side supplies the features, the smaller side
     the modulations; each unit holds at most ~chunk_rows rows (at least one key per side).
     Yields each unit with the tensor positions of its rows."""

@@ -9,9 +9,11 @@ check that estimate before running it.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
-from .generator import UHNGenerator
+from .generator import ResidualBlock, UHNGenerator
 
 FP32 = 4
 
@@ -40,7 +42,7 @@ def _reference(generator: UHNGenerator, index_rows: torch.Tensor, structure: tor
     phase = generator.index_fourier.phases(index_rows, dtype)
     features = torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
     h = torch.nn.functional.linear(features, generator.index_in.weight.to(dtype), generator.index_in.bias.to(dtype))
-    for block in generator.blocks:
+    for block in cast(list[ResidualBlock], generator.blocks):
         x = h
         for norm, linear in ((block.norm1, block.linear1), (block.norm2, block.linear2)):
             x = torch.nn.functional.layer_norm(torch.relu(x), norm.normalized_shape, norm.weight.to(dtype), norm.bias.to(dtype), norm.eps)

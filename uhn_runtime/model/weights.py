@@ -201,9 +201,11 @@ def depth_lr_scale(depth: int) -> float:
     return 1.0 if depth <= 1 else 0.5 if depth == 2 else 0.125
 
 
-def make_source(
-    kind: SourceKind, plan: Plan, target: DeviceTarget, seed: int
-) -> UHNSource | RecursiveSource | DirectSource:
+# Whatever ``make_source`` gives: all three have ``flat(target)`` and ``kind``.
+WeightSource = UHNSource | RecursiveSource | DirectSource
+
+
+def make_source(kind: SourceKind, plan: Plan, target: DeviceTarget, seed: int) -> WeightSource:
     """The weight source of ``target`` (the plan's ``trained_target``): a recursive plan's
     UHN is the whole chain."""
     torch.manual_seed(seed)  # the direct init and dropout draw from the global RNG

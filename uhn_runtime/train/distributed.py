@@ -235,7 +235,7 @@ class _FlatForward(nn.Module):
         self.source = source
 
     def forward(self, target: Any = None) -> torch.Tensor:
-        return self.source.flat(target)  # type: ignore[operator]
+        return self.source.flat(target)  # type: ignore[operator]  # a weight source's method, typed by nn.Module as a tensor
 
 
 def synced_flat(source: nn.Module, context: DistContext, device: torch.device) -> Callable[..., torch.Tensor]:
@@ -243,12 +243,13 @@ def synced_flat(source: nn.Module, context: DistContext, device: torch.device) -
     backward averages the parameter gradients over ranks. DDP broadcasts rank 0's parameters
     once here. Buffers (Fourier matrices, normalisation) are a function of the seed: not sent."""
     if not context.active:
-        return source.flat  # type: ignore[return-value]
+        return source.flat  # type: ignore[return-value]  # as above: a method, not a submodule
     device_ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     ddp = nn.parallel.DistributedDataParallel
     # torch 2.13 renamed the option (the old one warns); earlier versions know only the old.
     no_buffer_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else "broadcast_buffers"
-    return ddp(_FlatForward(source), device_ids=device_ids, **{no_buffer_sync: False})
+    options: dict[str, Any] = {no_buffer_sync: False}
+    return ddp(_FlatForward(source), device_ids=device_ids, **options)
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ class TaskSampling:
         previous = self.updates[-1].ratios if self.updates else (1.0,) * len(self.base)
         figures = self.window_figures()
         ratios = tuple(
-            old if figure is None else metric.error_ratio(figure, float(reference))  # type: ignore[arg-type]
+            old if figure is None else metric.error_ratio(figure, float(reference))  # type: ignore[arg-type]  # adaptive: all references given
             for figure, old, metric, reference in zip(figures, previous, self.metrics, self.references)
         )
         probabilities = adapted_probabilities(self.base, ratios, self.settings.floor, self.settings.strength)

@@ -217,7 +217,7 @@ def import_for_spec(ref: str, spec: ExperimentSpec) -> tuple[nn.Module, Imported
         imported = import_model(module, input_shape=tuple(info.input_dims) if synthetic else None, graph=spec.task.dataset)
     else:
         shape = (spec.task.max_length,) if info.input_kind == "tokens" else tuple(info.input_dims)
-        imported = import_model(module, input_shape=shape)
+        imported = import_model(module, input_shape=shape)  # type: ignore[arg-type]  # text: max_length filled from the embedding
     again = ExperimentSpec.model_validate({**imported.spec, "task": spec.task.model_dump(), "name": spec.name})
     ours, theirs = comparable(again.layers), comparable(spec.layers)
     if ours != theirs:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -165,6 +165,8 @@ class LayerSpec(BaseModel):
     gradient_free_params: ClassVar[frozenset[str]] = frozenset()
 
     init: Literal["default", "zero"] = "default"
+    if TYPE_CHECKING:  # each kind declares its own ``kind: Literal[...]`` field
+        kind: str
 
     @classmethod
     def finish_registry(cls, registry: dict[str, type[LayerSpec]]) -> None:

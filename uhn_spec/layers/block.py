@@ -42,7 +42,7 @@ class BlockSpec(LayerSpec):
 
     @property
     def shortcut_layers(self) -> list[LayerSpec]:
-        return [] if self.shortcut == "identity" else list(self.shortcut)  # type: ignore[arg-type]
+        return [] if self.shortcut == "identity" else list(self.shortcut)
 
     def children(self) -> list[tuple[str, LayerSpec]]:
         main = [(f"layers.{i}", layer) for i, layer in enumerate(self.layers)]

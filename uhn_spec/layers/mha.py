@@ -100,6 +100,12 @@ class MHASpec(LayerSpec):
 
 
 class MHALayer(nn.Module):
+    # Registered by name in _register_bias; declared here so type checkers know them.
+    q_bias: nn.Parameter | None
+    k_bias: nn.Parameter | None
+    v_bias: nn.Parameter | None
+    out_bias: nn.Parameter | None
+
     def __init__(self, spec: MHASpec):
         super().__init__()
         self.spec = spec
@@ -129,7 +135,7 @@ class MHALayer(nn.Module):
                 nn.init.zeros_(bias)
 
     def _in_proj_bias(self) -> torch.Tensor | None:
-        if self.q_bias is None:
+        if self.q_bias is None or self.k_bias is None or self.v_bias is None:  # all three or none
             return None
         return torch.cat([self.q_bias, self.k_bias, self.v_bias])
 

@@ -75,6 +75,13 @@ class NormSpec(LayerSpec):
 
 
 class NormLayer(nn.Module):
+    # Registered by name below (each only where the norm's type has it); declared for type checkers.
+    weight: nn.Parameter | None
+    bias: nn.Parameter | None
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
+
     def __init__(self, spec: NormSpec):
         super().__init__()
         self.spec = spec

@@ -67,7 +67,7 @@ FamilyName = name_field(
 class FamilySpec(StrictModel):
     """A family file: how its members are produced, how many, and how they are split."""
 
-    name: FamilyName  # type: ignore[valid-type]
+    name: FamilyName  # type: ignore[valid-type]  # an Annotated[str, ...] built at import
     description: str = ""
     template: str | None = Field(None, description="jinja2 template of a spec, rendered with the sampled variables")
     sample: dict[str, Draw] = Field({}, description="how each template variable is drawn, in order")
@@ -167,7 +167,8 @@ def architecture_key(spec: ExperimentSpec) -> str:
 def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
     """``--set`` items for the family file itself (count, unseen, each, seed, sample...)
     and for every member spec (train.epochs, generator.hidden...)."""
-    family, member = [], []
+    family: list[str] = []
+    member: list[str] = []
     for item in overrides:
         parts, _ = parse_override(item)
         (family if parts[0] in FamilySpec.model_fields else member).append(item)
@@ -184,6 +185,7 @@ def family_from_text(text: str, source: Path | None = None, overrides: Sequence[
     data = read_mapping(text, where, "a family file must be a YAML mapping with name, template/sample/count or members")
     family_overrides, member_overrides = split_overrides(overrides)
     spec = validated(FamilySpec, apply_overrides(data, family_overrides), where, formatter=format_family_error)
+    variables: list[dict[str, Any]]
     if spec.members is not None:
         specs = listed_members(spec, source, member_overrides)
         possible, variables = len(specs), [{} for _ in specs]

@@ -281,4 +281,4 @@ def describe(variables: dict[str, Any]) -> str:
 
 
 
-TAG_MODELS = {"int": IntDraw, "uniform": UniformDraw, "choice": ChoiceDraw, "list": ListDraw}
+TAG_MODELS: dict[str, type[StrictModel]] = {"int": IntDraw, "uniform": UniformDraw, "choice": ChoiceDraw, "list": ListDraw}

@@ -87,7 +87,7 @@ class TaskSamplingSpec(StrictModel):
 class MultiTaskSpec(StrictModel):
     """A multi-task run: its members, the one generator and the one training schedule."""
 
-    name: SpecName  # type: ignore[valid-type]
+    name: SpecName
     description: str = ""
     tasks: list[TaskEntry] = Field(min_length=1)
     generator: GeneratorSpec

@@ -56,7 +56,7 @@ class GeneratedLayout(StrictModel):
 class RecursiveSpec(StrictModel):
     """A recursive run: the leaf model, the depth and H0."""
 
-    name: RecursiveName  # type: ignore[valid-type]
+    name: RecursiveName  # type: ignore[valid-type]  # an Annotated[str, ...] built at import
     description: str = ""
     leaf: str | dict[str, Any] = Field(description="the leaf spec: a path (relative to this file) or an inline spec")
     depth: int = Field(ge=0, le=MAX_DEPTH, description="K: generated generators between H0 and the leaf (0: none)")

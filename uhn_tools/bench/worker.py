@@ -49,7 +49,7 @@ def worker_main(case: str, plan_path: str, options_json: str) -> dict[str, Any]:
     options = BenchOptions(**json.loads(options_json))
     device = torch.device(options.device)
     plan = load_plan(plan_path)
-    precision = Precision.resolve(options.precision, device, plan.task_types)  # type: ignore[arg-type]
+    precision = Precision.resolve(options.precision, device, plan.task_types)  # type: ignore[arg-type]  # a name the CLI checked
     if case == "matmul":
         return measure_matmul(device, precision, plan.generator, options.repeats, peak_square(options))
     if case == "family_step":

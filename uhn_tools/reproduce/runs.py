@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -125,11 +126,11 @@ class TableRuns:
     def say(self, text: str) -> None:
         print(f"reproduce: {text}", file=self.stream, flush=True)
 
-    def train_folder(self, spec_path: Path, overrides: list[str], folder: Path, mode: str) -> dict[str, Any]:
+    def train_folder(self, spec_path: Path, overrides: list[str], folder: Path, mode: Mode) -> dict[str, Any]:
         """Finish the `uhn train` run in ``folder``: start, resume or just read it."""
         run = RunDir(folder)
         options = TrainOptions(
-            mode=mode,  # type: ignore[arg-type]
+            mode=mode,
             device=self.options.device,
             data_root=self.options.data_root,
             progress=self.stream,
@@ -200,6 +201,7 @@ ABSENT = "absent"  # a field one of two specs lacks (a list of layers grew or sh
 
 def flat_fields(data: Any, prefix: str = "") -> dict[str, Any]:
     """A JSON-like value as {"dotted.path": scalar}: "layers.0.kind", "train.lr"."""
+    items: Iterable[tuple[str, Any]]
     if isinstance(data, dict):
         items = data.items()
     elif isinstance(data, list):
