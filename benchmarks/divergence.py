@@ -2,8 +2,9 @@
 parameters and generated weights, and the generator's ReLU units that switch sides.
 
     # record every optimiser step of a run (under torchrun: rank 0's view, the global gradient)
-    OMP_NUM_THREADS=1 python benchmarks/divergence.py record one.pt -- train specs/digits_mlp.yaml -o one --mode uhn --set train.epochs=2
-    OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 benchmarks/divergence.py record two.pt -- train specs/digits_mlp.yaml -o two --mode uhn --set train.epochs=2
+    A="train specs/digits_mlp.yaml --mode uhn --set train.epochs=2"
+    OMP_NUM_THREADS=1 python benchmarks/divergence.py record one.pt -- $A -o one
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 benchmarks/divergence.py record two.pt -- $A -o two
     # compare them step by step
     python benchmarks/divergence.py compare specs/digits_mlp.yaml one.pt two.pt [--json]
 
@@ -14,9 +15,10 @@ It suits small runs (the digits MLP: 32 steps of 148,353 parameters, about 40 MB
 On the exact data-parallel path (the default; docs/distributed.md) the recorded "loss" is the
 step's surrogate sum(flat * gradient), not the task loss; add ``--micro-shards 0`` to the
 ``uhn train`` arguments to study DDP's path, as the figures in docs/distributed.md do.
-``compare`` reports, per step: the loss (under torchrun rank 0's share of it), the norm-relative difference of the gradients, of
-the generator's parameters and of the generated weights, and how many of the generator's
-ReLU inputs (every index row x hidden unit x ReLU site) have opposite signs in the two runs.
+``compare`` reports, per step: the loss (under torchrun rank 0's share of it), the
+norm-relative difference of the gradients, of the generator's parameters and of the generated
+weights, and how many of the generator's ReLU inputs (every index row x hidden unit x ReLU
+site) have opposite signs in the two runs.
 docs/distributed.md ("Why the digits run parts") reads these figures.
 """
 

@@ -128,7 +128,7 @@ def main() -> None:
             else:
                 for name in variants:
                     print(f"{name:22s} {medians[name] * 1e3:8.1f} ms/step  x{report['ratio_to_exact'][name]:.3f} of exact")
-                print(f"{precision.name}, {dist.world_size} process(es) x {report['threads']} thread(s), load {report['load_average_1min']:.1f}")
+                print(f"{precision.name}, {dist.world_size} process(es) x {report['threads']} thread(s), " f"load {report['load_average_1min']:.1f}")
 
 
 if __name__ == "__main__":

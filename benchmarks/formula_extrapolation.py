@@ -71,11 +71,11 @@ def main() -> None:
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"{report['function']}: {report['outside_training_targets']} of {report['test_points']} test targets lie outside the training targets' range")
+    print(f"{report['function']}: {report['outside_training_targets']} of " f"{report['test_points']} test targets lie outside the training targets' range")
     for kind in ("uhn", "direct"):
         if kind in report:
             r = report[kind]
-            print(f"{kind:6s} test RMSE {r['test_rmse']:.4f}  inside {r['inside_rmse']:.4f}  outside {r['outside_rmse'] or float('nan'):.4f}")
+            print(f"{kind:6s} test RMSE {r['test_rmse']:.4f}  inside " f"{r['inside_rmse']:.4f}  outside {r['outside_rmse'] or float('nan'):.4f}")
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     ax.set_ylabel("peak bytes per generated weight (above baseline)")
     ax.legend()
     base = results["base"]
-    fig.suptitle(f"uhn generation cost (MNIST MLPs 784-W-W-10; base m={base['index_freqs']}, d={base['hidden']}, W={base['width']})")
+    fig.suptitle("uhn generation cost (MNIST MLPs 784-W-W-10; " f"base m={base['index_freqs']}, d={base['hidden']}, W={base['width']})")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -28,7 +28,7 @@ def import_module(
             show_default=False,
         ),
     ] = None,
-    graph: Annotated[str | None, typer.Option("--graph", help="Graph models (called as model(x, edge_index)): the graph dataset, e.g. cora; or synthetic, with --input-shape F (features per node).", show_default=False)] = None,
+    graph: Annotated[str | None, typer.Option("--graph", help="Graph models (called as model(x, edge_index)): the graph dataset, " "e.g. cora; or synthetic, with --input-shape F (features per node).", show_default=False)] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Task dataset of the spec (default: synthetic data of the input shape).", show_default=False)] = None,
     name: Annotated[str | None, typer.Option("--name", help="Spec name (default: the output file's stem).", show_default=False)] = None,
 ) -> None:

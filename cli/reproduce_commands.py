@@ -53,7 +53,7 @@ def reproduce(
         str | None,
         typer.Option(
             "--seeds",
-            help=f"Comma-separated seeds for every row (default: the budget's seeds per row); 1 to {MAX_SEEDS} distinct "
+            help="Comma-separated seeds for every row (default: " f"the budget's seeds per row); 1 to {MAX_SEEDS} distinct "
             f"integers from 0 to {MAX_SEED}.",
             show_default=False,
         ),

@@ -113,7 +113,7 @@ def inspect_(
         plan = load_target_source(source, overrides)
         if rows is not None and not any(p.name == rows for t in plan.targets for p in t.params):
             names = ", ".join(p.name for p in plan.targets[0].params[:4])
-            raise UHNError(f"{source}: --rows: no parameter tensor {rows!r} in this plan; give a name from its table (e.g. {names})")
+            raise UHNError(f"{source}: --rows: no parameter tensor {rows!r} in this plan; " f"give a name from its table (e.g. {names})")
         summary = plan_summary(plan, rows)
     typer.echo(json.dumps(summary, indent=2) if as_json else render_summary(summary, source))
 

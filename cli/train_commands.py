@@ -102,7 +102,7 @@ def train(
         bool,
         typer.Option(
             "--shard-generation",
-            help="Under torchrun: each process generates a share of the weights (generator memory / N); docs/distributed.md.",
+            help="Under torchrun: each process generates a share of the weights (generator memory / N); " "docs/distributed.md.",
         ),
     ] = False,
     micro_shards: Annotated[
@@ -112,7 +112,7 @@ def train(
             0,
             MAX_MICRO_SHARDS,
             "Exact data parallel: each batch's gradient summed over this many fixed micro-shards (default: "
-            "uhn_runtime.train.distributed.DEFAULT_MICRO_SHARDS), so 1 process and torchrun's N (up to this many) take the same "
+            "uhn_runtime.train.distributed.DEFAULT_MICRO_SHARDS), " "so 1 process and torchrun's N (up to this many) take the same "
             "steps; 0: DDP's gradient average; at most train.batch_size (a micro-shard has at least one example). "
             "docs/distributed.md",
             show_default=False,
@@ -152,7 +152,7 @@ def train(
         given = (source, out, mode, model, precision, micro_shards)
         if overrides or any(option is not None for option in given):
             raise UHNError(
-                "--resume DIR continues a run as it was started; give no SOURCE, --out, --set, --mode, --model, --precision or --micro-shards"
+                "--resume DIR continues a run as it was started; give no SOURCE, " "--out, --set, --mode, --model, --precision or --micro-shards"
             )
         options = TrainOptions(device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation)
         echo(cpu.line(), err=True)
@@ -263,7 +263,7 @@ def export(
     ] = 10,
     for_module: Annotated[
         str | None,
-        typer.Option("--for-module", metavar="MODULE:ATTR", help="Write the state_dict of the original nn.Module the spec was imported from (uhn import), which it loads with strict=True.", show_default=False),
+        typer.Option("--for-module", metavar="MODULE:ATTR", help="Write the state_dict of the original nn.Module the spec was imported from (uhn import), " "which it loads with strict=True.", show_default=False),
     ] = None,
     data_root: DataRootOption = None,
     levels: Annotated[
@@ -288,7 +288,7 @@ def export(
         ),
     ] = None,
 ) -> None:
-    """Write the generated target weights as a plain state_dict (safetensors) that build_model(spec) loads, or as ONNX."""
+    """Write the generated target weights as a plain state_dict (safetensors) that build_model(spec) loads, or as ONNX."""  # noqa: E501  the help text, as typer shows it
     from uhn_runtime.device import resolve_device
     from uhn_runtime.io.export import (
         export_levels,
@@ -334,7 +334,7 @@ def export(
 
         state = export_for_module(RunDir.open(run_dir), output, kind, torch_device, for_module, recalibrate_bn, data_root)
         count = sum(t.numel() for t in state.values())
-        typer.echo(f"wrote {output} ({human_bytes(output.stat().st_size)}): {len(state)} tensors of {for_module}, loaded with strict=True")
+        typer.echo(f"wrote {output} ({human_bytes(output.stat().st_size)}): " f"{len(state)} tensors of {for_module}, loaded with strict=True")
         return
     if levels:
         if source != "uhn" or onnx:

@@ -345,8 +345,8 @@ def test_train_refuses_a_target_too_large_before_allocating(spec_file: Path, tmp
     assert result.exit_code == 2
     line = result.stderr.strip()
     assert re.fullmatch(
-        rf"error: {re.escape(str(spec_file))}: layers\[0\]: {SPEC_PARAMS} parameters \(\d+% in this layer\): train needs about "
-        r"[\d.]+ MiB, more than UHN_MEMORY_LIMIT_GIB=0.001 \(1.0 MiB\); shrink the model, or set UHN_MEMORY_LIMIT_GIB .*",
+        rf"error: {re.escape(str(spec_file))}: layers\[0\]: " rf"{SPEC_PARAMS} parameters \(\d+% in this layer\): train needs about "
+        r"[\d.]+ MiB, more than UHN_MEMORY_LIMIT_GIB=0.001 \(1.0 MiB\); " r"shrink the model, or set UHN_MEMORY_LIMIT_GIB .*",
         line,
     ), line
     assert not run_dir.exists()
@@ -379,7 +379,7 @@ OUT_OF_RANGE = [
     (["bench", "{spec}", "--repeats", "0"], "--repeats: '0' is out of range; give an integer from 1 to 100"),
     (["bench", "{spec}", "--target-segments", "5000"], "--target-segments: '5000' is out of range; give an integer from 0 to 1024"),
     (["bench", "{spec}", "--matmul-size", "8"], "--matmul-size: '8' is out of range; give an integer from 16 to 8192"),
-    (["import", "m.py:M", "-o", "{out}.yaml", "--input-shape", "100000,100000,100000"], "--input-shape: '100000' in '100000,100000,100000' is out of range; give 1 to 3 comma-separated integers from 1 to 65536"),
+    (["import", "m.py:M", "-o", "{out}.yaml", "--input-shape", "100000,100000,100000"], "--input-shape: '100000' in '100000,100000,100000' is out of range; " "give 1 to 3 comma-separated integers from 1 to 65536"),
     (["import", "m.py:M", "-o", "{out}.yaml", "--input-shape", "4096,4096,4096"], "--input-shape: '4096,4096,4096' holds 68,719,476,736 values; give a shape of at most 16,777,216"),
     (["import", "m.py:M", "-o", "{out}.yaml", "--input-shape", "3,,32"], "--input-shape: '3,,32'; give 1 to 3 comma-separated integers"),
     (["import", "m.py:M", "-o", "{out}.yaml", "--input-shape", "1,2,3,4"], "--input-shape: '1,2,3,4'; give 1 to 3"),
@@ -432,5 +432,5 @@ def test_train_refuses_more_micro_shards_than_a_batch_has_examples(tmp_path: Pat
     spec.write_text(tiny_spec_yaml(batch_size=16))
     result = runner.invoke(app, ["train", str(spec), "-o", str(tmp_path / "run"), "--micro-shards", "17"])
     assert result.exit_code == 2
-    assert result.stderr == f"error: --micro-shards: 17 is more than train.batch_size 16 of {spec}; give 0 to 16 (each micro-shard holds at least one example of the batch)\n"
+    assert result.stderr == f"error: --micro-shards: 17 is more than train.batch_size 16 of {spec}; " "give 0 to 16 (each micro-shard holds at least one example of the batch)\n"
     assert not (tmp_path / "run").exists()

@@ -282,7 +282,7 @@ def test_readme_import_example_runs_end_to_end(user_folder: Path) -> None:
     ResNet-18 and training is a few steps of a tiny generator (the full one takes hours here)."""
     if not (SHARED_DATA / "cifar10").is_dir():
         pytest.skip(f"CIFAR-10 not found at {SHARED_DATA}")
-    budget = "--set train.epochs=null --set train.steps=2 --set train.warmup=0 --set train.init_steps=1 --set train.batch_size=8"
+    budget = "--set train.epochs=null --set train.steps=2 --set " "train.warmup=0 --set train.init_steps=1 --set train.batch_size=8"
     budget += " --set generator.index_freqs=16 --set generator.hidden=8"
     for command, _ in readme_import_example():
         command = command.replace(":resnet18 ", ":tiny_resnet10 ").replace("models.resnet18()", "models.tiny_resnet10()")

@@ -91,7 +91,7 @@ def test_cli_refusal_is_one_error_line_and_exit_2(tmp_path, attr: str) -> None:
 def test_a_class_that_needs_arguments_says_so() -> None:
     with pytest.raises(UHNError) as err:
         load_module_ref(f"{models.__file__}:GATNeedsArguments")
-    assert str(err.value).endswith("GATNeedsArguments needs arguments (features); give a zero-argument factory, e.g. def make(): return GATNeedsArguments(...), and import FILE:make")
+    assert str(err.value).endswith("GATNeedsArguments needs arguments (features); give a zero-argument factory, " "e.g. def make(): return GATNeedsArguments(...), and import FILE:make")
 
 
 def test_graph_models_become_their_paper_kinds() -> None:

@@ -92,7 +92,7 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "unknown top-level field": (
         MLP + "epochs: 3\n",
-        "epochs: unknown field; allowed here: name, description, family, cnn_stage_num, task, layers, generated, generator, train",
+        "epochs: unknown field; allowed here: name, description, " "family, cnn_stage_num, task, layers, generated, generator, train",
     ),
     "misspelt layer field": (
         edited(MLP, "    out_features: 10", "    out_feature: 10"),
@@ -143,11 +143,11 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "unknown activation": (
         edited(MLP, "    out_features: 10", "    out_features: 10\n    activation: swish"),
-        "layers[1].activation.type: Input should be 'none', 'leaky_relu', 'elu', 'silu', 'relu', 'gelu', 'tanh' or 'sigmoid' (got 'swish')",
+        "layers[1].activation.type: Input should be 'none', 'leaky_relu', " "'elu', 'silu', 'relu', 'gelu', 'tanh' or 'sigmoid' (got 'swish')",
     ),
     "bad name": (
         edited(MLP, "name: tiny_mlp", "name: tiny mlp"),
-        "name: must be 1 to 100 letters, digits, '_', '.' and '-', starting with a letter or digit; it names the run folder (got 'tiny mlp')",
+        "name: must be 1 to 100 letters, digits, '_', '.' and '-', " "starting with a letter or digit; it names the run folder (got 'tiny mlp')",
     ),
     "a list instead of a mapping": ("- a\n- b\n", "the spec is a YAML list; a spec is a YAML mapping with name, family, task and layers"),
     "undefined template variable": ("name: {{ depth }}\n", "line 1: template error: 'depth' is undefined"),
@@ -213,7 +213,7 @@ def test_unknown_kind_lists_every_registered_kind() -> None:
         ("=3", "--set: '=3' has an empty path"),
         ("layers[1].in_features=64", "layers[1].in_features: 64 does not match layers[0].out_features (128)"),
         ("layers[0].dropout=lots", "layers[0].dropout: Input should be a valid number, unable to parse string as a number (got 'lots')"),
-        ("train.epochs=[1,2", "--set: 'train.epochs=[1,2': the value is not valid YAML (expected ',' or ']', but got '<stream end>'); quote a string value"),
+        ("train.epochs=[1,2", "--set: 'train.epochs=[1,2': the value is not valid YAML (expected ',' or ']', " "but got '<stream end>'); quote a string value"),
         (
             "x=!!python/object/apply:os.system ['true']",
             "--set: \"x=!!python/object/apply:os.system ['true']\": the value is not valid YAML (could not determine a "

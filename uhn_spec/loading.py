@@ -55,7 +55,7 @@ def parse_override(item: str) -> tuple[list[str | int], Any]:
     try:
         return parts, parse_yaml(raw)
     except SpecError as err:
-        raise SpecError("--set", f"{item!r}: the value is not valid YAML ({err.message.removeprefix('invalid YAML: ')}); quote a string value") from None
+        raise SpecError("--set", f"{item!r}: the value is not valid YAML ({err.message.removeprefix('invalid YAML: ')}); " "quote a string value") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -85,7 +85,7 @@ def test_worker_failures_read_as_one_line() -> None:
     frames = 'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n    f()\n'
     out_of_memory = frames + "RuntimeError: [enforce fail at alloc_cpu.cpp:117] data.\nDefaultCPUAllocator: not enough memory\n"
     assert worker_failure(1, out_of_memory) == (
-        "failed (exit 1): RuntimeError: [enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory"
+        "failed (exit 1): RuntimeError: [enforce fail at alloc_cpu.cpp:117] data. " "DefaultCPUAllocator: not enough memory"
     )
     assert worker_failure(-9, "").startswith("was killed by SIGKILL (out of memory?")
     assert worker_failure(0, "").startswith("printed no result")

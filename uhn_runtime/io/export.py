@@ -78,7 +78,7 @@ def load_trained_source(
     plan = run.plan()
     target = target or plan.trained_target
     if kind == "direct" and target.name != plan.trained_target.name:
-        raise UHNError(f"--source direct: the direct weights are {plan.trained_target.name}'s own; export them without --model/--spec")
+        raise UHNError(f"--source direct: the direct weights are {plan.trained_target.name}'s own; " "export them without --model/--spec")
     path = run.checkpoint_path(kind)
     if not path.is_file():
         raise UHNError(f"{run.root} has no {kind} checkpoint ({path}); the run trained: {run.info()['mode']}")
@@ -305,7 +305,7 @@ def check_tensors_fit(path: Path, state: dict[str, torch.Tensor], model: TargetM
     buffers = dict(model.named_buffers())
     for name, buffer in buffers.items():
         if name not in state or state[name].shape != buffer.shape:
-            raise ExportError(f"{path}: tensor {name}: missing or of the wrong shape; the spec expects a buffer of shape {list(buffer.shape)}")
+            raise ExportError(f"{path}: tensor {name}: missing or of the wrong shape; " f"the spec expects a buffer of shape {list(buffer.shape)}")
     expected = {**dict(model.named_parameters())}
     for name, param in expected.items():
         if name not in state:

@@ -154,7 +154,7 @@ def environment_context(environ: dict[str, str] | None = None) -> DistContext:
         return DistContext()
     if len(present) != len(TORCHRUN_ENV):
         missing = ", ".join(name for name in TORCHRUN_ENV if name not in env)
-        raise DistributedError(f"environment: {missing}: not set; start distributed runs with torchrun, which sets all of {', '.join(TORCHRUN_ENV)}")
+        raise DistributedError(f"environment: {missing}: not set; start distributed runs with torchrun, " f"which sets all of {', '.join(TORCHRUN_ENV)}")
     try:
         rank, world, local = (int(env[name]) for name in TORCHRUN_ENV)
     except ValueError:

@@ -189,7 +189,7 @@ class RunDir:
     def open(root: Path, writes: bool = True) -> RunDir:
         run = RunDir(root, writes)
         if not run.info_path.is_file() or not run.plan_path.is_file():
-            raise RunDirError(f"{root} is not a uhn run folder (no run.json and plan.pt); start one with `uhn train SPEC --out {root}`")
+            raise RunDirError(f"{root} is not a uhn run folder (no run.json and plan.pt); " f"start one with `uhn train SPEC --out {root}`")
         return run
 
     def info(self) -> dict[str, Any]:

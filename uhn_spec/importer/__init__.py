@@ -222,7 +222,7 @@ def import_for_spec(ref: str, spec: ExperimentSpec) -> tuple[nn.Module, Imported
     ours, theirs = comparable(again.layers), comparable(spec.layers)
     if ours != theirs:
         first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-        raise UHNError(f"--for-module: {ref} does not match the run's spec (they differ at layers[{first}]); give the class the spec was imported from")
+        raise UHNError(f"--for-module: {ref} does not match the run's spec (they differ at layers[{first}]); " "give the class the spec was imported from")
     return module, imported
 
 

@@ -48,7 +48,7 @@ class PoolSpec(LayerSpec):
     @model_validator(mode="after")
     def _padding_fits(self) -> PoolSpec:
         if 2 * self.padding > self.kernel_size:
-            raise ValueError(f"padding: {self.padding} is more than half the kernel ({self.kernel_size}); use at most {self.kernel_size // 2}")
+            raise ValueError(f"padding: {self.padding} is more than half the kernel ({self.kernel_size}); " f"use at most {self.kernel_size // 2}")
         return self
 
     def output_shape(self, inp: FeatureShape, path: str) -> FeatureShape:

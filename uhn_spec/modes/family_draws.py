@@ -95,7 +95,7 @@ def _draw_tag(raw: Any) -> str | None:
     return None
 
 
-DRAW_HELP = "a draw is {min, max[, step | divisible_by]}, {uniform: [lo, hi]}, {choice: [...][, p: [...]]} or {length, item[, at]}"
+DRAW_HELP = "a draw is {min, max[, step | divisible_by]}, " "{uniform: [lo, hi]}, {choice: [...][, p: [...]]} or {length, item[, at]}"
 
 ScalarDraw = Annotated[
     Annotated[IntDraw, Tag("int")] | Annotated[UniformDraw, Tag("uniform")] | Annotated[ChoiceDraw, Tag("choice")],

@@ -52,7 +52,7 @@ class TaskEntry(StrictModel):
     batch_size: int | None = Field(None, ge=1, description="the member's batch size (default: its spec's train.batch_size)")
     set: list[str] = Field([], description="overrides of the member spec, as `--set` (e.g. task.stands_in_for=pubmed)")
     reference: float | None = Field(
-        None, description="the member's single-task figure in its own metric (accuracy or RMSE): what adaptive sampling compares with"
+        None, description="the member's single-task figure in its own metric (accuracy or RMSE): " "what adaptive sampling compares with"
     )
 
     @field_validator("probability")
