@@ -47,12 +47,12 @@ def phase_source(
     sharded = kind == "uhn" and options.shard_generation and dist.active
     micro_shards = 0 if sharded else micro_shards  # each rank's generator backward covers its own share
     if sharded:
-        source.generator.shard = GenerationShard.for_context(dist)  # type: ignore[union-attr]
+        source.generator.shard = GenerationShard.for_context(dist)  # type: ignore[union-attr]  # kind "uhn": a generator
     if micro_shards:
         broadcast_parameters(source, dist)
     flat = source.flat if micro_shards else synced_flat(source, dist, first.device)
     change_bound = cfg.level_change_bound if kind == "uhn" else None
-    bound = LevelChangeBound(source, change_bound, precision) if change_bound else None  # type: ignore[arg-type]
+    bound = LevelChangeBound(source, change_bound, precision) if change_bound else None  # type: ignore[arg-type]  # only kind "uhn" has a bound
     stepper = Stepper(make_adamw(source.parameters(), lr), precision, cfg.grad_clip, bound)
     context = StepContext(flat, stepper, precision, sampler, dist, stop, cfg.seed, cfg.target_segments, first.device)
     pcgrad = plan.mode == "multitask" and cfg.gradient_surgery == "pcgrad"
