@@ -29,12 +29,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from uhn_tools.bench.memory import current_memory, peak_memory, reset_peak_memory
 from uhn_runtime.model.generation_shard import GenerationShard
-from uhn_runtime.train.distributed import DistContext
 from uhn_runtime.model.generator import UHNGenerator
 from uhn_runtime.model.target import DeviceTarget
-from uhn_runtime.train.distributed import DistContext, GenerationShard
+from uhn_runtime.train.distributed import DistContext
 from uhn_spec import compile_spec, load_spec
 from uhn_spec.plan import load_plan
 from uhn_tools.bench.memory import current_memory, peak_memory, reset_peak_memory
@@ -132,9 +130,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         mib = 2**20
         print(f"{args.spec}: {report['target_params']:,} weights, {single['units']} work units")
-        print(f"1 process:   peak generator memory {single['peak_generator_bytes'] / mib:8.1f} MiB, " f"step {single['step_seconds']:.2f} s")
+        print(f"1 process:   peak generator memory {single['peak_generator_bytes'] / mib:8.1f} MiB, step {single['step_seconds']:.2f} s")
         for r in sharded:
-            print(f"rank {r['rank']}/{args.nproc}: " f" peak generator memory {r['peak_generator_bytes'] / mib:8.1f} MiB, step {r['step_seconds']:.2f} s")
+            print(f"rank {r['rank']}/{args.nproc}:  peak generator memory {r['peak_generator_bytes'] / mib:8.1f} MiB, step {r['step_seconds']:.2f} s")
         print(f"per-rank peak / 1 process: {report['peak_ratio']:.2f}   step time ratio: {report['step_time_ratio']:.2f}")
     return report
 

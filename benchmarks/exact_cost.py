@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from uhn_runtime.data import load_task_data
 from uhn_runtime.model import generator as generator_module
 from uhn_runtime.train.distributed import DEFAULT_MICRO_SHARDS, distributed_session
+from uhn_runtime.train.draws import epoch_seed
 from uhn_runtime.train.precision import Precision
 from uhn_runtime.train.progress import Progress
 from uhn_runtime.train.run import TrainOptions, new_sampler, new_trainer
@@ -128,7 +129,7 @@ def main() -> None:
             else:
                 for name in variants:
                     print(f"{name:22s} {medians[name] * 1e3:8.1f} ms/step  x{report['ratio_to_exact'][name]:.3f} of exact")
-                print(f"{precision.name}, {dist.world_size} process(es) x {report['threads']} thread(s), " f"load {report['load_average_1min']:.1f}")
+                print(f"{precision.name}, {dist.world_size} process(es) x {report['threads']} thread(s), load {report['load_average_1min']:.1f}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import torch.multiprocessing as mp
 
 from tests.conftest import KillAfter, RunInterrupted
 from uhn_runtime.data import Batch
+from uhn_runtime.model.generation_shard import GenerationShard, ShardingError, unit_cuts
 from uhn_runtime.model.generator import UHNGenerator
 from uhn_runtime.model.target import DeviceTarget
 from uhn_runtime.train.checkpoint import load_checkpoint
@@ -42,11 +43,8 @@ from uhn_runtime.train.distributed import (
     ordered_sum,
     owned_micro_shards,
     shard_batch,
+    share_bounds,
 )
-from uhn_runtime.model.generation_shard import GenerationShard, ShardingError, unit_cuts
-from uhn_runtime.model.generator import UHNGenerator
-from uhn_runtime.train.run_dir import RunDir
-from uhn_runtime.model.target import DeviceTarget
 from uhn_runtime.train.run import TIMING_FIELDS, TrainOptions, exact_micro_shards, resume_run, start_run
 from uhn_runtime.train.run_dir import RunDir
 from uhn_spec import ExperimentSpec, compile_spec

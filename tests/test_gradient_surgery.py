@@ -20,7 +20,6 @@ from uhn_runtime.train.draws import architecture_draw
 from uhn_runtime.train.gradient_surgery import project_conflicts, projection_orders
 from uhn_runtime.train.optim import Stepper, make_adamw
 from uhn_runtime.train.precision import Precision
-from uhn_runtime.train.draws import architecture_draw
 from uhn_runtime.train.run import TIMING_FIELDS, check_tasks_per_step, start_run
 from uhn_spec.errors import UHNError
 from uhn_spec.modes.multitask import compile_multitask, load_multitask

@@ -440,10 +440,9 @@ def test_step_time_benchmark_weighs_the_members_own_step_times(tmp_path: Path) -
 
 
 def test_bench_compares_the_multitask_step_with_each_members_own_in_one_run(tmp_path: Path) -> None:
-    from uhn_runtime.train.optim import Precision
+    from uhn_runtime.train.precision import Precision
     from uhn_tools.bench import BenchOptions, run_bench
     from uhn_tools.bench.steps import measure_multitask_step
-    from uhn_runtime.train.precision import Precision
 
     plan = compile_multitask(load_multitask(multitask_file(tmp_path)))
     step = measure_multitask_step(plan, BenchOptions(repeats=1, batch=8), torch.device("cpu"), Precision("cpu", None))

@@ -21,7 +21,9 @@ from uhn_cli.main import app
 from uhn_runtime.io.export import load_trained_source
 from uhn_runtime.model.generator import UHNGenerator
 from uhn_runtime.model.naive import naive_generate
+from uhn_runtime.model.target import DeviceTarget
 from uhn_runtime.train.precision import Precision
+from uhn_runtime.train.run import TrainOptions, start_run
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.train.run_record import RecordError
 from uhn_spec import ExperimentSpec, compile_spec

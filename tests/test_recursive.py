@@ -19,6 +19,13 @@ from uhn_runtime.io.export import export_levels, level_path, load_exported
 from uhn_runtime.model.generated_generator import GeneratedGenerator
 from uhn_runtime.model.generator import count_generator_params
 from uhn_runtime.model.init_targets import InitTargets
+from uhn_runtime.model.target import DeviceTarget
+from uhn_runtime.model.weights import (
+    RecursiveSource,
+    depth_lr_scale,
+    head_components,
+    make_source,
+)
 from uhn_runtime.train.init_phase import (
     run_top_down_init,
     stage_lr_scale,
@@ -26,6 +33,7 @@ from uhn_runtime.train.init_phase import (
 )
 from uhn_runtime.train.optim import Stepper, make_adamw
 from uhn_runtime.train.precision import Precision
+from uhn_runtime.train.run import TrainOptions, resume_run, start_run
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.train.step_bound import LevelChangeBound, relative_changes
 from uhn_spec import build_model

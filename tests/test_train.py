@@ -16,16 +16,18 @@ import torch
 import uhn_runtime.train.trainer as trainer_module
 from tests.conftest import KillAfter, RunInterrupted
 from uhn_runtime.data import load_task_data
+from uhn_runtime.model.init_targets import InitTargets
 from uhn_runtime.model.target import DeviceTarget
 from uhn_runtime.model.target_segments import forward_in_segments
 from uhn_runtime.model.weights import DirectSource, make_source
 from uhn_runtime.train.checkpoint import load_checkpoint
 from uhn_runtime.train.distributed import DEFAULT_MICRO_SHARDS
 from uhn_runtime.train.draws import epoch_seed
-from uhn_runtime.model.init_targets import InitTargets
 from uhn_runtime.train.init_phase import run_init_phase
 from uhn_runtime.train.optim import TrainingDiverged
+from uhn_runtime.train.options import StepEvent
 from uhn_runtime.train.precision import Precision
+from uhn_runtime.train.run import TIMING_FIELDS, TrainOptions, resume_run, start_run
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.train.schedule import cosine_factor, warmup_cosine_factor
 from uhn_runtime.train.stop_signals import RunStopped, StopSignals

@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 
@@ -31,14 +31,14 @@ class Batch:
     padding_mask: torch.Tensor | None = None  # text: True at padding
     node_mask: torch.Tensor | None = None  # graph: nodes whose loss/metric counts
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device, non_blocking=True)
 
         return replace(
             self,
-            inputs=move(self.inputs),
-            targets=move(self.targets),
+            inputs=self.inputs.to(device, non_blocking=True),
+            targets=self.targets.to(device, non_blocking=True),
             edge_index=move(self.edge_index),
             padding_mask=move(self.padding_mask),
             node_mask=move(self.node_mask),
@@ -82,8 +82,11 @@ Loader = Callable[[TaskSpec, Path], TaskData]
 LOADERS: dict[str, Loader] = {}
 
 
-def register_loader(*names: str) -> Callable[[Loader], Loader]:
-    def wrap(fn: Loader) -> Loader:
+LoaderT = TypeVar("LoaderT", bound=Loader)  # a registered loader keeps its own signature
+
+
+def register_loader(*names: str) -> Callable[[LoaderT], LoaderT]:
+    def wrap(fn: LoaderT) -> LoaderT:
         for name in names:
             LOADERS[name] = fn
         return fn

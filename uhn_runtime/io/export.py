@@ -23,6 +23,7 @@ import logging
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import ValidationError
@@ -41,19 +42,15 @@ from uhn_spec.received import ReceivedFileError, check_file_size, check_recorded
 from uhn_spec.spec import ExperimentSpec, format_validation_error
 
 from ..data import load_task_data
-from ..model.batch_norm import DEFAULT_CALIBRATION_BATCHES, batch_norm_layers, recalibrate_batch_norm
-from ..train.checkpoint import load_checkpoint
 from ..data.synthetic import synthetic_batch
 from ..model.batch_norm import DEFAULT_CALIBRATION_BATCHES, batch_norm_layers, recalibrate_batch_norm
 from ..model.target import DeviceTarget
 from ..model.weights import DirectSource, RecursiveSource, SourceKind, UHNSource, make_source
+from ..tensor_checksum import tensors_checksum
 from ..train.checkpoint import load_checkpoint
 from ..train.evaluate import generate_weights
 from ..train.precision import Precision
 from ..train.run_dir import RunDir
-from ..model.target import DeviceTarget
-from ..model.weights import DirectSource, RecursiveSource, SourceKind, UHNSource, make_source
-from ..tensor_checksum import tensors_checksum
 
 EXPORT_FORMAT = "uhn-export"
 CHECKSUM_KEY = "tensors_sha256"  # the tensors alone: all an export before CONTENT_CHECKSUM_KEY has
@@ -78,7 +75,7 @@ def load_trained_source(
     plan = run.plan()
     target = target or plan.trained_target
     if kind == "direct" and target.name != plan.trained_target.name:
-        raise UHNError(f"--source direct: the direct weights are {plan.trained_target.name}'s own; " "export them without --model/--spec")
+        raise UHNError(f"--source direct: the direct weights are {plan.trained_target.name}'s own; export them without --model/--spec")
     path = run.checkpoint_path(kind)
     if not path.is_file():
         raise UHNError(f"{run.root} has no {kind} checkpoint ({path}); the run trained: {run.info()['mode']}")
@@ -305,7 +302,7 @@ def check_tensors_fit(path: Path, state: dict[str, torch.Tensor], model: TargetM
     buffers = dict(model.named_buffers())
     for name, buffer in buffers.items():
         if name not in state or state[name].shape != buffer.shape:
-            raise ExportError(f"{path}: tensor {name}: missing or of the wrong shape; " f"the spec expects a buffer of shape {list(buffer.shape)}")
+            raise ExportError(f"{path}: tensor {name}: missing or of the wrong shape; the spec expects a buffer of shape {list(buffer.shape)}")
     expected = {**dict(model.named_parameters())}
     for name, param in expected.items():
         if name not in state:
@@ -366,7 +363,7 @@ def _dynamic_shapes(kwargs: dict[str, torch.Tensor], spec: ExperimentSpec) -> di
 
 def _onnx_program(
     model: TargetModel, kwargs: dict[str, torch.Tensor], names: dict[str, str], spec: ExperimentSpec
-) -> torch.onnx.ONNXProgram:
+) -> Any:
     kinds = sorted({layer.kind for layer in spec.layers})
     registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration_log.level
@@ -375,7 +372,7 @@ def _onnx_program(
         registration_log.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(
+            return torch.onnx.export(
                 model,
                 (),
                 kwargs=kwargs,
@@ -387,8 +384,6 @@ def _onnx_program(
                 external_data=False,
                 verbose=False,
             )
-            assert program is not None  # dynamo=True always returns the program
-            return program
     except Exception as err:  # the exporter raises many kinds; say which model could not export
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(

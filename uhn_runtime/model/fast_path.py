@@ -165,7 +165,10 @@ class GeneratedUnit(torch.autograd.Function):
     gradients go to whichever of them (and of ``structure``) need one."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, net: TailNetwork, context: UnitContext, index: int, structure: torch.Tensor | None, *params: torch.Tensor):  # type: ignore[override]
+    def forward(
+        ctx: FunctionCtx, net: TailNetwork, context: UnitContext, index: int, structure: torch.Tensor | None,
+        *params: torch.Tensor,
+    ) -> torch.Tensor:
         device_type = context.workspace.device.type
         ctx.net, ctx.context, ctx.index = net, context, index  # type: ignore[attr-defined]
         ctx.autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))  # type: ignore[attr-defined]
@@ -179,7 +182,7 @@ class GeneratedUnit(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: FunctionCtx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         c = ctx  # the attributes set in forward
         net: TailNetwork = c.net  # type: ignore[attr-defined]
         context: UnitContext = c.context  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ from torch.func import functional_call
 
 from uhn_spec.descriptors import IndexDescriptors
 from uhn_spec.layers.base import ForwardContext
+from uhn_spec.layers.linear import LinearSpec
 
 from .fast_path import DEFAULT_MAX_SAVED_BYTES, LayoutCache, generate_layout
 from .generator import UHNGenerator
@@ -40,10 +41,11 @@ class GeneratedGenerator:
         self.split = shape.structure_layers
         self.layers = list(target.model.layers)
         self.ctx = ForwardContext()
-        self._names = [[] for _ in self.layers]  # local parameter names per layer, in plan order
+        self._names: list[list[str]] = [[] for _ in self.layers]  # local parameter names per layer, in plan order
         for p in target.plan.params:
             self._names[p.layer].append(p.name.split(".", 2)[2])
         input_layer = target.plan.spec.layers[self.split]
+        assert isinstance(input_layer, LinearSpec)  # the compiler's generator family: Linear layers
         self._hidden = int(input_layer.out_features)
         self._layouts = LayoutCache(self._hidden, root.spec.index_freqs)
         self.max_saved_bytes = DEFAULT_MAX_SAVED_BYTES

@@ -79,7 +79,7 @@ class GatheredShares(torch.autograd.Function):
     of the objective), this rank's share of it."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, share: torch.Tensor, sizes: tuple[int, ...], rank: int, group: Any) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: FunctionCtx, share: torch.Tensor, sizes: tuple[int, ...], rank: int, group: Any) -> torch.Tensor:
         ctx.sizes, ctx.rank, ctx.group = sizes, rank, group  # type: ignore[attr-defined]
         longest = max(sizes)
         padded = torch.zeros(longest, dtype=share.dtype, device=share.device)
@@ -90,7 +90,7 @@ class GatheredShares(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad_full: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: FunctionCtx, grad_full: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         sizes, rank = ctx.sizes, ctx.rank  # type: ignore[attr-defined]
         # all_reduce then slice: one code path for gloo and NCCL. The vector is the target's
         # weights (N floats), small next to the generator's N x d activations.

@@ -19,7 +19,6 @@ from .generator import UHNGenerator
 from .init_targets import InitTargets
 from .target import DeviceTarget
 
-
 SourceKind = Literal["uhn", "direct"]
 
 

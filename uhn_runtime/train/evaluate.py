@@ -14,10 +14,10 @@ from torch import nn
 from uhn_spec.metrics import METRICS
 
 from ..data import Batch, Split, TaskData
-from .precision import Precision
+from ..model.batch_norm import recalibrate_from_data
 from ..model.target import DeviceTarget
-from ..model.weights import WeightSource
-from .optim import Precision
+from ..model.weights import DirectSource, RecursiveSource, UHNSource
+from .precision import Precision
 
 EVAL_BATCH_SIZE = 1024
 
@@ -47,7 +47,7 @@ def evaluate_forward(
 
 @torch.no_grad()
 def generate_weights(
-    source: WeightSource, precision: Precision, target: DeviceTarget | None = None
+    source: UHNSource | RecursiveSource | DirectSource, precision: Precision, target: DeviceTarget | None = None
 ) -> torch.Tensor:
     """The flat weight vector of ``target`` (default: the source's own) as training sees it
     (generated in the run's precision), in fp32."""
@@ -56,7 +56,7 @@ def generate_weights(
 
 
 def evaluate_source(
-    source: WeightSource,
+    source: UHNSource | RecursiveSource | DirectSource,
     target: DeviceTarget,
     data: TaskData,
     split: Split,

@@ -10,13 +10,12 @@ from typing import Literal
 
 import torch
 
+from ..model.init_targets import InitTargets
+from ..model.weights import RecursiveSource, UHNSource
 from .optim import Stepper, check_finite, make_adamw
-
 from .precision import Precision
 from .schedule import cosine_factor, set_lr, warmup_cosine_factor
 from .step_bound import LevelChangeBound
-from ..model.init_targets import InitTargets
-from ..model.weights import RecursiveSource, UHNSource
 
 # What the init phase does below H1's level (``train.init_deep_levels``).
 DeepLevels = Literal["train", "calibrate"]

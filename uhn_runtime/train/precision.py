@@ -146,7 +146,7 @@ class Precision:
     reason: str = "asked for"
 
     @staticmethod
-    def resolve(name: PrecisionName, device: torch.device, kinds: Iterable[TaskType]) -> "Precision":
+    def resolve(name: PrecisionName, device: torch.device, kinds: Iterable[TaskType]) -> Precision:
         """``name`` on ``device`` for a plan whose targets solve task ``kinds`` (``Plan.task_types``):
         ``auto`` by the hardware and the kinds (``auto_precision``), any other name as it says."""
         if name == "auto":

@@ -21,9 +21,8 @@ from collections.abc import Callable
 
 import torch
 
-from .precision import Precision
 from ..model.weights import RecursiveSource, UHNSource
-from .optim import Precision
+from .precision import Precision
 
 # Tries to shorten a step before it is dropped; each one regenerates the levels.
 MAX_SHORTENINGS = 10

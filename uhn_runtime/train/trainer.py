@@ -28,6 +28,7 @@ from .distributed import DistContext
 from .evaluate import evaluate_source
 from .init_phase import run_init_phase
 from .options import StepEvent, TrainOptions
+from .phase_source import phase_source
 from .precision import Precision
 from .progress import Progress
 from .reporter import SHOWN_LINES, Reporter

@@ -12,12 +12,11 @@ import torch
 
 from uhn_runtime.data.synthetic import synthetic_batch
 from uhn_runtime.model.generator import UHNGenerator
-from uhn_runtime.train.optim import make_adamw
-from uhn_runtime.train.precision import Precision
 from uhn_runtime.model.target import TargetCache
 from uhn_runtime.model.target_segments import forward_in_segments
 from uhn_runtime.train.draws import architecture_draw
-from uhn_runtime.train.optim import Precision, make_adamw
+from uhn_runtime.train.optim import make_adamw
+from uhn_runtime.train.precision import Precision
 from uhn_spec.metrics import METRICS
 from uhn_spec.plan import Plan
 

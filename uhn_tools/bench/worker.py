@@ -20,12 +20,11 @@ from uhn_runtime.data.synthetic import synthetic_batch
 from uhn_runtime.model.fast_features import build_layout
 from uhn_runtime.model.generator import UHNGenerator
 from uhn_runtime.model.naive import naive_generate
-from uhn_runtime.train.optim import make_adamw
-from uhn_runtime.train.precision import Precision
 from uhn_runtime.model.target import DeviceTarget
 from uhn_runtime.model.target_segments import forward_in_segments
 from uhn_runtime.model.weights import RecursiveSource
-from uhn_runtime.train.optim import Precision, make_adamw
+from uhn_runtime.train.optim import make_adamw
+from uhn_runtime.train.precision import Precision
 from uhn_spec.metrics import METRICS
 from uhn_spec.plan import Plan, load_plan
 
@@ -49,7 +48,7 @@ def worker_main(case: str, plan_path: str, options_json: str) -> dict[str, Any]:
     options = BenchOptions(**json.loads(options_json))
     device = torch.device(options.device)
     plan = load_plan(plan_path)
-    precision = Precision.resolve(options.precision, device, plan.task_types)  # type: ignore[arg-type]  # a name the CLI checked
+    precision = Precision.resolve(options.precision, device, plan.task_types)  # type: ignore[arg-type]
     if case == "matmul":
         return measure_matmul(device, precision, plan.generator, options.repeats, peak_square(options))
     if case == "family_step":

@@ -17,7 +17,6 @@ from typing import Any, TextIO
 from uhn_runtime.device import resolve_device
 from uhn_runtime.train.options import Observer
 from uhn_runtime.train.precision import Precision
-from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.train.run import TrainOptions, resume_run, start_run
 from uhn_runtime.train.run_dir import RunDir
 from uhn_spec.budget import check_fits, estimate_budget
@@ -126,11 +125,11 @@ class TableRuns:
     def say(self, text: str) -> None:
         print(f"reproduce: {text}", file=self.stream, flush=True)
 
-    def train_folder(self, spec_path: Path, overrides: list[str], folder: Path, mode: Mode) -> dict[str, Any]:
+    def train_folder(self, spec_path: Path, overrides: list[str], folder: Path, mode: str) -> dict[str, Any]:
         """Finish the `uhn train` run in ``folder``: start, resume or just read it."""
         run = RunDir(folder)
         options = TrainOptions(
-            mode=mode,
+            mode=mode,  # type: ignore[arg-type]
             device=self.options.device,
             data_root=self.options.data_root,
             progress=self.stream,
