@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..model.target import DeviceTarget
-from ..model.weights import SourceKind, UHNSource, depth_lr_scale, make_source
+from ..model.weights import SourceKind, UHNSource, WeightSource, depth_lr_scale, make_source
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .distributed import DistContext, GenerationShard, broadcast_parameters, synced_flat
 from .evaluate import evaluate_source
@@ -47,16 +47,20 @@ class PhaseResult:
     seconds: float
     models: dict[str, float] | None = None  # several targets: each evaluated one's test metric
     record: dict[str, Any] | None = None  # what the sampler and the step strategy add to summary.json
+    step: str = "plain"  # the step strategy's name (``steps.py``): plain, ddp, exact or pcgrad
 
 
 class Trainer:
     def __init__(self, kind: SourceKind, run: RunDir, sampler: Sampler, precision: Precision, options: TrainOptions,
-                 progress: Progress, stop: StopSignals, micro_shards: int, dist: DistContext = DistContext()):
+                 progress: Progress, stop: StopSignals, micro_shards: int, dist: DistContext = DistContext(),
+                 source: WeightSource | None = None):
+        """``source``: a weight source made elsewhere (``uhn bench``'s naive generator);
+        by default ``make_source``'s for ``kind``."""
         self.kind, self.run, self.sampler, self.plan = kind, run, sampler, sampler.plan
         self.precision, self.options, self.stop, self.dist = precision, options, stop, dist
         cfg = self.cfg = sampler.cfg
         first = sampler.targets[sampler.seen[0]]
-        self.source = make_source(kind, self.plan, first, cfg.seed)
+        self.source = source if source is not None else make_source(kind, self.plan, first, cfg.seed)
         if isinstance(self.source, UHNSource):  # keep a layout for every cached target
             generator = self.source.generator
             generator.layout_cache_size = max(generator.layout_cache_size, sampler.targets.capacity)
@@ -116,7 +120,7 @@ class Trainer:
 
     def result(self, value: float, models: dict[str, float] | None, seconds: float) -> PhaseResult:
         record = {**self.sampler.phase_record(self.total_units), **self.strategy.phase_record()}
-        return PhaseResult(self.kind, value, seconds, models, record)
+        return PhaseResult(self.kind, value, seconds, models, record, self.strategy.name)
 
     def elapsed(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
