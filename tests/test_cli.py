@@ -442,7 +442,8 @@ def test_train_takes_the_fast_step_unless_exact_is_asked_and_run_json_says_which
     spec = tmp_path / "tiny.yaml"
     spec.write_text(tiny_spec_yaml(epochs=1))
     for name, flags, micro_shards, step in (("fast", [], 0, "plain"), ("exact", ["--exact"], 8, "exact")):
-        result = runner.invoke(app, ["train", str(spec), "-o", str(tmp_path / name), "--device", "cpu", "--mode", "uhn", *flags])
+        args = ["train", str(spec), "-o", str(tmp_path / name), "--device", "cpu", "--mode", "uhn", *flags]
+        result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
         info = json.loads((tmp_path / name / "run.json").read_text())
         assert (info["micro_shards"], info["exact"]) == (micro_shards, bool(micro_shards))

@@ -212,7 +212,8 @@ def test_ddp_average_reaches_the_weights_of_one_process_to_rounding(two_process_
     same steps, sums in another order; fp32 over a few steps stays within RELATIVE."""
     plan = fp32_plan(epochs=2)
     start_run(plan, tmp_path / "one", options())
-    assert json.loads((two_process_runs / "ddp_run" / "summary.json").read_text())["train_step"] == {"uhn": "ddp", "direct": "ddp"}
+    summary = json.loads((two_process_runs / "ddp_run" / "summary.json").read_text())
+    assert summary["train_step"] == {"uhn": "ddp", "direct": "ddp"}
     for kind in ("uhn", "direct"):
         assert_close_weights(final_weights(two_process_runs / "ddp_run", kind), final_weights(tmp_path / "one", kind))
     assert logged_losses(two_process_runs / "ddp_run") == pytest.approx(logged_losses(tmp_path / "one"), rel=RELATIVE)
@@ -284,7 +285,8 @@ def test_torchrun_writes_the_run_folder_of_one_process(tmp_path: Path) -> None:
         ("two", [torchrun, "--standalone", "--nproc-per-node", "2"], user_env),
     )
     for name, launcher, env in runs:
-        command = [*launcher, uhn, "train", str(spec), "-o", str(tmp_path / name), "--device", "cpu", "--mode", "uhn", "--exact"]
+        out = str(tmp_path / name)
+        command = [*launcher, uhn, "train", str(spec), "-o", out, "--device", "cpu", "--mode", "uhn", "--exact"]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr[-3000:]
         if name == "two":

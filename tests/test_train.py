@@ -223,7 +223,9 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(
     """Bit-exact on resume either way: the default (plain) step and the exact one."""
     plan = with_dropout(tiny_plan(**train))
     start_run(plan, tmp_path / "whole", options("both", micro_shards=micro_shards))
-    killing = options("both", observers=(KillAfter(stop_after),), checkpoint_seconds=checkpoint_seconds, micro_shards=micro_shards)
+    killing = options(
+        "both", observers=(KillAfter(stop_after),), checkpoint_seconds=checkpoint_seconds, micro_shards=micro_shards
+    )
     with pytest.raises(RunInterrupted):
         start_run(plan, tmp_path / "killed", killing)
     killed = load_checkpoint(tmp_path / "killed" / "checkpoints" / "uhn.pt")

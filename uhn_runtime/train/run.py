@@ -120,9 +120,10 @@ def check_tasks_per_step(plan: Plan, world_size: int) -> None:
 
 def exact_micro_shards(plan: Plan, options: TrainOptions, sharded: bool, target: DeviceTarget) -> int:
     """Micro-shards per batch of the exact data-parallel path, or 0 where the fast step
-    stays: not chosen (``options.micro_shards`` 0, the default), several targets (each rank trains its own), sharded generation (each rank's
-    generator backward covers its own share) and a target with BatchNorm (its statistics
-    would be a micro-shard's, not the batch's)."""
+    stays: not chosen (``options.micro_shards`` 0, the default), several targets (each rank
+    trains its own), sharded generation (each rank's generator backward covers its own
+    share) and a target with BatchNorm (its statistics would be a micro-shard's, not the
+    batch's)."""
     if options.micro_shards <= 0 or sharded or is_multi_model(plan) or plan.mode == "multitask":
         return 0
     return 0 if batch_norm_layers(target.model) else options.micro_shards
