@@ -54,12 +54,14 @@ def bench(
     target: Annotated[str | None, typer.Option("--target", help="Which target of a multi-target plan.")] = None,
     naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Also measure the naive one-batch generator.")] = True,
     target_segments: Annotated[
-        int,
+        int | None,
         bounded_option(
             "--target-segments", 0, MAX_TARGET_SEGMENTS,
-            "Checkpoint the target's activations in this many segments (0: off; more than layers: one per layer)",
+            "Checkpoint the target's activations in this many segments in the train step (0: off; more than "
+            "layers: one per layer; default: the spec's train.target_segments, as uhn train)",
+            show_default=False,
         ),
-    ] = 0,
+    ] = None,
     matmul_size: Annotated[
         int | None,
         bounded_option(
@@ -71,10 +73,11 @@ def bench(
     ] = None,
     overrides: SetOption = None,
 ) -> None:
-    """Measure generation speed, a train step and peak memory against the naive generator.
+    """Measure generation speed, the train step and peak memory against the naive generator.
 
     Each case runs in a fresh process; generation is also reported as a fraction of the
-    machine's measured matmul throughput."""
+    machine's measured matmul throughput. The train step is the trainer's (uhn train's): the
+    default step and the exact one (--exact), and the naive generator's through the same step."""
     from uhn_runtime.device import resolve_device
     from uhn_tools.bench import GIB, BenchOptions, render_report, run_bench
 

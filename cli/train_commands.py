@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from uhn_runtime.cpu_policy import choose_threads
-from uhn_runtime.train.run_record import MAX_MICRO_SHARDS
+from uhn_runtime.train.run_record import DEFAULT_MICRO_SHARDS, MAX_MICRO_SHARDS
 from uhn_runtime.train.stop_signals import RunStopped
 from uhn_spec.errors import UHNError
 from uhn_spec.files import PLAN_SUFFIX
@@ -105,15 +105,24 @@ def train(
             help="Under torchrun: each process generates a share of the weights (generator memory / N); " "docs/distributed.md.",
         ),
     ] = False,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact",
+            help=f"Exact data parallel: the same steps, bit for bit, on 1 process or torchrun's N and on any "
+            f"thread count, at a cost (each batch in {DEFAULT_MICRO_SHARDS} micro-shards; --micro-shards sets "
+            "another count). Default: the fast step, which resumes exactly all the same. docs/distributed.md",
+        ),
+    ] = False,
     micro_shards: Annotated[
         int | None,
         bounded_option(
             "--micro-shards",
             0,
             MAX_MICRO_SHARDS,
-            "Exact data parallel: each batch's gradient summed over this many fixed micro-shards (default: "
-            "uhn_runtime.train.distributed.DEFAULT_MICRO_SHARDS), " "so 1 process and torchrun's N (up to this many) take the same "
-            "steps; 0: DDP's gradient average; at most train.batch_size (a micro-shard has at least one example). "
+            "Exact data parallel with this many fixed micro-shards per batch (so torchrun's N processes, up to "
+            "this many, take the steps of one); 0, the default: the fast step (one process: plain; torchrun: "
+            "DDP's gradient average); at most train.batch_size (a micro-shard has at least one example). "
             "docs/distributed.md",
             show_default=False,
         ),
@@ -150,9 +159,10 @@ def train(
     echo = typer.echo if environment_context().is_main else (lambda *_, **__: None)
     if resume is not None:
         given = (source, out, mode, model, precision, micro_shards)
-        if overrides or any(option is not None for option in given):
+        if overrides or exact or any(option is not None for option in given):
             raise UHNError(
-                "--resume DIR continues a run as it was started; give no SOURCE, " "--out, --set, --mode, --model, --precision or --micro-shards"
+                "--resume DIR continues a run as it was started; give no SOURCE, --out, --set, --mode, --model, "
+                "--precision, --exact or --micro-shards"
             )
         options = TrainOptions(device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation)
         echo(cpu.line(), err=True)
@@ -172,6 +182,7 @@ def train(
         if model is not None:  # one member alone, with its own normalisation ranges
             plan = compile_spec(plan.target(model).spec)
         spec = plan.trained_target.spec
+        micro_shards = chosen_micro_shards(exact, micro_shards)
         if micro_shards is not None:
             check_micro_shards(micro_shards, spec.train.batch_size, source)
         compare = spec.train.compare_direct and not is_multi_model(plan)  # a family trains no direct baseline
@@ -183,6 +194,16 @@ def train(
         summary = _stoppable(lambda: start_run(plan, run_root, options, recorded), run_root)
     echo(result_line(summary))
     echo(f"summary: {RunDir(run_root).summary_path}")
+
+
+def chosen_micro_shards(exact: bool, micro_shards: int | None) -> int | None:
+    """The micro-shards a new run sums (None: TrainOptions' default, the fast step): --exact
+    alone takes DEFAULT_MICRO_SHARDS; beside --micro-shards N it asks for N > 0."""
+    if not exact:
+        return micro_shards
+    if micro_shards == 0:
+        raise UHNError("--exact --micro-shards 0: 0 micro-shards is the fast, inexact step; give one of the two")
+    return DEFAULT_MICRO_SHARDS if micro_shards is None else micro_shards
 
 
 def check_micro_shards(micro_shards: int, batch_size: int, source: Path) -> None:

@@ -434,3 +434,31 @@ def test_train_refuses_more_micro_shards_than_a_batch_has_examples(tmp_path: Pat
     assert result.exit_code == 2
     assert result.stderr == f"error: --micro-shards: 17 is more than train.batch_size 16 of {spec}; " "give 0 to 16 (each micro-shard holds at least one example of the batch)\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_train_takes_the_fast_step_unless_exact_is_asked_and_run_json_says_which(tmp_path: Path) -> None:
+    """Exactness is a choice: no flag, the plain step (micro-shards 0); --exact, the default count
+    of micro-shards; run.json records both fields and summary.json the step each phase took."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(tiny_spec_yaml(epochs=1))
+    for name, flags, micro_shards, step in (("fast", [], 0, "plain"), ("exact", ["--exact"], 8, "exact")):
+        args = ["train", str(spec), "-o", str(tmp_path / name), "--device", "cpu", "--mode", "uhn", *flags]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        info = json.loads((tmp_path / name / "run.json").read_text())
+        assert (info["micro_shards"], info["exact"]) == (micro_shards, bool(micro_shards))
+        assert json.loads((tmp_path / name / "summary.json").read_text())["train_step"] == {"uhn": step}
+
+
+def test_exact_and_micro_shards_combine_and_a_contradiction_or_a_resume_is_refused(tmp_path: Path) -> None:
+    from uhn_cli.train_commands import chosen_micro_shards
+
+    assert chosen_micro_shards(False, None) is None and chosen_micro_shards(False, 0) == 0
+    assert chosen_micro_shards(True, None) == 8 and chosen_micro_shards(True, 4) == 4
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(tiny_spec_yaml())
+    refused = runner.invoke(app, ["train", str(spec), "-o", str(tmp_path / "run"), "--exact", "--micro-shards", "0"])
+    assert refused.exit_code == 2 and refused.stderr.startswith("error: --exact --micro-shards 0: ")
+    assert not (tmp_path / "run").exists()
+    resumed = runner.invoke(app, ["train", "--resume", str(tmp_path / "run"), "--exact"])
+    assert resumed.exit_code == 2 and "--exact" in resumed.stderr

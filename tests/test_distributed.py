@@ -32,6 +32,7 @@ from uhn_runtime.model.generator import UHNGenerator
 from uhn_runtime.model.target import DeviceTarget
 from uhn_runtime.train.checkpoint import load_checkpoint
 from uhn_runtime.train.distributed import (
+    DEFAULT_MICRO_SHARDS,
     DistContext,
     DistributedError,
     LostContact,
@@ -86,6 +87,11 @@ def intra_op_threads(count: int):  # type: ignore[no-untyped-def]
 
 def options(mode: str = "both", **kw) -> TrainOptions:
     return TrainOptions(mode=mode, device="cpu", progress=io.StringIO(), checkpoint_seconds=0.0, **kw)  # type: ignore[arg-type]
+
+
+def exact(mode: str = "both", **kw) -> TrainOptions:
+    """Exact data parallel, asked for (`uhn train --exact`): the default is DDP's average."""
+    return options(mode, micro_shards=DEFAULT_MICRO_SHARDS, **kw)
 
 
 def with_dropout(plan):  # type: ignore[no-untyped-def]
@@ -149,16 +155,16 @@ def worker(rank: int, port: int, root: str) -> None:
     out = Path(root)
     try:
         for run in EXACT_RUNS:
-            start_run(exact_plan(run), out / f"exact_{run}", options())
-        start_run(fp32_plan(epochs=2), out / "ddp_run", options(micro_shards=0))
+            start_run(exact_plan(run), out / f"exact_{run}", exact())
+        start_run(fp32_plan(epochs=2), out / "ddp_run", options())  # the default
         start_run(fp32_plan(epochs=2), out / "sharded_run", options("uhn", shard_generation=True))
         plan = resume_plan()
-        start_run(plan, out / "whole", options())
+        start_run(plan, out / "whole", exact())
         try:
-            start_run(plan, out / "killed", options(observers=(KillAfter(5),)))
+            start_run(plan, out / "killed", exact(observers=(KillAfter(5),)))
         except RunInterrupted:
             pass
-        resume_run(out / "killed", options())
+        resume_run(out / "killed", options())  # keeps the run's micro-shards (run.json)
         sharded_generation(rank, out)
     finally:
         dist.destroy_process_group()
@@ -186,11 +192,11 @@ def logged_losses(run_root: Path) -> list[float]:
 
 @pytest.mark.parametrize("run", EXACT_RUNS)
 def test_two_processes_take_the_steps_of_one_on_another_thread_count(two_process_runs: Path, tmp_path: Path, run: str) -> None:
-    """Exact data parallel (the default): 2 processes of 1 thread end where 1 process of 2
+    """Exact data parallel (--exact): 2 processes of 1 thread end where 1 process of 2
     threads ends, every weight (the attention key bias, whose gradient is rounding noise,
     included) and every logged loss."""
     with intra_op_threads(ONE_PROCESS_THREADS):
-        start_run(exact_plan(run), tmp_path / "one", options())
+        start_run(exact_plan(run), tmp_path / "one", exact())
     two = two_process_runs / f"exact_{run}"
     for kind in ("uhn", "direct"):
         assert_close_weights(final_weights(two, kind), final_weights(tmp_path / "one", kind))
@@ -201,10 +207,12 @@ def test_two_processes_take_the_steps_of_one_on_another_thread_count(two_process
 
 
 def test_ddp_average_reaches_the_weights_of_one_process_to_rounding(two_process_runs: Path, tmp_path: Path) -> None:
-    """``micro_shards=0`` (and the paths exact data parallel leaves to DDP): the same steps,
-    sums in another order; fp32 over a few steps stays within RELATIVE."""
+    """The default, ``micro_shards=0`` (and the paths exact data parallel leaves to DDP): the
+    same steps, sums in another order; fp32 over a few steps stays within RELATIVE."""
     plan = fp32_plan(epochs=2)
-    start_run(plan, tmp_path / "one", options(micro_shards=0))
+    start_run(plan, tmp_path / "one", options())
+    summary = json.loads((two_process_runs / "ddp_run" / "summary.json").read_text())
+    assert summary["train_step"] == {"uhn": "ddp", "direct": "ddp"}
     for kind in ("uhn", "direct"):
         assert_close_weights(final_weights(two_process_runs / "ddp_run", kind), final_weights(tmp_path / "one", kind))
     assert logged_losses(two_process_runs / "ddp_run") == pytest.approx(logged_losses(tmp_path / "one"), rel=RELATIVE)
@@ -214,7 +222,7 @@ def test_dropout_draws_follow_the_micro_shards_not_the_ranks(two_process_runs: P
     """On the exact path each micro-shard draws its dropout masks from (seed, step, micro-shard),
     so a run with dropout on 2 processes is the one-process run."""
     with intra_op_threads(ONE_PROCESS_THREADS):
-        start_run(resume_plan(), tmp_path / "one", options())
+        start_run(resume_plan(), tmp_path / "one", exact())
     for kind in ("uhn", "direct"):
         assert_close_weights(final_weights(two_process_runs / "whole", kind), final_weights(tmp_path / "one", kind))
 
@@ -276,7 +284,8 @@ def test_torchrun_writes_the_run_folder_of_one_process(tmp_path: Path) -> None:
         ("two", [torchrun, "--standalone", "--nproc-per-node", "2"], user_env),
     )
     for name, launcher, env in runs:
-        command = [*launcher, uhn, "train", str(spec), "-o", str(tmp_path / name), "--device", "cpu", "--mode", "uhn"]
+        out = str(tmp_path / name)
+        command = [*launcher, uhn, "train", str(spec), "-o", out, "--device", "cpu", "--mode", "uhn", "--exact"]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr[-3000:]
         if name == "two":
@@ -289,7 +298,7 @@ def test_torchrun_writes_the_run_folder_of_one_process(tmp_path: Path) -> None:
     assert_close_weights(load_file(tmp_path / "two.safetensors"), load_file(tmp_path / "one.safetensors"))
     for name, world in (("one", 1), ("two", 2)):
         info = json.loads((tmp_path / name / "run.json").read_text())
-        assert (info["world_size"], info["micro_shards"]) == (world, 8)
+        assert (info["world_size"], info["micro_shards"], info["exact"]) == (world, 8, True)
 
 
 # --------------------------------------------------------------------------- pieces
@@ -319,14 +328,15 @@ def test_micro_shards_cover_the_batch_and_ranks_own_contiguous_runs_of_them() ->
 def test_exact_path_leaves_batch_norm_and_sharded_generation_to_ddp() -> None:
     plan = tiny_plan()
     target = DeviceTarget(plan.targets[0])
-    assert exact_micro_shards(plan, TrainOptions(), False, target) == 8
+    chosen = TrainOptions(micro_shards=DEFAULT_MICRO_SHARDS)  # --exact
+    assert exact_micro_shards(plan, chosen, False, target) == 8
     assert exact_micro_shards(plan, TrainOptions(micro_shards=3), False, target) == 3
-    assert exact_micro_shards(plan, TrainOptions(micro_shards=0), False, target) == 0
-    assert exact_micro_shards(plan, TrainOptions(), True, target) == 0  # sharded generation
+    assert exact_micro_shards(plan, TrainOptions(), False, target) == 0  # the default: the fast step
+    assert exact_micro_shards(plan, chosen, True, target) == 0  # sharded generation
     data = tiny_spec_data()
     data["layers"] = [data["layers"][0], {"kind": "norm", "type": "batch", "features": 12}, data["layers"][1]]
     with_batch_norm = compile_spec(ExperimentSpec.model_validate(data))
-    assert exact_micro_shards(with_batch_norm, TrainOptions(), False, DeviceTarget(with_batch_norm.targets[0])) == 0
+    assert exact_micro_shards(with_batch_norm, chosen, False, DeviceTarget(with_batch_norm.targets[0])) == 0
 
 
 def test_graph_shares_split_the_counted_nodes_and_keep_the_graph() -> None:

@@ -439,19 +439,38 @@ def test_step_time_benchmark_weighs_the_members_own_step_times(tmp_path: Path) -
     assert report["member_step_vs_own_run"] == pytest.approx({"a": 1.2, "b": 1.5})
 
 
-def test_bench_compares_the_multitask_step_with_each_members_own_in_one_run(tmp_path: Path) -> None:
+def test_bench_compares_the_multitask_step_with_each_members_own_in_one_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from uhn_runtime.train.precision import Precision
+    from uhn_runtime.train.trainer import Trainer
     from uhn_tools.bench import BenchOptions, run_bench
     from uhn_tools.bench.steps import measure_multitask_step
 
+    trained: list[tuple[str, int, tuple[str, ...]]] = []  # every step is a trainer's own
+    real = Trainer.train_step
+
+    def recorded(self, step, epoch, batches):  # type: ignore[no-untyped-def]
+        loss, work = real(self, step, epoch, batches)
+        trained.append((self.plan.mode, step, tuple(w.target.plan.name for w in work)))
+        return loss, work
+
+    monkeypatch.setattr(Trainer, "train_step", recorded)
     plan = compile_multitask(load_multitask(multitask_file(tmp_path)))
     step = measure_multitask_step(plan, BenchOptions(repeats=1, batch=8), torch.device("cpu"), Precision("cpu", None))
+    monkeypatch.undo()
     names = [t.name for t in plan.targets]
+    for name in names:  # each member's own single-task trainer: a warm-up, then its timed streak
+        own = [s for mode, s, done in trained if mode == "single" and done == (name,)]
+        assert own == list(range(step["own_steps_per_member"] + 1))
+    timed = [(s, done) for mode, s, done in trained if mode == "multitask" and 1 <= s <= step["steps"]]
+    assert [s for s, _ in timed] == list(range(1, step["steps"] + 1))
     assert list(step["own_mean_seconds"]) == names and step["probabilities"] == {n: t.probability for n, t in zip(names, plan.targets)}
     # The drawn steps are the ones a run takes: the same draws as `uhn train`'s task phase.
     seed = plan.targets[0].spec.train.seed
     expected = Counter(architecture_draw(seed, i, 2, 1, "train", [0.75, 0.25])[0] for i in range(1, step["steps"] + 1))
     assert step["drawn"] == {names[i]: expected[i] for i in range(2)} and step["steps"] == len(step["times"])
+    assert Counter(done[0] for _, done in timed) == Counter({names[i]: expected[i] for i in range(2)})
     weighted = sum(step["probabilities"][n] * step["own_mean_seconds"][n] for n in names)
     assert step["weighted_own_seconds"] == pytest.approx(weighted)
     assert step["vs_probabilities"] == pytest.approx(step["mean_seconds"] / weighted)

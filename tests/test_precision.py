@@ -328,7 +328,7 @@ def test_the_emulated_bf16_notice_says_how_long_the_bench_takes() -> None:
     line = flops.emulated_bf16_notice(spec, 270_000, options, 0.2e9)  # an AVX2 core's emulated bf16 rate
     # peak: 6 x 2 x (1024^3 + 1024 x 4096 x 1024) FLOPs at 0.2 GFLOP/s = 322 s; a generation
     # 270,000 x 2 x (2*2048*128 + 2*2*128*128 + 128) = 3.2e11 FLOPs: 26.5 min.
-    assert "1024^3 product (about 5.4 min)" in line and "at least 26.5 min" in line and "runs 12 (6 in train steps" in line
+    assert "1024^3 product (about 5.4 min)" in line and "at least 26.5 min" in line and "runs 18 (12 in train steps" in line
     assert "\n" not in line
 
 

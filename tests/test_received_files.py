@@ -65,6 +65,7 @@ def edit_json(path: Path, **fields: Any) -> None:
         ("world_size", 0, "world_size: 0 does not fit"),
         ("tensorboard", "yes", "tensorboard: 'yes' does not fit: input should be a valid boolean"),
         ("seed", 1.5, "seed: 1.5 does not fit"),
+        ("exact", True, "exact: true disagrees with micro_shards: 0"),  # a resume would train other arithmetic
     ],
 )
 def test_each_run_json_field_is_checked(run_copy: Path, field: str, value: Any, expected: str) -> None:

@@ -30,6 +30,7 @@ from uhn_runtime.train.precision import Precision
 from uhn_runtime.train.run import TIMING_FIELDS, TrainOptions, resume_run, start_run
 from uhn_runtime.train.run_dir import RunDir
 from uhn_runtime.train.schedule import cosine_factor, warmup_cosine_factor
+from uhn_runtime.train.steps import ExactStep, PlainStep
 from uhn_runtime.train.stop_signals import RunStopped, StopSignals
 from uhn_spec import compile_spec
 from uhn_spec.metrics import METRICS, Accuracy
@@ -153,6 +154,37 @@ def test_run_folder_records_config_versions_and_summary(tmp_path: Path) -> None:
     assert all(f"data: {note}" in shown.getvalue() for note in summary["data_notes"])  # stated in the run output
 
 
+@pytest.mark.parametrize(("micro_shards", "strategy"), [(0, PlainStep), (DEFAULT_MICRO_SHARDS, ExactStep)])
+def test_the_default_step_is_the_plain_one_and_exact_is_a_choice_run_json_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, micro_shards: int, strategy: type
+) -> None:
+    chosen: list[object] = []
+    real = trainer_module.step_strategy
+    monkeypatch.setattr(trainer_module, "step_strategy", lambda *args: chosen.append(real(*args)) or chosen[-1])
+    given = {} if micro_shards == 0 else {"micro_shards": micro_shards}  # TrainOptions' own default
+    summary = start_run(tiny_plan(epochs=1), tmp_path / "run", options("both", **given))
+    assert [type(step) for step in chosen] == [strategy, strategy]  # uhn, then direct
+    info = RunDir.open(tmp_path / "run").info()
+    assert (info["micro_shards"], info["exact"]) == (micro_shards, micro_shards > 0)
+    assert summary["train_step"] == {"uhn": strategy.name, "direct": strategy.name}
+
+
+@pytest.mark.parametrize(
+    ("recorded", "step"),
+    [({"micro_shards": 8}, "exact"), ({}, "plain"), ({"micro_shards": 0, "exact": False}, "plain")],
+    ids=["exact-when-it-was-the-default", "before-the-exact-path", "fast"],
+)
+def test_a_resumed_run_keeps_the_arithmetic_its_folder_recorded(tmp_path: Path, recorded: dict, step: str) -> None:
+    """A folder without "exact" keeps what it recorded: 8 micro-shards from when the exact
+    step was the default, none (DDP's, in one process the plain step) from before it."""
+    with pytest.raises(RunInterrupted):
+        start_run(tiny_plan(epochs=2), tmp_path / "run", options(observers=(KillAfter(1),), micro_shards=8))
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    info = {k: v for k, v in info.items() if k not in ("micro_shards", "exact")} | recorded
+    (tmp_path / "run" / "run.json").write_text(json.dumps(info))
+    assert resume_run(tmp_path / "run", options())["train_step"] == {"uhn": step}
+
+
 def test_direct_training_reaches_the_data(tmp_path: Path) -> None:
     summary = start_run(tiny_plan(epochs=8, lr=1e-2), tmp_path / "run", options("direct"))
     losses = [r["loss"] for r in train_records(tmp_path / "run", "direct")]
@@ -186,16 +218,23 @@ def _final_weights(run_root: Path, kind: str = "uhn") -> dict[str, torch.Tensor]
         ({"epochs": 4}, 3, 3600.0, 0),  # short epochs: only the end of the init phase was saved
     ],
 )
+@pytest.mark.parametrize("micro_shards", [0, DEFAULT_MICRO_SHARDS], ids=["default", "exact"])
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(
-    tmp_path: Path, train: dict, stop_after: int, checkpoint_seconds: float, last_checkpoint: int
+    tmp_path: Path, train: dict, stop_after: int, checkpoint_seconds: float, last_checkpoint: int, micro_shards: int
 ) -> None:
+    """Bit-exact on resume either way: the default (plain) step and the exact one."""
     plan = with_dropout(tiny_plan(**train))
-    start_run(plan, tmp_path / "whole", options("both"))
+    start_run(plan, tmp_path / "whole", options("both", micro_shards=micro_shards))
+    killing = options(
+        "both", observers=(KillAfter(stop_after),), checkpoint_seconds=checkpoint_seconds, micro_shards=micro_shards
+    )
     with pytest.raises(RunInterrupted):
-        start_run(plan, tmp_path / "killed", options("both", observers=(KillAfter(stop_after),), checkpoint_seconds=checkpoint_seconds))
+        start_run(plan, tmp_path / "killed", killing)
     killed = load_checkpoint(tmp_path / "killed" / "checkpoints" / "uhn.pt")
     assert not killed["finished"] and killed["units_done"] == last_checkpoint
-    summary = resume_run(tmp_path / "killed", options())
+    summary = resume_run(tmp_path / "killed", options())  # the run's own arithmetic, from run.json
+    step = "exact" if micro_shards else "plain"
+    assert summary["train_step"] == {"uhn": step, "direct": step}
     for kind in ("uhn", "direct"):
         whole, resumed = _final_weights(tmp_path / "whole", kind), _final_weights(tmp_path / "killed", kind)
         assert whole.keys() == resumed.keys()
@@ -322,22 +361,24 @@ def test_train_target_segments_trains_as_without(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- NaN guard
 
 
+@pytest.mark.parametrize("micro_shards", [0, DEFAULT_MICRO_SHARDS], ids=["default", "exact"])
 def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, micro_shards: int
 ) -> None:
     real_loss = Accuracy.loss
     calls = {"n": 0}
+    losses_per_step = micro_shards or 1  # the exact step takes one loss per micro-shard
 
     def loss_turning_nan(self, outputs, targets):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         loss = real_loss(self, outputs, targets)
-        # Step 8's first micro-shard (each step takes one loss per micro-shard).
-        return loss * float("nan") if calls["n"] == 7 * DEFAULT_MICRO_SHARDS + 1 else loss
+        # Step 8's (first micro-shard's) loss.
+        return loss * float("nan") if calls["n"] == 7 * losses_per_step + 1 else loss
 
     monkeypatch.setattr(Accuracy, "loss", loss_turning_nan)
     plan = tiny_plan(epochs=4)  # 192 training examples / batch 64: 3 steps per epoch
     with pytest.raises(TrainingDiverged, match=r"nan at step 8 \(epoch 3, batch 2/3\)") as err:
-        start_run(plan, tmp_path / "run", options())
+        start_run(plan, tmp_path / "run", options(micro_shards=micro_shards))
     assert "checkpoints/uhn.pt (after epoch 2)" in str(err.value)
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "uhn.pt")
     assert state["units_done"] == 2 and not state["finished"]

@@ -5,21 +5,28 @@ baseline skipped rather than run when it would not fit, and the target's segment
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
+import uhn_runtime.train.steps as steps_module
 from uhn_cli.main import app
 from uhn_runtime.data.synthetic import synthetic_batch
 from uhn_runtime.model.target import DeviceTarget
 from uhn_runtime.model.target_segments import forward_in_segments, segment_bounds
-from uhn_spec import compile_spec
+from uhn_runtime.train.draws import architecture_draw
+from uhn_runtime.train.precision import Precision
+from uhn_spec import ExperimentSpec, compile_spec
 from uhn_spec.errors import UHNError
 from uhn_spec.spec import GeneratorSpec
-from uhn_tools.bench import BenchOptions, run_bench
+from uhn_tools.bench import BenchOptions, render_report, run_bench
 from uhn_tools.bench.flops import useful_flops_per_weight
 from uhn_tools.bench.run import run_case, worker_failure
+from uhn_tools.bench.steps import measure_family_step
+from uhn_tools.bench.training import NaiveSource
+from uhn_tools.bench.worker import worker_main
 
 from ..conftest import skeleton_flat
 from ..tiny_specs import tiny_plan, tiny_spec, tiny_spec_data
@@ -129,3 +136,87 @@ def test_compile_benchmark_reports_the_issues_figures() -> None:
     assert family["peak_memory_bytes"] >= family["resident_before_bytes"] > 0
     text = render({"machine": "cpu", "load_average": [0.0], "single": single, "family": family})
     assert "3 CNN width variants" in text
+
+
+# --------------------------------------------------------------------------- the trainer's step
+
+
+class StepCalls:
+    """Counts the calls of each step strategy (and of the naive weight source), wrapping them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[str] = []
+        for strategy in (steps_module.PlainStep, steps_module.ExactStep):
+            monkeypatch.setattr(strategy, "__call__", self.counted(strategy.__call__, strategy.name))
+        monkeypatch.setattr(NaiveSource, "generate", self.counted(NaiveSource.generate, "naive generation"))
+
+    def counted(self, real, name: str):  # type: ignore[no-untyped-def]
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
+            self.calls.append(name)
+            return real(*args, **kwargs)
+
+        return call
+
+
+def saved_plan(tmp_path, plan) -> str:  # type: ignore[no-untyped-def]
+    plan.save(tmp_path / "plan.pt")
+    return str(tmp_path / "plan.pt")
+
+
+@pytest.mark.parametrize(
+    ("case", "calls"),
+    [("train_step", ["plain"]), ("exact_train_step", ["exact"]), ("naive_train_step", ["plain", "naive generation"])],
+)
+def test_the_bench_times_the_trainers_own_step(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, case: str, calls: list[str]
+) -> None:
+    """Every timed call (and the warm-up) is Trainer.train_step's strategy: the default (plain)
+    step, the exact one with micro-shards, and the naive generator as the same step's source."""
+    counted = StepCalls(monkeypatch)
+    options = BenchOptions(repeats=2, batch=8)
+    result = worker_main(case, saved_plan(tmp_path, tiny_plan()), json.dumps(asdict(options)))
+    assert counted.calls == calls * (options.repeats + 1)
+    assert result["step"] == calls[0] and len(result["times"]) == options.repeats
+    assert result["micro_shards"] == (8 if case == "exact_train_step" else 0)
+
+
+def test_the_exact_step_is_reported_as_not_applicable_to_batch_norm(tmp_path) -> None:
+    data = tiny_spec_data()
+    data["layers"] = [data["layers"][0], {"kind": "norm", "type": "batch", "features": 12}, data["layers"][1]]
+    plan = compile_spec(ExperimentSpec.model_validate(data))
+    options = json.dumps(asdict(BenchOptions(repeats=1, batch=8)))
+    assert "BatchNorm" in worker_main("exact_train_step", saved_plan(tmp_path, plan), options)["not_applicable"]
+
+
+def test_the_report_gives_the_default_and_the_exact_step_and_their_ratio() -> None:
+    plan = tiny_plan()
+    report = run_bench(plan, BenchOptions(repeats=1, batch=8, naive=False, square=64))
+    train, exact = report["train_step"], report["exact_train_step"]
+    assert (train["step"], exact["step"], exact["micro_shards"]) == ("plain", "exact", 8)
+    assert exact["vs_default"] == pytest.approx(exact["seconds"] / train["seconds"])
+    text = render_report(report)
+    assert "exact step" in text and f"{exact['vs_default']:.2f}x the default step" in text
+
+
+def test_the_family_step_is_the_family_trainers_on_the_architectures_its_sampler_draws(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_family_run import family_plan
+    from uhn_runtime.train.trainer import Trainer
+
+    plan = family_plan(tmp_path)
+    trained: list[tuple[int, tuple[str, ...]]] = []
+    real = Trainer.train_step
+
+    def recorded(self, step, epoch, batches):  # type: ignore[no-untyped-def]
+        loss, work = real(self, step, epoch, batches)
+        trained.append((step, tuple(w.target.plan.name for w in work)))
+        return loss, work
+
+    monkeypatch.setattr(Trainer, "train_step", recorded)
+    result = measure_family_step(plan, BenchOptions(repeats=1, batch=8), torch.device("cpu"), Precision("cpu", None))
+    seen = [i for i, t in enumerate(plan.targets) if t.split == "seen"]
+    cfg = plan.targets[0].spec.train
+    draws = [architecture_draw(cfg.seed, step, len(seen), cfg.models_per_step) for step in range(result["steps"] + 1)]
+    expected = [(step, tuple(plan.targets[seen[j]].name for j in draw)) for step, draw in enumerate(draws)]
+    assert trained == expected and result["step"] == "plain"  # the warm-up step 0, then the timed ones

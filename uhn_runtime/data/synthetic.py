@@ -194,10 +194,11 @@ def load_synthetic(task: TaskSpec, data_root: object = None) -> TaskData:
     return data
 
 
-def synthetic_batch(task: TaskSpec, batch: int, device: torch.device) -> Batch:
-    """One training batch of ``task``'s input shape on synthetic data, for measuring and
-    tracing a model without its dataset (``uhn bench``, the ONNX export's example input): a
-    graph task gets a graph of ``batch`` nodes, trained full-batch."""
+def synthetic_stand_in(task: TaskSpec, batch: int) -> TaskData:
+    """Synthetic data of ``task``'s input shape and metric whose train split holds a whole
+    batch of ``batch`` examples, for measuring and tracing a model without its dataset
+    (``uhn bench``'s trainer, the ONNX export's example input): a graph task gets a graph of
+    ``batch`` nodes, trained full-batch."""
     info = task.info
     dims = [task.max_length or SYNTHETIC_TEXT_LENGTH] if info.input_kind == "tokens" else list(info.input_dims)
     # Enough examples that the train split (what split_examples keeps: 70%) holds a whole batch.
@@ -205,7 +206,12 @@ def synthetic_batch(task: TaskSpec, batch: int, device: torch.device) -> Batch:
     kind = info.task_type.name.lower()
     shape = SyntheticShape(task_type=kind, input_dims=dims, num_outputs=info.num_outputs, num_examples=max(8, examples))
     stand_in = TaskSpec(dataset="synthetic", synthetic=shape, vocab_size=task.vocab_size, max_length=task.max_length)
-    return next(iter(load_synthetic(stand_in).train_batches(batch, seed=0))).to(device)
+    return load_synthetic(stand_in)
 
 
-__all__ = ["GraphData", "TensorData", "load_synthetic", "split_examples", "synthetic_batch"]
+def synthetic_batch(task: TaskSpec, batch: int, device: torch.device) -> Batch:
+    """The first training batch of ``synthetic_stand_in(task, batch)``, on ``device``."""
+    return next(iter(synthetic_stand_in(task, batch).train_batches(batch, seed=0))).to(device)
+
+
+__all__ = ["GraphData", "TensorData", "load_synthetic", "split_examples", "synthetic_batch", "synthetic_stand_in"]

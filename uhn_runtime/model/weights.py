@@ -41,8 +41,13 @@ class UHNSource(nn.Module):
 
     def flat(self, target: DeviceTarget | None = None) -> torch.Tensor:
         target = target or self.target
-        flat = target.generate(self.generator)
+        flat = self.generate(target)
         return standardized(flat, target.init_targets(), self.center_rest) if self.standardize else flat
+
+    def generate(self, target: DeviceTarget) -> torch.Tensor:
+        """The raw generated weights of ``target``: the fast generator's (``uhn bench``'s
+        naive baseline swaps in the naive one here, and trains through the same step)."""
+        return target.generate(self.generator)
 
 
 class DirectSource(nn.Module):
@@ -194,14 +199,14 @@ def head_bias_component(plan: TargetPlan, stats: InitTargets) -> int | None:
     return stats.names.index(name) if name in stats.names else None
 
 
+# What a trainer trains: a UHN (its chain, if recursive) or the target's own weights.
+WeightSource = UHNSource | RecursiveSource | DirectSource
+
+
 def depth_lr_scale(depth: int) -> float:
     """The task phase's learning-rate factor by recursion depth, as the authors' code scales
     it: x1 up to depth 1, x1/2 at depth 2, x1/8 from depth 3."""
     return 1.0 if depth <= 1 else 0.5 if depth == 2 else 0.125
-
-
-# Whatever ``make_source`` gives: all three have ``flat(target)`` and ``kind``.
-WeightSource = UHNSource | RecursiveSource | DirectSource
 
 
 def make_source(kind: SourceKind, plan: Plan, target: DeviceTarget, seed: int) -> WeightSource:

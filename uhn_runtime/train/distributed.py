@@ -5,7 +5,8 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK (and the rendezvous address), and
 ``distributed_session`` joins them into one process group (gloo on the CPU, NCCL on CUDA).
 Without those variables everything here is the identity: one process, rank 0 of 1.
 
-Exact data parallel (the default where it applies; ``Phase.exact_train_step``): every batch
+Exact data parallel (chosen with ``uhn train --exact`` or ``--micro-shards N``, where it
+applies; ``steps.ExactStep``): every batch
 is cut into a fixed number of micro-shards (``micro_shard``), whatever the world size; each
 rank computes the generated weights' gradient of its own micro-shards
 (``owned_micro_shards``), ``exchange_micro_shards`` all-gathers them and every rank adds them
@@ -13,8 +14,8 @@ in micro-shard order (``ordered_sum``), then runs one identical backward through
 weight source: N processes take the steps of one, bit for bit where the operations do not
 depend on the thread count (docs/distributed.md).
 
-DDP's data parallel (families, multi-task, sharded generation, BatchNorm targets, or
-``micro_shards=0``): every rank holds the whole weight source, wrapped in
+DDP's data parallel (the default, ``micro_shards=0``; and families, multi-task, sharded
+generation and BatchNorm targets): every rank holds the whole weight source, wrapped in
 DistributedDataParallel (``synced_flat``), and takes a contiguous share of each global batch
 (``shard_batch``). Its loss is scaled by ``world * local / global`` examples, so DDP's
 gradient average is the gradient of the global-batch mean: N processes take the steps of
@@ -45,6 +46,7 @@ from torch import nn
 from uhn_spec.errors import UHNError
 
 from ..data import Batch
+from .run_record import DEFAULT_MICRO_SHARDS  # noqa: F401 (the exact path's count; defined beside its bound)
 
 # Environment variables torchrun sets in every process it starts.
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -275,9 +277,6 @@ def agree_on_step(context: DistContext, loss_share: float, signal: int | None, s
 
 # --------------------------------------------------------------------------- exact data parallel
 
-# Micro-shards per global batch on the exact path. A fixed count, not a function of the world
-# size: 1, 2, 4 or 8 processes then add the same per-micro-shard gradients in the same order.
-DEFAULT_MICRO_SHARDS = 8
 
 
 def owned_micro_shards(count: int, rank: int, world: int) -> range:

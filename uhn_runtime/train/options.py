@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, TextIO
 
 from ..model.weights import SourceKind
-from .distributed import DEFAULT_MICRO_SHARDS
 
 Mode = Literal["uhn", "direct", "both"]
 MODE_PHASES: dict[str, tuple[SourceKind, ...]] = {"uhn": ("uhn",), "direct": ("direct",), "both": ("uhn", "direct")}
@@ -49,8 +48,11 @@ class TrainOptions:
     checkpoint_seconds: float = 60.0
     # Under torchrun: each rank generates a share of the work units (docs/distributed.md).
     shard_generation: bool = False
-    # Exact data parallel: each batch's gradient as the ordered sum of this many micro-shards'
-    # gradients, the same bits on any number of processes; 0: DistributedDataParallel's
-    # average (docs/distributed.md). Where it does not apply the run takes DDP's path.
-    micro_shards: int = DEFAULT_MICRO_SHARDS
+    # Exact data parallel, a choice (`uhn train --exact`: distributed.DEFAULT_MICRO_SHARDS):
+    # each batch's gradient as the ordered sum of this many micro-shards' gradients, the same
+    # bits on any number of processes and threads, at a cost. 0, the default: the fast step
+    # (one process: the plain step; torchrun: DistributedDataParallel's average), which
+    # resumes bit-exactly all the same (docs/distributed.md). Where the exact step does not
+    # apply the run takes DDP's path.
+    micro_shards: int = 0
     observers: tuple[Observer, ...] = ()

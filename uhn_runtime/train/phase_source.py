@@ -12,7 +12,7 @@ import torch
 
 from ..model.generation_shard import GenerationShard
 from ..model.target import DeviceTarget
-from ..model.weights import DirectSource, RecursiveSource, SourceKind, UHNSource, depth_lr_scale, make_source
+from ..model.weights import SourceKind, UHNSource, WeightSource, depth_lr_scale, make_source
 from .distributed import DistContext, broadcast_parameters, synced_flat
 from .optim import Stepper, make_adamw
 from .options import TrainOptions
@@ -25,7 +25,7 @@ from .stop_signals import StopSignals
 
 @dataclass
 class PhaseSource:
-    source: UHNSource | RecursiveSource | DirectSource
+    source: WeightSource
     flat: Callable[[DeviceTarget], torch.Tensor]
     lr: float
     stepper: Stepper
@@ -36,11 +36,12 @@ class PhaseSource:
 
 def phase_source(
     kind: SourceKind, sampler: Sampler, precision: Precision, options: TrainOptions, stop: StopSignals,
-    micro_shards: int, dist: DistContext,
+    micro_shards: int, dist: DistContext, source: WeightSource | None = None,
 ) -> PhaseSource:
+    """``source``: one made elsewhere (``uhn bench``'s naive generator), else ``make_source``'s."""
     plan, cfg = sampler.plan, sampler.cfg
     first = sampler.targets[sampler.seen[0]]
-    source = make_source(kind, plan, first, cfg.seed)
+    source = source if source is not None else make_source(kind, plan, first, cfg.seed)
     if isinstance(source, UHNSource):  # keep a layout for every cached target
         source.generator.layout_cache_size = max(source.generator.layout_cache_size, sampler.targets.capacity)
     lr = cfg.lr * depth_lr_scale(plan.recursion_depth) if kind == "uhn" else (cfg.direct_lr or cfg.lr)

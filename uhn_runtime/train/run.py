@@ -25,6 +25,7 @@ from ..device import resolve_device
 from ..model.batch_norm import batch_norm_layers
 from ..model.generator import count_generator_params
 from ..model.target import DeviceTarget, TargetCache
+from ..model.weights import WeightSource
 from .checkpoint import load_checkpoint
 from .distributed import DistContext, distributed_session
 from .options import MODE_PHASES, Mode, TrainOptions
@@ -59,6 +60,7 @@ def start_run(plan: Plan, out: Path, options: TrainOptions, source: dict[str, An
         "tensorboard": options.tensorboard,
         "shard_generation": options.shard_generation,
         "micro_shards": options.micro_shards,
+        "exact": options.micro_shards > 0,  # exact data parallel chosen (--exact, --micro-shards N)
         **(source or {}),
     }
     if plan.mode == "multitask":
@@ -84,7 +86,9 @@ def resume_run(out: Path, options: TrainOptions) -> dict[str, Any]:
         data_root=options.data_root or info.get("data_root"),
         tensorboard=options.tensorboard or bool(info.get("tensorboard")),
         shard_generation=options.shard_generation or bool(info.get("shard_generation")),
-        # A run keeps its arithmetic; folders from before the exact path used DDP's (0).
+        # A run keeps its arithmetic, whatever today's default: the micro-shards it recorded
+        # (folders from before the exact path used DDP's: 0; those from when it was the
+        # default recorded 8 without "exact", and keep it).
         micro_shards=int(info.get("micro_shards", 0)),
     )
     # Every rank reads the run folder (multi-node: a shared file system); rank 0 alone writes.
@@ -115,10 +119,11 @@ def check_tasks_per_step(plan: Plan, world_size: int) -> None:
 
 
 def exact_micro_shards(plan: Plan, options: TrainOptions, sharded: bool, target: DeviceTarget) -> int:
-    """Micro-shards per batch of the exact data-parallel path, or 0 where DDP's average
-    stays: several targets (each rank trains its own), sharded generation (each rank's
-    generator backward covers its own share) and a target with BatchNorm (its statistics
-    would be a micro-shard's, not the batch's)."""
+    """Micro-shards per batch of the exact data-parallel path, or 0 where the fast step
+    stays: not chosen (``options.micro_shards`` 0, the default), several targets (each rank
+    trains its own), sharded generation (each rank's generator backward covers its own
+    share) and a target with BatchNorm (its statistics would be a micro-shard's, not the
+    batch's)."""
     if options.micro_shards <= 0 or sharded or is_multi_model(plan) or plan.mode == "multitask":
         return 0
     return 0 if batch_norm_layers(target.model) else options.micro_shards
@@ -228,6 +233,7 @@ def train_run(
         "depth": plan.recursion_depth,
         "seconds": round(sum(r.seconds for r in results.values()), 3),
         "phase_seconds": {k: round(r.seconds, 3) for k, r in results.items()},
+        "train_step": {k: r.step for k, r in results.items()},  # each phase's step: plain, ddp, exact, pcgrad
         "device": device.type,
         "precision": precision.name,
         "precision_reason": precision.reason,
@@ -248,10 +254,11 @@ def new_sampler(plan: Plan, data: TaskData | dict[str, TaskData], device: torch.
 
 def new_trainer(
     kind: Any, run: RunDir, sampler: Sampler, precision: Precision, options: TrainOptions,
-    progress: Progress, stop: StopSignals, dist: DistContext,
+    progress: Progress, stop: StopSignals, dist: DistContext, source: WeightSource | None = None,
 ) -> Trainer:
-    """One phase's trainer, its exact micro-shards decided from the plan and its first target."""
+    """One phase's trainer, its exact micro-shards decided from the plan and its first target;
+    ``source``: a weight source of the caller's (``uhn bench``'s naive generator), else the kind's."""
     first = sampler.targets[sampler.seen[0]]
     sharded = kind == "uhn" and options.shard_generation and dist.active
     micro_shards = exact_micro_shards(sampler.plan, options, sharded, first)
-    return Trainer(kind, run, sampler, precision, options, progress, stop, micro_shards, dist)
+    return Trainer(kind, run, sampler, precision, options, progress, stop, micro_shards, dist, source)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from uhn_spec.errors import UHNError
 from uhn_spec.received import load_received_json
@@ -23,6 +23,10 @@ INT64_MAX = 2**63 - 1
 MAX_TEXT = 4096
 # The bound of `uhn train --micro-shards` (a micro-shard holds at least one example of a batch).
 MAX_MICRO_SHARDS = 4096
+# Micro-shards per global batch of `uhn train --exact`. A fixed count, not a function of the
+# world size: 1, 2, 4 or 8 processes then add the same per-micro-shard gradients in the same
+# order. Here (no torch) so that the command line can name it without importing torch.
+DEFAULT_MICRO_SHARDS = 8
 # World sizes a run may record (torchrun's WORLD_SIZE); far above any machine uhn runs on.
 MAX_WORLD_SIZE = 1 << 20
 
@@ -49,6 +53,8 @@ class RunRecord(Record):
     tensorboard: bool = False
     shard_generation: bool = False
     micro_shards: int = Field(0, ge=0, le=MAX_MICRO_SHARDS)  # absent: a run from before the exact path (DDP's)
+    # Exact data parallel chosen (micro_shards > 0); absent in runs from before it was a choice.
+    exact: bool | None = None
     source: str | None = Field(None, max_length=MAX_TEXT)
     overrides: list[str] = Field(default_factory=list, max_length=10_000)
     model: str | None = Field(None, max_length=MAX_TEXT)
@@ -62,6 +68,14 @@ class RunRecord(Record):
     task_sampling: dict[str, Any] | None = None
     tasks_per_step: int | None = Field(None, ge=1, le=INT64_MAX)
     gradient_surgery: str | None = Field(None, max_length=MAX_TEXT)
+
+    @model_validator(mode="after")
+    def exact_agrees_with_micro_shards(self) -> RunRecord:
+        """``exact`` says what ``micro_shards`` does; a resume follows micro_shards, so an
+        edit that makes them disagree would train other arithmetic than the file says."""
+        if self.exact is not None and self.exact != (self.micro_shards > 0):
+            raise ValueError(f"exact: {str(self.exact).lower()} disagrees with micro_shards: {self.micro_shards}")
+        return self
 
 
 class SummaryRecord(Record):
@@ -97,6 +111,8 @@ def describe_error(err: ValidationError) -> str:
     field = ".".join(str(part) for part in first["loc"]) or "(record)"
     if first["type"] == "missing":
         return f"{field}: missing"
+    if first["type"] == "value_error" and not first["loc"]:  # a check across fields: its own words
+        return str(first.get("ctx", {}).get("error", first["msg"]))
     shown = repr(first.get("input"))
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
     if first["type"] == "literal_error":

@@ -59,6 +59,8 @@ class StepContext:
 class PlainStep:
     """One optimiser step on the mean loss of the step's drawn targets (one: its own loss)."""
 
+    name = "plain"  # in summary.json's train_step and uhn bench's report
+
     def __init__(self, ctx: StepContext):
         self.ctx = ctx
 
@@ -103,6 +105,8 @@ class DDPStep(PlainStep):
     average of the ranks' gradients is the gradient of the global batch's mean loss. Each
     rank draws its dropout from (seed, step, rank)."""
 
+    name = "ddp"
+
     def __call__(self, step: int, work: list[Work], where: str, last_good: str) -> float:
         dist = self.ctx.dist
         torch.manual_seed(rank_seed(self.ctx.seed, step, dist.rank))
@@ -124,6 +128,8 @@ class ExactStep(PlainStep):
     every rank; then one backward through the weight source, identical on every rank, so no
     gradient average is needed. A graph batch (one graph, every node needed) is one
     micro-shard that every rank computes. One target, one batch a step."""
+
+    name = "exact"
 
     def __init__(self, ctx: StepContext, micro_shards: int):
         super().__init__(ctx)
@@ -176,6 +182,8 @@ class SurgeryStep(PlainStep):
     """PCGrad: each drawn task's loss and gradient alone (one graph at a time), the
     conflicting components projected away in the step's seeded order, one step on the mean
     of the projected gradients (clipped as any step). One process."""
+
+    name = "pcgrad"
 
     def __init__(self, ctx: StepContext):
         super().__init__(ctx)

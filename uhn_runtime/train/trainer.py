@@ -22,7 +22,7 @@ import torch
 
 from ..data import Batch
 from ..model.target import DeviceTarget
-from ..model.weights import SourceKind
+from ..model.weights import SourceKind, WeightSource
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .distributed import DistContext
 from .evaluate import evaluate_source
@@ -47,15 +47,19 @@ class PhaseResult:
     seconds: float
     models: dict[str, float] | None = None  # several targets: each evaluated one's test metric
     record: dict[str, Any] | None = None  # what the sampler and the step strategy add to summary.json
+    step: str = "plain"  # the step strategy's name (``steps.py``): plain, ddp, exact or pcgrad
 
 
 class Trainer:
     def __init__(self, kind: SourceKind, run: RunDir, sampler: Sampler, precision: Precision, options: TrainOptions,
-                 progress: Progress, stop: StopSignals, micro_shards: int, dist: DistContext = DistContext()):
+                 progress: Progress, stop: StopSignals, micro_shards: int, dist: DistContext = DistContext(),
+                 source: WeightSource | None = None):
+        """``source``: a weight source made elsewhere (``uhn bench``'s naive generator);
+        by default ``make_source``'s for ``kind``."""
         self.kind, self.run, self.sampler, self.plan = kind, run, sampler, sampler.plan
         self.precision, self.options, self.stop, self.dist = precision, options, stop, dist
         cfg = self.cfg = sampler.cfg
-        parts = phase_source(kind, sampler, precision, options, stop, micro_shards, dist)
+        parts = phase_source(kind, sampler, precision, options, stop, micro_shards, dist, source)
         self.source, self.flat, self.lr, self.stepper = parts.source, parts.flat, parts.lr, parts.stepper
         self.strategy, self.change_bound, self.evaluated_by_all = parts.strategy, parts.change_bound, parts.evaluated_by_all
         units = self.units = Units.of(cfg, sampler.batches_per_epoch, sampler.log_interval)
@@ -95,7 +99,7 @@ class Trainer:
 
     def result(self, value: float, models: dict[str, float] | None, seconds: float) -> PhaseResult:
         record = {**self.sampler.phase_record(self.units.total), **self.strategy.phase_record()}
-        return PhaseResult(self.kind, value, seconds, models, record)
+        return PhaseResult(self.kind, value, seconds, models, record, self.strategy.name)
 
     def elapsed(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started

@@ -11,22 +11,27 @@ one JSON line back from every worker. Cases:
   small fraction of fp32's), and a product shaped like the generator's (feature table x
   modulated weight), in the run's precision.
 * ``generate``: one generation of the target's weights, without gradients.
-* ``train_step``: generation + target forward/backward on a batch + AdamW step.
-* the same two with the naive generator (``uhn_runtime.model.naive``), when its estimated memory
-  fits; otherwise the report says why and gives ``"naive": null``.
+* ``train_step``: ``Trainer.train_step``, the step ``uhn train`` runs (generation, target
+  forward/backward on a synthetic batch, clipping, AdamW; ``training.py``), its default step.
+* ``exact_train_step``: the same trainer's exact step (``uhn train --exact``: micro-shards);
+  the report gives its ratio to the default step (``exact_train_step.vs_default``).
+* ``naive_generate``, ``naive_train_step``: generation and the default train step with the
+  naive generator (``uhn_runtime.model.naive``; the train step through the same trainer, the
+  naive generator its weight source), when its estimated memory fits; otherwise the report
+  says why and gives ``"naive": null``.
 
-* ``family_step`` (a plan with several targets): train steps as a family run takes them,
-  each on the architectures drawn for that step (``uhn_runtime.train.draws.architecture_draw``,
-  the run's ``TargetCache`` and layout cache), so switching architecture and building targets,
-  layouts and feature tables on cache misses are in the time. The other cases then measure
+* ``family_step`` (a plan with several targets): the family trainer's steps, each on the
+  architectures its sampler draws for that step (through the run's ``TargetCache`` and layout
+  cache), so switching architecture and building targets, layouts and feature tables on cache
+  misses are in the time. The other cases then measure
   the seen member closest to the seen members' mean size (unless ``--target``): the report's
   ``family.vs_single`` is the family step time over that single-model step time, also per
   generated weight (the drawn members differ in size).
 
 * ``multitask_step`` (a multi-task plan): in one worker, each member's own train step (a
-  streak of that member alone, as its single-task run takes them) and then the steps a
-  multi-task run takes, each on the member drawn with the plan's probabilities; every member
-  trains on a synthetic batch of its own task. The report's ``multitask.vs_probabilities`` is
+  streak of its own single-task trainer) and then the multi-task trainer's steps, each on the
+  member its sampler draws with the plan's probabilities; every member trains on a synthetic
+  batch of its own task. The report's ``multitask.vs_probabilities`` is
   the multi-task step over the members' own steps weighted by the probabilities (the issue's
   target: within 10%), ``vs_draws`` the same weighted by the members actually drawn.
 

@@ -79,7 +79,8 @@ def emulated_bf16_notice(spec: GeneratorSpec, num_weights: int, options: BenchOp
         f"bf16 is emulated on this CPU (no AMX or AVX512-BF16 instructions; bf16 matmuls run at about "
         f"{flops_per_s / 1e9:.2g} GFLOP/s here): the matmul peak is measured on a {square}^3 product "
         f"(about {duration(peak)}); each generation of {num_weights:,} weights takes at least {duration(generation)}, "
-        f"and the bench runs {2 * (options.repeats + 1)} ({options.repeats + 1} in train steps, with their backward); "
+        f"and the bench runs {3 * (options.repeats + 1)} ({2 * (options.repeats + 1)} in train steps, with their "
+        "backward: the default and the exact step); "
         "--precision fp32 or auto measures what this CPU runs fast"
     )
 

@@ -19,6 +19,6 @@ class BenchOptions:
     target: str | None = None
     naive: bool = True
     naive_max_bytes: int = DEFAULT_NAIVE_MAX_BYTES
-    target_segments: int = 0  # activation checkpointing of the target in the train step
+    target_segments: int | None = None  # the target's activation checkpointing in the train step; None: the spec's
     seed: int = 0
     square: int | None = None  # side of the peak's square product; None: peak_square's choice

@@ -21,9 +21,13 @@ def assemble_report(
     matmul: dict[str, Any],
     generate: dict[str, Any],
     train: dict[str, Any],
+    exact: dict[str, Any],
     naive: dict[str, Any] | None,
     skipped: str | None,
 ) -> dict[str, Any]:
+    """The report's fields. ``train`` is the trainer's default step, ``exact`` its exact step
+    (micro-shards) or ``{"not_applicable": why}``; the naive train step is the same trainer
+    step with the naive generator as the weight source."""
     n = target.num_params
     spec = plan.generator
     generate = {
@@ -37,6 +41,13 @@ def assemble_report(
         ),
     }
     train = {**train, "vs_naive": _ratio(naive, "train_step", train["seconds"])}
+    exact_skipped = exact.get("not_applicable")
+    if exact_skipped is None:
+        exact = {
+            **exact,
+            "vs_naive": _ratio(naive, "train_step", exact["seconds"]),
+            "vs_default": exact["seconds"] / train["seconds"],  # what choosing exactness costs
+        }
     report: dict[str, Any] = {
         "device": matmul["device"],
         "threads": matmul["threads"],
@@ -57,6 +68,7 @@ def assemble_report(
         "matmul": matmul,
         "generate": generate,
         "train_step": train,
+        "exact_train_step": None if exact_skipped else exact,
         "peak_memory_bytes": max(generate["peak_memory_bytes"], train["peak_memory_bytes"]),
         "bytes_per_weight": {"generate": generate["bytes_per_weight"], "train_step": train["bytes_per_weight"]},
         "naive": naive,
@@ -65,6 +77,8 @@ def assemble_report(
     }
     if skipped is not None:
         report["naive_skipped"] = skipped
+    if exact_skipped is not None:
+        report["exact_skipped"] = exact_skipped
     return report
 
 
@@ -74,7 +88,7 @@ def _ratio(naive: dict[str, Any] | None, case: str, seconds: float) -> float | N
 
 def render_report(report: dict[str, Any]) -> str:
     """The report as a short table."""
-    gen, train, naive = report["generate"], report["train_step"], report["naive"]
+    gen, train, exact, naive = report["generate"], report["train_step"], report["exact_train_step"], report["naive"]
 
     def ratio(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}x"
@@ -101,6 +115,11 @@ def render_report(report: dict[str, Any]) -> str:
         f"{'train step':12} {train['seconds']:9.3f} {'':>12} {ratio(train['vs_naive']):>9} {'':>12} "
         f"{gib(train['peak_memory_bytes']):>10} {train['bytes_per_weight']:9.0f}",
     ]
+    if exact is not None:
+        lines.append(
+            f"{'exact step':12} {exact['seconds']:9.3f} {'':>12} {ratio(exact['vs_naive']):>9} {'':>12} "
+            f"{gib(exact['peak_memory_bytes']):>10} {exact['bytes_per_weight']:9.0f}"
+        )
     if naive is not None:
         ng, nt = naive["generate"], naive["train_step"]
         lines += [
@@ -119,7 +138,19 @@ def render_report(report: dict[str, Any]) -> str:
             f"generate: {gen['matmul_fraction']:.2f} of the {mm['dtype']} matmul peak, "
             f"{gen['matmul_fraction_of_fp32_peak']:.2f} of the fp32 peak (same run)"
         )
-    lines.append(f"train step: batch {train['batch']}, generator keeps {train['saving_policy']!r} for the backward")
+    lines.append(
+        f"train step: the trainer's default ({train['step']}) step, Trainer.train_step as uhn train runs it; "
+        f"batch {train['batch']}, generator keeps {train['saving_policy']!r} for the backward"
+    )
+    if exact is not None:
+        lines.append(
+            f"exact step (uhn train --exact): {exact['micro_shards']} micro-shards, "
+            f"{exact['vs_default']:.2f}x the default step"
+        )
+    else:
+        lines.append(f"exact step: not measured ({report.get('exact_skipped')})")
+    if naive is not None:
+        lines.append("naive train: the same trainer step with the naive generator as its weight source")
     if "recursion" in report:
         r = report["recursion"]
         lines.append(
