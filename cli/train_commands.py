@@ -419,52 +419,8 @@ def evaluate(
     """Print the test metric of a run's generated (and direct) weights or of an exported model.
 
     Of a family run: every evaluated member's, and each group's mean and std."""
-    from uhn_runtime.data import TaskData, load_task_data
     from uhn_runtime.device import resolve_device
-    from uhn_runtime.io.export import load_exported, load_trained_source
-    from uhn_runtime.model.target import DeviceTarget
-    from uhn_runtime.model.weights import SourceKind
-    from uhn_runtime.train.evaluate import evaluate_module, evaluate_source
-    from uhn_runtime.train.run_dir import RunDir
-    from uhn_runtime.train.run_tables import (
-        evaluated_targets,
-        is_multi_model,
-        models_table_lines,
-        task_table_lines,
-    )
+    from uhn_runtime.io.evaluate_run import evaluation_lines
 
-    torch_device = resolve_device(device.value)
-    if path.is_dir():
-        run = RunDir.open(path)
-        kinds: list[SourceKind] = [k for k in ("uhn", "direct") if run.checkpoint_path(k).is_file()]
-        if not kinds:
-            raise UHNError(f"{path}: no checkpoints yet; train with `uhn train SPEC --out {path}`")
-        plan = run.plan()
-        if is_multi_model(plan):  # a family: every evaluated member, as the run reported them
-            root = data_root or run.info().get("data_root")
-            weights, _, precision = load_trained_source(run, "uhn", torch_device)
-            models, metrics = {}, {}
-            for index in evaluated_targets(plan):
-                target = DeviceTarget(plan.targets[index], torch_device)
-                data = load_task_data(target.plan.spec.task, root)  # a multi-task run: each member's own
-                models[target.plan.name] = evaluate_source(weights, target, data, "test", precision)
-                metrics[target.plan.name] = data.metric
-            if len(set(metrics.values())) > 1 or plan.mode == "multitask":
-                tasks = {name: {"metric": metrics[name], "uhn": value} for name, value in models.items()}
-                lines = task_table_lines(plan, tasks)
-            else:
-                lines = models_table_lines(plan, models, next(iter(metrics.values())))
-            for line in lines:
-                typer.echo(line)
-            return
-        loaded: TaskData | None = None
-        for kind in kinds:
-            weights, target, precision = load_trained_source(run, kind, torch_device)
-            loaded = loaded or load_task_data(target.plan.spec.task, data_root or run.info().get("data_root"))
-            value = evaluate_source(weights, target, loaded, "test", precision)
-            typer.echo(f"{kind}: test {loaded.metric} {value:.4f}")
-        return
-    spec, model = load_exported(path, torch_device)
-    data = load_task_data(spec.task, data_root)
-    value = evaluate_module(model, data, "test", torch_device)
-    typer.echo(f"{path}: test {data.metric} {value:.4f}")
+    for line in evaluation_lines(path, data_root, resolve_device(device.value)):
+        typer.echo(line)
