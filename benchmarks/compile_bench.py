@@ -103,7 +103,10 @@ def family_widths(count: int, seed: int) -> list[list[int]]:
 
 def family_specs(widths: list[list[int]]) -> list[ExperimentSpec]:
     where = REPO_ROOT / "specs" / "family.yaml"  # includes resolve in specs/
-    return [spec_from_text(FAMILY_TEMPLATE, where, variables={"name": f"cnn_width_{i}", "widths": w}) for i, w in enumerate(widths)]
+    return [
+        spec_from_text(FAMILY_TEMPLATE, where, variables={"name": f"cnn_width_{i}", "widths": w})
+        for i, w in enumerate(widths)
+    ]
 
 
 def family_source(widths: list[list[int]]) -> str:
@@ -143,16 +146,20 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"machine: {report['machine']}, load average {report['load_average']}",
         f"single: {single['spec']} ({single['num_params']:,} params, {single['num_tensors']} tensors)",
-        f"  compile  {single['compile_seconds']:.3f} s wall, " f"{single['compile_cpu_seconds']:.3f} s CPU (median of {single['repeats']})",
+        f"  compile  {single['compile_seconds']:.3f} s wall, "
+        f"{single['compile_cpu_seconds']:.3f} s CPU (median of {single['repeats']})",
         f"  save     {single['save_seconds']:.3f} s; plan {single['plan_bytes'] / MB:.3f} MB",
     ]
     if family is not None:
         lines += [
-            f"family: {family['targets']} CNN width variants " f"({family['num_params_min']:,}-{family['num_params_max']:,} params, "
+            f"family: {family['targets']} CNN width variants "
+            f"({family['num_params_min']:,}-{family['num_params_max']:,} params, "
             f"{family['num_params_total']:,} in all)",
-            f"  specs    {family['render_validate_seconds']:.1f} s wall, " f"{family['render_validate_cpu_seconds']:.1f} s CPU "
+            f"  specs    {family['render_validate_seconds']:.1f} s wall, "
+            f"{family['render_validate_cpu_seconds']:.1f} s CPU "
             "(render the template and validate, per target)",
-            f"  compile  {family['compile_seconds']:.1f} s wall, " f"{family['compile_cpu_seconds']:.1f} s CPU (compile_specs into one plan)",
+            f"  compile  {family['compile_seconds']:.1f} s wall, "
+            f"{family['compile_cpu_seconds']:.1f} s CPU (compile_specs into one plan)",
             f"  save     {family['save_seconds']:.1f} s; plan {family['plan_bytes'] / MB:.1f} MB",
             f"  memory   peak {family['peak_memory_bytes'] / 2**30:.2f} GiB resident "
             f"({family['resident_before_bytes'] / 2**30:.2f} GiB before compiling)",

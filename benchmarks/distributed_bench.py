@@ -130,10 +130,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         mib = 2**20
         print(f"{args.spec}: {report['target_params']:,} weights, {single['units']} work units")
-        print(f"1 process:   peak generator memory {single['peak_generator_bytes'] / mib:8.1f} MiB, step {single['step_seconds']:.2f} s")
+        print(
+            f"1 process:   peak generator memory {single['peak_generator_bytes'] / mib:8.1f} MiB, "
+            f"step {single['step_seconds']:.2f} s"
+        )
         for r in sharded:
-            print(f"rank {r['rank']}/{args.nproc}:  peak generator memory {r['peak_generator_bytes'] / mib:8.1f} MiB, step {r['step_seconds']:.2f} s")
-        print(f"per-rank peak / 1 process: {report['peak_ratio']:.2f}   step time ratio: {report['step_time_ratio']:.2f}")
+            print(
+                f"rank {r['rank']}/{args.nproc}:  peak generator memory {r['peak_generator_bytes'] / mib:8.1f} MiB, "
+                f"step {r['step_seconds']:.2f} s"
+            )
+        print(
+            f"per-rank peak / 1 process: {report['peak_ratio']:.2f}   step time ratio: {report['step_time_ratio']:.2f}"
+        )
     return report
 
 

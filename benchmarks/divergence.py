@@ -87,7 +87,10 @@ def compare(spec_path: Path, first: Path, second: Path) -> list[dict[str, Any]]:
     plan = compile_spec(load_spec(spec_path))
     target = plan.targets[0]
     runs = [torch.load(first), torch.load(second)]
-    generators = [UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=target.spec.train.seed) for _ in runs]
+    generators = [
+        UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=target.spec.train.seed)
+        for _ in runs
+    ]
     rows, structure = target.index_rows(), target.structure_rows()
     report = []
     for step in range(min(len(runs[0]), len(runs[1]))):
@@ -106,8 +109,12 @@ def compare(spec_path: Path, first: Path, second: Path) -> list[dict[str, Any]]:
             {
                 "step": step + 1,
                 "loss": [a["loss"], b["loss"]],
-                "grad_rel": relative(torch.cat([g.flatten() for g in a["grad"]]), torch.cat([g.flatten() for g in b["grad"]])),
-                "param_rel": relative(torch.cat([p.flatten() for p in a["param"]]), torch.cat([p.flatten() for p in b["param"]])),
+                "grad_rel": relative(
+                    torch.cat([g.flatten() for g in a["grad"]]), torch.cat([g.flatten() for g in b["grad"]])
+                ),
+                "param_rel": relative(
+                    torch.cat([p.flatten() for p in a["param"]]), torch.cat([p.flatten() for p in b["param"]])
+                ),
                 "weights_rel": relative(weights[0], weights[1]),
                 "relu_sign_flips": flips,
             }

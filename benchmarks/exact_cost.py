@@ -76,7 +76,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3, help="rounds left out of the figures")
     parser.add_argument("--micro-shards", type=int, default=DEFAULT_MICRO_SHARDS)
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None, help="instead of the spec's train.precision")
+    parser.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default=None, help="instead of the spec's train.precision"
+    )
     parser.add_argument("--data-root", default=None, help="where the real datasets are (as uhn train --data-root)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -95,7 +97,9 @@ def main() -> None:
             RunDir.create(root, plan, {"mode": "uhn"}, world_size=dist.world_size)
             options = TrainOptions(mode="uhn", device="cpu", micro_shards=micro_shards)
             sampler = new_sampler(plan, data, CPU, dist)
-            phases[name] = new_trainer("uhn", RunDir.open(root), sampler, precision, options, Progress(io.StringIO()), StopSignals(), dist)
+            phases[name] = new_trainer(
+                "uhn", RunDir.open(root), sampler, precision, options, Progress(io.StringIO()), StopSignals(), dist
+            )
 
         def batches() -> Iterator[Any]:
             epoch = 0
@@ -128,8 +132,13 @@ def main() -> None:
                 print(json.dumps(report, indent=2))
             else:
                 for name in variants:
-                    print(f"{name:22s} {medians[name] * 1e3:8.1f} ms/step  x{report['ratio_to_exact'][name]:.3f} of exact")
-                print(f"{precision.name}, {dist.world_size} process(es) x {report['threads']} thread(s), load {report['load_average_1min']:.1f}")
+                    print(
+                        f"{name:22s} {medians[name] * 1e3:8.1f} ms/step  x{report['ratio_to_exact'][name]:.3f} of exact"
+                    )
+                print(
+                    f"{precision.name}, {dist.world_size} process(es) x {report['threads']} thread(s), "
+                    f"load {report['load_average_1min']:.1f}"
+                )
 
 
 if __name__ == "__main__":

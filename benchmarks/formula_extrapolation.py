@@ -30,7 +30,9 @@ def rmse(error: torch.Tensor) -> float | None:
     return float(error.pow(2).mean().sqrt()) if error.numel() else None
 
 
-def phase_report(run: RunDir, kind: str, inputs: torch.Tensor, targets: torch.Tensor, inside: torch.Tensor) -> dict[str, Any]:
+def phase_report(
+    run: RunDir, kind: str, inputs: torch.Tensor, targets: torch.Tensor, inside: torch.Tensor
+) -> dict[str, Any]:
     source, target, precision = load_trained_source(run, kind, torch.device("cpu"))  # type: ignore[arg-type]
     flat = generate_weights(source, precision, target)
     target.model.eval()
@@ -71,11 +73,17 @@ def main() -> None:
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"{report['function']}: {report['outside_training_targets']} of " f"{report['test_points']} test targets lie outside the training targets' range")
+    print(
+        f"{report['function']}: {report['outside_training_targets']} of "
+        f"{report['test_points']} test targets lie outside the training targets' range"
+    )
     for kind in ("uhn", "direct"):
         if kind in report:
             r = report[kind]
-            print(f"{kind:6s} test RMSE {r['test_rmse']:.4f}  inside " f"{r['inside_rmse']:.4f}  outside {r['outside_rmse'] or float('nan'):.4f}")
+            print(
+                f"{kind:6s} test RMSE {r['test_rmse']:.4f}  inside "
+                f"{r['inside_rmse']:.4f}  outside {r['outside_rmse'] or float('nan'):.4f}"
+            )
 
 
 if __name__ == "__main__":

@@ -65,12 +65,17 @@ def measure(multitask: Path, singles: list[Path], all_intervals: bool) -> dict[s
             sys.exit(f"error: {run}: trains {name!r}, not a member of {multitask} ({', '.join(probabilities)})")
         records = train_records(run, all_intervals)
         everything = train_records(run, True)
-        own[name] = weighted_mean([r["step_seconds"] for r in records], interval_steps(everything)[len(everything) - len(records) :])
+        own[name] = weighted_mean(
+            [r["step_seconds"] for r in records], interval_steps(everything)[len(everything) - len(records) :]
+        )
     missing = set(probabilities) - set(own)
     if missing:
         sys.exit(f"error: no single-task run for {', '.join(sorted(missing))}; pass one run folder per member")
     total_draws = sum(draws.values())
-    by_task = {name: statistics.fmean(r["step_seconds_by_task"][name] for r in mt if name in r["step_seconds_by_task"]) for name in own}
+    by_task = {
+        name: statistics.fmean(r["step_seconds_by_task"][name] for r in mt if name in r["step_seconds_by_task"])
+        for name in own
+    }
     return {
         "multitask_step_seconds": mt_step,
         "single_step_seconds": own,

@@ -99,7 +99,10 @@ def main() -> None:
             print(f"{run['precision']} {pass_name}: {result['seconds']:.3f} s (median of {result['times']})")
             for row in result["top"]:
                 print(f"  {row['op']:<40} {row['self_ms']:9.1f} ms {row['fraction']:6.1%} {row['calls']:6d} calls")
-    print(f"threads {report['threads']}, load average before {report['load_average_before']}, after {report['load_average_after']}")
+    print(
+        f"threads {report['threads']}, load average before {report['load_average_before']}, "
+        f"after {report['load_average_after']}"
+    )
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -72,7 +72,11 @@ def measure(point: Point, options: BenchOptions, naive_max_bytes: int, folder: P
     path = folder / "plan.pt"
     plan.save(path)
     ours = run_case(path, "generate", options)
-    row: dict[str, Any] = {**point.__dict__, "num_params": n, "useful_flops": useful_flops_per_weight(plan.generator) * n}
+    row: dict[str, Any] = {
+        **point.__dict__,
+        "num_params": n,
+        "useful_flops": useful_flops_per_weight(plan.generator) * n,
+    }
     row["ours"] = {k: ours[k] for k in ("seconds", "peak_memory_bytes", "bytes_per_weight")}
     naive = None
     if naive_estimate(plan.generator, n, with_grad=False) <= naive_max_bytes:
@@ -92,7 +96,9 @@ def run(widths: tuple[int, ...], repeats: int, naive_max_gib: float) -> dict[str
         matmul = run_case(folder / "plan.pt", "matmul", options)
         for point in sweep_points(widths):
             row = measure(point, options, int(naive_max_gib * GIB), folder)
-            row["matmul_fraction"] = matmul_fraction(mlp_spec(point).generator, row["num_params"], row["ours"]["seconds"], matmul["square_flops_per_s"])
+            row["matmul_fraction"] = matmul_fraction(
+                mlp_spec(point).generator, row["num_params"], row["ours"]["seconds"], matmul["square_flops_per_s"]
+            )
             print(format_row(row), file=sys.stderr)
             rows.append(row)
     return {"matmul": matmul, "base": BASE, "points": rows}
@@ -128,7 +134,11 @@ def plot(results: dict[str, Any], path: Path) -> bool:
             value(p) for p in chosen
         ]
 
-    for ax, sweep, label in ((axes[0][0], "N", "N (generated weights)"), (axes[1][0], "d", "d (generator width)"), (axes[1][1], "m", "m (Fourier frequencies)")):
+    for ax, sweep, label in (
+        (axes[0][0], "N", "N (generated weights)"),
+        (axes[1][0], "d", "d (generator width)"),
+        (axes[1][1], "m", "m (Fourier frequencies)"),
+    ):
         for key, style in (("ours", "o-"), ("naive", "s--")):
             xs, ys = series(sweep, key, lambda p, k=key: p[k]["seconds"] / p["num_params"] * 1e6)
             if xs:
@@ -151,7 +161,10 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     ax.set_ylabel("peak bytes per generated weight (above baseline)")
     ax.legend()
     base = results["base"]
-    fig.suptitle("uhn generation cost (MNIST MLPs 784-W-W-10; " f"base m={base['index_freqs']}, d={base['hidden']}, W={base['width']})")
+    fig.suptitle(
+        "uhn generation cost (MNIST MLPs 784-W-W-10; "
+        f"base m={base['index_freqs']}, d={base['hidden']}, W={base['width']})"
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -162,7 +175,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=list(WIDTHS), help="MLP widths W of the N sweep")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--naive-max-gib", type=float, default=6.0, help="measure the naive generator only below this estimate")
+    parser.add_argument(
+        "--naive-max-gib", type=float, default=6.0, help="measure the naive generator only below this estimate"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results")
     parser.add_argument("--plot", type=Path, default=None, help="PNG to write (needs matplotlib)")
     args = parser.parse_args()
@@ -173,7 +188,11 @@ def main() -> None:
     tmp.replace(args.out)
     print(f"wrote {args.out}")
     if args.plot is not None:
-        print(f"wrote {args.plot}" if plot(results, args.plot) else "matplotlib is not installed: no plot (pip install matplotlib)")
+        print(
+            f"wrote {args.plot}"
+            if plot(results, args.plot)
+            else "matplotlib is not installed: no plot (pip install matplotlib)"
+        )
 
 
 if __name__ == "__main__":

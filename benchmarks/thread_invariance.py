@@ -66,7 +66,9 @@ def record(out: Path, spec: Path, data_root: str | None) -> None:
             result[f"{precision} target gradient, batches of {size}"] = torch.stack(grads)
         optimizer = make_adamw(source.parameters(), 1e-3)
         optimizer.step()
-        result[f"{precision} after one AdamW step"] = {n: p.detach().clone() for n, p in zip(names, source.parameters())}
+        result[f"{precision} after one AdamW step"] = {
+            n: p.detach().clone() for n, p in zip(names, source.parameters())
+        }
     torch.save(result, out)
 
 

@@ -104,4 +104,3 @@ def fitting_budget(spec: ExperimentSpec, path: Path, *purposes: Purpose) -> Budg
 
 
 human_bytes = format_bytes
-

@@ -36,12 +36,18 @@ def bench(
     naive_max_gib: Annotated[
         float,
         bounded_option(
-            "--naive-max-gib", 0.0, MAX_NAIVE_GIB, "Skip the naive generator if its estimated peak exceeds this",
-            kind=float, default_factory=default_naive_max_gib,
+            "--naive-max-gib",
+            0.0,
+            MAX_NAIVE_GIB,
+            "Skip the naive generator if its estimated peak exceeds this",
+            kind=float,
+            default_factory=default_naive_max_gib,
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON instead of a table.")] = False,
-    repeats: Annotated[int, bounded_option("--repeats", 1, MAX_REPEATS, "Timed runs per case (median; after one warm-up)")] = 5,
+    repeats: Annotated[
+        int, bounded_option("--repeats", 1, MAX_REPEATS, "Timed runs per case (median; after one warm-up)")
+    ] = 5,
     device: DeviceOption = DEFAULT_DEVICE,
     batch: Annotated[int, bounded_option("--batch", 1, MAX_BATCH, "Target batch size of the train step")] = 256,
     precision: Annotated[
@@ -52,11 +58,15 @@ def bench(
         ),
     ] = "fp32",
     target: Annotated[str | None, typer.Option("--target", help="Which target of a multi-target plan.")] = None,
-    naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Also measure the naive one-batch generator.")] = True,
+    naive: Annotated[
+        bool, typer.Option("--naive/--no-naive", help="Also measure the naive one-batch generator.")
+    ] = True,
     target_segments: Annotated[
         int | None,
         bounded_option(
-            "--target-segments", 0, MAX_TARGET_SEGMENTS,
+            "--target-segments",
+            0,
+            MAX_TARGET_SEGMENTS,
             "Checkpoint the target's activations in this many segments in the train step (0: off; more than "
             "layers: one per layer; default: the spec's train.target_segments, as uhn train)",
             show_default=False,
@@ -65,7 +75,9 @@ def bench(
     matmul_size: Annotated[
         int | None,
         bounded_option(
-            "--matmul-size", MIN_MATMUL_SIZE, MAX_MATMUL_SIZE,
+            "--matmul-size",
+            MIN_MATMUL_SIZE,
+            MAX_MATMUL_SIZE,
             "Side of the square product that measures the matmul peak (default: 4096; 1024 where bf16 is "
             "emulated, on a CPU without AMX or AVX512-BF16)",
             show_default=False,

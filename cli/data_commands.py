@@ -65,9 +65,11 @@ def info_command(
     _known(name)
     info = DATASETS[name]
     root = resolve_data_root(data_root)
-    typer.echo(f"{name}: {info.task_type.name.lower()}, metric {info.metric}, inputs {info.input_kind} "
-               f"{'x'.join(map(str, info.input_dims)) if info.input_kind != 'tokens' else '(token ids)'}, "
-               f"{info.num_outputs} outputs")
+    typer.echo(
+        f"{name}: {info.task_type.name.lower()}, metric {info.metric}, inputs {info.input_kind} "
+        f"{'x'.join(map(str, info.input_dims)) if info.input_kind != 'tokens' else '(token ids)'}, "
+        f"{info.num_outputs} outputs"
+    )
     source = SOURCES.get(name)
     if source is not None:
         typer.echo(f"source: {source.homepage}")

@@ -17,7 +17,14 @@ MAX_INPUT_VALUES = 2**24
 
 @command("import")
 def import_module(
-    ref: Annotated[str, typer.Argument(metavar="MODULE:ATTR", help="path/to/file.py:Name or package.module:Name (a class or zero-argument factory).", show_default=False)],
+    ref: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODULE:ATTR",
+            help="path/to/file.py:Name or package.module:Name (a class or zero-argument factory).",
+            show_default=False,
+        ),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Spec file to write (*.yaml).", show_default=False)],
     input_shape: Annotated[
         str | None,
@@ -28,9 +35,26 @@ def import_module(
             show_default=False,
         ),
     ] = None,
-    graph: Annotated[str | None, typer.Option("--graph", help="Graph models (called as model(x, edge_index)): the graph dataset, " "e.g. cora; or synthetic, with --input-shape F (features per node).", show_default=False)] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Task dataset of the spec (default: synthetic data of the input shape).", show_default=False)] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Spec name (default: the output file's stem).", show_default=False)] = None,
+    graph: Annotated[
+        str | None,
+        typer.Option(
+            "--graph",
+            help="Graph models (called as model(x, edge_index)): the graph dataset, "
+            "e.g. cora; or synthetic, with --input-shape F (features per node).",
+            show_default=False,
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="Task dataset of the spec (default: synthetic data of the input shape).",
+            show_default=False,
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Spec name (default: the output file's stem).", show_default=False)
+    ] = None,
 ) -> None:
     """Write the spec of an nn.Module captured with torch.export, and its graph (SPEC.graph.json) next to it."""
     import json

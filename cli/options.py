@@ -111,7 +111,9 @@ def bounded_option(flag: str, low: int | float, high: int | float, help: str, ki
         except UHNError as err:
             raise fail(str(err)) from None
 
-    return typer.Option(flag, parser=parse, metavar=f"{show(low)}..{show(high)}", help=f"{help}; {show(low)} to {show(high)}.", **kwargs)
+    return typer.Option(
+        flag, parser=parse, metavar=f"{show(low)}..{show(high)}", help=f"{help}; {show(low)} to {show(high)}.", **kwargs
+    )
 
 
 def parse_int_list(
@@ -143,7 +145,9 @@ def parse_name_list(text: str, option: str) -> tuple[str, ...]:
     return items
 
 
-def parse_shape(text: str, option: str, max_dims: int, max_side: int, max_elements: int, example: str) -> tuple[int, ...]:
+def parse_shape(
+    text: str, option: str, max_dims: int, max_side: int, max_elements: int, example: str
+) -> tuple[int, ...]:
     """``text`` as a shape: 1 to ``max_dims`` comma-separated sizes from 1 to ``max_side``
     whose product is at most ``max_elements``; else a UHNError naming ``option``."""
     dims = parse_int_list(text, option, 1, max_side, max_dims, example)

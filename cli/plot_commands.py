@@ -19,8 +19,12 @@ def plot(
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", parser=nonempty_path, metavar="PNG",
-            help=f"PNG to write (default: RUN/{DEFAULT_NAME}).", show_default=False,
+            "--output",
+            "-o",
+            parser=nonempty_path,
+            metavar="PNG",
+            help=f"PNG to write (default: RUN/{DEFAULT_NAME}).",
+            show_default=False,
         ),
     ] = None,
 ) -> None:

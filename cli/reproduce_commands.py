@@ -45,21 +45,27 @@ def reproduce(
     table: Annotated[
         str, typer.Argument(help="table1, table2, demo (the digits MLP), or a table YAML file.", show_default=False)
     ],
-    budget: Annotated[BudgetChoice, typer.Option("--budget", help="cpu: smaller schedules per row; paper: the paper's.")] = BudgetChoice.cpu,
+    budget: Annotated[
+        BudgetChoice, typer.Option("--budget", help="cpu: smaller schedules per row; paper: the paper's.")
+    ] = BudgetChoice.cpu,
     rows: Annotated[
-        str | None, typer.Option("--rows", help="Comma-separated row names to train (default: all).", show_default=False)
+        str | None,
+        typer.Option("--rows", help="Comma-separated row names to train (default: all).", show_default=False),
     ] = None,
     seeds: Annotated[
         str | None,
         typer.Option(
             "--seeds",
-            help="Comma-separated seeds for every row (default: " f"the budget's seeds per row); 1 to {MAX_SEEDS} distinct "
+            help="Comma-separated seeds for every row (default: "
+            f"the budget's seeds per row); 1 to {MAX_SEEDS} distinct "
             f"integers from 0 to {MAX_SEED}.",
             show_default=False,
         ),
     ] = None,
     data_root: DataRootOption = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the run folders (OUT/TABLE/BUDGET/ROW/seed_S).")] = DEFAULT_OUT,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder of the run folders (OUT/TABLE/BUDGET/ROW/seed_S).")
+    ] = DEFAULT_OUT,
     results: Annotated[Path, typer.Option("--results", help="Folder for TABLE_BUDGET.json and .md.")] = DEFAULT_RESULTS,
     select_direct_lr: Annotated[
         bool,

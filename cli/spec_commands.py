@@ -97,7 +97,9 @@ def inspect_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     rows: Annotated[
         str | None,
-        typer.Option("--rows", help="Also show the index rows of this parameter tensor (e.g. layers.0.weight), one per weight."),
+        typer.Option(
+            "--rows", help="Also show the index rows of this parameter tensor (e.g. layers.0.weight), one per weight."
+        ),
     ] = None,
     overrides: SetOption = None,
 ) -> None:
@@ -113,7 +115,10 @@ def inspect_(
         plan = load_target_source(source, overrides)
         if rows is not None and not any(p.name == rows for t in plan.targets for p in t.params):
             names = ", ".join(p.name for p in plan.targets[0].params[:4])
-            raise UHNError(f"{source}: --rows: no parameter tensor {rows!r} in this plan; " f"give a name from its table (e.g. {names})")
+            raise UHNError(
+                f"{source}: --rows: no parameter tensor {rows!r} in this plan; "
+                f"give a name from its table (e.g. {names})"
+            )
         summary = plan_summary(plan, rows)
     typer.echo(json.dumps(summary, indent=2) if as_json else render_summary(summary, source))
 
@@ -226,7 +231,11 @@ def target_summary(target: TargetPlan, rows_of: str | None = None) -> dict[str, 
     }
     for t, p in enumerate(target.params):
         if p.name == rows_of:
-            summary["index_rows"] = {"param": p.name, "fields": list(INDEX_FIELDS), "rows": target.index.tensor_rows(t).tolist()}
+            summary["index_rows"] = {
+                "param": p.name,
+                "fields": list(INDEX_FIELDS),
+                "rows": target.index.tensor_rows(t).tolist(),
+            }
     return summary
 
 
@@ -257,8 +266,11 @@ def render_summary(summary: dict[str, Any], source: Path) -> str:
         lines += ["", f"family {family_line(summary['family'])}"]
         lines += member_table(summary["targets"])
     for target in summary["targets"] if "family" not in summary else []:
-        lines += ["", f"target {target['name']}: {target['family']} on {target['dataset']}, "
-                  f"{target['num_params']} params, {target['num_layers']} layers"]
+        lines += [
+            "",
+            f"target {target['name']}: {target['family']} on {target['dataset']}, "
+            f"{target['num_params']} params, {target['num_layers']} layers",
+        ]
         rows = [[_cell(p[c]) for c in PARAM_COLUMNS] for p in target["params"]]
         footer = ["total", "", "", "", "", str(target["num_params"]), ""]
         lines += format_table([HEADERS.get(c, c) for c in PARAM_COLUMNS], rows, footer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -62,13 +63,18 @@ class Mode(StrEnum):
 @command("train")
 def train(
     source: Annotated[
-        Path | None, typer.Argument(help="A spec YAML or a compiled plan (*.pt); omit with --resume.", show_default=False)
+        Path | None,
+        typer.Argument(help="A spec YAML or a compiled plan (*.pt); omit with --resume.", show_default=False),
     ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", "-o", parser=nonempty_path, metavar="DIR",
-            help="Run folder, missing or empty (default: runs/<spec name>/<timestamp>).", show_default=False,
+            "--out",
+            "-o",
+            parser=nonempty_path,
+            metavar="DIR",
+            help="Run folder, missing or empty (default: runs/<spec name>/<timestamp>).",
+            show_default=False,
         ),
     ] = None,
     data_root: DataRootOption = None,
@@ -85,7 +91,9 @@ def train(
     device: DeviceOption = DEFAULT_DEVICE,
     tensorboard: Annotated[
         bool,
-        typer.Option("--tensorboard", help="Also write TensorBoard event files to RUN/tensorboard (as train.tensorboard)."),
+        typer.Option(
+            "--tensorboard", help="Also write TensorBoard event files to RUN/tensorboard (as train.tensorboard)."
+        ),
     ] = False,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue the stopped run in this folder.", show_default=False)
@@ -102,7 +110,8 @@ def train(
         bool,
         typer.Option(
             "--shard-generation",
-            help="Under torchrun: each process generates a share of the weights (generator memory / N); " "docs/distributed.md.",
+            help="Under torchrun: each process generates a share of the weights (generator memory / N); "
+            "docs/distributed.md.",
         ),
     ] = False,
     exact: Annotated[
@@ -164,7 +173,9 @@ def train(
                 "--resume DIR continues a run as it was started; give no SOURCE, --out, --set, --mode, --model, "
                 "--precision, --exact or --micro-shards"
             )
-        options = TrainOptions(device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation)
+        options = TrainOptions(
+            device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation
+        )
         echo(cpu.line(), err=True)
         run_root = resume
         summary = _stoppable(lambda: resume_run(resume, options), resume)
@@ -188,7 +199,15 @@ def train(
         compare = spec.train.compare_direct and not is_multi_model(plan)  # a family trains no direct baseline
         chosen = mode.value if mode is not None else ("both" if compare else "uhn")
         run_root = out if out is not None else default_run_dir(plan_label(plan))
-        options = TrainOptions(mode=chosen, device=device.value, data_root=data_root, tensorboard=tensorboard, shard_generation=shard_generation, **({} if micro_shards is None else {"micro_shards": micro_shards}))  # type: ignore[arg-type]  # a Mode value; an int
+        options = TrainOptions(
+            mode=chosen,  # type: ignore[arg-type]  # the Mode choice's value: "uhn", "direct" or "both"
+            device=device.value,
+            data_root=data_root,
+            tensorboard=tensorboard,
+            shard_generation=shard_generation,
+        )
+        if micro_shards is not None:
+            options = replace(options, micro_shards=micro_shards)
         recorded = {"source": str(source), "overrides": list(overrides or []), "model": model, "cpu": cpu.record()}
         echo(cpu.line(), err=True)
         summary = _stoppable(lambda: start_run(plan, run_root, options, recorded), run_root)
@@ -235,7 +254,10 @@ def _stoppable(action: Callable[[], dict[str, Any]], run_root: Path) -> dict[str
         raise typer.Exit(EXIT_LOST_CONTACT) from None
     except KeyboardInterrupt:
         started = RunDir(run_root).info_path.is_file()
-        typer.echo(f"abandoned; the last checkpoint stays; {again}" if started else "interrupted before the run started", err=True)
+        typer.echo(
+            f"abandoned; the last checkpoint stays; {again}" if started else "interrupted before the run started",
+            err=True,
+        )
         raise typer.Exit(EXIT_ABANDONED) from None
 
 
@@ -261,10 +283,15 @@ def result_line(summary: dict[str, Any]) -> str:
 def export(
     run_dir: Annotated[
         Path,
-        typer.Argument(help=f"A finished run folder (with --onnx also an exported *{EXPORT_SUFFIX}).", show_default=False),
+        typer.Argument(
+            help=f"A finished run folder (with --onnx also an exported *{EXPORT_SUFFIX}).", show_default=False
+        ),
     ],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help=f"File to write (*{EXPORT_SUFFIX}; with --onnx *{ONNX_SUFFIX}).", show_default=False)
+        Path,
+        typer.Option(
+            "--output", "-o", help=f"File to write (*{EXPORT_SUFFIX}; with --onnx *{ONNX_SUFFIX}).", show_default=False
+        ),
     ],
     source: Annotated[str, typer.Option("--source", help="Which weights: uhn (generated) or direct.")] = "uhn",
     onnx: Annotated[
@@ -284,12 +311,20 @@ def export(
     ] = 10,
     for_module: Annotated[
         str | None,
-        typer.Option("--for-module", metavar="MODULE:ATTR", help="Write the state_dict of the original nn.Module the spec was imported from (uhn import), " "which it loads with strict=True.", show_default=False),
+        typer.Option(
+            "--for-module",
+            metavar="MODULE:ATTR",
+            help="Write the state_dict of the original nn.Module the spec was imported from (uhn import), "
+            "which it loads with strict=True.",
+            show_default=False,
+        ),
     ] = None,
     data_root: DataRootOption = None,
     levels: Annotated[
         bool,
-        typer.Option("--levels", help="A recursive run: also write each generated generator H_k, as OUTPUT's name plus .hK."),
+        typer.Option(
+            "--levels", help="A recursive run: also write each generated generator H_k, as OUTPUT's name plus .hK."
+        ),
     ] = False,
     model: Annotated[
         str | None,
@@ -346,16 +381,23 @@ def export(
             module = build_model(target.spec)
             module.load_state_dict(generated_state_dict(run, kind, torch_device, target, recalibrate_bn, data_root))
         difference = export_onnx(module, output)
-        typer.echo(f"wrote {output} ({human_bytes(output.stat().st_size)}); onnxruntime matches PyTorch to {difference:.1e}")
+        typer.echo(
+            f"wrote {output} ({human_bytes(output.stat().st_size)}); onnxruntime matches PyTorch to {difference:.1e}"
+        )
         return
     if run_dir.is_file():
         raise UHNError(f"{run_dir}: a file; `uhn export` reads a run folder (with --onnx it also converts an export)")
     if for_module is not None:
         from uhn_runtime.io.export import export_for_module
 
-        state = export_for_module(RunDir.open(run_dir), output, kind, torch_device, for_module, recalibrate_bn, data_root)
+        state = export_for_module(
+            RunDir.open(run_dir), output, kind, torch_device, for_module, recalibrate_bn, data_root
+        )
         count = sum(t.numel() for t in state.values())
-        typer.echo(f"wrote {output} ({human_bytes(output.stat().st_size)}): " f"{len(state)} tensors of {for_module}, loaded with strict=True")
+        typer.echo(
+            f"wrote {output} ({human_bytes(output.stat().st_size)}): "
+            f"{len(state)} tensors of {for_module}, loaded with strict=True"
+        )
         return
     if levels:
         if source != "uhn" or onnx:
@@ -375,6 +417,7 @@ def export(
 def _multitask_member(run_dir: Path, task: str) -> str:
     """``task`` checked against the members of the multi-task run in ``run_dir``."""
     from uhn_runtime.train.run_dir import RunDir
+
     if run_dir.is_file():
         raise UHNError(f"{run_dir}: a file; --task reads a multi-task run folder")
     plan = RunDir.open(run_dir).plan()

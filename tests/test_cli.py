@@ -74,17 +74,25 @@ def test_help_lists_the_spec_commands() -> None:
 def test_validate(spec_file: Path) -> None:
     result = invoke("validate", spec_file)
     assert result.exit_code == 0
-    assert re.fullmatch(rf"ok: cli_mlp \({SPEC_PARAMS} params, 2 layers; memory: compile ~[\d.]+ KiB, train ~[\d.]+ MiB\)\n", result.stdout)
+    assert re.fullmatch(
+        rf"ok: cli_mlp \({SPEC_PARAMS} params, 2 layers; memory: compile ~[\d.]+ KiB, train ~[\d.]+ MiB\)\n",
+        result.stdout,
+    )
 
 
 def test_validate_several_specs_with_overrides(spec_file: Path, tmp_path: Path) -> None:
     other = tmp_path / "other.yaml"
     other.write_text(SPEC.replace("cli_mlp", "other_mlp"))
-    result = invoke("validate", spec_file, other, "--set", "layers[0].out_features=16", "--set", "layers[1].in_features=16")
+    result = invoke(
+        "validate", spec_file, other, "--set", "layers[0].out_features=16", "--set", "layers[1].in_features=16"
+    )
     assert result.exit_code == 0
     params = 64 * 16 + 16 + 16 * 10 + 10
     lines = result.stdout.splitlines()
-    assert [line.split(";")[0] for line in lines] == [f"ok: cli_mlp ({params} params, 2 layers", f"ok: other_mlp ({params} params, 2 layers"]
+    assert [line.split(";")[0] for line in lines] == [
+        f"ok: cli_mlp ({params} params, 2 layers",
+        f"ok: other_mlp ({params} params, 2 layers",
+    ]
 
 
 def test_compile_writes_a_plan(spec_file: Path, tmp_path: Path) -> None:
@@ -141,7 +149,12 @@ def test_inspect_json_of_spec_and_of_its_plan_agree(spec_file: Path, tmp_path: P
 
     (target,) = from_spec["targets"]
     assert (target["name"], target["num_params"], target["num_layers"]) == ("cli_mlp", SPEC_PARAMS, 2)
-    assert [p["name"] for p in target["params"]] == ["layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"]
+    assert [p["name"] for p in target["params"]] == [
+        "layers.0.weight",
+        "layers.0.bias",
+        "layers.1.weight",
+        "layers.1.bias",
+    ]
     assert [p["shape"] for p in target["params"]] == [[32, 64], [32], [10, 32], [10]]
     assert [p["offset"] for p in target["params"]] == [0, 2048, 2080, 2400]
     assert [p["param_type"] for p in target["params"]] == [0, 1, 0, 1]
@@ -169,15 +182,26 @@ def test_inspect_table(spec_file: Path) -> None:
 def test_inspect_json_gives_each_tensors_compact_index_descriptor(spec_file: Path) -> None:
     (target,) = json.loads(invoke("inspect", spec_file, "--json").stdout)["targets"]
     weight, bias = target["params"][2:4]
-    assert weight["index"] == {"constants": {"layer_idx": 1, "layer_type": 0, "param_type": 0}, "dims": [["output_idx", 10], ["input_idx", 32]]}
-    assert bias["index"] == {"constants": {"layer_idx": 1, "layer_type": 0, "param_type": 1}, "dims": [["output_idx", 10]]}
+    assert weight["index"] == {
+        "constants": {"layer_idx": 1, "layer_type": 0, "param_type": 0},
+        "dims": [["output_idx", 10], ["input_idx", 32]],
+    }
+    assert bias["index"] == {
+        "constants": {"layer_idx": 1, "layer_type": 0, "param_type": 1},
+        "dims": [["output_idx", 10]],
+    }
     assert "index_rows" not in target
 
 
 def test_inspect_rows_of_one_tensor(spec_file: Path) -> None:
     (target,) = json.loads(invoke("inspect", spec_file, "--json", "--rows", "layers.1.bias").stdout)["targets"]
     shown = target["index_rows"]
-    assert shown["param"] == "layers.1.bias" and shown["fields"][:4] == ["layer_idx", "layer_type", "param_type", "output_idx"]
+    assert shown["param"] == "layers.1.bias" and shown["fields"][:4] == [
+        "layer_idx",
+        "layer_type",
+        "param_type",
+        "output_idx",
+    ]
     assert shown["rows"] == [[1, 0, 1, i] + [-1] * 6 for i in range(10)]
     lines = invoke("inspect", spec_file, "--rows", "layers.1.bias").stdout.splitlines()
     start = lines.index("index rows of layers.1.bias (one per weight, C order; -1: field unused):")
@@ -238,7 +262,6 @@ def test_every_python_package_is_listed_for_installation() -> None:
         for init in (REPO_ROOT / root).rglob("__init__.py")
     }
     assert on_disk - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
-
 
 
 def readme_commands() -> list[str]:
@@ -338,26 +361,34 @@ def test_a_bug_shows_its_traceback(spec_file: Path, monkeypatch: pytest.MonkeyPa
     assert "error: " not in result.output
 
 
-def test_train_refuses_a_target_too_large_before_allocating(spec_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_refuses_a_target_too_large_before_allocating(
+    spec_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("UHN_MEMORY_LIMIT_GIB", "0.001")
     run_dir = tmp_path / "run"
     result = invoke("train", spec_file, "-o", run_dir)
     assert result.exit_code == 2
     line = result.stderr.strip()
     assert re.fullmatch(
-        rf"error: {re.escape(str(spec_file))}: layers\[0\]: " rf"{SPEC_PARAMS} parameters \(\d+% in this layer\): train needs about "
-        r"[\d.]+ MiB, more than UHN_MEMORY_LIMIT_GIB=0.001 \(1.0 MiB\); " r"shrink the model, or set UHN_MEMORY_LIMIT_GIB .*",
+        rf"error: {re.escape(str(spec_file))}: layers\[0\]: "
+        rf"{SPEC_PARAMS} parameters \(\d+% in this layer\): train needs about "
+        r"[\d.]+ MiB, more than UHN_MEMORY_LIMIT_GIB=0.001 \(1.0 MiB\); "
+        r"shrink the model, or set UHN_MEMORY_LIMIT_GIB .*",
         line,
     ), line
     assert not run_dir.exists()
 
 
-def test_compile_refuses_what_cannot_fit_and_the_limit_can_be_raised(spec_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compile_refuses_what_cannot_fit_and_the_limit_can_be_raised(
+    spec_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     plan = tmp_path / "plan.pt"
     wide = ["--set", "layers[0].out_features=2000000", "--set", "layers[1].in_features=2000000"]
     monkeypatch.setenv("UHN_MEMORY_LIMIT_GIB", "1")
     result = invoke("compile", spec_file, "-o", plan, *wide)
-    assert result.exit_code == 2 and re.search(r"compile needs about [\d.]+ GiB, more than UHN_MEMORY_LIMIT_GIB=1 ", result.stderr), result.stderr
+    assert result.exit_code == 2 and re.search(
+        r"compile needs about [\d.]+ GiB, more than UHN_MEMORY_LIMIT_GIB=1 ", result.stderr
+    ), result.stderr
     assert not plan.exists()
     monkeypatch.setenv("UHN_MEMORY_LIMIT_GIB", "nonsense")
     assert "UHN_MEMORY_LIMIT_GIB: 'nonsense' is not a number of GiB" in invoke("validate", spec_file).stderr
@@ -367,23 +398,51 @@ def test_compile_refuses_what_cannot_fit_and_the_limit_can_be_raised(spec_file: 
 
 # Every numeric option out of range (or not a number): (arguments, the option and range the line names).
 OUT_OF_RANGE = [
-    (["train", "{spec}", "--micro-shards", "1000000000"], "--micro-shards: '1000000000' is out of range; give an integer from 0 to 4096"),
+    (
+        ["train", "{spec}", "--micro-shards", "1000000000"],
+        "--micro-shards: '1000000000' is out of range; give an integer from 0 to 4096",
+    ),
     (["train", "{spec}", "--micro-shards", str(2**64)], "--micro-shards: '18446744073709551616' is out of range"),
     (["train", "{spec}", "--micro-shards", "-1"], "give an integer from 0 to 4096"),
-    (["export", "{run}", "-o", "{out}.safetensors", "--recalibrate-bn", "100001"], "--recalibrate-bn: '100001' is out of range; give an integer from 0 to 100000"),
-    (["bench", "{spec}", "--naive-max-gib", "nan"], "--naive-max-gib: 'nan' is not a number; give a number from 0 to 1024"),
+    (
+        ["export", "{run}", "-o", "{out}.safetensors", "--recalibrate-bn", "100001"],
+        "--recalibrate-bn: '100001' is out of range; give an integer from 0 to 100000",
+    ),
+    (
+        ["bench", "{spec}", "--naive-max-gib", "nan"],
+        "--naive-max-gib: 'nan' is not a number; give a number from 0 to 1024",
+    ),
     (["bench", "{spec}", "--naive-max-gib", "inf"], "--naive-max-gib: 'inf' is not a number"),
     (["bench", "{spec}", "--naive-max-gib", "-1"], "--naive-max-gib: '-1' is out of range"),
-    (["bench", "{spec}", "--batch", str(10**12)], "--batch: '1000000000000' is out of range; give an integer from 1 to 65536"),
+    (
+        ["bench", "{spec}", "--batch", str(10**12)],
+        "--batch: '1000000000000' is out of range; give an integer from 1 to 65536",
+    ),
     (["bench", "{spec}", "--batch", "1e3"], "--batch: '1e3' is not an integer"),
     (["bench", "{spec}", "--repeats", "0"], "--repeats: '0' is out of range; give an integer from 1 to 100"),
-    (["bench", "{spec}", "--target-segments", "5000"], "--target-segments: '5000' is out of range; give an integer from 0 to 1024"),
+    (
+        ["bench", "{spec}", "--target-segments", "5000"],
+        "--target-segments: '5000' is out of range; give an integer from 0 to 1024",
+    ),
     (["bench", "{spec}", "--matmul-size", "8"], "--matmul-size: '8' is out of range; give an integer from 16 to 8192"),
-    (["import", "m.py:M", "-o", "{out}.yaml", "--input-shape", "100000,100000,100000"], "--input-shape: '100000' in '100000,100000,100000' is out of range; " "give 1 to 3 comma-separated integers from 1 to 65536"),
-    (["import", "m.py:M", "-o", "{out}.yaml", "--input-shape", "4096,4096,4096"], "--input-shape: '4096,4096,4096' holds 68,719,476,736 values; give a shape of at most 16,777,216"),
-    (["import", "m.py:M", "-o", "{out}.yaml", "--input-shape", "3,,32"], "--input-shape: '3,,32'; give 1 to 3 comma-separated integers"),
+    (
+        ["import", "m.py:M", "-o", "{out}.yaml", "--input-shape", "100000,100000,100000"],
+        "--input-shape: '100000' in '100000,100000,100000' is out of range; "
+        "give 1 to 3 comma-separated integers from 1 to 65536",
+    ),
+    (
+        ["import", "m.py:M", "-o", "{out}.yaml", "--input-shape", "4096,4096,4096"],
+        "--input-shape: '4096,4096,4096' holds 68,719,476,736 values; give a shape of at most 16,777,216",
+    ),
+    (
+        ["import", "m.py:M", "-o", "{out}.yaml", "--input-shape", "3,,32"],
+        "--input-shape: '3,,32'; give 1 to 3 comma-separated integers",
+    ),
     (["import", "m.py:M", "-o", "{out}.yaml", "--input-shape", "1,2,3,4"], "--input-shape: '1,2,3,4'; give 1 to 3"),
-    (["reproduce", "demo", "--seeds", "1,,2"], "--seeds: '1,,2'; give 1 to 100 comma-separated integers from 0 to 4294967295"),
+    (
+        ["reproduce", "demo", "--seeds", "1,,2"],
+        "--seeds: '1,,2'; give 1 to 100 comma-separated integers from 0 to 4294967295",
+    ),
     (["reproduce", "demo", "--seeds", "1,x"], "--seeds: 'x' in '1,x' is not an integer"),
     (["reproduce", "demo", "--seeds", str(2**32)], "--seeds: '4294967296' is out of range"),
     (["reproduce", "demo", "--seeds", "7,7"], "--seeds: '7,7' repeats a value"),
@@ -399,7 +458,9 @@ def test_every_numeric_option_refuses_what_is_out_of_its_range_in_one_line(
     filled = [a.format(spec=spec_file, run=tmp_path, out=tmp_path / "out") for a in args]
     result = runner.invoke(app, filled)
     assert result.exit_code == 2, result.output
-    assert result.stderr.startswith("error: --") and line in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: --") and line in result.stderr and result.stderr.count("\n") == 1, (
+        result.stderr
+    )
     assert result.stdout == "" and not any(tmp_path.glob("out*"))  # refused before any work
 
 
@@ -424,7 +485,15 @@ def test_every_int_or_float_option_has_a_documented_range() -> None:
             if infos and kinds & {int, float}:
                 numeric.append(name)
                 assert infos[0].parser is not None and ".." in str(infos[0].metavar), f"{registered.name} {name}"
-    assert {"micro_shards", "recalibrate_bn", "naive_max_gib", "repeats", "batch", "target_segments", "matmul_size"} <= set(numeric)
+    assert {
+        "micro_shards",
+        "recalibrate_bn",
+        "naive_max_gib",
+        "repeats",
+        "batch",
+        "target_segments",
+        "matmul_size",
+    } <= set(numeric)
 
 
 def test_train_refuses_more_micro_shards_than_a_batch_has_examples(tmp_path: Path) -> None:
@@ -432,7 +501,10 @@ def test_train_refuses_more_micro_shards_than_a_batch_has_examples(tmp_path: Pat
     spec.write_text(tiny_spec_yaml(batch_size=16))
     result = runner.invoke(app, ["train", str(spec), "-o", str(tmp_path / "run"), "--micro-shards", "17"])
     assert result.exit_code == 2
-    assert result.stderr == f"error: --micro-shards: 17 is more than train.batch_size 16 of {spec}; " "give 0 to 16 (each micro-shard holds at least one example of the batch)\n"
+    assert (
+        result.stderr == f"error: --micro-shards: 17 is more than train.batch_size 16 of {spec}; "
+        "give 0 to 16 (each micro-shard holds at least one example of the batch)\n"
+    )
     assert not (tmp_path / "run").exists()
 
 

@@ -22,7 +22,9 @@ def env_after_importing_the_cli(busy: int, **env: str) -> str:
         f"import uhn_runtime.cpu_policy as p; p._busy_at_start.append({busy})\n"
         "import os, sys, uhn_cli; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
     )
-    done = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True
+    )
     return done.stdout.strip()
 
 

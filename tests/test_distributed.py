@@ -191,7 +191,9 @@ def logged_losses(run_root: Path) -> list[float]:
 
 
 @pytest.mark.parametrize("run", EXACT_RUNS)
-def test_two_processes_take_the_steps_of_one_on_another_thread_count(two_process_runs: Path, tmp_path: Path, run: str) -> None:
+def test_two_processes_take_the_steps_of_one_on_another_thread_count(
+    two_process_runs: Path, tmp_path: Path, run: str
+) -> None:
     """Exact data parallel (--exact): 2 processes of 1 thread end where 1 process of 2
     threads ends, every weight (the attention key bias, whose gradient is rounding noise,
     included) and every logged loss."""
@@ -290,7 +292,13 @@ def test_torchrun_writes_the_run_folder_of_one_process(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr[-3000:]
         if name == "two":
             assert done.stdout.count("test accuracy:") == 1  # rank 0 alone prints
-        export = subprocess.run([uhn, "export", str(tmp_path / name), "-o", str(tmp_path / f"{name}.safetensors")], env=env, capture_output=True, text=True, timeout=120)
+        export = subprocess.run(
+            [uhn, "export", str(tmp_path / name), "-o", str(tmp_path / f"{name}.safetensors")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert export.returncode == 0, export.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
     from safetensors.torch import load_file
@@ -341,7 +349,12 @@ def test_exact_path_leaves_batch_norm_and_sharded_generation_to_ddp() -> None:
 
 def test_graph_shares_split_the_counted_nodes_and_keep_the_graph() -> None:
     mask = torch.tensor([True, False, True, True, False, True])
-    batch = Batch(torch.zeros(6, 3), torch.zeros(6, dtype=torch.long), edge_index=torch.zeros(2, 4, dtype=torch.long), node_mask=mask)
+    batch = Batch(
+        torch.zeros(6, 3),
+        torch.zeros(6, dtype=torch.long),
+        edge_index=torch.zeros(2, 4, dtype=torch.long),
+        node_mask=mask,
+    )
     shares = [shard_batch(batch, rank, 2) for rank in range(2)]
     assert [s.node_mask.nonzero().squeeze(1).tolist() for s, _ in shares] == [[0, 2], [3, 5]]
     assert all(s.inputs.shape == (6, 3) for s, _ in shares)
@@ -377,10 +390,21 @@ def test_killing_rank_0_mid_run_leaves_rank_1_one_line_and_the_resume_code(tmp_p
     spec = tmp_path / "tiny.yaml"
     spec.write_text(tiny_spec_yaml(steps=1_000_000, init_steps=0))  # runs until killed
     run = tmp_path / "run"
-    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(WORLD), "OMP_NUM_THREADS": "1"}
+    rendezvous = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": str(WORLD),
+        "OMP_NUM_THREADS": "1",
+    }
     command = [sys.executable, "-m", "uhn_cli", "train", str(spec), "-o", str(run), "--device", "cpu", "--mode", "uhn"]
     ranks = [
-        subprocess.Popen(command, env={**os.environ, **rendezvous, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            command,
+            env={**os.environ, **rendezvous, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for r in range(WORLD)
     ]
     try:
@@ -397,7 +421,9 @@ def test_killing_rank_0_mid_run_leaves_rank_1_one_line_and_the_resume_code(tmp_p
     assert ranks[1].returncode == EXIT_LOST_CONTACT, stderr[-3000:]
     assert "Traceback" not in stderr and "╭" not in stderr, stderr[-3000:]
     (line,) = [line for line in stderr.splitlines() if "lost contact" in line]
-    assert line.startswith("rank 1: lost contact with another process (") and line.endswith(f"uhn train --resume {run}`")
+    assert line.startswith("rank 1: lost contact with another process (") and line.endswith(
+        f"uhn train --resume {run}`"
+    )
 
 
 def test_only_a_failure_to_reach_another_process_is_lost_contact() -> None:

@@ -168,7 +168,9 @@ ENUMS = [
 
 def table_rows(text: str) -> list[list[str]]:
     """Cells of every markdown table row (header and separator rows included)."""
-    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
+    return [
+        [c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines() if line.startswith("|")
+    ]
 
 
 @pytest.mark.parametrize("vector", list(FIELD_TUPLES))
@@ -227,7 +229,10 @@ def test_readme_training_loop_runs() -> None:
     """The README's own-loop example (uhn.HyperNetwork): it trains, and the generated weights
     load strictly into the model and give the generator's outputs."""
     (code,) = [block for block in readme_python_blocks() if "uhn.HyperNetwork" in block]
-    assert len([line for line in code.strip().splitlines() if not line.startswith("import") and "import " not in line]) <= 10
+    assert (
+        len([line for line in code.strip().splitlines() if not line.startswith("import") and "import " not in line])
+        <= 10
+    )
     namespace: dict[str, Any] = {}
     exec(compile(code, "README.md", "exec"), namespace)
     hnet, model, x = namespace["hnet"], namespace["model"], namespace["x"]
@@ -253,7 +258,11 @@ def readme_import_example() -> list[tuple[str, list[str]]]:
 
 def run_shell(command: str, cwd: Path) -> str:
     """One README line, run by bash in ``cwd`` with this environment's `uhn` and `python`."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
     done = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
     return done.stdout
@@ -282,10 +291,15 @@ def test_readme_import_example_runs_end_to_end(user_folder: Path) -> None:
     ResNet-18 and training is a few steps of a tiny generator (the full one takes hours here)."""
     if not (SHARED_DATA / "cifar10").is_dir():
         pytest.skip(f"CIFAR-10 not found at {SHARED_DATA}")
-    budget = "--set train.epochs=null --set train.steps=2 --set " "train.warmup=0 --set train.init_steps=1 --set train.batch_size=8"
+    budget = (
+        "--set train.epochs=null --set train.steps=2 --set "
+        "train.warmup=0 --set train.init_steps=1 --set train.batch_size=8"
+    )
     budget += " --set generator.index_freqs=16 --set generator.hidden=8"
     for command, _ in readme_import_example():
-        command = command.replace(":resnet18 ", ":tiny_resnet10 ").replace("models.resnet18()", "models.tiny_resnet10()")
+        command = command.replace(":resnet18 ", ":tiny_resnet10 ").replace(
+            "models.resnet18()", "models.tiny_resnet10()"
+        )
         command = command.replace("../shared/data", str(SHARED_DATA))
         if command.startswith("uhn train"):
             command += f" {budget}"

@@ -72,7 +72,9 @@ def test_cli_train_export_evaluate(tmp_path: Path) -> None:
     spec_path = tmp_path / "tiny.yaml"
     spec_path.write_text(tiny_spec_yaml(epochs=3))
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(spec_path), "--out", str(run), "--mode", "both", "--set", "train.epochs=2"])
+    result = runner.invoke(
+        app, ["train", str(spec_path), "--out", str(run), "--mode", "both", "--set", "train.epochs=2"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((run / "summary.json").read_text())
     assert f"test accuracy:  uhn {summary['uhn']:.4f}" in result.output
@@ -183,7 +185,9 @@ def test_cli_export_onnx_matches_the_plain_module(trained_run: RunDir, tmp_path:
     wrong = runner.invoke(app, ["export", str(trained_run.root), "--onnx", "-o", str(tmp_path / "m.safetensors")])
     assert wrong.exit_code == 2 and "ends in .onnx" in wrong.output
     # An export converts too: the same ONNX model from the safetensors file.
-    from_file = runner.invoke(app, ["export", str(tmp_path / "model.safetensors"), "--onnx", "-o", str(tmp_path / "f.onnx")])
+    from_file = runner.invoke(
+        app, ["export", str(tmp_path / "model.safetensors"), "--onnx", "-o", str(tmp_path / "f.onnx")]
+    )
     assert from_file.exit_code == 0, from_file.output
     torch.testing.assert_close(onnx_outputs(tmp_path / "f.onnx", batch.model_kwargs()), expected, atol=1e-5, rtol=1e-4)
 

@@ -118,7 +118,9 @@ def test_dedup_is_on_the_spec_not_on_the_variables(tmp_path: Path) -> None:
     sample = {**family_data()["sample"], "copies": {"min": 1, "max": 3}}
     family = load_family(write_family(tmp_path, sample=sample, count=10, unseen=0))
     assert len({(m.variables["width"], m.variables["act"]) for m in family.members}) == 10
-    with pytest.raises(SpecError, match=r"count: 11 distinct architectures asked, but 50000 draws \(seed 3\) gave only 10"):
+    with pytest.raises(
+        SpecError, match=r"count: 11 distinct architectures asked, but 50000 draws \(seed 3\) gave only 10"
+    ):
         load_family(write_family(tmp_path, sample=sample, count=11, unseen=0))
 
 
@@ -150,8 +152,15 @@ def test_draw_kinds(tmp_path: Path) -> None:
 
 def test_listed_members(tmp_path: Path) -> None:
     inline = yaml.safe_load(TEMPLATE.replace("{{ width }}", "8").replace("{{ act }}", "elu")) | {"name": "a"}
-    (tmp_path / "b.yaml").write_text(yaml.safe_dump({**inline, "name": "b", "layers": [
-        {**inline["layers"][0], "out_features": 6}, {**inline["layers"][1], "in_features": 6}]}))
+    (tmp_path / "b.yaml").write_text(
+        yaml.safe_dump(
+            {
+                **inline,
+                "name": "b",
+                "layers": [{**inline["layers"][0], "out_features": 6}, {**inline["layers"][1], "in_features": 6}],
+            }
+        )
+    )
     path = tmp_path / "listed.yaml"
     path.write_text(yaml.safe_dump({"name": "listed", "members": [inline, "b.yaml"], "unseen": 1}))
     family = load_family(path)
@@ -169,19 +178,37 @@ def test_listed_members(tmp_path: Path) -> None:
     [
         ({"count": 11}, "count: 11 distinct architectures asked, but the sample can give at most 10"),
         ({"count": 10**6}, "count: Input should be less than or equal to 10000 (got 1000000)"),
-        ({"name": "f" * 96}, "name: must be 1 to 95 letters, digits, '_', '.' and '-', starting with a letter; members are named"),
+        (
+            {"name": "f" * 96},
+            "name: must be 1 to 95 letters, digits, '_', '.' and '-', starting with a letter; members are named",
+        ),
         ({"name": ".."}, "name: must be 1 to 95 letters"),
         ({"name": "1abc"}, "name: must be 1 to 95 letters"),
         (
             {"sample": {"width": {"min": 4, "max": 8, "divisible_by": "act"}, "act": {"choice": ["elu"]}}},
             "sample.width.divisible_by: 'act' is not an integer variable listed before 'width'",
         ),
-        ({"count": 1, "unseen": 0, "sample": {"width": {"min": 0, "max": 0}, "act": {"choice": ["elu"]}}}, "template: with width=0, act=elu: layers[0].out_features"),
-        ({"count": 1, "unseen": 0, "sample": {"width": {"min": 4, "max": 4}}}, "template: with width=4: line 7: template error: 'act' is undefined"),
-        ({"sample": {"width": {"min": 9, "max": 11, "divisible_by": 4}, "act": {"choice": ["elu"]}}}, "sample.width: no integer in [9, 11] divisible by 4"),
+        (
+            {"count": 1, "unseen": 0, "sample": {"width": {"min": 0, "max": 0}, "act": {"choice": ["elu"]}}},
+            "template: with width=0, act=elu: layers[0].out_features",
+        ),
+        (
+            {"count": 1, "unseen": 0, "sample": {"width": {"min": 4, "max": 4}}},
+            "template: with width=4: line 7: template error: 'act' is undefined",
+        ),
+        (
+            {"sample": {"width": {"min": 9, "max": 11, "divisible_by": 4}, "act": {"choice": ["elu"]}}},
+            "sample.width: no integer in [9, 11] divisible by 4",
+        ),
         ({"sample": {"width": {"low": 4}}}, "sample.width: a draw is {min, max"),
-        ({"sample": {"width": {"min": 4, "max": 8, "stepp": 2}}}, "sample.width.stepp: unknown field; allowed here: min, max, step, divisible_by"),
-        ({"sample": {"w": {"length": 2, "at": {0: {"min": 1, "max": 2}}}}}, "sample.w.item: give item, or at for every position"),
+        (
+            {"sample": {"width": {"min": 4, "max": 8, "stepp": 2}}},
+            "sample.width.stepp: unknown field; allowed here: min, max, step, divisible_by",
+        ),
+        (
+            {"sample": {"w": {"length": 2, "at": {0: {"min": 1, "max": 2}}}}},
+            "sample.w.item: give item, or at for every position",
+        ),
         ({"unseen": 6}, "unseen: 6 leaves no seen member of 6"),
         ({"members": ["a.yaml"]}, "give exactly one of template (with sample and count) and members"),
     ],
@@ -313,7 +340,10 @@ def test_inspect_json_lists_the_family(digits_plan_path: Path, source: str) -> N
         (m.name, m.spec.num_params, m.split) for m in family.members
     ]
     assert summary["generator_params"] == {"trainable": 181_889, "total": 193_135}
-    assert summary["family"] | {"count": 50, "seen": 40, "unseen": 10, "smallest": 2410, "largest": 33722} == summary["family"]
+    assert (
+        summary["family"] | {"count": 50, "seen": 40, "unseen": 10, "smallest": 2410, "largest": 33722}
+        == summary["family"]
+    )
 
 
 def test_family_files_are_told_from_specs() -> None:

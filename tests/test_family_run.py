@@ -227,7 +227,9 @@ def test_zero_shot_export_of_a_new_architecture_in_range(family_run: Path, tmp_p
     spec = tmp_path / "new.yaml"
     spec.write_text(member_spec(width, act))
     out = tmp_path / "new.safetensors"
-    result = CliRunner().invoke(app, ["export", str(family_run), "--spec", str(spec), "-o", str(out), "--device", "cpu"])
+    result = CliRunner().invoke(
+        app, ["export", str(family_run), "--spec", str(spec), "-o", str(out), "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     assert "zero-shot" in result.output and "warning" not in result.output
     evaluated = CliRunner().invoke(app, ["evaluate", str(out), "--device", "cpu"])
@@ -239,7 +241,9 @@ def test_zero_shot_export_out_of_range_warns_naming_the_fields(family_run: Path,
     spec = tmp_path / "wide.yaml"
     spec.write_text(member_spec(40, "silu", name="wide"))  # widths 4..12 in the family
     out = tmp_path / "wide.safetensors"
-    result = CliRunner().invoke(app, ["export", str(family_run), "--spec", str(spec), "-o", str(out), "--device", "cpu"])
+    result = CliRunner().invoke(
+        app, ["export", str(family_run), "--spec", str(spec), "-o", str(out), "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     warning = [line for line in result.output.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and str(spec) in warning[0]

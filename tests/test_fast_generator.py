@@ -40,7 +40,13 @@ def conv_spec(structure: bool = False, sigma: float = 1.0) -> ExperimentSpec:
                 {**conv, "in_channels": 6, "out_channels": 8, "stage_pooling": "conv_pooling"},
                 {"kind": "linear", "in_features": 8, "out_features": 5, "input_pooling": "avg_pooling"},
             ],
-            "generator": {**GENERATOR, "sigma": sigma, "structure_encoder": structure, "structure_freqs": 8, "structure_heads": 2},
+            "generator": {
+                **GENERATOR,
+                "sigma": sigma,
+                "structure_encoder": structure,
+                "structure_freqs": 8,
+                "structure_heads": 2,
+            },
             "train": {"epochs": 1, "warmup": 0},
         }
     )
@@ -95,7 +101,9 @@ def assert_matches_naive(plan: Plan, generator: UHNGenerator, rows: torch.Tensor
         torch.testing.assert_close(our_grads[name] / scale, exact_grad / scale, rtol=0, atol=2e-5, msg=name)
 
 
-@pytest.mark.parametrize("spec", [conv_spec(), conv_spec(structure=True), text_spec()], ids=["cnn", "cnn+structure", "transformer"])
+@pytest.mark.parametrize(
+    "spec", [conv_spec(), conv_spec(structure=True), text_spec()], ids=["cnn", "cnn+structure", "transformer"]
+)
 def test_weights_and_gradients_equal_the_naive_generator(spec: ExperimentSpec) -> None:
     plan, generator = make(spec)
     layout = generator.layout(plan.targets[0].index, plan.generator.chunk_rows)
@@ -139,7 +147,9 @@ def test_work_unit_size_does_not_change_the_weights(chunk_rows: int) -> None:
     index = plan.targets[0].index
     with torch.no_grad():
         whole = generator(index, chunk_rows=4096)
-        torch.testing.assert_close(generator(index, chunk_rows=chunk_rows), whole, rtol=0, atol=1e-5 * whole.abs().max().item())
+        torch.testing.assert_close(
+            generator(index, chunk_rows=chunk_rows), whole, rtol=0, atol=1e-5 * whole.abs().max().item()
+        )
 
 
 @pytest.mark.parametrize(("fits", "policy"), [(True, "h0"), (False, "nothing")])

@@ -35,14 +35,6 @@ from .tiny_specs import tiny_spec_yaml
 runner = CliRunner()
 
 
-
-
-
-
-
-
-
-
 # --------------------------------------------------------------------------- writing
 
 
@@ -112,7 +104,9 @@ def test_run_json_records_the_machine(finished_run: Path) -> None:
     info = json.loads((finished_run / "run.json").read_text())
     machine = info["machine"]
     assert machine["torch_threads"] == torch.get_num_threads() and machine["cpu"]
-    assert set(machine["thread_env"]) == {k for k in os.environ if k.startswith(("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_"))}
+    assert set(machine["thread_env"]) == {
+        k for k in os.environ if k.startswith(("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_"))
+    }
     assert info["versions"]["torch"] == torch.__version__ and info["world_size"] == 1
 
 
@@ -136,7 +130,11 @@ def test_git_revision_only_from_an_editable_install(tmp_path: Path, monkeypatch:
         def read_text(self, name: str) -> str | None:
             return self.direct_url if name == "direct_url.json" else None
 
-    for record in ('{"url": "file:///src/uhn", "dir_info": {}}', '{"url": "https://x/uhn.whl", "archive_info": {}}', "{"):
+    for record in (
+        '{"url": "file:///src/uhn", "dir_info": {}}',
+        '{"url": "https://x/uhn.whl", "archive_info": {}}',
+        "{",
+    ):
         monkeypatch.setattr(importlib.metadata, "distributions", lambda **_: [Installed(None), Installed(record)])  # noqa: B023  called in this pass
         assert source_folder() is None, record
     editable = '{"url": "file:///src/my%20uhn", "dir_info": {"editable": true}}'
@@ -171,14 +169,19 @@ def test_flipped_bytes_in_an_export_are_refused(exported: Path, tmp_path: Path) 
 
 def test_an_export_must_fit_its_spec(exported: Path, tmp_path: Path) -> None:
     missing = rewrite_export(exported, tmp_path / "missing.safetensors", lambda t: t.pop("layers.0.weight"))
-    assert f"{missing}: tensor layers.0.weight: missing; the spec expects shape [12, 16]" in one_error(["evaluate", str(missing)])
+    assert f"{missing}: tensor layers.0.weight: missing; the spec expects shape [12, 16]" in one_error(
+        ["evaluate", str(missing)]
+    )
 
     def wrong_shape(tensors: dict[str, torch.Tensor]) -> None:
         tensors["layers.0.weight"] = torch.zeros(12, 15)
 
     bad = rewrite_export(exported, tmp_path / "shape.safetensors", wrong_shape)
     line = one_error(["evaluate", str(bad)])
-    assert f"{bad}: tensor layers.0.weight: torch.float32 of shape [12, 15]; the spec expects" in line and "[12, 16]" in line
+    assert (
+        f"{bad}: tensor layers.0.weight: torch.float32 of shape [12, 15]; the spec expects" in line
+        and "[12, 16]" in line
+    )
 
 
 def test_a_broken_embedded_spec_names_the_file_and_field(exported: Path, tmp_path: Path) -> None:
@@ -204,7 +207,11 @@ def run_python(code: str, *args: str, file_size_limit: int | None = None) -> sub
 
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", code, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
         preexec_fn=limit if file_size_limit is not None else None,
     )
 

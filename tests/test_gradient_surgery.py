@@ -87,7 +87,9 @@ def test_k_task_draws_are_distinct_weighted_and_a_pure_function_of_seed_and_step
     assert draws != [architecture_draw(6, step, 3, 2, probabilities=probabilities) for step in range(4000)]
     assert all(len(set(d)) == 2 for d in draws)  # without replacement
     # The first task of a k-task draw is the one-task draw: k only adds tasks after it.
-    assert [d[0] for d in draws] == [architecture_draw(5, step, 3, probabilities=probabilities)[0] for step in range(4000)]
+    assert [d[0] for d in draws] == [
+        architecture_draw(5, step, 3, probabilities=probabilities)[0] for step in range(4000)
+    ]
     # The probable tasks are in most steps' pairs, the rare one in fewer (exactly: the pair
     # probabilities of successive weighted draws without replacement).
     counts = Counter(position for d in draws for position in d)
@@ -117,7 +119,9 @@ def test_tasks_per_step_and_gradient_surgery_are_checked(tmp_path: Path, train: 
 def test_several_tasks_a_step_are_refused_under_torchrun(tmp_path: Path) -> None:
     plan = compile_multitask(load_multitask(multitask_file(tmp_path, train={**TRAIN, **PCGRAD})))
     check_tasks_per_step(plan, 1)
-    with pytest.raises(UHNError, match=r"^train.tasks_per_step: 2 with gradient_surgery pcgrad runs in one process") as err:
+    with pytest.raises(
+        UHNError, match=r"^train.tasks_per_step: 2 with gradient_surgery pcgrad runs in one process"
+    ) as err:
         check_tasks_per_step(plan, 2)
     assert "\n" not in str(err.value)
 
@@ -132,7 +136,9 @@ def test_a_pcgrad_run_trains_every_drawn_task_on_its_own_batch_and_records_the_s
     seen = [list(zip(e.targets, e.batch_sizes)) for e in steps.events]
     assert len(seen) == TRAIN["steps"]
     assert all(sorted(name for name, _ in step) == ["tiny_formula", "tiny_images"] for step in seen)
-    sizes = {name: max(size for step in seen for n, size in step if n == name) for name in ("tiny_images", "tiny_formula")}
+    sizes = {
+        name: max(size for step in seen for n, size in step if n == name) for name in ("tiny_images", "tiny_formula")
+    }
     assert sizes == {"tiny_images": 64, "tiny_formula": 32}  # each its own batches (the last of an epoch: shorter)
     assert (summary["tasks_per_step"], summary["gradient_surgery"]) == (2, "pcgrad")
     assert summary["task_sampling"]["draws"] == {"tiny_images": 12, "tiny_formula": 12}
@@ -163,7 +169,9 @@ def test_resumed_pcgrad_run_ends_with_the_weights_and_records_of_an_uninterrupte
     assert records("whole") == records("killed")
 
 
-def test_pcgrad_without_projections_is_the_step_on_the_mean_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pcgrad_without_projections_is_the_step_on_the_mean_loss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The surgery path (each task's gradient alone, then their mean) with the projections
     left out steps on the gradient tasks_per_step without surgery steps on (that of the mean
     loss), up to the order of floating-point sums: the learning rate means the same with and
@@ -172,7 +180,14 @@ def test_pcgrad_without_projections_is_the_step_on_the_mean_loss(tmp_path: Path,
     stepped: dict[str, list[torch.Tensor]] = {}
     original_apply = Stepper.apply
     for surgery in ("none", "pcgrad"):
-        train = {**TRAIN, "tasks_per_step": 2, "gradient_surgery": surgery, "precision": "fp32", "steps": 2, "warmup": 0}
+        train = {
+            **TRAIN,
+            "tasks_per_step": 2,
+            "gradient_surgery": surgery,
+            "precision": "fp32",
+            "steps": 2,
+            "warmup": 0,
+        }
         plan = compile_multitask(load_multitask(multitask_file(tmp_path, train=train)))
         grads = stepped[surgery] = []
 
@@ -182,7 +197,9 @@ def test_pcgrad_without_projections_is_the_step_on_the_mean_loss(tmp_path: Path,
 
         with monkeypatch.context() as patch:
             patch.setattr(Stepper, "apply", recording)
-            patch.setattr(steps_module, "project_conflicts", lambda g, orders: project_conflicts(g, [[] for _ in orders]))
+            patch.setattr(
+                steps_module, "project_conflicts", lambda g, orders: project_conflicts(g, [[] for _ in orders])
+            )
             start_run(plan, tmp_path / surgery, options())
     init_steps = TRAIN["init_steps"]
     for before, after in zip(stepped["none"][:init_steps], stepped["pcgrad"][:init_steps]):

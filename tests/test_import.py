@@ -37,7 +37,9 @@ def example(kwargs: dict, spec: ExperimentSpec) -> tuple[tuple, dict]:
     return (x,), {"x": x}
 
 
-@pytest.mark.parametrize(("factory", "kwargs"), CASES, ids=["resnet", "post_ln_transformer", "pre_ln_transformer", "gcn", "gat"])
+@pytest.mark.parametrize(
+    ("factory", "kwargs"), CASES, ids=["resnet", "post_ln_transformer", "pre_ln_transformer", "gcn", "gat"]
+)
 def test_import_round_trips_weights_into_the_original_module(factory, kwargs: dict) -> None:
     torch.manual_seed(0)
     module = factory().eval()
@@ -81,7 +83,9 @@ def test_cli_refusal_is_one_error_line_and_exit_2(tmp_path, attr: str) -> None:
 
     from uhn_cli.main import app
 
-    result = CliRunner().invoke(app, ["import", f"{models.__file__}:{attr}", "--input-shape", "4", "-o", str(tmp_path / "s.yaml")])
+    result = CliRunner().invoke(
+        app, ["import", f"{models.__file__}:{attr}", "--input-shape", "4", "-o", str(tmp_path / "s.yaml")]
+    )
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output
@@ -91,7 +95,10 @@ def test_cli_refusal_is_one_error_line_and_exit_2(tmp_path, attr: str) -> None:
 def test_a_class_that_needs_arguments_says_so() -> None:
     with pytest.raises(UHNError) as err:
         load_module_ref(f"{models.__file__}:GATNeedsArguments")
-    assert str(err.value).endswith("GATNeedsArguments needs arguments (features); give a zero-argument factory, " "e.g. def make(): return GATNeedsArguments(...), and import FILE:make")
+    assert str(err.value).endswith(
+        "GATNeedsArguments needs arguments (features); give a zero-argument factory, "
+        "e.g. def make(): return GATNeedsArguments(...), and import FILE:make"
+    )
 
 
 def test_graph_models_become_their_paper_kinds() -> None:
@@ -122,8 +129,22 @@ def test_import_train_export_for_module_cli(tmp_path) -> None:
     spec_path, run, out = tmp_path / "resnet.yaml", tmp_path / "run", tmp_path / "module.safetensors"
     result = runner.invoke(app, ["import", ref, "--input-shape", "3,8,8", "-o", str(spec_path)])
     assert result.exit_code == 0, result.output
-    small = ["--set", "train.epochs=null", "--set", "train.steps=3", "--set", "train.warmup=0", "--set", "train.batch_size=16",
-             "--set", "generator.index_freqs=16", "--set", "generator.hidden=8", "--set", "task.synthetic.num_examples=64"]
+    small = [
+        "--set",
+        "train.epochs=null",
+        "--set",
+        "train.steps=3",
+        "--set",
+        "train.warmup=0",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "generator.index_freqs=16",
+        "--set",
+        "generator.hidden=8",
+        "--set",
+        "task.synthetic.num_examples=64",
+    ]
     result = runner.invoke(app, ["train", str(spec_path), "-o", str(run), "--mode", "uhn", "--device", "cpu", *small])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["export", str(run), "-o", str(out), "--for-module", ref, "--recalibrate-bn", "2"])
@@ -140,7 +161,17 @@ def test_import_train_export_for_module_cli(tmp_path) -> None:
     with torch.no_grad():
         assert torch.allclose(module(x), spec_model.eval()(x), atol=1e-5, rtol=1e-4)
 
-    wrong = runner.invoke(app, ["export", str(run), "-o", str(tmp_path / "w.safetensors"), "--for-module", f"{models.__file__}:wider_tiny_resnet"])
+    wrong = runner.invoke(
+        app,
+        [
+            "export",
+            str(run),
+            "-o",
+            str(tmp_path / "w.safetensors"),
+            "--for-module",
+            f"{models.__file__}:wider_tiny_resnet",
+        ],
+    )
     assert wrong.exit_code == 2 and "does not match the run's spec" in wrong.output
 
 
@@ -154,7 +185,11 @@ def graph_inputs() -> tuple[torch.Tensor, ...]:
 CLI_CASES = {
     "gat": ("tiny_gat", ["--graph", "synthetic", "--input-shape", "12"], graph_inputs),
     "gcn": ("tiny_gcn", ["--graph", "synthetic", "--input-shape", "12"], graph_inputs),
-    "transformer": ("TextTransformer", ["--input-shape", "7"], lambda: (torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(4)),)),
+    "transformer": (
+        "TextTransformer",
+        ["--input-shape", "7"],
+        lambda: (torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(4)),),
+    ),
 }
 
 
@@ -178,8 +213,22 @@ def test_import_train_export_for_module_cli_graph_and_text(tmp_path, case: str) 
     assert result.exit_code == 0, result.output
     assert f"{sum(p.numel() for p in factory().parameters())} params (as the module)" in result.output
     assert f"`uhn import {ref} {' '.join(flags)} -o {spec_path}`" in spec_path.read_text()  # how to redo it
-    small = ["--set", "train.epochs=null", "--set", "train.steps=3", "--set", "train.warmup=0", "--set", "train.batch_size=16",
-             "--set", "generator.index_freqs=16", "--set", "generator.hidden=8", "--set", "task.synthetic.num_examples=40"]
+    small = [
+        "--set",
+        "train.epochs=null",
+        "--set",
+        "train.steps=3",
+        "--set",
+        "train.warmup=0",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "generator.index_freqs=16",
+        "--set",
+        "generator.hidden=8",
+        "--set",
+        "task.synthetic.num_examples=40",
+    ]
     result = runner.invoke(app, ["train", str(spec_path), "-o", str(run), "--mode", "uhn", "--device", "cpu", *small])
     assert result.exit_code == 0, result.output
     module_file, plain = tmp_path / "module.safetensors", tmp_path / "plain.safetensors"

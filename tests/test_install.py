@@ -41,5 +41,18 @@ def test_installed_cli_runs_outside_the_repository(installed: Path, tmp_path: Pa
     spec = tmp_path / "tiny.yaml"
     spec.write_text(tiny_spec_yaml(epochs=1))
     uhn = str(installed / "bin" / "uhn")
-    bench = run_installed(installed, tmp_path, uhn, "bench", str(spec), "--no-naive", "--repeats", "1", "--batch", "8", "--matmul-size", "64")
+    bench = run_installed(
+        installed,
+        tmp_path,
+        uhn,
+        "bench",
+        str(spec),
+        "--no-naive",
+        "--repeats",
+        "1",
+        "--batch",
+        "8",
+        "--matmul-size",
+        "64",
+    )
     assert bench.returncode == 0, bench.stdout + bench.stderr

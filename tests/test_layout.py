@@ -10,7 +10,13 @@ from pathlib import Path
 from .conftest import REPO_ROOT
 
 # Installed package -> its folder in the checkout.
-PACKAGES = {"uhn": "uhn", "uhn_spec": "uhn_spec", "uhn_runtime": "uhn_runtime", "uhn_tools": "uhn_tools", "uhn_cli": "cli"}
+PACKAGES = {
+    "uhn": "uhn",
+    "uhn_spec": "uhn_spec",
+    "uhn_runtime": "uhn_runtime",
+    "uhn_tools": "uhn_tools",
+    "uhn_cli": "cli",
+}
 LIBRARIES = ("uhn", "uhn_spec", "uhn_runtime")
 APPLICATIONS = {"uhn_tools", "uhn_cli", "cli", "benchmarks", "tests", "tools"}
 MAX_MODULE_LINES = 450
@@ -98,5 +104,9 @@ def test_libraries_never_import_the_applications() -> None:
 
 
 def test_no_installed_module_is_longer_than_the_limit() -> None:
-    long = {str(p.relative_to(REPO_ROOT)): n for p in installed_modules().values() if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    long = {
+        str(p.relative_to(REPO_ROOT)): n
+        for p in installed_modules().values()
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
     assert long == {}

@@ -63,44 +63,82 @@ CASES: dict[str, Case] = {
     # --- sizes
     "terabyte target": Case(wide("1000000000"), "layers[0]", "compile needs about"),
     "parameter count beyond int64": Case(wide("1000000000000000000"), "layers[0]", "more than 2**63 elements"),
-    "integer beyond int64": Case(edit("out_features: 16", "out_features: 99999999999999999999"), "layers[0].out_features", "does not fit a 64-bit integer"),
-    "negative width": Case(edit("out_features: 16", "out_features: -16"), "layers[0].out_features", "greater than or equal to 1"),
-    "zero width": Case(edit("out_features: 16", "out_features: 0"), "layers[0].out_features", "greater than or equal to 1"),
-    "size chain mismatch": Case(edit("in_features: 16", "in_features: 17"), "layers[1].in_features", "does not match layers[0].out_features"),
+    "integer beyond int64": Case(
+        edit("out_features: 16", "out_features: 99999999999999999999"),
+        "layers[0].out_features",
+        "does not fit a 64-bit integer",
+    ),
+    "negative width": Case(
+        edit("out_features: 16", "out_features: -16"), "layers[0].out_features", "greater than or equal to 1"
+    ),
+    "zero width": Case(
+        edit("out_features: 16", "out_features: 0"), "layers[0].out_features", "greater than or equal to 1"
+    ),
+    "size chain mismatch": Case(
+        edit("in_features: 16", "in_features: 17"), "layers[1].in_features", "does not match layers[0].out_features"
+    ),
     "wrong number of outputs": Case(edit("out_features: 10", "out_features: 9"), "layers[1]", "needs 10"),
     "zero batch": Case(edit("  lr: 1.0e-3", "  batch_size: 0"), "train.batch_size", "greater than or equal to 1"),
     "no layers": Case(BASE[: BASE.index("layers:")] + "layers: []\n", "layers", "at least 1 item"),
     # --- kinds and types
     "layers not a list": Case(BASE[: BASE.index("layers:")] + "layers: 3\n", "layers", "valid list"),
-    "layer not a mapping": Case(edit("  - kind: linear\n    in_features: 16", "  - 7\n  - kind: linear\n    in_features: 16"), "layers[1]", ""),
-    "unknown layer kind": Case(edit("kind: linear\n    in_features: 16", "kind: lstm\n    in_features: 16"), "layers[1].kind", "'lstm' is not a layer kind"),
-    "missing layer kind": Case(edit("  - kind: linear\n    in_features: 16", "  - in_features: 16"), "layers[1].kind", "missing"),
+    "layer not a mapping": Case(
+        edit("  - kind: linear\n    in_features: 16", "  - 7\n  - kind: linear\n    in_features: 16"), "layers[1]", ""
+    ),
+    "unknown layer kind": Case(
+        edit("kind: linear\n    in_features: 16", "kind: lstm\n    in_features: 16"),
+        "layers[1].kind",
+        "'lstm' is not a layer kind",
+    ),
+    "missing layer kind": Case(
+        edit("  - kind: linear\n    in_features: 16", "  - in_features: 16"), "layers[1].kind", "missing"
+    ),
     "unknown family": Case(edit("family: mlp", "family: rnn"), "family", "Input should be"),
     "unknown dataset": Case(edit("dataset: digits", "dataset: digitz"), "task.dataset", "Input should be"),
     "unknown top-level field": Case(BASE + "epochs: 3\n", "epochs", "unknown field"),
-    "misspelt layer field": Case(edit("    out_features: 10", "    out_feature: 10"), "layers[1].out_feature", "unknown field"),
-    "string where a number goes": Case(edit("out_features: 16", "out_features: sixteen"), "layers[0].out_features", "valid integer"),
+    "misspelt layer field": Case(
+        edit("    out_features: 10", "    out_feature: 10"), "layers[1].out_feature", "unknown field"
+    ),
+    "string where a number goes": Case(
+        edit("out_features: 16", "out_features: sixteen"), "layers[0].out_features", "valid integer"
+    ),
     "fractional width": Case(edit("out_features: 16", "out_features: 16.5"), "layers[0].out_features", "valid integer"),
     "list where a number goes": Case(edit("lr: 1.0e-3", "lr: [1, 2]"), "train.lr", "valid number"),
     "mapping where a name goes": Case(edit("name: corpus_mlp", "name: {a: 1}"), "name", "valid string"),
     "bad name characters": Case(edit("name: corpus_mlp", "name: corpus mlp"), "name", "letters, digits"),
     "task is a string": Case(edit("task:\n  dataset: digits", "task: digits"), "task", "valid dictionary"),
     "missing task": Case(edit("task:\n  dataset: digits\n", ""), "task", "Field required"),
-    "epochs and steps": Case(edit("  warmup: 1", "  warmup: 1\n  steps: 5"), "train", "exactly one of epochs and steps"),
+    "epochs and steps": Case(
+        edit("  warmup: 1", "  warmup: 1\n  steps: 5"), "train", "exactly one of epochs and steps"
+    ),
     "warmup too long": Case(edit("warmup: 1", "warmup: 9"), "train.warmup", "exceeds the training length"),
-    "unknown activation": Case(edit("    out_features: 10", "    out_features: 10\n    activation: swish"), "layers[1].activation.type", "Input should be"),
+    "unknown activation": Case(
+        edit("    out_features: 10", "    out_features: 10\n    activation: swish"),
+        "layers[1].activation.type",
+        "Input should be",
+    ),
     # --- non-finite numbers
     "infinite sigma": Case(edit("  hidden: 16", "  hidden: 16\n  sigma: .inf"), "generator.sigma", "not finite"),
     "nan learning rate": Case(edit("lr: 1.0e-3", "lr: .nan"), "train.lr", "not finite"),
     "nan as a string": Case(edit("lr: 1.0e-3", "lr: nan"), "train.lr", "not finite"),
-    "infinite dropout in a layer": Case(edit("    out_features: 10", "    out_features: 10\n    dropout: -.inf"), "layers[1].dropout", "not finite"),
+    "infinite dropout in a layer": Case(
+        edit("    out_features: 10", "    out_features: 10\n    dropout: -.inf"), "layers[1].dropout", "not finite"
+    ),
     # --- YAML
     "unclosed bracket": Case(edit("dataset: digits", "dataset: [digits"), "line 5, column", "invalid YAML"),
     "bad indentation": Case(edit("  dataset: digits", "  dataset: digits\n bad: 1"), "line 5", "invalid YAML"),
     "tab indentation": Case(edit("  epochs: 2", "\tepochs: 2"), "line ", "invalid YAML"),
-    "python object tag": Case(edit("name: corpus_mlp", "name: !!python/object/apply:os.system ['true']"), "line 1", "could not determine a constructor"),
+    "python object tag": Case(
+        edit("name: corpus_mlp", "name: !!python/object/apply:os.system ['true']"),
+        "line 1",
+        "could not determine a constructor",
+    ),
     "duplicate top-level key": Case(BASE + "train:\n  epochs: 3\n", "train", "duplicate key at lines 16 and 20"),
-    "duplicate nested key": Case(edit("    out_features: 16", "    out_features: 16\n    out_features: 32"), "layers[0].out_features", "duplicate key at lines 8 and 9"),
+    "duplicate nested key": Case(
+        edit("    out_features: 16", "    out_features: 16\n    out_features: 32"),
+        "layers[0].out_features",
+        "duplicate key at lines 8 and 9",
+    ),
     "alias bomb": Case(
         "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
         "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
@@ -111,13 +149,17 @@ CASES: dict[str, Case] = {
     "a list, not a mapping": Case("- a\n- b\n", None, "the spec is a YAML list"),
     "empty file": Case("", None, "the spec is empty"),
     # --- encodings
-    "latin-1 bytes": Case(BASE.replace("corpus_mlp", "corpus_mlp").encode() + "# caf\u00e9\n".encode("latin-1"), "byte ", "not UTF-8"),
+    "latin-1 bytes": Case(
+        BASE.replace("corpus_mlp", "corpus_mlp").encode() + "# caf\u00e9\n".encode("latin-1"), "byte ", "not UTF-8"
+    ),
     "utf-16 file": Case(BASE.encode("utf-16"), "byte 0", "not UTF-8"),
     "NUL character": Case(edit("name: corpus_mlp", "name: corpus\x00mlp"), "character ", "unacceptable character"),
     # --- templates
     "sandbox escape": Case("name: {{ cycler.__init__.__globals__.os.system('true') }}\n", "line 1", "template error"),
     "unbounded range": Case("{% for i in range(10**12) %}x{% endfor %}\n", "line 1", "Range too big"),
-    "macro with an unknown argument": Case("{% macro m(a) %}{{ a }}{% endmacro %}\nname: {{ m(b=1) }}\n", "line 2", "no keyword argument 'b'"),
+    "macro with an unknown argument": Case(
+        "{% macro m(a) %}{{ a }}{% endmacro %}\nname: {{ m(b=1) }}\n", "line 2", "no keyword argument 'b'"
+    ),
     "division by zero": Case("name: x\nfamily: mlp\ncnn_stage_num: {{ 32 // 0 }}\n", "line 3", "ZeroDivisionError"),
     "include outside the folder": Case('{% include "../secret.yaml" %}\n', "line 1", "resolve only inside"),
     "huge string": Case('name: {{ "x" * 10**10 }}\n', "line 1", "more than the limit"),

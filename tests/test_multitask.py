@@ -126,7 +126,10 @@ def test_probabilities_must_be_positive(tmp_path: Path, probability: float) -> N
     ("changes", "expected"),
     [
         ({"generator": dict(TINY_GENERATOR)}, "generator.structure_encoder: must be true"),
-        ({"train": {**{k: v for k, v in TRAIN.items() if k != "steps"}, "epochs": 3}}, "train.steps: a multi-task run counts steps"),
+        (
+            {"train": {**{k: v for k, v in TRAIN.items() if k != "steps"}, "epochs": 3}},
+            "train.steps: a multi-task run counts steps",
+        ),
         ({"tasks": []}, "tasks"),
     ],
 )
@@ -160,7 +163,14 @@ def test_shipped_multitask_specs_load(tmp_path: Path) -> None:
     specs = Path(__file__).resolve().parents[1] / "specs"
     paper = load_multitask(specs / "multitask_paper.yaml")
     assert dict(zip((m.name for m in paper.members), paper.probabilities)) == pytest.approx(
-        {"mnist_mlp": 0.08, "cifar10_cnn44": 0.55, "cora_gcn": 0.04, "citeseer_gat": 0.04, "agnews_transformer2l": 0.18, "kan_kv": 0.11}
+        {
+            "mnist_mlp": 0.08,
+            "cifar10_cnn44": 0.55,
+            "cora_gcn": 0.04,
+            "citeseer_gat": 0.04,
+            "agnews_transformer2l": 0.18,
+            "kan_kv": 0.11,
+        }
     )
     assert paper.members[3].task.stands_in_for == "pubmed"
     assert paper.spec.train.steps == 200_000 and paper.spec.train.warmup == 1_000 and paper.spec.train.init_steps == 500
@@ -268,7 +278,9 @@ def test_export_task_writes_the_member_that_evaluate_reads(multitask_run: Path, 
     summary = json.loads((multitask_run / "summary.json").read_text())
     for name in ("tiny_images", "tiny_formula"):
         out = tmp_path / f"{name}.safetensors"
-        result = CliRunner().invoke(app, ["export", str(multitask_run), "--task", name, "-o", str(out), "--device", "cpu"])
+        result = CliRunner().invoke(
+            app, ["export", str(multitask_run), "--task", name, "-o", str(out), "--device", "cpu"]
+        )
         assert result.exit_code == 0, result.output
         evaluated = CliRunner().invoke(app, ["evaluate", str(out), "--device", "cpu"])
         assert evaluated.exit_code == 0, evaluated.output
@@ -277,7 +289,9 @@ def test_export_task_writes_the_member_that_evaluate_reads(multitask_run: Path, 
 
 def test_export_task_names_the_members_when_the_task_is_unknown(multitask_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "x.safetensors"
-    result = CliRunner().invoke(app, ["export", str(multitask_run), "--task", "nope", "-o", str(out), "--device", "cpu"])
+    result = CliRunner().invoke(
+        app, ["export", str(multitask_run), "--task", "nope", "-o", str(out), "--device", "cpu"]
+    )
     assert result.exit_code == 2
     assert "--task: no member 'nope'; give one of tiny_images, tiny_formula" in result.output
     assert not out.exists()
@@ -369,7 +383,9 @@ def test_adaptive_sampling_draws_by_the_logged_reweightings_and_is_deterministic
     first = start_run(plan, tmp_path / "a", options(observers=(steps,)))["task_sampling"]
     second = start_run(plan, tmp_path / "b", options(observers=(again,)))["task_sampling"]
     drawn = [name for e in steps.events for name in e.targets]
-    assert drawn == [name for e in again.events for name in e.targets] and first == second  # same seed: same draws, same re-weightings
+    assert (
+        drawn == [name for e in again.events for name in e.targets] and first == second
+    )  # same seed: same draws, same re-weightings
     assert [u["step"] for u in first["updates"]] == [3, 6, 9]
     assert all(u["probabilities"]["tiny_formula"] > 0.25 for u in first["updates"])  # the laggard gains
     # Each step drew with the probabilities of the latest re-weighting at or before it.
@@ -377,7 +393,9 @@ def test_adaptive_sampling_draws_by_the_logged_reweightings_and_is_deterministic
     expected = []
     for step in range(12):
         current = [u for u in first["updates"] if u["step"] <= step]
-        probabilities = [current[-1]["probabilities"][n] for n in names] if current else [t.probability for t in plan.targets]
+        probabilities = (
+            [current[-1]["probabilities"][n] for n in names] if current else [t.probability for t in plan.targets]
+        )
         expected.append(names[architecture_draw(3, step, 2, probabilities=probabilities)[0]])
     assert drawn == expected
     assert first["draws"] == {name: expected.count(name) for name in names}
@@ -404,7 +422,9 @@ def run_whole_and_resumed(plan: Any, tmp_path: Path) -> tuple[dict[str, Any], di
 def test_resumed_adaptive_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Path) -> None:
     """Killed at step 6 (after the re-weighting at 6), resumed from the checkpoint at step 4,
     which holds the re-weighting at 3 and the steps of the window under way."""
-    whole_summary, resumed_summary = run_whole_and_resumed(compile_multitask(load_multitask(adaptive_file(tmp_path))), tmp_path)
+    whole_summary, resumed_summary = run_whole_and_resumed(
+        compile_multitask(load_multitask(adaptive_file(tmp_path))), tmp_path
+    )
     assert whole_summary["task_sampling"] == resumed_summary["task_sampling"]
 
 
@@ -431,8 +451,12 @@ def test_step_time_benchmark_weighs_the_members_own_step_times(tmp_path: Path) -
             {"step": 40, "step_seconds": 0.5, "step_seconds_by_task": {"a": 1.2, "b": 0.3}},
         ],
     )
-    single_a = fake_run(tmp_path / "a", {"spec": "a"}, [{"step": 5, "step_seconds": 7.0}, {"step": 10, "step_seconds": 1.0}])
-    single_b = fake_run(tmp_path / "b", {"spec": "b"}, [{"step": 5, "step_seconds": 7.0}, {"step": 10, "step_seconds": 0.2}])
+    single_a = fake_run(
+        tmp_path / "a", {"spec": "a"}, [{"step": 5, "step_seconds": 7.0}, {"step": 10, "step_seconds": 1.0}]
+    )
+    single_b = fake_run(
+        tmp_path / "b", {"spec": "b"}, [{"step": 5, "step_seconds": 7.0}, {"step": 10, "step_seconds": 0.2}]
+    )
     report = measure(multitask, [single_a, single_b], all_intervals=False)
     assert report["vs_probabilities"] == pytest.approx(0.5 / 0.4)
     assert report["vs_draws"] == pytest.approx(0.5 / 0.4)  # the run drew a and b in proportion
@@ -465,7 +489,9 @@ def test_bench_compares_the_multitask_step_with_each_members_own_in_one_run(
         assert own == list(range(step["own_steps_per_member"] + 1))
     timed = [(s, done) for mode, s, done in trained if mode == "multitask" and 1 <= s <= step["steps"]]
     assert [s for s, _ in timed] == list(range(1, step["steps"] + 1))
-    assert list(step["own_mean_seconds"]) == names and step["probabilities"] == {n: t.probability for n, t in zip(names, plan.targets)}
+    assert list(step["own_mean_seconds"]) == names and step["probabilities"] == {
+        n: t.probability for n, t in zip(names, plan.targets)
+    }
     # The drawn steps are the ones a run takes: the same draws as `uhn train`'s task phase.
     seed = plan.targets[0].spec.train.seed
     expected = Counter(architecture_draw(seed, i, 2, 1, "train", [0.75, 0.25])[0] for i in range(1, step["steps"] + 1))

@@ -57,8 +57,18 @@ def assert_same_plan(a: Plan, b: Plan) -> None:
     for ta, tb in zip(a.targets, b.targets):
         assert ta.spec == tb.spec
         assert ta.params == tb.params
-        tensors = {**ta.index.to_dict(), "global_row": ta.global_row, "task_row": ta.task_row, "local_rows": ta.local_rows}
-        others = {**tb.index.to_dict(), "global_row": tb.global_row, "task_row": tb.task_row, "local_rows": tb.local_rows}
+        tensors = {
+            **ta.index.to_dict(),
+            "global_row": ta.global_row,
+            "task_row": ta.task_row,
+            "local_rows": ta.local_rows,
+        }
+        others = {
+            **tb.index.to_dict(),
+            "global_row": tb.global_row,
+            "task_row": tb.task_row,
+            "local_rows": tb.local_rows,
+        }
         for field, x in tensors.items():
             y = others[field]
             assert x.dtype == y.dtype and torch.equal(x, y), field
@@ -90,7 +100,9 @@ def test_a_version_1_plan_asks_to_be_recompiled(plan_file: Path) -> None:
     raw = torch.load(plan_file, weights_only=True)
     raw["version"] = 1
     torch.save(raw, plan_file)
-    assert_one_line_plan_error(plan_file, "plan format version 1, this uhn reads version 2", "recompile it with `uhn compile SPEC -o")
+    assert_one_line_plan_error(
+        plan_file, "plan format version 1, this uhn reads version 2", "recompile it with `uhn compile SPEC -o"
+    )
 
 
 def test_index_descriptors_that_do_not_match_the_parameter_table(plan_file: Path) -> None:

@@ -59,7 +59,9 @@ def test_auto_on_the_cpu_picks_bf16_where_the_hardware_accelerates_it(monkeypatc
     assert named in chosen.reason  # the run says which hardware it based the choice on
 
 
-@pytest.mark.parametrize(("capability", "expected"), [((7, 5), None), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+@pytest.mark.parametrize(
+    ("capability", "expected"), [((7, 5), None), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)]
+)
 def test_auto_on_a_gpu_picks_bf16_with_bf16_tensor_cores(monkeypatch, capability, expected) -> None:
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Mock GPU")
@@ -298,7 +300,9 @@ def test_bench_reports_bf16_generation_against_both_peaks_of_the_same_run(monkey
     monkeypatch.setattr(flops, "cpu_bf16_features", lambda: frozenset())  # the parent's check: emulated here
     plan = compile_spec(ExperimentSpec.model_validate(tiny_spec_data()))
     notices: list[str] = []
-    report = run_bench(plan, BenchOptions(repeats=1, batch=8, precision="bf16", naive=False, square=64), notice=notices.append)
+    report = run_bench(
+        plan, BenchOptions(repeats=1, batch=8, precision="bf16", naive=False, square=64), notice=notices.append
+    )
     assert report["precision"] == "bf16" and report["precision_requested"] == "bf16"
     matmul, generate = report["matmul"], report["generate"]
     assert matmul["dtype"] == "bfloat16" and matmul["square"] == 64
@@ -328,11 +332,18 @@ def test_the_emulated_bf16_notice_says_how_long_the_bench_takes() -> None:
     line = flops.emulated_bf16_notice(spec, 270_000, options, 0.2e9)  # an AVX2 core's emulated bf16 rate
     # peak: 6 x 2 x (1024^3 + 1024 x 4096 x 1024) FLOPs at 0.2 GFLOP/s = 322 s; a generation
     # 270,000 x 2 x (2*2048*128 + 2*2*128*128 + 128) = 3.2e11 FLOPs: 26.5 min.
-    assert "1024^3 product (about 5.4 min)" in line and "at least 26.5 min" in line and "runs 18 (12 in train steps" in line
+    assert (
+        "1024^3 product (about 5.4 min)" in line
+        and "at least 26.5 min" in line
+        and "runs 18 (12 in train steps" in line
+    )
     assert "\n" not in line
 
 
-@pytest.mark.parametrize(("cap", "hidden"), [("AVX2", {"avx512_bf16", "amx_bf16"}), ("avx512_core_bf16", {"amx_bf16"}), ("", set()), ("bogus", set())])
+@pytest.mark.parametrize(
+    ("cap", "hidden"),
+    [("AVX2", {"avx512_bf16", "amx_bf16"}), ("avx512_core_bf16", {"amx_bf16"}), ("", set()), ("bogus", set())],
+)
 def test_a_onednn_isa_cap_hides_the_bf16_instructions_it_excludes(monkeypatch, cap: str, hidden: set[str]) -> None:
     # ONEDNN_MAX_CPU_ISA=AVX2 makes torch emulate bf16 matmuls (~100x slower here): auto then
     # picks fp32, and bench says bf16 is emulated, as on a CPU without the instructions.

@@ -37,14 +37,6 @@ runner = CliRunner()
 DEEP = 100_000  # nesting levels: past Python's recursion limit
 
 
-
-
-
-
-
-
-
-
 def edit_json(path: Path, **fields: Any) -> None:
     record = json.loads(path.read_text())
     record.update(fields)
@@ -292,4 +284,3 @@ def test_an_export_over_the_memory_guard_is_refused_before_it_is_built(
     monkeypatch.setenv("UHN_MEMORY_LIMIT_GIB", "0.001")
     line = one_error(["evaluate", str(grown)])
     assert f"{grown}: metadata spec_json: layers[0]:" in line and "compile needs about" in line
-

@@ -49,12 +49,29 @@ from .conftest import REPO_ROOT
 from .tiny_specs import tiny_spec_data
 
 SPECS = REPO_ROOT / "specs"
-TINY_ROOT = {"index_freqs": 16, "hidden": 16, "blocks": 1, "structure_encoder": True, "structure_freqs": 8, "structure_heads": 2}
+TINY_ROOT = {
+    "index_freqs": 16,
+    "hidden": 16,
+    "blocks": 1,
+    "structure_encoder": True,
+    "structure_freqs": 8,
+    "structure_heads": 2,
+}
 
 
 def tiny_recursive_text(depth: int, **train: object) -> str:
     leaf = tiny_spec_data(steps=4, eval_every=2)
-    train_section = {"steps": 4, "warmup": 1, "lr": 1e-3, "init_steps": 4, "init_lr": 1e-3, "grad_clip": 0.01, "batch_size": 64, "seed": 3, "eval_every": 2}
+    train_section = {
+        "steps": 4,
+        "warmup": 1,
+        "lr": 1e-3,
+        "init_steps": 4,
+        "init_lr": 1e-3,
+        "grad_clip": 0.01,
+        "batch_size": 64,
+        "seed": 3,
+        "eval_every": 2,
+    }
     train_section.update(train)
     data = {
         "name": f"tiny_recursive_k{depth}",
@@ -209,7 +226,9 @@ def test_calibration_scales_each_generated_tensor_and_the_next_level_to_their_in
     torch.testing.assert_close(again, after[1])
 
 
-def naive_generated(h: GeneratedGenerator, flat: torch.Tensor, index_rows: torch.Tensor, structure_rows: torch.Tensor) -> torch.Tensor:
+def naive_generated(
+    h: GeneratedGenerator, flat: torch.Tensor, index_rows: torch.Tensor, structure_rows: torch.Tensor
+) -> torch.Tensor:
     """The generated generator as an ordinary module run the direct way: H_k's target model
     with ``flat`` loaded, over materialised Fourier features of every index row."""
     model = build_model(h.target.plan.spec)
@@ -244,14 +263,16 @@ def test_k1_chain_with_fixed_h1_weights_matches_h1_as_an_ordinary_generator() ->
     torch.testing.assert_close(fast_weights.grad, direct_weights.grad, rtol=1e-3, atol=1e-4)
 
 
-def _naive_with_grad(h: GeneratedGenerator, flat: torch.Tensor, index_rows: torch.Tensor, structure_rows: torch.Tensor) -> torch.Tensor:
+def _naive_with_grad(
+    h: GeneratedGenerator, flat: torch.Tensor, index_rows: torch.Tensor, structure_rows: torch.Tensor
+) -> torch.Tensor:
     """``naive_generated`` with the weights as views of ``flat`` (gradients reach it)."""
     model = build_model(h.target.plan.spec)
     views = h.target.params_from_flat(flat)
 
     def run(layer_index: int, x: torch.Tensor) -> torch.Tensor:
         prefix = f"layers.{layer_index}."
-        tensors = {name[len(prefix):]: v for name, v in views.items() if name.startswith(prefix)}
+        tensors = {name[len(prefix) :]: v for name, v in views.items() if name.startswith(prefix)}
         return torch.func.functional_call(model.layers[layer_index], tensors, (x, h.ctx))
 
     s = h.root.structure.fourier(structure_rows).unsqueeze(0)
@@ -295,7 +316,9 @@ def test_export_writes_the_leaf_and_each_generated_generator(tmp_path: Path) -> 
     result = CliRunner().invoke(app, ["evaluate", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert f"{summary['uhn']:.4f}" in result.output
-    plain = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "-o", str(tmp_path / "plain.safetensors"), "--device", "cpu"])
+    plain = CliRunner().invoke(
+        app, ["export", str(tmp_path / "run"), "-o", str(tmp_path / "plain.safetensors"), "--device", "cpu"]
+    )
     assert plain.exit_code == 0, plain.output
     assert load_exported(tmp_path / "plain.safetensors")[0].name == plan.trained_target.name
     assert RunDir.open(tmp_path / "run").plan().recursion_depth == 2
@@ -310,7 +333,9 @@ def test_bench_compares_the_recursive_train_step_with_k0_in_the_same_run() -> No
     recursion = report["recursion"]
     assert recursion["depth"] == 1
     assert recursion["bound"] == pytest.approx((1 + plan.targets[0].num_params / plan.targets[1].num_params) * 1.3)
-    assert recursion["train_step_vs_k0"] == pytest.approx(report["train_step"]["seconds"] / recursion["k0_train_step_seconds"])
+    assert recursion["train_step_vs_k0"] == pytest.approx(
+        report["train_step"]["seconds"] / recursion["k0_train_step_seconds"]
+    )
     assert report["naive"] is None and "recursive" in report["naive_skipped"]
 
 
@@ -329,7 +354,9 @@ def test_level_change_bound_keeps_every_level_within_it_and_keeps_adams_directio
         start = [p.detach().clone() for p in source.parameters()]
         limit = LevelChangeBound(source, bound, Precision("cpu", None))
         before = limit.measure()
-        stepper = Stepper(make_adamw(source.parameters(), 0.05), Precision("cpu", None), bound=limit if bounded else None)
+        stepper = Stepper(
+            make_adamw(source.parameters(), 0.05), Precision("cpu", None), bound=limit if bounded else None
+        )
         flat = source.flat()
         stepper.step((flat * torch.randn(flat.shape, generator=torch.Generator().manual_seed(1))).sum())
         changes[bounded] = relative_changes(before, limit.measure())
@@ -350,7 +377,10 @@ def test_a_run_with_the_bound_resumes_exactly_and_differs_from_the_plain_step(tm
         start_run(plan, tmp_path / "killed", options(observers=(KillAfter(3),)))
     resumed = resume_run(tmp_path / "killed", options())
     start_run(tiny_recursive_plan(1, steps=6, eval_every=2, lr=1e-2, init_lr=1e-2), tmp_path / "plain", options())
-    a, b, plain = (torch.load(tmp_path / run / "checkpoints" / "uhn.pt", weights_only=True)["source"] for run in ("whole", "killed", "plain"))
+    a, b, plain = (
+        torch.load(tmp_path / run / "checkpoints" / "uhn.pt", weights_only=True)["source"]
+        for run in ("whole", "killed", "plain")
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["uhn"] == whole["uhn"]
     assert not all(torch.equal(a[k], plain[k]) for k in a)
@@ -360,7 +390,10 @@ def test_the_bound_is_refused_for_a_run_that_generates_several_targets(tmp_path:
     spec = tmp_path / "family.yaml"
     text = (SPECS / "digits_mlp_family.yaml").read_text()
     spec.write_text(text)
-    result = CliRunner().invoke(app, ["train", str(spec), "-o", str(tmp_path / "run"), "--device", "cpu", "--set", "train.level_change_bound=0.01"])
+    result = CliRunner().invoke(
+        app,
+        ["train", str(spec), "-o", str(tmp_path / "run"), "--device", "cpu", "--set", "train.level_change_bound=0.01"],
+    )
     assert result.exit_code == 2
     assert "train.level_change_bound" in result.output and "family" in result.output
 

@@ -80,7 +80,9 @@ def test_tensorboard_event_files_hold_the_metrics_records(tmp_path: Path) -> Non
 
 def test_a_resumed_run_hides_what_the_killed_run_logged_past_its_checkpoint(tmp_path: Path) -> None:
     plan = tiny_plan(epochs=4)
-    killed = TrainOptions(device="cpu", progress=io.StringIO(), tensorboard=True, observers=(KillAfter(3),), checkpoint_seconds=3600)
+    killed = TrainOptions(
+        device="cpu", progress=io.StringIO(), tensorboard=True, observers=(KillAfter(3),), checkpoint_seconds=3600
+    )
     with pytest.raises(RunInterrupted):
         start_run(plan, tmp_path / "run", killed)  # logged epochs 1-3; its checkpoint is from before epoch 1
     resume_run(tmp_path / "run", TrainOptions(device="cpu", progress=io.StringIO()))
@@ -140,10 +142,6 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("outputs") / "run"
     start_run(tiny_plan(epochs=1, init_steps=0), root, TrainOptions(device="cpu", progress=io.StringIO()))
     return root
-
-
-
-
 
 
 def link_outside(run: Path, name: str, outside: Path) -> None:

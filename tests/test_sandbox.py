@@ -187,12 +187,16 @@ def test_render_bomb_is_refused_before_it_is_built(bomb: str) -> None:
 @pytest.mark.parametrize(
     ("template", "expected"),
     [
-        ("{{ range(3)|list }} {{ range(10)[2:4]|list }} {{ 3 in range(5) }} {{ range(4)|length }}",
-         "[0, 1, 2] [2, 3] True 4"),
+        (
+            "{{ range(3)|list }} {{ range(10)[2:4]|list }} {{ 3 in range(5) }} {{ range(4)|length }}",
+            "[0, 1, 2] [2, 3] True 4",
+        ),
         ("{{ dict(a=1) }} {{ {'a': 1}.items()|list }} {{ {'a': 1}.get('a') }}", "{'a': 1} [('a', 1)] 1"),
         ("{{ '{0.real}-{1}'.format(5, 'x') }} {{ '%s-%d' % ('a', 3) }} {{ 'a,b'.split(',') }}", "5-x a-3 ['a', 'b']"),
-        ("{{ [1, 2]|groupby('real')|map(attribute='grouper')|list }} {{ [{'a': 1}]|map(attribute='a')|list }}",
-         "[1, 2] [1]"),
+        (
+            "{{ [1, 2]|groupby('real')|map(attribute='grouper')|list }} {{ [{'a': 1}]|map(attribute='a')|list }}",
+            "[1, 2] [1]",
+        ),
         ("{% for i in [1, 2] %}{{ loop.index }}{{ loop.cycle('a', 'b') }}{{ loop.length }}{% endfor %}", "1a22b2"),
         ("{% macro m(a) %}{{ m.name }}{{ m.arguments }}{{ a }}{% endmacro %}{{ m(1) }}", "m('a',)1"),
         ("{{ ['a', 'b']|join(',') }} {{ 'ab'|replace('a', 'c') }} {{ 'x\\ny'|indent(2) }}", "a,b cb x\n  y"),

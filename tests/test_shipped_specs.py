@@ -101,8 +101,16 @@ PAPER_DESCRIPTOR_DIGESTS: dict[str, str] = {
 def descriptor_digest(plan: Plan) -> str:
     target = plan.targets[0]
     digest = hashlib.sha256()
-    tensors = (target.global_row, target.task_row, target.local_rows, target.index.constants, target.index.dim_fields,
-               target.index.dim_sizes, plan.index_ranges.to_tensor(), plan.structure_ranges.to_tensor())
+    tensors = (
+        target.global_row,
+        target.task_row,
+        target.local_rows,
+        target.index.constants,
+        target.index.dim_fields,
+        target.index.dim_sizes,
+        plan.index_ranges.to_tensor(),
+        plan.structure_ranges.to_tensor(),
+    )
     for tensor in tensors:
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.double().contiguous().numpy().tobytes())
@@ -133,7 +141,6 @@ def test_shipped_spec_validates_and_compiles(path: Path) -> None:
     assert_ranges_of_compact_form_equal_those_of_rows(target)
 
 
-
 # The reference's verified 8-field global descriptors [model_type, task_type, dataset_type,
 # num_layers, cnn_stage_num, num_encoders, structure freqs, index freqs] (reference-facts 1.2);
 # the plan keeps the task's two fields in ``task_row``.
@@ -145,6 +152,7 @@ def test_paper_spec_global_descriptor_is_the_references(name: str) -> None:
     target = compile_spec(load_spec(SPECS_DIR / f"{name}.yaml")).targets[0]
     model_type, *structure = target.global_row.tolist()
     assert [model_type, *target.task_row.tolist(), *structure] == REFERENCE_GLOBAL_DESCRIPTORS[name]
+
 
 # Every layer kind: linear, conv2d, gcn, gat, kan, embedding + mha (CNN-20..56 repeat CNN-8's
 # kinds at up to 11x the rows: too slow for the default run on 2 cores).
@@ -186,7 +194,9 @@ def test_shipped_family_validates(path: Path) -> None:
 
 
 # The recursive specs of the interface (issue #13): name -> (depth, leaf parameters).
-RECURSIVE_SPECS = {f"recursive_{leaf}_k{k}": (k, n) for leaf, n in (("mnist", 118_282), ("digits", 26_122)) for k in (1, 2, 3)}
+RECURSIVE_SPECS = {
+    f"recursive_{leaf}_k{k}": (k, n) for leaf, n in (("mnist", 118_282), ("digits", 26_122)) for k in (1, 2, 3)
+}
 
 
 @pytest.mark.parametrize("path", RECURSIVE, ids=ids(RECURSIVE))

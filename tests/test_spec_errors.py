@@ -92,7 +92,8 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "unknown top-level field": (
         MLP + "epochs: 3\n",
-        "epochs: unknown field; allowed here: name, description, " "family, cnn_stage_num, task, layers, generated, generator, train",
+        "epochs: unknown field; allowed here: name, description, "
+        "family, cnn_stage_num, task, layers, generated, generator, train",
     ),
     "misspelt layer field": (
         edited(MLP, "    out_features: 10", "    out_feature: 10"),
@@ -143,13 +144,18 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "unknown activation": (
         edited(MLP, "    out_features: 10", "    out_features: 10\n    activation: swish"),
-        "layers[1].activation.type: Input should be 'none', 'leaky_relu', " "'elu', 'silu', 'relu', 'gelu', 'tanh' or 'sigmoid' (got 'swish')",
+        "layers[1].activation.type: Input should be 'none', 'leaky_relu', "
+        "'elu', 'silu', 'relu', 'gelu', 'tanh' or 'sigmoid' (got 'swish')",
     ),
     "bad name": (
         edited(MLP, "name: tiny_mlp", "name: tiny mlp"),
-        "name: must be 1 to 100 letters, digits, '_', '.' and '-', " "starting with a letter or digit; it names the run folder (got 'tiny mlp')",
+        "name: must be 1 to 100 letters, digits, '_', '.' and '-', "
+        "starting with a letter or digit; it names the run folder (got 'tiny mlp')",
     ),
-    "a list instead of a mapping": ("- a\n- b\n", "the spec is a YAML list; a spec is a YAML mapping with name, family, task and layers"),
+    "a list instead of a mapping": (
+        "- a\n- b\n",
+        "the spec is a YAML list; a spec is a YAML mapping with name, family, task and layers",
+    ),
     "undefined template variable": ("name: {{ depth }}\n", "line 1: template error: 'depth' is undefined"),
     "structure heads not dividing": (
         MLP + "generator: {structure_encoder: true, structure_heads: 5}\n",
@@ -212,8 +218,15 @@ def test_unknown_kind_lists_every_registered_kind() -> None:
         ("train.epochs", "--set: 'train.epochs' is not PATH=VALUE (e.g. train.epochs=3)"),
         ("=3", "--set: '=3' has an empty path"),
         ("layers[1].in_features=64", "layers[1].in_features: 64 does not match layers[0].out_features (128)"),
-        ("layers[0].dropout=lots", "layers[0].dropout: Input should be a valid number, unable to parse string as a number (got 'lots')"),
-        ("train.epochs=[1,2", "--set: 'train.epochs=[1,2': the value is not valid YAML (expected ',' or ']', " "but got '<stream end>'); quote a string value"),
+        (
+            "layers[0].dropout=lots",
+            "layers[0].dropout: Input should be a valid number, unable to parse string as a number (got 'lots')",
+        ),
+        (
+            "train.epochs=[1,2",
+            "--set: 'train.epochs=[1,2': the value is not valid YAML (expected ',' or ']', "
+            "but got '<stream end>'); quote a string value",
+        ),
         (
             "x=!!python/object/apply:os.system ['true']",
             "--set: \"x=!!python/object/apply:os.system ['true']\": the value is not valid YAML (could not determine a "
@@ -221,7 +234,10 @@ def test_unknown_kind_lists_every_registered_kind() -> None:
         ),
         ("train.lr=.nan", "train.lr: nan is not finite; give a finite number"),
         ("generator.sigma=inf", "generator.sigma: 'inf' is not finite; give a finite number"),
-        ("train.seed=99999999999999999999", "train.seed: 99999999999999999999 does not fit a 64-bit integer (at most 9223372036854775807)"),
+        (
+            "train.seed=99999999999999999999",
+            "train.seed: 99999999999999999999 does not fit a 64-bit integer (at most 9223372036854775807)",
+        ),
     ],
 )
 def test_bad_override(override: str, expected: str) -> None:
@@ -295,7 +311,9 @@ def test_cli_bad_spec(tmp_path: Path) -> None:
 def test_cli_bad_override(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(MLP)
-    assert_one_line_error(run_cli("validate", str(good), "--set", "train.nope"), "--set: 'train.nope' is not PATH=VALUE")
+    assert_one_line_error(
+        run_cli("validate", str(good), "--set", "train.nope"), "--set: 'train.nope' is not PATH=VALUE"
+    )
 
 
 def test_cli_corrupt_plan(tmp_path: Path) -> None:
@@ -347,11 +365,16 @@ def test_a_self_referencing_yaml_alias_is_refused(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(uhn_spec.safe_yaml, "MAX_YAML_NODES", 10_000)  # without the check: the count error
     for text, path, line in (("a: &a [*a]\n", "a[0]", 1), ("b:\n  c: &x {d: [1, *x]}\n", "b.c.d[1]", 2)):
-        assert spec_error(text) == f"{path}: a YAML alias refers to the node (line {line}) that contains it; it would never end"
+        assert (
+            spec_error(text)
+            == f"{path}: a YAML alias refers to the node (line {line}) that contains it; it would never end"
+        )
 
 
 def test_an_alias_used_twice_is_not_recursive() -> None:
-    text = MLP.replace("train:\n", "x-shared: &w {epochs: 2, warmup: 1}\ntrain: *w\n").replace("  epochs: 2\n  warmup: 1\n", "")
+    text = MLP.replace("train:\n", "x-shared: &w {epochs: 2, warmup: 1}\ntrain: *w\n").replace(
+        "  epochs: 2\n  warmup: 1\n", ""
+    )
     assert "unknown field" in spec_error(text)  # reached validation: the aliases themselves were fine
 
 
@@ -375,14 +398,19 @@ def test_a_fifo_given_as_a_spec_is_refused_without_blocking(tmp_path: Path) -> N
     __import__("os").mkfifo(fifo)
     done = cli_validate(fifo)
     assert (done.returncode, done.stdout) == (2, "")
-    assert done.stderr == f"error: {fifo}: not a regular file (a FIFO, device or socket); a spec file is a regular file\n"
+    assert (
+        done.stderr == f"error: {fifo}: not a regular file (a FIFO, device or socket); a spec file is a regular file\n"
+    )
 
 
 @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero here")
 def test_a_device_given_as_a_spec_is_refused_without_reading_it() -> None:
     done = cli_validate(Path("/dev/zero"))
     assert (done.returncode, done.stdout) == (2, "")
-    assert done.stderr == "error: /dev/zero: not a regular file (a FIFO, device or socket); a spec file is a regular file\n"
+    assert (
+        done.stderr
+        == "error: /dev/zero: not a regular file (a FIFO, device or socket); a spec file is a regular file\n"
+    )
 
 
 def test_a_folder_given_as_a_spec_gives_one_line(tmp_path: Path) -> None:
@@ -399,7 +427,9 @@ def test_every_spec_reader_is_bounded(tmp_path: Path) -> None:
     ):
         path = tmp_path / name
         path.write_text(text + padding)
-        assert_one_line_error(run_cli("validate", str(path)), f"{path}: ", "more than a spec file holds (at most 4194304)")
+        assert_one_line_error(
+            run_cli("validate", str(path)), f"{path}: ", "more than a spec file holds (at most 4194304)"
+        )
 
 
 @pytest.mark.parametrize("label", ["..", ".", "../x", "a/b", ".hidden", "a\\b", "a\x00b", ""])

@@ -73,10 +73,19 @@ def test_template_time_is_bounded(template: str, monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize(
     ("template", "expected"),
     [
-        ("name: x\n{% macro m(a) %}{{ a }}{% endmacro %}\n{{ m(b=1) }}\n", "line 3: template error: TypeError: macro 'm' takes no keyword argument 'b'"),
-        ("name: x\n\nfamily: {{ 32 // 0 }}\n", "line 3: template error: ZeroDivisionError: integer division or modulo by zero"),
+        (
+            "name: x\n{% macro m(a) %}{{ a }}{% endmacro %}\n{{ m(b=1) }}\n",
+            "line 3: template error: TypeError: macro 'm' takes no keyword argument 'b'",
+        ),
+        (
+            "name: x\n\nfamily: {{ 32 // 0 }}\n",
+            "line 3: template error: ZeroDivisionError: integer division or modulo by zero",
+        ),
         ("name: x\n{% if %}\n", "line 2: template syntax error: Expected an expression, got 'end of statement block'"),
-        ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "line 1: template error: RecursionError: maximum recursion depth exceeded"),
+        (
+            "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
+            "line 1: template error: RecursionError: maximum recursion depth exceeded",
+        ),
     ],
 )
 def test_template_runtime_error_names_its_line(template: str, expected: str) -> None:
@@ -130,7 +139,11 @@ def test_validate_refuses_a_sandbox_escape_in_a_real_process(tmp_path: Path) -> 
     spec = tmp_path / "evil.yaml"
     spec.write_text(f"name: {{{{ cycler.__init__.__globals__.os.system('touch {marker}') }}}}\n")
     done = subprocess.run(
-        [sys.executable, "-m", "uhn_cli", "validate", str(spec)], capture_output=True, text=True, timeout=60, env=os.environ
+        [sys.executable, "-m", "uhn_cli", "validate", str(spec)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ,
     )
     assert done.returncode == 2
     assert done.stderr.startswith(f"error: {spec}: line 1: template error: ")
@@ -138,5 +151,7 @@ def test_validate_refuses_a_sandbox_escape_in_a_real_process(tmp_path: Path) -> 
 
 
 def test_shipped_templates_still_render() -> None:
-    spec = spec_from_text((REPO_ROOT / "specs" / "cifar10_cnn56.yaml").read_text(), REPO_ROOT / "specs" / "cifar10_cnn56.yaml")
+    spec = spec_from_text(
+        (REPO_ROOT / "specs" / "cifar10_cnn56.yaml").read_text(), REPO_ROOT / "specs" / "cifar10_cnn56.yaml"
+    )
     assert len(spec.layers) == 56

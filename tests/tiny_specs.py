@@ -56,7 +56,15 @@ def tiny_spec_data(task_type: str = "image_classification", **train: Any) -> dic
     }
     if task_type == "text_classification":
         task["vocab_size"] = 24
-    train_section = {"epochs": 3, "warmup": 1, "lr": 3e-3, "init_steps": 5, "init_lr": 1e-3, "batch_size": 64, "seed": 3}
+    train_section = {
+        "epochs": 3,
+        "warmup": 1,
+        "lr": 3e-3,
+        "init_steps": 5,
+        "init_lr": 1e-3,
+        "batch_size": 64,
+        "seed": 3,
+    }
     train_section.update(train)
     if "steps" in train:
         train_section.pop("epochs")

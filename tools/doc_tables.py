@@ -17,20 +17,27 @@ from uhn_spec.descriptors import LOCAL_FIELDS
 from uhn_spec.files import atomic_write_text
 from uhn_spec.layers import REGISTRY, LayerSpec
 
-DESCRIPTORS_DOC = Path(__file__).resolve().parent.parent / "docs" / "descriptors.md"  # a developer script of the checkout
+DESCRIPTORS_DOC = (
+    Path(__file__).resolve().parent.parent / "docs" / "descriptors.md"
+)  # a developer script of the checkout
 
 LOCAL_FIELD_MEANINGS: dict[str, str] = {
-    "layer_idx": "Position of the layer in the pre-order list of layers (a `block`, " "then its layers, then its shortcut layers).",
+    "layer_idx": "Position of the layer in the pre-order list of layers (a `block`, "
+    "then its layers, then its shortcut layers).",
     "layer_type": "The kind's `layer_type` id (table [LayerType](#layertype-layer_type)).",
     "bias_type": "1 with a bias (a norm: with learned weight and bias), 0 without.",
-    "norm_type": "`NormType` id: 1 the parameter-free norm of the paper's kinds, " "2-4 the learned norm of a `norm` layer.",
-    "shortcut_type": "`ShortcutType` id: 1 an identity shortcut (around the layer, " "or around a `block`), 2 a block's projection shortcut.",
-    "output_size": "Output features: `out_features`, `out_channels`, " "features per head (`gat`), `embedding_dim`, `dim`, a norm's `features`.",
+    "norm_type": "`NormType` id: 1 the parameter-free norm of the paper's kinds, "
+    "2-4 the learned norm of a `norm` layer.",
+    "shortcut_type": "`ShortcutType` id: 1 an identity shortcut (around the layer, "
+    "or around a `block`), 2 a block's projection shortcut.",
+    "output_size": "Output features: `out_features`, `out_channels`, "
+    "features per head (`gat`), `embedding_dim`, `dim`, a norm's `features`.",
     "input_size": "Input features: `in_features`, `in_channels`, `dim`, a norm's `features`; 0 for `embedding`.",
     "activation_type": "`ActivationType` id of the pre-activation (KAN: of the base branch; `activation`: its own).",
     "activation_param": "LeakyReLU slope or ELU alpha.",
     "dropout_rate": "The layer's dropout (`dropout`: its `p`).",
-    "input_pooling_reshape_type": "`InputPooling` id of `input_pooling`; " "`flatten` records 3, a sequence `pool` 4 or 5.",
+    "input_pooling_reshape_type": "`InputPooling` id of `input_pooling`; "
+    "`flatten` records 3, a sequence `pool` 4 or 5.",
     "group_num": "GroupNorm groups (`groups`).",
     "kernel_size": "Kernel size (adaptive `pool`: its `output_size`).",
     "stage_wise_pooling_type": "`StagePooling` id of `stage_pooling`, or of an image `pool` layer's type.",
@@ -86,7 +93,9 @@ def render_layer_types() -> str:
 
 TABLES = {"local-fields": render_local_fields, "param-types": render_param_types, "layer-types": render_layer_types}
 
-BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(\n<!-- END GENERATED: (?P=name) -->)", re.S)
+BLOCK = re.compile(
+    r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(\n<!-- END GENERATED: (?P=name) -->)", re.S
+)
 
 
 def rendered(text: str) -> str:

@@ -247,7 +247,9 @@ class IndexDescriptors:
     def from_dict(d: dict[str, torch.Tensor]) -> IndexDescriptors:
         index = IndexDescriptors(d["constants"].long(), d["dim_fields"].long(), d["dim_sizes"].long())
         if index.constants.dim() != 2 or index.constants.shape[1] != len(INDEX_FIELDS):
-            raise ValueError(f"index constants have shape {tuple(index.constants.shape)}, expected [T, {len(INDEX_FIELDS)}]")
+            raise ValueError(
+                f"index constants have shape {tuple(index.constants.shape)}, expected [T, {len(INDEX_FIELDS)}]"
+            )
         if index.dim_fields.shape != index.dim_sizes.shape or index.dim_fields.shape[0] != index.num_tensors:
             raise ValueError("index dim_fields and dim_sizes do not match the tensor count")
         return index

@@ -18,7 +18,9 @@ NAME_CHARACTERS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 NAME_RULE = "letters, digits, '_', '.' and '-', starting with a letter or digit"
 
 
-def name_field(max_length: int = MAX_NAME_LENGTH, why: str = "it names the run folder", letter_first: bool = False) -> Any:
+def name_field(
+    max_length: int = MAX_NAME_LENGTH, why: str = "it names the run folder", letter_first: bool = False
+) -> Any:
     """The type of a ``name`` field: a str of at most ``max_length`` characters of NAME_RULE
     (shorter where uhn appends to it, as a family's members ``<name>_0000``; ``letter_first``
     where the name goes through YAML again, where ``1_0000`` would read as a number)."""
@@ -39,5 +41,3 @@ SpecName = name_field()
 class StrictModel(BaseModel):
     # allow_inf_nan: "inf" or "nan" given as strings are refused too (check_numbers sees floats).
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-

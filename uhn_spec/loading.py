@@ -55,7 +55,11 @@ def parse_override(item: str) -> tuple[list[str | int], Any]:
     try:
         return parts, parse_yaml(raw)
     except SpecError as err:
-        raise SpecError("--set", f"{item!r}: the value is not valid YAML ({err.message.removeprefix('invalid YAML: ')}); " "quote a string value") from None
+        raise SpecError(
+            "--set",
+            f"{item!r}: the value is not valid YAML ({err.message.removeprefix('invalid YAML: ')}); "
+            "quote a string value",
+        ) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -76,8 +80,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         except (IndexError, TypeError):
             raise SpecError("--set", f"{item!r}: no such path in the spec") from None
     return data
-
-
 
 
 def read_spec_text(path: Path) -> str:

@@ -32,7 +32,7 @@ class SpecLoader(CheckedConstruction, yaml.SafeLoader):
     """The pure-Python safe loader: its error messages are the ones the docs quote."""
 
 
-class FastSpecLoader(CheckedConstruction, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+class FastSpecLoader(CheckedConstruction, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]  # base chosen at import
     """libyaml's safe loader where PyYAML has it, which is faster (a family file renders
     and reads hundreds of member specs)."""
 
@@ -63,12 +63,16 @@ def check_yaml_nodes(root: yaml.Node) -> None:
             continue
         count += 1
         if count > MAX_YAML_NODES:
-            raise SpecError(yaml_path(place), f"the document expands to more than {MAX_YAML_NODES} values (YAML aliases?)")
+            raise SpecError(
+                yaml_path(place), f"the document expands to more than {MAX_YAML_NODES} values (YAML aliases?)"
+            )
         if not isinstance(node, yaml.CollectionNode):
             continue
         if id(node) in open_nodes:
             line = node.start_mark.line + 1
-            raise SpecError(yaml_path(place), f"a YAML alias refers to the node (line {line}) that contains it; it would never end")
+            raise SpecError(
+                yaml_path(place), f"a YAML alias refers to the node (line {line}) that contains it; it would never end"
+            )
         open_nodes.add(id(node))
         stack.append((node, place, True))
         if isinstance(node, yaml.MappingNode):
@@ -116,12 +120,9 @@ def parse_yaml(text: str) -> Any:
         raise SpecError("", "invalid YAML: nested too deeply") from None
 
 
-
-
 def load_yaml(text: str, where: str | None = None) -> Any:
     """``parse_yaml`` with its error placed in file ``where``."""
     try:
         return parse_yaml(text)
     except SpecError as err:
         raise SpecError(err.path, err.message, where) from None
-

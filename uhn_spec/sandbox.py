@@ -40,8 +40,21 @@ REMOVED_FILTERS = frozenset({"pprint", "urlize", "urlencode", "xmlattr", "wordwr
 # jinja2's template-level objects and the attributes of theirs a template may read.
 RUNTIME_ATTRIBUTES: dict[type, frozenset[str]] = {
     LoopContext: frozenset(
-        {"index", "index0", "revindex", "revindex0", "first", "last", "length", "depth", "depth0",
-         "previtem", "nextitem", "cycle", "changed"}
+        {
+            "index",
+            "index0",
+            "revindex",
+            "revindex0",
+            "first",
+            "last",
+            "length",
+            "depth",
+            "depth0",
+            "previtem",
+            "nextitem",
+            "cycle",
+            "changed",
+        }
     ),
     Macro: frozenset({"name", "arguments", "catch_kwargs", "catch_varargs", "caller"}),
     BlockReference: frozenset({"name", "super"}),

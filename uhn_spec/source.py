@@ -39,16 +39,28 @@ class ModeFile:
 # In the order a file is tested against them. A new mode adds its module and one line here.
 MODE_FILES = (
     ModeFile(
-        "recursive", "recursive spec", recursive.KEYS, recursive.load_recursive,
-        lambda loaded: loaded[1][-1:], lambda loaded, text: recursive.compile_recursive(loaded[1], text),
+        "recursive",
+        "recursive spec",
+        recursive.KEYS,
+        recursive.load_recursive,
+        lambda loaded: loaded[1][-1:],
+        lambda loaded, text: recursive.compile_recursive(loaded[1], text),
     ),
     ModeFile(
-        "multitask", "multi-task spec", multitask.KEYS, multitask.load_multitask,
-        lambda loaded: list(loaded.members), multitask.compile_multitask,
+        "multitask",
+        "multi-task spec",
+        multitask.KEYS,
+        multitask.load_multitask,
+        lambda loaded: list(loaded.members),
+        multitask.compile_multitask,
     ),
     ModeFile(
-        "family", "family file", family.KEYS, family.load_family,
-        lambda loaded: [member.spec for member in loaded.members], family.compile_family,
+        "family",
+        "family file",
+        family.KEYS,
+        family.load_family,
+        lambda loaded: [member.spec for member in loaded.members],
+        family.compile_family,
     ),
 )
 

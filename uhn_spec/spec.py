@@ -133,7 +133,10 @@ class TrainSpec(StrictModel):
         1, ge=1, description="family runs: architectures drawn per step, their losses averaged (1: the paper's)"
     )
     tasks_per_step: int = Field(
-        1, ge=1, description="multi-task runs: distinct tasks drawn per step, " "one AdamW step on their mean loss (1: the paper's)"
+        1,
+        ge=1,
+        description="multi-task runs: distinct tasks drawn per step, "
+        "one AdamW step on their mean loss (1: the paper's)",
     )
     gradient_surgery: Literal["none", "pcgrad"] = Field(
         "none", description="multi-task runs with tasks_per_step >= 2: pcgrad projects conflicting task gradients"
@@ -306,7 +309,13 @@ def uhn_chain_errors(spec: ExperimentSpec, shape: GeneratedShape) -> list[tuple[
     except SpecError as err:
         return [(err.path, err.message)]
     if widths[0].features != widths[1].features:
-        return [(widths[0].origin, f"the structure path ends in {widths[0].features}, " f"the index path in {widths[1].features}; they are added")]
+        return [
+            (
+                widths[0].origin,
+                f"the structure path ends in {widths[0].features}, "
+                f"the index path in {widths[1].features}; they are added",
+            )
+        ]
     if out.features != 1:
         return [(f"layers[{last}]", f"outputs {out.features}; a generator gives one weight per index row")]
     return []

@@ -185,9 +185,7 @@ class SyntheticShape(StrictModel):
             raise ValueError(f"task.synthetic.input_dims: {self.input_dims} must be positive")
         want = 3 if self.task_type == "image_classification" else 1
         if len(self.input_dims) != want:
-            raise ValueError(
-                f"task.synthetic.input_dims: {self.task_type} needs {want} dims, got {self.input_dims}"
-            )
+            raise ValueError(f"task.synthetic.input_dims: {self.task_type} needs {want} dims, got {self.input_dims}")
         return self
 
 

@@ -89,7 +89,10 @@ class ConfinedLoader(jinja2.BaseLoader):
 
     def confinement(self) -> str:
         spec_folder = [f"the spec's folder {folder}" for prefix, folder in self.roots if not prefix]
-        return "includes and imports resolve only inside " f"{' and '.join([*spec_folder, f'{FAMILY_PREFIX}/ ({FAMILY_TEMPLATES})'])}"
+        return (
+            "includes and imports resolve only inside "
+            f"{' and '.join([*spec_folder, f'{FAMILY_PREFIX}/ ({FAMILY_TEMPLATES})'])}"
+        )
 
 
 def read_template(path: Path, name: str) -> str:

@@ -125,7 +125,9 @@ def test_unpack_refuses_unsafe_members_and_leaves_nothing(tmp_path: Path, member
 
 
 def test_fetch_downloads_verifies_and_unpacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    archive = make_tar(tmp_path / "reviews.tar.gz", [("aclImdb/train/pos/1_9.txt", b"good"), ("aclImdb/unsup/0_0.txt", b"x")])
+    archive = make_tar(
+        tmp_path / "reviews.tar.gz", [("aclImdb/train/pos/1_9.txt", b"good"), ("aclImdb/unsup/0_0.txt", b"x")]
+    )
     data = archive.read_bytes()
     url = served(tmp_path, "reviews.tar.gz", data)
     source = DatasetSource(
@@ -146,7 +148,11 @@ def test_fetch_downloads_verifies_and_unpacks(tmp_path: Path, monkeypatch: pytes
 
 def test_fetch_never_overwrites_a_different_local_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = served(tmp_path, "f.csv", b"published")
-    monkeypatch.setitem(SOURCES, "ag_news", DatasetSource("ag_news", "https://example.org", (RemoteFile(url, "ag_news/f.csv", md5(b"published")),)))
+    monkeypatch.setitem(
+        SOURCES,
+        "ag_news",
+        DatasetSource("ag_news", "https://example.org", (RemoteFile(url, "ag_news/f.csv", md5(b"published")),)),
+    )
     (tmp_path / "root" / "ag_news").mkdir(parents=True)
     (tmp_path / "root" / "ag_news" / "f.csv").write_bytes(b"my edits")
     with pytest.raises(DataError, match="exists but is not the published file"):

@@ -118,11 +118,16 @@ def test_image_data_augments_training_batches_only() -> None:
     images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(10)
     data = ImageData(
-        metric="accuracy", splits={"train": (images, labels), "test": (images, labels)},
-        mean=CIFAR_MEAN, std=CIFAR_STD, augment=True,
+        metric="accuracy",
+        splits={"train": (images, labels), "test": (images, labels)},
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+        augment=True,
     )
     test_batch = next(data.eval_batches("test", 10))
-    expected = (images.float() / 255 - torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    expected = (images.float() / 255 - torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR_STD).view(
+        1, 3, 1, 1
+    )
     torch.testing.assert_close(test_batch.inputs, expected)
     train_batch = next(data.train_batches(10, seed=1))
     order = train_batch.targets

@@ -62,7 +62,12 @@ def write_planetoid(root: Path, name: str, gaps: bool, seed: int = 0) -> Path:
         graph[node] += [int(n) for n in rng.integers(0, num_nodes, 3)]
     graph[5] += [5, 6, 6]  # a self loop and a repeated edge, both dropped
     files: dict[str, object] = {
-        "x": allx[:7], "y": ally[:7], "allx": allx, "ally": ally, "tx": sparse(n_test), "ty": one_hot(n_test),
+        "x": allx[:7],
+        "y": ally[:7],
+        "allx": allx,
+        "ally": ally,
+        "tx": sparse(n_test),
+        "ty": one_hot(n_test),
         "graph": graph,
     }
     folder = raw_folder(root, name)
@@ -242,13 +247,21 @@ def digest(tensor: torch.Tensor) -> str:
 PINNED = {
     "cora": {
         "shapes": ((2708, 1433), (2, 10556)),
-        "x": "1a213087243ca1ee", "y": "d0018d7ffd314eb2", "edge_index": "299cb541efef8bc7",
-        "train": "b211325c561d6f73", "val": "96c8f5dc197fc3c0", "test": "ec05c123cc125ff3",
+        "x": "1a213087243ca1ee",
+        "y": "d0018d7ffd314eb2",
+        "edge_index": "299cb541efef8bc7",
+        "train": "b211325c561d6f73",
+        "val": "96c8f5dc197fc3c0",
+        "test": "ec05c123cc125ff3",
     },
     "citeseer": {
         "shapes": ((3327, 3703), (2, 9104)),
-        "x": "d00c6fd7410af296", "y": "448f8c04e02516b2", "edge_index": "0826c26dc48439ab",
-        "train": "8efce52f9800be63", "val": "b11b25e3892ac265", "test": "e5f2dd697aa94045",
+        "x": "d00c6fd7410af296",
+        "y": "448f8c04e02516b2",
+        "edge_index": "0826c26dc48439ab",
+        "train": "8efce52f9800be63",
+        "val": "b11b25e3892ac265",
+        "test": "e5f2dd697aa94045",
     },
 }
 

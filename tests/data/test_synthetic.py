@@ -14,7 +14,9 @@ from ..conftest import REPO_ROOT, skeleton_flat
 from ..tiny_specs import tiny_spec
 
 
-@pytest.mark.parametrize("task_type", ["image_classification", "text_classification", "graph_node_classification", "formula_regression"])
+@pytest.mark.parametrize(
+    "task_type", ["image_classification", "text_classification", "graph_node_classification", "formula_regression"]
+)
 def test_synthetic_batches_fit_every_task(task_type: str) -> None:
     spec = tiny_spec(task_type)
     target = DeviceTarget(compile_spec(spec).targets[0])

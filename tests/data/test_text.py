@@ -91,7 +91,7 @@ def ag_rows(per_class: int) -> list[tuple[str, str, str]]:
 
 
 def test_ag_news_csv_joins_title_and_description_and_skips_a_header(tmp_path: Path) -> None:
-    rows = [("3", "Fears for pension", "Unions say, \"disappointed\"."), ("1", "A", "B")]
+    rows = [("3", "Fears for pension", 'Unions say, "disappointed".'), ("1", "A", "B")]
     for header in (False, True):
         texts, labels = read_ag_news_csv(write_ag_news(tmp_path / f"h{header}.csv", rows, header))
         assert texts == ['Fears for pension Unions say, "disappointed".', "A B"]

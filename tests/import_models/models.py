@@ -33,7 +33,12 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, blocks: tuple[int, ...] = (2, 2, 2, 2), widths: tuple[int, ...] = (64, 128, 256, 512), num_classes: int = 10):
+    def __init__(
+        self,
+        blocks: tuple[int, ...] = (2, 2, 2, 2),
+        widths: tuple[int, ...] = (64, 128, 256, 512),
+        num_classes: int = 10,
+    ):
         super().__init__()
         self.in_planes = widths[0]
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
@@ -74,10 +79,20 @@ def tiny_resnet10() -> ResNet:
 
 
 class TextTransformer(nn.Module):
-    def __init__(self, vocab: int = 50, dim: int = 16, heads: int = 2, layers: int = 2, classes: int = 3, norm_first: bool = False):
+    def __init__(
+        self,
+        vocab: int = 50,
+        dim: int = 16,
+        heads: int = 2,
+        layers: int = 2,
+        classes: int = 3,
+        norm_first: bool = False,
+    ):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
-        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=0.1, batch_first=True, norm_first=norm_first)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=4 * dim, dropout=0.1, batch_first=True, norm_first=norm_first
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = nn.Linear(dim, classes)
 
@@ -127,7 +142,15 @@ class GAT(nn.Module):
     """PyG's two-layer GAT (Velickovic et al.): dropout before each GATConv at its attention
     dropout rate, 8 heads concatenated, ELU, then one averaged head."""
 
-    def __init__(self, features: int = 3703, hidden: int = 8, heads: int = 8, classes: int = 6, dropout: float = 0.6, input_dropout: float | None = None):
+    def __init__(
+        self,
+        features: int = 3703,
+        hidden: int = 8,
+        heads: int = 8,
+        classes: int = 6,
+        dropout: float = 0.6,
+        input_dropout: float | None = None,
+    ):
         super().__init__()
         from torch_geometric.nn import GATConv
 

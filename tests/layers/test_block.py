@@ -22,7 +22,14 @@ def basic_block(cin: int, cout: int, stride: int) -> dict:
     shortcut = "identity"
     if stride != 1 or cin != cout:
         shortcut = [
-            {"kind": "conv2d", "in_channels": cin, "out_channels": cout, "kernel_size": 1, "bias": False, "stage_pooling": pooling},
+            {
+                "kind": "conv2d",
+                "in_channels": cin,
+                "out_channels": cout,
+                "kernel_size": 1,
+                "bias": False,
+                "stage_pooling": pooling,
+            },
             {"kind": "norm", "type": "batch", "features": cout},
         ]
     return {"kind": "block", "layers": main, "shortcut": shortcut}
@@ -44,7 +51,10 @@ def block_specs(draw: st.DrawFn) -> ExperimentSpec:
     width = draw(st.sampled_from([2, 4]))
     inner = {"kind": "block", "layers": [{"kind": "linear", "in_features": width, "out_features": width}]}
     layers = [
-        {"kind": "block", "layers": [{"kind": "linear", "in_features": width, "out_features": width, "activation": "gelu"}, inner]},
+        {
+            "kind": "block",
+            "layers": [{"kind": "linear", "in_features": width, "out_features": width, "activation": "gelu"}, inner],
+        },
         {"kind": "linear", "in_features": width, "out_features": 2},
     ]
     return make_spec(layers, synthetic_task("formula_regression", [width], 2), "mlp")
@@ -57,7 +67,12 @@ def test_block_properties(spec: ExperimentSpec) -> None:
 
 
 def test_block_descriptors_are_in_preorder_with_one_row_per_layer() -> None:
-    layers = [basic_block(2, 3, 2), {"kind": "pool", "type": "adaptive_avg"}, {"kind": "flatten"}, {"kind": "linear", "in_features": 3, "out_features": 2}]
+    layers = [
+        basic_block(2, 3, 2),
+        {"kind": "pool", "type": "adaptive_avg"},
+        {"kind": "flatten"},
+        {"kind": "linear", "in_features": 3, "out_features": 2},
+    ]
     spec = make_spec(layers, synthetic_task("image_classification", [2, 4, 4], 2), "cnn")
     target = compile_spec(spec).targets[0]
     # block, its 5 layers, its 2 shortcut layers, then pool, flatten, linear

@@ -123,7 +123,13 @@ def test_shortcut_needs_the_same_shape() -> None:
     with pytest.raises(ValueError, match=r"layers\[0\]\.shortcut: .*8x4x4 -> 8x2x2"):
         make_spec(
             [
-                {"kind": "conv2d", "in_channels": 8, "out_channels": 8, "shortcut": True, "stage_pooling": "conv_pooling"},
+                {
+                    "kind": "conv2d",
+                    "in_channels": 8,
+                    "out_channels": 8,
+                    "shortcut": True,
+                    "stage_pooling": "conv_pooling",
+                },
                 {"kind": "linear", "in_features": 8, "out_features": 2, "input_pooling": "avg_pooling"},
             ],
             synthetic_task("image_classification", [8, 4, 4], 2),

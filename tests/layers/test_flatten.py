@@ -20,7 +20,9 @@ def flatten_specs(draw: st.DrawFn) -> ExperimentSpec:
         {"kind": "flatten"},
         {"kind": "linear", "in_features": 3 * length, "out_features": 2},
     ]
-    return make_spec(layers, synthetic_task("text_classification", [12], 2, vocab_size=12, max_length=length), "transformer")
+    return make_spec(
+        layers, synthetic_task("text_classification", [12], 2, vocab_size=12, max_length=length), "transformer"
+    )
 
 
 @given(flatten_specs())

@@ -108,8 +108,13 @@ def test_param_table_of_the_paper_kan() -> None:
     assert target.num_params == 254
     first = target.params[:7]
     assert [p.name.split(".")[-1] for p in first] == [
-        "base_weight", "base_bias", "spline_weight", "spline_scale",
-        "grid_lower_bound", "grid_length", "grid_knots",
+        "base_weight",
+        "base_bias",
+        "spline_weight",
+        "spline_scale",
+        "grid_lower_bound",
+        "grid_length",
+        "grid_knots",
     ]
     assert [p.param_type for p in first] == list(range(7))
     assert [p.shape for p in first] == [(5, 2), (5,), (5, 2, 8), (5, 2), (2,), (2,), (2, 12)]

@@ -11,7 +11,11 @@ from .harness import check_layer_properties, make_spec, synthetic_task
 @st.composite
 def linear_specs(draw: st.DrawFn) -> ExperimentSpec:
     image = draw(st.booleans())
-    dims = [draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 4))] if image else [draw(st.integers(1, 12))]
+    dims = (
+        [draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 4))]
+        if image
+        else [draw(st.integers(1, 12))]
+    )
     flat = dims[0] * dims[1] * dims[2] if image else dims[0]
     pooling = draw(st.sampled_from(["reshape_to_2d", "avg_pooling", "max_pooling"])) if image else "none"
     width = flat if pooling == "reshape_to_2d" or not image else dims[0]
@@ -33,7 +37,9 @@ def linear_specs(draw: st.DrawFn) -> ExperimentSpec:
             }
         )
         width = out
-    task_type = "image_classification" if image else draw(st.sampled_from(["formula_regression", "graph_node_classification"]))
+    task_type = (
+        "image_classification" if image else draw(st.sampled_from(["formula_regression", "graph_node_classification"]))
+    )
     return make_spec(layers, synthetic_task(task_type, dims, width), "mlp")
 
 

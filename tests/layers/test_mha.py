@@ -78,7 +78,9 @@ def torch_reference(layer: torch.nn.Module, bias: bool) -> torch.nn.MultiheadAtt
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("pre", [{}, {"activation": {"type": "leaky_relu", "param": 0.1}, "norm": True, "shortcut": True}])
+@pytest.mark.parametrize(
+    "pre", [{}, {"activation": {"type": "leaky_relu", "param": 0.1}, "norm": True, "shortcut": True}]
+)
 def test_matches_torch_multihead_attention_with_padding(bias: bool, pre: dict) -> None:
     torch.manual_seed(0)
     spec = MHASpec(dim=8, heads=2, bias=bias, **pre)
@@ -135,7 +137,14 @@ def test_param_order_types_and_init_targets() -> None:
     target = compile_spec(make_spec(layers, text_task(8, 4, 2), "transformer")).targets[0]
     mha = [p for p in target.params if p.layer == 1]
     assert [p.name.split(".")[-1] for p in mha] == [
-        "q_weight", "k_weight", "v_weight", "q_bias", "k_bias", "v_bias", "out_weight", "out_bias"
+        "q_weight",
+        "k_weight",
+        "v_weight",
+        "q_bias",
+        "k_bias",
+        "v_bias",
+        "out_weight",
+        "out_bias",
     ]
     assert [p.param_type for p in mha] == list(range(8))
     assert [p.init_std for p in mha] == [1 / math.sqrt(d)] * 3 + [0.0] * 3 + [1 / math.sqrt(3 * d), 0.0]

@@ -47,7 +47,11 @@ def test_norm_affine_targets_one_and_zero() -> None:
 
 def test_batch_norm_equals_torch_and_keeps_running_stats() -> None:
     spec = make_spec(
-        [{"kind": "norm", "type": "batch", "features": 3}, {"kind": "flatten"}, {"kind": "linear", "in_features": 12, "out_features": 2}],
+        [
+            {"kind": "norm", "type": "batch", "features": 3},
+            {"kind": "flatten"},
+            {"kind": "linear", "in_features": 12, "out_features": 2},
+        ],
         synthetic_task("image_classification", [3, 2, 2], 2),
         "cnn",
     )

@@ -46,7 +46,9 @@ def test_sequence_pooling_properties() -> None:
             {"kind": "pool", "type": kind},
             {"kind": "linear", "in_features": 4, "out_features": 2},
         ]
-        check_layer_properties(make_spec(layers, synthetic_task("text_classification", [20], 2, vocab_size=20), "transformer"))
+        check_layer_properties(
+            make_spec(layers, synthetic_task("text_classification", [20], 2, vocab_size=20), "transformer")
+        )
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,22 @@ def test_report_has_the_fields_the_issue_asks_for() -> None:
 def test_naive_is_reported_as_null_when_it_would_not_fit(tmp_path) -> None:
     spec = tmp_path / "tiny.yaml"
     spec.write_text(json.dumps(tiny_spec_data("formula_regression")))  # JSON is YAML
-    result = CliRunner().invoke(app, ["bench", str(spec), "--json", "--repeats", "1", "--batch", "8", "--naive-max-gib", "1e-9", "--matmul-size", "64"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            str(spec),
+            "--json",
+            "--repeats",
+            "1",
+            "--batch",
+            "8",
+            "--naive-max-gib",
+            "1e-9",
+            "--matmul-size",
+            "64",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout[result.stdout.index("{") :])
     assert report["naive"] is None
@@ -90,9 +105,12 @@ def test_a_failing_worker_is_one_line_without_its_frames(tmp_path) -> None:
 
 def test_worker_failures_read_as_one_line() -> None:
     frames = 'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n    f()\n'
-    out_of_memory = frames + "RuntimeError: [enforce fail at alloc_cpu.cpp:117] data.\nDefaultCPUAllocator: not enough memory\n"
+    out_of_memory = (
+        frames + "RuntimeError: [enforce fail at alloc_cpu.cpp:117] data.\nDefaultCPUAllocator: not enough memory\n"
+    )
     assert worker_failure(1, out_of_memory) == (
-        "failed (exit 1): RuntimeError: [enforce fail at alloc_cpu.cpp:117] data. " "DefaultCPUAllocator: not enough memory"
+        "failed (exit 1): RuntimeError: [enforce fail at alloc_cpu.cpp:117] data. "
+        "DefaultCPUAllocator: not enough memory"
     )
     assert worker_failure(-9, "").startswith("was killed by SIGKILL (out of memory?")
     assert worker_failure(0, "").startswith("printed no result")

@@ -242,7 +242,9 @@ def test_a_run_of_an_edited_spec_is_refused_but_pinning_its_precision_is_not(tmp
     assert "tiny_b seed 1: finished earlier, skipped" in shown.getvalue()
     edited, _ = harness(tmp_path, rows=("tiny_b",))
     edit_spec(tmp_path / "b.yaml", lr=0.123)
-    with pytest.raises(TableError, match=r"trained from another version of .*b\.yaml \(train\.lr: .* in the run, 0\.123 now\)"):
+    with pytest.raises(
+        TableError, match=r"trained from another version of .*b\.yaml \(train\.lr: .* in the run, 0\.123 now\)"
+    ):
         edited.run()
     # The results leave the row out, say why, and do not fall back to an earlier file's figures.
     json_path, md_path, missing = write_results(edited, tmp_path / "results", "uhn reproduce t")

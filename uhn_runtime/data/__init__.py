@@ -19,8 +19,16 @@ from .resize import resized
 from .task_data import LOADERS, Batch, DataError, Loader, Split, TaskData, register_loader
 
 __all__ = [
-    "LOADERS", "Batch", "DataError", "Loader", "Split", "TaskData", "register_loader",
-    "default_data_root", "load_task_data", "resolve_data_root",
+    "LOADERS",
+    "Batch",
+    "DataError",
+    "Loader",
+    "Split",
+    "TaskData",
+    "register_loader",
+    "default_data_root",
+    "load_task_data",
+    "resolve_data_root",
 ]
 
 

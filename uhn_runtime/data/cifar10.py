@@ -111,7 +111,9 @@ def image_members(tar: tarfile.TarFile) -> Iterator[tuple[str, int, str, tarfile
         if split not in ("train", "test"):
             continue
         if class_name not in CLASSES:
-            raise DataError(f"{tar.name!s}: {member.name}: {class_name!r} is not a CIFAR-10 class ({', '.join(CLASSES)})")
+            raise DataError(
+                f"{tar.name!s}: {member.name}: {class_name!r} is not a CIFAR-10 class ({', '.join(CLASSES)})"
+            )
         yield split, CLASSES.index(class_name), file_name, member
 
 

@@ -134,8 +134,7 @@ def fetch_file(remote: RemoteFile, root: Path, log: Log) -> None:
     if dest.exists():
         if not verify(dest, remote):
             raise DataError(
-                f"{dest} exists but is not the published file ({remote.checksum}); move it away "
-                "to download it again"
+                f"{dest} exists but is not the published file ({remote.checksum}); move it away to download it again"
             )
         log(f"ok       {dest} (checksum verified)")
     else:
@@ -152,7 +151,9 @@ def fetch(name: str, root: Path, log: Log = print) -> DatasetSource:
     """Download (or verify) every file of dataset ``name`` under ``root``."""
     source = SOURCES.get(name)
     if source is None:
-        raise DataError(f"nothing to fetch for {name!r}; fetchable: {', '.join(n for n, s in SOURCES.items() if not s.unavailable)}")
+        raise DataError(
+            f"nothing to fetch for {name!r}; fetchable: {', '.join(n for n, s in SOURCES.items() if not s.unavailable)}"
+        )
     if source.unavailable:
         raise DataError(f"cannot fetch {name}: {source.unavailable} (source: {source.homepage})")
     for remote in source.files:

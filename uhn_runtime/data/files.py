@@ -82,10 +82,18 @@ SOURCES: dict[str, DatasetSource] = {
             "mnist",
             "http://yann.lecun.com/exdb/mnist/",
             (
-                _mnist_file("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"),
-                _mnist_file("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432", "a25bea736e30d166cdddb491f175f624"),
-                _mnist_file("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3", "2646ac647ad5339dbf082846283269ea"),
-                _mnist_file("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c", "27ae3e4e09519cfbb04c329615203637"),
+                _mnist_file(
+                    "train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"
+                ),
+                _mnist_file(
+                    "train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432", "a25bea736e30d166cdddb491f175f624"
+                ),
+                _mnist_file(
+                    "t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3", "2646ac647ad5339dbf082846283269ea"
+                ),
+                _mnist_file(
+                    "t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c", "27ae3e4e09519cfbb04c329615203637"
+                ),
             ),
         ),
         DatasetSource(
@@ -250,7 +258,9 @@ def cached_tensors(
     try:
         atomic_write(path, lambda tmp: save_verified(tensors, tmp))
     except OSError as err:  # the cache only saves time: a run goes on without it
-        warnings.warn(f"could not cache {kind} data in {path.parent} ({err}); set UHN_CACHE to a writable folder", stacklevel=2)
+        warnings.warn(
+            f"could not cache {kind} data in {path.parent} ({err}); set UHN_CACHE to a writable folder", stacklevel=2
+        )
     return tensors
 
 

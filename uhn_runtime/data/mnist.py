@@ -68,7 +68,5 @@ def read_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 @register_loader("mnist")
 def load_mnist(task: TaskSpec, root: Path) -> TaskData:
-    splits = train_val_test(
-        read_split(root, "train"), read_split(root, "test"), DatasetType.MNIST, task.validate_split
-    )
+    splits = train_val_test(read_split(root, "train"), read_split(root, "test"), DatasetType.MNIST, task.validate_split)
     return ImageData(metric=task.info.metric, splits=splits, mean=MNIST_MEAN, std=MNIST_STD)

@@ -28,8 +28,15 @@ BYTE_ORDERS = ("<", ">", "|", "=")
 MAX_DENSE_ELEMENTS = 1 << 28
 # What a malformed pickle raises inside the unpickler (only records run there, no file code).
 UNPICKLING_ERRORS = (
-    pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-    OverflowError, MemoryError,
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    OverflowError,
+    MemoryError,
 )
 
 

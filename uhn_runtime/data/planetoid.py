@@ -97,7 +97,7 @@ def read_test_index(path: Path) -> torch.Tensor:
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read the test node ids ({err})") from None
     if not words or not all(word.isdigit() and len(word) <= MAX_ID_DIGITS for word in words):
-        raise DataError(f"{path}: expected one node id (0 to {10 ** MAX_ID_DIGITS - 1}) a line")
+        raise DataError(f"{path}: expected one node id (0 to {10**MAX_ID_DIGITS - 1}) a line")
     index = torch.tensor([int(word) for word in words], dtype=torch.long)
     if len(index.unique()) != len(index):
         raise DataError(f"{path}: a test node id appears twice")

@@ -36,4 +36,9 @@ class ResizedData(TaskData):
 
 
 def resized(data: TaskData, size: tuple[int, int]) -> TaskData:
-    return ResizedData(metric=data.metric, notes=list(data.notes) + [f"images resized to {size[0]}x{size[1]} (task.resize)"], inner=data, size=size)
+    return ResizedData(
+        metric=data.metric,
+        notes=list(data.notes) + [f"images resized to {size[0]}x{size[1]} (task.resize)"],
+        inner=data,
+        size=size,
+    )

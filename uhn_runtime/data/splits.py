@@ -30,9 +30,7 @@ def val_fraction(dataset: DatasetType) -> float:
     return VAL_FRACTION.get(dataset, FORMULA_VAL_FRACTION)
 
 
-def split_off_val(
-    inputs: torch.Tensor, targets: torch.Tensor, dataset: DatasetType
-) -> SplitTensors:
+def split_off_val(inputs: torch.Tensor, targets: torch.Tensor, dataset: DatasetType) -> SplitTensors:
     """``train`` and ``val`` from one training set: a seeded permutation, the first
     (1 - fraction) of it trains."""
     n = len(targets)

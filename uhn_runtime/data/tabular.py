@@ -36,5 +36,7 @@ def load_tabular(task: TaskSpec, data_root: Path | None = None) -> TaskData:
         metric=task.info.metric,
         splits={"train": (features[train], labels[train]), "test": (features[test], labels[test])},
     )
-    data.notes.append(f"scikit-learn {task.dataset}: {len(train)} train / {len(test)} test examples, fixed split (seed {SPLIT_SEED})")
+    data.notes.append(
+        f"scikit-learn {task.dataset}: {len(train)} train / {len(test)} test examples, fixed split (seed {SPLIT_SEED})"
+    )
     return data

@@ -83,9 +83,7 @@ def pad_sequences(flat: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return padded
 
 
-def encode_texts(
-    train: Labelled, test: Labelled, vocab_size: int, max_length: int
-) -> dict[str, torch.Tensor]:
+def encode_texts(train: Labelled, test: Labelled, vocab_size: int, max_length: int) -> dict[str, torch.Tensor]:
     """Tokenise, build the vocabulary from the training texts only, encode both splits as
     concatenated ids (int32) plus lengths -- the compact form that is cached."""
     train_tokens = [tokenize(t) for t in train[0]]
@@ -141,7 +139,9 @@ def read_ag_news_csv(path: Path) -> Labelled:
                 if not row:
                     continue
                 if len(row) != 3:
-                    raise DataError(f"{path}: row {number}: expected 3 columns (label, title, description), got {len(row)}")
+                    raise DataError(
+                        f"{path}: row {number}: expected 3 columns (label, title, description), got {len(row)}"
+                    )
                 if number == 1 and not row[0].strip().isdigit():
                     continue  # header
                 label = int(row[0]) if row[0].strip().isdigit() else -1
@@ -184,7 +184,9 @@ def load_ag_news(task: TaskSpec, root: Path) -> TaskData:
     train_csv = first_existing(root, ["ag_news/train.csv"])
     if train_csv is not None:
         return text_task(
-            task, DatasetType.AG_NEWS, [train_csv, test_csv],
+            task,
+            DatasetType.AG_NEWS,
+            [train_csv, test_csv],
             lambda: (read_ag_news_csv(train_csv), read_ag_news_csv(test_csv)),
         )
 
@@ -194,7 +196,10 @@ def load_ag_news(task: TaskSpec, root: Path) -> TaskData:
         return _subset(rows, train_rows), _subset(rows, test_rows)
 
     data = text_task(
-        task, DatasetType.AG_NEWS, [test_csv], stand_in_split,
+        task,
+        DatasetType.AG_NEWS,
+        [test_csv],
+        stand_in_split,
         key_extras=(f"stand-in split {AG_NEWS_STAND_IN_TRAIN} seed {AG_NEWS_STAND_IN_SEED}",),
     )
     held = len(data.splits["test"][1])

@@ -75,7 +75,10 @@ def load_trained_source(
     plan = run.plan()
     target = target or plan.trained_target
     if kind == "direct" and target.name != plan.trained_target.name:
-        raise UHNError(f"--source direct: the direct weights are {plan.trained_target.name}'s own; export them without --model/--spec")
+        raise UHNError(
+            f"--source direct: the direct weights are {plan.trained_target.name}'s own; "
+            "export them without --model/--spec"
+        )
     path = run.checkpoint_path(kind)
     if not path.is_file():
         raise UHNError(f"{run.root} has no {kind} checkpoint ({path}); the run trained: {run.info()['mode']}")
@@ -204,7 +207,12 @@ def export_levels(run: RunDir, output: Path, device: torch.device) -> list[tuple
 
 
 def write_export(
-    output: Path, target: TargetPlan, state: dict[str, torch.Tensor], kind: SourceKind, run: RunDir, zero_shot: bool = False
+    output: Path,
+    target: TargetPlan,
+    state: dict[str, torch.Tensor],
+    kind: SourceKind,
+    run: RunDir,
+    zero_shot: bool = False,
 ) -> None:
     spec = target.spec
     metadata = {
@@ -302,7 +310,10 @@ def check_tensors_fit(path: Path, state: dict[str, torch.Tensor], model: TargetM
     buffers = dict(model.named_buffers())
     for name, buffer in buffers.items():
         if name not in state or state[name].shape != buffer.shape:
-            raise ExportError(f"{path}: tensor {name}: missing or of the wrong shape; the spec expects a buffer of shape {list(buffer.shape)}")
+            raise ExportError(
+                f"{path}: tensor {name}: missing or of the wrong shape; "
+                f"the spec expects a buffer of shape {list(buffer.shape)}"
+            )
     expected = {**dict(model.named_parameters())}
     for name, param in expected.items():
         if name not in state:
@@ -331,7 +342,9 @@ def export_onnx(model: TargetModel, output: Path) -> float:
         import onnxruntime  # noqa: F401  (checked here so a missing extra fails before exporting)
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
     except ImportError as err:
-        raise ExportError(f"--onnx needs the onnx extra ({err.name} is not installed): pip install 'uhn[onnx]'") from None
+        raise ExportError(
+            f"--onnx needs the onnx extra ({err.name} is not installed): pip install 'uhn[onnx]'"
+        ) from None
     spec: ExperimentSpec = model.spec
     model = model.to("cpu").eval()
     kwargs = synthetic_batch(spec.task, ONNX_EXAMPLE_BATCH, torch.device("cpu")).model_kwargs()

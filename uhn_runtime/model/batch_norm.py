@@ -53,7 +53,9 @@ def recalibrate_batch_norm(target: DeviceTarget, flat: torch.Tensor, batches: It
     return used
 
 
-def recalibrate_from_data(target: DeviceTarget, flat: torch.Tensor, data: TaskData, count: int = DEFAULT_CALIBRATION_BATCHES) -> int:
+def recalibrate_from_data(
+    target: DeviceTarget, flat: torch.Tensor, data: TaskData, count: int = DEFAULT_CALIBRATION_BATCHES
+) -> int:
     """``recalibrate_batch_norm`` over the training split, in a fixed order (seed 0)."""
     if not batch_norm_layers(target.model):
         return 0

@@ -88,7 +88,9 @@ class FactoredLayout:
             self._tables = (basis.key, [basis.phasors(s.values, s.mask) if s.cached else None for s in self.sides])
         return self._tables[1]
 
-    def side_phasors(self, tables: list[torch.Tensor | None], basis: FourierBasis, side: int, lo: int, hi: int) -> torch.Tensor:
+    def side_phasors(
+        self, tables: list[torch.Tensor | None], basis: FourierBasis, side: int, lo: int, hi: int
+    ) -> torch.Tensor:
         table = tables[side]
         if table is not None:
             return table[lo:hi]
@@ -139,7 +141,9 @@ def build_layout(
         n = index.num_rows
     else:
         rows = index.detach().to("cpu", torch.int64)
-        grids = [_Grid(0, rows, torch.zeros(1, rows.shape[1], dtype=torch.int64), (), factored=False)] if len(rows) else []
+        grids = (
+            [_Grid(0, rows, torch.zeros(1, rows.shape[1], dtype=torch.int64), (), factored=False)] if len(rows) else []
+        )
         n = rows.shape[0]
     side_rows: list[tuple[torch.Tensor, torch.Tensor]] = []
     side_cached: list[bool] = []
@@ -386,7 +390,9 @@ def unit_forward(ctx: UnitContext, index: int, weight: torch.Tensor, bias: torch
     return out
 
 
-def unit_weight_grad(ctx: UnitContext, index: int, grad_out: torch.Tensor, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
+def unit_weight_grad(
+    ctx: UnitContext, index: int, grad_out: torch.Tensor, hidden: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of the input Linear's (weight, bias) from the gradient of unit ``index``'s h0.
 
     The features need no gradient (descriptors are constants), so only the weight gradient

@@ -114,7 +114,7 @@ def generate_layout(
         parts = [unit_weights(net, context, i, structure, params) for i in range(len(own.units))]
     out = torch.cat(parts) if parts else torch.zeros(0, device=device)
     if sizes is not None:
-        out = gather_shares(out, sizes, shard)  # type: ignore[arg-type]
+        out = gather_shares(out, sizes, shard)  # type: ignore[arg-type]  # sharded: sizes are set
     return out if layout.order is None else out[layout.order]
 
 
@@ -166,7 +166,11 @@ class GeneratedUnit(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx, net: TailNetwork, context: UnitContext, index: int, structure: torch.Tensor | None,
+        ctx: FunctionCtx,
+        net: TailNetwork,
+        context: UnitContext,
+        index: int,
+        structure: torch.Tensor | None,
         *params: torch.Tensor,
     ) -> torch.Tensor:
         device_type = context.workspace.device.type

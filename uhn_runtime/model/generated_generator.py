@@ -65,7 +65,7 @@ class GeneratedGenerator:
 
     def structure_embedding(self, layers: list[list[torch.Tensor]], structure_rows: torch.Tensor) -> torch.Tensor:
         """(1, d): the structure path over the root's structure Fourier features."""
-        x = self.root.structure.fourier(structure_rows).unsqueeze(0)  # type: ignore[union-attr]
+        x = self.root.structure.fourier(structure_rows).unsqueeze(0)  # type: ignore[union-attr]  # a generated generator has structure
         for i in range(self.split):
             x = self._call(i, layers[i], x)
         return x

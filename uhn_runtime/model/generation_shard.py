@@ -38,7 +38,6 @@ class RankPlace(Protocol):
     def active(self) -> bool: ...
 
 
-
 @dataclass(frozen=True)
 class GenerationShard:
     """Generate rank ``rank``'s share of the work units and gather the rest from ``group``."""

@@ -62,6 +62,9 @@ class FourierEncoder(nn.Module):
         self, ranges: Ranges, freqs: int, sigma: float, generator: torch.Generator, width_cap: int | None = None
     ):
         super().__init__()
+        self.mean: torch.Tensor
+        self.inv_std: torch.Tensor
+        self.B: torch.Tensor
         in_dim = ranges.lo.shape[0]
         mean, inv_std = ranges.mean_and_scale()
         if width_cap is not None:
@@ -121,7 +124,7 @@ class _Linear(torch.autograd.Function):
     gradient: those stay in the GEMM dtype."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         dtype = gemm_dtype(x.device)
         x_low = x.to(dtype)
         ctx.save_for_backward(x_low, weight)
@@ -131,7 +134,7 @@ class _Linear(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x_low, weight = ctx.saved_tensors  # type: ignore[attr-defined]
         needs = ctx.needs_input_grad  # type: ignore[attr-defined]
         # The tail's backward runs under autocast (fast_path.py, GeneratedUnit): without this

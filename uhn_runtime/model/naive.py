@@ -38,14 +38,18 @@ def naive_generate(
     return _reference(generator, index_rows, structure, dtype)
 
 
-def _reference(generator: UHNGenerator, index_rows: torch.Tensor, structure: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+def _reference(
+    generator: UHNGenerator, index_rows: torch.Tensor, structure: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
     phase = generator.index_fourier.phases(index_rows, dtype)
     features = torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
     h = torch.nn.functional.linear(features, generator.index_in.weight.to(dtype), generator.index_in.bias.to(dtype))
     for block in cast(list[ResidualBlock], generator.blocks):
         x = h
         for norm, linear in ((block.norm1, block.linear1), (block.norm2, block.linear2)):
-            x = torch.nn.functional.layer_norm(torch.relu(x), norm.normalized_shape, norm.weight.to(dtype), norm.bias.to(dtype), norm.eps)
+            x = torch.nn.functional.layer_norm(
+                torch.relu(x), norm.normalized_shape, norm.weight.to(dtype), norm.bias.to(dtype), norm.eps
+            )
             x = torch.nn.functional.linear(x, linear.weight.to(dtype), linear.bias.to(dtype))
         h = h + x
     if structure is not None:

@@ -25,7 +25,9 @@ def segment_bounds(num_layers: int, segments: int) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
 
 
-def forward_in_segments(target: DeviceTarget, flat: torch.Tensor, segments: int, **inputs: torch.Tensor) -> torch.Tensor:
+def forward_in_segments(
+    target: DeviceTarget, flat: torch.Tensor, segments: int, **inputs: torch.Tensor
+) -> torch.Tensor:
     """``target.forward(flat, **inputs)``, checkpointed in ``segments`` segments (with
     gradients enabled; a plain forward otherwise or for ``segments <= 1``)."""
     if segments <= 1 or not torch.is_grad_enabled():

@@ -83,7 +83,9 @@ class RecursiveSource(nn.Module):
         if not plan.recursion_depth:
             raise ValueError("RecursiveSource needs a recursive plan (targets H1..H_K, then the leaf)")
         self.target = target  # the leaf
-        self.generator = UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=seed).to(target.device)
+        self.generator = UHNGenerator(plan.generator, plan.index_ranges, plan.structure_ranges, seed=seed).to(
+            target.device
+        )
         self.levels = [DeviceTarget(t, target.device) for t in plan.targets[:-1]] + [target]
         self.generated = [GeneratedGenerator(level, self.generator) for level in self.levels[:-1]]
         # Fixed per-tensor gains of each generated generator's weights (beyond the paper; see

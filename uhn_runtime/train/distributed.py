@@ -156,13 +156,20 @@ def environment_context(environ: dict[str, str] | None = None) -> DistContext:
         return DistContext()
     if len(present) != len(TORCHRUN_ENV):
         missing = ", ".join(name for name in TORCHRUN_ENV if name not in env)
-        raise DistributedError(f"environment: {missing}: not set; start distributed runs with torchrun, " f"which sets all of {', '.join(TORCHRUN_ENV)}")
+        raise DistributedError(
+            f"environment: {missing}: not set; start distributed runs with torchrun, "
+            f"which sets all of {', '.join(TORCHRUN_ENV)}"
+        )
     try:
         rank, world, local = (int(env[name]) for name in TORCHRUN_ENV)
     except ValueError:
-        raise DistributedError(f"environment: RANK/WORLD_SIZE/LOCAL_RANK must be integers, got {[env[n] for n in TORCHRUN_ENV]}") from None
+        raise DistributedError(
+            f"environment: RANK/WORLD_SIZE/LOCAL_RANK must be integers, got {[env[n] for n in TORCHRUN_ENV]}"
+        ) from None
     if world < 1 or not 0 <= rank < world or local < 0:
-        raise DistributedError(f"environment: RANK {rank} of WORLD_SIZE {world} (LOCAL_RANK {local}) is not a valid rank")
+        raise DistributedError(
+            f"environment: RANK {rank} of WORLD_SIZE {world} (LOCAL_RANK {local}) is not a valid rank"
+        )
     return DistContext(rank, world, local)
 
 
@@ -246,10 +253,14 @@ def synced_flat(source: nn.Module, context: DistContext, device: torch.device) -
     once here. Buffers (Fourier matrices, normalisation) are a function of the seed: not sent."""
     if not context.active:
         return source.flat  # type: ignore[return-value]  # as above: a method, not a submodule
-    device_ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    device_ids = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    )
     ddp = nn.parallel.DistributedDataParallel
     # torch 2.13 renamed the option (the old one warns); earlier versions know only the old.
-    no_buffer_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else "broadcast_buffers"
+    no_buffer_sync = (
+        "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else "broadcast_buffers"
+    )
     options: dict[str, Any] = {no_buffer_sync: False}
     return ddp(_FlatForward(source), device_ids=device_ids, **options)
 
@@ -263,7 +274,9 @@ class StepReport:
     signal: int | None
 
 
-def agree_on_step(context: DistContext, loss_share: float, signal: int | None, stop_signals: Sequence[int]) -> StepReport:
+def agree_on_step(
+    context: DistContext, loss_share: float, signal: int | None, stop_signals: Sequence[int]
+) -> StepReport:
     """Sum the ranks' loss shares (each local mean x local/global examples: the global mean)
     and collect their stop requests, in one all-reduce."""
     if not context.active:
@@ -276,7 +289,6 @@ def agree_on_step(context: DistContext, loss_share: float, signal: int | None, s
 
 
 # --------------------------------------------------------------------------- exact data parallel
-
 
 
 def owned_micro_shards(count: int, rank: int, world: int) -> range:

@@ -70,7 +70,9 @@ def evaluate_source(
     was_training = target.model.training
     target.model.eval()
     try:
-        return evaluate_forward(lambda b: target.forward(flat, **b.model_kwargs()), data, split, target.device, on_batch)
+        return evaluate_forward(
+            lambda b: target.forward(flat, **b.model_kwargs()), data, split, target.device, on_batch
+        )
     finally:
         target.model.train(was_training)
 

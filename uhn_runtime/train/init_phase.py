@@ -46,7 +46,17 @@ def run_init_phase(
     generate = flat or source.flat
     loss_at = targets if callable(targets) else lambda _: targets.loss(generate())
     bound = LevelChangeBound(source, change_bound, precision) if change_bound else None
-    return _match_stats(source, loss_at, range(steps), lambda step: lr * cosine_factor(step, steps), precision, None, last_good, on_step, bound)
+    return _match_stats(
+        source,
+        loss_at,
+        range(steps),
+        lambda step: lr * cosine_factor(step, steps),
+        precision,
+        None,
+        last_good,
+        on_step,
+        bound,
+    )
 
 
 def _match_stats(
@@ -140,5 +150,7 @@ def run_top_down_init(
             return targets.loss(source.level_flats(level + 1)[level])
 
         bound = LevelChangeBound(source, change_bound, precision, levels=level + 1) if change_bound else None
-        loss_value = _match_stats(source, loss_of_step, stage, lr_at, precision, TOP_DOWN_GRAD_CLIP, last_good, on_step, bound)
+        loss_value = _match_stats(
+            source, loss_of_step, stage, lr_at, precision, TOP_DOWN_GRAD_CLIP, last_good, on_step, bound
+        )
     return loss_value

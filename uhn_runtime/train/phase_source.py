@@ -35,8 +35,14 @@ class PhaseSource:
 
 
 def phase_source(
-    kind: SourceKind, sampler: Sampler, precision: Precision, options: TrainOptions, stop: StopSignals,
-    micro_shards: int, dist: DistContext, source: WeightSource | None = None,
+    kind: SourceKind,
+    sampler: Sampler,
+    precision: Precision,
+    options: TrainOptions,
+    stop: StopSignals,
+    micro_shards: int,
+    dist: DistContext,
+    source: WeightSource | None = None,
 ) -> PhaseSource:
     """``source``: one made elsewhere (``uhn bench``'s naive generator), else ``make_source``'s."""
     plan, cfg = sampler.plan, sampler.cfg

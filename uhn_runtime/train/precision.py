@@ -54,9 +54,20 @@ TASK_KINDS: dict[TaskType, str] = {
 # oneDNN 2): a cap below the one a feature needs hides it from torch's CPU matmuls, which then
 # emulate bf16 (ONEDNN_MAX_CPU_ISA=AVX2 makes a CPU with AVX512-BF16 behave as one without).
 ONEDNN_ISA_ORDER = (
-    "sse41", "avx", "avx2", "avx2_vnni", "avx2_vnni_2", "avx512_core", "avx512_core_vnni",
-    "avx512_core_bf16", "avx10_1_512", "avx512_core_fp16", "avx10_1_512_amx", "avx512_core_amx",
-    "avx10_1_512_amx_fp16", "avx512_core_amx_fp16",
+    "sse41",
+    "avx",
+    "avx2",
+    "avx2_vnni",
+    "avx2_vnni_2",
+    "avx512_core",
+    "avx512_core_vnni",
+    "avx512_core_bf16",
+    "avx10_1_512",
+    "avx512_core_fp16",
+    "avx10_1_512_amx",
+    "avx512_core_amx",
+    "avx10_1_512_amx_fp16",
+    "avx512_core_amx_fp16",
 )
 ONEDNN_ISA_OF_FEATURE = {"avx512_bf16": "avx512_core_bf16", "amx_bf16": "avx512_core_amx"}
 

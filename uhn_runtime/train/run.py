@@ -163,13 +163,14 @@ def cut_metrics_to_last_checkpoint(run: RunDir) -> None:
     """Drop the records a killed run logged after its latest checkpoint: the resumed run logs
     them again. The latest checkpoint is the one that saw the longest metrics.jsonl (every
     earlier one saw a prefix of it); with no checkpoint at all the run starts over."""
-    sizes = []
+    sizes: list[int] = []
     for kind in MODE_PHASES["both"]:
         path = run.checkpoint_path(kind)
         if path.is_file():
-            sizes.append(load_checkpoint(path).get("metrics_bytes"))
-    if None in sizes:
-        return  # written by a uhn that did not record it: keep everything
+            size = load_checkpoint(path).get("metrics_bytes")
+            if size is None:
+                return  # written by a uhn that did not record it: keep everything
+            sizes.append(int(size))
     run.truncate_metrics(max(sizes, default=0))
 
 
@@ -199,7 +200,9 @@ def train_run(
         f"{device.type} {precision.name}; run folder {run.root}"
     )
     progress.line(f"precision: {precision.name} ({precision.reason})")
-    notes = [f"{name}: {note}" for name, d in member_data.items() for note in d.notes] if member_data else list(data.notes)
+    notes = (
+        [f"{name}: {note}" for name, d in member_data.items() for note in d.notes] if member_data else list(data.notes)
+    )
     for note in notes:  # e.g. a stand-in dataset or split: part of what the numbers mean
         progress.line(f"data: {note}")
     results: dict[str, PhaseResult] = {}
@@ -249,12 +252,19 @@ def train_run(
 
 def new_sampler(plan: Plan, data: TaskData | dict[str, TaskData], device: torch.device, dist: DistContext) -> Sampler:
     """The mode's sampler over a fresh target cache (targets are built on first use)."""
-    return sampler_class(plan)(plan, data, TargetCache(plan, device), dist)  # type: ignore[arg-type]
+    return sampler_class(plan)(plan, data, TargetCache(plan, device), dist)  # type: ignore[arg-type]  # multitask: by name
 
 
 def new_trainer(
-    kind: Any, run: RunDir, sampler: Sampler, precision: Precision, options: TrainOptions,
-    progress: Progress, stop: StopSignals, dist: DistContext, source: WeightSource | None = None,
+    kind: Any,
+    run: RunDir,
+    sampler: Sampler,
+    precision: Precision,
+    options: TrainOptions,
+    progress: Progress,
+    stop: StopSignals,
+    dist: DistContext,
+    source: WeightSource | None = None,
 ) -> Trainer:
     """One phase's trainer, its exact micro-shards decided from the plan and its first target;
     ``source``: a weight source of the caller's (``uhn bench``'s naive generator), else the kind's."""

@@ -57,8 +57,15 @@ LOCK_FILE = ".uhn-lock"
 # What uhn (train, plot, reproduce) writes at a run folder's top level, and its folders, which
 # hold only uhn's files: none of them may be a symbolic link.
 RUN_FILES = (
-    "plan.pt", "config.yaml", "run.json", "metrics.jsonl", "summary.json", "models.csv", "curves.png",
-    "reproduce.json", LOCK_FILE,
+    "plan.pt",
+    "config.yaml",
+    "run.json",
+    "metrics.jsonl",
+    "summary.json",
+    "models.csv",
+    "curves.png",
+    "reproduce.json",
+    LOCK_FILE,
 )
 RUN_FOLDERS = ("checkpoints", "tensorboard")
 
@@ -146,7 +153,9 @@ def default_run_dir(spec_name: str) -> Path:
     is not one ordinary path component is refused, a long one shortened to MAX_NAME_LENGTH."""
     folder = spec_name[:MAX_NAME_LENGTH]
     if not folder or folder.startswith(".") or any(c in folder for c in "/\\\0"):
-        raise UHNError(f"the run's name {spec_name[:40]!r} cannot name a folder under runs/; give the run folder with -o")
+        raise UHNError(
+            f"the run's name {spec_name[:40]!r} cannot name a folder under runs/; give the run folder with -o"
+        )
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / folder / stamp
 
@@ -189,7 +198,10 @@ class RunDir:
     def open(root: Path, writes: bool = True) -> RunDir:
         run = RunDir(root, writes)
         if not run.info_path.is_file() or not run.plan_path.is_file():
-            raise RunDirError(f"{root} is not a uhn run folder (no run.json and plan.pt); " f"start one with `uhn train SPEC --out {root}`")
+            raise RunDirError(
+                f"{root} is not a uhn run folder (no run.json and plan.pt); "
+                f"start one with `uhn train SPEC --out {root}`"
+            )
         return run
 
     def info(self) -> dict[str, Any]:
@@ -197,6 +209,7 @@ class RunDir:
         file is named with its field, not a KeyError or a wrong setting later."""
         fix = f"restore it, or start a new run with `uhn train SPEC --out DIR` (the plan is in {self.plan_path})"
         return load_record(self.info_path, RunRecord, fix)[1]
+
     def plan(self) -> Plan:
         return load_plan(self.plan_path)
 
@@ -311,7 +324,7 @@ def run_folder_lock(root: Path) -> Iterator[None]:
 
 
 def _lock_holder(fd: int) -> str:
-    """"pid N" from a held lock file; the holder may not have written it yet."""
+    """ "pid N" from a held lock file; the holder may not have written it yet."""
     text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
     return f"pid {text}" if text.isdigit() else "another process"
 

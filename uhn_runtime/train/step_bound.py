@@ -44,7 +44,9 @@ class LevelChangeBound:
     """Wraps one optimiser step of ``source`` (``step``) so that the relative change of each of
     its first ``levels`` generated weight vectors stays within ``bound``."""
 
-    def __init__(self, source: UHNSource | RecursiveSource, bound: float, precision: Precision, levels: int | None = None):
+    def __init__(
+        self, source: UHNSource | RecursiveSource, bound: float, precision: Precision, levels: int | None = None
+    ):
         if not bound > 0:
             raise ValueError(f"the bound must be positive, not {bound}")
         self.source, self.bound, self.precision, self.levels = source, bound, precision, levels

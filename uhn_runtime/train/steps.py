@@ -76,7 +76,9 @@ class PlainStep:
         """The loss of one drawn target on its batch (in autocast); the sampler sees the outputs."""
         item = replace(item, batch=item.batch.to(self.ctx.device))
         item.target.model.train()
-        outputs = forward_in_segments(item.target, self.ctx.flat(item.target), self.ctx.segments, **item.batch.model_kwargs())
+        outputs = forward_in_segments(
+            item.target, self.ctx.flat(item.target), self.ctx.segments, **item.batch.model_kwargs()
+        )
         if not share:  # an empty share still runs forward and backward: DDP needs every rank's gradients
             return outputs.sum() * 0.0
         self.ctx.sampler.observe(item, outputs)

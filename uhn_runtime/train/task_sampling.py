@@ -123,7 +123,12 @@ class TaskSampling:
 
     def state_dict(self) -> dict[str, Any]:
         updates = [
-            {"step": u.step, "figures": list(u.figures), "ratios": list(u.ratios), "probabilities": list(u.probabilities)}
+            {
+                "step": u.step,
+                "figures": list(u.figures),
+                "ratios": list(u.ratios),
+                "probabilities": list(u.probabilities),
+            }
             for u in self.updates
         ]
         return {"updates": updates, "window": [list(w) for w in self.window]}

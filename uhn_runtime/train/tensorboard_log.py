@@ -55,7 +55,7 @@ class TensorBoardLog:
             if name in ("loss", "lr"):
                 self.task.add_scalar(f"train/{name}", value, unit)
             elif name.startswith("test_"):  # evaluations during training
-                self.task.add_scalar(f"test/{name[len('test_'):]}", value, unit)
+                self.task.add_scalar(f"test/{name[len('test_') :]}", value, unit)
             elif name == "test" and isinstance(value, dict):  # a multi-task run: {task: its metric}
                 for task, metric in value.items():
                     self.task.add_scalar(f"test/{task}", metric, unit)

@@ -22,7 +22,7 @@ import torch
 
 from ..data import Batch
 from ..model.target import DeviceTarget
-from ..model.weights import SourceKind, WeightSource
+from ..model.weights import RecursiveSource, SourceKind, UHNSource, WeightSource
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .distributed import DistContext
 from .evaluate import evaluate_source
@@ -51,9 +51,19 @@ class PhaseResult:
 
 
 class Trainer:
-    def __init__(self, kind: SourceKind, run: RunDir, sampler: Sampler, precision: Precision, options: TrainOptions,
-                 progress: Progress, stop: StopSignals, micro_shards: int, dist: DistContext = DistContext(),
-                 source: WeightSource | None = None):
+    def __init__(
+        self,
+        kind: SourceKind,
+        run: RunDir,
+        sampler: Sampler,
+        precision: Precision,
+        options: TrainOptions,
+        progress: Progress,
+        stop: StopSignals,
+        micro_shards: int,
+        dist: DistContext = DistContext(),
+        source: WeightSource | None = None,
+    ):
         """``source``: a weight source made elsewhere (``uhn bench``'s naive generator);
         by default ``make_source``'s for ``kind``."""
         self.kind, self.run, self.sampler, self.plan = kind, run, sampler, sampler.plan
@@ -61,7 +71,11 @@ class Trainer:
         cfg = self.cfg = sampler.cfg
         parts = phase_source(kind, sampler, precision, options, stop, micro_shards, dist, source)
         self.source, self.flat, self.lr, self.stepper = parts.source, parts.flat, parts.lr, parts.stepper
-        self.strategy, self.change_bound, self.evaluated_by_all = parts.strategy, parts.change_bound, parts.evaluated_by_all
+        self.strategy, self.change_bound, self.evaluated_by_all = (
+            parts.strategy,
+            parts.change_bound,
+            parts.evaluated_by_all,
+        )
         units = self.units = Units.of(cfg, sampler.batches_per_epoch, sampler.log_interval)
         show_every = max(1, math.ceil(units.total / units.interval / SHOWN_LINES))
         self.reporter = Reporter(run, progress, show_every, sampler.times_by_target())
@@ -90,7 +104,13 @@ class Trainer:
                 self.init_done = True
                 self.save()
             self.task_phase()
-            base = {"phase": self.kind, "event": "eval", "split": "test", "final": True, self.units.name: self.units_done}
+            base = {
+                "phase": self.kind,
+                "event": "eval",
+                "split": "test",
+                "final": True,
+                self.units.name: self.units_done,
+            }
             value, models = self.sampler.final(self.evaluate, lambda fields: self.reporter.log({**base, **fields}))
             self.save(result=value, models=models)
         finally:
@@ -113,7 +133,9 @@ class Trainer:
             with self.reporter.progress.task(label, None) as shown:
                 data = self.sampler.data_for(target)
                 value = evaluate_source(self.source, target, data, "test", self.precision, on_batch=shown.update)
-        return value if self.evaluated_by_all else self.dist.broadcast(value if self.dist.is_main else None)
+        shared = value if self.evaluated_by_all else self.dist.broadcast(value if self.dist.is_main else None)
+        assert shared is not None  # rank 0 (or every rank) evaluated
+        return shared
 
     def init_phase(self) -> None:
         """Fit the generator's outputs to the init targets' statistics (``init_phase.py``)."""
@@ -135,10 +157,18 @@ class Trainer:
             losses = [t.init_targets().loss(self.flat(t)) for t in targets]
             return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
+        assert isinstance(self.source, UHNSource | RecursiveSource)  # only a UHN phase has an init phase
         with shown:
             final = run_init_phase(
-                self.source, loss_at, steps, self.cfg.init_lr, self.precision, self.last_good, on_step,
-                change_bound=self.change_bound, deep_levels=self.cfg.init_deep_levels,
+                self.source,
+                loss_at,
+                steps,
+                self.cfg.init_lr,
+                self.precision,
+                self.last_good,
+                on_step,
+                change_bound=self.change_bound,
+                deep_levels=self.cfg.init_deep_levels,
             )
         self.reporter.line(f"{self.kind} init: {steps} steps, stats loss {final:.4g}  ({self.elapsed():.1f} s)")
 
@@ -185,13 +215,21 @@ class Trainer:
         signal = self.stop.requested
         if signal and not last:
             self.save()
-            where = f"stopped the {self.kind} phase after {self.units.position(self.steps_done, self.units_done)}; saved {self.checkpoint_path}"
+            position = self.units.position(self.steps_done, self.units_done)
+            where = f"stopped the {self.kind} phase after {position}; saved {self.checkpoint_path}"
             raise RunStopped(f"{signal.name}: {where}", signal)
         return last
 
     def end_interval(self, mean_loss: float, lr: float, last: bool) -> None:
-        record: dict[str, Any] = {"phase": self.kind, "event": "train", self.units.name: self.units_done, "loss": mean_loss,
-                                  "lr": lr, "seconds": round(self.elapsed(), 3), **self.reporter.step_time_fields()}
+        record: dict[str, Any] = {
+            "phase": self.kind,
+            "event": "train",
+            self.units.name: self.units_done,
+            "loss": mean_loss,
+            "lr": lr,
+            "seconds": round(self.elapsed(), 3),
+            **self.reporter.step_time_fields(),
+        }
         record.update(self.strategy.interval_record())
         if self.stepper.bound is not None:  # how much of the last Adam step the bound kept
             record["step_scale"] = self.stepper.bound.last_scale
@@ -239,7 +277,11 @@ class Trainer:
         self.seconds_before, self.started = float(state["seconds"]), time.perf_counter()
         restore_rng(state["rng"])
         self.last_good = f"{self.checkpoint_path} (after {self.units.name} {self.units_done})"
-        resume = {"phase": self.kind, "event": "resume", self.units.name: self.units_done, "steps_done": self.steps_done}
+        resume = {
+            "phase": self.kind,
+            "event": "resume",
+            self.units.name: self.units_done,
+            "steps_done": self.steps_done,
+        }
         self.reporter.log({**resume, "world_size": self.dist.world_size})
         self.reporter.line(f"{self.kind}: resuming from {self.units.position(self.steps_done, self.units_done)}")
-

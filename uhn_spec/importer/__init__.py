@@ -107,7 +107,9 @@ def graph_features(graph: str, input_shape: tuple[int, ...] | None) -> int:
         return input_shape[0]
     if graph not in DATASETS or DATASETS[graph].input_kind != "nodes":
         graphs = ", ".join(k for k, v in DATASETS.items() if v.input_kind == "nodes")
-        raise UHNError(f"--graph: {graph!r} is not a graph dataset; use one of: {graphs}, or synthetic with --input-shape F")
+        raise UHNError(
+            f"--graph: {graph!r} is not a graph dataset; use one of: {graphs}, or synthetic with --input-shape F"
+        )
     if input_shape is not None:
         raise UHNError(f"uhn import: --graph {graph} fixes the input; leave out --input-shape")
     return DATASETS[graph].input_dims[0]
@@ -130,7 +132,9 @@ def example_input(model: nn.Module, input_shape: tuple[int, ...] | None, graph: 
     first = next((m for m in model.modules() if isinstance(m, reading)), None)
     if isinstance(first, nn.Embedding):
         if len(input_shape) != 1:
-            raise UHNError("--input-shape: a model that starts with an Embedding reads token ids: give the sequence length T")
+            raise UHNError(
+                "--input-shape: a model that starts with an Embedding reads token ids: give the sequence length T"
+            )
         tokens = torch.randint(0, first.num_embeddings, (2, input_shape[0]), generator=gen)
         return (tokens,), "tokens", [first.num_embeddings], first.num_embeddings
     kind = "image" if len(input_shape) == 3 else "vector"
@@ -165,7 +169,10 @@ def import_model(
     layer, links = exported_layer(model, example, input_kind, input_dims, outputs, sequence_length)
     if graph == "synthetic":
         shape = {"input_dims": list(input_shape or ()), "num_outputs": outputs}
-        task: dict[str, Any] = {"dataset": "synthetic", "synthetic": {"task_type": "graph_node_classification", **shape}}
+        task: dict[str, Any] = {
+            "dataset": "synthetic",
+            "synthetic": {"task_type": "graph_node_classification", **shape},
+        }
     elif graph is not None:
         task = {"dataset": graph}
     elif dataset is not None:
@@ -179,7 +186,10 @@ def import_model(
         }
     else:
         task_type = "image_classification" if len(input_shape or ()) == 3 else "formula_regression"
-        task = {"dataset": "synthetic", "synthetic": {"task_type": task_type, "input_dims": list(input_shape or ()), "num_outputs": outputs}}
+        task = {
+            "dataset": "synthetic",
+            "synthetic": {"task_type": task_type, "input_dims": list(input_shape or ()), "num_outputs": outputs},
+        }
     kinds = {part["layer"]["kind"] for part in layer["parts"]}
     spec = {
         "name": name,
@@ -214,7 +224,9 @@ def import_for_spec(ref: str, spec: ExperimentSpec) -> tuple[nn.Module, Imported
     info = spec.task.info
     if info.input_kind == "nodes":
         synthetic = spec.task.dataset == "synthetic"
-        imported = import_model(module, input_shape=tuple(info.input_dims) if synthetic else None, graph=spec.task.dataset)
+        imported = import_model(
+            module, input_shape=tuple(info.input_dims) if synthetic else None, graph=spec.task.dataset
+        )
     else:
         shape = (spec.task.max_length,) if info.input_kind == "tokens" else tuple(info.input_dims)
         imported = import_model(module, input_shape=shape)  # type: ignore[arg-type]  # text: max_length filled from the embedding
@@ -222,7 +234,10 @@ def import_for_spec(ref: str, spec: ExperimentSpec) -> tuple[nn.Module, Imported
     ours, theirs = comparable(again.layers), comparable(spec.layers)
     if ours != theirs:
         first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-        raise UHNError(f"--for-module: {ref} does not match the run's spec (they differ at layers[{first}]); " "give the class the spec was imported from")
+        raise UHNError(
+            f"--for-module: {ref} does not match the run's spec (they differ at layers[{first}]); "
+            "give the class the spec was imported from"
+        )
     return module, imported
 
 

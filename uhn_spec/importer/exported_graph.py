@@ -31,6 +31,7 @@ from .parts import order_keys, parts_of
 # Nodes that only check shapes during capture; the interpreter does not need them.
 CHECK_OPS = ("aten._assert_scalar", "aten._assert_tensor_metadata", "aten.sym_constrain_range", "aten._assert_async")
 
+
 def import_failure(model: nn.Module, err: BaseException) -> ModuleImportError:
     """One line: the class, the last frame of user code torch.export stopped in, its message."""
     frames = [

@@ -52,7 +52,10 @@ class ActivationLayerSpec(LayerSpec):
 
     def output_shape(self, inp: FeatureShape, path: str) -> FeatureShape:
         if inp.kind == "tokens":
-            raise self.fail(path, f"an activation reads features, got {inp.describe()} from {inp.origin}; put it after the embedding")
+            raise self.fail(
+                path,
+                f"an activation reads features, got {inp.describe()} from {inp.origin}; put it after the embedding",
+            )
         return inp
 
     def build_module(self) -> nn.Module:

@@ -257,6 +257,7 @@ COMMON_DOMAINS: dict[str, tuple[float, float]] = {
     "activation_type": (0, 3),
 }
 
+
 class LayerTooLarge(ValueError):
     """A layer's sizes give a tensor of more than 2**63 elements."""
 

@@ -69,8 +69,7 @@ class Conv2dSpec(LayerSpec):
             if height < 2 or width < 2:
                 raise self.fail(
                     f"{path}.stage_pooling",
-                    f"{self.stage_pooling} halves the size but the input is only {height}x{width}; "
-                    "use none",
+                    f"{self.stage_pooling} halves the size but the input is only {height}x{width}; use none",
                 )
             height, width = height // 2, width // 2
         pad, k, s = self.kernel_size // 2, self.kernel_size, self.stride
@@ -81,9 +80,7 @@ class Conv2dSpec(LayerSpec):
             raise self.fail(path, f"conv2d needs an image input, got {inp.describe()} from {inp.origin}")
         channels, height, width = inp.dims
         if channels != self.in_channels:
-            raise self.fail(
-                f"{path}.in_channels", f"{self.in_channels} does not match {inp.origin} ({channels})"
-            )
+            raise self.fail(f"{path}.in_channels", f"{self.in_channels} does not match {inp.origin} ({channels})")
         if self.norm and self.in_channels % self.groups:
             raise self.fail(
                 f"{path}.groups",

@@ -22,7 +22,9 @@ class FlattenSpec(LayerSpec):
 
     def output_shape(self, inp: FeatureShape, path: str) -> FeatureShape:
         if inp.kind in ("tokens", "nodes"):
-            raise self.fail(path, f"flatten reads an image, a sequence or a vector, got {inp.describe()} from {inp.origin}")
+            raise self.fail(
+                path, f"flatten reads an image, a sequence or a vector, got {inp.describe()} from {inp.origin}"
+            )
         return FeatureShape("vector", (math.prod(inp.dims),), f"{path} (flatten)")
 
     def build_module(self) -> nn.Module:

@@ -90,9 +90,7 @@ class GATSpec(LayerSpec):
         raise KeyError(name)
 
     def local_fields(self) -> dict[str, float]:
-        fields = common_local_fields(
-            bias=self.bias, norm=self.norm, activation=self.activation, dropout=self.dropout
-        )
+        fields = common_local_fields(bias=self.bias, norm=self.norm, activation=self.activation, dropout=self.dropout)
         fields["output_size"] = self.out_features
         fields["input_size"] = self.in_features
         fields["num_heads"] = self.heads

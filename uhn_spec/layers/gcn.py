@@ -98,9 +98,7 @@ class GCNSpec(LayerSpec):
         raise KeyError(name)
 
     def local_fields(self) -> dict[str, float]:
-        fields = common_local_fields(
-            bias=self.bias, norm=self.norm, activation=self.activation, dropout=self.dropout
-        )
+        fields = common_local_fields(bias=self.bias, norm=self.norm, activation=self.activation, dropout=self.dropout)
         fields["output_size"] = self.out_features
         fields["input_size"] = self.in_features
         return fields

@@ -48,7 +48,15 @@ class KANSpec(LayerSpec):
 
     kind: Literal["kan"] = "kan"
     layer_type = LayerType.KAN
-    param_types = {"base_weight": 0, "base_bias": 1, "spline_weight": 2, "spline_scale": 3, "grid_lower_bound": 4, "grid_length": 5, "grid_knots": 6}
+    param_types = {
+        "base_weight": 0,
+        "base_bias": 1,
+        "spline_weight": 2,
+        "spline_scale": 3,
+        "grid_lower_bound": 4,
+        "grid_length": 5,
+        "grid_knots": 6,
+    }
     in_features: int = Field(ge=1)
     out_features: int = Field(ge=1)
     grid_size: int = Field(5, ge=1, description="G: grid intervals")
@@ -74,9 +82,7 @@ class KANSpec(LayerSpec):
         if inp.kind != "vector":
             raise self.fail(path, f"a KAN layer reads a vector, got {inp.describe()} from {inp.origin}")
         if inp.features != self.in_features:
-            raise self.fail(
-                f"{path}.in_features", f"{self.in_features} does not match {inp.origin} ({inp.features})"
-            )
+            raise self.fail(f"{path}.in_features", f"{self.in_features} does not match {inp.origin} ({inp.features})")
         return FeatureShape("vector", (self.out_features,), f"{path}.out_features")
 
     def build_module(self) -> nn.Module:

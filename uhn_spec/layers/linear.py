@@ -25,9 +25,7 @@ from .base import (
     pytorch_uniform_std,
 )
 
-PoolingName = Literal[
-    "none", "avg_pooling", "max_pooling", "reshape_to_2d", "avg_sequence", "first_token"
-]
+PoolingName = Literal["none", "avg_pooling", "max_pooling", "reshape_to_2d", "avg_sequence", "first_token"]
 
 
 @register
@@ -61,16 +59,12 @@ class LinearSpec(LayerSpec):
             return inp
         if pooling in ("avg_pooling", "max_pooling"):
             if inp.kind != "image":
-                raise self.fail(
-                    f"{path}.input_pooling", f"{pooling} needs an image input, got {inp.describe()}"
-                )
+                raise self.fail(f"{path}.input_pooling", f"{pooling} needs an image input, got {inp.describe()}")
             return FeatureShape("vector", (inp.dims[0],), inp.origin)
         if pooling == "reshape_to_2d":
             return FeatureShape("vector", (math.prod(inp.dims),), inp.origin)
         if inp.kind != "sequence":
-            raise self.fail(
-                f"{path}.input_pooling", f"{pooling} needs a sequence input, got {inp.describe()}"
-            )
+            raise self.fail(f"{path}.input_pooling", f"{pooling} needs a sequence input, got {inp.describe()}")
         return FeatureShape("vector", (inp.dims[-1],), inp.origin)
 
     def output_shape(self, inp: FeatureShape, path: str) -> FeatureShape:

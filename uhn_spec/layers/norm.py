@@ -47,9 +47,16 @@ class NormSpec(LayerSpec):
         return self
 
     def output_shape(self, inp: FeatureShape, path: str) -> FeatureShape:
-        allowed = {"layer": ("vector", "sequence", "nodes"), "group": ("image",), "batch": ("image", "vector", "nodes")}[self.type]
+        allowed = {
+            "layer": ("vector", "sequence", "nodes"),
+            "group": ("image",),
+            "batch": ("image", "vector", "nodes"),
+        }[self.type]
         if inp.kind not in allowed:
-            raise self.fail(f"{path}.type", f"a {self.type} norm reads {' or '.join(allowed)}, got {inp.describe()} from {inp.origin}")
+            raise self.fail(
+                f"{path}.type",
+                f"a {self.type} norm reads {' or '.join(allowed)}, got {inp.describe()} from {inp.origin}",
+            )
         if inp.features != self.features:
             raise self.fail(f"{path}.features", f"{self.features} does not match {inp.origin} ({inp.features})")
         return inp

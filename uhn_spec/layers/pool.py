@@ -48,7 +48,10 @@ class PoolSpec(LayerSpec):
     @model_validator(mode="after")
     def _padding_fits(self) -> PoolSpec:
         if 2 * self.padding > self.kernel_size:
-            raise ValueError(f"padding: {self.padding} is more than half the kernel ({self.kernel_size}); " f"use at most {self.kernel_size // 2}")
+            raise ValueError(
+                f"padding: {self.padding} is more than half the kernel ({self.kernel_size}); "
+                f"use at most {self.kernel_size // 2}"
+            )
         return self
 
     def output_shape(self, inp: FeatureShape, path: str) -> FeatureShape:
@@ -57,7 +60,9 @@ class PoolSpec(LayerSpec):
                 raise self.fail(f"{path}.type", f"{self.type} reads a sequence, got {inp.describe()} from {inp.origin}")
             return FeatureShape("vector", (inp.dims[-1],), f"{path} ({self.type})")
         if inp.kind != "image":
-            raise self.fail(f"{path}.type", f"{self.type} pooling reads an image, got {inp.describe()} from {inp.origin}")
+            raise self.fail(
+                f"{path}.type", f"{self.type} pooling reads an image, got {inp.describe()} from {inp.origin}"
+            )
         channels, height, width = inp.dims
         if self.type.startswith("adaptive"):
             size = self.output_size
@@ -65,7 +70,10 @@ class PoolSpec(LayerSpec):
         k, s, p = self.kernel_size, self.stride or self.kernel_size, self.padding
         out_h, out_w = (height + 2 * p - k) // s + 1, (width + 2 * p - k) // s + 1
         if out_h < 1 or out_w < 1:
-            raise self.fail(f"{path}.kernel_size", f"{k} is larger than the {height}x{width} input (padding {p}); use a smaller kernel")
+            raise self.fail(
+                f"{path}.kernel_size",
+                f"{k} is larger than the {height}x{width} input (padding {p}); use a smaller kernel",
+            )
         return FeatureShape("image", (channels, out_h, out_w), f"{path} ({self.type} pooling)")
 
     def build_module(self) -> nn.Module:

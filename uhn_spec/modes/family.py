@@ -64,6 +64,7 @@ FamilyName = name_field(
     MAX_NAME_LENGTH - len(member_name("", MAX_FAMILY_COUNT - 1)), "members are named <name>_0000", letter_first=True
 )
 
+
 class FamilySpec(StrictModel):
     """A family file: how its members are produced, how many, and how they are split."""
 
@@ -261,7 +262,9 @@ def listed_members(spec: FamilySpec, source: Path | None, overrides: Sequence[st
     """The ``members`` list: spec files (relative to the family file) or inline specs, each
     listed once and named uniquely."""
     where = str(source) if source else None
-    specs = [member_spec(entry, source, overrides, f"members[{i}]", where) for i, entry in enumerate(spec.members or [])]
+    specs = [
+        member_spec(entry, source, overrides, f"members[{i}]", where) for i, entry in enumerate(spec.members or [])
+    ]
     check_unique_names([s.name for s in specs], lambda i: f"members[{i}]", where)
     architectures: dict[str, int] = {}
     for i, member in enumerate(specs):

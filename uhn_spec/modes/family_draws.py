@@ -85,7 +85,6 @@ class ChoiceDraw(StrictModel):
         return values
 
 
-
 def _draw_tag(raw: Any) -> str | None:
     """Which kind of draw a mapping is, from its keys (``None``: none of them)."""
     keys = raw.keys() if isinstance(raw, dict) else type(raw).model_fields if isinstance(raw, StrictModel) else ()
@@ -95,7 +94,10 @@ def _draw_tag(raw: Any) -> str | None:
     return None
 
 
-DRAW_HELP = "a draw is {min, max[, step | divisible_by]}, " "{uniform: [lo, hi]}, {choice: [...][, p: [...]]} or {length, item[, at]}"
+DRAW_HELP = (
+    "a draw is {min, max[, step | divisible_by]}, "
+    "{uniform: [lo, hi]}, {choice: [...][, p: [...]]} or {length, item[, at]}"
+)
 
 ScalarDraw = Annotated[
     Annotated[IntDraw, Tag("int")] | Annotated[UniformDraw, Tag("uniform")] | Annotated[ChoiceDraw, Tag("choice")],
@@ -142,7 +144,9 @@ def references(draw: Any) -> list[tuple[str, str]]:
     """(field, variable name) of every variable a draw refers to."""
     if isinstance(draw, ListDraw):
         found = [("length", draw.length)] if isinstance(draw.length, str) else []
-        positions = ([("item", draw.item)] if draw.item is not None else []) + [(f"at.{k}", d) for k, d in draw.at.items()]
+        positions = ([("item", draw.item)] if draw.item is not None else []) + [
+            (f"at.{k}", d) for k, d in draw.at.items()
+        ]
         for where, inner in positions:
             found += [(f"{where}.{f}", ref) for f, ref in references(inner)]
         return found
@@ -280,5 +284,9 @@ def describe(variables: dict[str, Any]) -> str:
     return ", ".join(f"{name}={value}" for name, value in variables.items())
 
 
-
-TAG_MODELS: dict[str, type[StrictModel]] = {"int": IntDraw, "uniform": UniformDraw, "choice": ChoiceDraw, "list": ListDraw}
+TAG_MODELS: dict[str, type[StrictModel]] = {
+    "int": IntDraw,
+    "uniform": UniformDraw,
+    "choice": ChoiceDraw,
+    "list": ListDraw,
+}

@@ -49,10 +49,14 @@ class TaskEntry(StrictModel):
 
     spec: str | dict[str, Any] = Field(description="the member spec: a path (relative to this file) or an inline spec")
     probability: float = Field(description="sampling weight; all members' are normalised to sum to 1")
-    batch_size: int | None = Field(None, ge=1, description="the member's batch size (default: its spec's train.batch_size)")
+    batch_size: int | None = Field(
+        None, ge=1, description="the member's batch size (default: its spec's train.batch_size)"
+    )
     set: list[str] = Field([], description="overrides of the member spec, as `--set` (e.g. task.stands_in_for=pubmed)")
     reference: float | None = Field(
-        None, description="the member's single-task figure in its own metric (accuracy or RMSE): " "what adaptive sampling compares with"
+        None,
+        description="the member's single-task figure in its own metric (accuracy or RMSE): "
+        "what adaptive sampling compares with",
     )
 
     @field_validator("probability")
@@ -102,7 +106,9 @@ class MultiTaskSpec(StrictModel):
                 "architectures apart)"
             )
         if self.train.steps is None:
-            raise ValueError("train.steps: a multi-task run counts steps (tasks have different epochs); give steps, not epochs")
+            raise ValueError(
+                "train.steps: a multi-task run counts steps (tasks have different epochs); give steps, not epochs"
+            )
         if self.train.models_per_step != 1:
             raise ValueError("train.models_per_step: a multi-task step trains one task; remove the field")
         if self.train.tasks_per_step > len(self.tasks):

@@ -74,7 +74,9 @@ class RecursiveSpec(StrictModel):
         return self
 
 
-def generated_generator_spec(name: str, root: GeneratorSpec, layout: GeneratedLayout, leaf: ExperimentSpec, train: TrainSpec) -> ExperimentSpec:
+def generated_generator_spec(
+    name: str, root: GeneratorSpec, layout: GeneratedLayout, leaf: ExperimentSpec, train: TrainSpec
+) -> ExperimentSpec:
     """H_k as a target (the paper's generated generator): structure path MHA -> 2 residual Linear
     -> Linear over the mean of the layers -> Linear (zero-initialised, like H0's structure
     head); index path Linear(2 F_v -> d) -> ``hidden_layers`` residual Linear; head Linear(d -> 1)."""
@@ -99,7 +101,11 @@ def generated_generator_spec(name: str, root: GeneratorSpec, layout: GeneratedLa
             "family": "uhn",
             "task": {"dataset": dataset},
             "layers": layers,
-            "generated": {"structure_freqs": root.structure_freqs, "index_freqs": root.index_freqs, "structure_layers": 5},
+            "generated": {
+                "structure_freqs": root.structure_freqs,
+                "index_freqs": root.index_freqs,
+                "structure_layers": 5,
+            },
             "generator": root.model_dump(),
             "train": train.model_dump(),
         }

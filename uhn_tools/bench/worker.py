@@ -47,7 +47,7 @@ def worker_main(case: str, plan_path: str, options_json: str) -> dict[str, Any]:
     options = BenchOptions(**json.loads(options_json))
     device = torch.device(options.device)
     plan = load_plan(plan_path)
-    precision = Precision.resolve(options.precision, device, plan.task_types)  # type: ignore[arg-type]
+    precision = Precision.resolve(options.precision, device, plan.task_types)  # type: ignore[arg-type]  # a checked CLI choice
     if case == "matmul":
         return measure_matmul(device, precision, plan.generator, options.repeats, peak_square(options))
     if case == "family_step":
@@ -125,8 +125,10 @@ def measure_train_step(
     naive = case == "naive_train_step"
     with bench_trainer(plan, options.batch, device, precision, micro_shards, naive) as bench:
         if micro_shards and bench.strategy != "exact":
-            return {"not_applicable": f"{name} has BatchNorm, whose statistics would be a micro-shard's: "
-                    "`uhn train --exact` takes the default step for it"}
+            return {
+                "not_applicable": f"{name} has BatchNorm, whose statistics would be a micro-shard's: "
+                "`uhn train --exact` takes the default step for it"
+            }
         steps = iter(range(options.repeats + 1))
         source = bench.trainer.source
         result = measure(lambda: bench.step(next(steps)), device, source.target.num_params, options.repeats)

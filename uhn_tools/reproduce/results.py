@@ -184,7 +184,9 @@ def write_results(
     atomic_write_text(md_path, markdown + "\n")
     if say is not None:
         finished = sum(r["uhn"] is not None for r in rows)
-        say(f"wrote {json_path} and {md_path}: {finished} rows with results, {len(missing)} rows missing"
+        say(
+            f"wrote {json_path} and {md_path}: {finished} rows with results, {len(missing)} rows missing"
             + (f" ({', '.join(missing)})" if missing else "")
-            + (f", {len(refused)} out of date ({', '.join(refused)})" if refused else ""))
+            + (f", {len(refused)} out of date ({', '.join(refused)})" if refused else "")
+        )
     return json_path, md_path, [*missing, *refused]

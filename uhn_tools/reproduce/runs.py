@@ -129,7 +129,7 @@ class TableRuns:
         """Finish the `uhn train` run in ``folder``: start, resume or just read it."""
         run = RunDir(folder)
         options = TrainOptions(
-            mode=mode,  # type: ignore[arg-type]
+            mode=mode,  # type: ignore[arg-type]  # a table row's mode: uhn, direct or both
             device=self.options.device,
             data_root=self.options.data_root,
             progress=self.stream,

@@ -95,6 +95,7 @@ def table_from_data(data: Any, source: str) -> Table:
     except ValidationError as err:
         raise TableError(f"{source}: {_validation_message(err)}") from None
 
+
 BUILTIN_FOLDER = Path(__file__).resolve().parent / "tables"
 BUILTIN_TABLES = ("table1", "table2", "demo")  # BUILTIN_FOLDER/<name>.yaml
 

@@ -25,4 +25,13 @@ def sampler_class(plan: Plan) -> type[Sampler]:
     return SingleSampler if chosen is FamilySampler and not is_multi_model(plan) else chosen
 
 
-__all__ = ["SAMPLERS", "FamilySampler", "MultitaskSampler", "Sampler", "SingleSampler", "Work", "sampler_class", "step_settings"]
+__all__ = [
+    "SAMPLERS",
+    "FamilySampler",
+    "MultitaskSampler",
+    "Sampler",
+    "SingleSampler",
+    "Work",
+    "sampler_class",
+    "step_settings",
+]

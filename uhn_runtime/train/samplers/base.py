@@ -59,7 +59,9 @@ class Sampler:
     # ------------------------------------------------------------------ draws and batches
     def positions(self, step: int, stream: str = "train") -> list[int]:
         """Plan positions of the targets step ``step`` of ``stream`` ("train" or "init") trains."""
-        draw = architecture_draw(self.cfg.seed, step, len(self.seen), self.models_per_step, stream, None, self.dist.rank)
+        draw = architecture_draw(
+            self.cfg.seed, step, len(self.seen), self.models_per_step, stream, None, self.dist.rank
+        )
         return [self.seen[i] for i in draw]
 
     def batches(self, start_step: int) -> Iterator[tuple[int, int, list[Batch]]]:

@@ -82,7 +82,9 @@ class MultitaskSampler(Sampler):
                 if position not in streams:
                     target = self.plan.targets[position]
                     data = self.member_data[target.name]
-                    streams[position] = endless_batches(data, target.spec.train.batch_size, self.cfg.seed, taken[position])
+                    streams[position] = endless_batches(
+                        data, target.spec.train.batch_size, self.cfg.seed, taken[position]
+                    )
             yield step, 0, [next(streams[position]) for position in positions]
             step += 1
 
@@ -114,7 +116,9 @@ class MultitaskSampler(Sampler):
         record.update({key: dict(zip(self.names, values)) for key, values in fields.items()})
         log(record)
         if self.dist.is_main:
-            shown = "  ".join(f"{n} x{r:.2f} p={p:.3f}" for n, r, p in zip(self.names, update.ratios, update.probabilities))
+            shown = "  ".join(
+                f"{n} x{r:.2f} p={p:.3f}" for n, r, p in zip(self.names, update.ratios, update.probabilities)
+            )
             progress.line(f"{kind} step {steps_done}: sampling by error ratio  {shown}")
 
     def state_dict(self) -> dict[str, Any] | None:
@@ -154,7 +158,11 @@ class MultitaskSampler(Sampler):
         re-weightings; with PCGrad also what its projections saw (``steps.py``)."""
         draws = Counter(self.plan.targets[i].name for step in range(total_units) for i in self.positions(step))
         updates = [
-            {"step": u.step, "error_ratio": dict(zip(self.names, u.ratios)), "probabilities": dict(zip(self.names, u.probabilities))}
+            {
+                "step": u.step,
+                "error_ratio": dict(zip(self.names, u.ratios)),
+                "probabilities": dict(zip(self.names, u.probabilities)),
+            }
             for u in self.sampling.updates
         ]
         return {
