@@ -12,6 +12,7 @@ from . import (  # noqa: F401  (imported for their registrations)
     reproduce_commands,
     spec_commands,
     train_commands,
+    weights_commands,
 )
 from .app import app
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import uhn_runtime.train.phase_source as phase_source_module
 import uhn_runtime.train.trainer as trainer_module
 from tests.conftest import KillAfter, RunInterrupted
 from uhn_runtime.data import load_task_data
@@ -159,8 +160,8 @@ def test_the_default_step_is_the_plain_one_and_exact_is_a_choice_run_json_record
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, micro_shards: int, strategy: type
 ) -> None:
     chosen: list[object] = []
-    real = trainer_module.step_strategy
-    monkeypatch.setattr(trainer_module, "step_strategy", lambda *args: chosen.append(real(*args)) or chosen[-1])
+    real = phase_source_module.step_strategy
+    monkeypatch.setattr(phase_source_module, "step_strategy", lambda *args: chosen.append(real(*args)) or chosen[-1])
     given = {} if micro_shards == 0 else {"micro_shards": micro_shards}  # TrainOptions' own default
     summary = start_run(tiny_plan(epochs=1), tmp_path / "run", options("both", **given))
     assert [type(step) for step in chosen] == [strategy, strategy]  # uhn, then direct
