@@ -100,17 +100,26 @@ class ResidualBlock(nn.Module):
         self.norm2 = nn.LayerNorm(width)
         self.linear2 = nn.Linear(width, width)
 
+        self.thread_invariant = False  # set through UHNGenerator.thread_invariant
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return residual_block(x, *self.parameters())
+        return residual_block(x, *self.parameters(), thread_invariant=self.thread_invariant)
 
 
-def residual_block(x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+def residual_block(x: torch.Tensor, *params: torch.Tensor, thread_invariant: bool = False) -> torch.Tensor:
     """``ResidualBlock`` with its parameters as arguments (in ``parameters()`` order: norm1
-    weight and bias, linear1 weight and bias, norm2 ..., linear2 ...)."""
+    weight and bias, linear1 weight and bias, norm2 ..., linear2 ...). ``thread_invariant``:
+    gradients that are the same bits on any thread count (``linear``, ``layer_norm`` below),
+    which exact data parallel needs; else PyTorch's fused kernels, which are faster."""
     n1w, n1b, l1w, l1b, n2w, n2b, l2w, l2b = params
-    h = linear(layer_norm(torch.relu(x), n1w, n1b), l1w, l1b)
-    h = linear(layer_norm(torch.relu(h), n2w, n2b), l2w, l2b)
+    lin, norm = (linear, layer_norm) if thread_invariant else (F.linear, fused_layer_norm)
+    h = lin(norm(torch.relu(x), n1w, n1b), l1w, l1b)
+    h = lin(norm(torch.relu(h), n2w, n2b), l2w, l2b)
     return x + h
+
+
+def fused_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, weight.shape, weight, bias, eps=LAYER_NORM_EPS)
 
 
 class _Linear(torch.autograd.Function):
@@ -215,6 +224,7 @@ class UHNGenerator(nn.Module):
         self.index_fourier = FourierEncoder(index_ranges, spec.index_freqs, spec.sigma, rng, spec.index_width_cap)
         self.index_in = nn.Linear(self.index_fourier.out_dim, spec.hidden)
         self.blocks = nn.ModuleList(ResidualBlock(spec.hidden) for _ in range(spec.blocks))
+        self.thread_invariant = False
         self.out = nn.Linear(spec.hidden, 1)
         self.max_saved_bytes = DEFAULT_MAX_SAVED_BYTES
         self._layouts = LayoutCache(spec.hidden, spec.index_freqs)
@@ -225,6 +235,19 @@ class UHNGenerator(nn.Module):
     @property
     def hidden(self) -> int:
         return self.spec.hidden
+
+    @property
+    def thread_invariant(self) -> bool:
+        """Whether the residual blocks' gradients are the same bits on any thread count (exact
+        data parallel, ``uhn train --exact``); off by default: the fused kernels are faster."""
+        return self._thread_invariant
+
+    @thread_invariant.setter
+    def thread_invariant(self, value: bool) -> None:
+        self._thread_invariant = value
+        for block in self.blocks:
+            assert isinstance(block, ResidualBlock)
+            block.thread_invariant = value
 
     @property
     def layout_cache_size(self) -> int:
@@ -256,7 +279,7 @@ class UHNGenerator(nn.Module):
         (``tail_parameters()[2:]``), for the fast path's recompute."""
         per_block = len(params[:-2]) // max(len(self.blocks), 1)
         for b in range(len(self.blocks)):
-            h = residual_block(h, *params[b * per_block : (b + 1) * per_block])
+            h = residual_block(h, *params[b * per_block : (b + 1) * per_block], thread_invariant=self.thread_invariant)
         if structure is not None:
             h = h + structure
         return F.linear(torch.relu(h), params[-2], params[-1]).squeeze(-1)

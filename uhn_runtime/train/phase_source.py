@@ -12,7 +12,7 @@ import torch
 
 from ..model.generation_shard import GenerationShard
 from ..model.target import DeviceTarget
-from ..model.weights import SourceKind, UHNSource, WeightSource, depth_lr_scale, make_source
+from ..model.weights import RecursiveSource, SourceKind, UHNSource, WeightSource, depth_lr_scale, make_source
 from .distributed import DistContext, broadcast_parameters, synced_flat
 from .optim import Stepper, make_adamw
 from .options import TrainOptions
@@ -55,8 +55,10 @@ def phase_source(
     micro_shards = 0 if sharded else micro_shards  # each rank's generator backward covers its own share
     if sharded:
         source.generator.shard = GenerationShard.for_context(dist)  # type: ignore[union-attr]  # kind "uhn": a generator
-    if micro_shards:
+    if micro_shards:  # exact: the same bits on any number of processes and threads
         broadcast_parameters(source, dist)
+        if isinstance(source, UHNSource | RecursiveSource):
+            source.generator.thread_invariant = True
     flat = source.flat if micro_shards else synced_flat(source, dist, first.device)
     change_bound = cfg.level_change_bound if kind == "uhn" else None
     bound = LevelChangeBound(source, change_bound, precision) if change_bound else None  # type: ignore[arg-type]  # only kind "uhn" has a bound
