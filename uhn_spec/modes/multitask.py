@@ -200,16 +200,11 @@ def compile_multitask(multitask: MultiTask, source_text: str = "") -> Plan:
     return plan
 
 
-def is_multitask_plan(plan: Plan) -> bool:
-    return plan.mode == "multitask"
-
-
 __all__ = [
     "MultiTask",
     "MultiTaskSpec",
     "TaskEntry",
     "TaskSamplingSpec",
     "compile_multitask",
-    "is_multitask_plan",
     "load_multitask",
 ]
