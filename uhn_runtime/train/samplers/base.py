@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from uhn_spec.errors import UHNError
 from uhn_spec.plan import Plan
 
 from ...data import Batch, TaskData
@@ -47,6 +48,15 @@ class Sampler:
     @classmethod
     def check(cls, plan: Plan, mode: str) -> None:
         """Refuse, with one line, a plan this mode cannot train in ``mode`` ("uhn", "direct", "both")."""
+
+    @staticmethod
+    def refuse_direct_baseline(mode: str, what: str, source: str) -> None:
+        """Several targets train one UHN; the direct baseline is one model's own weights."""
+        if mode != "uhn":
+            raise UHNError(
+                f"--mode {mode}: {what}, and the direct baseline is one model's own weights; train a member "
+                f"alone with `uhn train {source} --model NAME --mode both`"
+            )
 
     def __init__(self, plan: Plan, data: TaskData, targets: TargetCache, dist: DistContext):
         self.plan, self.data, self.targets, self.dist = plan, data, targets, dist

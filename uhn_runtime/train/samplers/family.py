@@ -20,11 +20,7 @@ from .base import Evaluate, Log, Sampler
 class FamilySampler(Sampler):
     @classmethod
     def check(cls, plan: Plan, mode: str) -> None:
-        if mode != "uhn":
-            raise UHNError(
-                f"--mode {mode}: a family trains one UHN for all {len(plan.targets)} models, and the direct baseline "
-                "is one model's own weights; train a member alone with `uhn train FAMILY --model NAME --mode both`"
-            )
+        cls.refuse_direct_baseline(mode, f"a family trains one UHN for all {len(plan.targets)} models", "FAMILY")
         first = plan.targets[0]
         for target in plan.targets[1:]:
             for section in ("task", "train"):

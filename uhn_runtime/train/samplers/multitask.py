@@ -50,12 +50,8 @@ class MultitaskSampler(Sampler):
 
     @classmethod
     def check(cls, plan: Plan, mode: str) -> None:
-        if mode != "uhn":
-            raise UHNError(
-                f"--mode {mode}: a multi-task run trains one UHN for all {len(plan.targets)} tasks, and the direct "
-                "baseline is one model's own weights; train a member alone with "
-                "`uhn train MULTITASK --model NAME --mode both`"
-            )
+        what = f"a multi-task run trains one UHN for all {len(plan.targets)} tasks"
+        cls.refuse_direct_baseline(mode, what, "MULTITASK")
         first = plan.targets[0]
         for target in plan.targets[1:]:  # own task and batch size each; one schedule
             if target.spec.train.model_copy(update={"batch_size": first.spec.train.batch_size}) != first.spec.train:
