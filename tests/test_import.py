@@ -23,6 +23,13 @@ CASES = [
 ]
 
 
+def small_run_overrides(examples: int) -> list[str]:
+    """``--set`` flags that make an imported spec's run a few seconds long."""
+    fields = ("train.epochs=null", "train.steps=3", "train.warmup=0", "train.batch_size=16")
+    fields += ("generator.index_freqs=16", "generator.hidden=8", f"task.synthetic.num_examples={examples}")
+    return [flag for field in fields for flag in ("--set", field)]
+
+
 def example(kwargs: dict, spec: ExperimentSpec) -> tuple[tuple, dict]:
     gen = torch.Generator().manual_seed(3)
     if "graph" in kwargs:
@@ -129,22 +136,7 @@ def test_import_train_export_for_module_cli(tmp_path) -> None:
     spec_path, run, out = tmp_path / "resnet.yaml", tmp_path / "run", tmp_path / "module.safetensors"
     result = runner.invoke(app, ["import", ref, "--input-shape", "3,8,8", "-o", str(spec_path)])
     assert result.exit_code == 0, result.output
-    small = [
-        "--set",
-        "train.epochs=null",
-        "--set",
-        "train.steps=3",
-        "--set",
-        "train.warmup=0",
-        "--set",
-        "train.batch_size=16",
-        "--set",
-        "generator.index_freqs=16",
-        "--set",
-        "generator.hidden=8",
-        "--set",
-        "task.synthetic.num_examples=64",
-    ]
+    small = small_run_overrides(64)
     result = runner.invoke(app, ["train", str(spec_path), "-o", str(run), "--mode", "uhn", "--device", "cpu", *small])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["export", str(run), "-o", str(out), "--for-module", ref, "--recalibrate-bn", "2"])
@@ -213,22 +205,7 @@ def test_import_train_export_for_module_cli_graph_and_text(tmp_path, case: str) 
     assert result.exit_code == 0, result.output
     assert f"{sum(p.numel() for p in factory().parameters())} params (as the module)" in result.output
     assert f"`uhn import {ref} {' '.join(flags)} -o {spec_path}`" in spec_path.read_text()  # how to redo it
-    small = [
-        "--set",
-        "train.epochs=null",
-        "--set",
-        "train.steps=3",
-        "--set",
-        "train.warmup=0",
-        "--set",
-        "train.batch_size=16",
-        "--set",
-        "generator.index_freqs=16",
-        "--set",
-        "generator.hidden=8",
-        "--set",
-        "task.synthetic.num_examples=40",
-    ]
+    small = small_run_overrides(40)
     result = runner.invoke(app, ["train", str(spec_path), "-o", str(run), "--mode", "uhn", "--device", "cpu", *small])
     assert result.exit_code == 0, result.output
     module_file, plain = tmp_path / "module.safetensors", tmp_path / "plain.safetensors"

@@ -44,7 +44,9 @@ def phase_source(
     dist: DistContext,
     source: WeightSource | None = None,
 ) -> PhaseSource:
-    """``source``: one made elsewhere (``uhn bench``'s naive generator), else ``make_source``'s."""
+    """``micro_shards``: ``run.exact_micro_shards``'s (0 where the exact step does not apply,
+    sharded generation included); ``source``: one made elsewhere (``uhn bench``'s naive
+    generator), else ``make_source``'s."""
     plan, cfg = sampler.plan, sampler.cfg
     first = sampler.targets[sampler.seen[0]]
     source = source if source is not None else make_source(kind, plan, first, cfg.seed)
@@ -52,7 +54,6 @@ def phase_source(
         source.generator.layout_cache_size = max(source.generator.layout_cache_size, sampler.targets.capacity)
     lr = cfg.lr * depth_lr_scale(plan.recursion_depth) if kind == "uhn" else (cfg.direct_lr or cfg.lr)
     sharded = kind == "uhn" and options.shard_generation and dist.active
-    micro_shards = 0 if sharded else micro_shards  # each rank's generator backward covers its own share
     if sharded:
         source.generator.shard = GenerationShard.for_context(dist)  # type: ignore[union-attr]  # kind "uhn": a generator
     if micro_shards:  # exact: the same bits on any number of processes and threads
