@@ -14,7 +14,7 @@ test metric, the fp32 mean/std/min/max, the bf16 mean/std and the verdict
 (``parity_verdict``): bf16 keeps accuracy when its mean is no worse than the worst fp32 seed
 (within the fp32 seed range min..max, or better). Kinds not asked keep what the JSON held,
 and a kind never measured is written as such. ``uhn_runtime.train.precision.AUTO_BF16_BY_KIND`` is the
-table ``precision: auto`` follows; tests/test_precision.py checks it against this JSON.
+table ``precision: auto`` follows; tests/runtime/train/test_precision.py checks it against this JSON.
 """
 
 from __future__ import annotations

@@ -12,14 +12,7 @@ import typer
 from uhn_spec.errors import UHNError
 from uhn_spec.files import PLAN_SUFFIX
 
-from .app import (
-    SetOption,
-    command,
-    fitting_budget,
-    human_bytes,
-    load_target_source,
-    load_target_sources,
-)
+from .app import SetOption, command, fitting_budget, human_bytes, load_target_source, load_target_sources
 
 if TYPE_CHECKING:
     from uhn_spec import ExperimentSpec, Plan, TargetPlan

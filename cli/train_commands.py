@@ -16,18 +16,8 @@ from uhn_runtime.train.stop_signals import RunStopped
 from uhn_spec.errors import UHNError
 from uhn_spec.files import PLAN_SUFFIX
 
-from .app import (
-    SetOption,
-    command,
-    load_target_source,
-)
-from .options import (
-    DEFAULT_DEVICE,
-    DataRootOption,
-    DeviceOption,
-    bounded_option,
-    nonempty_path,
-)
+from .app import SetOption, command, load_target_source
+from .options import DEFAULT_DEVICE, DataRootOption, DeviceOption, bounded_option, nonempty_path
 
 # A second Ctrl-C abandons the run; the shell's code for "killed by SIGINT".
 EXIT_ABANDONED = 130
@@ -147,12 +137,7 @@ def train(
     Ctrl-C (or SIGTERM) saves a checkpoint after the current step; `--resume` continues from it.
     Under torchrun it trains on all processes (docs/distributed.md); rank 0 prints and writes."""
     from uhn_runtime.train.distributed import environment_context
-    from uhn_runtime.train.run import (
-        TrainOptions,
-        plan_label,
-        resume_run,
-        start_run,
-    )
+    from uhn_runtime.train.run import TrainOptions, plan_label, resume_run, start_run
     from uhn_runtime.train.run_dir import RunDir, default_run_dir
     from uhn_runtime.train.run_tables import is_multi_model
     from uhn_spec import compile_spec

@@ -10,17 +10,8 @@ import typer
 
 from uhn_spec.errors import UHNError
 
-from .app import (
-    command,
-    fitting_budget,
-    human_bytes,
-)
-from .options import (
-    DEFAULT_DEVICE,
-    DataRootOption,
-    DeviceOption,
-    bounded_option,
-)
+from .app import command, fitting_budget, human_bytes
+from .options import DEFAULT_DEVICE, DataRootOption, DeviceOption, bounded_option
 
 EXPORT_SUFFIX = ".safetensors"
 ONNX_SUFFIX = ".onnx"
@@ -95,13 +86,7 @@ def export(
 ) -> None:
     """Write the generated target weights as a plain state_dict (safetensors) that build_model(spec) loads, or as ONNX."""  # noqa: E501  the help text, as typer shows it
     from uhn_runtime.device import resolve_device
-    from uhn_runtime.io.export import (
-        export_levels,
-        export_onnx,
-        export_run,
-        generated_state_dict,
-        load_exported,
-    )
+    from uhn_runtime.io.export import export_levels, export_onnx, export_run, generated_state_dict, load_exported
     from uhn_runtime.model.weights import SourceKind
     from uhn_runtime.train.run_dir import RunDir
     from uhn_spec import build_model

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from uhn_runtime.model.target import DeviceTarget
 
 set_reproducible_env()  # as the CLI does, before torch loads MKL (tests compare thread counts)
-# Tests that take 2 threads (tests/test_distributed.py) on a machine other jobs load: spinning
+# Tests that take 2 threads (tests/runtime/train/test_distributed.py) on a machine other jobs load: spinning
 # OpenMP threads cost them 10x there (uhn_runtime/cpu_policy.py); OpenMP reads this once.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -17,11 +17,10 @@ from typing import Any
 import pytest
 import torch
 
+from tests.conftest import REPO_ROOT, SHARED_DATA
 from uhn_spec import ExperimentSpec, enums
 from uhn_spec.descriptors import GLOBAL_FIELDS, INDEX_FIELDS, LOCAL_FIELDS, TASK_FIELDS
 from uhn_spec.layers import REGISTRY, LayerSpec
-
-from .conftest import REPO_ROOT, SHARED_DATA
 
 SPECS_DOC = REPO_ROOT / "docs" / "specs.md"
 DESCRIPTORS_DOC = REPO_ROOT / "docs" / "descriptors.md"

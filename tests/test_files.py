@@ -26,11 +26,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from tests.conftest import REPO_ROOT, one_error
+from tests.tiny_specs import tiny_spec_yaml
 from uhn_runtime.train.run_dir import git_revision, source_folder
 from uhn_spec.files import atomic_write, atomic_write_text
-
-from .conftest import REPO_ROOT, one_error
-from .tiny_specs import tiny_spec_yaml
 
 runner = CliRunner()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from .conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 
 # Installed package -> its folder in the checkout.
 PACKAGES = {

@@ -21,6 +21,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from tests.conftest import one_error
+from tests.tiny_specs import tiny_plan
 from uhn_runtime.io.export import CONTENT_CHECKSUM_KEY, load_exported
 from uhn_runtime.io.plot import read_metrics
 from uhn_runtime.train.checkpoint import CheckpointError, load_checkpoint
@@ -29,9 +31,6 @@ from uhn_runtime.train.run_record import RecordError
 from uhn_spec import PlanError, SpecError, compile_spec, load_plan
 from uhn_spec.received import CHECKSUM_KEY
 from uhn_tools.reproduce import TableError, load_table
-
-from .conftest import one_error
-from .tiny_specs import tiny_plan
 
 runner = CliRunner()
 DEEP = 100_000  # nesting levels: past Python's recursion limit

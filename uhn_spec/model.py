@@ -27,10 +27,7 @@ class TargetModel(nn.Module):
         self.layers = nn.ModuleList(layer.build_module() for layer in spec.layers)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        edge_index: torch.Tensor | None = None,
-        padding_mask: torch.Tensor | None = None,
+        self, x: torch.Tensor, edge_index: torch.Tensor | None = None, padding_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         ctx = ForwardContext(edge_index=edge_index, padding_mask=padding_mask)
         for layer in self.layers:

@@ -122,8 +122,7 @@ class TrainSpec(StrictModel):
     direct_lr: float | None = Field(None, gt=0, le=MAX_LR, description="lr of the direct baseline (default: lr)")
     eval_every: int | None = Field(None, ge=1, description="evaluate every this many epochs/steps")
     compare_direct: bool = Field(
-        False,
-        description="`uhn train` also trains the target directly (as --mode both) and reports both",
+        False, description="`uhn train` also trains the target directly (as --mode both) and reports both"
     )
     target_segments: int = Field(
         0, ge=0, description="checkpoint the target's activations in this many segments of layers (0: off)"

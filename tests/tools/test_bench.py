@@ -12,6 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 import uhn_runtime.train.steps as steps_module
+from tests.conftest import skeleton_flat
+from tests.tiny_specs import tiny_plan, tiny_spec, tiny_spec_data
 from uhn_cli.main import app
 from uhn_runtime.data.synthetic import synthetic_batch
 from uhn_runtime.model.target import DeviceTarget
@@ -27,9 +29,6 @@ from uhn_tools.bench.run import run_case, worker_failure
 from uhn_tools.bench.steps import measure_family_step
 from uhn_tools.bench.training import NaiveSource
 from uhn_tools.bench.worker import worker_main
-
-from ..conftest import skeleton_flat
-from ..tiny_specs import tiny_plan, tiny_spec, tiny_spec_data
 
 
 def test_report_has_the_fields_the_issue_asks_for() -> None:
@@ -219,7 +218,7 @@ def test_the_report_gives_the_default_and_the_exact_step_and_their_ratio() -> No
 def test_the_family_step_is_the_family_trainers_on_the_architectures_its_sampler_draws(
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.test_family_run import family_plan
+    from tests.runtime.train.test_family_run import family_plan
     from uhn_runtime.train.trainer import Trainer
 
     plan = family_plan(tmp_path)

@@ -12,7 +12,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import KillAfter, RunInterrupted
+from tests.conftest import REPO_ROOT, KillAfter, RunInterrupted
+from tests.tiny_specs import tiny_spec_yaml
 from uhn_cli.main import app
 from uhn_runtime.train.optim import TrainingDiverged
 from uhn_runtime.train.run_dir import RunDir
@@ -22,9 +23,7 @@ from uhn_tools.reproduce.report import Eta
 from uhn_tools.reproduce.sweep import EDGE_STEPS, past_the_edge
 from uhn_tools.reproduce.tables import BUILTIN_TABLES
 
-from ..tiny_specs import tiny_spec_yaml
-
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 runner = CliRunner()
 
 # The fields outside checks read (issue 16, Interface).

@@ -162,10 +162,7 @@ def cached_image_tar(archive: Path) -> tuple[Arrays, Arrays]:
 
     names = ("train_x", "train_y", "test_x", "test_y")
     saved = cached_tensors("cifar10", [source_key(archive), f"v{CACHE_VERSION}"], names, decode)
-    return (
-        (saved["train_x"].numpy(), saved["train_y"].numpy()),
-        (saved["test_x"].numpy(), saved["test_y"].numpy()),
-    )
+    return ((saved["train_x"].numpy(), saved["train_y"].numpy()), (saved["test_x"].numpy(), saved["test_y"].numpy()))
 
 
 # --------------------------------------------------------------------------- loader

@@ -32,8 +32,7 @@ def load_digits_data(task: TaskSpec, data_root: Path | None = None) -> TaskData:
     mean, std = images[train].mean(), images[train].std()
     images = (images - mean) / std
     data = TensorData(
-        metric=task.info.metric,
-        splits={"train": (images[train], labels[train]), "test": (images[test], labels[test])},
+        metric=task.info.metric, splits={"train": (images[train], labels[train]), "test": (images[test], labels[test])}
     )
     data.notes.append(
         f"scikit-learn digits: {len(train)} train / {len(test)} test images, fixed split (seed {SPLIT_SEED})"

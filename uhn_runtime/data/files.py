@@ -67,9 +67,7 @@ def _planetoid_files(name: str, md5s: dict[str, str]) -> tuple[RemoteFile, ...]:
     folder = PLANETOID_NAMES[name]
     return tuple(
         RemoteFile(
-            f"{PLANETOID_URL}/ind.{name}.{suffix}",
-            f"planetoid/{folder}/raw/ind.{name}.{suffix}",
-            f"md5:{md5s[suffix]}",
+            f"{PLANETOID_URL}/ind.{name}.{suffix}", f"planetoid/{folder}/raw/ind.{name}.{suffix}", f"md5:{md5s[suffix]}"
         )
         for suffix in PLANETOID_SUFFIXES
     )

@@ -7,7 +7,7 @@ arrays), ``graph`` (a defaultdict of neighbour lists), all pickled by Python 2, 
 unpickler of ``pickles.py``, which builds only those containers and arrays: a crafted file
 is refused with one line naming it, and nothing in it runs. The graph is built here exactly
 as torch_geometric's ``read_planetoid_data`` builds it (same x, y, edge order and masks;
-tests/data/test_planetoid.py compares the two), so no ``processed/`` folder is read or
+tests/runtime/data/test_planetoid.py compares the two), so no ``processed/`` folder is read or
 written anywhere: the data root is only read, and nothing is cached (Cora loads in well
 under a second).
 

@@ -16,12 +16,7 @@ from uhn_spec.enums import DatasetType
 SplitTensors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 # Held-out fraction of the training data per dataset, as in the authors' code.
-VAL_FRACTION = {
-    DatasetType.MNIST: 0.2,
-    DatasetType.CIFAR10: 0.1,
-    DatasetType.AG_NEWS: 0.2,
-    DatasetType.IMDB: 0.2,
-}
+VAL_FRACTION = {DatasetType.MNIST: 0.2, DatasetType.CIFAR10: 0.1, DatasetType.AG_NEWS: 0.2, DatasetType.IMDB: 0.2}
 FORMULA_VAL_FRACTION = 0.2  # 800 / 200 of the 1,000 training points
 VAL_SEED_BASE = 42
 

@@ -180,11 +180,7 @@ class StructureEncoder(nn.Module):
         self.fourier = FourierEncoder(ranges, spec.structure_freqs, spec.sigma, generator)
         width = self.fourier.out_dim
         self.encoder = nn.TransformerEncoderLayer(
-            d_model=width,
-            nhead=spec.structure_heads,
-            dim_feedforward=width,
-            dropout=0.0,
-            batch_first=True,
+            d_model=width, nhead=spec.structure_heads, dim_feedforward=width, dropout=0.0, batch_first=True
         )
         self.proj = nn.Linear(width, spec.hidden)
         self.head = nn.Linear(spec.hidden, spec.hidden)
@@ -202,13 +198,7 @@ class StructureEncoder(nn.Module):
 class UHNGenerator(nn.Module):
     """H: generates the flat weight vector of any target described by a plan."""
 
-    def __init__(
-        self,
-        spec: GeneratorSpec,
-        index_ranges: Ranges,
-        structure_ranges: Ranges,
-        seed: int = 0,
-    ):
+    def __init__(self, spec: GeneratorSpec, index_ranges: Ranges, structure_ranges: Ranges, seed: int = 0):
         super().__init__()
         if index_ranges.lo.shape[0] != len(INDEX_FIELDS):
             raise ValueError(f"index ranges have {index_ranges.lo.shape[0]} fields, expected {len(INDEX_FIELDS)}")

@@ -1,4 +1,5 @@
-"""How a run trains (``TrainOptions``) and what it tells an observer after each step.
+"""How a run trains (``TrainOptions``), what it tells an observer after each step, and what a
+phase gives back (``PhaseResult``).
 
 An observer is any object with an ``after_step(event)`` method: a researcher's own
 logging, an early stop (raise), or a test that stops a run as a kill would. It sees each
@@ -9,7 +10,7 @@ request (Ctrl-C) is acted on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, TextIO
+from typing import Any, Literal, Protocol, TextIO
 
 from ..model.weights import SourceKind
 
@@ -29,6 +30,16 @@ class StepEvent:
     targets: tuple[str, ...]  # the targets it trained
     batch_sizes: tuple[int, ...]  # their batches' example counts
     loss: float
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    kind: SourceKind
+    value: float  # the test metric; of a family: the mean over its evaluated seen models
+    seconds: float
+    models: dict[str, float] | None = None  # several targets: each evaluated one's test metric
+    record: dict[str, Any] | None = None  # what the sampler and the step strategy add to summary.json
+    step: str = "plain"  # the step strategy's name (``steps.py``): plain, ddp, exact or pcgrad
 
 
 class Observer(Protocol):

@@ -28,7 +28,7 @@ from ..model.target import DeviceTarget, TargetCache
 from ..model.weights import WeightSource
 from .checkpoint import load_checkpoint
 from .distributed import DistContext, distributed_session
-from .options import MODE_PHASES, Mode, TrainOptions
+from .options import MODE_PHASES, Mode, PhaseResult, TrainOptions
 from .precision import Precision
 from .progress import Progress
 from .reporter import TIMING_FIELDS
@@ -37,7 +37,7 @@ from .run_tables import is_multi_model, seen_positions
 from .samplers import Sampler, sampler_class, step_settings
 from .stop_signals import RunStopped, StopSignals
 from .tensorboard_log import require_tensorboard
-from .trainer import PhaseResult, Trainer
+from .trainer import Trainer
 
 __all__ = ["TIMING_FIELDS", "TrainOptions", "plan_label", "resume_run", "start_run"]
 

@@ -1,13 +1,12 @@
 """The training loop of one weight source (a UHN or the direct weights): init phase, then
-task phase, from a fresh start or its last checkpoint. The mode is the sampler's business
-(which targets and batches a step trains, how results are reported) and the gradient the
-step strategy's (``steps.py``); this loop does neither and never branches on the mode.
+task phase, from a fresh start or its last checkpoint. Which targets and batches a step
+trains is the sampler's business, how its gradient is formed the step strategy's
+(``steps.py``); this loop never branches on the mode.
 
-Resumable by construction: the data order is a function of (seed, epoch), the schedule a
-function of the unit counter, and a checkpoint at the end of a log interval (an epoch, or
-``eval_every`` steps, or one pass) holds the rest, so a resumed run ends with exactly the
-weights of an uninterrupted one. Checkpoints come at most once per
-``options.checkpoint_seconds`` (and at evaluations and the end). Ctrl-C or SIGTERM saves
+Resumable by construction: the data order is a function of (seed, epoch), the schedule of the
+unit counter, and a checkpoint at a log interval's end holds the rest, so a resumed run ends
+with exactly the weights of an uninterrupted one. Checkpoints come at most once per
+``options.checkpoint_seconds`` (and at evaluations and the end); Ctrl-C or SIGTERM saves
 after the current step and stops.
 """
 
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,7 +25,7 @@ from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoi
 from .distributed import DistContext
 from .evaluate import evaluate_source
 from .init_phase import run_init_phase
-from .options import StepEvent, TrainOptions
+from .options import PhaseResult, StepEvent, TrainOptions
 from .phase_source import phase_source
 from .precision import Precision
 from .progress import Progress
@@ -38,16 +36,6 @@ from .schedule import set_lr, warmup_cosine_factor
 from .stop_signals import RunStopped, StopSignals
 from .tensorboard_log import TensorBoardLog
 from .units import Units
-
-
-@dataclass(frozen=True)
-class PhaseResult:
-    kind: SourceKind
-    value: float  # the test metric; of a family: the mean over its evaluated seen models
-    seconds: float
-    models: dict[str, float] | None = None  # several targets: each evaluated one's test metric
-    record: dict[str, Any] | None = None  # what the sampler and the step strategy add to summary.json
-    step: str = "plain"  # the step strategy's name (``steps.py``): plain, ddp, exact or pcgrad
 
 
 class Trainer:
@@ -71,11 +59,8 @@ class Trainer:
         cfg = self.cfg = sampler.cfg
         parts = phase_source(kind, sampler, precision, options, stop, micro_shards, dist, source)
         self.source, self.flat, self.lr, self.stepper = parts.source, parts.flat, parts.lr, parts.stepper
-        self.strategy, self.change_bound, self.evaluated_by_all = (
-            parts.strategy,
-            parts.change_bound,
-            parts.evaluated_by_all,
-        )
+        self.strategy, self.evaluated_by_all = parts.strategy, parts.evaluated_by_all
+        self.change_bound = parts.change_bound
         units = self.units = Units.of(cfg, sampler.batches_per_epoch, sampler.log_interval)
         show_every = max(1, math.ceil(units.total / units.interval / SHOWN_LINES))
         self.reporter = Reporter(run, progress, show_every, sampler.times_by_target())
@@ -104,13 +89,8 @@ class Trainer:
                 self.init_done = True
                 self.save()
             self.task_phase()
-            base = {
-                "phase": self.kind,
-                "event": "eval",
-                "split": "test",
-                "final": True,
-                self.units.name: self.units_done,
-            }
+            base: dict[str, Any] = {"phase": self.kind, "event": "eval", "split": "test", "final": True}
+            base[self.units.name] = self.units_done
             value, models = self.sampler.final(self.evaluate, lambda fields: self.reporter.log({**base, **fields}))
             self.save(result=value, models=models)
         finally:
@@ -159,17 +139,8 @@ class Trainer:
 
         assert isinstance(self.source, UHNSource | RecursiveSource)  # only a UHN phase has an init phase
         with shown:
-            final = run_init_phase(
-                self.source,
-                loss_at,
-                steps,
-                self.cfg.init_lr,
-                self.precision,
-                self.last_good,
-                on_step,
-                change_bound=self.change_bound,
-                deep_levels=self.cfg.init_deep_levels,
-            )
+            final = run_init_phase(self.source, loss_at, steps, self.cfg.init_lr, self.precision, self.last_good,
+                on_step, change_bound=self.change_bound, deep_levels=self.cfg.init_deep_levels)  # fmt: skip
         self.reporter.line(f"{self.kind} init: {steps} steps, stats loss {final:.4g}  ({self.elapsed():.1f} s)")
 
     def task_phase(self) -> None:
@@ -183,7 +154,7 @@ class Trainer:
                 self.interval_losses.append(loss)
                 self.reporter.time_step(self.sampler.label(step), time.perf_counter() - tick)
                 self.steps_done = step + 1
-                shown.update(self.steps_done, self.status_info(epoch))
+                shown.update(self.steps_done, self.units.status(epoch, self.interval_losses))
                 if self.end_of_step(work, loss):
                     break
                 tick = time.perf_counter()
@@ -221,15 +192,8 @@ class Trainer:
         return last
 
     def end_interval(self, mean_loss: float, lr: float, last: bool) -> None:
-        record: dict[str, Any] = {
-            "phase": self.kind,
-            "event": "train",
-            self.units.name: self.units_done,
-            "loss": mean_loss,
-            "lr": lr,
-            "seconds": round(self.elapsed(), 3),
-            **self.reporter.step_time_fields(),
-        }
+        record: dict[str, Any] = {"phase": self.kind, "event": "train", self.units.name: self.units_done}
+        record.update(loss=mean_loss, lr=lr, seconds=round(self.elapsed(), 3), **self.reporter.step_time_fields())
         record.update(self.strategy.interval_record())
         if self.stepper.bound is not None:  # how much of the last Adam step the bound kept
             record["step_scale"] = self.stepper.bound.last_scale
@@ -243,11 +207,6 @@ class Trainer:
             self.save()
         if last or evaluated or self.reporter.shows(self.units_done // self.units.interval):
             self.reporter.line(f"{shown}  lr {lr:.3g}  ({self.elapsed():.1f} s)")
-
-    def status_info(self, epoch: int) -> str:
-        """What the bar shows beside the step count: the epoch and the interval's mean loss."""
-        where = f"epoch {epoch + 1}/{self.units.total}  " if self.units.by_epoch else ""
-        return f"{where}loss {sum(self.interval_losses) / max(len(self.interval_losses), 1):.4f}"
 
     def save(self, result: float | None = None, models: dict[str, float] | None = None) -> None:
         if self.dist.is_main:  # every rank holds the same state; rank 0 writes it
@@ -277,11 +236,6 @@ class Trainer:
         self.seconds_before, self.started = float(state["seconds"]), time.perf_counter()
         restore_rng(state["rng"])
         self.last_good = f"{self.checkpoint_path} (after {self.units.name} {self.units_done})"
-        resume = {
-            "phase": self.kind,
-            "event": "resume",
-            self.units.name: self.units_done,
-            "steps_done": self.steps_done,
-        }
-        self.reporter.log({**resume, "world_size": self.dist.world_size})
+        resume = {"phase": self.kind, "event": "resume", self.units.name: self.units_done}
+        self.reporter.log({**resume, "steps_done": self.steps_done, "world_size": self.dist.world_size})
         self.reporter.line(f"{self.kind}: resuming from {self.units.position(self.steps_done, self.units_done)}")

@@ -48,3 +48,8 @@ class Units:
         within = steps_done - units_done * self.steps_per_unit
         where = f"{self.name} {units_done}/{self.total}"
         return f"{where} and {within}/{self.steps_per_unit} steps of epoch {units_done + 1}" if within else where
+
+    def status(self, epoch: int, interval_losses: list[float]) -> str:
+        """What the bar shows beside the step count: the epoch and the interval's mean loss."""
+        where = f"epoch {epoch + 1}/{self.total}  " if self.by_epoch else ""
+        return f"{where}loss {sum(interval_losses) / max(len(interval_losses), 1):.4f}"

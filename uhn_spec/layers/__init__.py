@@ -2,7 +2,7 @@
 
 Adding a layer kind = one file in this package that defines a ``LayerSpec`` subclass with
 ``kind: Literal["<name>"]``, a ``layer_type`` id of its own (7 and up; the authors' kinds use
-``enums.LayerType``) and ``@register``, plus its property test ``tests/layers/test_<name>.py``
+``enums.LayerType``) and ``@register``, plus its property test ``tests/spec/layers/test_<name>.py``
 (a meta-test enforces it). Every module of this package is imported below, so nothing else
 lists the kinds: the spec's layer union, the docs tables (``tools/doc_tables.py``) and the
 error hints all read ``REGISTRY``, which is ordered by ``layer_type`` id.

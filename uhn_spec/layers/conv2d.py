@@ -111,11 +111,7 @@ class Conv2dSpec(LayerSpec):
 
     def local_fields(self) -> dict[str, float]:
         fields = common_local_fields(
-            bias=self.bias,
-            norm=self.norm,
-            shortcut=self.shortcut,
-            activation=self.activation,
-            dropout=self.dropout,
+            bias=self.bias, norm=self.norm, shortcut=self.shortcut, activation=self.activation, dropout=self.dropout
         )
         fields["output_size"] = self.out_channels
         fields["input_size"] = self.in_channels

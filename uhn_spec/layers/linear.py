@@ -72,8 +72,7 @@ class LinearSpec(LayerSpec):
         if pooled.features != self.in_features:
             how = "" if self.input_pooling == "none" else f" after {self.input_pooling}"
             raise self.fail(
-                f"{path}.in_features",
-                f"{self.in_features} does not match {inp.origin} ({pooled.features}{how})",
+                f"{path}.in_features", f"{self.in_features} does not match {inp.origin} ({pooled.features}{how})"
             )
         if self.shortcut and self.in_features != self.out_features:
             raise self.fail(
@@ -98,11 +97,7 @@ class LinearSpec(LayerSpec):
 
     def local_fields(self) -> dict[str, float]:
         fields = common_local_fields(
-            bias=self.bias,
-            norm=self.norm,
-            shortcut=self.shortcut,
-            activation=self.activation,
-            dropout=self.dropout,
+            bias=self.bias, norm=self.norm, shortcut=self.shortcut, activation=self.activation, dropout=self.dropout
         )
         fields["output_size"] = self.out_features
         fields["input_size"] = self.in_features

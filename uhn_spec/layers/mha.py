@@ -66,8 +66,7 @@ class MHASpec(LayerSpec):
             raise self.fail(f"{path}.dim", f"{self.dim} does not match {inp.origin} ({inp.features})")
         if self.dim % self.heads:
             raise self.fail(
-                f"{path}.heads",
-                f"{self.heads} heads do not divide dim {self.dim}; pick a divisor of {self.dim}",
+                f"{path}.heads", f"{self.heads} heads do not divide dim {self.dim}; pick a divisor of {self.dim}"
             )
         return FeatureShape("sequence", inp.dims, f"{path}.dim")
 
@@ -87,11 +86,7 @@ class MHASpec(LayerSpec):
 
     def local_fields(self) -> dict[str, float]:
         fields = common_local_fields(
-            bias=self.bias,
-            norm=self.norm,
-            shortcut=self.shortcut,
-            activation=self.activation,
-            dropout=self.dropout,
+            bias=self.bias, norm=self.norm, shortcut=self.shortcut, activation=self.activation, dropout=self.dropout
         )
         fields["output_size"] = self.dim
         fields["input_size"] = self.dim

@@ -21,25 +21,10 @@ from pydantic import Field, ValidationError, model_validator
 from ..compiler import compile_specs
 from ..errors import SpecError
 from ..fields import MAX_NAME_LENGTH, StrictModel, name_field
-from ..loading import (
-    apply_overrides,
-    check_unique_names,
-    parse_override,
-    read_mapping,
-    read_spec_text,
-    validated,
-)
+from ..loading import apply_overrides, check_unique_names, parse_override, read_mapping, read_spec_text, validated
 from ..plan import Plan
 from ..spec import ExperimentSpec, spec_hash
-from .family_draws import (
-    TAG_MODELS,
-    Draw,
-    count_space,
-    describe,
-    draw_variables,
-    is_integer_draw,
-    references,
-)
+from .family_draws import TAG_MODELS, Draw, count_space, describe, draw_variables, is_integer_draw, references
 from .single import member_spec, spec_from_text
 
 Split = Literal["seen", "unseen"]

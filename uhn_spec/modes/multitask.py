@@ -28,13 +28,7 @@ from pydantic import Field, field_validator, model_validator
 from ..compiler import compile_specs
 from ..errors import SpecError
 from ..fields import SpecName, StrictModel
-from ..loading import (
-    apply_overrides,
-    check_unique_names,
-    read_mapping,
-    read_spec_text,
-    validated,
-)
+from ..loading import apply_overrides, check_unique_names, read_mapping, read_spec_text, validated
 from ..metrics import METRICS
 from ..plan import Plan
 from ..spec import ExperimentSpec, GeneratorSpec, TrainSpec
@@ -200,11 +194,4 @@ def compile_multitask(multitask: MultiTask, source_text: str = "") -> Plan:
     return plan
 
 
-__all__ = [
-    "MultiTask",
-    "MultiTaskSpec",
-    "TaskEntry",
-    "TaskSamplingSpec",
-    "compile_multitask",
-    "load_multitask",
-]
+__all__ = ["MultiTask", "MultiTaskSpec", "TaskEntry", "TaskSamplingSpec", "compile_multitask", "load_multitask"]

@@ -139,10 +139,4 @@ def compile_recursive(chain: list[ExperimentSpec], source_text: str = "") -> Pla
     return compile_specs(chain, source_text, mode="recursive")
 
 
-__all__ = [
-    "GeneratedLayout",
-    "RecursiveSpec",
-    "compile_recursive",
-    "generated_generator_spec",
-    "load_recursive",
-]
+__all__ = ["GeneratedLayout", "RecursiveSpec", "compile_recursive", "generated_generator_spec", "load_recursive"]

@@ -25,10 +25,7 @@ from ..template import render_spec_template
 
 
 def spec_from_text(
-    text: str,
-    source: Path | None = None,
-    overrides: list[str] | None = None,
-    variables: dict[str, Any] | None = None,
+    text: str, source: Path | None = None, overrides: list[str] | None = None, variables: dict[str, Any] | None = None
 ) -> ExperimentSpec:
     where = str(source) if source else None
     try:
@@ -46,9 +43,7 @@ def spec_from_text(
 
 
 def load_spec(
-    path: str | Path,
-    overrides: list[str] | None = None,
-    variables: dict[str, Any] | None = None,
+    path: str | Path, overrides: list[str] | None = None, variables: dict[str, Any] | None = None
 ) -> ExperimentSpec:
     path = Path(path)
     return spec_from_text(read_spec_text(path), path, overrides, variables)

@@ -23,12 +23,7 @@ from uhn_spec.errors import UHNError
 from uhn_spec.plan import Plan, TargetPlan
 from uhn_spec.spec import GeneratorSpec
 
-from .flops import (
-    bf16_emulated,
-    emulated_bf16_notice,
-    peak_square,
-    probe_bf16_flops_per_s,
-)
+from .flops import bf16_emulated, emulated_bf16_notice, peak_square, probe_bf16_flops_per_s
 from .memory import available_memory_bytes
 from .options import GIB, BenchOptions
 from .report import assemble_report
