@@ -47,7 +47,8 @@ scatter_reduce scatter_reduce_ select select_scatter selu sigmoid sigmoid_ sign 
 slice_scatter softmax softplus sort split split_with_sizes sqrt square squeeze stack std sub sub_ sum t tan tanh
 tanh_ tensor_split threshold tile topk transpose tril triu true_divide type_as unbind unflatten unsqueeze
 upsample_bilinear2d upsample_nearest2d var view view_as where zero_ zeros zeros_like _log_softmax _softmax
-_to_copy _unsafe_view _native_batch_norm_legit_no_training native_dropout alpha_dropout to
+_to_copy _unsafe_view _native_batch_norm_legit_no_training native_dropout alpha_dropout to dropout_ feature_dropout_
+alpha_dropout_
 """.split()
 
 PYTHON_OPS: dict[str, Callable[..., Any]] = {
@@ -79,7 +80,9 @@ PYTHON_OPS: dict[str, Callable[..., Any]] = {
 SIZE_OPS = ("sym_size", "sym_numel", "sym_stride", "sym_storage_offset")
 
 # Operators whose training flag follows the model's mode, not the mode of the capture.
-DROPOUT_OPS = frozenset({"dropout", "feature_dropout", "alpha_dropout", "native_dropout"})
+DROPOUT_OPS = frozenset(
+    {"dropout", "feature_dropout", "alpha_dropout", "native_dropout", "dropout_", "feature_dropout_", "alpha_dropout_"}
+)
 
 DTYPES: dict[str, torch.dtype] = {
     str(dtype).removeprefix("torch."): dtype

@@ -29,19 +29,21 @@ class DepthwiseSeparable(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
-    """A feature map gated by a product with its own squeeze-excite vector."""
+    """A feature map gated by a product with its own squeeze-excite vector, and an in-place
+    dropout before the head (as in MobileNet v3's and EfficientNet's classifiers)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
         self.reduce = nn.Conv2d(8, 2, 1)
         self.expand = nn.Conv2d(2, 8, 1)
+        self.drop = nn.Dropout(0.2, inplace=True)
         self.head = nn.Linear(8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv(x))
         gate = torch.sigmoid(self.expand(F.relu(self.reduce(x.mean((2, 3), keepdim=True)))))
-        return self.head((x * gate).mean((2, 3)))
+        return self.head(self.drop((x * gate).mean((2, 3))))
 
 
 class DenseConcat(nn.Module):
@@ -98,13 +100,21 @@ class TinyViT(nn.Module):
 
 
 class ChannelShuffle(nn.Module):
-    """ShuffleNet's grouped convolution then channel shuffle (view, transpose, reshape)."""
+    """ShuffleNet's grouped convolution then channel shuffle (view, transpose, reshape). Its
+    loader requires the state dict's version record, as torchvision's MNASNet's does."""
+
+    _version = 2
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
         self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
         self.head = nn.Linear(8, 3)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args):  # type: ignore[no-untyped-def]
+        if local_metadata.get("version") is None:
+            raise ValueError("version should be set to 2 instead of None")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.grouped(F.relu(self.conv(x)))

@@ -15,6 +15,7 @@ import importlib.util
 import inspect
 import re
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,11 +83,14 @@ def required_arguments(factory: Any) -> list[str]:
 
 @dataclass
 class ImportedModel:
-    """The spec (as YAML data), the key map back into the module, and the module's count."""
+    """The spec (as YAML data), the key map back into the module, and the module's count.
+    ``versions``: the module's state_dict version records (``state_dict()._metadata``), which
+    some classes' loaders require (torchvision's MNASNet refuses a state dict without them)."""
 
     spec: dict[str, Any]
     layers: list[Imported]
     num_params: int
+    versions: dict[str, dict[str, Any]] | None = None
 
     def key_map(self) -> list[tuple[str, KeyLink]]:
         return [item for i, layer in enumerate(self.layers) for item in layer.key_map(f"layers.{i}")]
@@ -198,12 +202,14 @@ def import_model(
         "task": task,
         "layers": [layer],
     }
-    return ImportedModel(spec, links, sum(p.numel() for p in model.parameters()))
+    versions = getattr(model.state_dict(), "_metadata", None)
+    return ImportedModel(spec, links, sum(p.numel() for p in model.parameters()), versions)
 
 
 def module_state_dict(imported: ImportedModel, spec_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The spec target's state_dict (parameters and buffers) under the original module's keys:
-    MHA's q/k/v blocks are joined back into ``in_proj_weight`` / ``in_proj_bias``."""
+    MHA's q/k/v blocks are joined back into ``in_proj_weight`` / ``in_proj_bias``; the
+    module's version records ride along, as on its own ``state_dict()``."""
     chunks: dict[str, dict[int, torch.Tensor]] = {}
     out: dict[str, torch.Tensor] = {}
     for spec_key, link in imported.key_map():
@@ -214,6 +220,9 @@ def module_state_dict(imported: ImportedModel, spec_state: dict[str, torch.Tenso
             chunks.setdefault(link.module_key, {})[link.chunk] = tensor
     for key, parts in chunks.items():
         out[key] = torch.cat([parts[i] for i in sorted(parts)])
+    if imported.versions is not None:
+        out = OrderedDict(out)
+        out._metadata = OrderedDict(imported.versions)  # type: ignore[attr-defined]  # torch's own attribute
     return out
 
 
