@@ -4,12 +4,12 @@
 
 For each model (torchvision classifiers, PyTorch Geometric's model classes, Hugging Face and
 PyTorch transformer text classifiers, the PyTorch tutorial's LeNet) the check is the one of
-tests/test_import_zoo.py: ``uhn.HyperNetwork.for_module`` captures it with torch.export, the
+tests/api/test_import_zoo.py: ``uhn.HyperNetwork.for_module`` captures it with torch.export, the
 generated vector has exactly the module's parameter count, one training step reaches the
 generator, and the generated weights load into the original class (``strict=True``) and give
 the same outputs. A small generator (m 16, d 8) keeps a 100M-weight model affordable on a CPU;
 the check is the import, not learning. Models whose library is missing are reported as
-``skipped`` (torchvision needs a torch build it matches; see docs/import.md).
+``skipped`` (torchvision needs the torch build it was made for: docs/results.md, *Real models*).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], Inputs]]] = {
 
 
 def resnet50() -> nn.Module:
-    """For the command line's timing (docs/import.md): ``uhn import benchmarks/import_coverage.py:resnet50``."""
+    """For the command line's timing (docs/performance.md): ``uhn import benchmarks/import_coverage.py:resnet50``."""
     return torchvision_model("resnet50")()
 
 
