@@ -191,14 +191,21 @@ def test_cli_export_onnx_matches_the_plain_module(trained_run: RunDir, tmp_path:
     torch.testing.assert_close(onnx_outputs(tmp_path / "f.onnx", batch.model_kwargs()), expected, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["cnn", "graph_node_classification", "text_classification"])
-def test_export_onnx_of_cnn_graph_and_text_targets(kind: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["cnn", "graph_node_classification", "text_classification", "imported"])
+def test_export_onnx_of_cnn_graph_text_and_imported_targets(kind: str, tmp_path: Path) -> None:
+    """``imported``: a torch.export graph (ConvNeXt's block: depthwise conv, permutes, layer
+    scale) as ``uhn import`` writes it."""
+    from tests.import_models import zoo
     from tests.tiny_specs import tiny_spec
     from uhn_runtime.data.synthetic import synthetic_batch
     from uhn_runtime.io.export import export_onnx
-    from uhn_spec import build_model, spec_from_text
+    from uhn_spec import ExperimentSpec, build_model, spec_from_text
+    from uhn_spec.importer import import_model
 
-    spec = spec_from_text(TINY_CNN) if kind == "cnn" else tiny_spec(kind)
+    if kind == "imported":
+        spec = ExperimentSpec.model_validate(import_model(zoo.ConvNeXtBlock().eval(), input_shape=(3, 8, 8)).spec)
+    else:
+        spec = spec_from_text(TINY_CNN) if kind == "cnn" else tiny_spec(kind)
     torch.manual_seed(0)
     model = build_model(spec).eval()
     assert export_onnx(model, tmp_path / "m.onnx") < 1e-4
