@@ -34,8 +34,8 @@ AUTO_BF16_BY_KIND: dict[str, str] = {
     "image": KEEPS,
     "graph": KEEPS,
     "text": NOT_MEASURED,
-    "formula": NOT_MEASURED,
-    "recursive": NOT_MEASURED,
+    "formula": COSTS,
+    "recursive": KEEPS,
 }
 PRECISION_KINDS = tuple(AUTO_BF16_BY_KIND)  # the kinds with a representative spec in the benchmark
 

@@ -90,7 +90,6 @@ def _shipped_kinds(name: str) -> frozenset[TaskType]:
     [
         ("kan_ellipj", "formula"),
         ("imdb_transformer1l", "text"),
-        ("recursive_digits_k1", "recursive"),  # its leaf is an image task; the chain decides
         ("wine_mlp", "tabular"),  # not in the table at all
         ("multitask_demo", "formula"),  # its image and graph members alone would allow bf16
     ],
@@ -110,6 +109,7 @@ def test_auto_on_a_bf16_cpu_keeps_fp32_for_kinds_where_bf16_costs_or_is_unmeasur
         ("digits_mlp_family", "image"),
         ("cifar10_cnn_mixed_depth", "image"),
         ("cora_gcn", "graph"),
+        ("recursive_digits_k1", "image, recursive"),  # its leaf's kind and the chain's
     ],
 )
 def test_auto_on_a_bf16_cpu_picks_bf16_for_kinds_where_bf16_keeps_accuracy(monkeypatch, spec, kinds) -> None:
