@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -213,6 +215,15 @@ def check_micro_shards(micro_shards: int, batch_size: int, source: Path) -> None
         )
 
 
+def exit_now(code: int) -> NoReturn:
+    """Exit at once, skipping interpreter shutdown: after a peer died, gloo's threads can abort
+    the process as it shuts down ("terminate called without an active exception": exit -6
+    instead of ``code``, seen under load after the lost-contact line was printed)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _stoppable(action: Callable[[], dict[str, Any]], run_root: Path) -> dict[str, Any]:
     """Run ``action``; a stop on a signal, or a torchrun peer that died, ends the command
     with the line that continues it."""
@@ -229,7 +240,7 @@ def _stoppable(action: Callable[[], dict[str, Any]], run_root: Path) -> dict[str
         # A default folder's name holds rank 0's clock; this rank's guess may be a second off.
         named = run_root if RunDir(run_root).info_path.is_file() else "RUN (the run folder rank 0 named)"
         typer.echo(f"{lost}; resume with `uhn train --resume {named}`", err=True)
-        raise typer.Exit(EXIT_LOST_CONTACT) from None
+        exit_now(EXIT_LOST_CONTACT)
     except KeyboardInterrupt:
         started = RunDir(run_root).info_path.is_file()
         typer.echo(
