@@ -86,7 +86,10 @@ TORCHVISION = ["mobilenet_v3_small", "mnasnet0_5", "shufflenet_v2_x0_5", "squeez
 @pytest.mark.parametrize("name", TORCHVISION)
 def test_torchvision_model_imports_trains_and_exports_back(name: str) -> None:
     """Run where torchvision imports beside this torch (its wheel must match the torch build)."""
-    models = pytest.importorskip("torchvision.models")
+    try:
+        from torchvision import models
+    except Exception as error:  # absent, or built for another torch ("operator torchvision::nms does not exist")
+        pytest.skip(f"torchvision does not import here: {type(error).__name__}: {error}")
     torch.manual_seed(0)
     x = (torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)),)
     check_round_trip(models.get_model(name, weights=None).eval(), x)
