@@ -247,9 +247,7 @@ def export_for_module(
     spec = run.plan().trained_target.spec
     module, imported = import_for_spec(module_ref, spec)
     state = generated_state_dict(run, kind, device, recalibrate_bn=recalibrate_bn, data_root=data_root)
-    module_state = module_state_dict(imported, state)  # with the module's version records
-    for key, tensor in module_state.items():
-        module_state[key] = tensor.contiguous()
+    module_state = module_state_dict(imported, state)  # contiguous, with the module's version records
     module.load_state_dict(module_state, strict=True)
     metadata = sealed_metadata(
         module_state,

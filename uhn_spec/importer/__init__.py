@@ -208,14 +208,15 @@ def import_model(
 
 def module_state_dict(imported: ImportedModel, spec_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The spec target's state_dict (parameters and buffers) under the original module's keys:
-    MHA's q/k/v blocks are joined back into ``in_proj_weight`` / ``in_proj_bias``; the
-    module's version records ride along, as on its own ``state_dict()``."""
+    MHA's q/k/v blocks are joined back into ``in_proj_weight`` / ``in_proj_bias``; every tensor
+    is contiguous (as safetensors writes them), and the module's version records ride along,
+    as on its own ``state_dict()``."""
     chunks: dict[str, dict[int, torch.Tensor]] = {}
     out: dict[str, torch.Tensor] = {}
     for spec_key, link in imported.key_map():
         tensor = spec_state[spec_key]
         if link.chunk is None:
-            out[link.module_key] = tensor
+            out[link.module_key] = tensor.contiguous()
         else:
             chunks.setdefault(link.module_key, {})[link.chunk] = tensor
     for key, parts in chunks.items():
