@@ -143,6 +143,18 @@ def test_the_direct_lr_is_chosen_on_the_validation_split_once(tmp_path: Path) ->
     assert "validation split" not in shown_again.getvalue()  # kept, not swept again
 
 
+def test_seeds_run_apart_share_the_row_s_direct_lr_choice(tmp_path: Path) -> None:
+    # A row's seeds split over two processes (--seeds 2, then --seeds 1): one sweep, under the
+    # first seed of the row's budget, which the second sitting reads back.
+    later_seed, _ = harness(tmp_path, rows=("tiny_a",), seeds=(2,))
+    later_seed.run()
+    chosen = json.loads((tmp_path / "out/tiny/cpu/tiny_a/direct_lr.json").read_text())
+    assert chosen["seed"] == 1 and "seed 1, same budget" in chosen["how"]
+    first_seed, shown = harness(tmp_path, rows=("tiny_a",), seeds=(1,))
+    first_seed.run()
+    assert "validation split" not in shown.getvalue() and "[1/1] tiny_a seed 1" in shown.getvalue()
+
+
 def test_a_killed_row_resumes_and_finished_rows_are_skipped(tmp_path: Path) -> None:
     killed, _ = harness(tmp_path, rows=("tiny_b",), observers=(KillAfter(1),))
     with pytest.raises(RunInterrupted):

@@ -1,10 +1,11 @@
 """The direct baseline's learning rate of a row, chosen on a validation split, never on the
 test split: for each lr of the row's grid, a `--mode direct` run of the same budget with
 ``task.validate_split=true`` (the loaders hold out a seeded part of the training data; Planetoid
-graphs have their public validation nodes) under the row's first seed, scored on ``val``; the
-best lr then trains every seed. While the best lies on an edge of what was tried, the sweep
-goes one grid step past it. The choice is kept in ``<row folder>/direct_lr.json`` so a resumed
-table does not sweep again."""
+graphs have their public validation nodes) under the first seed of the row's budget (whatever
+``--seeds`` asks, so a row's seeds split over sittings or processes share one choice), scored on
+``val``; the best lr then trains every seed. While the best lies on an edge of what was tried,
+the sweep goes one grid step past it. The choice is kept in ``<row folder>/direct_lr.json`` so a
+resumed table does not sweep again."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ class LrSweep:
         saved = self.current_choice(row)
         if saved is not None:
             return DirectLr(float(saved["value"]), True, saved["how"], saved["val"])
-        return self.sweep_direct_lr(row, self.runs.seeds(row)[0], self.runs.row_folder(row) / "direct_lr.json")
+        return self.sweep_direct_lr(row, self.sweep_seed(row), self.runs.row_folder(row) / "direct_lr.json")
 
     def current_choice(self, row: TableRow) -> dict[str, Any] | None:
         """The row's direct_lr.json when its sweep is the one the table runs now (grid, seed and
@@ -89,10 +90,14 @@ class LrSweep:
             return None
         same_sweep = (
             sorted(map(float, saved.get("grid", []))) == sorted(row.direct_lr_grid)
-            and saved.get("seed") == self.runs.seeds(row)[0]
+            and saved.get("seed") == self.sweep_seed(row)
             and saved.get("edge_steps") == EDGE_STEPS
         )
         return saved if same_sweep else None
+
+    def sweep_seed(self, row: TableRow) -> int:
+        """The seed the row's lr sweep trains under: its budget's first (not ``--seeds``')."""
+        return row.budgets[self.runs.options.budget].seeds[0]
 
     def sweep_runs_left(self, row: TableRow) -> int:
         """The `--mode direct` runs of the row's grid its lr sweep has still to train (steps past
