@@ -109,7 +109,8 @@ def reproduce(
         harness.run()
     except RunStopped as stopped:
         write_results(harness, results, again, harness.say)
-        typer.echo(f"{stopped}; continue with `{again}`", err=True)
+        resume = continue_command(again, rows, results, device.value)
+        typer.echo(f"{stopped}; continue with `{resume}`", err=True)
         raise typer.Exit(stopped.exit_code) from None
     write_results(harness, results, again, harness.say)
 
@@ -129,4 +130,17 @@ def table_command(
         words.append("--no-select-direct-lr")
     if specs_root is not None:
         words += ["--specs-root", str(specs_root)]
+    return shlex.join(words)
+
+
+def continue_command(table_line: str, rows: str | None, results: Path, device: str) -> str:
+    """``table_line`` (the table's command) narrowed to what this sitting was asked: its rows,
+    results folder and device, so continuing a stopped sitting trains nothing else."""
+    words = shlex.split(table_line)
+    if rows:
+        words += ["--rows", rows]
+    if results != DEFAULT_RESULTS:
+        words += ["--results", str(results)]
+    if device != DEFAULT_DEVICE.value:
+        words += ["--device", device]
     return shlex.join(words)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 from tests.conftest import REPO_ROOT
 from tests.tiny_specs import tiny_spec_yaml
 from uhn_cli.main import app
+from uhn_cli.reproduce_commands import DEFAULT_RESULTS, continue_command, table_command
 from uhn_runtime.model.generator import count_generator_params
 from uhn_runtime.train.checkpoint import load_checkpoint
 from uhn_spec import load_plan
@@ -447,6 +449,18 @@ OUT_OF_RANGE = [
     (["reproduce", "demo", "--seeds", "7,7"], "--seeds: '7,7' repeats a value"),
     (["reproduce", "demo", "--rows", "a,,b"], "--rows: 'a,,b' has an empty item"),
 ]
+
+
+def test_a_stopped_reproduce_sitting_says_how_to_continue_its_own_rows() -> None:
+    # Stopped by SIGTERM, `uhn reproduce table1 --rows cora_gat --results R` must not be told
+    # to continue with the whole table into the default results folder.
+    table = table_command("table1", "paper", "/data", "1,2", Path("/runs"), True, None)
+    assert "--rows" not in table  # what the markdown cites: the whole table
+    again = continue_command(table, "cora_gat", Path("/results"), "cpu")
+    assert shlex.split(again) == [
+        *shlex.split(table), "--rows", "cora_gat", "--results", "/results", "--device", "cpu"
+    ]  # fmt: skip
+    assert continue_command(table, None, DEFAULT_RESULTS, "auto") == table
 
 
 @pytest.mark.parametrize(("args", "line"), OUT_OF_RANGE)
