@@ -11,7 +11,7 @@ gradient, weight gradient), at the machine's fp32 matmul rate measured in the sa
 (4096^3). The target's own forward and backward, LayerNorm, activations and the optimiser are
 left out, so no exact step can be faster: naive step / floor is the highest ratio any step of
 this math reaches here. One process measures, in order: the matmul rate, the default step
-(``Trainer.train_step``, as `uhn bench` times it; median after two warm-ups), a profile of
+(``Trainer.train_step``, timed by `uhn bench`'s own ``measure``: the median after a warm-up), a profile of
 ``--profile-steps`` steps grouped into GEMMs, LayerNorm and the rest, and with ``--naive`` the
 naive generator's step through the same trainer. The environment is the CLI's (MKL strict
 reproducibility, the OpenMP wait policy), set before torch loads.
@@ -20,10 +20,9 @@ reproducibility, the OpenMP wait policy), set before torch loads.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +39,9 @@ from uhn_runtime.train.run_dir import cpu_model  # noqa: E402
 from uhn_spec import compile_spec, load_spec  # noqa: E402
 from uhn_spec.files import atomic_write_text  # noqa: E402
 from uhn_spec.spec import GeneratorSpec  # noqa: E402
-from uhn_tools.bench.flops import measure_matmul  # noqa: E402
+from uhn_tools.bench.flops import measure_matmul, useful_flops_per_weight  # noqa: E402
 from uhn_tools.bench.training import BenchTrainer, bench_trainer  # noqa: E402
+from uhn_tools.bench.worker import measure as measure_step  # noqa: E402
 
 CPU = torch.device("cpu")
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
@@ -50,29 +50,21 @@ TARGET_RATIO = 3.5  # issue #30: default step >= 3.5x the naive generator's
 
 
 def floor_flops_per_weight(spec: GeneratorSpec) -> int:
-    """The multiply-adds (x2) a train step must do per generated weight: see the module doc."""
-    m, d = spec.index_freqs, spec.hidden
-    input_linear = 2 * (2 * m * d)
-    tail = 2 * (spec.blocks * 2 * d * d + d)
-    return 2 * input_linear + 3 * tail
+    """The multiply-adds (x2) a train step must do per generated weight: the generator's useful
+    FLOPs (``uhn bench``'s) three times, less the input Linear's input gradient (see the module doc)."""
+    return 3 * useful_flops_per_weight(spec) - 2 * (2 * spec.index_freqs * spec.hidden)
 
 
-def median_step(bench: BenchTrainer, first: int, repeats: int) -> float:
-    for step in range(first, first + 2):  # warm-ups: layouts, feature tables, allocator
-        bench.step(step)
-    times = []
-    for step in range(first + 2, first + 2 + repeats):
-        start = time.perf_counter()
-        bench.step(step)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def median_step(bench: BenchTrainer, steps: itertools.count, num_weights: int, repeats: int) -> float:
+    """The median seconds of ``repeats`` train steps after a warm-up, as `uhn bench` times them."""
+    return measure_step(lambda: bench.step(next(steps)), CPU, num_weights, repeats)["seconds"]
 
 
-def profile_shares(bench: BenchTrainer, first: int, steps: int) -> dict[str, float]:
-    """Self CPU time of ``steps`` steps by kind of operator, as fractions of their sum."""
+def profile_shares(bench: BenchTrainer, steps: itertools.count, count: int) -> dict[str, float]:
+    """Self CPU time of ``count`` steps by kind of operator, as fractions of their sum."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for step in range(first, first + steps):
-            bench.step(step)
+        for _ in range(count):
+            bench.step(next(steps))
     kinds = {"gemm": 0.0, "layer_norm": 0.0, "other": 0.0}
     for event in prof.key_averages():
         kind = "gemm" if event.key in GEMM_OPS else "layer_norm" if event.key in LAYER_NORM_OPS else "other"
@@ -86,10 +78,12 @@ def measure(spec_path: str, repeats: int, profile_steps: int, naive: bool) -> di
     precision = Precision.resolve("fp32", CPU, plan.task_types)
     matmul = measure_matmul(CPU, precision, plan.generator, repeats)
     num_weights = plan.trained_target.num_params
-    floor = num_weights * floor_flops_per_weight(plan.generator) / matmul["square_flops_per_s"]
+    flops_per_weight = floor_flops_per_weight(plan.generator)
+    floor = num_weights * flops_per_weight / matmul["square_flops_per_s"]
     with bench_trainer(plan, 256, CPU, precision) as bench:
-        step = median_step(bench, 0, repeats)
-        shares = profile_shares(bench, repeats + 2, profile_steps)
+        steps = itertools.count()
+        step = median_step(bench, steps, num_weights, repeats)
+        shares = profile_shares(bench, steps, profile_steps)
     record: dict[str, Any] = {
         "spec": spec_path,
         "cpu": cpu_model(),
@@ -98,7 +92,7 @@ def measure(spec_path: str, repeats: int, profile_steps: int, naive: bool) -> di
         "load_average": [round(os.getloadavg()[0], 2)],
         "num_weights": num_weights,
         "matmul_flops_per_s": matmul["square_flops_per_s"],
-        "floor_flops_per_weight": floor_flops_per_weight(plan.generator),
+        "floor_flops_per_weight": flops_per_weight,
         "floor_seconds": floor,
         "step_seconds": step,
         "floor_fraction": floor / step,
@@ -106,7 +100,7 @@ def measure(spec_path: str, repeats: int, profile_steps: int, naive: bool) -> di
     }
     if naive:
         with bench_trainer(plan, 256, CPU, precision, naive=True) as bench:
-            naive_step = median_step(bench, 0, repeats)
+            naive_step = median_step(bench, itertools.count(), num_weights, repeats)
         record |= {
             "naive_step_seconds": naive_step,
             "step_vs_naive": naive_step / step,
