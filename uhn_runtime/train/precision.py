@@ -24,10 +24,11 @@ CPU_AUTO_BF16_FEATURES = ("amx_bf16", "avx512_bf16")
 
 # The other condition of ``auto``: the task kind. Each kind's verdict over 5 seeds per precision
 # in benchmarks/results/precision_parity.json (benchmarks/precision_parity.py): bf16 keeps
-# accuracy when its seed mean is no worse than the worst fp32 seed. ``auto`` picks bf16 only
-# for a kind that keeps it (a plan: only if every target's kind does); a kind measured to cost
-# accuracy, not measured yet, or absent here resolves to fp32. tests/runtime/train/test_precision.py checks
-# this table against the JSON: change both together.
+# accuracy when its seed mean is no worse than the worst fp32 seed, on every spec measured for
+# the kind (graph: Cora and CiteSeer). ``auto`` picks bf16 only for a kind that keeps it (a
+# plan: only if every target's kind does); a kind measured to cost accuracy, not measured yet,
+# or absent here resolves to fp32. tests/runtime/train/test_precision.py checks this table
+# against the JSON: change both together.
 PARITY_JSON = "benchmarks/results/precision_parity.json"
 KEEPS, COSTS, NOT_MEASURED = "keeps accuracy", "costs accuracy", "not measured"
 AUTO_BF16_BY_KIND: dict[str, str] = {

@@ -136,19 +136,23 @@ def test_auto_without_bf16_hardware_is_fp32_whatever_the_task(monkeypatch) -> No
 
 
 def test_the_auto_table_follows_the_parity_measurements() -> None:
-    # One source of truth: each kind's entry is the verdict benchmarks/precision_parity.py wrote.
-    measured = json.loads((REPO / precision_module.PARITY_JSON).read_text())["kinds"]
-    assert set(measured) == set(precision_module.AUTO_BF16_BY_KIND)
+    # One source of truth: each kind's verdict is what benchmarks/precision_parity.py wrote for
+    # the specs standing for it: it costs if one of them costs, else is unmeasured while one is.
+    entries = json.loads((REPO / precision_module.PARITY_JSON).read_text())["kinds"].values()
+    assert {entry["kind"] for entry in entries} == set(precision_module.AUTO_BF16_BY_KIND)
     for kind, verdict in precision_module.AUTO_BF16_BY_KIND.items():
-        entry = measured[kind]
-        if not entry["measured"]:
+        measured = [entry for entry in entries if entry["kind"] == kind and entry["measured"]]
+        for entry in measured:
+            assert len(entry["seeds"]) >= 5, entry["spec"]
+            worst = entry["fp32"]["max"] if entry["metric"] == "rmse" else entry["fp32"]["min"]
+            better = (lambda a, b: a <= b) if entry["metric"] == "rmse" else (lambda a, b: a >= b)
+            assert entry["bf16_keeps_accuracy"] == better(entry["bf16"]["mean"], worst), entry["spec"]
+        if not all(entry["bf16_keeps_accuracy"] for entry in measured):
+            assert verdict == precision_module.COSTS, kind
+        elif len(measured) < sum(entry["kind"] == kind for entry in entries):
             assert verdict == precision_module.NOT_MEASURED, kind
-            continue
-        assert verdict == (precision_module.KEEPS if entry["bf16_keeps_accuracy"] else precision_module.COSTS), kind
-        assert len(entry["seeds"]) >= 5, kind
-        worst = entry["fp32"]["max"] if entry["metric"] == "rmse" else entry["fp32"]["min"]
-        better = (lambda a, b: a <= b) if entry["metric"] == "rmse" else (lambda a, b: a >= b)
-        assert entry["bf16_keeps_accuracy"] == better(entry["bf16"]["mean"], worst), kind
+        else:
+            assert verdict == precision_module.KEEPS, kind
 
 
 @pytest.mark.parametrize(
