@@ -1,6 +1,6 @@
 """fp32 against bf16 accuracy per task kind, over seeds: does bf16 cost accuracy beyond seed noise?
 
-    python benchmarks/precision_parity.py [--kinds image graph recursive] [--seeds 0 1 2 3 4]
+    python benchmarks/precision_parity.py [--kinds image graph graph_citeseer recursive] [--seeds 0 1 2 3 4]
                                           [--data-root /work/shared/data] [--timeout 1800]
                                           [--json benchmarks/results/precision_parity.json]
                                           [--adopt image=benchmarks/results/bf16_parity_seeds_cpu.json]
